@@ -1,0 +1,682 @@
+//! The Access Edge's proxy decision for one validated message: where it goes, with which
+//! edits, or why it is refused.
+//!
+//! Owns the proxy behaviour of RFC 3261 §16 as an edge applies it: loop and Max-Forwards
+//! checks, Proxy-Require, Route popping, the edge's Via with its flow token, received/rport
+//! (RFC 3581), double Record-Route when crossing interfaces (RFC 5658), Path on REGISTER
+//! (RFC 3327), stripping trust headers from outside, and routing back by flow token.
+//! It does not own connections: it names flows by [`FlowId`] and the shell resolves them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::message::{Kind, Message, Method, RouteEntry, MAGIC_COOKIE};
+use super::parse::{parse_uri, Span};
+use super::reject::{self, Why};
+use super::splice::Splice;
+use super::token::{FlowId, FlowKeys, FlowToken, TOKEN_LEN};
+use super::HeaderName;
+
+/// The trust zone a flow belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The Internet: remote users and partner edges.
+    External,
+    /// The Director pool and internal servers.
+    Internal,
+}
+
+/// One connection as the core sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    pub id: FlowId,
+    pub side: Side,
+    pub remote: SocketAddr,
+    /// `keys.token(id)`, computed once when the connection is accepted.
+    pub token: FlowToken,
+}
+
+/// How the edge names itself on one side (in its Via, Record-Route and Path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SideAddr {
+    /// Host as written in URIs (a name, an IPv4 address or a bracketed IPv6 address).
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the proxy needs to know of the topology.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub external: SideAddr,
+    pub internal: SideAddr,
+    /// Every host name or address that means "this edge" in a Route (lower-case).
+    pub own_hosts: Vec<String>,
+    /// SIP domains served behind the edge (lower-case).
+    pub served_domains: Vec<String>,
+}
+
+/// The key of a transaction forwarded to the pool: the edge's branch hash, with CANCEL
+/// apart because it shares its INVITE's branch (RFC 3261 §9.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    pub branch: u64,
+    pub cancel: bool,
+}
+
+/// The decision for one message.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward to the next-hop pool. `tx` is `None` for ACK (no response comes back).
+    ToPool {
+        bytes: Vec<u8>,
+        tx: Option<(TxKey, Method)>,
+    },
+    /// Forward on the flow named by a token. `completes` is set on a final response coming
+    /// back from the pool, so the member's outstanding count can drop.
+    ToFlow {
+        flow: FlowId,
+        bytes: Vec<u8>,
+        completes: Option<TxKey>,
+    },
+    /// Refuse. The shell answers with [`Proxy::answer`] on the arriving flow (if any answer
+    /// can be formed) and counts the reason.
+    Reject(Why),
+}
+
+/// The proxy: configuration and keys, shared read-only by every connection.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    keys: FlowKeys,
+}
+
+const BRANCH_PREFIX: &[u8] = b"z9hG4bKse";
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig, keys: FlowKeys) -> Proxy {
+        Proxy { cfg, keys }
+    }
+
+    pub fn keys(&self) -> &FlowKeys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Decides what to do with a validated message that arrived on `from`.
+    pub fn handle(&self, from: &Flow, msg: &Message) -> Action {
+        let result = match msg.kind {
+            Kind::Request { method, .. } => match from.side {
+                Side::External => self.inbound_request(from, msg, method),
+                Side::Internal => self.outbound_request(from, msg, method),
+            },
+            Kind::Response { status } => self.response(from, msg, status),
+        };
+        result.unwrap_or_else(Action::Reject)
+    }
+
+    /// The answer to a refused message, or `None` when silence is the answer.
+    pub fn answer(&self, raw: &[u8], why: Why, msg: Option<&Message>) -> Option<Vec<u8>> {
+        let (status, reason) = why.status()?;
+        let extra = match why {
+            Why::PoolUnavailable { retry_after_secs } | Why::Overloaded { retry_after_secs } => {
+                format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
+            }
+            Why::BadExtension => {
+                // RFC 3261 §8.2.2.3: list what is not supported.
+                let tags = msg.and_then(|m| m.proxy_require.map(|s| m.bytes(s).to_vec()));
+                let mut line = b"Unsupported: ".to_vec();
+                line.extend_from_slice(tags.as_deref().unwrap_or_default());
+                line.extend_from_slice(b"\r\n");
+                line
+            }
+            _ => Vec::new(),
+        };
+        reject::response(raw, status, reason, &extra)
+    }
+
+    /// A request from the Internet toward the Director pool.
+    fn inbound_request(&self, from: &Flow, msg: &Message, method: Method) -> Result<Action, Why> {
+        // RFC 3261 §16.3 step 4: a request from outside that already passed this edge is a loop.
+        if msg.vias.iter().any(|v| self.is_own_via(msg, v.host, v.port)) {
+            return Err(Why::Loop);
+        }
+        let mut splice = Splice::new();
+        let max_forwards = self.decrement_max_forwards(msg, &mut splice)?;
+        if msg.proxy_require.is_some() {
+            return Err(Why::BadExtension);
+        }
+        let popped = self.pop_own_routes(msg, &mut splice);
+        if popped.count == 0 && !self.request_uri_is_served(msg) {
+            return Err(Why::DomainNotServed);
+        }
+        let _ = max_forwards;
+        for h in &msg.head.headers {
+            if h.name.carries_trust() {
+                splice.delete(h.line);
+            }
+        }
+        self.fill_received(from, msg, &mut splice);
+
+        let branch = self.our_branch(from, msg);
+        let insert_at = first_line_of(msg, HeaderName::Via);
+        let int = &self.cfg.internal;
+        let ext = &self.cfg.external;
+        splice.insert_with(insert_at, |out| {
+            write_via(out, int, branch, &from.token);
+        });
+        if method.forms_dialog() && msg.to_tag.is_none() {
+            // RFC 5658: one entry per interface; the top one faces the next hop.
+            let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
+            splice.insert_with(at, |out| {
+                out.extend_from_slice(b"Record-Route: ");
+                write_route_uri(out, int, Some(&from.token));
+                out.extend_from_slice(b", ");
+                write_route_uri(out, ext, Some(&from.token));
+                out.extend_from_slice(b"\r\n");
+            });
+        }
+        if method == Method::Register {
+            // RFC 3327: requests for this contact come back through the edge, to this flow.
+            let at = first_line_of(msg, HeaderName::Path).min(insert_at);
+            splice.insert_with(at, |out| {
+                out.extend_from_slice(b"Path: ");
+                write_route_uri(out, int, Some(&from.token));
+                out.extend_from_slice(b"\r\n");
+            });
+        }
+        let bytes = splice
+            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
+            .ok_or(Why::MalformedStartLine)?;
+        let tx = (method != Method::Ack).then_some((
+            TxKey {
+                branch,
+                cancel: method == Method::Cancel,
+            },
+            method,
+        ));
+        Ok(Action::ToPool { bytes, tx })
+    }
+
+    /// A request from the inside toward a remote user: routed only by a flow token in a
+    /// Route that names the edge.
+    fn outbound_request(&self, from: &Flow, msg: &Message, method: Method) -> Result<Action, Why> {
+        let mut splice = Splice::new();
+        self.decrement_max_forwards(msg, &mut splice)?;
+        if msg.proxy_require.is_some() {
+            return Err(Why::BadExtension);
+        }
+        let popped = self.pop_own_routes(msg, &mut splice);
+        let target = match popped.token {
+            Some(Ok(flow)) => flow,
+            Some(Err(())) => return Err(Why::InvalidFlowToken),
+            None => return Err(Why::NoRoute),
+        };
+        let target_token = self.keys.token(target);
+        let branch = self.our_branch(from, msg);
+        let insert_at = first_line_of(msg, HeaderName::Via);
+        let int = &self.cfg.internal;
+        let ext = &self.cfg.external;
+        splice.insert_with(insert_at, |out| {
+            write_via(out, ext, branch, &from.token);
+        });
+        if method.forms_dialog() && msg.to_tag.is_none() {
+            let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
+            splice.insert_with(at, |out| {
+                out.extend_from_slice(b"Record-Route: ");
+                write_route_uri(out, ext, Some(&target_token));
+                out.extend_from_slice(b", ");
+                write_route_uri(out, int, Some(&target_token));
+                out.extend_from_slice(b"\r\n");
+            });
+        }
+        let bytes = splice
+            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
+            .ok_or(Why::MalformedStartLine)?;
+        Ok(Action::ToFlow {
+            flow: target,
+            bytes,
+            completes: None,
+        })
+    }
+
+    /// A response: its top Via must be the edge's, with a valid token naming the flow the
+    /// request came from. The Via is removed and the rest passes unchanged.
+    fn response(&self, from: &Flow, msg: &Message, status: u16) -> Result<Action, Why> {
+        let top = msg.top_via().ok_or(Why::StrayResponse)?;
+        let own = match from.side {
+            Side::External => &self.cfg.external,
+            Side::Internal => &self.cfg.internal,
+        };
+        let host_matches = msg.bytes(top.host).eq_ignore_ascii_case(own.host.as_bytes())
+            && top.port.unwrap_or(5061) == own.port;
+        if !host_matches {
+            return Err(Why::StrayResponse);
+        }
+        let token = find_ftok(msg, top.value).ok_or(Why::StrayResponse)?;
+        let flow = self.keys.verify(token).map_err(|_| Why::StrayResponse)?;
+        let branch = top
+            .branch
+            .and_then(|b| parse_our_branch(msg.bytes(b)))
+            .ok_or(Why::StrayResponse)?;
+
+        let mut splice = Splice::new();
+        remove_top_via(msg, &mut splice);
+        if from.side == Side::External {
+            for h in &msg.head.headers {
+                if h.name.carries_trust() {
+                    splice.delete(h.line);
+                }
+            }
+        }
+        let bytes = splice
+            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
+            .ok_or(Why::StrayResponse)?;
+        let completes = (status >= 200 && from.side == Side::Internal).then_some(TxKey {
+            branch,
+            cancel: msg.bytes(msg.cseq_method) == b"CANCEL",
+        });
+        Ok(Action::ToFlow {
+            flow,
+            bytes,
+            completes,
+        })
+    }
+
+    /// RFC 3261 §16.6 step 3: decrement, refusing at zero (483).
+    fn decrement_max_forwards(&self, msg: &Message, splice: &mut Splice) -> Result<u32, Why> {
+        let (index, n) = msg
+            .max_forwards
+            .ok_or(Why::MissingHeader(HeaderName::MaxForwards))?;
+        if n == 0 {
+            return Err(Why::TooManyHops);
+        }
+        let header = msg
+            .head
+            .headers
+            .get(index)
+            .ok_or(Why::MissingHeader(HeaderName::MaxForwards))?;
+        splice.replace(header.value, (n - 1).to_string().as_bytes());
+        Ok(n - 1)
+    }
+
+    /// RFC 3261 §16.4: remove the top Route entries that name this edge (both of a
+    /// double Record-Route pair), and read the flow token one of them carries.
+    fn pop_own_routes(&self, msg: &Message, splice: &mut Splice) -> Popped {
+        let mut popped = Popped {
+            count: 0,
+            token: None,
+        };
+        for entry in &msg.routes {
+            let Some(user) = self.own_route_user(msg, entry) else {
+                break;
+            };
+            popped.count += 1;
+            if popped.token.is_none() && !user.is_empty() {
+                popped.token = Some(self.keys.verify(msg.bytes(user)).map_err(|_| ()));
+            }
+        }
+        if popped.count == 0 {
+            return popped;
+        }
+        // Delete whole lines where every entry goes, else the popped prefix of a line.
+        let entries = msg.routes.get(..popped.count).unwrap_or_default();
+        let mut i = 0;
+        while let Some(first) = entries.get(i) {
+            let in_line = msg.routes.iter().filter(|e| e.header == first.header).count();
+            let popped_in_line = entries.iter().filter(|e| e.header == first.header).count();
+            if let Some(h) = msg.head.headers.get(first.header) {
+                if popped_in_line == in_line {
+                    splice.delete(h.line);
+                } else if let Some(next) = msg.routes.get(i + popped_in_line) {
+                    splice.delete(Span::new(first.value.start, next.value.start));
+                }
+            }
+            i += popped_in_line;
+        }
+        popped
+    }
+
+    /// If a Route entry names this edge, its user part (empty if none).
+    fn own_route_user(&self, msg: &Message, entry: &RouteEntry) -> Option<Span> {
+        let uri_bytes = msg.bytes(entry.uri);
+        let uri = parse_uri(uri_bytes).ok()?;
+        let host = uri.host.of(uri_bytes);
+        let is_own = self
+            .cfg
+            .own_hosts
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(host));
+        let port_ok = match uri.port {
+            None => true,
+            Some(p) => p == self.cfg.external.port || p == self.cfg.internal.port,
+        };
+        (is_own && port_ok).then(|| {
+            Span::new(entry.uri.start + uri.user.start, entry.uri.start + uri.user.end)
+        })
+    }
+
+    fn request_uri_is_served(&self, msg: &Message) -> bool {
+        let Kind::Request { uri, .. } = msg.kind else {
+            return false;
+        };
+        let bytes = msg.bytes(uri);
+        let Ok(parsed) = parse_uri(bytes) else {
+            return false;
+        };
+        let host = parsed.host.of(bytes);
+        self.cfg
+            .served_domains
+            .iter()
+            .chain(self.cfg.own_hosts.iter())
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    fn is_own_via(&self, msg: &Message, host: Span, port: Option<u16>) -> bool {
+        let host = msg.bytes(host);
+        let port = port.unwrap_or(5061);
+        [&self.cfg.external, &self.cfg.internal]
+            .iter()
+            .any(|own| own.port == port && own.host.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    /// RFC 3581 / RFC 3261 §18.2.1: record where the request really came from.
+    fn fill_received(&self, from: &Flow, msg: &Message, splice: &mut Splice) {
+        let Some(top) = msg.top_via() else { return };
+        let ip = from.remote.ip();
+        if let Some(rport) = top.rport {
+            match rport.value {
+                None => splice.insert_with(rport.name.end, |out| {
+                    out.push(b'=');
+                    out.extend_from_slice(from.remote.port().to_string().as_bytes());
+                }),
+                Some(v) => splice.replace(v, from.remote.port().to_string().as_bytes()),
+            }
+        }
+        let written = msg.bytes(top.host);
+        let same = std::str::from_utf8(written)
+            .ok()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok())
+            .is_some_and(|h| h == ip);
+        match top.received {
+            Some(received) => {
+                if let Some(v) = received.value {
+                    splice.replace(v, ip.to_string().as_bytes());
+                }
+            }
+            None if !same || top.rport.is_some() => {
+                splice.insert_with(top.value.end, |out| {
+                    out.extend_from_slice(b";received=");
+                    out.extend_from_slice(ip.to_string().as_bytes());
+                });
+            }
+            None => {}
+        }
+    }
+
+    fn our_branch(&self, from: &Flow, msg: &Message) -> u64 {
+        let incoming = msg
+            .top_via()
+            .and_then(|v| v.branch)
+            .map(|b| msg.bytes(b))
+            .unwrap_or_default();
+        self.keys.branch_hash(from.id, incoming)
+    }
+}
+
+struct Popped {
+    count: usize,
+    /// The first token found in a popped entry: verified flow or forged.
+    token: Option<Result<FlowId, ()>>,
+}
+
+/// Offset of the first header line with this name, or the end of the start line.
+fn first_line_of(msg: &Message, name: HeaderName) -> usize {
+    msg.head
+        .headers
+        .iter()
+        .find(|h| h.name == name)
+        .map_or(msg.head.start_line.end, |h| h.line.start)
+}
+
+fn write_via(out: &mut Vec<u8>, side: &SideAddr, branch: u64, token: &FlowToken) {
+    out.extend_from_slice(b"Via: SIP/2.0/TLS ");
+    out.extend_from_slice(side.host.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(side.port.to_string().as_bytes());
+    out.extend_from_slice(b";branch=");
+    out.extend_from_slice(BRANCH_PREFIX);
+    out.extend_from_slice(format!("{branch:016x}").as_bytes());
+    out.extend_from_slice(b";ftok=");
+    out.extend_from_slice(token.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_route_uri(out: &mut Vec<u8>, side: &SideAddr, token: Option<&FlowToken>) {
+    out.extend_from_slice(b"<sip:");
+    if let Some(t) = token {
+        out.extend_from_slice(t.as_bytes());
+        out.push(b'@');
+    }
+    out.extend_from_slice(side.host.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(side.port.to_string().as_bytes());
+    out.extend_from_slice(b";transport=tls;lr>");
+}
+
+/// The `ftok` parameter of the edge's Via value.
+fn find_ftok(msg: &Message, via_value: Span) -> Option<&[u8]> {
+    let v = msg.bytes(via_value);
+    let at = v.windows(6).position(|w| w == b";ftok=")?;
+    let token = v.get(at + 6..at + 6 + TOKEN_LEN)?;
+    // The token must end the parameter.
+    match v.get(at + 6 + TOKEN_LEN) {
+        None | Some(b';') | Some(b' ') | Some(b'\t') => Some(token),
+        _ => None,
+    }
+}
+
+/// The hash from a branch the edge wrote (`z9hG4bKse` + 16 hex digits).
+fn parse_our_branch(b: &[u8]) -> Option<u64> {
+    debug_assert!(BRANCH_PREFIX.starts_with(MAGIC_COOKIE));
+    let hex = b.strip_prefix(BRANCH_PREFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Removes the top Via value: the whole line if it is the only value on it.
+fn remove_top_via(msg: &Message, splice: &mut Splice) {
+    let (Some(top), next) = (msg.vias.first(), msg.vias.get(1)) else {
+        return;
+    };
+    match next {
+        Some(n) if n.header == top.header => {
+            splice.delete(Span::new(top.value.start, n.value.start));
+        }
+        _ => {
+            if let Some(h) = msg.head.headers.get(top.header) {
+                splice.delete(h.line);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::sip::parse::HeadLimits;
+    use bytes::Bytes;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_headers: 64,
+        max_line_bytes: 4096,
+    };
+
+    fn proxy() -> Proxy {
+        Proxy::new(
+            ProxyConfig {
+                external: SideAddr {
+                    host: "edge.example.com".into(),
+                    port: 5061,
+                },
+                internal: SideAddr {
+                    host: "10.0.0.10".into(),
+                    port: 5061,
+                },
+                own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
+                served_domains: vec!["example.com".into()],
+            },
+            FlowKeys::new(&[7; 32], Default::default()),
+        )
+    }
+
+    fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
+        Flow {
+            id: FlowId(id),
+            side,
+            remote: remote.parse().unwrap(),
+            token: p.keys().token(FlowId(id)),
+        }
+    }
+
+    fn msg(s: &str) -> Message {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes()), &LIMITS).unwrap()
+    }
+
+    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/TLS 192.168.1.5:50123;branch=z9hG4bKclient1;rport\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@example.com>;tag=a1\r\n\
+        To: <sip:bob@example.com>\r\n\
+        Call-ID: call1\r\n\
+        CSeq: 1 INVITE\r\n\
+        P-Asserted-Identity: <sip:ceo@example.com>\r\n\
+        X-Unknown:   kept   as is\r\n\
+        Content-Length: 3\r\n\r\nabc";
+
+    #[test]
+    fn inbound_invite_gets_via_record_route_and_edits() {
+        let p = proxy();
+        let f = flow(&p, 1, Side::External, "203.0.113.7:40000");
+        let Action::ToPool { bytes, tx } = p.handle(&f, &msg(INVITE)) else {
+            panic!("not forwarded")
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        let tok = f.token.as_str();
+        let (key, method) = tx.unwrap();
+        let expected = format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\n\
+            Via: SIP/2.0/TLS 10.0.0.10:5061;branch=z9hG4bKse{:016x};ftok={tok}\r\n\
+            Record-Route: <sip:{tok}@10.0.0.10:5061;transport=tls;lr>, <sip:{tok}@edge.example.com:5061;transport=tls;lr>\r\n\
+            Via: SIP/2.0/TLS 192.168.1.5:50123;branch=z9hG4bKclient1;rport=40000;received=203.0.113.7\r\n\
+            Max-Forwards: 69\r\n\
+            From: <sip:alice@example.com>;tag=a1\r\n\
+            To: <sip:bob@example.com>\r\n\
+            Call-ID: call1\r\n\
+            CSeq: 1 INVITE\r\n\
+            X-Unknown:   kept   as is\r\n\
+            Content-Length: 3\r\n\r\nabc",
+            key.branch
+        );
+        assert_eq!(text, expected);
+        assert_eq!(method, Method::Invite);
+        // The forwarded message is itself valid.
+        msg(&text);
+    }
+
+    #[test]
+    fn response_from_inside_goes_back_to_the_client_flow() {
+        let p = proxy();
+        let client = flow(&p, 1, Side::External, "203.0.113.7:40000");
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let Action::ToPool { bytes, tx } = p.handle(&client, &msg(INVITE)) else { panic!() };
+        let fwd = String::from_utf8(bytes).unwrap();
+        // The Director answers: all Vias copied, To tag added.
+        let vias: String = fwd.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+        let resp = format!(
+            "SIP/2.0 200 OK\r\n{vias}From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b2\r\nCall-ID: call1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Action::ToFlow { flow, bytes, completes } = p.handle(&director, &msg(&resp)) else {
+            panic!()
+        };
+        assert_eq!(flow, FlowId(1));
+        assert_eq!(completes, Some(tx.unwrap().0));
+        let back = String::from_utf8(bytes).unwrap();
+        assert!(back.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 192.168.1.5:50123;"));
+        assert_eq!(back.matches("Via:").count(), 1);
+    }
+
+    #[test]
+    fn forged_and_stray_responses_are_dropped() {
+        let p = proxy();
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let forged = p.keys().token(FlowId(1)).as_str().replace('a', "b").replace('0', "1");
+        let resp = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 10.0.0.10:5061;branch=z9hG4bKse0000000000000001;ftok={forged}\r\nFrom: <sip:a@example.com>;tag=a\r\nTo: <sip:b@example.com>;tag=b\r\nCall-ID: c\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert!(matches!(p.handle(&director, &msg(&resp)), Action::Reject(Why::StrayResponse)));
+        let other = resp.replace("10.0.0.10:5061", "10.0.0.99:5061");
+        assert!(matches!(p.handle(&director, &msg(&other)), Action::Reject(Why::StrayResponse)));
+    }
+
+    #[test]
+    fn outbound_request_routed_by_token_and_forgery_refused() {
+        let p = proxy();
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let tok = p.keys().token(FlowId(1));
+        let bye = |t: &str| {
+            format!(
+                "BYE sip:alice@192.168.1.5:50123;transport=tls SIP/2.0\r\n\
+                Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
+                Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>\r\n\
+                Max-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=b2\r\nTo: <sip:alice@example.com>;tag=a1\r\n\
+                Call-ID: call1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let Action::ToFlow { flow, bytes, .. } = p.handle(&director, &msg(&bye(tok.as_str()))) else {
+            panic!()
+        };
+        assert_eq!(flow, FlowId(1));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("Route:"), "both own routes popped: {text}");
+        assert!(text.contains(&format!("Via: SIP/2.0/TLS edge.example.com:5061;branch=z9hG4bKse")));
+        let mut forged = tok.as_str().to_string();
+        forged.replace_range(0..1, if forged.starts_with('0') { "1" } else { "0" });
+        assert!(matches!(
+            p.handle(&director, &msg(&bye(&forged))),
+            Action::Reject(Why::InvalidFlowToken)
+        ));
+        let no_route = bye(tok.as_str()).replace("Route:", "X-Route:");
+        assert!(matches!(p.handle(&director, &msg(&no_route)), Action::Reject(Why::NoRoute)));
+    }
+
+    #[test]
+    fn register_gets_path_and_policy_rejects() {
+        let p = proxy();
+        let f = flow(&p, 1, Side::External, "203.0.113.7:40000");
+        let reg = INVITE
+            .replace("INVITE sip:bob@example.com", "REGISTER sip:example.com")
+            .replace("1 INVITE", "1 REGISTER");
+        let Action::ToPool { bytes, .. } = p.handle(&f, &msg(&reg)) else { panic!() };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(&format!("Path: <sip:{}@10.0.0.10:5061;transport=tls;lr>\r\n", f.token.as_str())));
+        assert!(!text.contains("Record-Route"));
+
+        let other = INVITE.replace("sip:bob@example.com SIP", "sip:bob@example.org SIP");
+        assert!(matches!(p.handle(&f, &msg(&other)), Action::Reject(Why::DomainNotServed)));
+        let mf0 = INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0");
+        assert!(matches!(p.handle(&f, &msg(&mf0)), Action::Reject(Why::TooManyHops)));
+        let looped = INVITE.replace("Max-Forwards", "Via: SIP/2.0/TLS edge.example.com;branch=z9hG4bKx\r\nMax-Forwards");
+        assert!(matches!(p.handle(&f, &msg(&looped)), Action::Reject(Why::Loop)));
+        let pr = INVITE.replace("Max-Forwards", "Proxy-Require: foo\r\nMax-Forwards");
+        let m = msg(&pr);
+        let Action::Reject(why) = p.handle(&f, &m) else { panic!() };
+        assert_eq!(why, Why::BadExtension);
+        let answer = String::from_utf8(p.answer(&m.raw, why, Some(&m)).unwrap()).unwrap();
+        assert!(answer.starts_with("SIP/2.0 420 Bad Extension\r\n"));
+        assert!(answer.contains("Unsupported: foo\r\n"));
+    }
+}

@@ -1,0 +1,421 @@
+//! Why a message is refused, and the one mapping from that reason to what the sender gets:
+//! a SIP status and reason phrase, or nothing (a silent drop).
+//!
+//! Responses are built from the sender's own lines (Via, From, To, Call-ID, CSeq; RFC 3261
+//! §8.2.6) found by a lenient scan of the raw bytes, so that even a request whose header
+//! block could not be tokenized gets an answer when one can be formed safely. Nothing here
+//! is forwarded to the inside: a reject only ever goes back to where the request came from.
+
+use super::HeaderName;
+
+/// Every reason the edge refuses a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Why {
+    // --- size (513) ---
+    HeaderBlockTooLarge,
+    BodyTooLarge,
+    LineTooLong,
+    TooManyHeaders,
+    // --- framing and syntax (400 unless said) ---
+    MissingContentLength,
+    ConflictingContentLength,
+    ContentLengthMismatch,
+    MalformedStartLine,
+    /// 505.
+    UnsupportedVersion,
+    MalformedRequestUri,
+    /// 416.
+    UnsupportedScheme,
+    /// A control byte, NUL, bare CR/LF or invalid UTF-8 in the header block.
+    IllegalByte(Option<HeaderName>),
+    /// Whitespace or a non-token byte inside a header name, or no colon.
+    MalformedHeaderName,
+    /// A continuation line with no header before it.
+    FoldingAtStart,
+    MissingHeader(HeaderName),
+    DuplicateHeader(HeaderName),
+    Malformed(HeaderName),
+    CSeqMethodMismatch,
+    BadBranch,
+    BadTag(HeaderName),
+    // --- proxy checks (RFC 3261 §16.3) ---
+    /// 483: Max-Forwards reached 0.
+    TooManyHops,
+    /// 482: the request already went through this edge from outside.
+    Loop,
+    /// 420: a Proxy-Require option tag the edge does not support.
+    BadExtension,
+    // --- policy and routing ---
+    /// 403: the Request-URI names no domain this edge serves.
+    DomainNotServed,
+    /// 403: a flow token failed its signature check.
+    InvalidFlowToken,
+    /// 404: a request from the inside names no remote flow.
+    NoRoute,
+    /// 430 (RFC 5626): the flow named by the token is gone.
+    FlowFailed,
+    /// 503 with Retry-After: no next hop is up.
+    PoolUnavailable { retry_after_secs: u32 },
+    /// 503 with Retry-After: the edge is shedding load.
+    Overloaded { retry_after_secs: u32 },
+    /// A response that names no flow of this edge: dropped.
+    StrayResponse,
+}
+
+impl Why {
+    /// The status and reason phrase to answer with; `None` when the only answer is silence
+    /// (responses are never answered; see [`response`] for when a request cannot be).
+    pub fn status(&self) -> Option<(u16, &'static str)> {
+        use HeaderName as H;
+        Some(match self {
+            Why::HeaderBlockTooLarge => (513, "Message Too Large"),
+            Why::BodyTooLarge => (513, "Message Body Too Large"),
+            Why::LineTooLong => (513, "Header Line Too Long"),
+            Why::TooManyHeaders => (513, "Too Many Headers"),
+            Why::MissingContentLength => (400, "Missing Content-Length"),
+            Why::ConflictingContentLength => (400, "Conflicting Content-Length"),
+            Why::ContentLengthMismatch => (400, "Content-Length Mismatch"),
+            Why::MalformedStartLine => (400, "Malformed Request Line"),
+            Why::UnsupportedVersion => (505, "Version Not Supported"),
+            Why::MalformedRequestUri => (400, "Malformed Request-URI"),
+            Why::UnsupportedScheme => (416, "Unsupported URI Scheme"),
+            Why::IllegalByte(_) => (400, "Illegal Character"),
+            Why::MalformedHeaderName => (400, "Malformed Header Name"),
+            Why::FoldingAtStart => (400, "Malformed Header Folding"),
+            Why::MissingHeader(h) => (400, missing_phrase(*h)),
+            Why::DuplicateHeader(h) => (400, duplicate_phrase(*h)),
+            Why::Malformed(h) => (400, malformed_phrase(*h)),
+            Why::CSeqMethodMismatch => (400, "CSeq Method Mismatch"),
+            Why::BadBranch => (400, "Malformed Via Branch"),
+            Why::BadTag(H::To) => (400, "Malformed To Tag"),
+            Why::BadTag(_) => (400, "Malformed From Tag"),
+            Why::TooManyHops => (483, "Too Many Hops"),
+            Why::Loop => (482, "Loop Detected"),
+            Why::BadExtension => (420, "Bad Extension"),
+            Why::DomainNotServed => (403, "Domain Not Served"),
+            Why::InvalidFlowToken => (403, "Invalid Flow Token"),
+            Why::NoRoute => (404, "No Route"),
+            Why::FlowFailed => (430, "Flow Failed"),
+            Why::PoolUnavailable { .. } => (503, "Service Unavailable"),
+            Why::Overloaded { .. } => (503, "Overloaded"),
+            Why::StrayResponse => return None,
+        })
+    }
+
+    /// A short stable label for logs and metrics (never user data).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Why::HeaderBlockTooLarge => "header_block_too_large",
+            Why::BodyTooLarge => "body_too_large",
+            Why::LineTooLong => "line_too_long",
+            Why::TooManyHeaders => "too_many_headers",
+            Why::MissingContentLength => "missing_content_length",
+            Why::ConflictingContentLength => "conflicting_content_length",
+            Why::ContentLengthMismatch => "content_length_mismatch",
+            Why::MalformedStartLine => "malformed_start_line",
+            Why::UnsupportedVersion => "unsupported_version",
+            Why::MalformedRequestUri => "malformed_request_uri",
+            Why::UnsupportedScheme => "unsupported_scheme",
+            Why::IllegalByte(_) => "illegal_byte",
+            Why::MalformedHeaderName => "malformed_header_name",
+            Why::FoldingAtStart => "folding_at_start",
+            Why::MissingHeader(_) => "missing_header",
+            Why::DuplicateHeader(_) => "duplicate_header",
+            Why::Malformed(_) => "malformed_header",
+            Why::CSeqMethodMismatch => "cseq_method_mismatch",
+            Why::BadBranch => "bad_branch",
+            Why::BadTag(_) => "bad_tag",
+            Why::TooManyHops => "too_many_hops",
+            Why::Loop => "loop",
+            Why::BadExtension => "bad_extension",
+            Why::DomainNotServed => "domain_not_served",
+            Why::InvalidFlowToken => "invalid_flow_token",
+            Why::NoRoute => "no_route",
+            Why::FlowFailed => "flow_failed",
+            Why::PoolUnavailable { .. } => "pool_unavailable",
+            Why::Overloaded { .. } => "overloaded",
+            Why::StrayResponse => "stray_response",
+        }
+    }
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status() {
+            Some((code, phrase)) => write!(f, "{code} {phrase}"),
+            None => f.write_str("drop"),
+        }
+    }
+}
+
+fn missing_phrase(h: HeaderName) -> &'static str {
+    match h {
+        HeaderName::Via => "Missing Via Header",
+        HeaderName::From => "Missing From Header",
+        HeaderName::To => "Missing To Header",
+        HeaderName::CallId => "Missing Call-ID Header",
+        HeaderName::CSeq => "Missing CSeq Header",
+        HeaderName::MaxForwards => "Missing Max-Forwards Header",
+        HeaderName::ContentLength => "Missing Content-Length",
+        _ => "Missing Header",
+    }
+}
+
+fn duplicate_phrase(h: HeaderName) -> &'static str {
+    match h {
+        HeaderName::From => "Duplicate From Header",
+        HeaderName::To => "Duplicate To Header",
+        HeaderName::CallId => "Duplicate Call-ID Header",
+        HeaderName::CSeq => "Duplicate CSeq Header",
+        HeaderName::MaxForwards => "Duplicate Max-Forwards Header",
+        HeaderName::ContentLength => "Conflicting Content-Length",
+        HeaderName::ProxyRequire => "Duplicate Proxy-Require Header",
+        _ => "Duplicate Header",
+    }
+}
+
+fn malformed_phrase(h: HeaderName) -> &'static str {
+    match h {
+        HeaderName::Via => "Malformed Via Header",
+        HeaderName::From => "Malformed From Header",
+        HeaderName::To => "Malformed To Header",
+        HeaderName::CallId => "Malformed Call-ID Header",
+        HeaderName::CSeq => "Malformed CSeq Header",
+        HeaderName::MaxForwards => "Malformed Max-Forwards Header",
+        HeaderName::ContentLength => "Malformed Content-Length",
+        HeaderName::Route => "Malformed Route Header",
+        HeaderName::RecordRoute => "Malformed Record-Route Header",
+        HeaderName::Path => "Malformed Path Header",
+        HeaderName::Contact => "Malformed Contact Header",
+        HeaderName::ProxyRequire => "Malformed Proxy-Require Header",
+        _ => "Malformed Header",
+    }
+}
+
+/// Builds the response to a refused request from the request's raw bytes, or `None` when no
+/// response can be formed: the message is a response or an ACK (RFC 3261 §17.2.1: ACKs are
+/// never answered), or a line the response must echo (Via, From, To, Call-ID, CSeq) is
+/// missing, ambiguous or holds bytes that are unsafe to echo.
+///
+/// `extra` holds whole header lines (with CRLF) to add, e.g. `Retry-After: 30\r\n`.
+pub fn response(raw: &[u8], status: u16, reason: &str, extra: &[u8]) -> Option<Vec<u8>> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 2);
+    let head = raw.get(..head_end)?;
+    let mut lines = LogicalLines { buf: head, pos: 0 };
+    let start = lines.next()?;
+    let method = start.split(|&b| b == b' ').next()?;
+    if method.is_empty()
+        || start.len() < 4
+        || start.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        || method == b"ACK"
+    {
+        return None;
+    }
+
+    let mut vias: Vec<&[u8]> = Vec::new();
+    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    for line in lines {
+        if !is_echo_safe(line) {
+            // A line we would not echo is fine as long as we need not echo it.
+            let name = header_name_of(line);
+            if matches!(
+                name,
+                HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+            ) {
+                return None;
+            }
+            continue;
+        }
+        let slot = match header_name_of(line) {
+            HeaderName::Via => {
+                vias.push(line);
+                continue;
+            }
+            HeaderName::From => &mut from,
+            HeaderName::To => &mut to,
+            HeaderName::CallId => &mut call_id,
+            HeaderName::CSeq => &mut cseq,
+            _ => continue,
+        };
+        if slot.replace(line).is_some() {
+            return None; // two of a singleton: which one would the sender match?
+        }
+    }
+    let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
+    if vias.is_empty() {
+        return None;
+    }
+
+    let mut out = Vec::with_capacity(256 + head.len() / 2);
+    out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
+    for via in vias {
+        out.extend_from_slice(via);
+        out.extend_from_slice(b"\r\n");
+    }
+    for line in [from, to, call_id, cseq] {
+        out.extend_from_slice(line);
+        if std::ptr::eq(line, to) && !has_tag(line) && status > 100 {
+            // RFC 3261 §8.2.6.2: the UAS adds a To tag; derive it from the request so a
+            // retransmission gets the same one.
+            let tag = fnv1a(call_id) ^ fnv1a(cseq).rotate_left(17) ^ fnv1a(from).rotate_left(31);
+            out.extend_from_slice(format!(";tag=se{tag:016x}").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
+    Some(out)
+}
+
+/// Physical lines joined with their continuation lines, each without its final CRLF.
+struct LogicalLines<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for LogicalLines<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.buf.get(self.pos..)?;
+        if rest.is_empty() || rest.starts_with(b"\r\n") {
+            return None;
+        }
+        let start = self.pos;
+        let mut end = start;
+        loop {
+            let rest = self.buf.get(end..)?;
+            let crlf = rest.windows(2).position(|w| w == b"\r\n").map_or(rest.len(), |p| p);
+            end += crlf;
+            let after = end + 2;
+            // Continuation lines belong to this one (RFC 3261 §7.3.1).
+            if self.buf.get(after).is_some_and(|&b| b == b' ' || b == b'\t') && start != 0 {
+                end = after;
+                continue;
+            }
+            self.pos = after.min(self.buf.len() + 2);
+            return self.buf.get(start..end);
+        }
+    }
+}
+
+fn header_name_of(line: &[u8]) -> HeaderName {
+    let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+    let name = line.get(..colon).unwrap_or_default();
+    let trimmed_len = name.len() - name.iter().rev().take_while(|&&b| b == b' ' || b == b'\t').count();
+    HeaderName::from_bytes(name.get(..trimmed_len).unwrap_or_default())
+}
+
+/// A line is safe to echo if every byte is HTAB, visible ASCII, SP, UTF-8, or the CR LF of a
+/// fold (CR LF followed by SP or HTAB).
+fn is_echo_safe(line: &[u8]) -> bool {
+    if std::str::from_utf8(line).is_err() {
+        return false;
+    }
+    let mut i = 0;
+    while let Some(&b) = line.get(i) {
+        match b {
+            b'\r' => {
+                let folded = line.get(i + 1) == Some(&b'\n')
+                    && line.get(i + 2).is_some_and(|&c| c == b' ' || c == b'\t');
+                if !folded {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b'\t' => {}
+            0..=0x1f | 0x7f => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether a To/From line carries a `tag` parameter outside `<…>` and quotes.
+fn has_tag(line: &[u8]) -> bool {
+    let mut in_quote = false;
+    let mut in_angle = false;
+    let mut prev_backslash = false;
+    for (i, &b) in line.iter().enumerate() {
+        if in_quote {
+            if b == b'"' && !prev_backslash {
+                in_quote = false;
+            }
+            prev_backslash = b == b'\\' && !prev_backslash;
+            continue;
+        }
+        match b {
+            b'"' => in_quote = true,
+            b'<' => in_angle = true,
+            b'>' => in_angle = false,
+            b';' if !in_angle => {
+                let rest = line.get(i + 1..).unwrap_or_default();
+                let rest = &rest[rest.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
+                if rest.len() >= 3 && rest.get(..3).is_some_and(|n| n.eq_ignore_ascii_case(b"tag")) {
+                    let after = rest.get(3..).unwrap_or_default();
+                    let after = &after[after.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
+                    if after.first() == Some(&b'=') {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\n\
+        Via: SIP/2.0/TLS 192.0.2.9;branch=z9hG4bK0\r\n\
+        Max-Forwards: 0\r\n\
+        From: <sip:alice@example.com>;tag=a1\r\n\
+        To: <sip:bob@example.com>\r\n\
+        Call-ID: c1@192.0.2.1\r\n\
+        CSeq: 1 INVITE\r\n\
+        Subject: hi\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn echoes_vias_and_dialog_headers_and_adds_to_tag() {
+        let r = response(INVITE.as_bytes(), 483, "Too Many Hops", b"").unwrap();
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.starts_with("SIP/2.0 483 Too Many Hops\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\nVia: SIP/2.0/TLS 192.0.2.9;branch=z9hG4bK0\r\n"));
+        assert!(text.contains("To: <sip:bob@example.com>;tag=se"));
+        assert!(!text.contains("Subject"));
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
+    }
+
+    #[test]
+    fn never_answers_ack_or_responses_or_ambiguity() {
+        let ack = INVITE.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
+        assert!(response(ack.as_bytes(), 400, "x", b"").is_none());
+        assert!(response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x", b"").is_none());
+        let two_to = INVITE.replace("Subject: hi", "t: <sip:eve@example.com>");
+        assert!(response(two_to.as_bytes(), 400, "x", b"").is_none());
+        let injected = INVITE.replace("Call-ID: c1@192.0.2.1", "Call-ID: c1\nVia: evil");
+        assert!(response(injected.as_bytes(), 400, "x", b"").is_none());
+    }
+
+    #[test]
+    fn has_tag_ignores_uri_params() {
+        assert!(!has_tag(b"To: <sip:bob@x;tag=1>"));
+        assert!(has_tag(b"To: <sip:bob@x> ; TAG = 1"));
+        assert!(has_tag(b"t: sip:bob@x;tag=1"));
+    }
+}
