@@ -136,6 +136,7 @@ impl Health {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start simulated time from a real instant
 mod tests {
     use super::*;
 

@@ -200,7 +200,7 @@ impl Message {
             match name {
                 HeaderName::Via => {
                     elements.clear();
-                    split_commas(buf, h.value, &mut elements).map_err(|()| Why::Malformed(name))?;
+                    split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     for &v in &elements {
                         vias.push(parse_via(buf, index, v, &mut params).ok_or(Why::Malformed(name))?);
                     }
@@ -228,7 +228,7 @@ impl Message {
                 }
                 HeaderName::Route | HeaderName::RecordRoute | HeaderName::Path => {
                     elements.clear();
-                    split_commas(buf, h.value, &mut elements).map_err(|()| Why::Malformed(name))?;
+                    split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     for &v in &elements {
                         let na = parse_name_addr(buf, v, true, &mut params)
                             .filter(|na| na.scheme != Scheme::Tel)
@@ -242,14 +242,11 @@ impl Message {
                         }
                     }
                 }
-                HeaderName::Contact => {
-                    if h.value.of(buf) != b"*" {
-                        elements.clear();
-                        split_commas(buf, h.value, &mut elements)
-                            .map_err(|()| Why::Malformed(name))?;
-                        for &v in &elements {
-                            parse_name_addr(buf, v, false, &mut params).ok_or(Why::Malformed(name))?;
-                        }
+                HeaderName::Contact if h.value.of(buf) != b"*" => {
+                    elements.clear();
+                    split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
+                    for &v in &elements {
+                        parse_name_addr(buf, v, false, &mut params).ok_or(Why::Malformed(name))?;
                     }
                 }
                 HeaderName::ProxyRequire => {
@@ -257,7 +254,7 @@ impl Message {
                         return Err(Why::DuplicateHeader(name));
                     }
                     elements.clear();
-                    split_commas(buf, h.value, &mut elements).map_err(|()| Why::Malformed(name))?;
+                    split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     if !elements.iter().all(|e| is_token(e.of(buf))) {
                         return Err(Why::Malformed(name));
                     }
@@ -541,9 +538,9 @@ fn parse_name_addr(
 fn tag_of(buf: &[u8], value: Span, name: HeaderName, params: &mut Vec<Param>) -> Result<Option<Span>, Why> {
     let na = parse_name_addr(buf, value, false, params).ok_or(Why::Malformed(name))?;
     params.clear();
-    parse_params(buf, na.params, params).map_err(|()| Why::Malformed(name))?;
+    parse_params(buf, na.params, params).map_err(|_| Why::Malformed(name))?;
     match find_param(buf, params, b"tag") {
-        Err(()) => Err(Why::BadTag(name)),
+        Err(_) => Err(Why::BadTag(name)),
         Ok(None) => Ok(None),
         Ok(Some(Param { value: Some(t), .. })) if t.len() <= MAX_ID_LEN && is_token(t.of(buf)) => {
             Ok(Some(t))

@@ -1,9 +1,12 @@
-//! Outstanding transactions toward one next hop: what "least outstanding" balances on.
+//! Outstanding transactions toward one next hop: what "least outstanding" balances on, and
+//! what the edge answers for when the next hop does not.
 //!
 //! A request forwarded to a member is outstanding until its final response comes back, or
 //! until the RFC 3261 transaction timeout passes (Timer F, 64*T1 = 32 s, for non-INVITE;
-//! Timer C, more than 3 minutes, for INVITE), so a lost answer cannot inflate the count
-//! forever. Owned by the member's connection task: no lock.
+//! Timer C, more than 3 minutes, for INVITE). Each entry keeps a value (the shell keeps the
+//! forwarded bytes, a reference-counted handle) so that the edge can answer 408 on expiry
+//! and 503 when the connection to the member is lost (RFC 3261 §16.9: a transport error
+//! is treated as a 503 from that hop). Owned by the member's connection task: no lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -16,66 +19,72 @@ pub const INVITE_TIMEOUT: Duration = Duration::from_secs(181);
 
 /// The transactions in flight, with deadlines.
 #[derive(Debug)]
-pub struct Outstanding<K> {
-    deadlines: HashMap<K, Instant>,
+pub struct Outstanding<K, V> {
+    entries: HashMap<K, (Instant, V)>,
     /// Deadlines in insertion order; entries already completed are skipped lazily.
     queue: VecDeque<(Instant, K)>,
 }
 
-impl<K: Copy + Eq + Hash> Default for Outstanding<K> {
+impl<K: Copy + Eq + Hash, V> Default for Outstanding<K, V> {
     fn default() -> Self {
         Outstanding {
-            deadlines: HashMap::new(),
+            entries: HashMap::new(),
             queue: VecDeque::new(),
         }
     }
 }
 
-impl<K: Copy + Eq + Hash> Outstanding<K> {
+impl<K: Copy + Eq + Hash, V> Outstanding<K, V> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Records a forwarded request. A retransmission (same key) keeps its first deadline.
-    pub fn insert(&mut self, now: Instant, key: K, timeout: Duration) {
+    pub fn insert(&mut self, now: Instant, key: K, timeout: Duration, value: V) {
         let deadline = now + timeout;
-        if self.deadlines.insert(key, deadline).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.entries.entry(key) {
+            e.insert((deadline, value));
             self.queue.push_back((deadline, key));
         }
     }
 
     /// A final response arrived. Returns whether the key was outstanding.
     pub fn complete(&mut self, key: &K) -> bool {
-        self.deadlines.remove(key).is_some()
+        self.entries.remove(key).is_some()
     }
 
-    /// Forgets transactions whose deadline has passed; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let mut expired = 0;
+    /// Removes the transactions whose deadline has passed and hands each to `expired`.
+    pub fn expire(&mut self, now: Instant, mut expired: impl FnMut(V)) {
         while let Some((deadline, key)) = self.queue.front().copied() {
             if deadline > now {
                 break;
             }
             self.queue.pop_front();
-            if self.deadlines.get(&key) == Some(&deadline) {
-                self.deadlines.remove(&key);
-                expired += 1;
+            if self.entries.get(&key).is_some_and(|(d, _)| *d == deadline) {
+                if let Some((_, v)) = self.entries.remove(&key) {
+                    expired(v);
+                }
             }
         }
         // Completed entries linger in the queue until their deadline; bound the waste.
-        if self.queue.len() > 4 * self.deadlines.len() + 1024 {
-            let live = &self.deadlines;
-            self.queue.retain(|(d, k)| live.get(k) == Some(d));
+        if self.queue.len() > 4 * self.entries.len() + 1024 {
+            let live = &self.entries;
+            self.queue.retain(|(d, k)| live.get(k).is_some_and(|(ld, _)| ld == d));
         }
-        expired
+    }
+
+    /// Removes every transaction (the connection is gone).
+    pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
+        self.queue.clear();
+        self.entries.drain().map(|(_, (_, v))| v)
     }
 
     pub fn len(&self) -> usize {
-        self.deadlines.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deadlines.is_empty()
+        self.entries.is_empty()
     }
 
     /// The next deadline, for the shell's timer.
@@ -85,23 +94,28 @@ impl<K: Copy + Eq + Hash> Outstanding<K> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start simulated time from a real instant
 mod tests {
     use super::*;
 
     #[test]
-    fn complete_and_expire() {
+    fn complete_expire_and_drain() {
         let t0 = Instant::now();
         let mut o = Outstanding::new();
-        o.insert(t0, 1u64, NON_INVITE_TIMEOUT);
-        o.insert(t0, 2u64, INVITE_TIMEOUT);
-        o.insert(t0, 1u64, NON_INVITE_TIMEOUT);
-        assert_eq!(o.len(), 2);
+        o.insert(t0, 1u64, NON_INVITE_TIMEOUT, "a");
+        o.insert(t0, 2u64, INVITE_TIMEOUT, "b");
+        o.insert(t0, 1u64, NON_INVITE_TIMEOUT, "a again");
+        o.insert(t0, 3u64, INVITE_TIMEOUT, "c");
+        assert_eq!(o.len(), 3);
         assert!(o.complete(&2));
         assert!(!o.complete(&2));
-        assert_eq!(o.expire(t0 + Duration::from_secs(31)), 0);
-        assert_eq!(o.expire(t0 + Duration::from_secs(32)), 1);
+        let mut gone = Vec::new();
+        o.expire(t0 + Duration::from_secs(31), |v| gone.push(v));
+        assert!(gone.is_empty());
+        o.expire(t0 + Duration::from_secs(32), |v| gone.push(v));
+        assert_eq!(gone, vec!["a"]);
+        assert_eq!(o.drain().collect::<Vec<_>>(), vec!["c"]);
         assert!(o.is_empty());
-        assert_eq!(o.expire(t0 + Duration::from_secs(500)), 0);
         assert_eq!(o.poll_timeout(), None);
     }
 }

@@ -438,10 +438,14 @@ fn is_hostname_or_ipv4(h: &[u8]) -> bool {
     })
 }
 
+/// A list or parameter grammar error (the caller knows which header it was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
 /// Splits a header value at top-level commas: commas inside `<…>`, quoted strings (with
 /// backslash escapes) do not split. Returns spans trimmed of LWS; an empty element or an
 /// unbalanced quote or bracket is an error.
-pub fn split_commas(buf: &[u8], value: Span, out: &mut Vec<Span>) -> Result<(), ()> {
+pub fn split_commas(buf: &[u8], value: Span, out: &mut Vec<Span>) -> Result<(), Malformed> {
     let bytes = value.of(buf);
     let mut in_quote = false;
     let mut escaped = false;
@@ -461,7 +465,7 @@ pub fn split_commas(buf: &[u8], value: Span, out: &mut Vec<Span>) -> Result<(), 
             b'"' => in_quote = true,
             b'<' if !in_angle => in_angle = true,
             b'>' if in_angle => in_angle = false,
-            b'<' | b'>' => return Err(()),
+            b'<' | b'>' => return Err(Malformed),
             b',' if !in_angle => {
                 push_element(buf, Span::new(value.start + start, value.start + i), out)?;
                 start = i + 1;
@@ -470,15 +474,15 @@ pub fn split_commas(buf: &[u8], value: Span, out: &mut Vec<Span>) -> Result<(), 
         }
     }
     if in_quote || in_angle {
-        return Err(());
+        return Err(Malformed);
     }
     push_element(buf, Span::new(value.start + start, value.end), out)
 }
 
-fn push_element(buf: &[u8], s: Span, out: &mut Vec<Span>) -> Result<(), ()> {
+fn push_element(buf: &[u8], s: Span, out: &mut Vec<Span>) -> Result<(), Malformed> {
     let t = trim(buf, s);
     if t.is_empty() {
-        return Err(());
+        return Err(Malformed);
     }
     out.push(t);
     Ok(())
@@ -496,7 +500,7 @@ pub struct Param {
 
 /// Parses `;name[=value]…` parameters starting at a `;` (or at the end). Names are tokens;
 /// values are tokens, host-like text or quoted strings. Anything else is an error.
-pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), ()> {
+pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), Malformed> {
     let mut pos = span.start;
     let at = |i: usize| buf.get(i).copied();
     let skip_lws = |mut i: usize| {
@@ -508,7 +512,7 @@ pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), 
     pos = skip_lws(pos);
     while pos < span.end {
         if at(pos) != Some(b';') {
-            return Err(());
+            return Err(Malformed);
         }
         let whole_start = pos;
         pos = skip_lws(pos + 1);
@@ -517,7 +521,7 @@ pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), 
             pos += 1;
         }
         if pos == name_start {
-            return Err(());
+            return Err(Malformed);
         }
         let name = Span::new(name_start, pos);
         pos = skip_lws(pos);
@@ -529,7 +533,7 @@ pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), 
                 pos += 1;
                 loop {
                     match at(pos) {
-                        _ if pos >= span.end => return Err(()),
+                        _ if pos >= span.end => return Err(Malformed),
                         Some(b'\\') => pos += 2,
                         Some(b'"') => {
                             pos += 1;
@@ -547,7 +551,7 @@ pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), 
                 }
             }
             if pos == v_start || pos > span.end {
-                return Err(());
+                return Err(Malformed);
             }
             value = Some(Span::new(v_start, pos));
         }
@@ -562,12 +566,12 @@ pub fn parse_params(buf: &[u8], span: Span, out: &mut Vec<Param>) -> Result<(), 
 }
 
 /// Finds a parameter by name (case-insensitive); an error if it appears twice.
-pub fn find_param(buf: &[u8], params: &[Param], name: &[u8]) -> Result<Option<Param>, ()> {
+pub fn find_param(buf: &[u8], params: &[Param], name: &[u8]) -> Result<Option<Param>, Malformed> {
     let mut found = None;
     for p in params {
         if p.name.of(buf).eq_ignore_ascii_case(name) {
             if found.is_some() {
-                return Err(());
+                return Err(Malformed);
             }
             found = Some(*p);
         }

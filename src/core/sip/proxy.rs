@@ -89,6 +89,7 @@ pub struct Proxy {
 }
 
 const BRANCH_PREFIX: &[u8] = b"z9hG4bKse";
+const PROBE_PREFIX: &str = "z9hG4bKprobe";
 
 impl Proxy {
     pub fn new(cfg: ProxyConfig, keys: FlowKeys) -> Proxy {
@@ -133,6 +134,41 @@ impl Proxy {
             _ => Vec::new(),
         };
         reject::response(raw, status, reason, &extra)
+    }
+
+    /// An OPTIONS health probe for next-hop member `member` (RFC 3261 §11). Max-Forwards 1:
+    /// the member answers it itself and never sends it further than one hop.
+    pub fn probe(&self, member: usize, target: SocketAddr, seq: u32, from_domain: &str) -> Vec<u8> {
+        let int = &self.cfg.internal;
+        let target = match target {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        format!(
+            "OPTIONS sip:{target};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {host}:{port};branch={PROBE_PREFIX}{member}x{seq}\r\n\
+             Max-Forwards: 1\r\n\
+             From: <sip:{from_domain}>;tag=probe{member}\r\n\
+             To: <sip:{target}>\r\n\
+             Call-ID: probe-{member}-{seq}@{from_domain}\r\n\
+             CSeq: {seq} OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            host = int.host,
+            port = int.port,
+        )
+        .into_bytes()
+    }
+
+    /// If `msg` answers one of this edge's probes: the member index, sequence and status.
+    pub fn probe_answer(&self, msg: &Message) -> Option<(usize, u32, u16)> {
+        let Kind::Response { status } = msg.kind else {
+            return None;
+        };
+        let top = msg.top_via()?;
+        let rest = msg.bytes(top.branch?).strip_prefix(PROBE_PREFIX.as_bytes())?;
+        let rest = std::str::from_utf8(rest).ok()?;
+        let (member, seq) = rest.split_once('x')?;
+        Some((member.parse().ok()?, seq.parse().ok()?, status))
     }
 
     /// A request from the Internet toward the Director pool.
@@ -642,7 +678,7 @@ mod tests {
         assert_eq!(flow, FlowId(1));
         let text = String::from_utf8(bytes).unwrap();
         assert!(!text.contains("Route:"), "both own routes popped: {text}");
-        assert!(text.contains(&format!("Via: SIP/2.0/TLS edge.example.com:5061;branch=z9hG4bKse")));
+        assert!(text.contains("Via: SIP/2.0/TLS edge.example.com:5061;branch=z9hG4bKse"));
         let mut forged = tok.as_str().to_string();
         forged.replace_range(0..1, if forged.starts_with('0') { "1" } else { "0" });
         assert!(matches!(

@@ -55,6 +55,8 @@ pub enum Why {
     NoRoute,
     /// 430 (RFC 5626): the flow named by the token is gone.
     FlowFailed,
+    /// 408: the next hop did not answer within the transaction timeout.
+    RequestTimeout,
     /// 503 with Retry-After: no next hop is up.
     PoolUnavailable { retry_after_secs: u32 },
     /// 503 with Retry-After: the edge is shedding load.
@@ -97,6 +99,7 @@ impl Why {
             Why::InvalidFlowToken => (403, "Invalid Flow Token"),
             Why::NoRoute => (404, "No Route"),
             Why::FlowFailed => (430, "Flow Failed"),
+            Why::RequestTimeout => (408, "Request Timeout"),
             Why::PoolUnavailable { .. } => (503, "Service Unavailable"),
             Why::Overloaded { .. } => (503, "Overloaded"),
             Why::StrayResponse => return None,
@@ -133,6 +136,7 @@ impl Why {
             Why::InvalidFlowToken => "invalid_flow_token",
             Why::NoRoute => "no_route",
             Why::FlowFailed => "flow_failed",
+            Why::RequestTimeout => "request_timeout",
             Why::PoolUnavailable { .. } => "pool_unavailable",
             Why::Overloaded { .. } => "overloaded",
             Why::StrayResponse => "stray_response",
@@ -354,20 +358,22 @@ fn has_tag(line: &[u8]) -> bool {
             b'<' => in_angle = true,
             b'>' => in_angle = false,
             b';' if !in_angle => {
-                let rest = line.get(i + 1..).unwrap_or_default();
-                let rest = &rest[rest.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
-                if rest.len() >= 3 && rest.get(..3).is_some_and(|n| n.eq_ignore_ascii_case(b"tag")) {
-                    let after = rest.get(3..).unwrap_or_default();
-                    let after = &after[after.iter().take_while(|&&c| c == b' ' || c == b'\t').count()..];
-                    if after.first() == Some(&b'=') {
-                        return true;
-                    }
+                let rest = skip_wsp(line.get(i + 1..).unwrap_or_default());
+                if rest.get(..3).is_some_and(|n| n.eq_ignore_ascii_case(b"tag"))
+                    && skip_wsp(rest.get(3..).unwrap_or_default()).first() == Some(&b'=')
+                {
+                    return true;
                 }
             }
             _ => {}
         }
     }
     false
+}
+
+fn skip_wsp(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&c| c == b' ' || c == b'\t').count();
+    s.get(n..).unwrap_or_default()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -1,0 +1,95 @@
+//! Listeners: socket set-up and accept loops. Each accepted connection must finish its TLS
+//! handshake within the handshake timeout and holds one permit of the connection cap for
+//! its lifetime; past the cap, new connections are closed at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::conn::{Accepted, Conn};
+use super::Shared;
+use crate::core::sip::proxy::Side;
+
+/// Kernel accept queue length.
+const BACKLOG: i32 = 1024;
+
+/// Binds a TCP listener (SO_REUSEADDR so a restart does not wait for TIME_WAIT; IPv6
+/// listeners are v6-only so the two families never alias).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until shutdown.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    side: Side,
+    connections: Arc<Semaphore>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin (mini-redis does the same).
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        shared.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    shared.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (conn, rx) = Conn::register(&shared, side, remote);
+            let flow = conn.flow.id;
+            let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
+            tracing::debug!(%remote, flow = flow.0, reason = ?closed, "connection closed");
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,359 @@
+//! The next-hop (Director) pool: one persistent mutual-TLS connection per member, opened from
+//! the internal interface; requests spread by least outstanding transactions over the
+//! members that are up; OPTIONS probes decide up and down (`core::sip::health`); failover
+//! when a member's connection is lost.
+//!
+//! Per message, picking a member reads a few atomics: no lock. Each member's transaction
+//! table and health belong to its own task.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+use super::clock;
+use super::conn::{flush, Closed, Conn, ConnHooks, QUEUE_LEN};
+use super::Shared;
+use crate::core::sip::health::{Health, ProbeConfig, Transition};
+use crate::core::sip::message::{Message, Method};
+use crate::core::sip::outstanding::{Outstanding, INVITE_TIMEOUT, NON_INVITE_TIMEOUT};
+use crate::core::sip::parse::HeadLimits;
+use crate::core::sip::proxy::{Action, Flow, Side, TxKey};
+use crate::core::sip::token::FlowId;
+use crate::core::sip::Why;
+
+/// Reconnect back-off bounds.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// TCP + TLS set-up toward a member.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request on its way to a member.
+#[derive(Debug)]
+pub struct PoolMsg {
+    pub bytes: Bytes,
+    pub tx: Option<(TxKey, Method)>,
+}
+
+/// What the rest of the edge sees of one member.
+pub struct Member {
+    pub addr: SocketAddr,
+    up: AtomicBool,
+    outstanding: AtomicUsize,
+    tx: mpsc::Sender<PoolMsg>,
+}
+
+impl Member {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// The members and how to pick one.
+pub struct Pool {
+    pub members: Vec<Member>,
+    next: AtomicUsize,
+    pub retry_after_secs: u32,
+}
+
+/// Receiving ends of the members' queues, handed to their tasks at start.
+pub struct PoolQueues(pub Vec<mpsc::Receiver<PoolMsg>>);
+
+impl Pool {
+    pub fn new(addrs: &[SocketAddr], retry_after_secs: u32) -> (Pool, PoolQueues) {
+        let mut members = Vec::with_capacity(addrs.len());
+        let mut queues = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let (tx, rx) = mpsc::channel(QUEUE_LEN * 4);
+            members.push(Member {
+                addr,
+                up: AtomicBool::new(false),
+                outstanding: AtomicUsize::new(0),
+                tx,
+            });
+            queues.push(rx);
+        }
+        (
+            Pool {
+                members,
+                next: AtomicUsize::new(0),
+                retry_after_secs,
+            },
+            PoolQueues(queues),
+        )
+    }
+
+    /// Whether any member is up (for /healthz).
+    pub fn any_up(&self) -> bool {
+        self.members.iter().any(Member::is_up)
+    }
+
+    /// Sends to the up member with the fewest outstanding transactions (ties rotate), trying
+    /// the next best if a queue is full or closed. `exclude` skips a member (failover).
+    pub fn send(&self, bytes: Bytes, tx: Option<(TxKey, Method)>, exclude: Option<usize>) -> Result<usize, PoolMsg> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<(usize, usize)> = (0..n)
+            .map(|k| (start.wrapping_add(k)) % n.max(1))
+            .filter(|&i| Some(i) != exclude)
+            .filter_map(|i| self.members.get(i).filter(|m| m.is_up()).map(|m| (m.outstanding(), i)))
+            .collect();
+        // Stable sort keeps the rotation among equals.
+        order.sort_by_key(|&(load, _)| load);
+        let mut msg = PoolMsg { bytes, tx };
+        for (_, i) in order {
+            let Some(member) = self.members.get(i) else { continue };
+            match member.tx.try_send(msg) {
+                Ok(()) => {
+                    // Count it now, so the next pick sees it before the member task does.
+                    member.outstanding.fetch_add(1, Ordering::Relaxed);
+                    return Ok(i);
+                }
+                Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => msg = m,
+            }
+        }
+        Err(msg)
+    }
+}
+
+/// Everything a member task needs to connect.
+#[derive(Clone)]
+pub struct Connector {
+    pub tls: TlsConnector,
+    pub server_name: ServerName<'static>,
+    /// The internal interface address connections leave from.
+    pub local_ip: IpAddr,
+    pub probe: ProbeConfig,
+    /// Domain in the probes' From.
+    pub from_domain: String,
+}
+
+/// Runs member `index` until shutdown: connect, serve, reconnect with back-off.
+pub async fn run_member(shared: Arc<Shared>, index: usize, connector: Connector, mut rx: mpsc::Receiver<PoolMsg>) {
+    let Some(member) = shared.pool.members.get(index) else { return };
+    let addr = member.addr;
+    let mut health = Health::new(clock::now(), connector.probe);
+    let mut backoff = RECONNECT_MIN;
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match connect(&connector, addr).await {
+            Ok(stream) => {
+                backoff = RECONNECT_MIN;
+                tracing::info!(member = %addr, "connected to next hop");
+                let closed = serve_member(&shared, index, &connector, stream, &mut rx, &mut health).await;
+                tracing::warn!(member = %addr, reason = ?closed, "next-hop connection closed");
+                if matches!(closed, Closed::Shutdown) {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(member = %addr, error = %e, "next hop unreachable");
+            }
+        }
+        if health.handle_disconnected() == Some(Transition::WentDown) {
+            tracing::warn!(member = %addr, "next hop down (connection lost)");
+        }
+        member.up.store(false, Ordering::Relaxed);
+        // While disconnected, nothing may wait here: fail queued requests over.
+        let deadline = tokio::time::Instant::from_std(clock::now() + backoff);
+        loop {
+            tokio::select! {
+                Some(msg) = rx.recv() => fail_over(&shared, index, msg),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => return,
+            }
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+async fn connect(
+    connector: &Connector,
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let attempt = async {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(connector.local_ip, 0))?;
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        connector.tls.connect(connector.server_name.clone(), tcp).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
+}
+
+/// Sends a request that cannot go to member `index` to another one, or answers 503.
+fn fail_over(shared: &Shared, index: usize, msg: PoolMsg) {
+    if let Some(m) = shared.pool.members.get(index) {
+        m.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+    let PoolMsg { bytes, tx } = msg;
+    if let Err(PoolMsg { bytes, .. }) = shared.pool.send(bytes, tx, Some(index)) {
+        answer_unavailable(shared, &bytes);
+    }
+}
+
+/// Answers a request that was already spliced for the pool with 503.
+fn answer_unavailable(shared: &Shared, forwarded: &[u8]) {
+    let why = Why::PoolUnavailable {
+        retry_after_secs: shared.pool.retry_after_secs,
+    };
+    answer_for_pool(shared, forwarded, why);
+}
+
+/// Answers a request that was already spliced for the pool, through the normal response
+/// path: the answer carries the edge's Via, so the proxy routes it to the client's flow.
+fn answer_for_pool(shared: &Shared, forwarded: &[u8], why: Why) {
+    let Some(answer) = shared.proxy.answer(forwarded, why, None) else { return };
+    let limits = HeadLimits {
+        max_headers: usize::MAX,
+        max_line_bytes: usize::MAX,
+    };
+    let Ok(msg) = Message::parse(Bytes::from(answer), &limits) else { return };
+    let internal = Flow {
+        id: FlowId(0),
+        side: Side::Internal,
+        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+        token: shared.proxy.keys().token(FlowId(0)),
+    };
+    if let Action::ToFlow { flow, bytes, .. } = shared.proxy.handle(&internal, &msg) {
+        let _ = shared.flows.send(flow, Bytes::from(bytes));
+    }
+}
+
+/// What a next-hop connection adds to an accepted one: probe answers feed the member's
+/// health, final responses complete its outstanding transactions.
+struct MemberHooks<'a> {
+    shared: &'a Shared,
+    index: usize,
+    addr: SocketAddr,
+    health: &'a mut Health,
+    outstanding: &'a mut Outstanding<TxKey, Bytes>,
+}
+
+impl ConnHooks for MemberHooks<'_> {
+    fn intercept_response(&mut self, msg: &Message) -> bool {
+        match self.shared.proxy.probe_answer(msg) {
+            Some((member, seq, status)) if member == self.index => {
+                let transition = self.health.handle_answer(seq, status);
+                log_transition(self.addr, transition);
+                true
+            }
+            // An answer to a probe of another member's connection: not for anyone else.
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    fn completed(&mut self, key: TxKey) {
+        self.outstanding.complete(&key);
+    }
+}
+
+fn log_transition(addr: SocketAddr, transition: Option<Transition>) {
+    match transition {
+        Some(Transition::WentUp) => tracing::info!(member = %addr, "next hop up"),
+        Some(Transition::WentDown) => tracing::warn!(member = %addr, "next hop down (probes failed)"),
+        None => {}
+    }
+}
+
+async fn serve_member(
+    shared: &Arc<Shared>,
+    index: usize,
+    connector: &Connector,
+    mut stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    rx: &mut mpsc::Receiver<PoolMsg>,
+    health: &mut Health,
+) -> Closed {
+    let Some(member) = shared.pool.members.get(index) else {
+        return Closed::Shutdown;
+    };
+    let (mut conn, mut flow_rx) = Conn::register(shared, Side::Internal, member.addr);
+    health.handle_connected(clock::now());
+    let mut outstanding: Outstanding<TxKey, Bytes> = Outstanding::new();
+    let mut shutdown = shared.shutdown.clone();
+    let closed = loop {
+        let now = clock::now();
+        // Probes and transaction expiry.
+        let (probe, transition) = health.handle_timeout(now);
+        if let Some(seq) = probe {
+            conn.out
+                .extend_from_slice(&shared.proxy.probe(index, member.addr, seq, &connector.from_domain));
+        }
+        log_transition(member.addr, transition);
+        outstanding.expire(now, |forwarded| answer_for_pool(shared, &forwarded, Why::RequestTimeout));
+        member.outstanding.store(outstanding.len(), Ordering::Relaxed);
+        member.up.store(health.is_up(), Ordering::Relaxed);
+        if let Err(closed) = flush(&mut stream, &mut conn.out).await {
+            break closed;
+        }
+
+        let mut wake = health.poll_timeout().min(conn.deadline(shared));
+        if let Some(t) = outstanding.poll_timeout() {
+            wake = wake.min(t);
+        }
+        tokio::select! {
+            read = stream.read_buf(conn.read_buf()) => match read {
+                Ok(0) => break Closed::PeerClosed,
+                Ok(_) => {
+                    let mut hooks = MemberHooks { shared, index, addr: member.addr, health, outstanding: &mut outstanding };
+                    if let Err(closed) = conn.handle_input(shared, &mut hooks, clock::now()) {
+                        let _ = flush(&mut stream, &mut conn.out).await;
+                        break closed;
+                    }
+                }
+                Err(e) => break Closed::Io(e),
+            },
+            Some(msg) = rx.recv() => {
+                let now = clock::now();
+                let mut next = Some(msg);
+                // Exact count from here on; the pool's optimistic increments are replaced.
+                while let Some(PoolMsg { bytes, tx }) = next.take() {
+                    if let Some((key, method)) = tx {
+                        let timeout = if method == Method::Invite { INVITE_TIMEOUT } else { NON_INVITE_TIMEOUT };
+                        outstanding.insert(now, key, timeout, bytes.clone());
+                    }
+                    conn.out.extend_from_slice(&bytes);
+                    if conn.out.len() < 64 * 1024 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+            Some(bytes) = flow_rx.recv() => conn.out.extend_from_slice(&bytes),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                if let Err(closed) = conn.check_timeouts(shared, clock::now()) {
+                    break closed;
+                }
+            }
+            _ = shutdown.changed() => break Closed::Shutdown,
+        }
+        if let Err(closed) = flush(&mut stream, &mut conn.out).await {
+            break closed;
+        }
+    };
+    shared.flows.remove(conn.flow.id);
+    member.up.store(false, Ordering::Relaxed);
+    // RFC 3261 §16.9: a transport error counts as a 503 from this hop. Whether the member
+    // processed these requests is unknown, so they are answered, not retried elsewhere.
+    for forwarded in outstanding.drain() {
+        answer_unavailable(shared, &forwarded);
+    }
+    member.outstanding.store(0, Ordering::Relaxed);
+    closed
+}

@@ -1,0 +1,26 @@
+//! TLS: rustls configurations, mutual-TLS verifiers, peer identity, certificate loading
+//! (PEM, PKCS#12) and the dev PKI for the loopback default.
+//!
+//! - [`load`]: files → DER certificate chains, keys (checked against their leaf) and trust
+//!   stores; subjectAltName extraction.
+//! - [`config`]: rustls `ServerConfig`/`ClientConfig` for the external listener, the internal
+//!   (mutual-TLS) listener and the Director pool client; peer identity from a handshake.
+//! - [`dev`]: a throw-away CA and ECDSA P-256 certificates generated into the state directory.
+//! - [`error`]: [`TlsError`], naming the file and what was wrong with it.
+//!
+//! Everything here uses the ring provider explicitly and matches names on subjectAltName
+//! only. Nothing here opens sockets or spawns tasks (that is `shell`), and nothing panics on
+//! bad input files.
+
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod load;
+
+pub use config::{
+    client_config_trusting, external_server_config, internal_server_config, peer_identity,
+    pool_client_config, server_config_requiring_client, PeerIdentity,
+};
+pub use dev::{DevNames, DevPki, DevRole};
+pub use error::TlsError;
+pub use load::{load_cert, load_roots, subject_alt_names, CertifiedKeyMaterial, SanEntry};

@@ -1,0 +1,1 @@
+//! Golden accept/reject files (being written).

@@ -1,0 +1,402 @@
+//! Test support: a throw-away PKI, topologies built around it, a TLS SIP client (a remote
+//! user) and a mutual-TLS Director stub. Framing here is deliberately independent of the
+//! edge's own framer, so a framing bug in the edge cannot hide in the tests.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use sipedge::tls::{self, DevNames, DevPki, DevRole};
+use sipedge::topology::{
+    CaSource, CertSource, Edge, ExternalIface, InternalIface, Limits, NextHopPool, Probe, Topology,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub const EDGE_FQDN: &str = "edge.sipedge.test";
+pub const DIRECTOR_NAME: &str = "director.sipedge.test";
+pub const DOMAIN: &str = "sipedge.test";
+
+/// A PKI in a temporary directory (deleted on drop).
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = DevNames {
+            external: vec![EDGE_FQDN.into(), "127.0.0.1".into()],
+            internal: vec!["127.0.0.2".into(), "edge.internal".into()],
+            director: vec![DIRECTOR_NAME.into()],
+        };
+        let pki = tls::dev::generate(dir.path(), &names).expect("generate PKI");
+        Pki { dir, pki }
+    }
+
+    pub fn source(&self, role: DevRole) -> CertSource {
+        let (cert, key) = self.pki.files(role);
+        CertSource::Pem {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        tls::load_roots(&CaSource::Pem(self.pki.ca_cert.clone()), None).expect("roots")
+    }
+
+    pub fn material(&self, role: DevRole) -> tls::CertifiedKeyMaterial {
+        tls::load_cert(&self.source(role), None, role).expect("material")
+    }
+}
+
+/// A topology on loopback: external 127.0.0.1, internal 127.0.0.2, free ports.
+pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
+    Topology {
+        source: None,
+        state_dir: PathBuf::from(pki.dir.path()),
+        edge: Edge {
+            name: "edge1".into(),
+            pool_fqdn: EDGE_FQDN.into(),
+            sip_domains: vec![DOMAIN.into()],
+        },
+        external: ExternalIface {
+            sip_bind: "127.0.0.1:0".parse().unwrap(),
+            sip_host: EDGE_FQDN.into(),
+            cert: pki.source(DevRole::External),
+        },
+        internal: InternalIface {
+            sip_bind: "127.0.0.2:0".parse().unwrap(),
+            sip_host: "127.0.0.2".into(),
+            cert: pki.source(DevRole::Internal),
+            ca: CaSource::Pem(pki.pki.ca_cert.clone()),
+        },
+        next_hop: NextHopPool {
+            members: members.to_vec(),
+            server_name: DIRECTOR_NAME.into(),
+            probe: Probe {
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(150),
+                rise: 1,
+                fall: 2,
+            },
+            retry_after: Duration::from_secs(30),
+        },
+        limits: Limits {
+            max_header_bytes: 16384,
+            max_body_bytes: 65536,
+            max_headers: 128,
+            max_line_bytes: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(1800),
+            max_connections: 1000,
+        },
+    }
+}
+
+/// Waits until `f` holds, polling; panics after [`WAIT`].
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Splits complete SIP messages off a buffer (header block + Content-Length body); leading
+/// CRLFs are returned as their own items.
+pub fn split_message(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if buf.starts_with(b"\r\n") {
+        let n = if buf.starts_with(b"\r\n\r\n") { 4 } else { 2 };
+        return Some(buf.drain(..n).collect());
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len = head
+        .split("\r\n")
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            let name = name.trim().to_ascii_lowercase();
+            (name == "content-length" || name == "l").then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    if buf.len() < end + len {
+        return None;
+    }
+    Some(buf.drain(..end + len).collect())
+}
+
+/// A remote user's TLS connection to the edge's external listener.
+pub struct Client {
+    pub stream: tokio_rustls::client::TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(pki: &Pki, edge: SocketAddr) -> Client {
+        Self::connect_from(pki, edge, "127.0.0.1").await
+    }
+
+    /// Connects from a given loopback source address (to play different users).
+    pub async fn connect_from(pki: &Pki, edge: SocketAddr, source: &str) -> Client {
+        let cfg = tls::client_config_trusting(pki.roots(), None).unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let tcp = socket.connect(edge).await.expect("connect to edge");
+        let stream = TlsConnector::from(cfg)
+            .connect(ServerName::try_from(EDGE_FQDN).unwrap(), tcp)
+            .await
+            .expect("TLS to edge");
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.get_ref().0.local_addr().unwrap()
+    }
+
+    pub async fn send(&mut self, msg: &str) {
+        self.send_bytes(msg.as_bytes()).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next message (or keep-alive), failing the test after [`WAIT`].
+    pub async fn recv(&mut self) -> String {
+        self.try_recv(WAIT).await.expect("timed out waiting for a message from the edge")
+    }
+
+    /// The next message, or `None` on timeout or when the edge closed the connection.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(m) = split_message(&mut self.buf) {
+                return Some(String::from_utf8(m).expect("edge sent UTF-8"));
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.ok()?.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the edge closed the connection (within [`WAIT`]).
+    pub async fn closed(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// A received message on one of the Director's connections.
+#[derive(Debug)]
+pub struct Received {
+    pub conn: usize,
+    pub text: String,
+}
+
+/// A mutual-TLS Director stub. Answers the edge's OPTIONS probes with `probe_status`
+/// (200 unless changed); hands every other message to the test.
+pub struct Director {
+    pub addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<Received>,
+    senders: Arc<Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>>,
+    pub probe_status: Arc<Mutex<u16>>,
+    /// Answer every non-probe request with this status automatically (load and failover).
+    pub auto_answer: Arc<Mutex<Option<u16>>>,
+    task: tokio::task::JoinHandle<()>,
+    conn_tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Director {
+    pub async fn start(pki: &Pki) -> Director {
+        Self::start_at(pki, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_at(pki: &Pki, at: SocketAddr) -> Director {
+        let listener = TcpListener::bind(at).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = tls::server_config_requiring_client(pki.material(DevRole::Director), pki.roots()).unwrap();
+        let acceptor = TlsAcceptor::from(cfg);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let senders: Arc<Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>> = Arc::default();
+        let probe_status = Arc::new(Mutex::new(200));
+        let auto_answer = Arc::new(Mutex::new(None));
+        let conn_tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let task = {
+            let conn_tasks = conn_tasks.clone();
+            let senders = senders.clone();
+            let probe_status = probe_status.clone();
+            let auto_answer = auto_answer.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else { return };
+                    let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                    let (out_tx, out_rx) = mpsc::unbounded_channel();
+                    let conn = {
+                        let mut s = senders.lock().unwrap();
+                        s.push(out_tx.clone());
+                        s.len() - 1
+                    };
+                    let handle = tokio::spawn(serve_director_conn(
+                        stream,
+                        conn,
+                        tx.clone(),
+                        out_tx,
+                        out_rx,
+                        probe_status.clone(),
+                        auto_answer.clone(),
+                    ));
+                    conn_tasks.lock().unwrap().push(handle);
+                }
+            })
+        };
+        Director {
+            addr,
+            rx,
+            senders,
+            probe_status,
+            auto_answer,
+            task,
+            conn_tasks,
+        }
+    }
+
+    pub async fn recv(&mut self) -> Received {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a message at the Director")
+            .expect("director closed")
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Sends bytes on connection `conn` (the edge usually has exactly one: 0).
+    pub fn send(&self, conn: usize, msg: &str) {
+        let s = self.senders.lock().unwrap();
+        s[conn].send(msg.as_bytes().to_vec()).expect("director connection gone");
+    }
+
+    /// Stops accepting and drops every connection.
+    pub fn kill(self) {
+        self.task.abort();
+        for t in self.conn_tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        self.senders.lock().unwrap().clear();
+    }
+}
+
+async fn serve_director_conn(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+    conn: usize,
+    tx: mpsc::UnboundedSender<Received>,
+    out_tx: mpsc::UnboundedSender<Vec<u8>>,
+    mut out_rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    probe_status: Arc<Mutex<u16>>,
+    auto_answer: Arc<Mutex<Option<u16>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        tokio::select! {
+            n = stream.read(&mut chunk) => {
+                let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(m) = split_message(&mut buf) {
+                    let text = String::from_utf8_lossy(&m).to_string();
+                    if text.starts_with("OPTIONS ") && text.contains("branch=z9hG4bKprobe") {
+                        let status = *probe_status.lock().unwrap();
+                        let _ = out_tx.send(response_to(&text, status, "Probe").into_bytes());
+                        continue;
+                    }
+                    let auto = *auto_answer.lock().unwrap();
+                    if let Some(status) = auto {
+                        if !text.starts_with("SIP/2.0") && !text.starts_with("ACK ") {
+                            let _ = out_tx.send(response_to(&text, status, "Auto").into_bytes());
+                        }
+                    }
+                    if tx.send(Received { conn, text }).is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(out) = out_rx.recv() => {
+                if stream.write_all(&out).await.is_err() { return; }
+                let _ = stream.flush().await;
+            }
+        }
+    }
+}
+
+/// All values of a header (by long or compact name), in order.
+pub fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or("");
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+/// A response to `req` as a UAS would build it: all Vias, From, To (+tag), Call-ID, CSeq.
+pub fn response_to(req: &str, status: u16, reason: &str) -> String {
+    let mut out = format!("SIP/2.0 {status} {reason}\r\n");
+    for line in req.split("\r\n\r\n").next().unwrap_or("").split("\r\n").skip(1) {
+        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            "to" | "t" => {
+                out.push_str(line);
+                if !line.contains("tag=") {
+                    out.push_str(";tag=uas1");
+                }
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// The value of `param` in a header value (`;name=value`).
+pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    value.split(';').skip(1).find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        (n.trim() == name).then_some(v.trim().trim_end_matches('>'))
+    })
+}
+
+pub fn state_dir(p: &Path) -> PathBuf {
+    p.to_path_buf()
+}
