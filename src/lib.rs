@@ -12,6 +12,8 @@
 //! - [`obs`]: logging set-up and redaction.
 
 pub mod core;
+#[doc(hidden)]
+pub mod fuzz_logic;
 pub mod obs;
 pub mod shell;
 pub mod tls;

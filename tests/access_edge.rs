@@ -9,7 +9,9 @@ use sipedge::shell::{self, RunningEdge};
 use crate::support::*;
 
 async fn edge_with(pki: &Pki, members: &[std::net::SocketAddr]) -> RunningEdge {
-    shell::start(&topology(pki, members)).await.expect("edge starts")
+    shell::start(&topology(pki, members))
+        .await
+        .expect("edge starts")
 }
 
 async fn edge_up(pki: &Pki, members: &[std::net::SocketAddr]) -> RunningEdge {
@@ -91,8 +93,10 @@ async fn responses_and_in_dialog_requests_flow_both_ways() {
     assert!(ringing.starts_with("SIP/2.0 180 Ringing\r\n"), "{ringing}");
     assert_eq!(headers(&ringing, "Via").len(), 1);
     assert!(headers(&ringing, "Via")[0].contains("branch=z9hG4bK-call-2"));
-    let ok = response_to(&fwd.text, 200, "OK")
-        .replace("Content-Length: 0", "Contact: <sip:bob@10.0.0.30:5061;transport=tls>\r\nContent-Length: 0");
+    let ok = response_to(&fwd.text, 200, "OK").replace(
+        "Content-Length: 0",
+        "Contact: <sip:bob@10.0.0.30:5061;transport=tls>\r\nContent-Length: 0",
+    );
     director.send(fwd.conn, &ok);
     let ok = client.recv().await;
     assert!(ok.starts_with("SIP/2.0 200 OK\r\n"));
@@ -115,7 +119,10 @@ async fn responses_and_in_dialog_requests_flow_both_ways() {
     client.send(&bye).await;
     let got = director.recv().await.text;
     assert!(got.starts_with("BYE sip:bob@10.0.0.30:5061;transport=tls SIP/2.0\r\n"));
-    assert!(headers(&got, "Route").is_empty(), "both of the edge's Route entries popped");
+    assert!(
+        headers(&got, "Route").is_empty(),
+        "both of the edge's Route entries popped"
+    );
     director.send(0, &response_to(&got, 200, "OK"));
     assert!(client.recv().await.starts_with("SIP/2.0 200 OK"));
 
@@ -132,16 +139,25 @@ async fn responses_and_in_dialog_requests_flow_both_ways() {
     );
     director.send(0, &notify);
     let got = client.recv().await;
-    assert!(got.starts_with("NOTIFY sip:alice@192.168.1.5:5061;transport=tls SIP/2.0\r\n"), "{got}");
+    assert!(
+        got.starts_with("NOTIFY sip:alice@192.168.1.5:5061;transport=tls SIP/2.0\r\n"),
+        "{got}"
+    );
     assert!(headers(&got, "Route").is_empty());
     let vias = headers(&got, "Via");
     assert_eq!(vias.len(), 2);
-    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS edge.sipedge.test:{}", edge.external.port())));
+    assert!(vias[0].starts_with(&format!(
+        "SIP/2.0/TLS edge.sipedge.test:{}",
+        edge.external.port()
+    )));
     // The client answers; the answer goes back to the Director's connection.
     client.send(&response_to(&got, 200, "OK")).await;
     let answer = director.recv().await.text;
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
-    assert_eq!(headers(&answer, "Via"), vec!["SIP/2.0/TLS 10.0.0.30:5061;branch=z9hG4bK-notify-2"]);
+    assert_eq!(
+        headers(&answer, "Via"),
+        vec!["SIP/2.0/TLS 10.0.0.30:5061;branch=z9hG4bK-notify-2"]
+    );
     edge.stop().await;
 }
 
@@ -163,8 +179,14 @@ async fn register_gets_path_and_requests_follow_it_until_the_flow_is_gone() {
     let reg = director.recv().await.text;
     let path = headers(&reg, "Path");
     assert_eq!(path.len(), 1);
-    assert!(path[0].ends_with(&format!("@127.0.0.2:{};transport=tls;lr>", edge.internal.port())));
-    assert!(headers(&reg, "Record-Route").is_empty(), "REGISTER is not record-routed");
+    assert!(path[0].ends_with(&format!(
+        "@127.0.0.2:{};transport=tls;lr>",
+        edge.internal.port()
+    )));
+    assert!(
+        headers(&reg, "Record-Route").is_empty(),
+        "REGISTER is not record-routed"
+    );
     director.send(0, &response_to(&reg, 200, "OK"));
     assert!(client.recv().await.starts_with("SIP/2.0 200 OK"));
 
@@ -192,7 +214,10 @@ async fn register_gets_path_and_requests_follow_it_until_the_flow_is_gone() {
     eventually("the client's flow to close", || flows.flows.len() == 1).await;
     director.send(0, &message(2));
     let answer = director.recv().await.text;
-    assert!(answer.starts_with("SIP/2.0 430 Flow Failed\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("SIP/2.0 430 Flow Failed\r\n"),
+        "{answer}"
+    );
     edge.stop().await;
 }
 
@@ -220,8 +245,14 @@ async fn forged_flow_token_is_refused() {
     );
     director.send(0, &bye);
     let answer = director.recv().await.text;
-    assert!(answer.starts_with("SIP/2.0 403 Invalid Flow Token\r\n"), "{answer}");
-    assert!(client.try_recv(Duration::from_millis(300)).await.is_none(), "nothing reached the client");
+    assert!(
+        answer.starts_with("SIP/2.0 403 Invalid Flow Token\r\n"),
+        "{answer}"
+    );
+    assert!(
+        client.try_recv(Duration::from_millis(300)).await.is_none(),
+        "nothing reached the client"
+    );
 
     // A response with a forged token in the edge's Via is dropped, not delivered.
     let stray = response_to(&fwd, 200, "OK").replace(&token, &forged);
@@ -234,12 +265,18 @@ async fn forged_flow_token_is_refused() {
 async fn no_director_up_means_503_with_retry_after() {
     let pki = Pki::new();
     // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let edge = edge_with(&pki, &[closed]).await;
     let mut client = Client::connect(&pki, edge.external).await;
     client.send(&invite(&client, "call-4")).await;
     let answer = client.recv().await;
-    assert!(answer.starts_with("SIP/2.0 503 Service Unavailable\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
     assert_eq!(headers(&answer, "Retry-After"), vec!["30"]);
     assert!(headers(&answer, "To")[0].contains(";tag="));
     edge.stop().await;
@@ -254,7 +291,10 @@ async fn failover_between_two_directors() {
     *d2.auto_answer.lock().unwrap() = Some(200);
     let edge = edge_with(&pki, &[d1.addr, d2.addr]).await;
     let shared = edge.shared.clone();
-    eventually("both next hops up", || shared.pool.members.iter().all(|m| m.is_up())).await;
+    eventually("both next hops up", || {
+        shared.pool.members.iter().all(|m| m.is_up())
+    })
+    .await;
     let mut client = Client::connect(&pki, edge.external).await;
 
     // Load is spread: with answers coming back, both members get requests.
@@ -274,13 +314,22 @@ async fn failover_between_two_directors() {
 
     // One Director dies: once the edge has seen it go, every request is answered by the other.
     d1.kill();
-    eventually("the dead member marked down", || !shared.pool.members[0].is_up()).await;
+    eventually("the dead member marked down", || {
+        !shared.pool.members[0].is_up()
+    })
+    .await;
     for i in 100..110 {
         client.send(&options(i)).await;
         let answer = client.recv().await;
-        assert!(answer.starts_with("SIP/2.0 200 Auto"), "request {i}: {answer}");
+        assert!(
+            answer.starts_with("SIP/2.0 200 Auto"),
+            "request {i}: {answer}"
+        );
     }
-    assert!(!shared.pool.members[0].is_up(), "stays down while it cannot be reached");
+    assert!(
+        !shared.pool.members[0].is_up(),
+        "stays down while it cannot be reached"
+    );
     edge.stop().await;
 }
 
@@ -303,30 +352,52 @@ async fn malformed_requests_are_answered_and_never_forwarded() {
     let mut client = Client::connect(&pki, edge.external).await;
     let bad_cseq = invite(&client, "bad-1").replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
     client.send(&bad_cseq).await;
-    assert!(client.recv().await.starts_with("SIP/2.0 400 CSeq Method Mismatch\r\n"));
+    assert!(client
+        .recv()
+        .await
+        .starts_with("SIP/2.0 400 CSeq Method Mismatch\r\n"));
     let mf0 = invite(&client, "bad-2").replace("Max-Forwards: 70", "Max-Forwards: 0");
     client.send(&mf0).await;
-    assert!(client.recv().await.starts_with("SIP/2.0 483 Too Many Hops\r\n"));
+    assert!(client
+        .recv()
+        .await
+        .starts_with("SIP/2.0 483 Too Many Hops\r\n"));
     client.send(&options(1)).await;
-    assert!(director.recv().await.text.starts_with("OPTIONS"), "the connection still works");
+    assert!(
+        director.recv().await.text.starts_with("OPTIONS"),
+        "the connection still works"
+    );
 
     // Keep-alive ping is answered with a pong (RFC 5626 §3.5.1).
     client.send("\r\n\r\n").await;
     assert_eq!(client.recv().await, "\r\n");
 
     // Framing errors: answered, then the connection is closed.
-    let dup_cl = invite(&client, "bad-3").replace("Content-Length: 32", "Content-Length: 32\r\nl: 31");
+    let dup_cl =
+        invite(&client, "bad-3").replace("Content-Length: 32", "Content-Length: 32\r\nl: 31");
     client.send(&dup_cl).await;
-    assert!(client.recv().await.starts_with("SIP/2.0 400 Conflicting Content-Length\r\n"));
+    assert!(client
+        .recv()
+        .await
+        .starts_with("SIP/2.0 400 Conflicting Content-Length\r\n"));
     assert!(client.closed().await);
 
     // Header injection with a bare LF: no answer can be formed safely; closed.
     let mut client = Client::connect(&pki, edge.external).await;
-    let injected = invite(&client, "bad-4").replace("Call-ID: bad-4", "Call-ID: bad-4\nVia: SIP/2.0/TLS evil;branch=z9hG4bKx");
+    let injected = invite(&client, "bad-4").replace(
+        "Call-ID: bad-4",
+        "Call-ID: bad-4\nVia: SIP/2.0/TLS evil;branch=z9hG4bKx",
+    );
     client.send(&injected).await;
     assert!(client.closed().await);
 
-    assert!(director.try_recv(Duration::from_millis(300)).await.is_none(), "nothing malformed reached the Director");
+    assert!(
+        director
+            .try_recv(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing malformed reached the Director"
+    );
     assert!(edge.shared.stats.rejected_external.load(Ordering::Relaxed) >= 4);
     edge.stop().await;
 }
@@ -343,10 +414,17 @@ async fn internal_listener_requires_a_certificate_from_the_internal_ca() {
 
     // A Front End dials the edge's internal listener with its client certificate and sends a
     // request to the remote user.
-    let cfg = sipedge::tls::client_config_trusting(pki.roots(), Some(pki.material(sipedge::tls::DevRole::Client))).unwrap();
+    let cfg = sipedge::tls::client_config_trusting(
+        pki.roots(),
+        Some(pki.material(sipedge::tls::DevRole::Client)),
+    )
+    .unwrap();
     let tcp = tokio::net::TcpStream::connect(edge.internal).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap();
-    let mut fe = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("mutual TLS");
+    let mut fe = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .expect("mutual TLS");
     let info = format!(
         "INFO sip:alice@192.168.1.5:5061;transport=tls SIP/2.0\r\n\
          Via: SIP/2.0/TLS 10.0.0.40:5061;branch=z9hG4bK-fe-1\r\n\
@@ -361,17 +439,28 @@ async fn internal_listener_requires_a_certificate_from_the_internal_ca() {
     assert!(got.starts_with("INFO sip:alice@"), "{got}");
     client.send(&response_to(&got, 200, "OK")).await;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(WAIT, fe.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(WAIT, fe.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200 OK\r\n"));
 
     // Without a client certificate the handshake fails (TLS 1.3: seen on the first read).
     let cfg = sipedge::tls::client_config_trusting(pki.roots(), None).unwrap();
     let tcp = tokio::net::TcpStream::connect(edge.internal).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap();
-    if let Ok(mut anon) = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await {
+    if let Ok(mut anon) = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+    {
         let _ = anon.write_all(info.as_bytes()).await;
-        let read = tokio::time::timeout(WAIT, anon.read(&mut buf)).await.expect("edge answers the handshake");
-        assert!(matches!(read, Ok(0) | Err(_)), "anonymous client must be refused");
+        let read = tokio::time::timeout(WAIT, anon.read(&mut buf))
+            .await
+            .expect("edge answers the handshake");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "anonymous client must be refused"
+        );
     }
     assert!(client.try_recv(Duration::from_millis(300)).await.is_none());
     edge.stop().await;

@@ -1,7 +1,13 @@
 //! The integration tests: one binary (ripgrep style), one module per area.
 
 // Tests may unwrap, index and read the clock: a panic here is a failed test, not a crash.
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::disallowed_methods)]
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods
+)]
 
 /// Shared fixtures: PKI, topologies, a TLS client, a mutual-TLS Director stub.
 mod support;

@@ -65,7 +65,11 @@ pub enum Closed {
 
 impl Conn {
     /// Registers a new flow in the table and returns the connection and its queue.
-    pub fn register(shared: &Shared, side: Side, remote: SocketAddr) -> (Conn, mpsc::Receiver<Bytes>) {
+    pub fn register(
+        shared: &Shared,
+        side: Side,
+        remote: SocketAddr,
+    ) -> (Conn, mpsc::Receiver<Bytes>) {
         let id = shared.next_flow_id();
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         shared.flows.insert(id, FlowHandle { side, tx });
@@ -118,7 +122,12 @@ impl Conn {
     }
 
     /// Handles freshly read bytes: every complete message goes through the core.
-    pub fn handle_input(&mut self, shared: &Shared, hooks: &mut dyn ConnHooks, now: Instant) -> Result<(), Closed> {
+    pub fn handle_input(
+        &mut self,
+        shared: &Shared,
+        hooks: &mut dyn ConnHooks,
+        now: Instant,
+    ) -> Result<(), Closed> {
         self.last_read = now;
         loop {
             let frame = match self.framer.check(&self.inbuf, &shared.limits.frame) {
@@ -184,7 +193,11 @@ impl Conn {
                     shared.stats.forwarded(self.flow.side);
                 }
             }
-            Action::ToFlow { flow, bytes, completes } => {
+            Action::ToFlow {
+                flow,
+                bytes,
+                completes,
+            } => {
                 if let Some(key) = completes {
                     hooks.completed(key);
                 }
@@ -289,7 +302,10 @@ impl Conn {
 }
 
 /// Writes everything pending, with a deadline: a peer that stops reading is cut off.
-pub async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut) -> Result<(), Closed> {
+pub async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> Result<(), Closed> {
     if out.is_empty() {
         return Ok(());
     }

@@ -53,7 +53,10 @@ impl FlowTable {
         if let Some(shard) = self.shard(id) {
             // A poisoned shard only means another task panicked mid-insert; the map itself
             // is still consistent (HashMap operations do not unwind half-way).
-            shard.write().unwrap_or_else(|e| e.into_inner()).insert(id, handle);
+            shard
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, handle);
         }
     }
 

@@ -62,25 +62,38 @@ pub async fn accept_loop(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             drop(tcp);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        shared.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
+            let handshake =
+                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    shared.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .handshakes_failed
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    shared.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .handshakes_failed
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%remote, "TLS handshake timed out");
                     return;
                 }

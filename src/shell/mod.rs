@@ -135,7 +135,10 @@ impl RunningEdge {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("tasks still running after 5 s; aborting them");
             self.tasks.abort_all();
         }
@@ -146,12 +149,18 @@ impl RunningEdge {
 pub fn dev_names(t: &Topology) -> DevNames {
     let mut external = vec![t.edge.pool_fqdn.clone(), t.external.sip_host.clone()];
     external.push(t.external.sip_bind.ip().to_string());
-    let mut internal = vec![t.internal.sip_host.clone(), t.internal.sip_bind.ip().to_string()];
+    let mut internal = vec![
+        t.internal.sip_host.clone(),
+        t.internal.sip_bind.ip().to_string(),
+    ];
     internal.push(format!("{}.internal", t.edge.name));
     let director = vec![t.next_hop.server_name.clone()];
     for v in [&mut external, &mut internal] {
         for name in v.iter_mut() {
-            *name = name.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            *name = name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
         }
         v.sort();
         v.dedup();
@@ -164,7 +173,9 @@ pub fn dev_names(t: &Topology) -> DevNames {
 }
 
 fn uses_dev_pki(t: &Topology) -> bool {
-    t.external.cert == CertSource::Dev || t.internal.cert == CertSource::Dev || t.internal.ca == CaSource::Dev
+    t.external.cert == CertSource::Dev
+        || t.internal.cert == CertSource::Dev
+        || t.internal.ca == CaSource::Dev
 }
 
 /// Starts an edge for `topology`. Ports given as 0 bind to free ports; the edge then names
@@ -187,10 +198,16 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let server_name = rustls_pki_types::ServerName::try_from(topology.next_hop.server_name.clone())
         .map_err(|_| StartError::ServerName(topology.next_hop.server_name.clone()))?;
 
-    let external = listen::bind(topology.external.sip_bind)
-        .map_err(|source| StartError::Bind { addr: topology.external.sip_bind, what: "external SIP", source })?;
-    let internal = listen::bind(topology.internal.sip_bind)
-        .map_err(|source| StartError::Bind { addr: topology.internal.sip_bind, what: "internal SIP", source })?;
+    let external = listen::bind(topology.external.sip_bind).map_err(|source| StartError::Bind {
+        addr: topology.external.sip_bind,
+        what: "external SIP",
+        source,
+    })?;
+    let internal = listen::bind(topology.internal.sip_bind).map_err(|source| StartError::Bind {
+        addr: topology.internal.sip_bind,
+        what: "internal SIP",
+        source,
+    })?;
     let ext_addr = local_addr(&external, topology.external.sip_bind)?;
     let int_addr = local_addr(&internal, topology.internal.sip_bind)?;
 
@@ -248,7 +265,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         from_domain: topology.edge.pool_fqdn.clone(),
     };
     for (index, rx) in queues.0.into_iter().enumerate() {
-        tasks.spawn(pool::run_member(shared.clone(), index, connector.clone(), rx));
+        tasks.spawn(pool::run_member(
+            shared.clone(),
+            index,
+            connector.clone(),
+            rx,
+        ));
     }
     let connections = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
     tasks.spawn(listen::accept_loop(
@@ -309,6 +331,11 @@ fn proxy_config(t: &Topology, ext: SocketAddr, int: SocketAddr) -> ProxyConfig {
             port: int.port(),
         },
         own_hosts,
-        served_domains: t.edge.sip_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        served_domains: t
+            .edge
+            .sip_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
     }
 }

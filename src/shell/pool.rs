@@ -101,26 +101,40 @@ impl Pool {
 
     /// Sends to the up member with the fewest outstanding transactions (ties rotate), trying
     /// the next best if a queue is full or closed. `exclude` skips a member (failover).
-    pub fn send(&self, bytes: Bytes, tx: Option<(TxKey, Method)>, exclude: Option<usize>) -> Result<usize, PoolMsg> {
+    pub fn send(
+        &self,
+        bytes: Bytes,
+        tx: Option<(TxKey, Method)>,
+        exclude: Option<usize>,
+    ) -> Result<usize, PoolMsg> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<(usize, usize)> = (0..n)
             .map(|k| (start.wrapping_add(k)) % n.max(1))
             .filter(|&i| Some(i) != exclude)
-            .filter_map(|i| self.members.get(i).filter(|m| m.is_up()).map(|m| (m.outstanding(), i)))
+            .filter_map(|i| {
+                self.members
+                    .get(i)
+                    .filter(|m| m.is_up())
+                    .map(|m| (m.outstanding(), i))
+            })
             .collect();
         // Stable sort keeps the rotation among equals.
         order.sort_by_key(|&(load, _)| load);
         let mut msg = PoolMsg { bytes, tx };
         for (_, i) in order {
-            let Some(member) = self.members.get(i) else { continue };
+            let Some(member) = self.members.get(i) else {
+                continue;
+            };
             match member.tx.try_send(msg) {
                 Ok(()) => {
                     // Count it now, so the next pick sees it before the member task does.
                     member.outstanding.fetch_add(1, Ordering::Relaxed);
                     return Ok(i);
                 }
-                Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => msg = m,
+                Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
+                    msg = m
+                }
             }
         }
         Err(msg)
@@ -140,8 +154,15 @@ pub struct Connector {
 }
 
 /// Runs member `index` until shutdown: connect, serve, reconnect with back-off.
-pub async fn run_member(shared: Arc<Shared>, index: usize, connector: Connector, mut rx: mpsc::Receiver<PoolMsg>) {
-    let Some(member) = shared.pool.members.get(index) else { return };
+pub async fn run_member(
+    shared: Arc<Shared>,
+    index: usize,
+    connector: Connector,
+    mut rx: mpsc::Receiver<PoolMsg>,
+) {
+    let Some(member) = shared.pool.members.get(index) else {
+        return;
+    };
     let addr = member.addr;
     let mut health = Health::new(clock::now(), connector.probe);
     let mut backoff = RECONNECT_MIN;
@@ -154,7 +175,8 @@ pub async fn run_member(shared: Arc<Shared>, index: usize, connector: Connector,
             Ok(stream) => {
                 backoff = RECONNECT_MIN;
                 tracing::info!(member = %addr, "connected to next hop");
-                let closed = serve_member(&shared, index, &connector, stream, &mut rx, &mut health).await;
+                let closed =
+                    serve_member(&shared, index, &connector, stream, &mut rx, &mut health).await;
                 tracing::warn!(member = %addr, reason = ?closed, "next-hop connection closed");
                 if matches!(closed, Closed::Shutdown) {
                     return;
@@ -186,11 +208,18 @@ async fn connect(
     addr: SocketAddr,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let attempt = async {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         socket.bind(SocketAddr::new(connector.local_ip, 0))?;
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
-        connector.tls.connect(connector.server_name.clone(), tcp).await
+        connector
+            .tls
+            .connect(connector.server_name.clone(), tcp)
+            .await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
@@ -219,12 +248,16 @@ fn answer_unavailable(shared: &Shared, forwarded: &[u8]) {
 /// Answers a request that was already spliced for the pool, through the normal response
 /// path: the answer carries the edge's Via, so the proxy routes it to the client's flow.
 fn answer_for_pool(shared: &Shared, forwarded: &[u8], why: Why) {
-    let Some(answer) = shared.proxy.answer(forwarded, why, None) else { return };
+    let Some(answer) = shared.proxy.answer(forwarded, why, None) else {
+        return;
+    };
     let limits = HeadLimits {
         max_headers: usize::MAX,
         max_line_bytes: usize::MAX,
     };
-    let Ok(msg) = Message::parse(Bytes::from(answer), &limits) else { return };
+    let Ok(msg) = Message::parse(Bytes::from(answer), &limits) else {
+        return;
+    };
     let internal = Flow {
         id: FlowId(0),
         side: Side::Internal,
@@ -268,7 +301,9 @@ impl ConnHooks for MemberHooks<'_> {
 fn log_transition(addr: SocketAddr, transition: Option<Transition>) {
     match transition {
         Some(Transition::WentUp) => tracing::info!(member = %addr, "next hop up"),
-        Some(Transition::WentDown) => tracing::warn!(member = %addr, "next hop down (probes failed)"),
+        Some(Transition::WentDown) => {
+            tracing::warn!(member = %addr, "next hop down (probes failed)")
+        }
         None => {}
     }
 }
@@ -293,12 +328,20 @@ async fn serve_member(
         // Probes and transaction expiry.
         let (probe, transition) = health.handle_timeout(now);
         if let Some(seq) = probe {
-            conn.out
-                .extend_from_slice(&shared.proxy.probe(index, member.addr, seq, &connector.from_domain));
+            conn.out.extend_from_slice(&shared.proxy.probe(
+                index,
+                member.addr,
+                seq,
+                &connector.from_domain,
+            ));
         }
         log_transition(member.addr, transition);
-        outstanding.expire(now, |forwarded| answer_for_pool(shared, &forwarded, Why::RequestTimeout));
-        member.outstanding.store(outstanding.len(), Ordering::Relaxed);
+        outstanding.expire(now, |forwarded| {
+            answer_for_pool(shared, &forwarded, Why::RequestTimeout)
+        });
+        member
+            .outstanding
+            .store(outstanding.len(), Ordering::Relaxed);
         member.up.store(health.is_up(), Ordering::Relaxed);
         if let Err(closed) = flush(&mut stream, &mut conn.out).await {
             break closed;

@@ -110,7 +110,10 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -159,7 +162,10 @@ impl Client {
             .connect(ServerName::try_from(EDGE_FQDN).unwrap(), tcp)
             .await
             .expect("TLS to edge");
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -177,7 +183,9 @@ impl Client {
 
     /// The next message (or keep-alive), failing the test after [`WAIT`].
     pub async fn recv(&mut self) -> String {
-        self.try_recv(WAIT).await.expect("timed out waiting for a message from the edge")
+        self.try_recv(WAIT)
+            .await
+            .expect("timed out waiting for a message from the edge")
     }
 
     /// The next message, or `None` on timeout or when the edge closed the connection.
@@ -188,7 +196,10 @@ impl Client {
                 return Some(String::from_utf8(m).expect("edge sent UTF-8"));
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await.ok()?.ok()?;
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -238,7 +249,8 @@ impl Director {
     pub async fn start_at(pki: &Pki, at: SocketAddr) -> Director {
         let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = tls::server_config_requiring_client(pki.material(DevRole::Director), pki.roots()).unwrap();
+        let cfg = tls::server_config_requiring_client(pki.material(DevRole::Director), pki.roots())
+            .unwrap();
         let acceptor = TlsAcceptor::from(cfg);
         let (tx, rx) = mpsc::unbounded_channel();
         let senders: Arc<Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>> = Arc::default();
@@ -252,8 +264,12 @@ impl Director {
             let auto_answer = auto_answer.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((tcp, _)) = listener.accept().await else { return };
-                    let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        continue;
+                    };
                     let (out_tx, out_rx) = mpsc::unbounded_channel();
                     let conn = {
                         let mut s = senders.lock().unwrap();
@@ -292,13 +308,18 @@ impl Director {
     }
 
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Received> {
-        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Sends bytes on connection `conn` (the edge usually has exactly one: 0).
     pub fn send(&self, conn: usize, msg: &str) {
         let s = self.senders.lock().unwrap();
-        s[conn].send(msg.as_bytes().to_vec()).expect("director connection gone");
+        s[conn]
+            .send(msg.as_bytes().to_vec())
+            .expect("director connection gone");
     }
 
     /// Stops accepting and drops every connection.
@@ -368,8 +389,19 @@ pub fn headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
 /// A response to `req` as a UAS would build it: all Vias, From, To (+tag), Call-ID, CSeq.
 pub fn response_to(req: &str, status: u16, reason: &str) -> String {
     let mut out = format!("SIP/2.0 {status} {reason}\r\n");
-    for line in req.split("\r\n\r\n").next().unwrap_or("").split("\r\n").skip(1) {
-        let name = line.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+    for line in req
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .split("\r\n")
+        .skip(1)
+    {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match name.as_str() {
             "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => {
                 out.push_str(line);

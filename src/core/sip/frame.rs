@@ -140,7 +140,10 @@ mod tests {
         let missing = b"MESSAGE sip:b@x SIP/2.0\r\nVia: x\r\n\r\n";
         assert_eq!(f.check(missing, &LIMITS), Err(Why::MissingContentLength));
         let dup = b"MESSAGE sip:b@x SIP/2.0\r\nContent-Length: 0\r\nl: 0\r\n\r\n";
-        assert_eq!(Framer::new().check(dup, &LIMITS), Err(Why::ConflictingContentLength));
+        assert_eq!(
+            Framer::new().check(dup, &LIMITS),
+            Err(Why::ConflictingContentLength)
+        );
         let neg = b"MESSAGE sip:b@x SIP/2.0\r\nContent-Length: -1\r\n\r\n";
         assert!(Framer::new().check(neg, &LIMITS).is_err());
         let big = b"MESSAGE sip:b@x SIP/2.0\r\nContent-Length: 1025\r\n\r\n";

@@ -151,21 +151,35 @@ mod tests {
     fn rise_and_fall_on_simulated_time() {
         let t0 = Instant::now();
         let mut h = Health::new(t0, CFG);
-        assert_eq!(h.handle_timeout(t0), (None, None), "no probe before connecting");
+        assert_eq!(
+            h.handle_timeout(t0),
+            (None, None),
+            "no probe before connecting"
+        );
         h.handle_connected(t0);
-        let (Some(s1), None) = h.handle_timeout(t0) else { panic!() };
-        assert_eq!(h.handle_answer(s1, 200), None, "one good answer is not enough");
+        let (Some(s1), None) = h.handle_timeout(t0) else {
+            panic!()
+        };
+        assert_eq!(
+            h.handle_answer(s1, 200),
+            None,
+            "one good answer is not enough"
+        );
         assert!(!h.is_up());
         let t5 = t0 + Duration::from_secs(5);
         assert_eq!(h.poll_timeout(), t5);
-        let (Some(s2), _) = h.handle_timeout(t5) else { panic!() };
+        let (Some(s2), _) = h.handle_timeout(t5) else {
+            panic!()
+        };
         assert_eq!(h.handle_answer(s2, 404), Some(Transition::WentUp));
         assert!(h.is_up());
         // Three misses in a row: down on the third.
         let mut t = t5;
         for i in 0..3 {
             t += Duration::from_secs(5);
-            let (Some(_), _) = h.handle_timeout(t) else { panic!() };
+            let (Some(_), _) = h.handle_timeout(t) else {
+                panic!()
+            };
             let (_, tr) = h.handle_timeout(t + Duration::from_secs(2));
             assert_eq!(tr, (i == 2).then_some(Transition::WentDown), "miss {i}");
         }
@@ -175,18 +189,36 @@ mod tests {
     #[test]
     fn bad_answers_and_disconnects() {
         let t0 = Instant::now();
-        let cfg = ProbeConfig { rise: 1, fall: 1, ..CFG };
+        let cfg = ProbeConfig {
+            rise: 1,
+            fall: 1,
+            ..CFG
+        };
         let mut h = Health::new(t0, cfg);
         h.handle_connected(t0);
-        let (Some(s), _) = h.handle_timeout(t0) else { panic!() };
-        assert_eq!(h.handle_answer(s, 100), None, "provisional answers do not count");
-        assert_eq!(h.handle_answer(s + 1, 200), None, "stale answers do not count");
+        let (Some(s), _) = h.handle_timeout(t0) else {
+            panic!()
+        };
+        assert_eq!(
+            h.handle_answer(s, 100),
+            None,
+            "provisional answers do not count"
+        );
+        assert_eq!(
+            h.handle_answer(s + 1, 200),
+            None,
+            "stale answers do not count"
+        );
         assert_eq!(h.handle_answer(s, 200), Some(Transition::WentUp));
         let t5 = t0 + Duration::from_secs(5);
-        let (Some(s), _) = h.handle_timeout(t5) else { panic!() };
+        let (Some(s), _) = h.handle_timeout(t5) else {
+            panic!()
+        };
         assert_eq!(h.handle_answer(s, 503), Some(Transition::WentDown));
         h.handle_connected(t5);
-        let (Some(s), _) = h.handle_timeout(t5) else { panic!() };
+        let (Some(s), _) = h.handle_timeout(t5) else {
+            panic!()
+        };
         assert_eq!(h.handle_answer(s, 200), Some(Transition::WentUp));
         assert_eq!(h.handle_disconnected(), Some(Transition::WentDown));
         assert!(!h.is_up());

@@ -202,7 +202,9 @@ impl Message {
                     elements.clear();
                     split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     for &v in &elements {
-                        vias.push(parse_via(buf, index, v, &mut params).ok_or(Why::Malformed(name))?);
+                        vias.push(
+                            parse_via(buf, index, v, &mut params).ok_or(Why::Malformed(name))?,
+                        );
                     }
                 }
                 HeaderName::From => once(&mut from)?,
@@ -349,7 +351,9 @@ fn check_request_line_version(buf: &[u8], start_line: Span) -> Result<(), Why> {
         return Ok(());
     }
     let looks_like_version = version.len() > 4
-        && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        && version
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
         && version
             .get(4..)
             .is_some_and(|r| r.iter().all(|&b| b.is_ascii_digit() || b == b'.'));
@@ -364,7 +368,11 @@ fn check_request_line_version(buf: &[u8], start_line: Span) -> Result<(), Why> {
 /// inside. Used by the framer and by [`Message::parse`].
 pub fn content_length(buf: &[u8], head: &Head) -> Result<usize, Why> {
     let mut found = None;
-    for h in head.headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.name == HeaderName::ContentLength)
+    {
         if found.is_some() {
             // Even two equal values are refused: two parsers may pick different ones.
             return Err(Why::ConflictingContentLength);
@@ -373,7 +381,11 @@ pub fn content_length(buf: &[u8], head: &Head) -> Result<usize, Why> {
         if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
             return Err(Why::Malformed(HeaderName::ContentLength));
         }
-        found = Some(digits.iter().fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')));
+        found = Some(
+            digits
+                .iter()
+                .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
+        );
     }
     found.ok_or(Why::MissingContentLength)
 }
@@ -444,7 +456,9 @@ fn parse_via(buf: &[u8], header: usize, v: Span, params: &mut Vec<Param>) -> Opt
     parse_params(buf, Span::new(pos, v.end), params).ok()?;
     let branch = find_param(buf, params, b"branch").ok()?;
     let branch = match branch {
-        Some(Param { value: Some(b), .. }) if b.len() <= MAX_ID_LEN && is_token(b.of(buf)) => Some(b),
+        Some(Param { value: Some(b), .. }) if b.len() <= MAX_ID_LEN && is_token(b.of(buf)) => {
+            Some(b)
+        }
         Some(_) => return None,
         None => None,
     };
@@ -509,7 +523,10 @@ fn parse_name_addr(
     }
     let (uri, after) = if bytes.get(i) == Some(&b'<') {
         let close = i + bytes.get(i..)?.iter().position(|&b| b == b'>')?;
-        (Span::new(v.start + i + 1, v.start + close), v.start + close + 1)
+        (
+            Span::new(v.start + i + 1, v.start + close),
+            v.start + close + 1,
+        )
     } else {
         if require_angle {
             return None;
@@ -535,7 +552,12 @@ fn parse_name_addr(
 }
 
 /// The `tag` of a From or To value: at most one, a non-empty token of sane length.
-fn tag_of(buf: &[u8], value: Span, name: HeaderName, params: &mut Vec<Param>) -> Result<Option<Span>, Why> {
+fn tag_of(
+    buf: &[u8],
+    value: Span,
+    name: HeaderName,
+    params: &mut Vec<Param>,
+) -> Result<Option<Span>, Why> {
     let na = parse_name_addr(buf, value, false, params).ok_or(Why::Malformed(name))?;
     params.clear();
     parse_params(buf, na.params, params).map_err(|_| Why::Malformed(name))?;
@@ -557,7 +579,18 @@ fn is_call_id(id: &[u8]) -> bool {
                 is_token_char(b)
                     || matches!(
                         b,
-                        b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']' | b'?' | b'{' | b'}'
+                        b'(' | b')'
+                            | b'<'
+                            | b'>'
+                            | b':'
+                            | b'\\'
+                            | b'"'
+                            | b'/'
+                            | b'['
+                            | b']'
+                            | b'?'
+                            | b'{'
+                            | b'}'
                     )
             })
     }
@@ -577,7 +610,11 @@ fn parse_cseq(buf: &[u8], value: Span) -> Option<(u32, Span)> {
     let bytes = value.of(buf);
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
     let number = parse_decimal(bytes.get(..digits)?).filter(|&n| n <= MAX_CSEQ)?;
-    let ws = bytes.get(digits..)?.iter().take_while(|&&b| is_lws(b)).count();
+    let ws = bytes
+        .get(digits..)?
+        .iter()
+        .take_while(|&&b| is_lws(b))
+        .count();
     if ws == 0 {
         return None;
     }
@@ -627,19 +664,55 @@ mod tests {
     #[test]
     fn rejects() {
         let cases: &[(&str, &str, Why)] = &[
-            ("Content-Length: 4\r\n", "Content-Length: 4\r\nl: 4\r\n", Why::ConflictingContentLength),
-            ("Content-Length: 4", "Content-Length: 5", Why::ContentLengthMismatch),
-            ("CSeq: 314159 INVITE", "CSeq: 314159 BYE", Why::CSeqMethodMismatch),
-            ("Call-ID: a84b4c76e66710@pc33.example.com\r\n", "", Why::MissingHeader(HeaderName::CallId)),
-            ("Max-Forwards: 70\r\n", "", Why::MissingHeader(HeaderName::MaxForwards)),
-            ("To: Bob <sip:bob@example.com>\r\n", "To: Bob <sip:bob@example.com>\r\nt: <sip:x@y>\r\n", Why::DuplicateHeader(HeaderName::To)),
+            (
+                "Content-Length: 4\r\n",
+                "Content-Length: 4\r\nl: 4\r\n",
+                Why::ConflictingContentLength,
+            ),
+            (
+                "Content-Length: 4",
+                "Content-Length: 5",
+                Why::ContentLengthMismatch,
+            ),
+            (
+                "CSeq: 314159 INVITE",
+                "CSeq: 314159 BYE",
+                Why::CSeqMethodMismatch,
+            ),
+            (
+                "Call-ID: a84b4c76e66710@pc33.example.com\r\n",
+                "",
+                Why::MissingHeader(HeaderName::CallId),
+            ),
+            (
+                "Max-Forwards: 70\r\n",
+                "",
+                Why::MissingHeader(HeaderName::MaxForwards),
+            ),
+            (
+                "To: Bob <sip:bob@example.com>\r\n",
+                "To: Bob <sip:bob@example.com>\r\nt: <sip:x@y>\r\n",
+                Why::DuplicateHeader(HeaderName::To),
+            ),
             ("branch=z9hG4bK776asdhds", "branch=1234", Why::BadBranch),
             (";tag=1928301774", ";tag=", Why::Malformed(HeaderName::From)),
-            (";tag=1928301774", ";tag=1;tag=2", Why::BadTag(HeaderName::From)),
+            (
+                ";tag=1928301774",
+                ";tag=1;tag=2",
+                Why::BadTag(HeaderName::From),
+            ),
             ("SIP/2.0\r\nVia", "SIP/3.0\r\nVia", Why::UnsupportedVersion),
             ("INVITE sip:bob", "INVITE http:bob", Why::UnsupportedScheme),
-            ("Max-Forwards: 70", "Max-Forwards: 7O", Why::Malformed(HeaderName::MaxForwards)),
-            ("CSeq: 314159", "CSeq: 2147483648", Why::Malformed(HeaderName::CSeq)),
+            (
+                "Max-Forwards: 70",
+                "Max-Forwards: 7O",
+                Why::Malformed(HeaderName::MaxForwards),
+            ),
+            (
+                "CSeq: 314159",
+                "CSeq: 2147483648",
+                Why::Malformed(HeaderName::CSeq),
+            ),
         ];
         for (from, to, why) in cases {
             let text = INVITE.replacen(from, to, 1);

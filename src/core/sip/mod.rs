@@ -75,7 +75,10 @@ impl HeaderName {
             (b"proxy-require", HeaderName::ProxyRequire),
             (b"require", HeaderName::Require),
             (b"supported", HeaderName::Supported),
-            (b"ms-edge-proxy-message-trust", HeaderName::MsEdgeProxyMessageTrust),
+            (
+                b"ms-edge-proxy-message-trust",
+                HeaderName::MsEdgeProxyMessageTrust,
+            ),
             (b"p-asserted-identity", HeaderName::PAssertedIdentity),
         ];
         LONG.iter()

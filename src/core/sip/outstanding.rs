@@ -69,7 +69,8 @@ impl<K: Copy + Eq + Hash, V> Outstanding<K, V> {
         // Completed entries linger in the queue until their deadline; bound the waste.
         if self.queue.len() > 4 * self.entries.len() + 1024 {
             let live = &self.entries;
-            self.queue.retain(|(d, k)| live.get(k).is_some_and(|(ld, _)| ld == d));
+            self.queue
+                .retain(|(d, k)| live.get(k).is_some_and(|(ld, _)| ld == d));
         }
     }
 

@@ -124,7 +124,7 @@ pub fn parse_head(buf: &[u8], head_end: usize, limits: &HeadLimits) -> Result<He
         return Err(Why::IllegalByte(None));
     }
 
-    let first_end = line_end(head, 0).ok_or(Why::MalformedStartLine)?;
+    let first_end = line_end(head, 0)?;
     if first_end > limits.max_line_bytes {
         return Err(Why::LineTooLong);
     }
@@ -135,9 +135,13 @@ pub fn parse_head(buf: &[u8], head_end: usize, limits: &HeadLimits) -> Result<He
     let mut folded = false;
     let mut pos = first_end + 2;
     loop {
-        let end = line_end(head, pos).ok_or(Why::MalformedStartLine)?;
+        let end = line_end(head, pos)?;
         if end == pos {
-            // The empty line: end of the header block.
+            // The empty line: end of the header block, which must be where the caller found
+            // it (a bare LF cannot make an earlier "end" that smuggles headers into a body).
+            if end + 2 != head_end {
+                return Err(Why::IllegalByte(None));
+            }
             return Ok(Head {
                 start,
                 start_line,
@@ -174,20 +178,22 @@ pub fn parse_head(buf: &[u8], head_end: usize, limits: &HeadLimits) -> Result<He
     }
 }
 
-/// Offset of the CRLF ending the line that starts at `pos`. A bare CR or LF before it is an
-/// error (`None` is returned only when there is no CRLF at all).
-fn line_end(buf: &[u8], pos: usize) -> Option<usize> {
-    let rest = buf.get(pos..)?;
-    let i = rest.iter().position(|&b| b == b'\r' || b == b'\n')?;
-    Some(pos + i)
+/// Offset of the CRLF ending the line that starts at `pos`. The first CR or LF must be the
+/// CR of a CRLF: a bare CR or LF is how headers get injected toward the next hop.
+fn line_end(buf: &[u8], pos: usize) -> Result<usize, Why> {
+    let rest = buf.get(pos..).ok_or(Why::MalformedStartLine)?;
+    let i = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .ok_or(Why::MalformedStartLine)?;
+    if rest.get(i..i + 2) != Some(b"\r\n") {
+        return Err(Why::IllegalByte(None));
+    }
+    Ok(pos + i)
 }
 
 fn parse_header_line(head: &[u8], line: Span) -> Result<Header, Why> {
     let bytes = line.of(head);
-    // line_end stopped at the first CR or LF: it must be a CRLF, not a bare one.
-    if head.get(line.end..line.end + 2) != Some(b"\r\n") {
-        return Err(Why::IllegalByte(None));
-    }
     let colon = bytes
         .iter()
         .position(|&b| b == b':')
@@ -246,19 +252,28 @@ fn parse_start_line(buf: &[u8], line: Span) -> Result<StartLine, Why> {
     if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err(Why::IllegalByte(None));
     }
-    if bytes.len() >= 4 && bytes.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
+    if bytes.len() >= 4
+        && bytes
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase (RFC 3261 §7.2).
-        let sp1 = bytes.iter().position(|&b| b == SP).ok_or(Why::MalformedStartLine)?;
-        if !bytes.get(..sp1).unwrap_or_default().eq_ignore_ascii_case(b"SIP/2.0") {
+        let sp1 = bytes
+            .iter()
+            .position(|&b| b == SP)
+            .ok_or(Why::MalformedStartLine)?;
+        if !bytes
+            .get(..sp1)
+            .unwrap_or_default()
+            .eq_ignore_ascii_case(b"SIP/2.0")
+        {
             return Err(Why::MalformedStartLine);
         }
         let code = bytes.get(sp1 + 1..sp1 + 4).ok_or(Why::MalformedStartLine)?;
         if bytes.get(sp1 + 4) != Some(&SP) || !code.iter().all(u8::is_ascii_digit) {
             return Err(Why::MalformedStartLine);
         }
-        let status = code
-            .iter()
-            .fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        let status = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
         if !(100..=699).contains(&status) {
             return Err(Why::MalformedStartLine);
         }
@@ -316,7 +331,10 @@ pub enum UriError {
 
 /// Parses a SIP, SIPS or tel URI (RFC 3261 §19.1, RFC 3966) strictly enough to route on it.
 pub fn parse_uri(uri: &[u8]) -> Result<Uri, UriError> {
-    let colon = uri.iter().position(|&b| b == b':').ok_or(UriError::Malformed)?;
+    let colon = uri
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(UriError::Malformed)?;
     let scheme = uri.get(..colon).unwrap_or_default();
     if !scheme.first().is_some_and(u8::is_ascii_alphabetic)
         || !scheme
@@ -370,8 +388,8 @@ pub fn parse_uri(uri: &[u8]) -> Result<Uri, UriError> {
         .iter()
         .position(|&b| b == b';' || b == b'?')
         .unwrap_or(hostport.len());
-    let (host_len, port) = parse_hostport(hostport.get(..hp_end).unwrap_or_default())
-        .ok_or(UriError::Malformed)?;
+    let (host_len, port) =
+        parse_hostport(hostport.get(..hp_end).unwrap_or_default()).ok_or(UriError::Malformed)?;
     let params_start = rest_start + host_start + hp_end;
     let params_end = rest
         .iter()
@@ -419,7 +437,9 @@ fn parse_port(digits: &[u8]) -> Option<u16> {
     if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+    let n = digits
+        .iter()
+        .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
     u16::try_from(n).ok()
 }
 
@@ -432,7 +452,9 @@ fn is_hostname_or_ipv4(h: &[u8]) -> bool {
     h.split(|&b| b == b'.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
             && label.first() != Some(&b'-')
             && label.last() != Some(&b'-')
     })
@@ -626,18 +648,37 @@ mod tests {
     }
 
     #[test]
+    fn bare_lf_cannot_end_the_header_block_early() {
+        // An early "empty line" made of a bare LF would turn the rest into a body.
+        for text in [
+            "OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\nVia: evil\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nSubject: a\r\n b\nX: y\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nSubject: a\r\n\r\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\nX: y\r\n\r\n",
+        ] {
+            assert!(matches!(head(text), Err(Why::IllegalByte(_))), "{text:?}");
+        }
+    }
+
+    #[test]
     fn uris() {
         let u = parse_uri(b"sip:alice@[2001:db8::10]:5061;transport=tls").unwrap();
         assert_eq!(u.scheme, Scheme::Sip);
         assert_eq!(u.port, Some(5061));
-        assert_eq!(u.host.of(b"sip:alice@[2001:db8::10]:5061;transport=tls"), b"[2001:db8::10]");
+        assert_eq!(
+            u.host.of(b"sip:alice@[2001:db8::10]:5061;transport=tls"),
+            b"[2001:db8::10]"
+        );
         assert!(parse_uri(b"tel:+1-201-555-0123").is_ok());
         assert_eq!(parse_uri(b"http://x"), Err(UriError::Scheme));
         assert_eq!(parse_uri(b"sip:a@b:99999"), Err(UriError::Malformed));
         assert_eq!(parse_uri(b"sip:a@-b"), Err(UriError::Malformed));
         assert_eq!(parse_uri(b"sip:@b"), Err(UriError::Malformed));
         let u = parse_uri(b"SIP:a;x=y@host.example.com;lr").unwrap();
-        assert_eq!(u.host.of(b"SIP:a;x=y@host.example.com;lr"), b"host.example.com");
+        assert_eq!(
+            u.host.of(b"SIP:a;x=y@host.example.com;lr"),
+            b"host.example.com"
+        );
         assert_eq!(u.params.of(b"SIP:a;x=y@host.example.com;lr"), b"lr");
     }
 

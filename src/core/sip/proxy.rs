@@ -165,7 +165,9 @@ impl Proxy {
             return None;
         };
         let top = msg.top_via()?;
-        let rest = msg.bytes(top.branch?).strip_prefix(PROBE_PREFIX.as_bytes())?;
+        let rest = msg
+            .bytes(top.branch?)
+            .strip_prefix(PROBE_PREFIX.as_bytes())?;
         let rest = std::str::from_utf8(rest).ok()?;
         let (member, seq) = rest.split_once('x')?;
         Some((member.parse().ok()?, seq.parse().ok()?, status))
@@ -174,7 +176,11 @@ impl Proxy {
     /// A request from the Internet toward the Director pool.
     fn inbound_request(&self, from: &Flow, msg: &Message, method: Method) -> Result<Action, Why> {
         // RFC 3261 §16.3 step 4: a request from outside that already passed this edge is a loop.
-        if msg.vias.iter().any(|v| self.is_own_via(msg, v.host, v.port)) {
+        if msg
+            .vias
+            .iter()
+            .any(|v| self.is_own_via(msg, v.host, v.port))
+        {
             return Err(Why::Loop);
         }
         let mut splice = Splice::new();
@@ -284,7 +290,9 @@ impl Proxy {
             Side::External => &self.cfg.external,
             Side::Internal => &self.cfg.internal,
         };
-        let host_matches = msg.bytes(top.host).eq_ignore_ascii_case(own.host.as_bytes())
+        let host_matches = msg
+            .bytes(top.host)
+            .eq_ignore_ascii_case(own.host.as_bytes())
             && top.port.unwrap_or(5061) == own.port;
         if !host_matches {
             return Err(Why::StrayResponse);
@@ -359,7 +367,11 @@ impl Proxy {
         let entries = msg.routes.get(..popped.count).unwrap_or_default();
         let mut i = 0;
         while let Some(first) = entries.get(i) {
-            let in_line = msg.routes.iter().filter(|e| e.header == first.header).count();
+            let in_line = msg
+                .routes
+                .iter()
+                .filter(|e| e.header == first.header)
+                .count();
             let popped_in_line = entries.iter().filter(|e| e.header == first.header).count();
             if let Some(h) = msg.head.headers.get(first.header) {
                 if popped_in_line == in_line {
@@ -388,7 +400,10 @@ impl Proxy {
             Some(p) => p == self.cfg.external.port || p == self.cfg.internal.port,
         };
         (is_own && port_ok).then(|| {
-            Span::new(entry.uri.start + uri.user.start, entry.uri.start + uri.user.end)
+            Span::new(
+                entry.uri.start + uri.user.start,
+                entry.uri.start + uri.user.end,
+            )
         })
     }
 
@@ -628,14 +643,25 @@ mod tests {
         let p = proxy();
         let client = flow(&p, 1, Side::External, "203.0.113.7:40000");
         let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
-        let Action::ToPool { bytes, tx } = p.handle(&client, &msg(INVITE)) else { panic!() };
+        let Action::ToPool { bytes, tx } = p.handle(&client, &msg(INVITE)) else {
+            panic!()
+        };
         let fwd = String::from_utf8(bytes).unwrap();
         // The Director answers: all Vias copied, To tag added.
-        let vias: String = fwd.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+        let vias: String = fwd
+            .lines()
+            .filter(|l| l.starts_with("Via:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
         let resp = format!(
             "SIP/2.0 200 OK\r\n{vias}From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b2\r\nCall-ID: call1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
-        let Action::ToFlow { flow, bytes, completes } = p.handle(&director, &msg(&resp)) else {
+        let Action::ToFlow {
+            flow,
+            bytes,
+            completes,
+        } = p.handle(&director, &msg(&resp))
+        else {
             panic!()
         };
         assert_eq!(flow, FlowId(1));
@@ -649,13 +675,24 @@ mod tests {
     fn forged_and_stray_responses_are_dropped() {
         let p = proxy();
         let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
-        let forged = p.keys().token(FlowId(1)).as_str().replace('a', "b").replace('0', "1");
+        let forged = p
+            .keys()
+            .token(FlowId(1))
+            .as_str()
+            .replace('a', "b")
+            .replace('0', "1");
         let resp = format!(
             "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 10.0.0.10:5061;branch=z9hG4bKse0000000000000001;ftok={forged}\r\nFrom: <sip:a@example.com>;tag=a\r\nTo: <sip:b@example.com>;tag=b\r\nCall-ID: c\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
         );
-        assert!(matches!(p.handle(&director, &msg(&resp)), Action::Reject(Why::StrayResponse)));
+        assert!(matches!(
+            p.handle(&director, &msg(&resp)),
+            Action::Reject(Why::StrayResponse)
+        ));
         let other = resp.replace("10.0.0.10:5061", "10.0.0.99:5061");
-        assert!(matches!(p.handle(&director, &msg(&other)), Action::Reject(Why::StrayResponse)));
+        assert!(matches!(
+            p.handle(&director, &msg(&other)),
+            Action::Reject(Why::StrayResponse)
+        ));
     }
 
     #[test]
@@ -672,7 +709,8 @@ mod tests {
                 Call-ID: call1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
             )
         };
-        let Action::ToFlow { flow, bytes, .. } = p.handle(&director, &msg(&bye(tok.as_str()))) else {
+        let Action::ToFlow { flow, bytes, .. } = p.handle(&director, &msg(&bye(tok.as_str())))
+        else {
             panic!()
         };
         assert_eq!(flow, FlowId(1));
@@ -686,7 +724,10 @@ mod tests {
             Action::Reject(Why::InvalidFlowToken)
         ));
         let no_route = bye(tok.as_str()).replace("Route:", "X-Route:");
-        assert!(matches!(p.handle(&director, &msg(&no_route)), Action::Reject(Why::NoRoute)));
+        assert!(matches!(
+            p.handle(&director, &msg(&no_route)),
+            Action::Reject(Why::NoRoute)
+        ));
     }
 
     #[test]
@@ -696,20 +737,39 @@ mod tests {
         let reg = INVITE
             .replace("INVITE sip:bob@example.com", "REGISTER sip:example.com")
             .replace("1 INVITE", "1 REGISTER");
-        let Action::ToPool { bytes, .. } = p.handle(&f, &msg(&reg)) else { panic!() };
+        let Action::ToPool { bytes, .. } = p.handle(&f, &msg(&reg)) else {
+            panic!()
+        };
         let text = String::from_utf8(bytes).unwrap();
-        assert!(text.contains(&format!("Path: <sip:{}@10.0.0.10:5061;transport=tls;lr>\r\n", f.token.as_str())));
+        assert!(text.contains(&format!(
+            "Path: <sip:{}@10.0.0.10:5061;transport=tls;lr>\r\n",
+            f.token.as_str()
+        )));
         assert!(!text.contains("Record-Route"));
 
         let other = INVITE.replace("sip:bob@example.com SIP", "sip:bob@example.org SIP");
-        assert!(matches!(p.handle(&f, &msg(&other)), Action::Reject(Why::DomainNotServed)));
+        assert!(matches!(
+            p.handle(&f, &msg(&other)),
+            Action::Reject(Why::DomainNotServed)
+        ));
         let mf0 = INVITE.replace("Max-Forwards: 70", "Max-Forwards: 0");
-        assert!(matches!(p.handle(&f, &msg(&mf0)), Action::Reject(Why::TooManyHops)));
-        let looped = INVITE.replace("Max-Forwards", "Via: SIP/2.0/TLS edge.example.com;branch=z9hG4bKx\r\nMax-Forwards");
-        assert!(matches!(p.handle(&f, &msg(&looped)), Action::Reject(Why::Loop)));
+        assert!(matches!(
+            p.handle(&f, &msg(&mf0)),
+            Action::Reject(Why::TooManyHops)
+        ));
+        let looped = INVITE.replace(
+            "Max-Forwards",
+            "Via: SIP/2.0/TLS edge.example.com;branch=z9hG4bKx\r\nMax-Forwards",
+        );
+        assert!(matches!(
+            p.handle(&f, &msg(&looped)),
+            Action::Reject(Why::Loop)
+        ));
         let pr = INVITE.replace("Max-Forwards", "Proxy-Require: foo\r\nMax-Forwards");
         let m = msg(&pr);
-        let Action::Reject(why) = p.handle(&f, &m) else { panic!() };
+        let Action::Reject(why) = p.handle(&f, &m) else {
+            panic!()
+        };
         assert_eq!(why, Why::BadExtension);
         let answer = String::from_utf8(p.answer(&m.raw, why, Some(&m)).unwrap()).unwrap();
         assert!(answer.starts_with("SIP/2.0 420 Bad Extension\r\n"));

@@ -58,9 +58,13 @@ pub enum Why {
     /// 408: the next hop did not answer within the transaction timeout.
     RequestTimeout,
     /// 503 with Retry-After: no next hop is up.
-    PoolUnavailable { retry_after_secs: u32 },
+    PoolUnavailable {
+        retry_after_secs: u32,
+    },
     /// 503 with Retry-After: the edge is shedding load.
-    Overloaded { retry_after_secs: u32 },
+    Overloaded {
+        retry_after_secs: u32,
+    },
     /// A response that names no flow of this edge: dropped.
     StrayResponse,
 }
@@ -214,7 +218,9 @@ pub fn response(raw: &[u8], status: u16, reason: &str, extra: &[u8]) -> Option<V
     let method = start.split(|&b| b == b' ').next()?;
     if method.is_empty()
         || start.len() < 4
-        || start.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        || start
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
         || method == b"ACK"
     {
         return None;
@@ -228,7 +234,11 @@ pub fn response(raw: &[u8], status: u16, reason: &str, extra: &[u8]) -> Option<V
             let name = header_name_of(line);
             if matches!(
                 name,
-                HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
             ) {
                 return None;
             }
@@ -292,11 +302,19 @@ impl<'a> Iterator for LogicalLines<'a> {
         let mut end = start;
         loop {
             let rest = self.buf.get(end..)?;
-            let crlf = rest.windows(2).position(|w| w == b"\r\n").map_or(rest.len(), |p| p);
+            let crlf = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(rest.len(), |p| p);
             end += crlf;
             let after = end + 2;
             // Continuation lines belong to this one (RFC 3261 §7.3.1).
-            if self.buf.get(after).is_some_and(|&b| b == b' ' || b == b'\t') && start != 0 {
+            if self
+                .buf
+                .get(after)
+                .is_some_and(|&b| b == b' ' || b == b'\t')
+                && start != 0
+            {
                 end = after;
                 continue;
             }
@@ -309,7 +327,12 @@ impl<'a> Iterator for LogicalLines<'a> {
 fn header_name_of(line: &[u8]) -> HeaderName {
     let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
     let name = line.get(..colon).unwrap_or_default();
-    let trimmed_len = name.len() - name.iter().rev().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let trimmed_len = name.len()
+        - name
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
     HeaderName::from_bytes(name.get(..trimmed_len).unwrap_or_default())
 }
 
@@ -359,7 +382,9 @@ fn has_tag(line: &[u8]) -> bool {
             b'>' => in_angle = false,
             b';' if !in_angle => {
                 let rest = skip_wsp(line.get(i + 1..).unwrap_or_default());
-                if rest.get(..3).is_some_and(|n| n.eq_ignore_ascii_case(b"tag"))
+                if rest
+                    .get(..3)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"tag"))
                     && skip_wsp(rest.get(3..).unwrap_or_default()).first() == Some(&b'=')
                 {
                     return true;
@@ -409,7 +434,9 @@ mod tests {
 
     #[test]
     fn never_answers_ack_or_responses_or_ambiguity() {
-        let ack = INVITE.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
+        let ack = INVITE
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
         assert!(response(ack.as_bytes(), 400, "x", b"").is_none());
         assert!(response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "x", b"").is_none());
         let two_to = INVITE.replace("Subject: hi", "t: <sip:eve@example.com>");

@@ -62,7 +62,10 @@ pub struct FlowKeys {
 
 impl FlowKeys {
     /// `secret` must come from a CSPRNG (the shell uses ring's `SystemRandom`).
-    pub fn new(secret: &[u8; 32], branch_seed: std::collections::hash_map::RandomState) -> FlowKeys {
+    pub fn new(
+        secret: &[u8; 32],
+        branch_seed: std::collections::hash_map::RandomState,
+    ) -> FlowKeys {
         FlowKeys {
             // HMAC accepts keys of any length: this cannot fail for 32 bytes.
             mac: <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!()),
@@ -144,7 +147,10 @@ fn read_hex(text: &[u8], out: &mut [u8]) -> bool {
         return false;
     }
     for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        match (pair.first().copied().and_then(nibble), pair.get(1).copied().and_then(nibble)) {
+        match (
+            pair.first().copied().and_then(nibble),
+            pair.get(1).copied().and_then(nibble),
+        ) {
             (Some(hi), Some(lo)) => *o = hi << 4 | lo,
             _ => return false,
         }
@@ -179,7 +185,10 @@ mod tests {
         // Another key.
         assert_eq!(keys(2).verify(t.as_bytes()), Err(TokenError::BadSignature));
         // Upper-case, short, non-hex.
-        assert_eq!(k.verify(t.as_str().to_uppercase().as_bytes()), Err(TokenError::Malformed));
+        assert_eq!(
+            k.verify(t.as_str().to_uppercase().as_bytes()),
+            Err(TokenError::Malformed)
+        );
         assert_eq!(k.verify(&t.as_bytes()[1..]), Err(TokenError::Malformed));
         assert_eq!(k.verify(&[b'g'; TOKEN_LEN]), Err(TokenError::Malformed));
     }
@@ -187,7 +196,13 @@ mod tests {
     #[test]
     fn branch_hash_is_deterministic_per_flow_and_branch() {
         let k = keys(1);
-        assert_eq!(k.branch_hash(FlowId(1), b"z9hG4bKa"), k.branch_hash(FlowId(1), b"z9hG4bKa"));
-        assert_ne!(k.branch_hash(FlowId(1), b"z9hG4bKa"), k.branch_hash(FlowId(2), b"z9hG4bKa"));
+        assert_eq!(
+            k.branch_hash(FlowId(1), b"z9hG4bKa"),
+            k.branch_hash(FlowId(1), b"z9hG4bKa")
+        );
+        assert_ne!(
+            k.branch_hash(FlowId(1), b"z9hG4bKa"),
+            k.branch_hash(FlowId(2), b"z9hG4bKa")
+        );
     }
 }

@@ -1,0 +1,139 @@
+//! The resolved topology: typed, defaulted and cross-checked. The rest of the program only
+//! ever sees this; `raw` is what operators write.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole deployment as one edge sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topology {
+    /// The file this came from (`None` for the embedded default).
+    pub source: Option<PathBuf>,
+    /// Where generated state (dev certificates) lives.
+    pub state_dir: PathBuf,
+    pub edge: Edge,
+    pub external: ExternalIface,
+    pub internal: InternalIface,
+    pub next_hop: NextHopPool,
+    pub limits: Limits,
+}
+
+/// Who the edge is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edge {
+    /// Instance name (logs, metrics).
+    pub name: String,
+    /// The pool's FQDN: what clients resolve and what the external certificate names.
+    pub pool_fqdn: String,
+    /// SIP domains served behind this edge (lower-case).
+    pub sip_domains: Vec<String>,
+}
+
+/// The Internet-facing side: TLS only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternalIface {
+    /// Where SIP over TLS listens.
+    pub sip_bind: SocketAddr,
+    /// Host name or address the edge writes in its Via/Record-Route on this side
+    /// (defaults to the pool FQDN).
+    pub sip_host: String,
+    pub cert: CertSource,
+}
+
+/// The side facing the Director pool: mutual TLS only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InternalIface {
+    /// Where SIP over mutual TLS from the internal servers listens.
+    pub sip_bind: SocketAddr,
+    /// Host name or address the edge writes in its Via/Record-Route/Path on this side
+    /// (defaults to the bind IP).
+    pub sip_host: String,
+    /// The edge's certificate on the internal side (also its client certificate toward the pool).
+    pub cert: CertSource,
+    /// Trust anchors that internal peers' certificates must chain to.
+    pub ca: CaSource,
+}
+
+/// Where a certificate and its key come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CertSource {
+    /// PEM certificate chain and PEM private key (PKCS#8, PKCS#1 or SEC1).
+    Pem { cert: PathBuf, key: PathBuf },
+    /// A PKCS#12 bundle (.pfx as exported from a Windows CA) and its password.
+    Pkcs12 { path: PathBuf, password: Secret },
+    /// Generated on first start under `state_dir` (the loopback default only).
+    Dev,
+}
+
+/// Where trust anchors come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CaSource {
+    /// One PEM file with one or more CA certificates.
+    Pem(PathBuf),
+    /// The dev CA generated under `state_dir`.
+    Dev,
+}
+
+/// The Director pool: the only place inbound SIP goes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NextHopPool {
+    pub members: Vec<SocketAddr>,
+    /// The name every member's certificate must carry as a subjectAltName.
+    pub server_name: String,
+    pub probe: Probe,
+    /// Retry-After seconds on the 503 sent when no member is up.
+    pub retry_after: Duration,
+}
+
+/// OPTIONS health probes of next hops: up after `rise` good answers in a row, down after
+/// `fall` missed or bad ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// Named limits (see `core::limits` for the why of each default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_headers: usize,
+    pub max_line_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// A secret string (a PKCS#12 password): usable as `&str`, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}

@@ -1,0 +1,626 @@
+//! The topology schema: which keys exist, their defaults and ranges, and the cross-checks
+//! between them. `topology/README.md` documents the same keys; keep the two in step.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use super::model::*;
+use super::reader::{Doc, Section};
+use super::StateEnv;
+
+/// Defaults, named so README, examples and code agree.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Header block: generous enough for NTLM/Kerberos Authorization headers of remote
+    /// Lync/Skype clients, small enough that a flood of maximal heads stays cheap.
+    pub const MAX_HEADER_BYTES: u64 = 32 * 1024;
+    pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+    pub const MAX_HEADERS: u64 = 128;
+    /// One header line: a Kerberos token in base64 reaches several KiB.
+    pub const MAX_LINE_BYTES: u64 = 8 * 1024;
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Time from the first byte of a message to the end of its header block (slowloris).
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// RFC 5626 clients keep alive every ~2 minutes; Lync's edge uses 30 minutes.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+    pub const MAX_CONNECTIONS: u64 = 10_000;
+    pub const RETRY_AFTER: Duration = Duration::from_secs(30);
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const PROBE_RISE: u64 = 2;
+    pub const PROBE_FALL: u64 = 3;
+    pub const EDGE_NAME: &str = "sipedge";
+}
+
+const ROOT_KEYS: &[&str] = &[
+    "state_dir",
+    "edge",
+    "external",
+    "internal",
+    "next_hop",
+    "limits",
+];
+const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
+const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
+const EXTERNAL_TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "pkcs12",
+    "password_env",
+    "password_file",
+    "dev",
+];
+const INTERNAL_TLS_KEYS: &[&str] = &[
+    "cert",
+    "key",
+    "pkcs12",
+    "password_env",
+    "password_file",
+    "dev",
+    "ca",
+];
+const NEXT_HOP_KEYS: &[&str] = &["members", "server_name", "retry_after", "probe"];
+const PROBE_KEYS: &[&str] = &["interval", "timeout", "rise", "fall"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_headers",
+    "max_line_bytes",
+    "handshake_timeout",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections",
+];
+
+const MAX_MEMBERS: usize = 64;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Reads the whole document; `None` when any problem was recorded in `doc`.
+pub(super) fn resolve(
+    doc: &mut Doc<'_>,
+    root: &DeTable<'_>,
+    source: Option<&Path>,
+    env: &StateEnv,
+) -> Option<Topology> {
+    // Relative paths are relative to the topology file, not to wherever the edge was started.
+    let base = source
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let root = doc.root(root, ROOT_KEYS);
+
+    let state_dir = match doc.string(root, "state_dir", false) {
+        Some((dir, _)) => base.join(dir),
+        None => env.default_state_dir(),
+    };
+    let edge = read_edge(doc, root);
+    let external = read_external(doc, root, &base, env, edge.as_ref());
+    let internal = read_internal(doc, root, &base, env);
+    let next_hop = read_next_hop(doc, root);
+    let limits = read_limits(doc, root);
+
+    let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
+        (edge, external, internal, next_hop)
+    else {
+        return None;
+    };
+    let topology = Topology {
+        source: source.map(Path::to_path_buf),
+        state_dir,
+        edge,
+        external,
+        internal,
+        next_hop,
+        limits,
+    };
+    cross_check(doc, root, &topology);
+    doc.problems.is_empty().then_some(topology)
+}
+
+fn read_edge(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Edge> {
+    let s = doc.table(root, "edge", EDGE_KEYS, true);
+    let name = match doc.string(s, "name", false) {
+        Some((name, line)) if !valid_instance_name(&name) => {
+            doc.problem(
+                line,
+                s.key("name"),
+                format!("\"{name}\": use 1-63 letters, digits, '.', '_' or '-'"),
+            );
+            None
+        }
+        Some((name, _)) => Some(name),
+        None => Some(defaults::EDGE_NAME.to_string()),
+    };
+    let pool_fqdn = doc.string(s, "pool_fqdn", true).and_then(|(fqdn, line)| {
+        let fqdn = fqdn.to_ascii_lowercase();
+        if valid_dns_name(&fqdn) {
+            Some(fqdn)
+        } else {
+            doc.problem(
+                line,
+                s.key("pool_fqdn"),
+                format!("\"{fqdn}\" is not a DNS name"),
+            );
+            None
+        }
+    });
+    let sip_domains = doc
+        .string_list(s, "sip_domains", true)
+        .and_then(|(list, line)| {
+            let mut out = Vec::with_capacity(list.len());
+            let mut seen = BTreeSet::new();
+            let mut ok = true;
+            for domain in list {
+                let domain = domain.to_ascii_lowercase();
+                if !valid_dns_name(&domain) {
+                    doc.problem(
+                        line,
+                        s.key("sip_domains"),
+                        format!("\"{domain}\" is not a DNS name"),
+                    );
+                    ok = false;
+                } else if !seen.insert(domain.clone()) {
+                    doc.problem(
+                        line,
+                        s.key("sip_domains"),
+                        format!("\"{domain}\" is listed twice"),
+                    );
+                    ok = false;
+                } else {
+                    out.push(domain);
+                }
+            }
+            if ok && out.is_empty() {
+                doc.problem(
+                    line,
+                    s.key("sip_domains"),
+                    "list at least one SIP domain served behind this edge",
+                );
+                ok = false;
+            }
+            ok.then_some(out)
+        });
+    Some(Edge {
+        name: name?,
+        pool_fqdn: pool_fqdn?,
+        sip_domains: sip_domains?,
+    })
+}
+
+fn read_external(
+    doc: &mut Doc<'_>,
+    root: Section<'_, '_>,
+    base: &Path,
+    env: &StateEnv,
+    edge: Option<&Edge>,
+) -> Option<ExternalIface> {
+    let s = doc.table(root, "external", IFACE_KEYS, true);
+    let bind = doc.socket_addr(s, "sip", true);
+    let host = read_host(doc, s);
+    let tls = doc.table(s, "external.tls", EXTERNAL_TLS_KEYS, true);
+    let (cert, _) = read_tls(doc, tls, base, env, false);
+    let (sip_bind, _) = bind?;
+    let sip_host = match host? {
+        Some(host) => host,
+        None => edge?.pool_fqdn.clone(),
+    };
+    Some(ExternalIface {
+        sip_bind,
+        sip_host,
+        cert: cert?,
+    })
+}
+
+fn read_internal(
+    doc: &mut Doc<'_>,
+    root: Section<'_, '_>,
+    base: &Path,
+    env: &StateEnv,
+) -> Option<InternalIface> {
+    let s = doc.table(root, "internal", IFACE_KEYS, true);
+    let bind = doc.socket_addr(s, "sip", true);
+    let host = read_host(doc, s);
+    let tls = doc.table(s, "internal.tls", INTERNAL_TLS_KEYS, true);
+    let (cert, ca) = read_tls(doc, tls, base, env, true);
+    let (sip_bind, _) = bind?;
+    let sip_host = match host? {
+        Some(host) => host,
+        None => host_of(sip_bind),
+    };
+    Some(InternalIface {
+        sip_bind,
+        sip_host,
+        cert: cert?,
+        ca: ca?,
+    })
+}
+
+/// `sip_host`: `Some(None)` when absent (the caller defaults it), `None` on a problem.
+fn read_host(doc: &mut Doc<'_>, s: Section<'_, '_>) -> Option<Option<String>> {
+    match doc.string(s, "sip_host", false) {
+        None if s.has("sip_host") => None,
+        None => Some(None),
+        Some((host, line)) => {
+            let host = host.to_ascii_lowercase();
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if valid_dns_name(&host) || bare.parse::<std::net::IpAddr>().is_ok() {
+                // IPv6 literals go into Via and Record-Route bracketed (RFC 3261 §25.1).
+                match bare.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => Some(Some(format!("[{v6}]"))),
+                    Err(_) => Some(Some(host)),
+                }
+            } else {
+                doc.problem(
+                    line,
+                    s.key("sip_host"),
+                    format!("\"{host}\" is neither a DNS name nor an IP address"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn host_of(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    }
+}
+
+/// One `tls` table: a PEM pair, a PKCS#12 bundle, or the dev PKI; and (internal only) the
+/// CA that peers chain to.
+fn read_tls(
+    doc: &mut Doc<'_>,
+    s: Section<'_, '_>,
+    base: &Path,
+    env: &StateEnv,
+    wants_ca: bool,
+) -> (Option<CertSource>, Option<CaSource>) {
+    if !s.present() {
+        return (None, None);
+    }
+    let dev = doc.boolean(s, "dev").is_some_and(|(b, _)| b);
+    if dev {
+        let mut clash = false;
+        for key in [
+            "cert",
+            "key",
+            "pkcs12",
+            "password_env",
+            "password_file",
+            "ca",
+        ] {
+            if s.has(key) {
+                let line = doc.line_of_key(s, key);
+                doc.problem(
+                    line,
+                    s.key(key),
+                    "not allowed with dev = true (the dev PKI provides it)",
+                );
+                clash = true;
+            }
+        }
+        return if clash {
+            (None, None)
+        } else {
+            (Some(CertSource::Dev), Some(CaSource::Dev))
+        };
+    }
+    let pem = s.has("cert") || s.has("key");
+    let p12 = s.has("pkcs12");
+    let cert = match (pem, p12) {
+        (true, true) => {
+            let line = doc.line_of_key(s, "pkcs12");
+            doc.problem(
+                line,
+                s.key("pkcs12"),
+                "give either cert and key (PEM) or pkcs12, not both",
+            );
+            None
+        }
+        (true, false) => {
+            for key in ["password_env", "password_file"] {
+                if s.has(key) {
+                    let line = doc.line_of_key(s, key);
+                    doc.problem(line, s.key(key), "only for pkcs12 (PEM keys must be unencrypted, protected by file permissions)");
+                }
+            }
+            let cert = doc.string(s, "cert", true);
+            let key = doc.string(s, "key", true);
+            match (cert, key) {
+                (Some((cert, _)), Some((key, _))) => Some(CertSource::Pem {
+                    cert: base.join(cert),
+                    key: base.join(key),
+                }),
+                _ => None,
+            }
+        }
+        (false, true) => {
+            let path = doc.string(s, "pkcs12", true);
+            let password = read_password(doc, s, base, env);
+            match (path, password) {
+                (Some((path, _)), Some(password)) => Some(CertSource::Pkcs12 {
+                    path: base.join(path),
+                    password,
+                }),
+                _ => None,
+            }
+        }
+        (false, false) => {
+            doc.problem(
+                doc.line_of_key(s, "cert"),
+                s.key("cert"),
+                "missing: set cert and key (PEM), or pkcs12 with password_env or password_file, or dev = true",
+            );
+            None
+        }
+    };
+    let ca = if wants_ca {
+        doc.string(s, "ca", true)
+            .map(|(ca, _)| CaSource::Pem(base.join(ca)))
+    } else {
+        None
+    };
+    (cert, ca)
+}
+
+/// The PKCS#12 password: from an environment variable or a file, never from the topology
+/// itself (topologies get copied into tickets and repositories).
+fn read_password(
+    doc: &mut Doc<'_>,
+    s: Section<'_, '_>,
+    base: &Path,
+    env: &StateEnv,
+) -> Option<Secret> {
+    let from_env = doc.string(s, "password_env", false);
+    let from_file = doc.string(s, "password_file", false);
+    match (from_env, from_file) {
+        (Some(_), Some((_, line))) => {
+            doc.problem(
+                line,
+                s.key("password_file"),
+                "give password_env or password_file, not both",
+            );
+            None
+        }
+        (Some((var, line)), None) => match env.var(&var) {
+            Some(value) => Some(Secret::from(value)),
+            None => {
+                doc.problem(
+                    line,
+                    s.key("password_env"),
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (None, Some((file, line))) => {
+            let path = base.join(file);
+            match std::fs::read_to_string(&path) {
+                // One trailing newline is what `echo pw > file` leaves; it is not part of it.
+                Ok(text) => Some(Secret::from(
+                    text.strip_suffix('\n')
+                        .unwrap_or(&text)
+                        .trim_end_matches('\r'),
+                )),
+                Err(e) => {
+                    doc.problem(
+                        line,
+                        s.key("password_file"),
+                        format!("{}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => {
+            if !s.has("password_env") && !s.has("password_file") {
+                let line = doc.line_of_key(s, "pkcs12");
+                doc.problem(
+                    line,
+                    s.key("password_env"),
+                    "pkcs12 needs password_env or password_file",
+                );
+            }
+            None
+        }
+    }
+}
+
+fn read_next_hop(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<NextHopPool> {
+    let s = doc.table(root, "next_hop", NEXT_HOP_KEYS, true);
+    let members = doc
+        .socket_addr_list(s, "members", true)
+        .and_then(|(members, line)| {
+            let unique: BTreeSet<_> = members.iter().collect();
+            if members.is_empty() {
+                doc.problem(
+                    line,
+                    s.key("members"),
+                    "list at least one Director (address:port)",
+                );
+                None
+            } else if members.len() > MAX_MEMBERS {
+                doc.problem(
+                    line,
+                    s.key("members"),
+                    format!("at most {MAX_MEMBERS} members"),
+                );
+                None
+            } else if unique.len() != members.len() {
+                doc.problem(line, s.key("members"), "a member is listed twice");
+                None
+            } else {
+                Some(members)
+            }
+        });
+    let server_name = doc.string(s, "server_name", true).and_then(|(name, line)| {
+        let name = name.to_ascii_lowercase();
+        if valid_dns_name(&name) || name.parse::<std::net::IpAddr>().is_ok() {
+            Some(name)
+        } else {
+            doc.problem(
+                line,
+                s.key("server_name"),
+                format!("\"{name}\" is not a DNS name or IP address"),
+            );
+            None
+        }
+    });
+    let retry_after = doc.duration(
+        s,
+        "retry_after",
+        (secs(1), secs(3600)),
+        defaults::RETRY_AFTER,
+    );
+    let p = doc.table(s, "next_hop.probe", PROBE_KEYS, false);
+    let probe = Probe {
+        interval: doc.duration(
+            p,
+            "interval",
+            (Duration::from_millis(100), secs(3600)),
+            defaults::PROBE_INTERVAL,
+        ),
+        timeout: doc.duration(
+            p,
+            "timeout",
+            (Duration::from_millis(50), secs(60)),
+            defaults::PROBE_TIMEOUT,
+        ),
+        rise: u32::try_from(doc.integer(p, "rise", (1, 100), defaults::PROBE_RISE)).unwrap_or(1),
+        fall: u32::try_from(doc.integer(p, "fall", (1, 100), defaults::PROBE_FALL)).unwrap_or(1),
+    };
+    if probe.timeout >= probe.interval {
+        let line = doc.line_of_key(p, "timeout");
+        doc.problem(
+            line,
+            p.key("timeout"),
+            "must be shorter than next_hop.probe.interval",
+        );
+    }
+    Some(NextHopPool {
+        members: members?,
+        server_name: server_name?,
+        probe,
+        retry_after,
+    })
+}
+
+fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
+    use defaults::*;
+    let s = doc.table(root, "limits", LIMIT_KEYS, false);
+    let size = |doc: &mut Doc<'_>, key, range, default| {
+        usize::try_from(doc.integer(s, key, range, default)).unwrap_or(usize::MAX)
+    };
+    let limits = Limits {
+        max_header_bytes: size(
+            doc,
+            "max_header_bytes",
+            (1024, 256 * 1024),
+            MAX_HEADER_BYTES,
+        ),
+        max_body_bytes: size(doc, "max_body_bytes", (0, 16 * 1024 * 1024), MAX_BODY_BYTES),
+        max_headers: size(doc, "max_headers", (8, 1024), MAX_HEADERS),
+        max_line_bytes: size(doc, "max_line_bytes", (256, 256 * 1024), MAX_LINE_BYTES),
+        handshake_timeout: doc.duration(
+            s,
+            "handshake_timeout",
+            (secs(1), secs(120)),
+            HANDSHAKE_TIMEOUT,
+        ),
+        header_timeout: doc.duration(s, "header_timeout", (secs(1), secs(300)), HEADER_TIMEOUT),
+        idle_timeout: doc.duration(s, "idle_timeout", (secs(10), secs(86_400)), IDLE_TIMEOUT),
+        max_connections: size(doc, "max_connections", (1, 1_000_000), MAX_CONNECTIONS),
+    };
+    if limits.max_line_bytes > limits.max_header_bytes {
+        let line = doc.line_of_key(s, "max_line_bytes");
+        doc.problem(
+            line,
+            s.key("max_line_bytes"),
+            "must not exceed limits.max_header_bytes",
+        );
+    }
+    limits
+}
+
+/// Checks that span tables: the two zones never share a socket, and no next hop is the edge.
+fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
+    let internal = doc.peek(root, "internal");
+    let next_hop = doc.peek(root, "next_hop");
+    if t.external.sip_bind.ip() == t.internal.sip_bind.ip() {
+        let line = doc.line_of_key(internal, "sip");
+        doc.problem(
+            line,
+            "internal.sip",
+            format!(
+                "same address as external.sip ({}): the two trust zones need separate interfaces",
+                t.external.sip_bind.ip()
+            ),
+        );
+    }
+    for member in &t.next_hop.members {
+        if *member == t.internal.sip_bind || *member == t.external.sip_bind {
+            let line = doc.line_of_key(next_hop, "members");
+            doc.problem(
+                line,
+                "next_hop.members",
+                format!("{member} is this edge's own listener (a loop)"),
+            );
+        }
+    }
+}
+
+fn valid_instance_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A host name per RFC 1123: dot-separated labels of letters, digits and inner hyphens.
+pub(crate) fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 || name.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    // An all-numeric last label would read as an IPv4 address to some resolvers.
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
+    name.split('.').all(|label| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+#[cfg(test)]
+pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", ROOT_KEYS),
+        ("edge", EDGE_KEYS),
+        ("external", IFACE_KEYS),
+        ("external.tls", EXTERNAL_TLS_KEYS),
+        ("internal", IFACE_KEYS),
+        ("internal.tls", INTERNAL_TLS_KEYS),
+        ("next_hop", NEXT_HOP_KEYS),
+        ("next_hop.probe", PROBE_KEYS),
+        ("limits", LIMIT_KEYS),
+    ]
+}

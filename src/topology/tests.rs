@@ -1,0 +1,337 @@
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const TWO_NIC: &str = include_str!("../../topology/examples/two-nic-edge.toml");
+
+fn env() -> StateEnv {
+    StateEnv::default()
+        .with("SIPEDGE_STATE_DIR", "/tmp/sipedge-state")
+        .with("SIPEDGE_EXTERNAL_PFX_PASSWORD", "pfx-pass")
+}
+
+fn problems(text: &str) -> Vec<(usize, String, String)> {
+    match parse(text, Some(Path::new("t.toml")), &env()) {
+        Ok(t) => panic!("expected problems, got {t:?}"),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| (p.line, p.key, p.message))
+            .collect(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The line number (1-based) of the first line containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn embedded_default_is_the_loopback_edge() {
+    let t = parse(EMBEDDED_DEFAULT, None, &env()).unwrap();
+    assert_eq!(t.external.sip_bind, addr("127.0.0.1:5061"));
+    assert_eq!(t.internal.sip_bind, addr("127.0.0.2:5061"));
+    assert_eq!(t.next_hop.members, vec![addr("127.0.0.1:5070")]);
+    assert_eq!(t.next_hop.server_name, "director.sipedge.test");
+    assert_eq!(t.edge.pool_fqdn, "edge.sipedge.test");
+    assert_eq!(t.edge.sip_domains, vec!["sipedge.test".to_string()]);
+    assert_eq!(t.external.cert, CertSource::Dev);
+    assert_eq!(t.internal.cert, CertSource::Dev);
+    assert_eq!(t.internal.ca, CaSource::Dev);
+    assert_eq!(t.internal.sip_host, "127.0.0.2");
+    assert_eq!(t.state_dir, Path::new("/tmp/sipedge-state"));
+    assert_eq!(t.limits.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(t.limits.max_header_bytes, 32 * 1024);
+    assert_eq!(t.next_hop.probe.rise, 2);
+    assert_eq!(t.next_hop.probe.fall, 3);
+    assert_eq!(t.source, None);
+}
+
+#[test]
+fn two_nic_example_resolves_with_its_password_from_the_environment() {
+    let t = parse(TWO_NIC, Some(Path::new("/etc/sipedge/edge.toml")), &env()).unwrap();
+    assert_eq!(t.external.sip_bind, addr("203.0.113.10:5061"));
+    assert_eq!(
+        t.external.cert,
+        CertSource::Pkcs12 {
+            path: "/etc/sipedge/external.pfx".into(),
+            password: Secret::from("pfx-pass"),
+        }
+    );
+    assert_eq!(
+        t.internal.ca,
+        CaSource::Pem("/etc/sipedge/enterprise-ca.pem".into())
+    );
+    assert_eq!(t.next_hop.members.len(), 3);
+    assert_eq!(t.edge.sip_domains.len(), 2);
+    assert_eq!(t.state_dir, Path::new("/var/lib/sipedge"));
+    assert_eq!(t.limits.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(t.limits.max_connections, 20_000);
+    // The password never shows in Debug output (logs, panics).
+    assert!(!format!("{t:?}").contains("pfx-pass"));
+}
+
+#[test]
+fn missing_password_variable_is_named_with_its_line() {
+    let err = parse(TWO_NIC, Some(Path::new("edge.toml")), &StateEnv::default()).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    let p = &err.problems[0];
+    assert_eq!(p.key, "external.tls.password_env");
+    assert_eq!(p.line, line_of(TWO_NIC, "password_env"));
+    assert!(
+        p.message.contains("SIPEDGE_EXTERNAL_PFX_PASSWORD"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn an_unknown_key_in_every_table_is_reported_at_once() {
+    // After every table header (and at the top) add a key the schema does not know.
+    let mut text = String::from("bogus_root = 1\n");
+    let mut expected = vec![(1, "bogus_root".to_string())];
+    for line in TWO_NIC.lines() {
+        text.push_str(line);
+        text.push('\n');
+        if let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let key = format!("bogus_{}", table.replace('.', "_"));
+            text.push_str(&format!("{key} = 1\n"));
+            expected.push((text.lines().count(), format!("{table}.{key}")));
+        }
+    }
+    let found: Vec<_> = problems(&text)
+        .into_iter()
+        .map(|(line, key, _)| (line, key))
+        .collect();
+    assert_eq!(found, expected);
+    assert_eq!(found.len(), schema::all_tables().len());
+}
+
+#[test]
+fn every_table_of_the_schema_appears_in_the_two_nic_example() {
+    for (table, keys) in schema::all_tables() {
+        if !table.is_empty() {
+            assert!(
+                TWO_NIC.contains(&format!("[{table}]")),
+                "{table} missing from the example"
+            );
+        }
+        let readme = include_str!("../../topology/README.md");
+        for key in keys {
+            let dotted = if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            };
+            let documented = readme.contains(&format!("`{dotted}`"))
+                || readme.contains(&format!("`[{dotted}]`"));
+            assert!(
+                documented,
+                "topology/README.md does not document `{dotted}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_missing_required_key_is_reported() {
+    let found = problems("[edge]\n[external]\n[internal]\n[next_hop]\n");
+    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    for key in [
+        "edge.pool_fqdn",
+        "edge.sip_domains",
+        "external.sip",
+        "external.tls",
+        "internal.sip",
+        "internal.tls",
+        "next_hop.members",
+        "next_hop.server_name",
+    ] {
+        assert!(keys.contains(&key), "{key} not reported in {found:?}");
+    }
+    let missing_tables = problems("");
+    assert_eq!(missing_tables.len(), 4, "{missing_tables:?}");
+}
+
+#[test]
+fn wrong_types_and_ranges_name_the_key() {
+    let text = EMBEDDED_DEFAULT
+        .replace("[next_hop]", "[next_hop]\nretry_after = true")
+        .replace("name = \"loopback\"", "name = 7")
+        + "\n[limits]\nmax_headers = 100000\nidle_timeout = \"5 fortnights\"\nmax_line_bytes = 200000\n";
+    let found = problems(&text);
+    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "edge.name",
+            "next_hop.retry_after",
+            "limits.max_headers",
+            "limits.idle_timeout",
+            "limits.max_line_bytes"
+        ],
+        "{found:?}"
+    );
+    assert!(found[0].2.contains("expected a string, found an integer"));
+    assert!(found[2].2.contains("out of range"));
+    assert!(found[4].2.contains("max_header_bytes"));
+}
+
+#[test]
+fn syntax_errors_are_reported_with_lines() {
+    let found = problems("[edge]\nname = \"x\nname2 = 3\n[edge]\n");
+    assert!(!found.is_empty());
+    assert!(
+        found
+            .iter()
+            .all(|(line, _, m)| *line >= 1 && m.starts_with("TOML syntax")),
+        "{found:?}"
+    );
+    let dup = problems("[edge]\nname = \"a\"\nname = \"b\"\n");
+    assert_eq!(dup[0].0, 3, "{dup:?}");
+}
+
+#[test]
+fn tls_forms_are_exclusive() {
+    let text = EMBEDDED_DEFAULT.replacen("dev = true", "dev = true\ncert = \"c.pem\"", 1);
+    let found = problems(&text);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, "external.tls.cert");
+
+    let text = EMBEDDED_DEFAULT.replacen("dev = true", "cert = \"c.pem\"\npkcs12 = \"p.pfx\"", 1);
+    assert_eq!(problems(&text)[0].1, "external.tls.pkcs12");
+
+    let text = EMBEDDED_DEFAULT.replacen("dev = true", "cert = \"c.pem\"", 1);
+    assert_eq!(problems(&text)[0].1, "external.tls.key");
+
+    let text = EMBEDDED_DEFAULT.replacen("dev = true", "pkcs12 = \"p.pfx\"", 1);
+    assert_eq!(problems(&text)[0].1, "external.tls.password_env");
+
+    // Internal PEM needs its CA.
+    let text = EMBEDDED_DEFAULT.replace(
+        "[internal.tls]\ndev = true",
+        "[internal.tls]\ncert = \"i.pem\"\nkey = \"i.key\"",
+    );
+    assert_eq!(problems(&text)[0].1, "internal.tls.ca");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_topology_file() {
+    let text = EMBEDDED_DEFAULT.replacen(
+        "dev = true",
+        "cert = \"certs/ext.pem\"\nkey = \"certs/ext.key\"",
+        1,
+    );
+    let t = parse(&text, Some(Path::new("/etc/sipedge/edge.toml")), &env()).unwrap();
+    assert_eq!(
+        t.external.cert,
+        CertSource::Pem {
+            cert: "/etc/sipedge/certs/ext.pem".into(),
+            key: "/etc/sipedge/certs/ext.key".into()
+        }
+    );
+}
+
+#[test]
+fn password_file_loses_its_trailing_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let text = EMBEDDED_DEFAULT.replacen(
+        "dev = true",
+        "pkcs12 = \"e.pfx\"\npassword_file = \"pw\"",
+        1,
+    );
+    let t = parse(&text, Some(&dir.path().join("edge.toml")), &env()).unwrap();
+    let CertSource::Pkcs12 { password, .. } = t.external.cert else {
+        panic!()
+    };
+    assert_eq!(&*password, "s3cret");
+}
+
+#[test]
+fn cross_checks() {
+    let same_ip = EMBEDDED_DEFAULT.replace("127.0.0.2:5061", "127.0.0.1:5062");
+    let found = problems(&same_ip);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, "internal.sip");
+    assert_eq!(found[0].0, line_of(&same_ip, "127.0.0.1:5062"));
+
+    let looped = EMBEDDED_DEFAULT.replace("[\"127.0.0.1:5070\"]", "[\"127.0.0.2:5061\"]");
+    assert_eq!(problems(&looped)[0].1, "next_hop.members");
+
+    let dup = EMBEDDED_DEFAULT.replace(
+        "[\"127.0.0.1:5070\"]",
+        "[\"127.0.0.1:5070\", \"127.0.0.1:5070\"]",
+    );
+    assert!(problems(&dup)[0].2.contains("twice"));
+
+    let probe =
+        EMBEDDED_DEFAULT.to_string() + "\n[next_hop.probe]\ninterval = \"1s\"\ntimeout = \"2s\"\n";
+    assert_eq!(problems(&probe)[0].1, "next_hop.probe.timeout");
+
+    let wildcard = EMBEDDED_DEFAULT.replace("127.0.0.1:5061", "0.0.0.0:5061");
+    assert!(problems(&wildcard)[0].2.contains("wildcard"));
+}
+
+#[test]
+fn names_are_validated_and_lowercased() {
+    let text = EMBEDDED_DEFAULT.replace(
+        "[\"sipedge.test\"]",
+        "[\"SIPEDGE.test\", \"bad_domain\", \"sipedge.TEST\"]",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().any(|p| p.2.contains("bad_domain")));
+    assert!(found.iter().any(|p| p.2.contains("twice")));
+    let v6 = EMBEDDED_DEFAULT.replace("127.0.0.2:5061", "[::1]:5061");
+    let t = parse(&v6, None, &env()).unwrap();
+    assert_eq!(t.internal.sip_host, "[::1]");
+}
+
+#[test]
+fn display_names_file_line_and_key() {
+    let err = parse(
+        "[edge]\nbogus = 1\n",
+        Some(Path::new("conf/edge.toml")),
+        &env(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("conf/edge.toml:2: edge.bogus: unknown key"),
+        "{text}"
+    );
+    assert!(text.starts_with("conf/edge.toml: "), "{text}");
+}
+
+#[test]
+fn load_reports_unreadable_and_non_utf8_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = load(&dir.path().join("nope.toml")).unwrap_err();
+    assert!(missing.problems[0].message.contains("cannot read"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, b"[edge]\nname = \"\xff\"\n").unwrap();
+    let err = load(&bad).unwrap_err();
+    assert_eq!(err.problems[0].line, 2);
+}
+
+#[test]
+fn state_dir_defaults() {
+    let e = StateEnv::default();
+    assert_eq!(e.default_state_dir(), Path::new("/var/lib/sipedge"));
+    let e = e.with("HOME", "/home/u");
+    assert_eq!(
+        e.default_state_dir(),
+        Path::new("/home/u/.local/state/sipedge")
+    );
+    let e = e.with("XDG_STATE_HOME", "/x");
+    assert_eq!(e.default_state_dir(), Path::new("/x/sipedge"));
+    let e = e.with("SIPEDGE_STATE_DIR", "/s");
+    assert_eq!(e.default_state_dir(), Path::new("/s"));
+}
