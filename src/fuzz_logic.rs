@@ -192,3 +192,148 @@ pub fn topology(data: &[u8]) {
         }
     }
 }
+
+/// The golden-file pipeline: exactly what a connection of the edge does with the bytes it
+/// reads (framing, validation, the proxy decision), on the default limits, with the loopback
+/// topology's names (`edge.sipedge.test`, internal `127.0.0.2:5061`, domain `sipedge.test`).
+/// Flow 1 is the arriving connection on `side`; flows 1..=9 exist.
+pub mod golden {
+    use super::*;
+    use crate::topology::defaults;
+
+    /// What happened to one input, in the words of a `.expected` file.
+    #[derive(Debug, Default)]
+    pub struct Outcome {
+        /// One line per event: `forward`, `to-flow N`, `pong`, `NNN Reason`, `drop`,
+        /// and a final `close` when the edge would close the connection.
+        pub events: Vec<String>,
+        /// Bytes forwarded to the pool or a flow, in order.
+        pub forwarded: Vec<Vec<u8>>,
+        /// Bytes answered on the arriving connection.
+        pub answered: Vec<Vec<u8>>,
+    }
+
+    pub fn limits() -> FrameLimits {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        FrameLimits {
+            head: HeadLimits {
+                max_headers: size(defaults::MAX_HEADERS),
+                max_line_bytes: size(defaults::MAX_LINE_BYTES),
+            },
+            max_header_bytes: size(defaults::MAX_HEADER_BYTES),
+            max_body_bytes: size(defaults::MAX_BODY_BYTES),
+        }
+    }
+
+    pub fn proxy() -> Proxy {
+        Proxy::new(
+            ProxyConfig {
+                external: SideAddr {
+                    host: "edge.sipedge.test".into(),
+                    port: 5061,
+                },
+                internal: SideAddr {
+                    host: "127.0.0.2".into(),
+                    port: 5061,
+                },
+                own_hosts: vec!["edge.sipedge.test".into(), "127.0.0.2".into()],
+                served_domains: vec!["sipedge.test".into()],
+            },
+            FlowKeys::new(&[7; 32], Default::default()),
+        )
+    }
+
+    /// The valid flow token of flow `n` under [`proxy`]'s keys (for `<FTOK:n>` markers).
+    pub fn token(n: u64) -> String {
+        proxy().keys().token(FlowId(n)).as_str().to_string()
+    }
+
+    /// Runs `data`, arriving on flow 1 of `side`, through the edge.
+    pub fn run(data: &[u8], side: Side) -> Outcome {
+        let proxy = proxy();
+        let limits = limits();
+        let from = Flow {
+            id: FlowId(1),
+            side,
+            remote: match side {
+                Side::External => std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
+                Side::Internal => std::net::SocketAddr::from(([127, 0, 0, 1], 5070)),
+            },
+            token: proxy.keys().token(FlowId(1)),
+        };
+        let mut out = Outcome::default();
+        let mut framer = Framer::new();
+        let mut buf = data;
+        loop {
+            let frame = match framer.check(buf, &limits) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if !buf.is_empty() {
+                        // An incomplete message waits for more bytes (then header_timeout).
+                        out.events.push("incomplete".into());
+                    }
+                    break;
+                }
+                Err(why) => {
+                    let answer = proxy.answer(buf, why, None);
+                    push_answer(&mut out, why, answer);
+                    out.events.push("close".into());
+                    break;
+                }
+            };
+            match frame {
+                Frame::Ping => {
+                    buf = buf.get(4..).unwrap_or_default();
+                    out.events.push("pong".into());
+                }
+                Frame::Pong => {
+                    buf = buf.get(2..).unwrap_or_default();
+                }
+                Frame::Message { head, len } => {
+                    let raw = Bytes::copy_from_slice(buf.get(..len).unwrap_or_default());
+                    buf = buf.get(len..).unwrap_or_default();
+                    let msg = match Message::validate(raw.clone(), head) {
+                        Ok(msg) => msg,
+                        Err(why) => {
+                            let answer = proxy.answer(&raw, why, None);
+                            push_answer(&mut out, why, answer);
+                            continue;
+                        }
+                    };
+                    match proxy.handle(&from, &msg) {
+                        Action::ToPool { bytes, .. } => {
+                            out.events.push("forward".into());
+                            out.forwarded.push(bytes);
+                        }
+                        Action::ToFlow { flow, bytes, .. } => {
+                            if (1..=9).contains(&flow.0) {
+                                out.events.push(format!("to-flow {}", flow.0));
+                                out.forwarded.push(bytes);
+                            } else {
+                                // The shell's answer when the named flow is gone.
+                                let why = crate::core::sip::reject::Why::FlowFailed;
+                                let answer = proxy.answer(&msg.raw, why, Some(&msg));
+                                push_answer(&mut out, why, answer);
+                            }
+                        }
+                        Action::Reject(why) => {
+                            let answer = proxy.answer(&msg.raw, why, Some(&msg));
+                            push_answer(&mut out, why, answer);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn push_answer(out: &mut Outcome, why: crate::core::sip::reject::Why, answer: Option<Vec<u8>>) {
+        match (why.status(), answer) {
+            (Some((status, reason)), Some(bytes)) => {
+                out.events.push(format!("{status} {reason}"));
+                out.answered.push(bytes);
+            }
+            _ => out.events.push("drop".into()),
+        }
+    }
+}

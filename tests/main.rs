@@ -14,3 +14,9 @@ mod support;
 
 /// The Access Edge end to end over loopback sockets.
 mod access_edge;
+
+/// Real peers: SIPp through stunnel on both sides of the edge.
+mod interop;
+
+/// The real binary: check, run, exit codes.
+mod cli;

@@ -154,7 +154,20 @@ impl Client {
 
     /// Connects from a given loopback source address (to play different users).
     pub async fn connect_from(pki: &Pki, edge: SocketAddr, source: &str) -> Client {
-        let cfg = tls::client_config_trusting(pki.roots(), None).unwrap();
+        Self::connect_trusting(pki.roots(), edge, source).await
+    }
+
+    /// Connects trusting `roots` (e.g. the dev CA a running edge generated).
+    pub async fn connect_with_roots(roots: rustls::RootCertStore, edge: SocketAddr) -> Client {
+        Self::connect_trusting(roots, edge, "127.0.0.1").await
+    }
+
+    async fn connect_trusting(
+        roots: rustls::RootCertStore,
+        edge: SocketAddr,
+        source: &str,
+    ) -> Client {
+        let cfg = tls::client_config_trusting(roots, None).unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         let tcp = socket.connect(edge).await.expect("connect to edge");

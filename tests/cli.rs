@@ -1,0 +1,179 @@
+//! The real binary: `check` exit codes and messages, and `run` on the embedded default
+//! (dev PKI generated into the state directory it prints, TLS served, SIGTERM stops it).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
+
+fn example(name: &str) -> String {
+    format!("{}/topology/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_the_loopback_example() {
+    let out = Command::new(BIN)
+        .args(["check", "--topology", &example("loopback.toml")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (edge loopback"));
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_and_key_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example("loopback.toml"))
+        .unwrap()
+        .replace(
+            "name = \"loopback\"",
+            "name = \"loopback\"\nnmae = \"typo\"",
+        )
+        .replace(
+            "[\"127.0.0.1:5070\"]",
+            "[\"127.0.0.1:5070\", \"director:5061\"]",
+        );
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--topology"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    let typo_line = text.lines().position(|l| l.starts_with("nmae")).unwrap() + 1;
+    let members_line = text.lines().position(|l| l.starts_with("members")).unwrap() + 1;
+    assert!(err.contains("2 problems"), "{err}");
+    assert!(
+        err.contains(&format!("{f}:{typo_line}: edge.nmae: unknown key")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:{members_line}: next_hop.members: \"director:5061\""
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_unreadable_certificates_and_exits_64() {
+    let out = Command::new(BIN)
+        .args(["check", "--topology", &example("two-nic-edge.toml")])
+        .env("SIPEDGE_EXTERNAL_PFX_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("external.tls: /etc/sipedge/external.pfx"),
+        "{err}"
+    );
+    assert!(
+        err.contains("internal.tls.ca: /etc/sipedge/enterprise-ca.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_64_and_version_prints() {
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(BIN).arg("version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sipedge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `sipedge run` with no topology: the embedded default on 127.0.0.1:5061 / 127.0.0.2:5061.
+/// Skipped (with a message) if something else on this machine holds those ports.
+#[test]
+fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_sigterm() {
+    for addr in ["127.0.0.1:5061", "127.0.0.2:5061"] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            eprintln!("SKIPPED: {addr} is in use on this machine");
+            return;
+        }
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env("SIPEDGE_STATE_DIR", state.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The last start-up line names the listeners.
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.contains("external TLS SIP on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = seen.join("\n");
+    let dev_dir = state.path().join("dev-pki");
+    assert!(
+        text.contains(&format!(
+            "generated dev certificates in {}",
+            dev_dir.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("external TLS SIP on 127.0.0.1:5061"),
+        "{text}"
+    );
+    assert!(
+        text.contains("internal mutual-TLS SIP on 127.0.0.2:5061"),
+        "{text}"
+    );
+    assert!(dev_dir.join("ca.pem").is_file());
+
+    // A remote user trusting the printed CA completes a TLS handshake and gets a pong.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ca = sipedge::tls::load_roots(
+            &sipedge::topology::CaSource::Pem(dev_dir.join("ca.pem")),
+            None,
+        )
+        .unwrap();
+        let mut client = Client::connect_with_roots(ca, "127.0.0.1:5061".parse().unwrap()).await;
+        client.send_bytes(b"\r\n\r\n").await;
+        assert_eq!(client.recv().await, "\r\n");
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sipedge did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit}");
+}
