@@ -465,3 +465,63 @@ async fn internal_listener_requires_a_certificate_from_the_internal_ca() {
     assert!(client.try_recv(Duration::from_millis(300)).await.is_none());
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn an_external_connection_flood_cannot_use_up_the_internal_budget() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    let mut topology = topology(&pki, &[director.addr]);
+    topology.limits.max_connections = 2;
+    let edge = shell::start(&topology).await.expect("edge starts");
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+
+    // Two remote users fill the external budget; a third is closed at once.
+    let mut users = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(&pki, edge.external).await;
+        c.send_bytes(b"\r\n\r\n").await;
+        assert_eq!(c.recv().await, "\r\n");
+        users.push(c);
+    }
+    let cfg = sipedge::tls::client_config_trusting(pki.roots(), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(edge.external).await.unwrap();
+    let third = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+            tcp,
+        )
+        .await;
+    assert!(
+        third.is_err(),
+        "a connection beyond limits.max_connections is refused"
+    );
+    eventually("the refusal counted", || {
+        shared.stats.connections_refused.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    // The internal zone has its own budget: a Front End still gets in.
+    let cfg = sipedge::tls::client_config_trusting(
+        pki.roots(),
+        Some(pki.material(sipedge::tls::DevRole::Client)),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(edge.internal).await.unwrap();
+    let mut fe = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("internal connection accepted");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fe.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(WAIT, fe.read_exact(&mut pong))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    edge.stop().await;
+}

@@ -272,20 +272,22 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             rx,
         ));
     }
-    let connections = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    // One connection budget per zone: a flood from the Internet must never use up the
+    // connections the Directors need to reach remote users.
+    let budget = || Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
     tasks.spawn(listen::accept_loop(
         shared.clone(),
         external,
         tokio_rustls::TlsAcceptor::from(ext_tls),
         Side::External,
-        connections.clone(),
+        budget(),
     ));
     tasks.spawn(listen::accept_loop(
         shared.clone(),
         internal,
         tokio_rustls::TlsAcceptor::from(int_tls),
         Side::Internal,
-        connections,
+        budget(),
     ));
     tracing::info!(external = %ext_addr, internal = %int_addr, next_hops = ?topology.next_hop.members, "edge started");
     Ok(RunningEdge {
