@@ -118,6 +118,25 @@ pub fn parse(text: &str, source: Option<&Path>, env: &StateEnv) -> Result<Topolo
     }
 }
 
+/// The line of a dotted key (`internal.tls.ca`) in topology text, for problems found after
+/// resolving (certificate files that cannot be loaded) so they too name file, line and key.
+pub fn locate(text: &str, dotted: &str) -> Option<usize> {
+    let (root, errors) = toml::de::DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        return None;
+    }
+    let mut table = root.get_ref();
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let value = table.get(part)?;
+        if parts.peek().is_none() {
+            return Some(reader::Doc::new(text).line_of(value.span()));
+        }
+        table = value.get_ref().as_table()?;
+    }
+    None
+}
+
 /// The embedded loopback default (`sipedge run` without `--topology`): external TLS SIP on
 /// 127.0.0.1:5061, internal on 127.0.0.2:5061, next hop 127.0.0.1:5070, dev certificates.
 pub fn embedded_default() -> Result<Topology, TopologyError> {

@@ -335,3 +335,17 @@ fn state_dir_defaults() {
     let e = e.with("SIPEDGE_STATE_DIR", "/s");
     assert_eq!(e.default_state_dir(), Path::new("/s"));
 }
+
+#[test]
+fn locate_finds_dotted_keys() {
+    assert_eq!(
+        locate(TWO_NIC, "internal.tls.ca"),
+        Some(line_of(TWO_NIC, "enterprise-ca.pem"))
+    );
+    assert_eq!(
+        locate(TWO_NIC, "external.tls.pkcs12"),
+        Some(line_of(TWO_NIC, "external.pfx"))
+    );
+    assert_eq!(locate(TWO_NIC, "external.nope"), None);
+    assert_eq!(locate("[[x", "x"), None);
+}
