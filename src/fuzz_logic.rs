@@ -196,7 +196,8 @@ pub fn topology(data: &[u8]) {
 /// The golden-file pipeline: exactly what a connection of the edge does with the bytes it
 /// reads (framing, validation, the proxy decision), on the default limits, with the loopback
 /// topology's names (`edge.sipedge.test`, internal `127.0.0.2:5061`, domain `sipedge.test`).
-/// Flow 1 is the arriving connection on `side`; flows 1..=9 exist.
+/// Flows 1..=5 are remote users' connections (external), 6..=9 connections of the pool and
+/// internal servers; a message arrives on flow 1 from outside, on flow 6 from inside.
 pub mod golden {
     use super::*;
     use crate::topology::defaults;
@@ -248,18 +249,31 @@ pub mod golden {
         proxy().keys().token(FlowId(n)).as_str().to_string()
     }
 
-    /// Runs `data`, arriving on flow 1 of `side`, through the edge.
+    /// The zone of golden flow `n`.
+    pub fn zone(n: u64) -> Option<Side> {
+        match n {
+            1..=5 => Some(Side::External),
+            6..=9 => Some(Side::Internal),
+            _ => None,
+        }
+    }
+
+    /// Runs `data`, arriving on flow 1 (from outside) or 6 (from inside), through the edge.
     pub fn run(data: &[u8], side: Side) -> Outcome {
         let proxy = proxy();
         let limits = limits();
+        let arriving = match side {
+            Side::External => FlowId(1),
+            Side::Internal => FlowId(6),
+        };
         let from = Flow {
-            id: FlowId(1),
+            id: arriving,
             side,
             remote: match side {
                 Side::External => std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
                 Side::Internal => std::net::SocketAddr::from(([127, 0, 0, 1], 5070)),
             },
-            token: proxy.keys().token(FlowId(1)),
+            token: proxy.keys().token(arriving),
         };
         let mut out = Outcome::default();
         let mut framer = Framer::new();
@@ -306,15 +320,21 @@ pub mod golden {
                             out.forwarded.push(bytes);
                         }
                         Action::ToFlow { flow, bytes, .. } => {
-                            if (1..=9).contains(&flow.0) {
-                                out.events.push(format!("to-flow {}", flow.0));
-                                out.forwarded.push(bytes);
-                            } else {
-                                // The shell's answer when the named flow is gone.
-                                let why = crate::core::sip::reject::Why::FlowFailed;
-                                let answer = proxy.answer(&msg.raw, why, Some(&msg));
-                                push_answer(&mut out, why, answer);
-                            }
+                            use crate::core::sip::reject::Why;
+                            // What the shell's flow table does (`FlowTable::send_across`).
+                            let why = match zone(flow.0) {
+                                Some(z) if z != side => {
+                                    out.events.push(format!("to-flow {}", flow.0));
+                                    out.forwarded.push(bytes);
+                                    continue;
+                                }
+                                Some(_) if msg.is_request() => Why::InvalidFlowToken,
+                                Some(_) => Why::StrayResponse,
+                                None if msg.is_request() => Why::FlowFailed,
+                                None => Why::StrayResponse,
+                            };
+                            let answer = proxy.answer(&msg.raw, why, Some(&msg));
+                            push_answer(&mut out, why, answer);
                         }
                         Action::Reject(why) => {
                             let answer = proxy.answer(&msg.raw, why, Some(&msg));

@@ -262,6 +262,58 @@ async fn forged_flow_token_is_refused() {
 }
 
 #[tokio::test]
+async fn a_remote_user_cannot_write_to_another_users_connection_with_a_token_it_saw() {
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await;
+    let edge = edge_up(&pki, &[director.addr]).await;
+    let mut alice = Client::connect(&pki, edge.external).await;
+    let mut mallory = Client::connect_from(&pki, edge.external, "127.0.0.20").await;
+    alice.send(&invite(&alice, "call-7")).await;
+    let fwd = director.recv().await.text;
+    // Alice's token is in the Record-Route every party of her dialog sees.
+    let token = param(headers(&fwd, "Via")[0], "ftok").unwrap().to_string();
+    let branch = param(headers(&fwd, "Via")[0], "branch")
+        .unwrap()
+        .to_string();
+    let ext = edge.external.port();
+
+    // A response naming Alice's flow, sent from Mallory's connection: dropped.
+    let forged_response = format!(
+        "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/TLS {EDGE_FQDN}:{ext};branch={branch};ftok={token}\r\n\
+         Via: SIP/2.0/TLS 192.168.1.5:5061;branch=z9hG4bK-call-7\r\n\
+         From: <sip:alice@sipedge.test>;tag=a-call-7\r\nTo: <sip:bob@sipedge.test>;tag=m1\r\n\
+         Call-ID: call-7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    mallory.send(&forged_response).await;
+    // A request routed by Alice's token from Mallory's connection goes to the Director, as
+    // every request from outside does, never straight to Alice.
+    let bye = format!(
+        "BYE sip:alice@192.168.1.5:5061;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 127.0.0.20:5061;branch=z9hG4bK-m2\r\n\
+         Route: <sip:{token}@{EDGE_FQDN}:{ext};transport=tls;lr>\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@sipedge.test>;tag=m1\r\nTo: <sip:alice@sipedge.test>;tag=a-call-7\r\n\
+         Call-ID: call-7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    mallory.send(&bye).await;
+    let at_director = director.recv().await.text;
+    assert!(at_director.starts_with("BYE sip:alice@"), "{at_director}");
+    assert!(
+        alice.try_recv(Duration::from_millis(300)).await.is_none(),
+        "nothing from Mallory reached Alice"
+    );
+    let shared = edge.shared.clone();
+    eventually("the forged response counted", || {
+        shared
+            .stats
+            .rejects("stray_response", sipedge::core::sip::proxy::Side::External)
+            == 1
+    })
+    .await;
+    edge.stop().await;
+}
+
+#[tokio::test]
 async fn no_director_up_means_503_with_retry_after() {
     let pki = Pki::new();
     // A port nobody listens on.

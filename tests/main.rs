@@ -20,3 +20,6 @@ mod interop;
 
 /// The real binary: check, run, exit codes.
 mod cli;
+
+/// The application firewall under floods, slowloris, deaf clients and handshake floods.
+mod firewall;

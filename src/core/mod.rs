@@ -1,4 +1,5 @@
 //! Sans-IO protocol cores. Bytes and `Instant`s in, decisions and bytes out: no tokio, no
 //! sockets, no clock reads, no file reads.
 
+pub mod limits;
 pub mod sip;

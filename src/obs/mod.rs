@@ -1,4 +1,11 @@
-//! Observability: logging set-up. Log level from `RUST_LOG` (default `info`).
+//! Observability: logging set-up and log rate limiting. Log level from `RUST_LOG`
+//! (default `info`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::core::limits::{Gcra, Rate};
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,4 +21,58 @@ pub fn init_logging(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+/// Rate-limits a class of log lines (rejects under a flood): lines beyond the rate are
+/// counted, and the next line let through reports how many were suppressed.
+pub struct LogLimiter {
+    rate: Rate,
+    gcra: Mutex<Gcra>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub fn new(rate: Rate) -> LogLimiter {
+        LogLimiter {
+            rate,
+            gcra: Mutex::new(Gcra::default()),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now (`n` lines were suppressed before it).
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        let ok = match self.gcra.lock() {
+            Ok(mut g) => g.take(self.rate, now).is_ok(),
+            Err(poisoned) => poisoned.into_inner().take(self.rate, now).is_ok(),
+        };
+        if ok {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start simulated time from a real instant
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn log_limiter_counts_what_it_suppresses() {
+        let l = LogLimiter::new(Rate {
+            per_sec: 2,
+            burst: 2,
+        });
+        let t0 = Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), Some(0));
+        for _ in 0..10 {
+            assert_eq!(l.allow(t0), None);
+        }
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(10));
+    }
 }

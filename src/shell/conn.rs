@@ -3,6 +3,7 @@
 //! connections queue for this flow; enforce the idle and header timeouts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,16 +14,15 @@ use tokio::sync::mpsc;
 use super::clock;
 use super::flows::{FlowHandle, SendError};
 use super::Shared;
+use crate::core::limits::{Gcra, Refusal, Strike};
 use crate::core::sip::frame::{Frame, Framer};
-use crate::core::sip::message::Message;
+use crate::core::sip::message::{Message, Method};
 use crate::core::sip::proxy::{Action, Flow, Side, TxKey};
 use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
 
 /// Largest read per call; TLS records are at most 16 KiB anyway.
 const READ_CHUNK: usize = 16 * 1024;
-/// A peer that does not take our bytes for this long is cut off (it does not read).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one connection by others before further ones are dropped.
 pub const QUEUE_LEN: usize = 256;
 
@@ -49,6 +49,8 @@ pub struct Conn {
     pub out: BytesMut,
     last_read: Instant,
     message_started: Option<Instant>,
+    /// This connection's request budget (external connections only).
+    requests: Gcra,
 }
 
 /// Why a connection ended.
@@ -61,6 +63,8 @@ pub enum Closed {
     Io(std::io::Error),
     WriteTimeout,
     Shutdown,
+    /// The source was banned (by this connection's offences or another's).
+    Banned,
 }
 
 impl Conn {
@@ -87,6 +91,7 @@ impl Conn {
             out: BytesMut::new(),
             last_read: now,
             message_started: None,
+            requests: Gcra::default(),
         };
         (conn, rx)
     }
@@ -140,6 +145,7 @@ impl Conn {
                     if let Some(answer) = shared.proxy.answer(&self.inbuf, why, None) {
                         self.out.extend_from_slice(&answer);
                     }
+                    let _ = self.strike(shared, now);
                     return Err(Closed::Framing(why));
                 }
             };
@@ -153,7 +159,7 @@ impl Conn {
                 }
                 Frame::Message { head, len } => {
                     let raw = self.inbuf.split_to(len).freeze();
-                    self.handle_message(shared, hooks, raw, head);
+                    self.handle_message(shared, hooks, raw, head, now)?;
                 }
             }
         }
@@ -171,22 +177,33 @@ impl Conn {
         hooks: &mut dyn ConnHooks,
         raw: Bytes,
         head: crate::core::sip::parse::Head,
-    ) {
+        now: Instant,
+    ) -> Result<(), Closed> {
         let msg = match Message::validate(raw.clone(), head) {
             Ok(msg) => msg,
             Err(why) => {
                 self.reject(shared, &raw, why, None);
-                return;
+                return self.strike(shared, now);
             }
         };
         if !msg.is_request() && hooks.intercept_response(&msg) {
-            return;
+            return Ok(());
+        }
+        if msg.is_request() && self.flow.side == Side::External {
+            if let Err(why) = self.admit(shared, &msg, now)? {
+                self.reject(shared, &msg.raw, why, Some(&msg));
+                return Ok(());
+            }
         }
         match shared.proxy.handle(&self.flow, &msg) {
             Action::ToPool { bytes, tx } => {
                 if shared.pool.send(Bytes::from(bytes), tx, None).is_err() {
-                    let why = Why::PoolUnavailable {
-                        retry_after_secs: shared.pool.retry_after_secs,
+                    // Members up but every queue full is overload, not an outage.
+                    let retry_after_secs = shared.pool.retry_after_secs;
+                    let why = if shared.pool.any_up() {
+                        Why::Overloaded { retry_after_secs }
+                    } else {
+                        Why::PoolUnavailable { retry_after_secs }
                     };
                     self.reject(shared, &msg.raw, why, Some(&msg));
                 } else {
@@ -201,22 +218,112 @@ impl Conn {
                 if let Some(key) = completes {
                     hooks.completed(key);
                 }
-                self.send_to_flow(shared, &msg, flow, Bytes::from(bytes));
+                self.send_to_flow(shared, &msg, flow, Bytes::from(bytes))?;
             }
-            Action::Reject(why) => self.reject(shared, &msg.raw, why, Some(&msg)),
+            Action::Reject(why) => {
+                self.reject(shared, &msg.raw, why, Some(&msg));
+                if why.is_offence() {
+                    return self.strike(shared, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The firewall's say on a request from outside: the connection's and the source's
+    /// request rates (503 + Retry-After), the source's ban (close), and overload toward the
+    /// pool (new transactions outside a dialog get 503; in-dialog requests still flow).
+    fn admit(
+        &mut self,
+        shared: &Shared,
+        msg: &Message,
+        now: Instant,
+    ) -> Result<Result<(), Why>, Closed> {
+        let ip = self.flow.remote.ip();
+        if let Err(wait) = self.requests.take(shared.limits.connection_requests, now) {
+            shared
+                .stats
+                .refused(Refusal::RequestRate { retry_after: wait });
+            self.strike(shared, now)?;
+            return Ok(Err(Why::RateLimited {
+                retry_after_secs: secs_at_least_1(wait),
+            }));
+        }
+        match shared.guard.request(ip, now) {
+            Ok(()) => {}
+            Err(refusal @ Refusal::Banned { .. }) => {
+                shared.stats.refused(refusal);
+                shared.stats.banned_closes.fetch_add(1, Ordering::Relaxed);
+                self.log_ban(shared, now);
+                return Err(Closed::Banned);
+            }
+            Err(refusal) => {
+                shared.stats.refused(refusal);
+                return Ok(Err(Why::RateLimited {
+                    retry_after_secs: refusal.retry_after_secs(),
+                }));
+            }
+        }
+        let in_dialog = msg.to_tag.is_some();
+        let method = msg.method();
+        let starts_work = !in_dialog && !matches!(method, Some(Method::Ack | Method::Cancel));
+        if starts_work && shared.pool.outstanding() >= shared.limits.max_outstanding {
+            return Ok(Err(Why::Overloaded {
+                retry_after_secs: shared.pool.retry_after_secs,
+            }));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Counts an offence against an external source; `Err` when that (or an earlier
+    /// offence) banned it: the connection closes.
+    fn strike(&mut self, shared: &Shared, now: Instant) -> Result<(), Closed> {
+        if self.flow.side != Side::External {
+            return Ok(());
+        }
+        let ip = self.flow.remote.ip();
+        match shared.guard.strike(ip, now) {
+            Strike::Counted => Ok(()),
+            Strike::Banned { .. } => {
+                shared.stats.banned_closes.fetch_add(1, Ordering::Relaxed);
+                self.log_ban(shared, now);
+                Err(Closed::Banned)
+            }
+            Strike::Ignored if shared.guard.banned(ip, now).is_some() => {
+                shared.stats.banned_closes.fetch_add(1, Ordering::Relaxed);
+                Err(Closed::Banned)
+            }
+            Strike::Ignored => Ok(()),
         }
     }
 
-    fn send_to_flow(&mut self, shared: &Shared, msg: &Message, flow: FlowId, bytes: Bytes) {
-        let result = if flow == self.flow.id {
-            // A hairpin back to this very connection.
-            self.out.extend_from_slice(&bytes);
-            Ok(())
-        } else {
-            shared.flows.send(flow, bytes)
-        };
-        match result {
+    fn log_ban(&self, shared: &Shared, now: Instant) {
+        if let Some(suppressed) = shared.reject_log.allow(now) {
+            tracing::warn!(remote = %self.flow.remote, zone = "external", suppressed, "source banned: closing its connection");
+        }
+    }
+
+    /// Routes by flow token. Every legitimate route crosses zones (outside to inside or back),
+    /// so a token naming a flow in the sender's own zone is refused: otherwise a remote user
+    /// who saw another user's token (in a Record-Route) could write to that user's
+    /// connection without passing the Director.
+    fn send_to_flow(
+        &mut self,
+        shared: &Shared,
+        msg: &Message,
+        flow: FlowId,
+        bytes: Bytes,
+    ) -> Result<(), Closed> {
+        match shared.flows.send_across(flow, self.flow.side, bytes) {
             Ok(()) => shared.stats.forwarded(self.flow.side),
+            Err(SendError::SameZone) if msg.is_request() => {
+                self.reject(shared, &msg.raw, Why::InvalidFlowToken, Some(msg));
+                return self.strike(shared, clock::now());
+            }
+            Err(SendError::SameZone) => {
+                shared.stats.reject(Why::StrayResponse, self.flow.side);
+                return self.strike(shared, clock::now());
+            }
             Err(SendError::Gone) if msg.is_request() => {
                 self.reject(shared, &msg.raw, Why::FlowFailed, Some(msg))
             }
@@ -233,18 +340,32 @@ impl Conn {
                 tracing::debug!(flow = self.flow.id.0, target = flow.0, error = ?e, "response dropped");
             }
         }
+        Ok(())
     }
 
     fn reject(&mut self, shared: &Shared, raw: &[u8], why: Why, msg: Option<&Message>) {
         shared.stats.reject(why, self.flow.side);
-        let call_id = msg.map(|m| String::from_utf8_lossy(m.bytes(m.call_id)).into_owned());
-        tracing::debug!(
-            flow = self.flow.id.0,
-            remote = %self.flow.remote,
-            reason = why.label(),
-            call_id = call_id.as_deref().unwrap_or("-"),
-            "rejected"
-        );
+        if let Some(suppressed) = shared.reject_log.allow(clock::now()) {
+            // The Call-ID is the sender's bytes: escaped, and cut short, before it is logged.
+            let call_id = msg.map(|m| {
+                m.bytes(m.call_id)
+                    .escape_ascii()
+                    .to_string()
+                    .chars()
+                    .take(128)
+                    .collect::<String>()
+            });
+            tracing::info!(
+                flow = self.flow.id.0,
+                remote = %self.flow.remote,
+                zone = self.flow.side.label(),
+                reason = why.label(),
+                status = %why,
+                call_id = call_id.as_deref().unwrap_or("-"),
+                suppressed,
+                "rejected"
+            );
+        }
         if let Some(answer) = shared.proxy.answer(raw, why, msg) {
             self.out.extend_from_slice(&answer);
         }
@@ -270,7 +391,7 @@ impl Conn {
                     Ok(0) => break Closed::PeerClosed,
                     Ok(_) => {
                         if let Err(closed) = self.handle_input(&shared, hooks, clock::now()) {
-                            let _ = flush(&mut stream, &mut self.out).await;
+                            let _ = flush(&mut stream, &mut self.out, shared.limits.write_timeout).await;
                             break closed;
                         }
                     }
@@ -285,13 +406,20 @@ impl Conn {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(closed) = self.check_timeouts(&shared, clock::now()) {
+                    let now = clock::now();
+                    if let Err(closed) = self.check_timeouts(&shared, now) {
+                        if matches!(closed, Closed::HeaderTimeout) {
+                            // Slowloris is an offence like any malformed message.
+                            let _ = self.strike(&shared, now);
+                        }
                         break closed;
                     }
                 }
                 _ = shutdown.changed() => break Closed::Shutdown,
             }
-            if let Err(closed) = flush(&mut stream, &mut self.out).await {
+            if let Err(closed) =
+                flush(&mut stream, &mut self.out, shared.limits.write_timeout).await
+            {
                 break closed;
             }
         };
@@ -305,6 +433,7 @@ impl Conn {
 pub async fn flush<S: AsyncWrite + Unpin>(
     stream: &mut S,
     out: &mut BytesMut,
+    deadline: Duration,
 ) -> Result<(), Closed> {
     if out.is_empty() {
         return Ok(());
@@ -313,7 +442,7 @@ pub async fn flush<S: AsyncWrite + Unpin>(
         stream.write_all(out).await?;
         stream.flush().await
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+    match tokio::time::timeout(deadline, write).await {
         Ok(Ok(())) => {
             out.clear();
             Ok(())
@@ -321,4 +450,8 @@ pub async fn flush<S: AsyncWrite + Unpin>(
         Ok(Err(e)) => Err(Closed::Io(e)),
         Err(_) => Err(Closed::WriteTimeout),
     }
+}
+
+fn secs_at_least_1(d: Duration) -> u32 {
+    u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)
 }

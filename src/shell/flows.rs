@@ -28,6 +28,8 @@ pub enum SendError {
     /// The connection's queue is full: its peer does not read. The message is dropped
     /// rather than buffered without bound.
     Full,
+    /// The flow is in the sender's own zone: no legitimate route does that.
+    SameZone,
 }
 
 /// All live flows of this edge instance.
@@ -72,6 +74,20 @@ impl FlowTable {
         let map = shard.read().unwrap_or_else(|e| e.into_inner());
         let handle = map.get(&id).ok_or(SendError::Gone)?;
         // try_send never waits, so holding the read lock across it is cheap.
+        handle.tx.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Gone,
+        })
+    }
+
+    /// Queues bytes from a connection in zone `from` on a flow of the other zone.
+    pub fn send_across(&self, id: FlowId, from: Side, bytes: Bytes) -> Result<(), SendError> {
+        let shard = self.shard(id).ok_or(SendError::Gone)?;
+        let map = shard.read().unwrap_or_else(|e| e.into_inner());
+        let handle = map.get(&id).ok_or(SendError::Gone)?;
+        if handle.side == from {
+            return Err(SendError::SameZone);
+        }
         handle.tx.try_send(bytes).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Gone,

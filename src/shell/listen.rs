@@ -1,6 +1,9 @@
-//! Listeners: socket set-up and accept loops. Each accepted connection must finish its TLS
-//! handshake within the handshake timeout and holds one permit of the connection cap for
-//! its lifetime; past the cap, new connections are closed at once.
+//! Listeners: socket set-up and accept loops. On the external listener each new connection
+//! first passes the per-source firewall (bans, connection rate, connections per source);
+//! then, on every listener, it needs a handshake slot (a handshake flood cannot starve
+//! established connections of CPU), must finish its TLS handshake within the handshake
+//! timeout, and holds one permit of the connection cap for its lifetime. Whatever is over a
+//! budget is closed at once, before any TLS work.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::clock;
 use super::conn::{Accepted, Conn};
 use super::Shared;
+use crate::core::limits::Refusal;
 use crate::core::sip::proxy::Side;
 
 /// Kernel accept queue length.
@@ -41,6 +46,7 @@ pub async fn accept_loop(
     side: Side,
     connections: Arc<Semaphore>,
 ) {
+    let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes));
     let mut shutdown = shared.shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -61,6 +67,28 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // The firewall comes first: a banned or flooding source costs one accept and a close.
+        let ticket = if side == Side::External {
+            match SourceTicket::take(&shared, remote) {
+                Ok(t) => Some(t),
+                Err(refusal) => {
+                    shared.stats.refused(refusal);
+                    log_refusal(&shared, remote, refusal);
+                    drop(tcp);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let Ok(handshake_slot) = handshakes.clone().try_acquire_owned() else {
+            shared
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             shared
                 .stats
@@ -79,6 +107,7 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             let handshake =
                 tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
+            drop(handshake_slot);
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -103,6 +132,36 @@ pub async fn accept_loop(
             let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
             tracing::debug!(%remote, flow = flow.0, reason = ?closed, "connection closed");
             drop(permit);
+            drop(ticket);
         });
+    }
+}
+
+/// One connection's place in its source's concurrent-connection count, released on drop
+/// (however the connection ends).
+struct SourceTicket {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceTicket {
+    fn take(shared: &Arc<Shared>, remote: SocketAddr) -> Result<SourceTicket, Refusal> {
+        shared.guard.connect(remote.ip(), clock::now())?;
+        Ok(SourceTicket {
+            shared: shared.clone(),
+            ip: remote.ip(),
+        })
+    }
+}
+
+impl Drop for SourceTicket {
+    fn drop(&mut self) {
+        self.shared.guard.disconnected(self.ip, clock::now());
+    }
+}
+
+fn log_refusal(shared: &Shared, remote: SocketAddr, refusal: Refusal) {
+    if let Some(suppressed) = shared.reject_log.allow(clock::now()) {
+        tracing::info!(%remote, zone = "external", reason = refusal.label(), suppressed, "connection refused");
     }
 }

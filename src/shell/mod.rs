@@ -22,12 +22,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::health::ProbeConfig;
 use crate::core::sip::parse::HeadLimits;
 use crate::core::sip::proxy::{Proxy, ProxyConfig, Side, SideAddr};
 use crate::core::sip::token::{FlowId, FlowKeys};
 use crate::core::sip::Why;
+use crate::obs::LogLimiter;
 use crate::tls::{self, DevNames, DevPki, DevRole, TlsError};
 use crate::topology::{CaSource, CertSource, Topology};
 
@@ -42,6 +44,12 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_outstanding: usize,
+    /// A peer that does not take our bytes for this long is cut off (it does not read).
+    pub write_timeout: Duration,
+    /// Requests per external connection.
+    pub connection_requests: Rate,
 }
 
 /// State shared by every task of one edge instance.
@@ -50,8 +58,12 @@ pub struct Shared {
     pub flows: FlowTable,
     pub pool: Pool,
     pub limits: ConnLimits,
+    /// Per-source limits and bans of the external zone.
+    pub guard: SourceGuard,
     pub shutdown: watch::Receiver<bool>,
     pub stats: Stats,
+    /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
+    pub reject_log: LogLimiter,
     next_flow: AtomicU64,
 }
 
@@ -64,17 +76,49 @@ impl Shared {
 }
 
 /// Counters (exported by the operations work; read by tests now).
-#[derive(Default)]
 pub struct Stats {
     pub forwarded_from_external: AtomicU64,
     pub forwarded_from_internal: AtomicU64,
     pub rejected_external: AtomicU64,
     pub rejected_internal: AtomicU64,
+    /// Rejects by reason ([`Why::index`]) and zone (0 external, 1 internal).
+    pub rejects_by_reason: Vec<[AtomicU64; 2]>,
     pub dropped_responses: AtomicU64,
     pub connections_accepted: AtomicU64,
+    /// Connections closed at accept: the listener's connection or handshake budget is spent.
     pub connections_refused: AtomicU64,
+    /// Connections and requests refused by per-source limits, by [`Refusal::label`].
+    pub source_refusals: [AtomicU64; 4],
+    /// Connections closed because their source got banned (bans: `SourceGuard::bans_total`).
+    pub banned_closes: AtomicU64,
     pub handshakes_failed: AtomicU64,
 }
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            forwarded_from_external: AtomicU64::new(0),
+            forwarded_from_internal: AtomicU64::new(0),
+            rejected_external: AtomicU64::new(0),
+            rejected_internal: AtomicU64::new(0),
+            rejects_by_reason: Why::LABELS.iter().map(|_| Default::default()).collect(),
+            dropped_responses: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            source_refusals: Default::default(),
+            banned_closes: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The order of [`Stats::source_refusals`].
+pub const REFUSAL_LABELS: [&str; 4] = [
+    "banned",
+    "connect_rate",
+    "connections_per_source",
+    "request_rate",
+];
 
 impl Stats {
     pub fn forwarded(&self, from: Side) {
@@ -85,12 +129,53 @@ impl Stats {
         .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn reject(&self, _why: Why, from: Side) {
-        match from {
-            Side::External => &self.rejected_external,
-            Side::Internal => &self.rejected_internal,
+    pub fn reject(&self, why: Why, from: Side) {
+        let zone = match from {
+            Side::External => {
+                self.rejected_external.fetch_add(1, Ordering::Relaxed);
+                0
+            }
+            Side::Internal => {
+                self.rejected_internal.fetch_add(1, Ordering::Relaxed);
+                1
+            }
+        };
+        if let Some(by_zone) = self
+            .rejects_by_reason
+            .get(why.index())
+            .and_then(|z| z.get(zone))
+        {
+            by_zone.fetch_add(1, Ordering::Relaxed);
         }
-        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rejects of `label` from `side` so far.
+    pub fn rejects(&self, label: &str, side: Side) -> u64 {
+        let zone = usize::from(side == Side::Internal);
+        Why::LABELS
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| self.rejects_by_reason.get(i))
+            .and_then(|z| z.get(zone))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn refused(&self, refusal: Refusal) {
+        let i = REFUSAL_LABELS
+            .iter()
+            .position(|l| *l == refusal.label())
+            .unwrap_or(0);
+        if let Some(c) = self.source_refusals.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn refusals(&self, label: &str) -> u64 {
+        REFUSAL_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| self.source_refusals.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     pub fn dropped_response(&self) {
@@ -142,6 +227,25 @@ impl RunningEdge {
             tracing::warn!("tasks still running after 5 s; aborting them");
             self.tasks.abort_all();
         }
+    }
+}
+
+fn source_policy(f: &crate::topology::Firewall) -> SourcePolicy {
+    SourcePolicy {
+        connect_rate: Rate {
+            per_sec: f.connect_rate,
+            burst: f.connect_burst,
+        },
+        max_connections: f.connections_per_source,
+        request_rate: Rate {
+            per_sec: f.request_rate,
+            burst: f.request_burst,
+        },
+        ban_after: f.ban_after,
+        strike_window: f.strike_window,
+        ban_time: f.ban_time,
+        allow: f.allow_sources.clone(),
+        max_sources: f.max_sources,
     }
 }
 
@@ -244,7 +348,19 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             header_timeout: limits.header_timeout,
             handshake_timeout: limits.handshake_timeout,
             max_connections: limits.max_connections,
+            max_handshakes: limits.max_handshakes,
+            max_outstanding: limits.max_outstanding,
+            write_timeout: limits.write_timeout,
+            connection_requests: Rate {
+                per_sec: topology.firewall.connection_request_rate,
+                burst: topology.firewall.connection_request_burst,
+            },
         },
+        guard: SourceGuard::new(source_policy(&topology.firewall)),
+        reject_log: LogLimiter::new(Rate {
+            per_sec: 20,
+            burst: 100,
+        }),
         shutdown: shutdown_rx,
         stats: Stats::default(),
         // Random start, kept well below u64::MAX so it never wraps; 0 is reserved.

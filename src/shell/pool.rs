@@ -94,6 +94,11 @@ impl Pool {
         )
     }
 
+    /// Transactions in flight toward the pool (overload protection).
+    pub fn outstanding(&self) -> usize {
+        self.members.iter().map(Member::outstanding).sum()
+    }
+
     /// Whether any member is up (for /healthz).
     pub fn any_up(&self) -> bool {
         self.members.iter().any(Member::is_up)
@@ -343,7 +348,7 @@ async fn serve_member(
             .outstanding
             .store(outstanding.len(), Ordering::Relaxed);
         member.up.store(health.is_up(), Ordering::Relaxed);
-        if let Err(closed) = flush(&mut stream, &mut conn.out).await {
+        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await {
             break closed;
         }
 
@@ -357,7 +362,7 @@ async fn serve_member(
                 Ok(_) => {
                     let mut hooks = MemberHooks { shared, index, addr: member.addr, health, outstanding: &mut outstanding };
                     if let Err(closed) = conn.handle_input(shared, &mut hooks, clock::now()) {
-                        let _ = flush(&mut stream, &mut conn.out).await;
+                        let _ = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await;
                         break closed;
                     }
                 }
@@ -386,7 +391,7 @@ async fn serve_member(
             }
             _ = shutdown.changed() => break Closed::Shutdown,
         }
-        if let Err(closed) = flush(&mut stream, &mut conn.out).await {
+        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await {
             break closed;
         }
     };

@@ -17,6 +17,7 @@ pub struct Topology {
     pub internal: InternalIface,
     pub next_hop: NextHopPool,
     pub limits: Limits,
+    pub firewall: Firewall,
 }
 
 /// Who the edge is.
@@ -106,7 +107,39 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A peer that does not take the edge's bytes for this long is cut off.
+    pub write_timeout: Duration,
     pub max_connections: usize,
+    /// TLS handshakes in progress at once per listener (handshakes cost CPU; a flood of
+    /// them must not starve established connections).
+    pub max_handshakes: usize,
+    /// Transactions in flight toward the pool before new dialogs get 503 (overload).
+    pub max_outstanding: usize,
+}
+
+/// The external zone's per-source limits, bans and allow-list (`core::limits`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Firewall {
+    /// New connections (TLS handshakes) per source per second, and burst.
+    pub connect_rate: u32,
+    pub connect_burst: u32,
+    /// Concurrent connections per source (IPv4 address, IPv6 /64).
+    pub connections_per_source: u32,
+    /// SIP requests per source per second across its connections, and burst.
+    pub request_rate: u32,
+    pub request_burst: u32,
+    /// SIP requests per connection per second, and burst.
+    pub connection_request_rate: u32,
+    pub connection_request_burst: u32,
+    /// Strikes (refusals, rejected messages) within `strike_window` that ban a source;
+    /// 0 disables bans.
+    pub ban_after: u32,
+    pub strike_window: Duration,
+    pub ban_time: Duration,
+    /// Sources never limited per source nor banned.
+    pub allow_sources: Vec<crate::core::limits::Prefix>,
+    /// Sources tracked at once; beyond, new sources share one budget.
+    pub max_sources: usize,
 }
 
 /// A secret string (a PKCS#12 password): usable as `&str`, never printed by `Debug`.
@@ -135,5 +168,27 @@ impl From<&str> for Secret {
 impl From<String> for Secret {
     fn from(s: String) -> Self {
         Secret(s)
+    }
+}
+
+impl Default for Firewall {
+    /// The documented defaults (`topology/README.md`).
+    fn default() -> Self {
+        use super::defaults::*;
+        let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Firewall {
+            connect_rate: n(CONNECT_RATE),
+            connect_burst: n(CONNECT_BURST),
+            connections_per_source: n(CONNECTIONS_PER_SOURCE),
+            request_rate: n(REQUEST_RATE),
+            request_burst: n(REQUEST_BURST),
+            connection_request_rate: n(CONNECTION_REQUEST_RATE),
+            connection_request_burst: n(CONNECTION_REQUEST_BURST),
+            ban_after: n(BAN_AFTER),
+            strike_window: STRIKE_WINDOW,
+            ban_time: BAN_TIME,
+            allow_sources: Vec::new(),
+            max_sources: usize::try_from(MAX_SOURCES).unwrap_or(usize::MAX),
+        }
     }
 }

@@ -28,6 +28,8 @@ pub mod defaults {
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// RFC 5626 clients keep alive every ~2 minutes; Lync's edge uses 30 minutes.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// A peer that stops reading holds at most its queue for this long.
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_CONNECTIONS: u64 = 10_000;
     pub const RETRY_AFTER: Duration = Duration::from_secs(30);
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,6 +37,21 @@ pub mod defaults {
     pub const PROBE_RISE: u64 = 2;
     pub const PROBE_FALL: u64 = 3;
     pub const EDGE_NAME: &str = "sipedge";
+    pub const MAX_HANDSHAKES: u64 = 256;
+    pub const MAX_OUTSTANDING: u64 = 10_000;
+    // Per source (IPv4 address or IPv6 /64). A Lync/Skype client signing in sends ~15
+    // requests at once (REGISTER, SUBSCRIBEs, SERVICEs); NAT'd offices belong on the allow-list.
+    pub const CONNECT_RATE: u64 = 10;
+    pub const CONNECT_BURST: u64 = 30;
+    pub const CONNECTIONS_PER_SOURCE: u64 = 100;
+    pub const REQUEST_RATE: u64 = 100;
+    pub const REQUEST_BURST: u64 = 200;
+    pub const CONNECTION_REQUEST_RATE: u64 = 20;
+    pub const CONNECTION_REQUEST_BURST: u64 = 60;
+    pub const BAN_AFTER: u64 = 100;
+    pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+    pub const BAN_TIME: Duration = Duration::from_secs(300);
+    pub const MAX_SOURCES: u64 = 100_000;
 }
 
 const ROOT_KEYS: &[&str] = &[
@@ -44,6 +61,7 @@ const ROOT_KEYS: &[&str] = &[
     "internal",
     "next_hop",
     "limits",
+    "firewall",
 ];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
 const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
@@ -74,7 +92,24 @@ const LIMIT_KEYS: &[&str] = &[
     "handshake_timeout",
     "header_timeout",
     "idle_timeout",
+    "write_timeout",
     "max_connections",
+    "max_handshakes",
+    "max_outstanding",
+];
+const FIREWALL_KEYS: &[&str] = &[
+    "connect_rate",
+    "connect_burst",
+    "connections_per_source",
+    "request_rate",
+    "request_burst",
+    "connection_request_rate",
+    "connection_request_burst",
+    "ban_after",
+    "strike_window",
+    "ban_time",
+    "allow_sources",
+    "max_sources",
 ];
 
 const MAX_MEMBERS: usize = 64;
@@ -106,6 +141,7 @@ pub(super) fn resolve(
     let internal = read_internal(doc, root, &base, env);
     let next_hop = read_next_hop(doc, root);
     let limits = read_limits(doc, root);
+    let firewall = read_firewall(doc, root);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -120,6 +156,7 @@ pub(super) fn resolve(
         internal,
         next_hop,
         limits,
+        firewall: firewall?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -539,7 +576,10 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
         ),
         header_timeout: doc.duration(s, "header_timeout", (secs(1), secs(300)), HEADER_TIMEOUT),
         idle_timeout: doc.duration(s, "idle_timeout", (secs(10), secs(86_400)), IDLE_TIMEOUT),
+        write_timeout: doc.duration(s, "write_timeout", (secs(1), secs(300)), WRITE_TIMEOUT),
         max_connections: size(doc, "max_connections", (1, 1_000_000), MAX_CONNECTIONS),
+        max_handshakes: size(doc, "max_handshakes", (1, 100_000), MAX_HANDSHAKES),
+        max_outstanding: size(doc, "max_outstanding", (1, 10_000_000), MAX_OUTSTANDING),
     };
     if limits.max_line_bytes > limits.max_header_bytes {
         let line = doc.line_of_key(s, "max_line_bytes");
@@ -550,6 +590,68 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
         );
     }
     limits
+}
+
+fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
+    use defaults::*;
+    let s = doc.table(root, "firewall", FIREWALL_KEYS, false);
+    let n = |doc: &mut Doc<'_>, key, range, default| {
+        u32::try_from(doc.integer(s, key, range, default)).unwrap_or(u32::MAX)
+    };
+    let mut firewall = Firewall {
+        connect_rate: n(doc, "connect_rate", (1, 1_000_000), CONNECT_RATE),
+        connect_burst: n(doc, "connect_burst", (1, 1_000_000), CONNECT_BURST),
+        connections_per_source: n(
+            doc,
+            "connections_per_source",
+            (1, 1_000_000),
+            CONNECTIONS_PER_SOURCE,
+        ),
+        request_rate: n(doc, "request_rate", (1, 1_000_000), REQUEST_RATE),
+        request_burst: n(doc, "request_burst", (1, 1_000_000), REQUEST_BURST),
+        connection_request_rate: n(
+            doc,
+            "connection_request_rate",
+            (1, 1_000_000),
+            CONNECTION_REQUEST_RATE,
+        ),
+        connection_request_burst: n(
+            doc,
+            "connection_request_burst",
+            (1, 1_000_000),
+            CONNECTION_REQUEST_BURST,
+        ),
+        ban_after: n(doc, "ban_after", (0, 1_000_000), BAN_AFTER),
+        strike_window: doc.duration(s, "strike_window", (secs(1), secs(3600)), STRIKE_WINDOW),
+        ban_time: doc.duration(s, "ban_time", (secs(1), secs(7 * 86_400)), BAN_TIME),
+        allow_sources: Vec::new(),
+        max_sources: usize::try_from(doc.integer(
+            s,
+            "max_sources",
+            (1024, 10_000_000),
+            MAX_SOURCES,
+        ))
+        .unwrap_or(usize::MAX),
+    };
+    let mut ok = true;
+    if let Some((list, line)) = doc.string_list(s, "allow_sources", false) {
+        for text in list {
+            match crate::core::limits::Prefix::parse(&text) {
+                Some(prefix) => firewall.allow_sources.push(prefix),
+                None => {
+                    doc.problem(
+                        line,
+                        s.key("allow_sources"),
+                        format!(
+                            "\"{text}\" is not an address or prefix (10.0.0.0/8, 2001:db8::/32)"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok.then_some(firewall)
 }
 
 /// Checks that span tables: the two zones never share a socket, and no next hop is the edge.
@@ -622,5 +724,6 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("next_hop", NEXT_HOP_KEYS),
         ("next_hop.probe", PROBE_KEYS),
         ("limits", LIMIT_KEYS),
+        ("firewall", FIREWALL_KEYS),
     ]
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use sipedge::tls::{self, DevNames, DevPki, DevRole};
 use sipedge::topology::{
-    CaSource, CertSource, Edge, ExternalIface, InternalIface, Limits, NextHopPool, Probe, Topology,
+    CaSource, CertSource, Edge, ExternalIface, Firewall, InternalIface, Limits, NextHopPool, Probe,
+    Topology,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,7 +102,18 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(1800),
+            write_timeout: Duration::from_secs(10),
             max_connections: 1000,
+            max_handshakes: 256,
+            max_outstanding: 10_000,
+        },
+        // Loopback tests play many users from 127.0.0.1: exempt it from per-source limits
+        // and lift the per-connection rate; the firewall tests set their own.
+        firewall: Firewall {
+            allow_sources: vec![sipedge::core::limits::Prefix::parse("127.0.0.0/8").unwrap()],
+            connection_request_rate: 1_000_000,
+            connection_request_burst: 1_000_000,
+            ..Firewall::default()
         },
     }
 }
@@ -162,13 +174,35 @@ impl Client {
         Self::connect_trusting(roots, edge, "127.0.0.1").await
     }
 
-    async fn connect_trusting(
+    pub async fn connect_trusting(
         roots: rustls::RootCertStore,
         edge: SocketAddr,
         source: &str,
     ) -> Client {
+        Self::connect_with(roots, edge, source, None).await
+    }
+
+    /// Connects with a small receive buffer (a client whose window fills fast).
+    pub async fn connect_small_window(
+        pki: &Pki,
+        edge: SocketAddr,
+        source: &str,
+        rcvbuf: u32,
+    ) -> Client {
+        Self::connect_with(pki.roots(), edge, source, Some(rcvbuf)).await
+    }
+
+    async fn connect_with(
+        roots: rustls::RootCertStore,
+        edge: SocketAddr,
+        source: &str,
+        rcvbuf: Option<u32>,
+    ) -> Client {
         let cfg = tls::client_config_trusting(roots, None).unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         let tcp = socket.connect(edge).await.expect("connect to edge");
         let stream = TlsConnector::from(cfg)
@@ -187,6 +221,12 @@ impl Client {
 
     pub async fn send(&mut self, msg: &str) {
         self.send_bytes(msg.as_bytes()).await;
+    }
+
+    /// Writes without failing the test (attack clients expect the edge to cut them off).
+    pub async fn stream_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {

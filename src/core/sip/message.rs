@@ -162,6 +162,9 @@ impl Message {
             StartLine::Request { method, uri } => {
                 check_request_line_version(buf, head.start_line)?;
                 match parse_uri(uri.of(buf)) {
+                    // RFC 3261 §19.1.1: headers (`?...`) are not allowed in a Request-URI
+                    // (RFC 4475 §3.1.2.11 escruri): they would be applied by whoever reads them.
+                    Ok(u) if u.has_headers => return Err(Why::MalformedRequestUri),
                     Ok(_) => {}
                     Err(parse::UriError::Scheme) => return Err(Why::UnsupportedScheme),
                     Err(parse::UriError::Malformed) => return Err(Why::MalformedRequestUri),

@@ -321,6 +321,8 @@ pub struct Uri {
     pub port: Option<u16>,
     /// `;params` (without the first `;`), up to `?` or the end.
     pub params: Span,
+    /// Whether `?headers` follow (never allowed in a Request-URI).
+    pub has_headers: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,11 +369,17 @@ pub fn parse_uri(uri: &[u8]) -> Result<Uri, UriError> {
             host: Span::default(),
             port: None,
             params: Span::new((rest_start + end + 1).min(uri.len()), uri.len()),
+            has_headers: false,
         });
     } else {
         return Err(UriError::Scheme);
     };
-    // The last '@' ends the userinfo: '@' is not allowed unescaped in params or headers.
+    // '@' is allowed unescaped only once, ending the userinfo (RFC 3261 §25.1: not in the
+    // user part, params or headers). `sip:victim@elsewhere@ours` is refused rather than
+    // read one way here and another way by the next hop.
+    if rest.iter().filter(|&&b| b == b'@').count() > 1 {
+        return Err(UriError::Malformed);
+    }
     let host_start = rest.iter().rposition(|&b| b == b'@').map_or(0, |p| p + 1);
     if host_start == 1 {
         return Err(UriError::Malformed); // "sip:@host"
@@ -391,11 +399,15 @@ pub fn parse_uri(uri: &[u8]) -> Result<Uri, UriError> {
     let (host_len, port) =
         parse_hostport(hostport.get(..hp_end).unwrap_or_default()).ok_or(UriError::Malformed)?;
     let params_start = rest_start + host_start + hp_end;
-    let params_end = rest
+    // `?` may appear in the user part (RFC 3261 user-unreserved); headers start at the
+    // first `?` after the host.
+    let headers_at = rest
+        .get(host_start..)
+        .unwrap_or_default()
         .iter()
         .position(|&b| b == b'?')
-        .map_or(uri.len(), |q| rest_start + q)
-        .max(params_start);
+        .map(|q| rest_start + host_start + q);
+    let params_end = headers_at.unwrap_or(uri.len()).max(params_start);
     let params = if uri.get(params_start) == Some(&b';') {
         Span::new(params_start + 1, params_end)
     } else {
@@ -407,6 +419,7 @@ pub fn parse_uri(uri: &[u8]) -> Result<Uri, UriError> {
         host: Span::new(rest_start + host_start, rest_start + host_start + host_len),
         port,
         params,
+        has_headers: headers_at.is_some(),
     })
 }
 

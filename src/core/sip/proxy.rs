@@ -13,7 +13,7 @@ use super::message::{Kind, Message, Method, RouteEntry, MAGIC_COOKIE};
 use super::parse::{parse_uri, Span};
 use super::reject::{self, Why};
 use super::splice::Splice;
-use super::token::{FlowId, FlowKeys, FlowToken, TOKEN_LEN};
+use super::token::{FlowId, FlowKeys, FlowToken, TokenError, TOKEN_LEN};
 use super::HeaderName;
 
 /// The trust zone a flow belongs to.
@@ -23,6 +23,16 @@ pub enum Side {
     External,
     /// The Director pool and internal servers.
     Internal,
+}
+
+impl Side {
+    /// The zone's name in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::External => "external",
+            Side::Internal => "internal",
+        }
+    }
 }
 
 /// One connection as the core sees it.
@@ -120,7 +130,9 @@ impl Proxy {
     pub fn answer(&self, raw: &[u8], why: Why, msg: Option<&Message>) -> Option<Vec<u8>> {
         let (status, reason) = why.status()?;
         let extra = match why {
-            Why::PoolUnavailable { retry_after_secs } | Why::Overloaded { retry_after_secs } => {
+            Why::PoolUnavailable { retry_after_secs }
+            | Why::Overloaded { retry_after_secs }
+            | Why::RateLimited { retry_after_secs } => {
                 format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
             }
             Why::BadExtension => {
@@ -189,8 +201,19 @@ impl Proxy {
             return Err(Why::BadExtension);
         }
         let popped = self.pop_own_routes(msg, &mut splice);
-        if popped.count == 0 && !self.request_uri_is_served(msg) {
-            return Err(Why::DomainNotServed);
+        match popped.token {
+            // A route this edge recorded (in-dialog): the Request-URI is the peer's Contact,
+            // which may be any host; the Director applies dialog policy.
+            Some(Ok(_)) => {}
+            // A forged or tampered token never buys a way past the domain check.
+            Some(Err(TokenError::BadSignature)) => return Err(Why::InvalidFlowToken),
+            // No route naming the edge, or a preloaded one (outbound proxy, RFC 3261 §8.1.2)
+            // without a token: only the domains this edge serves.
+            Some(Err(TokenError::Malformed)) | None => {
+                if !self.request_uri_is_served(msg) {
+                    return Err(Why::DomainNotServed);
+                }
+            }
         }
         let _ = max_forwards;
         for h in &msg.head.headers {
@@ -251,7 +274,7 @@ impl Proxy {
         let popped = self.pop_own_routes(msg, &mut splice);
         let target = match popped.token {
             Some(Ok(flow)) => flow,
-            Some(Err(())) => return Err(Why::InvalidFlowToken),
+            Some(Err(_)) => return Err(Why::InvalidFlowToken),
             None => return Err(Why::NoRoute),
         };
         let target_token = self.keys.token(target);
@@ -295,6 +318,11 @@ impl Proxy {
             .eq_ignore_ascii_case(own.host.as_bytes())
             && top.port.unwrap_or(5061) == own.port;
         if !host_matches {
+            return Err(Why::StrayResponse);
+        }
+        // With only the edge's Via there is nobody to send it to: removing ours would
+        // forward a response without any Via.
+        if msg.vias.len() < 2 {
             return Err(Why::StrayResponse);
         }
         let token = find_ftok(msg, top.value).ok_or(Why::StrayResponse)?;
@@ -357,7 +385,7 @@ impl Proxy {
             };
             popped.count += 1;
             if popped.token.is_none() && !user.is_empty() {
-                popped.token = Some(self.keys.verify(msg.bytes(user)).map_err(|_| ()));
+                popped.token = Some(self.keys.verify(msg.bytes(user)));
             }
         }
         if popped.count == 0 {
@@ -479,7 +507,7 @@ impl Proxy {
 struct Popped {
     count: usize,
     /// The first token found in a popped entry: verified flow or forged.
-    token: Option<Result<FlowId, ()>>,
+    token: Option<Result<FlowId, TokenError>>,
 }
 
 /// Offset of the first header line with this name, or the end of the start line.

@@ -65,6 +65,10 @@ pub enum Why {
     Overloaded {
         retry_after_secs: u32,
     },
+    /// 503 with Retry-After: the sender exceeded its request rate (per connection or source).
+    RateLimited {
+        retry_after_secs: u32,
+    },
     /// A response that names no flow of this edge: dropped.
     StrayResponse,
 }
@@ -106,6 +110,7 @@ impl Why {
             Why::RequestTimeout => (408, "Request Timeout"),
             Why::PoolUnavailable { .. } => (503, "Service Unavailable"),
             Why::Overloaded { .. } => (503, "Overloaded"),
+            Why::RateLimited { .. } => (503, "Rate Limited"),
             Why::StrayResponse => return None,
         })
     }
@@ -143,8 +148,64 @@ impl Why {
             Why::RequestTimeout => "request_timeout",
             Why::PoolUnavailable { .. } => "pool_unavailable",
             Why::Overloaded { .. } => "overloaded",
+            Why::RateLimited { .. } => "rate_limited",
             Why::StrayResponse => "stray_response",
         }
+    }
+
+    /// Every label, in a fixed order: per-reason counters are indexed by [`Why::index`].
+    pub const LABELS: &'static [&'static str] = &[
+        "header_block_too_large",
+        "body_too_large",
+        "line_too_long",
+        "too_many_headers",
+        "missing_content_length",
+        "conflicting_content_length",
+        "content_length_mismatch",
+        "malformed_start_line",
+        "unsupported_version",
+        "malformed_request_uri",
+        "unsupported_scheme",
+        "illegal_byte",
+        "malformed_header_name",
+        "folding_at_start",
+        "missing_header",
+        "duplicate_header",
+        "malformed_header",
+        "cseq_method_mismatch",
+        "bad_branch",
+        "bad_tag",
+        "too_many_hops",
+        "loop",
+        "bad_extension",
+        "domain_not_served",
+        "invalid_flow_token",
+        "no_route",
+        "flow_failed",
+        "request_timeout",
+        "pool_unavailable",
+        "overloaded",
+        "rate_limited",
+        "stray_response",
+    ];
+
+    /// Position of this reason's label in [`Why::LABELS`].
+    pub fn index(&self) -> usize {
+        let label = self.label();
+        Self::LABELS.iter().position(|l| *l == label).unwrap_or(0)
+    }
+
+    /// Whether the sender's own bytes caused this (a strike against the source), as opposed
+    /// to the edge's or the pool's state.
+    pub fn is_offence(&self) -> bool {
+        !matches!(
+            self,
+            Why::PoolUnavailable { .. }
+                | Why::Overloaded { .. }
+                | Why::RateLimited { .. }
+                | Why::RequestTimeout
+                | Why::FlowFailed
+        )
     }
 }
 
@@ -410,6 +471,34 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_unique_and_every_reason_has_its_own_index() {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in Why::LABELS {
+            assert!(seen.insert(*l), "duplicate label {l}");
+        }
+        let samples = [
+            Why::HeaderBlockTooLarge,
+            Why::MissingHeader(HeaderName::Via),
+            Why::RateLimited {
+                retry_after_secs: 1,
+            },
+            Why::StrayResponse,
+            Why::Overloaded {
+                retry_after_secs: 1,
+            },
+        ];
+        for why in samples {
+            assert_eq!(Why::LABELS[why.index()], why.label());
+        }
+        assert_eq!(Why::LABELS.len(), seen.len());
+        assert!(Why::MalformedStartLine.is_offence());
+        assert!(!Why::PoolUnavailable {
+            retry_after_secs: 1
+        }
+        .is_offence());
+    }
 
     const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
         Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\n\

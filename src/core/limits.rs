@@ -1,0 +1,651 @@
+//! Rate and resource limits of the application firewall: per-source connection and request
+//! rates, concurrent connections per source, strikes and bans, and an allow-list exempt from
+//! all of them. Sans-IO: every call takes `now`; the shell owns the clock.
+//!
+//! Sources are keyed by IPv4 address and by IPv6 /64 (one host usually owns a whole /64, so
+//! per-address limits would be trivially evaded). The table is bounded: when it is full
+//! after sweeping idle entries, new sources share one overflow entry, so a flood from many
+//! addresses degrades into one shared budget instead of unbounded memory.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A rate: `per_sec` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// GCRA (generic cell rate algorithm): a token bucket in one `Instant`, exact and
+/// allocation-free. `tat` is the theoretical arrival time of the next conforming event.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gcra {
+    tat: Option<Instant>,
+}
+
+impl Gcra {
+    /// Takes one token if the rate allows it at `now`; otherwise returns how long until it would.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        if rate.per_sec == 0 {
+            return Err(Duration::from_secs(1));
+        }
+        let interval = Duration::from_secs(1) / rate.per_sec;
+        let tolerance = interval * rate.burst.saturating_sub(1);
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        let earliest = tat.checked_sub(tolerance).unwrap_or(now);
+        if earliest > now {
+            return Err(earliest - now);
+        }
+        self.tat = Some(tat + interval);
+        Ok(())
+    }
+}
+
+/// An address prefix (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    pub fn parse(text: &str) -> Option<Prefix> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        (len <= max).then_some(Prefix { addr, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => mask_eq(
+                u128::from(u32::from(p)),
+                u128::from(u32::from(a)),
+                self.len,
+                32,
+            ),
+            (IpAddr::V6(p), IpAddr::V6(a)) => mask_eq(u128::from(p), u128::from(a), self.len, 128),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask_eq(p: u128, a: u128, len: u8, bits: u8) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let shift = u32::from(bits - len.min(bits));
+    (p >> shift) == (a >> shift)
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What the limits are keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    V4(u32),
+    /// The /64 of an IPv6 source.
+    V6(u64),
+    /// Every source that arrived while the table was full.
+    Overflow,
+}
+
+impl SourceKey {
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match canonical(ip) {
+            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => SourceKey::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// Per-source limits (from the topology's `[limits]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourcePolicy {
+    /// New connections (each a TLS handshake) per source.
+    pub connect_rate: Rate,
+    /// Concurrent connections per source.
+    pub max_connections: u32,
+    /// SIP requests per source, across its connections.
+    pub request_rate: Rate,
+    /// Strikes (refusals and rejected messages) within `strike_window` that ban a source.
+    pub ban_after: u32,
+    pub strike_window: Duration,
+    pub ban_time: Duration,
+    /// Sources exempt from per-source limits and bans (NAT'd offices, partners, monitors).
+    pub allow: Vec<Prefix>,
+    /// Most sources tracked at once.
+    pub max_sources: usize,
+}
+
+/// Why a source was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Banned { remaining: Duration },
+    ConnectRate { retry_after: Duration },
+    TooManyConnections,
+    RequestRate { retry_after: Duration },
+}
+
+impl Refusal {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Banned { .. } => "banned",
+            Refusal::ConnectRate { .. } => "connect_rate",
+            Refusal::TooManyConnections => "connections_per_source",
+            Refusal::RequestRate { .. } => "request_rate",
+        }
+    }
+
+    /// Seconds for a Retry-After header (at least 1).
+    pub fn retry_after_secs(&self) -> u32 {
+        let d = match *self {
+            Refusal::Banned { remaining } => remaining,
+            Refusal::ConnectRate { retry_after } | Refusal::RequestRate { retry_after } => {
+                retry_after
+            }
+            Refusal::TooManyConnections => Duration::from_secs(1),
+        };
+        u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+/// What happened when a strike was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strike {
+    Counted,
+    /// This strike banned the source until the given time.
+    Banned {
+        until: Instant,
+    },
+    /// Allow-listed or already banned: nothing changes.
+    Ignored,
+}
+
+#[derive(Debug)]
+struct Source {
+    connections: u32,
+    connect: Gcra,
+    requests: Gcra,
+    strikes: u32,
+    window_start: Instant,
+    banned_until: Option<Instant>,
+    last_seen: Instant,
+}
+
+impl Source {
+    fn new(now: Instant) -> Source {
+        Source {
+            connections: 0,
+            connect: Gcra::default(),
+            requests: Gcra::default(),
+            strikes: 0,
+            window_start: now,
+            banned_until: None,
+            last_seen: now,
+        }
+    }
+
+    fn ban_remaining(&self, now: Instant) -> Option<Duration> {
+        self.banned_until.filter(|&t| t > now).map(|t| t - now)
+    }
+
+    fn idle(&self, now: Instant) -> bool {
+        self.connections == 0
+            && self.ban_remaining(now).is_none()
+            && now.saturating_duration_since(self.last_seen) >= IDLE
+    }
+}
+
+const SHARDS: usize = 32;
+/// A source with no connections and no ban is forgotten after this long.
+const IDLE: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<SourceKey, Source>,
+    last_sweep: Option<Instant>,
+}
+
+/// The per-source table, sharded so that no global lock sits on the per-connection path.
+pub struct SourceGuard {
+    policy: SourcePolicy,
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    bans: AtomicU64,
+}
+
+impl SourceGuard {
+    pub fn new(policy: SourcePolicy) -> SourceGuard {
+        SourceGuard {
+            policy,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            bans: AtomicU64::new(0),
+        }
+    }
+
+    pub fn policy(&self) -> &SourcePolicy {
+        &self.policy
+    }
+
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.policy.allow.iter().any(|p| p.contains(ip))
+    }
+
+    /// Runs `f` on the source's entry, creating it (or falling back to the overflow entry
+    /// when the table is full).
+    fn with<R>(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        f: impl FnOnce(&mut Source, &SourcePolicy) -> R,
+    ) -> R {
+        let key = SourceKey::of(ip);
+        let per_shard = (self.policy.max_sources / SHARDS).max(1);
+        // Keyed (random per process): a flooder cannot aim its addresses at one shard.
+        let shard_of = |k: &SourceKey| (self.hasher.hash_one(k) as usize) % SHARDS;
+        let mut key = key;
+        let mut shard = self.lock(shard_of(&key));
+        if !shard.map.contains_key(&key) && shard.map.len() >= per_shard {
+            // Sweeping is O(entries): at most once a second per shard, so a flood of new
+            // sources cannot turn it into a CPU sink.
+            if shard
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+            {
+                shard.map.retain(|_, s| !s.idle(now));
+                shard.last_sweep = Some(now);
+            }
+            if shard.map.len() >= per_shard {
+                drop(shard);
+                key = SourceKey::Overflow;
+                shard = self.lock(shard_of(&key));
+            }
+        }
+        let source = shard.map.entry(key).or_insert_with(|| Source::new(now));
+        source.last_seen = now;
+        f(source, &self.policy)
+    }
+
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        // A panic while holding a shard cannot leave a torn entry (every update is a few
+        // field writes), so a poisoned lock is still usable.
+        match self.shards.get(i).unwrap_or_else(|| unreachable!()).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A new connection from `ip`. On `Ok` the caller must call [`Self::disconnected`] when
+    /// it ends. Refusals count as strikes.
+    pub fn connect(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if self.allowed(ip) {
+            return Ok(());
+        }
+        let refusal = self.with(ip, now, |s, p| {
+            if let Some(remaining) = s.ban_remaining(now) {
+                return Some(Refusal::Banned { remaining });
+            }
+            if s.connections >= p.max_connections {
+                return Some(Refusal::TooManyConnections);
+            }
+            if let Err(retry_after) = s.connect.take(p.connect_rate, now) {
+                return Some(Refusal::ConnectRate { retry_after });
+            }
+            s.connections += 1;
+            None
+        });
+        match refusal {
+            None => Ok(()),
+            Some(r) => {
+                if !matches!(r, Refusal::Banned { .. }) {
+                    self.strike(ip, now);
+                }
+                Err(r)
+            }
+        }
+    }
+
+    pub fn disconnected(&self, ip: IpAddr, now: Instant) {
+        if self.allowed(ip) {
+            return;
+        }
+        self.with(ip, now, |s, _| {
+            s.connections = s.connections.saturating_sub(1)
+        });
+    }
+
+    /// A SIP request from `ip`. Refusals count as strikes.
+    pub fn request(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if self.allowed(ip) {
+            return Ok(());
+        }
+        let refusal = self.with(ip, now, |s, p| {
+            if let Some(remaining) = s.ban_remaining(now) {
+                return Some(Refusal::Banned { remaining });
+            }
+            s.requests
+                .take(p.request_rate, now)
+                .err()
+                .map(|retry_after| Refusal::RequestRate { retry_after })
+        });
+        match refusal {
+            None => Ok(()),
+            Some(r) => {
+                if !matches!(r, Refusal::Banned { .. }) {
+                    self.strike(ip, now);
+                }
+                Err(r)
+            }
+        }
+    }
+
+    /// Whether `ip` is banned now (existing connections of a banned source are closed).
+    pub fn banned(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if self.allowed(ip) {
+            return None;
+        }
+        self.with(ip, now, |s, _| s.ban_remaining(now))
+    }
+
+    /// Counts one offence (a refused connection or request, a rejected message); enough of
+    /// them within the window ban the source.
+    pub fn strike(&self, ip: IpAddr, now: Instant) -> Strike {
+        if self.allowed(ip) || self.policy.ban_after == 0 {
+            return Strike::Ignored;
+        }
+        let strike = self.with(ip, now, |s, p| {
+            if s.ban_remaining(now).is_some() {
+                return Strike::Ignored;
+            }
+            if now.saturating_duration_since(s.window_start) >= p.strike_window {
+                s.window_start = now;
+                s.strikes = 0;
+            }
+            s.strikes += 1;
+            if s.strikes >= p.ban_after {
+                let until = now + p.ban_time;
+                s.banned_until = Some(until);
+                s.strikes = 0;
+                Strike::Banned { until }
+            } else {
+                Strike::Counted
+            }
+        });
+        if matches!(strike, Strike::Banned { .. }) {
+            self.bans.fetch_add(1, Ordering::Relaxed);
+        }
+        strike
+    }
+
+    /// Bans so far (metrics).
+    pub fn bans_total(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
+    }
+
+    /// Sources currently tracked (metrics).
+    pub fn tracked(&self) -> usize {
+        (0..SHARDS).map(|i| self.lock(i).map.len()).sum()
+    }
+
+    /// Sources banned at `now` (metrics).
+    pub fn banned_count(&self, now: Instant) -> usize {
+        (0..SHARDS)
+            .map(|i| {
+                self.lock(i)
+                    .map
+                    .values()
+                    .filter(|s| s.ban_remaining(now).is_some())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Forgets idle sources (the shell calls this periodically).
+    pub fn sweep(&self, now: Instant) {
+        for i in 0..SHARDS {
+            self.lock(i).map.retain(|_, s| !s.idle(now));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start simulated time from a real instant
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy() -> SourcePolicy {
+        SourcePolicy {
+            connect_rate: Rate {
+                per_sec: 2,
+                burst: 3,
+            },
+            max_connections: 4,
+            request_rate: Rate {
+                per_sec: 10,
+                burst: 10,
+            },
+            ban_after: 5,
+            strike_window: Duration::from_secs(10),
+            ban_time: Duration::from_secs(60),
+            allow: vec![
+                Prefix::parse("10.0.0.0/8").unwrap(),
+                Prefix::parse("2001:db8::/32").unwrap(),
+            ],
+            max_sources: 64,
+        }
+    }
+
+    #[test]
+    fn gcra_allows_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let rate = Rate {
+            per_sec: 10,
+            burst: 5,
+        };
+        let mut g = Gcra::default();
+        for _ in 0..5 {
+            assert!(g.take(rate, t0).is_ok());
+        }
+        let wait = g.take(rate, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert!(g.take(rate, t0 + Duration::from_millis(100)).is_ok());
+        assert!(g.take(rate, t0 + Duration::from_millis(100)).is_err());
+        // After a long pause the full burst is back, never more.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..5 {
+            assert!(g.take(rate, later).is_ok());
+        }
+        assert!(g.take(rate, later).is_err());
+        assert!(Gcra::default()
+            .take(
+                Rate {
+                    per_sec: 0,
+                    burst: 5
+                },
+                t0
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        let p = Prefix::parse("192.0.2.0/24").unwrap();
+        assert!(p.contains(ip("192.0.2.77")));
+        assert!(!p.contains(ip("192.0.3.1")));
+        assert!(p.contains(ip("::ffff:192.0.2.1")), "v4-mapped counts as v4");
+        assert!(Prefix::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(!Prefix::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
+        assert!(Prefix::parse("2001:db8::/32")
+            .unwrap()
+            .contains(ip("2001:db8:1::5")));
+        assert!(Prefix::parse("203.0.113.9")
+            .unwrap()
+            .contains(ip("203.0.113.9")));
+        assert!(!Prefix::parse("203.0.113.9")
+            .unwrap()
+            .contains(ip("203.0.113.8")));
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/", "/8"] {
+            assert!(Prefix::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_sources_are_keyed_by_their_64() {
+        assert_eq!(
+            SourceKey::of(ip("2001:db8:1:2::1")),
+            SourceKey::of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            SourceKey::of(ip("2001:db8:1:2::1")),
+            SourceKey::of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            SourceKey::of(ip("::ffff:192.0.2.1")),
+            SourceKey::of(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn connect_rate_concurrency_and_release() {
+        let g = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.1");
+        for _ in 0..3 {
+            assert_eq!(g.connect(a, t0), Ok(()));
+        }
+        assert!(matches!(g.connect(a, t0), Err(Refusal::ConnectRate { .. })));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(g.connect(a, t1), Ok(()));
+        assert_eq!(
+            g.connect(a, t1 + Duration::from_secs(5)),
+            Err(Refusal::TooManyConnections)
+        );
+        g.disconnected(a, t1);
+        assert_eq!(g.connect(a, t1 + Duration::from_secs(5)), Ok(()));
+        // Another source is unaffected.
+        assert_eq!(g.connect(ip("203.0.113.2"), t0), Ok(()));
+    }
+
+    #[test]
+    fn strikes_ban_for_ban_time_then_expire() {
+        let g = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.1");
+        for i in 0..4 {
+            assert_eq!(g.strike(a, t0 + Duration::from_secs(i)), Strike::Counted);
+        }
+        let until = t0 + Duration::from_secs(4) + Duration::from_secs(60);
+        assert_eq!(
+            g.strike(a, t0 + Duration::from_secs(4)),
+            Strike::Banned { until }
+        );
+        let during = t0 + Duration::from_secs(30);
+        assert!(matches!(g.connect(a, during), Err(Refusal::Banned { .. })));
+        assert!(matches!(g.request(a, during), Err(Refusal::Banned { .. })));
+        assert_eq!(g.strike(a, during), Strike::Ignored);
+        assert!(g.banned(a, during).is_some());
+        assert_eq!(g.banned_count(during), 1);
+        assert!(g.banned(a, until).is_none());
+        assert_eq!(g.connect(a, until), Ok(()));
+    }
+
+    #[test]
+    fn strikes_outside_the_window_do_not_add_up() {
+        let g = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.1");
+        for i in 0..20 {
+            // One strike every 3 s: at most 4 in any 10 s window.
+            assert_ne!(
+                g.strike(a, t0 + Duration::from_secs(3 * i)),
+                Strike::Banned { until: t0 },
+                "never banned"
+            );
+            assert!(g.banned(a, t0 + Duration::from_secs(3 * i)).is_none());
+        }
+    }
+
+    #[test]
+    fn refusals_are_strikes_so_a_flooder_gets_banned() {
+        let g = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.1");
+        let mut results = Vec::new();
+        for _ in 0..30 {
+            results.push(g.request(a, t0));
+        }
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+        assert!(matches!(results.last(), Some(Err(Refusal::Banned { .. }))));
+    }
+
+    #[test]
+    fn allow_listed_sources_are_never_limited_or_banned() {
+        let g = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        for a in [ip("10.1.2.3"), ip("2001:db8::7"), ip("::ffff:10.9.9.9")] {
+            for _ in 0..1000 {
+                assert_eq!(g.connect(a, t0), Ok(()));
+                assert_eq!(g.request(a, t0), Ok(()));
+                assert_eq!(g.strike(a, t0), Strike::Ignored);
+            }
+            assert!(g.banned(a, t0).is_none());
+        }
+        assert_eq!(g.tracked(), 0, "allow-listed sources take no table space");
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_overflow_shares_one_budget() {
+        let mut p = policy();
+        p.max_sources = SHARDS; // one entry per shard
+        p.request_rate = Rate {
+            per_sec: 1,
+            burst: 1,
+        };
+        let g = SourceGuard::new(p);
+        let t0 = Instant::now();
+        let mut refused = 0;
+        for i in 0..10_000u32 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0xC633_0000 + i));
+            if g.request(a, t0).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(g.tracked() <= SHARDS + 1, "tracked {}", g.tracked());
+        assert!(
+            refused > 9_000,
+            "overflow sources share one budget: refused {refused}"
+        );
+        // Idle entries are swept, making room again.
+        let later = t0 + IDLE + Duration::from_secs(300);
+        g.sweep(later);
+        assert_eq!(g.tracked(), 0);
+    }
+}

@@ -1,0 +1,385 @@
+//! The application firewall under attack, over real sockets on loopback. Each test plays
+//! attackers and well-behaved users from different loopback sources (127.0.0.5, .6, ...),
+//! is bounded in message count and time, and asserts outcomes (never timings): the excess
+//! is refused or banned, the attacker is contained, and the others keep being served.
+//! Latency and peak RSS are printed for the closing notes, not asserted.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sipedge::core::limits::Prefix;
+use sipedge::core::sip::proxy::Side;
+use sipedge::shell::{self, RunningEdge};
+use sipedge::topology::{Firewall, Topology};
+
+use crate::support::*;
+
+fn options(call: &str, n: u32) -> String {
+    format!(
+        "OPTIONS sip:sipedge.test SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-{call}-{n}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:user@sipedge.test>;tag=t-{call}\r\n\
+         To: <sip:sipedge.test>\r\n\
+         Call-ID: {call}-{n}\r\n\
+         CSeq: {n} OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        n = n + 1
+    )
+}
+
+/// Tight limits for the tests; nothing on loopback is allow-listed unless a test says so.
+fn firewall() -> Firewall {
+    Firewall {
+        connect_rate: 5,
+        connect_burst: 10,
+        connections_per_source: 20,
+        request_rate: 50,
+        request_burst: 50,
+        connection_request_rate: 1000,
+        connection_request_burst: 1000,
+        ban_after: 20,
+        strike_window: Duration::from_secs(10),
+        ban_time: Duration::from_secs(60),
+        allow_sources: Vec::new(),
+        max_sources: 1024,
+    }
+}
+
+async fn edge(pki: &Pki, director: &Director, adjust: impl FnOnce(&mut Topology)) -> RunningEdge {
+    let mut t = topology(pki, &[director.addr]);
+    t.firewall = firewall();
+    adjust(&mut t);
+    let edge = shell::start(&t).await.expect("edge starts");
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+    edge
+}
+
+/// A well-behaved user: `n` OPTIONS one after the other, each waiting for its answer.
+/// Returns (answered 200, latencies).
+async fn polite_user(
+    roots: rustls::RootCertStore,
+    edge: std::net::SocketAddr,
+    source: &str,
+    n: u32,
+    gap: Duration,
+) -> (u32, Vec<Duration>) {
+    let mut c = Client::connect_trusting(roots, edge, source).await;
+    let mut ok = 0;
+    let mut latencies = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        if let Err(e) = c.stream_write(options("polite", i).as_bytes()).await {
+            eprintln!("polite user {source}: write {i} failed: {e}");
+            break;
+        }
+        if let Some(r) = c.try_recv(WAIT).await {
+            if r.starts_with("SIP/2.0 200") {
+                ok += 1;
+                latencies.push(t0.elapsed());
+            } else {
+                eprintln!(
+                    "polite user {source}: {}",
+                    r.lines().next().unwrap_or_default()
+                );
+            }
+        }
+        tokio::time::sleep(gap).await;
+    }
+    (ok, latencies)
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_is_rate_limited_then_banned_while_a_polite_user_is_served() {
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let edge = edge(&pki, &director, |_| {}).await;
+    let shared = edge.shared.clone();
+
+    let polite = tokio::spawn(polite_user(
+        pki.roots(),
+        edge.external,
+        "127.0.0.6",
+        100,
+        Duration::from_millis(25),
+    ));
+
+    // The flooder: 2000 OPTIONS pipelined as fast as TLS takes them, from 127.0.0.5.
+    let mut flooder = Client::connect_from(&pki, edge.external, "127.0.0.5").await;
+    let mut burst = String::new();
+    for i in 0..2000 {
+        burst.push_str(&options("flood", i));
+    }
+    let _ = tokio::time::timeout(WAIT, flooder.stream_write(burst.as_bytes())).await;
+    let mut answers = Vec::new();
+    while let Some(r) = flooder.try_recv(Duration::from_millis(500)).await {
+        answers.push(r);
+    }
+    let rate_limited = answers
+        .iter()
+        .filter(|r| r.starts_with("SIP/2.0 503 Rate Limited"))
+        .count();
+    assert!(rate_limited >= 1, "the excess is answered 503 Rate Limited");
+    assert!(
+        answers
+            .iter()
+            .filter(|r| r.starts_with("SIP/2.0 503"))
+            .all(|r| headers(r, "Retry-After").len() == 1),
+        "every 503 carries Retry-After"
+    );
+    assert!(
+        answers.len() < 2000,
+        "the flooder is cut off (banned) before all its requests are answered"
+    );
+    assert!(
+        flooder.closed().await,
+        "the banned source's connection is closed"
+    );
+    assert_eq!(shared.guard.bans_total(), 1);
+    assert!(shared.stats.refusals("request_rate") >= 20);
+    assert_eq!(
+        shared.stats.rejects("rate_limited", Side::External),
+        rate_limited as u64
+    );
+
+    // Banned: a new connection from the same source is refused before TLS.
+    let cfg = sipedge::tls::client_config_trusting(pki.roots(), None).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(edge.external).await.unwrap();
+    let again = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+            tcp,
+        )
+        .await;
+    assert!(again.is_err(), "banned source refused");
+    eventually("the refusal counted", || {
+        shared.stats.refusals("banned") >= 1
+    })
+    .await;
+
+    // What reached the Director from the flooder is bounded by its source budget (burst 50
+    // plus what the rate refilled during the flood).
+    let mut from_flooder = 0;
+    while let Some(m) = director.try_recv(Duration::from_millis(200)).await {
+        if m.text.contains("Call-ID: flood-") {
+            from_flooder += 1;
+        }
+    }
+    assert!(
+        from_flooder <= 50 + 50 * 10,
+        "flooder forwarded {from_flooder}"
+    );
+
+    let (ok, latencies) = polite.await.unwrap();
+    assert!(ok >= 99, "polite user success {ok}/100");
+    eprintln!(
+        "flood: flooder answered {} (503 Rate Limited {rate_limited}), forwarded {from_flooder}; polite {ok}/100, p50 {:?} p99 {:?}; peak RSS {} KiB",
+        answers.len(),
+        percentile(latencies.clone(), 0.5),
+        percentile(latencies, 0.99),
+        peak_rss_kib()
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_source_is_never_banned() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let edge = edge(&pki, &director, |t| {
+        t.firewall.allow_sources = vec![Prefix::parse("127.0.0.7").unwrap()];
+    })
+    .await;
+    let shared = edge.shared.clone();
+    // Ten times what bans anyone else: garbage and a request flood, over many connections.
+    for round in 0..5 {
+        let mut c = Client::connect_from(&pki, edge.external, "127.0.0.7").await;
+        let mut burst = String::new();
+        for i in 0..200 {
+            burst.push_str(&options(&format!("office-{round}"), i));
+        }
+        c.send(&burst).await;
+        let mut ok = 0;
+        while ok < 200 {
+            let r = c.recv().await;
+            assert!(
+                r.starts_with("SIP/2.0 200"),
+                "allow-listed request answered {r}"
+            );
+            ok += 1;
+        }
+        // A malformed message is still rejected (unsynchronised: no answer can be formed, the
+        // connection is closed) but never counts towards a ban.
+        c.send("GARBAGE\r\n\r\n").await;
+        assert!(c.closed().await);
+    }
+    assert_eq!(shared.guard.bans_total(), 0);
+    assert_eq!(shared.stats.refusals("request_rate"), 0);
+    assert_eq!(shared.stats.refusals("connect_rate"), 0);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let edge = edge(&pki, &director, |t| {
+        t.limits.header_timeout = Duration::from_secs(1)
+    })
+    .await;
+
+    let mut slow = Client::connect_from(&pki, edge.external, "127.0.0.8").await;
+    let head = options("slow", 0);
+    let started = Instant::now();
+    let mut cut_off = false;
+    // One byte every 100 ms: 1 s of header timeout is ~10 bytes, far short of the head.
+    for b in head.as_bytes().iter().take(60) {
+        if tokio::time::timeout(WAIT, slow.stream_write(&[*b]))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cut_off || slow.closed().await,
+        "slowloris connection closed"
+    );
+    eprintln!("slowloris cut off after {:?}", started.elapsed());
+
+    // Everyone else is unaffected.
+    let (ok, _) = polite_user(pki.roots(), edge.external, "127.0.0.9", 20, Duration::ZERO).await;
+    assert_eq!(ok, 20);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_bounded_and_cut_off() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let edge = edge(&pki, &director, |t| {
+        t.limits.write_timeout = Duration::from_secs(1);
+        t.firewall.request_rate = 100_000;
+        t.firewall.request_burst = 100_000;
+        t.firewall.connection_request_rate = 100_000;
+        t.firewall.connection_request_burst = 100_000;
+    })
+    .await;
+    let shared = edge.shared.clone();
+
+    // A small receive buffer, and it never reads: the edge's writes to it back up.
+    let mut deaf = Client::connect_small_window(&pki, edge.external, "127.0.0.10", 4096).await;
+    let big = "x".repeat(1200);
+    let mut sent = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && sent < 40_000 {
+        let mut burst = String::new();
+        for i in 0..200 {
+            // The stub's answer echoes From: a long display name makes every answer ~1.3 KB.
+            let request =
+                options("deaf", sent + i).replace("From: <", &format!("From: \"{big}\" <"));
+            burst.push_str(&request);
+        }
+        match tokio::time::timeout(Duration::from_secs(2), deaf.stream_write(burst.as_bytes()))
+            .await
+        {
+            Ok(Ok(())) => sent += 200,
+            _ => break, // the edge stopped reading us, or closed
+        }
+    }
+    // Its queue fills (answers beyond it are dropped) and, not reading for the write
+    // timeout, it is cut off; it was never rejected nor banned: this is back-pressure.
+    eventually("the deaf connection's answers dropped", || {
+        shared.stats.dropped_responses.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(
+        deaf.closed().await,
+        "the deaf connection is cut off after the write timeout"
+    );
+    let reasons: Vec<_> = sipedge::core::sip::Why::LABELS
+        .iter()
+        .map(|l| (*l, shared.stats.rejects(l, Side::External)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    eprintln!("deaf client rejects: {reasons:?}");
+    // Sending far faster than the pool drains (the stub's probes then time out too), it may
+    // be told 503 Overloaded or Service Unavailable; nothing it is blamed for, and no ban.
+    assert!(
+        reasons
+            .iter()
+            .all(|(l, _)| ["overloaded", "pool_unavailable"].contains(l)),
+        "{reasons:?}"
+    );
+    assert_eq!(shared.guard.bans_total(), 0);
+
+    // The edge is unaffected.
+    let (ok, _) = polite_user(pki.roots(), edge.external, "127.0.0.11", 20, Duration::ZERO).await;
+    assert_eq!(ok, 20);
+    eprintln!(
+        "deaf client: sent {sent} requests; dropped responses {}; peak RSS {} KiB",
+        shared.stats.dropped_responses.load(Ordering::Relaxed),
+        peak_rss_kib()
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_refused_before_tls_and_others_connect() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let edge = edge(&pki, &director, |t| {
+        t.limits.handshake_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let shared = edge.shared.clone();
+
+    // 300 TCP connections from one source that never send a ClientHello.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.12:0".parse().unwrap()).unwrap();
+        if let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, socket.connect(edge.external)).await {
+            idle.push(tcp);
+        }
+    }
+    eventually("the flood refused by connect rate and banned", || {
+        shared.stats.refusals("connect_rate") > 0 && shared.guard.bans_total() == 1
+    })
+    .await;
+    // Another source completes its handshake and is served.
+    let (ok, _) = polite_user(pki.roots(), edge.external, "127.0.0.13", 20, Duration::ZERO).await;
+    assert_eq!(ok, 20);
+    // The half-open handshakes that were let in time out.
+    eventually("handshake timeouts", || {
+        shared.stats.handshakes_failed.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    drop(idle);
+    edge.stop().await;
+}
