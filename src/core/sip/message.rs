@@ -255,9 +255,9 @@ impl Message {
                     }
                 }
                 HeaderName::ProxyRequire => {
-                    if proxy_require.replace(h.value).is_some() {
-                        return Err(Why::DuplicateHeader(name));
-                    }
+                    // A list header: several lines are legal (RFC 3261 §7.3.1). The first is
+                    // kept for the 420's Unsupported; any at all means 420.
+                    proxy_require.get_or_insert(h.value);
                     elements.clear();
                     split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     if !elements.iter().all(|e| is_token(e.of(buf))) {

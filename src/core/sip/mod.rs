@@ -42,6 +42,8 @@ pub enum HeaderName {
     MsEdgeProxyMessageTrust,
     /// `P-Asserted-Identity` (RFC 3325): only trusted hops may set it.
     PAssertedIdentity,
+    /// `Privacy` (RFC 3323): `id` means the asserted identity must not leave the trust domain.
+    Privacy,
     Other,
 }
 
@@ -80,6 +82,7 @@ impl HeaderName {
                 HeaderName::MsEdgeProxyMessageTrust,
             ),
             (b"p-asserted-identity", HeaderName::PAssertedIdentity),
+            (b"privacy", HeaderName::Privacy),
         ];
         LONG.iter()
             .find(|(long, _)| long.eq_ignore_ascii_case(name))
@@ -105,6 +108,7 @@ impl HeaderName {
             HeaderName::Supported => "Supported",
             HeaderName::MsEdgeProxyMessageTrust => "ms-edge-proxy-message-trust",
             HeaderName::PAssertedIdentity => "P-Asserted-Identity",
+            HeaderName::Privacy => "Privacy",
             HeaderName::Other => "header",
         }
     }

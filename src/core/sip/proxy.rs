@@ -277,6 +277,7 @@ impl Proxy {
             Some(Err(_)) => return Err(Why::InvalidFlowToken),
             None => return Err(Why::NoRoute),
         };
+        strip_toward_outside(msg, &mut splice);
         let target_token = self.keys.token(target);
         let branch = self.our_branch(from, msg);
         let insert_at = first_line_of(msg, HeaderName::Via);
@@ -334,12 +335,15 @@ impl Proxy {
 
         let mut splice = Splice::new();
         remove_top_via(msg, &mut splice);
-        if from.side == Side::External {
-            for h in &msg.head.headers {
-                if h.name.carries_trust() {
-                    splice.delete(h.line);
+        match from.side {
+            Side::External => {
+                for h in &msg.head.headers {
+                    if h.name.carries_trust() {
+                        splice.delete(h.line);
+                    }
                 }
             }
+            Side::Internal => strip_toward_outside(msg, &mut splice),
         }
         let bytes = splice
             .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
@@ -508,6 +512,28 @@ struct Popped {
     count: usize,
     /// The first token found in a popped entry: verified flow or forged.
     token: Option<Result<FlowId, TokenError>>,
+}
+
+/// What must not leave the trust domain (RFC 3325 §5): the edge's own trust stamp always,
+/// and P-Asserted-Identity when the user asked for identity privacy (`Privacy: id`).
+fn strip_toward_outside(msg: &Message, splice: &mut Splice) {
+    let privacy_id = msg.head.headers.iter().any(|h| {
+        h.name == HeaderName::Privacy
+            && msg
+                .bytes(h.value)
+                .split(|&b| b == b';' || b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"id"))
+    });
+    for h in &msg.head.headers {
+        let strip = match h.name {
+            HeaderName::MsEdgeProxyMessageTrust => true,
+            HeaderName::PAssertedIdentity => privacy_id,
+            _ => false,
+        };
+        if strip {
+            splice.delete(h.line);
+        }
+    }
 }
 
 /// Offset of the first header line with this name, or the end of the start line.
