@@ -383,3 +383,63 @@ async fn a_handshake_flood_is_refused_before_tls_and_others_connect() {
     drop(idle);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pool_gets_new_dialogs_refused_while_dialogs_in_progress_continue() {
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await; // answers nothing by itself: slow
+    let edge = edge(&pki, &director, |t| t.limits.max_outstanding = 5).await;
+    let mut c = Client::connect_from(&pki, edge.external, "127.0.0.14").await;
+    let invite = |n: u32| {
+        format!(
+            "INVITE sip:bob@sipedge.test SIP/2.0\r\n\
+             Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-ov-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=ov{n}\r\nTo: <sip:bob@sipedge.test>\r\n\
+             Call-ID: overload-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut first = None;
+    for n in 0..5 {
+        c.send(&invite(n)).await;
+        let got = director.recv().await.text;
+        first.get_or_insert(got);
+    }
+    let shared = edge.shared.clone();
+    eventually("5 transactions outstanding", || {
+        shared.pool.outstanding() == 5
+    })
+    .await;
+
+    // The sixth new dialog is refused at the edge.
+    c.send(&invite(5)).await;
+    let answer = c.recv().await;
+    assert!(answer.starts_with("SIP/2.0 503 Overloaded\r\n"), "{answer}");
+    assert_eq!(headers(&answer, "Retry-After").len(), 1);
+    assert!(director
+        .try_recv(Duration::from_millis(200))
+        .await
+        .is_none());
+
+    // The Director answers the first INVITE: the response flows; then the in-dialog ACK
+    // and BYE (To tag, the recorded route) flow although the pool is still loaded.
+    let first = first.unwrap();
+    director.send(0, &response_to(&first, 200, "OK"));
+    let ok = c.recv().await;
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    let to_tag = param(headers(&ok, "To")[0], "tag").unwrap().to_string();
+    let rr = headers(&first, "Record-Route")[0].to_string();
+    let route: Vec<&str> = rr.split(", ").collect();
+    let bye = format!(
+        "BYE sip:bob@10.0.0.30:5061;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-ov-bye\r\n\
+         Route: {}, {}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=ov0\r\nTo: <sip:bob@sipedge.test>;tag={to_tag}\r\n\
+         Call-ID: overload-0\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        route[1], route[0]
+    );
+    c.send(&bye).await;
+    let got = director.recv().await.text;
+    assert!(got.starts_with("BYE sip:bob@10.0.0.30"), "{got}");
+    assert_eq!(shared.stats.rejects("overloaded", Side::External), 1);
+    edge.stop().await;
+}
