@@ -286,7 +286,7 @@ impl Message {
         let to_tag = tag_of(buf, to, HeaderName::To, &mut params)?;
         if is_request && from_tag.is_none() {
             // RFC 3261 §8.1.1.3: the From tag is mandatory; RFC 2543 peers are not served.
-            return Err(Why::BadTag(HeaderName::From));
+            return Err(Why::MissingFromTag);
         }
         if !is_call_id(call_id.of(buf)) {
             return Err(Why::Malformed(HeaderName::CallId));

@@ -39,6 +39,8 @@ pub enum Why {
     CSeqMethodMismatch,
     BadBranch,
     BadTag(HeaderName),
+    /// A request without a From tag (RFC 3261 §8.1.1.3; RFC 2543 peers are not served).
+    MissingFromTag,
     // --- proxy checks (RFC 3261 §16.3) ---
     /// 483: Max-Forwards reached 0.
     TooManyHops,
@@ -100,6 +102,7 @@ impl Why {
             Why::BadBranch => (400, "Malformed Via Branch"),
             Why::BadTag(H::To) => (400, "Malformed To Tag"),
             Why::BadTag(_) => (400, "Malformed From Tag"),
+            Why::MissingFromTag => (400, "Missing From Tag"),
             Why::TooManyHops => (483, "Too Many Hops"),
             Why::Loop => (482, "Loop Detected"),
             Why::BadExtension => (420, "Bad Extension"),
@@ -138,6 +141,7 @@ impl Why {
             Why::CSeqMethodMismatch => "cseq_method_mismatch",
             Why::BadBranch => "bad_branch",
             Why::BadTag(_) => "bad_tag",
+            Why::MissingFromTag => "missing_from_tag",
             Why::TooManyHops => "too_many_hops",
             Why::Loop => "loop",
             Why::BadExtension => "bad_extension",
@@ -175,6 +179,7 @@ impl Why {
         "cseq_method_mismatch",
         "bad_branch",
         "bad_tag",
+        "missing_from_tag",
         "too_many_hops",
         "loop",
         "bad_extension",
