@@ -250,9 +250,7 @@ impl Proxy {
                 out.extend_from_slice(b"\r\n");
             });
         }
-        let bytes = splice
-            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
-            .ok_or(Why::MalformedStartLine)?;
+        let bytes = splice.apply_tidy(msg).ok_or(Why::MalformedStartLine)?;
         let tx = (method != Method::Ack).then_some((
             TxKey {
                 branch,
@@ -296,9 +294,7 @@ impl Proxy {
                 out.extend_from_slice(b"\r\n");
             });
         }
-        let bytes = splice
-            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
-            .ok_or(Why::MalformedStartLine)?;
+        let bytes = splice.apply_tidy(msg).ok_or(Why::MalformedStartLine)?;
         Ok(Action::ToFlow {
             flow: target,
             bytes,
@@ -345,9 +341,7 @@ impl Proxy {
             }
             Side::Internal => strip_toward_outside(msg, &mut splice),
         }
-        let bytes = splice
-            .apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
-            .ok_or(Why::StrayResponse)?;
+        let bytes = splice.apply_tidy(msg).ok_or(Why::StrayResponse)?;
         let completes = (status >= 200 && from.side == Side::Internal).then_some(TxKey {
             branch,
             cancel: msg.bytes(msg.cseq_method) == b"CANCEL",
@@ -512,6 +506,28 @@ struct Popped {
     count: usize,
     /// The first token found in a popped entry: verified flow or forged.
     token: Option<Result<FlowId, TokenError>>,
+}
+
+trait ApplyTidy {
+    fn apply_tidy(self, msg: &Message) -> Option<Vec<u8>>;
+}
+
+impl ApplyTidy for Splice {
+    /// Applies the proxy's edits plus two tidy-ups that remove ambiguity without changing
+    /// meaning: folded lines are flattened, and whitespace between a header name and its
+    /// colon (`Content-Length : 5`, legal per RFC 3261 HCOLON) is removed, so a next hop
+    /// that does not allow it can never read the head differently from the edge.
+    fn apply_tidy(mut self, msg: &Message) -> Option<Vec<u8>> {
+        for h in &msg.head.headers {
+            let between = Span::new(h.name_span.end, h.value.start.max(h.name_span.end));
+            if let Some(colon) = msg.bytes(between).iter().position(|&b| b == b':') {
+                if colon > 0 {
+                    self.delete_unless_edited(Span::new(h.name_span.end, h.name_span.end + colon));
+                }
+            }
+        }
+        self.apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
+    }
 }
 
 /// What must not leave the trust domain (RFC 3325 §5): the edge's own trust stamp always,

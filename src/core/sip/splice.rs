@@ -15,6 +15,9 @@ struct Edit {
     at: Span,
     /// The new bytes, as a range of `Splice::text`.
     text: Span,
+    /// A tidy-up that gives way to any other edit it overlaps (normalising a header name
+    /// whose line is deleted anyway).
+    soft: bool,
 }
 
 /// A set of edits over one message.
@@ -44,6 +47,16 @@ impl Splice {
         self.edits.push(Edit {
             at: Span::new(at, at),
             text: Span::new(start, self.text.len()),
+            soft: false,
+        });
+    }
+
+    /// Deletes `span` unless another edit touches it (then that edit wins).
+    pub fn delete_unless_edited(&mut self, span: Span) {
+        self.edits.push(Edit {
+            at: span,
+            text: Span::new(self.text.len(), self.text.len()),
+            soft: true,
         });
     }
 
@@ -57,12 +70,25 @@ impl Splice {
         self.edits.push(Edit {
             at: span,
             text: Span::new(start, self.text.len()),
+            soft: false,
         });
     }
 
     /// Applies the edits to `raw`. `flatten_head` (the end of the header block) asks for
     /// folds in the header block to be flattened. `None` if edits overlap or fall outside.
     pub fn apply(mut self, raw: &[u8], flatten_head: Option<usize>) -> Option<Vec<u8>> {
+        let hard: Vec<Span> = self
+            .edits
+            .iter()
+            .filter(|e| !e.soft)
+            .map(|e| e.at)
+            .collect();
+        self.edits.retain(|e| {
+            !e.soft
+                || !hard
+                    .iter()
+                    .any(|h| h.start < e.at.end && e.at.start < h.end || h.start == e.at.start)
+        });
         // Stable: insertions at one offset stay in the order they were made.
         self.edits.sort_by_key(|e| (e.at.start, e.at.end));
         let added: usize = self.edits.iter().map(|e| e.text.len()).sum();
@@ -122,6 +148,16 @@ mod tests {
         s.insert(5, b"b");
         s.replace(Span::new(8, 10), b"XY");
         assert_eq!(s.apply(raw, None).unwrap(), b"034ab567XY");
+    }
+
+    #[test]
+    fn soft_deletes_give_way_to_other_edits() {
+        let raw = b"0123456789";
+        let mut s = Splice::new();
+        s.delete_unless_edited(Span::new(1, 2)); // kept
+        s.delete_unless_edited(Span::new(4, 6)); // inside a hard delete: dropped
+        s.delete(Span::new(3, 8));
+        assert_eq!(s.apply(raw, None).unwrap(), b"0289");
     }
 
     #[test]
