@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use super::clock;
-use super::flows::{FlowHandle, SendError};
+use super::flows::{self, FlowReceiver, SendError};
 use super::Shared;
 use crate::core::limits::{Gcra, Refusal, Strike};
 use crate::core::sip::frame::{Frame, Framer};
@@ -69,14 +68,10 @@ pub enum Closed {
 
 impl Conn {
     /// Registers a new flow in the table and returns the connection and its queue.
-    pub fn register(
-        shared: &Shared,
-        side: Side,
-        remote: SocketAddr,
-    ) -> (Conn, mpsc::Receiver<Bytes>) {
+    pub fn register(shared: &Shared, side: Side, remote: SocketAddr) -> (Conn, FlowReceiver) {
         let id = shared.next_flow_id();
-        let (tx, rx) = mpsc::channel(QUEUE_LEN);
-        shared.flows.insert(id, FlowHandle { side, tx });
+        let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits.max_queued_bytes);
+        shared.flows.insert(id, handle);
         let flow = Flow {
             id,
             side,
@@ -377,7 +372,7 @@ impl Conn {
         mut self,
         shared: Arc<Shared>,
         mut stream: S,
-        mut rx: mpsc::Receiver<Bytes>,
+        mut rx: FlowReceiver,
         hooks: &mut (dyn ConnHooks + Send),
     ) -> Closed
     where
@@ -400,7 +395,7 @@ impl Conn {
                 Some(bytes) = rx.recv() => {
                     self.out.extend_from_slice(&bytes);
                     // Take what else is queued, to write it in one go.
-                    while let Ok(more) = rx.try_recv() {
+                    while let Some(more) = rx.try_recv() {
                         self.out.extend_from_slice(&more);
                         if self.out.len() > 64 * 1024 { break; }
                     }

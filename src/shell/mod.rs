@@ -48,6 +48,8 @@ pub struct ConnLimits {
     pub max_outstanding: usize,
     /// A peer that does not take our bytes for this long is cut off (it does not read).
     pub write_timeout: Duration,
+    /// Bytes other connections may queue for one connection before messages are refused.
+    pub max_queued_bytes: usize,
     /// Requests per external connection.
     pub connection_requests: Rate,
 }
@@ -351,6 +353,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             max_handshakes: limits.max_handshakes,
             max_outstanding: limits.max_outstanding,
             write_timeout: limits.write_timeout,
+            max_queued_bytes: limits.max_queued_bytes,
             connection_requests: Rate {
                 per_sec: topology.firewall.connection_request_rate,
                 burst: topology.firewall.connection_request_burst,

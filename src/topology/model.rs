@@ -109,6 +109,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A peer that does not take the edge's bytes for this long is cut off.
     pub write_timeout: Duration,
+    /// Bytes queued for one connection (its peer reads slowly) before further messages
+    /// for it are refused (requests 503) or dropped (responses).
+    pub max_queued_bytes: usize,
     pub max_connections: usize,
     /// TLS handshakes in progress at once per listener (handshakes cost CPU; a flood of
     /// them must not starve established connections).

@@ -30,6 +30,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
     /// A peer that stops reading holds at most its queue for this long.
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Per connection: a few hundred typical messages; a slow reader costs no more.
+    pub const MAX_QUEUED_BYTES: u64 = 256 * 1024;
     pub const MAX_CONNECTIONS: u64 = 10_000;
     pub const RETRY_AFTER: Duration = Duration::from_secs(30);
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -93,6 +95,7 @@ const LIMIT_KEYS: &[&str] = &[
     "header_timeout",
     "idle_timeout",
     "write_timeout",
+    "max_queued_bytes",
     "max_connections",
     "max_handshakes",
     "max_outstanding",
@@ -577,10 +580,28 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
         header_timeout: doc.duration(s, "header_timeout", (secs(1), secs(300)), HEADER_TIMEOUT),
         idle_timeout: doc.duration(s, "idle_timeout", (secs(10), secs(86_400)), IDLE_TIMEOUT),
         write_timeout: doc.duration(s, "write_timeout", (secs(1), secs(300)), WRITE_TIMEOUT),
+        max_queued_bytes: size(
+            doc,
+            "max_queued_bytes",
+            (16 * 1024, 64 * 1024 * 1024),
+            MAX_QUEUED_BYTES,
+        ),
         max_connections: size(doc, "max_connections", (1, 1_000_000), MAX_CONNECTIONS),
         max_handshakes: size(doc, "max_handshakes", (1, 100_000), MAX_HANDSHAKES),
         max_outstanding: size(doc, "max_outstanding", (1, 10_000_000), MAX_OUTSTANDING),
     };
+    if limits.max_queued_bytes
+        < limits
+            .max_header_bytes
+            .saturating_add(limits.max_body_bytes)
+    {
+        let line = doc.line_of_key(s, "max_queued_bytes");
+        doc.problem(
+            line,
+            s.key("max_queued_bytes"),
+            "must hold at least one largest message (max_header_bytes + max_body_bytes)",
+        );
+    }
     if limits.max_line_bytes > limits.max_header_bytes {
         let line = doc.line_of_key(s, "max_line_bytes");
         doc.problem(

@@ -275,6 +275,9 @@ fn cross_checks() {
         EMBEDDED_DEFAULT.to_string() + "\n[next_hop.probe]\ninterval = \"1s\"\ntimeout = \"2s\"\n";
     assert_eq!(problems(&probe)[0].1, "next_hop.probe.timeout");
 
+    let queue = EMBEDDED_DEFAULT.to_string() + "\n[limits]\nmax_queued_bytes = 16384\n";
+    assert_eq!(problems(&queue)[0].1, "limits.max_queued_bytes");
+
     let wildcard = EMBEDDED_DEFAULT.replace("127.0.0.1:5061", "0.0.0.0:5061");
     assert!(problems(&wildcard)[0].2.contains("wildcard"));
 }

@@ -103,6 +103,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(1800),
             write_timeout: Duration::from_secs(10),
+            max_queued_bytes: 1024 * 1024,
             max_connections: 1000,
             max_handshakes: 256,
             max_outstanding: 10_000,
