@@ -443,3 +443,178 @@ async fn a_slow_pool_gets_new_dialogs_refused_while_dialogs_in_progress_continue
     assert_eq!(shared.stats.rejects("overloaded", Side::External), 1);
     edge.stop().await;
 }
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The real binary, alone in its process, on the documented default limits but with bans
+/// off, under a flood from 30 sources (600 TLS connections that never read, 200 pipelined
+/// requests each, a maximal header block, garbage): its peak RSS stays bounded, and a polite
+/// user is served throughout.
+#[test]
+fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let state = tempfile::tempdir().unwrap();
+    let (ext, int, dir) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.2"),
+        free_port("127.0.0.1"),
+    );
+    let topology = sipedge::topology::EMBEDDED_DEFAULT
+        .replace("127.0.0.1:5061", &format!("127.0.0.1:{ext}"))
+        .replace("127.0.0.2:5061", &format!("127.0.0.2:{int}"))
+        .replace("127.0.0.1:5070", &format!("127.0.0.1:{dir}"))
+        // No bans: every attacking connection gets in and stays, the worst case for memory.
+        + "\n[firewall]\nban_after = 0\n";
+    let file = state.path().join("edge.toml");
+    std::fs::write(&file, topology).unwrap();
+    let mut edge = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["run", "--topology"])
+        .arg(&file)
+        .env("SIPEDGE_STATE_DIR", state.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = edge.id();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
+    let edge = Kill(edge);
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("external TLS SIP on") {
+            break;
+        }
+    }
+    let pki = sipedge::tls::DevPki::at(&state.path().join("dev-pki"));
+    let roots =
+        sipedge::tls::load_roots(&sipedge::topology::CaSource::Pem(pki.ca_cert.clone()), None)
+            .unwrap();
+    let director_cert = pki.source(sipedge::tls::DevRole::Director);
+    let material =
+        sipedge::tls::load_cert(&director_cert, None, sipedge::tls::DevRole::Director).unwrap();
+    let edge_addr: std::net::SocketAddr = format!("127.0.0.1:{ext}").parse().unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (before, ok, refused, hwm) = rt.block_on(async {
+        let director = Director::start_with(
+            material,
+            roots.clone(),
+            format!("127.0.0.1:{dir}").parse().unwrap(),
+        )
+        .await;
+        *director.auto_answer.lock().unwrap() = Some(200);
+        // The probes bring the Director up.
+        let (up, _) = polite_user(roots.clone(), edge_addr, "127.0.0.40", 1, Duration::ZERO).await;
+        let mut tries = 0;
+        while up == 0 && tries < 50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tries += 1;
+            if polite_user(roots.clone(), edge_addr, "127.0.0.40", 1, Duration::ZERO)
+                .await
+                .0
+                == 1
+            {
+                break;
+            }
+        }
+        let before = vm_hwm_kib(pid);
+        let polite = tokio::spawn(polite_user(
+            roots.clone(),
+            edge_addr,
+            "127.0.0.41",
+            100,
+            Duration::from_millis(50),
+        ));
+
+        let big = "x".repeat(30_000);
+        let mut attackers = Vec::new();
+        for source in 0..30u32 {
+            let roots = roots.clone();
+            let big = big.clone();
+            attackers.push(tokio::spawn(async move {
+                let ip = format!("127.0.1.{}", source + 1);
+                let mut refused = 0u32;
+                let mut open = Vec::new();
+                for conn in 0..20u32 {
+                    let cfg = sipedge::tls::client_config_trusting(roots.clone(), None).unwrap();
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+                    let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, socket.connect(edge_addr)).await
+                    else {
+                        refused += 1;
+                        continue;
+                    };
+                    let tls = tokio_rustls::TlsConnector::from(cfg).connect(
+                        rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+                        tcp,
+                    );
+                    let Ok(Ok(mut stream)) = tokio::time::timeout(WAIT, tls).await else {
+                        refused += 1;
+                        continue;
+                    };
+                    let mut burst = String::new();
+                    for i in 0..200 {
+                        burst.push_str(&options(&format!("f{source}-{conn}"), i));
+                    }
+                    // A maximal header block, then garbage.
+                    burst.push_str(&options("big", 0).replace(
+                        "Content-Length: 0",
+                        &format!("X-Big: {big}\r\nContent-Length: 0"),
+                    ));
+                    burst.push_str("GARBAGE GARBAGE\r\n\r\n");
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(WAIT, stream.write_all(burst.as_bytes())).await;
+                    // Never read: the edge's answers pile up on its side, within its bounds.
+                    open.push(stream);
+                }
+                (refused, open)
+            }));
+        }
+        let mut refused = 0;
+        let mut open = Vec::new();
+        for a in attackers {
+            let (r, conns) = a.await.unwrap();
+            refused += r;
+            open.extend(conns);
+        }
+        let (ok, _) = polite.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let hwm = vm_hwm_kib(pid);
+        drop(open);
+        (before, ok, refused, hwm)
+    });
+    drop(edge);
+    eprintln!(
+        "edge process under flood: peak RSS {} KiB before, {} KiB after (30 sources x 20 connections, {} refused); polite user {ok}/100",
+        before, hwm, refused
+    );
+    assert!(ok >= 99, "polite user {ok}/100");
+    assert!(hwm < 256 * 1024, "edge peak RSS {hwm} KiB");
+}

@@ -301,10 +301,18 @@ impl Director {
     }
 
     pub async fn start_at(pki: &Pki, at: SocketAddr) -> Director {
+        Self::start_with(pki.material(DevRole::Director), pki.roots(), at).await
+    }
+
+    /// A Director with the given certificate, requiring client certificates from `roots`.
+    pub async fn start_with(
+        material: tls::CertifiedKeyMaterial,
+        roots: rustls::RootCertStore,
+        at: SocketAddr,
+    ) -> Director {
         let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cfg = tls::server_config_requiring_client(pki.material(DevRole::Director), pki.roots())
-            .unwrap();
+        let cfg = tls::server_config_requiring_client(material, roots).unwrap();
         let acceptor = TlsAcceptor::from(cfg);
         let (tx, rx) = mpsc::unbounded_channel();
         let senders: Arc<Mutex<Vec<mpsc::UnboundedSender<Vec<u8>>>>> = Arc::default();
