@@ -178,6 +178,13 @@ pub fn topology(data: &[u8]) {
             assert!(!t.edge.sip_domains.is_empty());
             assert!(t.next_hop.probe.timeout < t.next_hop.probe.interval);
             assert!(t.limits.max_line_bytes <= t.limits.max_header_bytes);
+            if let Some(ops) = &t.operations {
+                assert_ne!(
+                    ops.listen.ip(),
+                    t.external.sip_bind.ip(),
+                    "operations on the external interface"
+                );
+            }
         }
         Err(e) => {
             assert!(!e.problems.is_empty());

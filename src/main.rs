@@ -165,6 +165,9 @@ async fn run(topology: sipedge::topology::Topology) -> ExitCode {
         );
         println!("sipedge: clients trust {}", pki.ca_cert.display());
     }
+    if let Some(ops) = edge.operations {
+        println!("sipedge: operations on http://{ops}/healthz and http://{ops}/metrics");
+    }
     println!(
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
         edge.external, edge.internal, topology.next_hop.members

@@ -100,7 +100,7 @@ fn usage_errors_exit_64_and_version_prints() {
 /// Skipped (with a message) if something else on this machine holds those ports.
 #[test]
 fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_sigterm() {
-    for addr in ["127.0.0.1:5061", "127.0.0.2:5061"] {
+    for addr in ["127.0.0.1:5061", "127.0.0.2:5061", "127.0.0.2:9095"] {
         if std::net::TcpListener::bind(addr).is_err() {
             eprintln!("SKIPPED: {addr} is in use on this machine");
             return;
@@ -157,6 +157,9 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
         let mut client = Client::connect_with_roots(ca, "127.0.0.1:5061".parse().unwrap()).await;
         client.send_bytes(b"\r\n\r\n").await;
         assert_eq!(client.recv().await, "\r\n");
+        // No Director on 127.0.0.1:5070: the load balancer is told not to send traffic.
+        let health = http_get("127.0.0.2:9095", "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
     });
 
     let status = Command::new("kill")

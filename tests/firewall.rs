@@ -479,6 +479,7 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .replace("127.0.0.1:5061", &format!("127.0.0.1:{ext}"))
         .replace("127.0.0.2:5061", &format!("127.0.0.2:{int}"))
         .replace("127.0.0.1:5070", &format!("127.0.0.1:{dir}"))
+        .replace("127.0.0.2:9095", &format!("127.0.0.2:{}", free_port("127.0.0.2")))
         // No bans: every attacking connection gets in and stays, the worst case for memory.
         + "\n[firewall]\nban_after = 0\n";
     let file = state.path().join("edge.toml");

@@ -23,3 +23,6 @@ mod cli;
 
 /// The application firewall under floods, slowloris, deaf clients and handshake floods.
 mod firewall;
+
+/// Health and metrics for operators and load balancers.
+mod operations;

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use crate::core::limits::{Gcra, Rate};
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: human-readable lines, or JSON lines with `json`.

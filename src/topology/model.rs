@@ -18,6 +18,14 @@ pub struct Topology {
     pub next_hop: NextHopPool,
     pub limits: Limits,
     pub firewall: Firewall,
+    /// The operations listener (`/healthz`, `/metrics`), if any.
+    pub operations: Option<Operations>,
+}
+
+/// The operations listener: plain HTTP on an internal or management address only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operations {
+    pub listen: SocketAddr,
 }
 
 /// Who the edge is.

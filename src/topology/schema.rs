@@ -64,7 +64,9 @@ const ROOT_KEYS: &[&str] = &[
     "next_hop",
     "limits",
     "firewall",
+    "operations",
 ];
+const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
 const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
 const EXTERNAL_TLS_KEYS: &[&str] = &[
@@ -145,6 +147,7 @@ pub(super) fn resolve(
     let next_hop = read_next_hop(doc, root);
     let limits = read_limits(doc, root);
     let firewall = read_firewall(doc, root);
+    let operations = read_operations(doc, root);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -160,6 +163,7 @@ pub(super) fn resolve(
         next_hop,
         limits,
         firewall: firewall?,
+        operations: operations?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -613,6 +617,16 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
     limits
 }
 
+/// `Some(None)` when there is no `[operations]` table; `None` on a problem.
+fn read_operations(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Operations>> {
+    let s = doc.table(root, "operations", OPERATIONS_KEYS, false);
+    if !s.present() {
+        return Some(None);
+    }
+    let (listen, _) = doc.socket_addr(s, "listen", true)?;
+    Some(Some(Operations { listen }))
+}
+
 fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
     use defaults::*;
     let s = doc.table(root, "firewall", FIREWALL_KEYS, false);
@@ -690,6 +704,19 @@ fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
             ),
         );
     }
+    if let Some(ops) = &t.operations {
+        let section = doc.peek(root, "operations");
+        let line = doc.line_of_key(section, "listen");
+        if ops.listen.ip() == t.external.sip_bind.ip() {
+            doc.problem(
+                line,
+                "operations.listen",
+                "on the external interface: health, status and metrics are for the inside only",
+            );
+        } else if ops.listen == t.internal.sip_bind {
+            doc.problem(line, "operations.listen", "same address as internal.sip");
+        }
+    }
     for member in &t.next_hop.members {
         if *member == t.internal.sip_bind || *member == t.external.sip_bind {
             let line = doc.line_of_key(next_hop, "members");
@@ -746,5 +773,6 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("next_hop.probe", PROBE_KEYS),
         ("limits", LIMIT_KEYS),
         ("firewall", FIREWALL_KEYS),
+        ("operations", OPERATIONS_KEYS),
     ]
 }

@@ -51,6 +51,7 @@ fn embedded_default_is_the_loopback_edge() {
     assert_eq!(t.next_hop.probe.rise, 2);
     assert_eq!(t.next_hop.probe.fall, 3);
     assert_eq!(t.source, None);
+    assert_eq!(t.operations.unwrap().listen, addr("127.0.0.2:9095"));
 }
 
 #[test]
@@ -274,6 +275,11 @@ fn cross_checks() {
     let probe =
         EMBEDDED_DEFAULT.to_string() + "\n[next_hop.probe]\ninterval = \"1s\"\ntimeout = \"2s\"\n";
     assert_eq!(problems(&probe)[0].1, "next_hop.probe.timeout");
+
+    let ops = EMBEDDED_DEFAULT.replace("127.0.0.2:9095", "127.0.0.1:9095");
+    let found = problems(&ops);
+    assert_eq!(found[0].1, "operations.listen");
+    assert!(found[0].2.contains("external"), "{found:?}");
 
     let queue = EMBEDDED_DEFAULT.to_string() + "\n[limits]\nmax_queued_bytes = 16384\n";
     assert_eq!(problems(&queue)[0].1, "limits.max_queued_bytes");

@@ -116,6 +116,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             connection_request_burst: 1_000_000,
             ..Firewall::default()
         },
+        operations: None,
     }
 }
 
@@ -493,4 +494,27 @@ pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
 
 pub fn state_dir(p: &Path) -> PathBuf {
     p.to_path_buf()
+}
+
+/// One plain HTTP GET (the operations listener); the whole answer as text.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// Sends `request` bytes and reads until the server closes.
+pub async fn http_raw(addr: &str, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to operations");
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+        .await
+        .expect("operations answered")
+        .unwrap();
+    String::from_utf8_lossy(&out).to_string()
 }

@@ -1,0 +1,106 @@
+//! The operations listener over real sockets: health for load balancers, live metrics,
+//! strict HTTP handling.
+
+use std::time::Duration;
+
+use sipedge::shell;
+use sipedge::topology::Operations;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn healthz_follows_the_pool_and_metrics_count_live() {
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.expect("operations listener").to_string();
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+
+    let health = http_get(&ops, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+
+    // One forwarded, one rejected: the counters move at once, not at session end.
+    let mut c = Client::connect(&pki, edge.external).await;
+    c.send(
+        "OPTIONS sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-m1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@sipedge.test>;tag=1\r\nTo: <sip:sipedge.test>\r\n\
+         Call-ID: m1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let _ = director.recv().await;
+    c.send(
+        "OPTIONS sip:elsewhere.example SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-m2\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@sipedge.test>;tag=1\r\nTo: <sip:x@elsewhere.example>\r\n\
+         Call-ID: m2\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(c.recv().await.starts_with("SIP/2.0 403 Domain Not Served"));
+
+    let metrics = http_get(&ops, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(metrics.contains("Content-Type: text/plain; version=0.0.4\r\n"));
+    for line in [
+        "sipedge_messages_forwarded_total{zone=\"external\"} 1\n",
+        "sipedge_rejects_total{reason=\"domain_not_served\",zone=\"external\"} 1\n",
+        "sipedge_rejects_total{reason=\"malformed_start_line\",zone=\"external\"} 0\n",
+        "sipedge_source_refusals_total{reason=\"request_rate\"} 0\n",
+        "sipedge_bans_total 0\n",
+        "sipedge_connections_accepted_total 1\n",
+        "# TYPE sipedge_rejects_total counter\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        "sipedge_next_hop_up{{member=\"{}\"}} 1\n",
+        director.addr
+    )));
+
+    // The Director goes away: health turns 503 (probes fail, or the connection is lost).
+    director.kill();
+    eventually("the next hop down", || !shared.pool.any_up()).await;
+    let health = http_get(&ops, "/healthz").await;
+    assert!(
+        health.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{health}"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn the_operations_listener_refuses_what_it_does_not_serve() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.unwrap().to_string();
+    assert!(http_get(&ops, "/nope").await.starts_with("HTTP/1.1 404 "));
+    let post = http_raw(&ops, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+    assert!(
+        post.starts_with("HTTP/1.1 405 ") && post.contains("\r\nAllow: GET\r\n"),
+        "{post}"
+    );
+    assert!(http_raw(&ops, b"GET\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400 "));
+    assert!(http_raw(&ops, b"GET / SIP/2.0\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400 "));
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+    assert!(http_raw(&ops, huge.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 431 "));
+    // A silent client is dropped after the read timeout; others are served meanwhile.
+    let _silent = tokio::net::TcpStream::connect(&ops).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(http_get(&ops, "/healthz").await.starts_with("HTTP/1.1 "));
+    edge.stop().await;
+}
