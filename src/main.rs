@@ -34,8 +34,73 @@ enum Command {
         #[arg(long, short)]
         topology: PathBuf,
     },
+    /// Manage the pool key ring (relay credentials, flow tokens).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+    /// Mint or verify TURN REST credentials with a key ring.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new ring with one key (refuses to replace an existing file).
+    Init {
+        #[arg(long)]
+        ring: PathBuf,
+    },
+    /// Add a key that becomes the signing key after --signs-in (time to copy the ring to every
+    /// pool member); prune keys whose credentials have all expired.
+    Rotate {
+        #[arg(long)]
+        ring: PathBuf,
+        /// Delay before the new key signs, e.g. 0s, 10m, 1h.
+        #[arg(long, default_value = "1h")]
+        signs_in: String,
+    },
+    /// List the keys (ids and times, never secrets).
+    List {
+        #[arg(long)]
+        ring: PathBuf,
+    },
+    /// Adopt an existing shared secret (e.g. coturn's static-auth-secret) as the signing key.
+    Import {
+        #[arg(long)]
+        ring: PathBuf,
+        /// File holding the secret (never on the command line).
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a username and password for --user, valid for --ttl.
+    Mint {
+        #[arg(long)]
+        ring: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Lifetime, 1m to 180d.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+    },
+    /// Exit 0 when the credential is valid now; otherwise print why and exit 1.
+    Verify {
+        #[arg(long)]
+        ring: PathBuf,
+        /// Longest lifetime accepted.
+        #[arg(long, default_value = "180d")]
+        max_lifetime: String,
+        username: String,
+        password: String,
+    },
 }
 
 const EX_USAGE: u8 = 64;
@@ -58,6 +123,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { topology } => check(&topology),
+        Command::Keys { action } => keys(action),
+        Command::Token { action } => token(action),
         Command::Run {
             topology,
             json_logs,
@@ -143,6 +210,181 @@ fn check(path: &std::path::Path) -> ExitCode {
         t.next_hop.members.len()
     );
     ExitCode::SUCCESS
+}
+
+fn duration_arg(name: &str, text: &str) -> Result<u64, ExitCode> {
+    sipedge::topology::parse_duration(text).map(|d| d.as_secs()).ok_or_else(|| {
+        eprintln!("{name}: \"{text}\" is not a duration (write seconds, or a number with s, m, h or d)");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+/// `sipedge keys ...`. Exit 1 when the file cannot be used, 64 on bad arguments.
+fn keys(action: KeysCommand) -> ExitCode {
+    use sipedge::core::keyring::Ring;
+    use sipedge::shell::keyfile;
+    let now = sipedge::shell::clock::now_unix();
+    let result = match action {
+        KeysCommand::Init { ring } => keyfile::random_secret()
+            .and_then(|secret| keyfile::store(&ring, &Ring::init(secret, now), true))
+            .map(|()| {
+                format!(
+                    "{}: new ring with key k1 (signing now); copy it to every pool member",
+                    ring.display()
+                )
+            }),
+        KeysCommand::Rotate { ring, signs_in } => {
+            let signs_in = match duration_arg("--signs-in", &signs_in) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            keyfile::load(&ring).and_then(|mut r| {
+                let secret = keyfile::random_secret()?;
+                let pruned = r.prune(now);
+                let id = r
+                    .rotate(secret, now, signs_in)
+                    .map_err(|source| keyfile::KeyFileError::Ring { path: ring.clone(), source })?
+                    .id
+                    .clone();
+                keyfile::store(&ring, &r, false)?;
+                Ok(format!(
+                    "{}: added {id}, signing in {signs_in} s; pruned {pruned:?}; copy the ring to every pool member now",
+                    ring.display()
+                ))
+            })
+        }
+        KeysCommand::List { ring } => keyfile::load(&ring).map(|r| {
+            let signing = r.signing_key(now).map(|k| k.id.clone());
+            let mut out = format!(
+                "{:<8} {:>12} {:>12}  status\n",
+                "id", "created", "signs_from"
+            );
+            for k in r.keys() {
+                let status = if Some(&k.id) == signing.as_ref() {
+                    "signing".to_string()
+                } else if k.signs_from > now {
+                    format!("signs in {} s", k.signs_from - now)
+                } else {
+                    match r.retired_at(k, now) {
+                        Some(t) => {
+                            format!("verifies only (retired {} s ago)", now.saturating_sub(t))
+                        }
+                        None => "verifies".to_string(),
+                    }
+                };
+                out.push_str(&format!(
+                    "{:<8} {:>12} {:>12}  {status}\n",
+                    k.id, k.created, k.signs_from
+                ));
+            }
+            out.trim_end().to_string()
+        }),
+        KeysCommand::Import { ring, secret_file } => std::fs::read_to_string(&secret_file)
+            .map_err(|source| keyfile::KeyFileError::Io {
+                path: secret_file.clone(),
+                source,
+            })
+            .and_then(|secret| {
+                let mut r = if ring.exists() {
+                    keyfile::load(&ring)?
+                } else {
+                    Ring::default()
+                };
+                let id = r
+                    .import(&secret, now)
+                    .map_err(|source| keyfile::KeyFileError::Ring {
+                        path: ring.clone(),
+                        source,
+                    })?
+                    .id
+                    .clone();
+                keyfile::store(&ring, &r, false)?;
+                Ok(format!(
+                    "{}: imported the secret as {id} (signing now)",
+                    ring.display()
+                ))
+            }),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sipedge keys: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sipedge token ...`. Verify exits 0 only for a valid credential.
+fn token(action: TokenCommand) -> ExitCode {
+    use sipedge::core::credentials;
+    use sipedge::shell::keyfile;
+    let now = sipedge::shell::clock::now_unix();
+    match action {
+        TokenCommand::Mint { ring, user, ttl } => {
+            let ttl = match duration_arg("--ttl", &ttl) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            if !(credentials::MIN_LIFETIME_SECS
+                ..=sipedge::core::keyring::MAX_CREDENTIAL_LIFETIME_SECS)
+                .contains(&ttl)
+            {
+                eprintln!("--ttl: between 1m and 180d");
+                return ExitCode::from(EX_USAGE);
+            }
+            let r = match keyfile::load(&ring) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sipedge token: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match credentials::mint(&r, &user, ttl, now) {
+                Ok(c) => {
+                    println!(
+                        "username: {}\npassword: {}\nexpires:  {} (unix)",
+                        c.username, c.password, c.expires
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sipedge token: {e}");
+                    ExitCode::from(EX_USAGE)
+                }
+            }
+        }
+        TokenCommand::Verify {
+            ring,
+            max_lifetime,
+            username,
+            password,
+        } => {
+            let max = match duration_arg("--max-lifetime", &max_lifetime) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let r = match keyfile::load(&ring) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("sipedge token: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match credentials::verify(&r, &username, &password, now, max) {
+                Ok(user) => {
+                    println!("valid: user {user}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("invalid: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 async fn run(topology: sipedge::topology::Topology) -> ExitCode {

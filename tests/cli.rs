@@ -180,3 +180,106 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
     };
     assert!(exit.success(), "exit status {exit}");
 }
+
+fn sipedge(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn keys_and_tokens_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = dir.path().join("ring.toml");
+    let ring_s = ring.to_str().unwrap();
+    assert!(sipedge(&["keys", "init", "--ring", ring_s])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::metadata(&ring).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // init never replaces a ring.
+    let again = sipedge(&["keys", "init", "--ring", ring_s]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let mint = sipedge(&[
+        "token", "mint", "--ring", ring_s, "--user", "alice", "--ttl", "1h",
+    ]);
+    assert!(mint.status.success());
+    let out = String::from_utf8_lossy(&mint.stdout).to_string();
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (user, pass) = (field("username:"), field("password:"));
+    assert!(user.ends_with(":alice"), "{out}");
+
+    // Rotation: the credential minted before still verifies, and new ones are signed by k2.
+    let rotate = sipedge(&["keys", "rotate", "--ring", ring_s, "--signs-in", "0s"]);
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let verify = sipedge(&["token", "verify", "--ring", ring_s, &user, &pass]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let list =
+        String::from_utf8_lossy(&sipedge(&["keys", "list", "--ring", ring_s]).stdout).to_string();
+    assert!(
+        list.contains("k2") && list.contains("signing") && list.contains("verifies only"),
+        "{list}"
+    );
+    assert!(!std::fs::read_to_string(&ring).unwrap().is_empty());
+    assert!(
+        !list.contains(&std::fs::read_to_string(&ring).unwrap()[200..220]),
+        "no secrets listed"
+    );
+
+    // Tampered: exit 1 with the reason.
+    let tampered = user.replace("alice", "mallory");
+    let bad = sipedge(&["token", "verify", "--ring", ring_s, &tampered, &pass]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("signature does not match"));
+
+    // A coturn secret imported: credentials minted by `coturn`'s formula verify.
+    let secret = dir.path().join("coturn-secret");
+    std::fs::write(&secret, "north-pole-secret-0001\n").unwrap();
+    assert!(sipedge(&[
+        "keys",
+        "import",
+        "--ring",
+        ring_s,
+        "--secret-file",
+        secret.to_str().unwrap()
+    ])
+    .status
+    .success());
+
+    // A ring others can read is refused.
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let open = sipedge(&["token", "mint", "--ring", ring_s, "--user", "alice"]);
+    assert_eq!(open.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&open.stderr).contains("chmod 600"));
+    // Bad arguments are usage errors.
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        sipedge(&["token", "mint", "--ring", ring_s, "--user", "a", "--ttl", "10s"])
+            .status
+            .code(),
+        Some(64)
+    );
+    assert_eq!(
+        sipedge(&["token", "mint", "--ring", ring_s, "--user", "a", "--ttl", "soon"])
+            .status
+            .code(),
+        Some(64)
+    );
+}

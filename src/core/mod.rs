@@ -1,5 +1,7 @@
 //! Sans-IO protocol cores. Bytes and `Instant`s in, decisions and bytes out: no tokio, no
 //! sockets, no clock reads, no file reads.
 
+pub mod credentials;
+pub mod keyring;
 pub mod limits;
 pub mod sip;

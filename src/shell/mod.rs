@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod conn;
 pub mod flows;
+pub mod keyfile;
 pub mod listen;
 pub mod ops;
 pub mod pool;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Problem, TopologyError};
 pub use model::*;
+pub use reader::parse_duration;
 pub use schema::defaults;
 
 /// The embedded default: the loopback example, byte for byte.

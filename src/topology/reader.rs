@@ -384,7 +384,7 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// `250ms`, `10s`, `5m`, `2h`, `1d`, or a bare number of seconds.
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = text.split_at(digits);
