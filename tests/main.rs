@@ -26,3 +26,6 @@ mod firewall;
 
 /// Health and metrics for operators and load balancers.
 mod operations;
+
+/// Real TURN peer: coturn accepts sipedge's credentials.
+mod coturn;
