@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::core::keyring::{Purpose, Ring};
 use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::health::ProbeConfig;
@@ -33,7 +34,7 @@ use crate::core::sip::token::{FlowId, FlowKeys};
 use crate::core::sip::Why;
 use crate::obs::LogLimiter;
 use crate::tls::{self, DevNames, DevPki, DevRole, TlsError};
-use crate::topology::{CaSource, CertSource, Topology};
+use crate::topology::{CaSource, CertSource, KeysSource, Topology};
 
 use flows::FlowTable;
 use pool::Pool;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub limits: ConnLimits,
     /// Per-source limits and bans of the external zone.
     pub guard: SourceGuard,
+    /// The A/V authentication service (pool ring + relay), when configured.
+    pub credentials: Option<CredentialService>,
     pub shutdown: watch::Receiver<bool>,
     pub stats: Stats,
     /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
@@ -202,6 +205,8 @@ pub enum StartError {
     ServerName(String),
     #[error("no secure random numbers: {0}")]
     Random(String),
+    #[error("key ring: {0}")]
+    Keys(#[from] keyfile::KeyFileError),
 }
 
 /// A started edge.
@@ -232,6 +237,37 @@ impl RunningEdge {
         {
             tracing::warn!("tasks still running after 5 s; aborting them");
             self.tasks.abort_all();
+        }
+    }
+}
+
+/// What the A/V authentication service issues from.
+#[derive(Clone, Debug)]
+pub struct CredentialService {
+    pub ring: Ring,
+    pub relay: crate::topology::Relay,
+}
+
+/// The pool key ring: the file the topology names, or a dev ring under `state_dir`
+/// generated on first start.
+fn load_ring(t: &Topology) -> Result<Option<Ring>, StartError> {
+    match &t.keys {
+        None => Ok(None),
+        Some(KeysSource::File(path)) => Ok(Some(keyfile::load(path)?)),
+        Some(KeysSource::Dev) => {
+            let path = t.state_dir.join("ring.toml");
+            if !path.exists() {
+                std::fs::create_dir_all(&t.state_dir).map_err(|source| {
+                    keyfile::KeyFileError::Io {
+                        path: t.state_dir.clone(),
+                        source,
+                    }
+                })?;
+                let ring = Ring::init(keyfile::random_secret()?, clock::now_unix());
+                keyfile::store(&path, &ring, true)?;
+                tracing::info!(path = %path.display(), "generated a dev key ring");
+            }
+            Ok(Some(keyfile::load(&path)?))
         }
     }
 }
@@ -340,7 +376,33 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         .fill(&mut secret)
         .and_then(|()| random.fill(&mut seed))
         .map_err(|e| StartError::Random(format!("{e:?}")))?;
-    let keys = FlowKeys::new(&secret, Default::default());
+    let ring = load_ring(topology)?;
+    let keys = match &ring {
+        // Flow tokens keyed by the pool ring: any member verifies any member's tokens, and
+        // tokens signed before a rotation still verify after it.
+        Some(ring) => {
+            let now = clock::now_unix();
+            let signing = ring
+                .signing_key(now)
+                .map(|k| k.derive(Purpose::FlowToken))
+                .unwrap_or(secret);
+            let older: Vec<[u8; 32]> = ring
+                .keys()
+                .iter()
+                .map(|k| k.derive(Purpose::FlowToken))
+                .filter(|k| *k != signing)
+                .collect();
+            FlowKeys::with_older(&signing, &older, Default::default())
+        }
+        None => FlowKeys::new(&secret, Default::default()),
+    };
+    let credentials = match (&ring, &topology.relay) {
+        (Some(ring), Some(relay)) => Some(CredentialService {
+            ring: ring.clone(),
+            relay: relay.clone(),
+        }),
+        _ => None,
+    };
 
     let proxy = Proxy::new(proxy_config(topology, ext_addr, int_addr), keys);
     let (pool, queues) = Pool::new(
@@ -376,6 +438,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             },
         },
         guard: SourceGuard::new(source_policy(&topology.firewall)),
+        credentials,
         reject_log: LogLimiter::new(Rate {
             per_sec: 20,
             burst: 100,

@@ -20,6 +20,31 @@ pub struct Topology {
     pub firewall: Firewall,
     /// The operations listener (`/healthz`, `/metrics`), if any.
     pub operations: Option<Operations>,
+    /// The pool key ring (flow tokens, relay credentials), if any; without it flow tokens
+    /// use a per-process random key and no credentials are issued.
+    pub keys: Option<KeysSource>,
+    /// The media relay as clients are told about it, and the credentials issued for it.
+    pub relay: Option<Relay>,
+}
+
+/// Where the pool key ring comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeysSource {
+    /// A ring file shared by every edge of the pool (`sipedge keys init`).
+    File(PathBuf),
+    /// Generated under `state_dir` on first start (the loopback default only).
+    Dev,
+}
+
+/// The A/V relay as the credential service advertises it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Relay {
+    /// The relay's public host name (what clients connect to for TURN).
+    pub host: String,
+    pub udp_port: u16,
+    pub tcp_port: u16,
+    /// Lifetime of the credentials issued (1 minute to 180 days).
+    pub credential_lifetime: Duration,
 }
 
 /// The operations listener: plain HTTP on an internal or management address only.

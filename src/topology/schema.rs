@@ -65,7 +65,11 @@ const ROOT_KEYS: &[&str] = &[
     "limits",
     "firewall",
     "operations",
+    "keys",
+    "relay",
 ];
+const KEYS_KEYS: &[&str] = &["ring", "dev"];
+const RELAY_KEYS: &[&str] = &["host", "udp_port", "tcp_port", "credential_lifetime"];
 const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
 const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
@@ -148,6 +152,8 @@ pub(super) fn resolve(
     let limits = read_limits(doc, root);
     let firewall = read_firewall(doc, root);
     let operations = read_operations(doc, root);
+    let keys = read_keys(doc, root, &base);
+    let relay = read_relay(doc, root);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -164,6 +170,8 @@ pub(super) fn resolve(
         limits,
         firewall: firewall?,
         operations: operations?,
+        keys: keys?,
+        relay: relay?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -617,6 +625,75 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
     limits
 }
 
+/// `Some(None)` without a `[keys]` table; `None` on a problem.
+fn read_keys(doc: &mut Doc<'_>, root: Section<'_, '_>, base: &Path) -> Option<Option<KeysSource>> {
+    let s = doc.table(root, "keys", KEYS_KEYS, false);
+    if !s.present() {
+        return Some(None);
+    }
+    let dev = doc.boolean(s, "dev").is_some_and(|(b, _)| b);
+    let ring = doc.string(s, "ring", false);
+    match (dev, ring) {
+        (true, Some((_, line))) => {
+            doc.problem(line, s.key("ring"), "give ring or dev = true, not both");
+            None
+        }
+        (true, None) => Some(Some(KeysSource::Dev)),
+        (false, Some((path, _))) => Some(Some(KeysSource::File(base.join(path)))),
+        (false, None) => {
+            if !s.has("ring") {
+                doc.problem(
+                    doc.line_of_key(s, "ring"),
+                    s.key("ring"),
+                    "missing: the ring file (`sipedge keys init`), or dev = true",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// `Some(None)` without a `[relay]` table; `None` on a problem.
+fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>> {
+    let s = doc.table(root, "relay", RELAY_KEYS, false);
+    if !s.present() {
+        return Some(None);
+    }
+    let host = doc.string(s, "host", true).and_then(|(host, line)| {
+        let host = host.to_ascii_lowercase();
+        if valid_dns_name(&host) || host.parse::<std::net::IpAddr>().is_ok() {
+            Some(host)
+        } else {
+            doc.problem(
+                line,
+                s.key("host"),
+                format!("\"{host}\" is neither a DNS name nor an IP address"),
+            );
+            None
+        }
+    });
+    let port = |doc: &mut Doc<'_>, key, default| {
+        u16::try_from(doc.integer(s, key, (1, 65_535), default)).unwrap_or(1)
+    };
+    let udp_port = port(doc, "udp_port", 3478);
+    let tcp_port = port(doc, "tcp_port", 443);
+    let credential_lifetime = doc.duration(
+        s,
+        "credential_lifetime",
+        (
+            secs(60),
+            secs(crate::core::keyring::MAX_CREDENTIAL_LIFETIME_SECS),
+        ),
+        secs(crate::core::credentials::DEFAULT_LIFETIME_SECS),
+    );
+    Some(Some(Relay {
+        host: host?,
+        udp_port,
+        tcp_port,
+        credential_lifetime,
+    }))
+}
+
 /// `Some(None)` when there is no `[operations]` table; `None` on a problem.
 fn read_operations(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Operations>> {
     let s = doc.table(root, "operations", OPERATIONS_KEYS, false);
@@ -717,6 +794,14 @@ fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
             doc.problem(line, "operations.listen", "same address as internal.sip");
         }
     }
+    if t.relay.is_some() && t.keys.is_none() {
+        let line = doc.line_of_key(doc.peek(root, "relay"), "host");
+        doc.problem(
+            line,
+            "relay",
+            "relay credentials need the pool key ring: add [keys]",
+        );
+    }
     for member in &t.next_hop.members {
         if *member == t.internal.sip_bind || *member == t.external.sip_bind {
             let line = doc.line_of_key(next_hop, "members");
@@ -774,5 +859,7 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("limits", LIMIT_KEYS),
         ("firewall", FIREWALL_KEYS),
         ("operations", OPERATIONS_KEYS),
+        ("keys", KEYS_KEYS),
+        ("relay", RELAY_KEYS),
     ]
 }

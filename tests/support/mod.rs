@@ -117,6 +117,8 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             ..Firewall::default()
         },
         operations: None,
+        keys: None,
+        relay: None,
     }
 }
 

@@ -53,11 +53,18 @@ pub enum TokenError {
     BadSignature,
 }
 
-/// The keys of this edge instance.
+/// The keys of this edge instance: one that signs, and older ones of the pool key ring that
+/// still verify (tokens in long-lived Record-Routes survive a key rotation).
 #[derive(Clone)]
 pub struct FlowKeys {
     mac: Hmac<Sha256>,
+    older: Vec<Hmac<Sha256>>,
     branch: std::collections::hash_map::RandomState,
+}
+
+fn hmac_key(secret: &[u8; 32]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length: this cannot fail for 32 bytes.
+    <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!())
 }
 
 impl FlowKeys {
@@ -67,14 +74,31 @@ impl FlowKeys {
         branch_seed: std::collections::hash_map::RandomState,
     ) -> FlowKeys {
         FlowKeys {
-            // HMAC accepts keys of any length: this cannot fail for 32 bytes.
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!()),
+            mac: hmac_key(secret),
+            older: Vec::new(),
+            branch: branch_seed,
+        }
+    }
+
+    /// Signs with `signing`; also accepts tokens of `older` keys.
+    pub fn with_older(
+        signing: &[u8; 32],
+        older: &[[u8; 32]],
+        branch_seed: std::collections::hash_map::RandomState,
+    ) -> FlowKeys {
+        FlowKeys {
+            mac: hmac_key(signing),
+            older: older.iter().map(hmac_key).collect(),
             branch: branch_seed,
         }
     }
 
     fn tag(&self, id: FlowId) -> [u8; MAC_BYTES] {
-        let mut mac = self.mac.clone();
+        Self::tag_with(&self.mac, id)
+    }
+
+    fn tag_with(key: &Hmac<Sha256>, id: FlowId) -> [u8; MAC_BYTES] {
+        let mut mac = key.clone();
         mac.update(b"sipedge-flow-v1");
         mac.update(&id.0.to_be_bytes());
         let full = mac.finalize().into_bytes();
@@ -106,8 +130,12 @@ impl FlowKeys {
             return Err(TokenError::Malformed);
         }
         let flow = FlowId(u64::from_be_bytes(id));
-        let expected = self.tag(flow);
-        if subtle::ConstantTimeEq::ct_eq(&expected[..], &mac[..]).into() {
+        // Every key is tried: the time taken does not tell which one matched.
+        let mut ok = subtle::ConstantTimeEq::ct_eq(&self.tag(flow)[..], &mac[..]);
+        for older in &self.older {
+            ok |= subtle::ConstantTimeEq::ct_eq(&Self::tag_with(older, flow)[..], &mac[..]);
+        }
+        if ok.into() {
             Ok(flow)
         } else {
             Err(TokenError::BadSignature)
@@ -164,6 +192,23 @@ mod tests {
 
     fn keys(secret: u8) -> FlowKeys {
         FlowKeys::new(&[secret; 32], Default::default())
+    }
+
+    #[test]
+    fn tokens_of_an_older_ring_key_still_verify_after_rotation() {
+        let old = keys(1);
+        let token = old.token(FlowId(7));
+        let rotated = FlowKeys::with_older(&[2; 32], &[[1; 32]], Default::default());
+        assert_eq!(rotated.verify(token.as_bytes()), Ok(FlowId(7)));
+        assert_ne!(
+            rotated.token(FlowId(7)).as_str(),
+            token.as_str(),
+            "new tokens use the new key"
+        );
+        assert_eq!(
+            keys(2).verify(token.as_bytes()),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
