@@ -121,7 +121,7 @@ pub fn roundtrip(data: &[u8]) {
         Action::Reject(why) => {
             let _ = proxy.answer(&msg.raw, why, Some(&msg));
         }
-        Action::ToFlow { .. } => {}
+        Action::ToFlow { .. } | Action::Credentials => {}
     }
 }
 
@@ -256,6 +256,9 @@ pub mod golden {
         proxy().keys().token(FlowId(n)).as_str().to_string()
     }
 
+    /// The time the golden A/V authentication service runs at (Unix seconds).
+    pub const GOLDEN_NOW: u64 = 1_800_000_000;
+
     /// The zone of golden flow `n`.
     pub fn zone(n: u64) -> Option<Side> {
         match n {
@@ -346,6 +349,34 @@ pub mod golden {
                         Action::Reject(why) => {
                             let answer = proxy.answer(&msg.raw, why, Some(&msg));
                             push_answer(&mut out, why, answer);
+                        }
+                        Action::Credentials => {
+                            // The A/V authentication service of the loopback default, at a
+                            // fixed time with a fixed ring: the answer is reproducible.
+                            let ring = crate::core::keyring::Ring::init([9; 32], GOLDEN_NOW);
+                            let relay = crate::core::avauth::RelayInfo {
+                                host: "av.sipedge.test".into(),
+                                udp_port: 3478,
+                                tcp_port: 443,
+                                max_lifetime_secs: 8 * 3600,
+                            };
+                            let (answer, _) = crate::core::avauth::answer(
+                                &msg,
+                                Some((&ring, &relay)),
+                                GOLDEN_NOW,
+                            );
+                            match answer {
+                                Some(bytes) => {
+                                    let line =
+                                        bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+                                    let status =
+                                        String::from_utf8_lossy(line.get(8..).unwrap_or_default())
+                                            .to_string();
+                                    out.events.push(format!("credentials {status}"));
+                                    out.answered.push(bytes);
+                                }
+                                None => out.events.push("drop".into()),
+                            }
                         }
                     }
                 }

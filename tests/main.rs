@@ -29,3 +29,6 @@ mod operations;
 
 /// Real TURN peer: coturn accepts sipedge's credentials.
 mod coturn;
+
+/// The A/V authentication service (relay credentials over SIP SERVICE).
+mod avauth;

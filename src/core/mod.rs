@@ -1,7 +1,9 @@
 //! Sans-IO protocol cores. Bytes and `Instant`s in, decisions and bytes out: no tokio, no
 //! sockets, no clock reads, no file reads.
 
+pub mod avauth;
 pub mod credentials;
 pub mod keyring;
 pub mod limits;
+pub mod mras;
 pub mod sip;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
 use super::Shared;
+use crate::core::avauth;
 use crate::core::limits::{Gcra, Refusal, Strike};
 use crate::core::sip::frame::{Frame, Framer};
 use crate::core::sip::message::{Message, Method};
@@ -221,6 +222,7 @@ impl Conn {
                     return self.strike(shared, now);
                 }
             }
+            Action::Credentials => self.issue_credentials(shared, &msg),
         }
         Ok(())
     }
@@ -302,6 +304,40 @@ impl Conn {
     /// so a token naming a flow in the sender's own zone is refused: otherwise a remote user
     /// who saw another user's token (in a Record-Route) could write to that user's
     /// connection without passing the Director.
+    /// The A/V authentication service (a SERVICE from the inside).
+    fn issue_credentials(&mut self, shared: &Shared, msg: &Message) {
+        let service = shared.credentials.as_ref().map(|c| (&c.ring, &c.relay));
+        let (answer, outcome) = avauth::answer(msg, service, clock::now_unix());
+        match &outcome {
+            avauth::Outcome::Issued {
+                identity,
+                lifetime_secs,
+            } => {
+                shared
+                    .stats
+                    .credentials_issued
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(flow = self.flow.id.0, identity = %identity.escape_default(), lifetime_secs, "relay credentials issued");
+            }
+            avauth::Outcome::Malformed(why) => {
+                shared
+                    .stats
+                    .credentials_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(flow = self.flow.id.0, reason = %why, "credentials request refused");
+            }
+            avauth::Outcome::NoService => {
+                shared
+                    .stats
+                    .credentials_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(answer) = answer {
+            self.out.extend_from_slice(&answer);
+        }
+    }
+
     fn send_to_flow(
         &mut self,
         shared: &Shared,

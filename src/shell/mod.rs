@@ -99,6 +99,9 @@ pub struct Stats {
     /// Connections closed because their source got banned (bans: `SourceGuard::bans_total`).
     pub banned_closes: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    /// Relay credentials issued by the A/V authentication service, and requests refused.
+    pub credentials_issued: AtomicU64,
+    pub credentials_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -115,6 +118,8 @@ impl Default for Stats {
             source_refusals: Default::default(),
             banned_closes: AtomicU64::new(0),
             handshakes_failed: AtomicU64::new(0),
+            credentials_issued: AtomicU64::new(0),
+            credentials_refused: AtomicU64::new(0),
         }
     }
 }
@@ -245,7 +250,7 @@ impl RunningEdge {
 #[derive(Clone, Debug)]
 pub struct CredentialService {
     pub ring: Ring,
-    pub relay: crate::topology::Relay,
+    pub relay: crate::core::avauth::RelayInfo,
 }
 
 /// The pool key ring: the file the topology names, or a dev ring under `state_dir`
@@ -399,7 +404,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let credentials = match (&ring, &topology.relay) {
         (Some(ring), Some(relay)) => Some(CredentialService {
             ring: ring.clone(),
-            relay: relay.clone(),
+            relay: crate::core::avauth::RelayInfo {
+                host: relay.host.clone(),
+                udp_port: relay.udp_port,
+                tcp_port: relay.tcp_port,
+                max_lifetime_secs: relay.credential_lifetime.as_secs(),
+            },
         }),
         _ => None,
     };

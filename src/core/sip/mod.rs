@@ -44,6 +44,7 @@ pub enum HeaderName {
     PAssertedIdentity,
     /// `Privacy` (RFC 3323): `id` means the asserted identity must not leave the trust domain.
     Privacy,
+    ContentType,
     Other,
 }
 
@@ -59,6 +60,7 @@ impl HeaderName {
                 Some(b'l') => HeaderName::ContentLength,
                 Some(b'm') => HeaderName::Contact,
                 Some(b'k') => HeaderName::Supported,
+                Some(b'c') => HeaderName::ContentType,
                 _ => HeaderName::Other,
             };
         }
@@ -83,6 +85,7 @@ impl HeaderName {
             ),
             (b"p-asserted-identity", HeaderName::PAssertedIdentity),
             (b"privacy", HeaderName::Privacy),
+            (b"content-type", HeaderName::ContentType),
         ];
         LONG.iter()
             .find(|(long, _)| long.eq_ignore_ascii_case(name))
@@ -109,6 +112,7 @@ impl HeaderName {
             HeaderName::MsEdgeProxyMessageTrust => "ms-edge-proxy-message-trust",
             HeaderName::PAssertedIdentity => "P-Asserted-Identity",
             HeaderName::Privacy => "Privacy",
+            HeaderName::ContentType => "Content-Type",
             HeaderName::Other => "header",
         }
     }

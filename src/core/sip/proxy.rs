@@ -90,6 +90,9 @@ pub enum Action {
     /// Refuse. The shell answers with [`Proxy::answer`] on the arriving flow (if any answer
     /// can be formed) and counts the reason.
     Reject(Why),
+    /// A relay-credentials request from the inside, for the edge's own A/V authentication
+    /// service (`core::avauth`) to answer.
+    Credentials,
 }
 
 /// The proxy: configuration and keys, shared read-only by every connection.
@@ -117,6 +120,19 @@ impl Proxy {
     /// Decides what to do with a validated message that arrived on `from`.
     pub fn handle(&self, from: &Flow, msg: &Message) -> Action {
         let result = match msg.kind {
+            Kind::Request { method, .. }
+                if method == Method::Service && is_credentials_request(msg) =>
+            {
+                match from.side {
+                    Side::Internal => Ok(Action::Credentials),
+                    // From outside only through the inside (the Director authenticates the
+                    // user and asks the edge's internal side); never answered here directly.
+                    Side::External if self.request_uri_is_own(msg) => {
+                        Err(Why::CredentialsFromOutside)
+                    }
+                    Side::External => self.inbound_request(from, msg, method),
+                }
+            }
             Kind::Request { method, .. } => match from.side {
                 Side::External => self.inbound_request(from, msg, method),
                 Side::Internal => self.outbound_request(from, msg, method),
@@ -449,6 +465,22 @@ impl Proxy {
             .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
     }
 
+    /// Whether the Request-URI names the edge itself (one of its own host names or addresses).
+    fn request_uri_is_own(&self, msg: &Message) -> bool {
+        let Kind::Request { uri, .. } = msg.kind else {
+            return false;
+        };
+        let bytes = msg.bytes(uri);
+        let Ok(parsed) = parse_uri(bytes) else {
+            return false;
+        };
+        let host = parsed.host.of(bytes);
+        self.cfg
+            .own_hosts
+            .iter()
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+    }
+
     fn is_own_via(&self, msg: &Message, host: Span, port: Option<u16>) -> bool {
         let host = msg.bytes(host);
         let port = port.unwrap_or(5061);
@@ -528,6 +560,21 @@ impl ApplyTidy for Splice {
         }
         self.apply(&msg.raw, msg.head.folded.then_some(msg.head.len))
     }
+}
+
+/// A SERVICE for the A/V authentication service (MS-AVEDGEA content type).
+fn is_credentials_request(msg: &Message) -> bool {
+    msg.head.headers.iter().any(|h| {
+        h.name == HeaderName::ContentType
+            && msg
+                .bytes(h.value)
+                .split(|&b| b == b';')
+                .next()
+                .is_some_and(|t| {
+                    t.trim_ascii()
+                        .eq_ignore_ascii_case(crate::core::mras::CONTENT_TYPE.as_bytes())
+                })
+    })
 }
 
 /// What must not leave the trust domain (RFC 3325 §5): the edge's own trust stamp always,

@@ -73,6 +73,8 @@ pub enum Why {
     },
     /// A response that names no flow of this edge: dropped.
     StrayResponse,
+    /// 403: relay credentials are issued to the inside only.
+    CredentialsFromOutside,
 }
 
 impl Why {
@@ -114,6 +116,7 @@ impl Why {
             Why::PoolUnavailable { .. } => (503, "Service Unavailable"),
             Why::Overloaded { .. } => (503, "Overloaded"),
             Why::RateLimited { .. } => (503, "Rate Limited"),
+            Why::CredentialsFromOutside => (403, "Credentials Issued Inside Only"),
             Why::StrayResponse => return None,
         })
     }
@@ -154,6 +157,7 @@ impl Why {
             Why::Overloaded { .. } => "overloaded",
             Why::RateLimited { .. } => "rate_limited",
             Why::StrayResponse => "stray_response",
+            Why::CredentialsFromOutside => "credentials_from_outside",
         }
     }
 
@@ -192,6 +196,7 @@ impl Why {
         "overloaded",
         "rate_limited",
         "stray_response",
+        "credentials_from_outside",
     ];
 
     /// Position of this reason's label in [`Why::LABELS`].
@@ -274,6 +279,18 @@ fn malformed_phrase(h: HeaderName) -> &'static str {
 ///
 /// `extra` holds whole header lines (with CRLF) to add, e.g. `Retry-After: 30\r\n`.
 pub fn response(raw: &[u8], status: u16, reason: &str, extra: &[u8]) -> Option<Vec<u8>> {
+    response_with_body(raw, status, reason, extra, None)
+}
+
+/// [`response`] with a body (`content_type`, bytes): answers the edge gives itself (the A/V
+/// authentication service).
+pub fn response_with_body(
+    raw: &[u8],
+    status: u16,
+    reason: &str,
+    extra: &[u8],
+    body: Option<(&str, &[u8])>,
+) -> Option<Vec<u8>> {
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -347,7 +364,20 @@ pub fn response(raw: &[u8], status: u16, reason: &str, extra: &[u8]) -> Option<V
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(extra);
-    out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
+    out.extend_from_slice(b"Server: sipedge\r\n");
+    match body {
+        Some((content_type, body)) => {
+            out.extend_from_slice(
+                format!(
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(body);
+        }
+        None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
+    }
     Some(out)
 }
 

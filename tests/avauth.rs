@@ -1,0 +1,201 @@
+//! The A/V authentication service over real sockets: a Front End (mutual TLS on the
+//! internal listener) asks for relay credentials with a Lync-style SERVICE and gets a
+//! credentialsResponse minted from the pool ring; two edges started from the same ring
+//! issue credentials that verify with either's keys; the same request from outside to the
+//! edge itself is refused.
+
+use sipedge::core::{credentials, keyring::Ring, mras};
+use sipedge::shell::{self, keyfile};
+use sipedge::topology::{KeysSource, Relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const LYNC_BODY: &str = "<request requestID=\"1390413\" from=\"sip:alice@sipedge.test\" version=\"1.0\" \
+    to=\"sip:edge.sipedge.test@sipedge.test;gruu;opaque=srvr:MRAS:8mFkTyb9wVWwzLpXWNlNgAAA\" \
+    xmlns=\"http://schemas.microsoft.com/2006/09/sip/mrasp\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\
+    <credentialsRequest credentialsRequestID=\"1390413\"><identity>sip:alice@sipedge.test</identity>\
+    <location>internet</location><duration>480</duration></credentialsRequest></request>";
+
+fn service(body: &str, branch: &str) -> String {
+    format!(
+        "SERVICE sip:edge.sipedge.test@sipedge.test;gruu;opaque=srvr:MRAS:8mFkTyb9wVWwzLpXWNlNgAAA SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 10.20.0.30:5061;branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=fe1\r\n\
+         To: <sip:edge.sipedge.test@sipedge.test>\r\nCall-ID: mras-{branch}\r\nCSeq: 1 SERVICE\r\n\
+         Content-Type: application/msrtc-media-relay-auth+xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A Front End's mutual-TLS connection to the edge's internal listener.
+async fn front_end(
+    pki: &Pki,
+    internal: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = sipedge::tls::client_config_trusting(
+        pki.roots(),
+        Some(pki.material(sipedge::tls::DevRole::Client)),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(internal).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.2").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("mutual TLS")
+}
+
+async fn ask(
+    fe: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &str,
+) -> String {
+    fe.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(m) = split_message(&mut buf) {
+            return String::from_utf8(m).unwrap();
+        }
+        let n = tokio::time::timeout(WAIT, fe.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "edge closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn element<'a>(xml: &'a str, name: &str) -> &'a str {
+    let open = format!("<{name}>");
+    let start = xml
+        .find(&open)
+        .unwrap_or_else(|| panic!("no <{name}> in {xml}"))
+        + open.len();
+    let end = xml[start..].find(&format!("</{name}>")).unwrap() + start;
+    &xml[start..end]
+}
+
+#[tokio::test]
+async fn credentials_over_service_from_two_edges_sharing_one_ring() {
+    let pki = Pki::new();
+    let ring_path = pki.dir.path().join("ring.toml");
+    keyfile::store(
+        &ring_path,
+        &Ring::init(
+            keyfile::random_secret().unwrap(),
+            sipedge::shell::clock::now_unix(),
+        ),
+        true,
+    )
+    .unwrap();
+    let director = Director::start(&pki).await;
+    let start = |internal: &'static str| {
+        let mut t = topology(&pki, &[director.addr]);
+        t.internal.sip_bind = internal.parse().unwrap();
+        t.keys = Some(KeysSource::File(ring_path.clone()));
+        t.relay = Some(Relay {
+            host: "av.sipedge.test".into(),
+            udp_port: 3478,
+            tcp_port: 443,
+            credential_lifetime: std::time::Duration::from_secs(8 * 3600),
+        });
+        t
+    };
+    let edge_a = shell::start(&start("127.0.0.2:0")).await.expect("edge A");
+    let edge_b = shell::start(&start("127.0.0.2:0")).await.expect("edge B");
+
+    let mut fe = front_end(&pki, edge_a.internal).await;
+    let answer = ask(&mut fe, &service(LYNC_BODY, "a1")).await;
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("Content-Type: application/msrtc-media-relay-auth+xml\r\n"),
+        "{answer}"
+    );
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    // The structure SIPE and Lync read (MS-AVEDGEA): response@reasonPhrase, credentials,
+    // mediaRelayList/mediaRelay.
+    assert!(body.contains(
+        "<response xmlns=\"http://schemas.microsoft.com/2006/09/sip/mrasp\" requestID=\"1390413\""
+    ));
+    assert!(body.contains("reasonPhrase=\"OK\""));
+    assert!(body.contains("<credentialsResponse credentialsRequestID=\"1390413\">"));
+    assert_eq!(element(body, "duration"), "480");
+    assert_eq!(element(body, "hostName"), "av.sipedge.test");
+    assert_eq!(element(body, "udpPort"), "3478");
+    assert_eq!(element(body, "tcpPort"), "443");
+    assert_eq!(element(body, "location"), "internet");
+    let (user, pass) = (
+        element(body, "username").to_string(),
+        element(body, "password").to_string(),
+    );
+    assert!(user.ends_with(":sip:alice@sipedge.test"), "{user}");
+
+    // Edge B, started from the same ring, issues credentials too; each edge's credential
+    // verifies with the ring both hold.
+    let mut fe_b = front_end(&pki, edge_b.internal).await;
+    let answer_b = ask(&mut fe_b, &service(LYNC_BODY, "b1")).await;
+    let body_b = &answer_b[answer_b.find("\r\n\r\n").unwrap() + 4..];
+    let ring = keyfile::load(&ring_path).unwrap();
+    let now = sipedge::shell::clock::now_unix();
+    for (u, p) in [
+        (user.as_str(), pass.as_str()),
+        (element(body_b, "username"), element(body_b, "password")),
+    ] {
+        assert_eq!(
+            credentials::verify(&ring, u, p, now, 8 * 3600),
+            Ok("sip:alice@sipedge.test")
+        );
+    }
+    assert_eq!(
+        edge_a
+            .shared
+            .stats
+            .credentials_issued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // Malformed XML: 400 with the reason, nothing issued.
+    let bad = ask(
+        &mut fe,
+        &service(
+            &LYNC_BODY
+                .replace("<identity>", "<identity>sip:bad name")
+                .replace("</request>", ""),
+            "a2",
+        ),
+    )
+    .await;
+    assert!(
+        bad.starts_with("SIP/2.0 400 Malformed Credentials Request\r\n"),
+        "{bad}"
+    );
+    assert!(bad.contains("Warning: 399 sipedge \""), "{bad}");
+    assert_eq!(
+        edge_a
+            .shared
+            .stats
+            .credentials_issued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // From outside, addressed to the edge itself: refused.
+    let mut remote = Client::connect(&pki, edge_a.external).await;
+    let outside = service(LYNC_BODY, "x1").replace(
+        "SERVICE sip:edge.sipedge.test@sipedge.test;gruu;opaque=srvr:MRAS:8mFkTyb9wVWwzLpXWNlNgAAA",
+        "SERVICE sip:edge.sipedge.test",
+    );
+    remote.send(&outside).await;
+    let refused = remote.recv().await;
+    assert!(
+        refused.starts_with("SIP/2.0 403 Credentials Issued Inside Only\r\n"),
+        "{refused}"
+    );
+    let _ = mras::CONTENT_TYPE;
+    edge_a.stop().await;
+    edge_b.stop().await;
+}
