@@ -199,3 +199,127 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
     edge_a.stop().await;
     edge_b.stop().await;
 }
+
+#[tokio::test]
+async fn the_turn_rest_endpoint_on_the_operations_listener() {
+    let pki = Pki::new();
+    let ring_path = pki.dir.path().join("ring.toml");
+    keyfile::store(
+        &ring_path,
+        &Ring::init(
+            keyfile::random_secret().unwrap(),
+            sipedge::shell::clock::now_unix(),
+        ),
+        true,
+    )
+    .unwrap();
+    let director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.keys = Some(KeysSource::File(ring_path.clone()));
+    t.relay = Some(Relay {
+        host: "av.sipedge.test".into(),
+        udp_port: 3478,
+        tcp_port: 443,
+        credential_lifetime: std::time::Duration::from_secs(8 * 3600),
+    });
+    t.operations = Some(sipedge::topology::Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.unwrap().to_string();
+    let ring = keyfile::load(&ring_path).unwrap();
+    let json_of = |answer: &str| -> serde_json::Value {
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("Content-Type: application/json\r\n"),
+            "{answer}"
+        );
+        serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+    };
+
+    // The draft's form.
+    let v = json_of(
+        &http_get(
+            &ops,
+            "/?service=turn&username=alice%40sipedge.test&ttl=3600",
+        )
+        .await,
+    );
+    assert_eq!(v["ttl"], 3600);
+    assert_eq!(
+        v["uris"],
+        serde_json::json!([
+            "turn:av.sipedge.test:3478?transport=udp",
+            "turn:av.sipedge.test:443?transport=tcp"
+        ])
+    );
+    let (u, p) = (
+        v["username"].as_str().unwrap(),
+        v["password"].as_str().unwrap(),
+    );
+    assert!(u.ends_with(":alice@sipedge.test"), "{u}");
+    let now = sipedge::shell::clock::now_unix();
+    assert_eq!(
+        credentials::verify(&ring, u, p, now, 8 * 3600),
+        Ok("alice@sipedge.test")
+    );
+
+    // JSON in, default lifetime.
+    let body = r#"{"username": "bob"}"#;
+    let post = format!(
+        "POST /turn HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let v = json_of(&http_raw(&ops, post.as_bytes()).await);
+    assert_eq!(v["ttl"], 8 * 3600);
+
+    // Malformed requests: a clear 400 and nothing else.
+    for (request, why) in [
+        ("GET /turn HTTP/1.1\r\n\r\n".to_string(), "missing username"),
+        (
+            "GET /turn?username=a&ttl=5 HTTP/1.1\r\n\r\n".to_string(),
+            "ttl",
+        ),
+        (
+            "GET /turn?username=a&ttl=999999999 HTTP/1.1\r\n\r\n".to_string(),
+            "ttl",
+        ),
+        (
+            "GET /turn?username=has%20space HTTP/1.1\r\n\r\n".to_string(),
+            "username",
+        ),
+        (
+            "POST /turn HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"user\":1".to_string(),
+            "JSON",
+        ),
+        (
+            format!(
+                "POST /turn HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+                30, r#"{"username":"a","admin":true} "#
+            ),
+            "unknown field",
+        ),
+    ] {
+        let answer = http_raw(&ops, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{request}: {answer}"
+        );
+        assert!(answer.contains(why), "{request}: {answer}");
+    }
+    let huge = format!(
+        "POST /turn HTTP/1.1\r\nContent-Length: 100000\r\n\r\n{}",
+        "x".repeat(10)
+    );
+    assert!(http_raw(&ops, huge.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 413 "));
+    assert_eq!(
+        edge.shared
+            .stats
+            .credentials_issued
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    edge.stop().await;
+}

@@ -83,9 +83,13 @@ async fn the_operations_listener_refuses_what_it_does_not_serve() {
     let edge = shell::start(&t).await.expect("edge starts");
     let ops = edge.operations.unwrap().to_string();
     assert!(http_get(&ops, "/nope").await.starts_with("HTTP/1.1 404 "));
+    // No [keys]/[relay]: no credential endpoint.
+    assert!(http_get(&ops, "/turn?username=alice")
+        .await
+        .starts_with("HTTP/1.1 404 "));
     let post = http_raw(&ops, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
     assert!(
-        post.starts_with("HTTP/1.1 405 ") && post.contains("\r\nAllow: GET\r\n"),
+        post.starts_with("HTTP/1.1 405 ") && post.contains("\r\nAllow: GET, POST\r\n"),
         "{post}"
     );
     assert!(http_raw(&ops, b"GET\r\n\r\n")

@@ -1,6 +1,12 @@
-//! The operations listener: `GET /healthz` and `GET /metrics` over plain HTTP/1.1, one
-//! request per connection, on an internal or management address (the topology refuses the
-//! external one). Small and strict: a head of at most 8 KiB within 5 s, `GET` only,
+//! The operations listener over plain HTTP/1.1, one request per connection, on an internal or
+//! management address (the topology refuses the external one):
+//! - `GET /healthz`, `GET /metrics`;
+//! - the TURN REST credential endpoint for WebRTC gateways (draft-uberti-behave-turn-rest):
+//!   `GET /?service=turn&username=U[&ttl=S]` or `GET /turn?username=U[&ttl=S]`, or
+//!   `POST /turn` with a JSON body `{"username": U, "ttl": S}`; answers
+//!   `{"username", "password", "ttl", "uris"}`.
+//!
+//! Small and strict: a head of at most 8 KiB and a body of at most 4 KiB within 5 s,
 //! `Connection: close`; anything else gets a clear 4xx.
 
 use std::net::SocketAddr;
@@ -18,6 +24,7 @@ use crate::core::sip::Why;
 use crate::obs::metrics::{Exposition, Kind};
 
 const MAX_HEAD: usize = 8 * 1024;
+const MAX_BODY: usize = 4 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONCURRENT: usize = 64;
 
@@ -43,7 +50,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let read = tokio::time::timeout(READ_TIMEOUT, async {
                 let mut chunk = [0u8; 1024];
                 loop {
-                    if head_end(&buf).is_some() || buf.len() > MAX_HEAD {
+                    if let Some(end) = head_end(&buf) {
+                        // A body (POST /turn) up to its Content-Length, bounded.
+                        let want = content_length(buf.get(..end).unwrap_or_default()).unwrap_or(0);
+                        if want > MAX_BODY || buf.len() >= end + want {
+                            return true;
+                        }
+                    } else if buf.len() > MAX_HEAD {
                         return true;
                     }
                     match tcp.read(&mut chunk).await {
@@ -61,6 +74,16 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             drop(slot);
         });
     }
+}
+
+fn content_length(head: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 fn head_end(buf: &[u8]) -> Option<usize> {
@@ -88,15 +111,34 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
     if !version.starts_with(b"HTTP/1.") {
         return http(400, "Bad Request", "text/plain", "HTTP/1.x only\n");
     }
+    let mut target_parts = target.splitn(2, |&b| b == b'?');
+    let path = target_parts.next().unwrap_or_default();
+    let query = target_parts.next().unwrap_or_default();
+    let body = buf.get(end..).unwrap_or_default();
+    if method == b"POST" && path == b"/turn" {
+        if content_length(head).is_some_and(|n| n > MAX_BODY) {
+            return http(413, "Content Too Large", "text/plain", "body too large\n");
+        }
+        return turn_credentials(shared, TurnAsk::from_json(body));
+    }
     if method != b"GET" {
-        let mut r = http(405, "Method Not Allowed", "text/plain", "GET only\n");
+        let mut r = http(
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            "GET, or POST /turn\n",
+        );
         // Insert Allow before the blank line.
         if let Some(p) = head_end(&r) {
-            r.splice(p - 2..p - 2, b"Allow: GET\r\n".iter().copied());
+            r.splice(p - 2..p - 2, b"Allow: GET, POST\r\n".iter().copied());
         }
         return r;
     }
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    if path == b"/turn"
+        || (path == b"/" && query_param(query, "service").as_deref() == Some("turn"))
+    {
+        return turn_credentials(shared, TurnAsk::from_query(query));
+    }
     match path {
         b"/healthz" => {
             if shared.pool.any_up() {
@@ -111,8 +153,130 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
             "text/plain; version=0.0.4",
             &metrics(shared, now),
         ),
-        _ => http(404, "Not Found", "text/plain", "try /healthz or /metrics\n"),
+        _ => http(
+            404,
+            "Not Found",
+            "text/plain",
+            "try /healthz, /metrics or /turn?username=...\n",
+        ),
     }
+}
+
+/// A credential request: the user and the lifetime asked for (seconds).
+struct TurnAsk {
+    username: String,
+    ttl: Option<u64>,
+}
+
+impl TurnAsk {
+    fn from_query(query: &[u8]) -> Result<TurnAsk, String> {
+        let username = query_param(query, "username").ok_or("missing username")?;
+        let ttl = match query_param(query, "ttl") {
+            Some(t) => Some(t.parse::<u64>().map_err(|_| "ttl: whole seconds")?),
+            None => None,
+        };
+        Ok(TurnAsk { username, ttl })
+    }
+
+    fn from_json(body: &[u8]) -> Result<TurnAsk, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ask {
+            username: String,
+            ttl: Option<u64>,
+        }
+        let ask: Ask = serde_json::from_slice(body).map_err(|e| format!("JSON: {e}"))?;
+        Ok(TurnAsk {
+            username: ask.username,
+            ttl: ask.ttl,
+        })
+    }
+}
+
+/// `key=value` from a query string, percent-decoded (`None` if absent or badly encoded).
+fn query_param(query: &[u8], key: &str) -> Option<String> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let mut kv = pair.splitn(2, |&b| b == b'=');
+        let k = kv.next()?;
+        (k == key.as_bytes()).then(|| percent_decode(kv.next().unwrap_or_default()))?
+    })
+}
+
+fn percent_decode(s: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'%' => {
+                let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The TURN REST answer: `{username, password, ttl, uris}`.
+fn turn_credentials(shared: &Shared, ask: Result<TurnAsk, String>) -> Vec<u8> {
+    let Some(service) = &shared.credentials else {
+        return http(
+            404,
+            "Not Found",
+            "text/plain",
+            "no A/V authentication service ([keys] and [relay])\n",
+        );
+    };
+    let ask = match ask {
+        Ok(a) => a,
+        Err(why) => return http(400, "Bad Request", "text/plain", &format!("{why}\n")),
+    };
+    let max = service.relay.max_lifetime_secs;
+    let ttl = ask.ttl.unwrap_or(max);
+    if !(crate::core::credentials::MIN_LIFETIME_SECS..=max).contains(&ttl) {
+        return http(
+            400,
+            "Bad Request",
+            "text/plain",
+            &format!("ttl: 60 to {max} seconds\n"),
+        );
+    }
+    let minted =
+        crate::core::credentials::mint(&service.ring, &ask.username, ttl, clock::now_unix());
+    let c = match minted {
+        Ok(c) => c,
+        Err(e) => {
+            return http(
+                400,
+                "Bad Request",
+                "text/plain",
+                &format!("username: {e}\n"),
+            )
+        }
+    };
+    shared
+        .stats
+        .credentials_issued
+        .fetch_add(1, Ordering::Relaxed);
+    let relay = &service.relay;
+    let json = serde_json::json!({
+        "username": c.username,
+        "password": c.password,
+        "ttl": ttl,
+        "uris": [
+            format!("turn:{}:{}?transport=udp", relay.host, relay.udp_port),
+            format!("turn:{}:{}?transport=tcp", relay.host, relay.tcp_port),
+        ],
+    });
+    http(200, "OK", "application/json", &format!("{json}\n"))
 }
 
 fn http(status: u16, reason: &str, content_type: &str, body: &str) -> Vec<u8> {
