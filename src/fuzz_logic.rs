@@ -395,3 +395,41 @@ pub mod golden {
         }
     }
 }
+
+/// An A/V authentication request body: never panics; whatever parses answers with a
+/// response body that is well-formed XML carrying the request's ids.
+pub fn mras(data: &[u8]) {
+    if let Ok(req) = crate::core::mras::parse_request(data) {
+        assert!(!req.identity.is_empty());
+        let relays = [crate::core::mras::MediaRelay {
+            location: req
+                .location
+                .unwrap_or(crate::core::mras::Location::Internet),
+            host: "av.example",
+            udp_port: 3478,
+            tcp_port: 443,
+        }];
+        let body = crate::core::mras::response_body(&req, "u", "p", 480, &relays);
+        let again = body
+            .replace("<response ", "<request ")
+            .replace("</response>", "</request>");
+        // The answer is well-formed: a strict parser reads it back without error up to the
+        // credentialsRequest it lacks.
+        match crate::core::mras::parse_request(again.as_bytes()) {
+            Ok(_) | Err(crate::core::mras::MrasError::Missing(_)) => {}
+            Err(e) => panic!("response body not well-formed ({e}): {body}"),
+        }
+    }
+}
+
+/// A key ring file: never panics; a ring that parses writes back to text that parses to
+/// the same ring.
+pub fn keyring(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(ring) = crate::core::keyring::Ring::parse(text) {
+        let again = crate::core::keyring::Ring::parse(&ring.to_text());
+        assert_eq!(again.as_ref(), Ok(&ring), "ring text round trip");
+    }
+}

@@ -11,13 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-const LYNC_BODY: &str = "<request requestID=\"1390413\" from=\"sip:alice@sipedge.test\" version=\"1.0\" \
+pub(crate) const LYNC_BODY: &str = "<request requestID=\"1390413\" from=\"sip:alice@sipedge.test\" version=\"1.0\" \
     to=\"sip:edge.sipedge.test@sipedge.test;gruu;opaque=srvr:MRAS:8mFkTyb9wVWwzLpXWNlNgAAA\" \
     xmlns=\"http://schemas.microsoft.com/2006/09/sip/mrasp\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\
     <credentialsRequest credentialsRequestID=\"1390413\"><identity>sip:alice@sipedge.test</identity>\
     <location>internet</location><duration>480</duration></credentialsRequest></request>";
 
-fn service(body: &str, branch: &str) -> String {
+pub(crate) fn service(body: &str, branch: &str) -> String {
     format!(
         "SERVICE sip:edge.sipedge.test@sipedge.test;gruu;opaque=srvr:MRAS:8mFkTyb9wVWwzLpXWNlNgAAA SIP/2.0\r\n\
          Via: SIP/2.0/TLS 10.20.0.30:5061;branch=z9hG4bK{branch}\r\n\
@@ -29,7 +29,7 @@ fn service(body: &str, branch: &str) -> String {
 }
 
 /// A Front End's mutual-TLS connection to the edge's internal listener.
-async fn front_end(
+pub(crate) async fn front_end(
     pki: &Pki,
     internal: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
@@ -48,7 +48,7 @@ async fn front_end(
         .expect("mutual TLS")
 }
 
-async fn ask(
+pub(crate) async fn ask(
     fe: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     request: &str,
 ) -> String {
@@ -68,7 +68,7 @@ async fn ask(
     }
 }
 
-fn element<'a>(xml: &'a str, name: &str) -> &'a str {
+pub(crate) fn element<'a>(xml: &'a str, name: &str) -> &'a str {
     let open = format!("<{name}>");
     let start = xml
         .find(&open)

@@ -47,3 +47,10 @@ fn topology_corpus_and_examples_replay() {
         + replay("topology/examples", sipedge::fuzz_logic::topology);
     assert!(n >= 2, "no topology corpus found");
 }
+
+#[test]
+fn mras_and_keyring_corpora_replay() {
+    let n = replay("fuzz/corpus/mras", sipedge::fuzz_logic::mras)
+        + replay("fuzz/corpus/keyring", sipedge::fuzz_logic::keyring);
+    assert!(n >= 2, "no corpus found");
+}

@@ -77,13 +77,125 @@ fn allocate(uclient: &Path, port: u16, user: &str, pass: &str) -> (bool, String)
     (out.status.success(), text)
 }
 
+/// Starts turnserver on 127.0.0.1 with `use-auth-secret`; returns it and its port once it
+/// accepts connections.
+fn start_coturn(turnserver: &Path, dir: &Path, secret: &str) -> (Reaped, u16) {
+    let port = free_port();
+    let relay_base = 50_000 + (std::process::id() % 50) as u16 * 200 + (port % 2) * 100;
+    let server = Reaped(
+        Command::new(turnserver)
+            .args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .arg(format!("--listening-port={port}"))
+            .arg(format!("--min-port={relay_base}"))
+            .arg(format!("--max-port={}", relay_base + 99))
+            .args([
+                "--use-auth-secret",
+                "--realm=sipedge.test",
+                "--allow-loopback-peers",
+                "--simple-log",
+            ])
+            .arg(format!("--static-auth-secret={secret}"))
+            .arg(format!(
+                "--userdb={}",
+                dir.join(format!("turndb{port}")).display()
+            ))
+            .arg(format!(
+                "--pidfile={}",
+                dir.join(format!("turn{port}.pid")).display()
+            ))
+            .arg("--log-file=stdout")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("turn{port}.log"))).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnserver"),
+    );
+    // Ready when it accepts TCP on its port.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "turnserver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+fn coturn_tools() -> Option<(PathBuf, PathBuf)> {
+    match (tool("turnserver"), tool("turnutils_uclient")) {
+        (Some(s), Some(c)) => Some((s, c)),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("coturn is required under CI (apt-get install coturn)")
+        }
+        _ => {
+            eprintln!("SKIPPED: coturn interop needs turnserver and turnutils_uclient (apt-get install coturn)");
+            None
+        }
+    }
+}
+
+/// The whole chain: a Front End asks the edge for relay credentials over SIP SERVICE
+/// (MS-AVEDGEA); coturn, sharing the pool's secret, accepts them for an allocation.
+#[test]
+fn coturn_accepts_credentials_issued_over_sip_service() {
+    let Some((turnserver, uclient)) = coturn_tools() else {
+        return;
+    };
+    let pki = crate::support::Pki::new();
+    let secret = "pool-shared-secret-for-coturn-0042";
+    let ring_path = pki.dir.path().join("ring.toml");
+    let mut ring = sipedge::core::keyring::Ring::default();
+    ring.import(secret, sipedge::shell::clock::now_unix())
+        .unwrap();
+    sipedge::shell::keyfile::store(&ring_path, &ring, true).unwrap();
+    let (_server, port) = start_coturn(&turnserver, pki.dir.path(), secret);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = rt.block_on(async {
+        let director = crate::support::Director::start(&pki).await;
+        let mut t = crate::support::topology(&pki, &[director.addr]);
+        t.keys = Some(sipedge::topology::KeysSource::File(ring_path.clone()));
+        t.relay = Some(sipedge::topology::Relay {
+            host: "127.0.0.1".into(),
+            udp_port: port,
+            tcp_port: port,
+            credential_lifetime: Duration::from_secs(8 * 3600),
+        });
+        let edge = sipedge::shell::start(&t).await.expect("edge starts");
+        let mut fe = crate::avauth::front_end(&pki, edge.internal).await;
+        let answer = crate::avauth::ask(
+            &mut fe,
+            &crate::avauth::service(crate::avauth::LYNC_BODY, "ct1"),
+        )
+        .await;
+        assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+        let body = answer[answer.find("\r\n\r\n").unwrap() + 4..].to_string();
+        assert_eq!(crate::avauth::element(&body, "udpPort"), port.to_string());
+        edge.stop().await;
+        (
+            crate::avauth::element(&body, "username").to_string(),
+            crate::avauth::element(&body, "password").to_string(),
+        )
+    });
+    let (ok, out) = allocate(&uclient, port, &user, &pass);
+    assert!(
+        ok,
+        "coturn refused the credential issued over SERVICE:\n{out}"
+    );
+    assert!(out.contains("Total lost packets 0"), "{out}");
+}
+
 #[test]
 fn coturn_accepts_credentials_minted_by_sipedge() {
-    let (Some(turnserver), Some(uclient)) = (tool("turnserver"), tool("turnutils_uclient")) else {
-        if std::env::var_os("CI").is_some() {
-            panic!("coturn is required under CI (apt-get install coturn)");
-        }
-        eprintln!("SKIPPED: coturn interop needs turnserver and turnutils_uclient (apt-get install coturn)");
+    let Some((turnserver, uclient)) = coturn_tools() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -103,49 +215,7 @@ fn coturn_accepts_credentials_minted_by_sipedge() {
         secret_file.to_str().unwrap(),
     ]);
 
-    let port = free_port();
-    let relay_base = 50_000 + (std::process::id() % 100) as u16 * 100;
-    let _server = Reaped(
-        Command::new(&turnserver)
-            .args([
-                "-n",
-                "--listening-ip=127.0.0.1",
-                "--relay-ip=127.0.0.1",
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-            ])
-            .arg(format!("--listening-port={port}"))
-            .arg(format!("--min-port={relay_base}"))
-            .arg(format!("--max-port={}", relay_base + 99))
-            .args([
-                "--use-auth-secret",
-                "--realm=sipedge.test",
-                "--allow-loopback-peers",
-                "--simple-log",
-            ])
-            .arg(format!("--static-auth-secret={coturn_secret}"))
-            .arg(format!("--userdb={}", dir.path().join("turndb").display()))
-            .arg(format!(
-                "--pidfile={}",
-                dir.path().join("turn.pid").display()
-            ))
-            .arg("--log-file=stdout")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("turn.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start turnserver"),
-    );
-    // Ready when it accepts TCP on its port.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "turnserver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_server, port) = start_coturn(&turnserver, dir.path(), coturn_secret);
 
     let minted = sipedge(&[
         "token",
