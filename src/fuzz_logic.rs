@@ -433,3 +433,29 @@ pub fn keyring(data: &[u8]) {
         assert_eq!(again.as_ref(), Ok(&ring), "ring text round trip");
     }
 }
+
+/// A STUN message through the strict check: never panics; what passes has every attribute
+/// inside the message and the integrity offset before its end.
+pub fn stun(data: &[u8]) {
+    if let Ok(c) = crate::core::turn::stun::check(data) {
+        for a in &c.attributes {
+            assert!(
+                a.start + a.len <= data.len(),
+                "attribute outside the message"
+            );
+        }
+        assert!(c.integrity_at.is_none_or(|at| at < data.len()));
+    }
+}
+
+/// ChannelData framing, as a datagram and as a stream: never panics; what parses lies
+/// inside the buffer, and a stream parse consumes a multiple of 4.
+pub fn channel_data(data: &[u8]) {
+    use crate::core::turn::channel;
+    for stream in [false, true] {
+        if let Ok(m) = channel::parse(data, stream) {
+            assert!(m.consumed <= data.len() && m.data.len() + channel::HEADER_LEN <= m.consumed);
+            assert!(!stream || m.consumed % 4 == 0);
+        }
+    }
+}

@@ -54,3 +54,13 @@ fn mras_and_keyring_corpora_replay() {
         + replay("fuzz/corpus/keyring", sipedge::fuzz_logic::keyring);
     assert!(n >= 2, "no corpus found");
 }
+
+#[test]
+fn stun_and_channel_data_corpora_replay() {
+    let n = replay("fuzz/corpus/stun", sipedge::fuzz_logic::stun)
+        + replay(
+            "fuzz/corpus/channel_data",
+            sipedge::fuzz_logic::channel_data,
+        );
+    assert!(n >= 2, "no corpus found");
+}

@@ -7,3 +7,4 @@ pub mod keyring;
 pub mod limits;
 pub mod mras;
 pub mod sip;
+pub mod turn;

@@ -1,0 +1,12 @@
+//! TURN/STUN (RFC 8656, RFC 8489) sans-IO pieces of the A/V Edge:
+//! - [`demux`]: what a datagram or stream frame is (RFC 7983);
+//! - [`channel`]: ChannelData framing (the relay's hot path);
+//! - [`nonce`]: stateless nonces (unauthenticated requests create no state);
+//! - [`stun`]: the strict STUN message check that runs before any attribute is trusted.
+//!
+//! The allocation state machine and the relay shell build on these (issue 5).
+
+pub mod channel;
+pub mod demux;
+pub mod nonce;
+pub mod stun;
