@@ -6,6 +6,7 @@
 //!
 //! The allocation state machine and the relay shell build on these (issue 5).
 
+pub mod auth;
 pub mod channel;
 pub mod demux;
 pub mod nonce;
