@@ -10,4 +10,5 @@ pub mod auth;
 pub mod channel;
 pub mod demux;
 pub mod nonce;
+pub mod policy;
 pub mod stun;

@@ -1,0 +1,248 @@
+//! Peer policy: which peer addresses a relay may send to. The classic TURN attack is to use
+//! the relay as a proxy into the DMZ or the internal network (or the cloud metadata
+//! service), including through IPv6 forms that embed an IPv4 address. Every form is
+//! normalised to what it actually reaches before the rules apply:
+//! IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), 6to4 (`2002:AABB:CCDD::`),
+//! NAT64 (`64:ff9b::/96`), Teredo (`2001::/32`, the client address obfuscated).
+//!
+//! Always denied: unspecified, loopback, link-local (169.254/16 — the metadata service —
+//! and fe80::/10), multicast and broadcast, reserved, documentation-only benchmarking space
+//! is allowed (tests use it). Private and internal ranges are denied to allocations made
+//! from outside unless explicitly allowed; the operator's `deny` and `allow` prefixes apply
+//! last (deny wins).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::core::limits::Prefix;
+
+/// Where the allocation was made from: its client's zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    External,
+    Internal,
+}
+
+/// Why a peer is refused (answered 403 Forbidden).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    Unspecified,
+    Loopback,
+    LinkLocal,
+    Multicast,
+    Reserved,
+    /// A private/internal address, for an allocation from outside.
+    Internal,
+    /// The operator's deny list.
+    Configured,
+}
+
+/// The operator's additions (topology).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerPolicy {
+    /// Internal ranges an external client's relay may reach anyway (e.g. a media server).
+    pub allow_internal: Vec<Prefix>,
+    /// Always refused, whatever the origin.
+    pub deny: Vec<Prefix>,
+}
+
+/// What an address really reaches: IPv6 forms that carry an IPv4 address become it.
+pub fn effective(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    match s {
+        // ::ffff:a.b.c.d (mapped).
+        [0, 0, 0, 0, 0, 0xffff, _, _] => v4(o[12], o[13], o[14], o[15]),
+        // ::a.b.c.d (compatible, deprecated but routable by some), except :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, lo] if !(hi == 0 && lo <= 1) => v4(o[12], o[13], o[14], o[15]),
+        // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+        [0x2002, _, _, ..] => v4(o[2], o[3], o[4], o[5]),
+        // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052) and the local-use 64:ff9b:1::/48.
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => v4(o[12], o[13], o[14], o[15]),
+        // Teredo 2001:0::/32: the client's IPv4 address is the last 32 bits inverted.
+        [0x2001, 0, ..] => v4(!o[12], !o[13], !o[14], !o[15]),
+        _ => ip,
+    }
+}
+
+impl PeerPolicy {
+    /// Whether a relay allocated from `origin` may reach `peer`.
+    pub fn check(&self, peer: IpAddr, origin: Origin) -> Result<(), Denied> {
+        let real = effective(peer);
+        for ip in [peer, real] {
+            if self.deny.iter().any(|p| p.contains(ip)) {
+                return Err(Denied::Configured);
+            }
+        }
+        match real {
+            IpAddr::V4(a) => check_v4(a, origin, self.allows_internal(peer, real)),
+            IpAddr::V6(a) => check_v6(a, origin, self.allows_internal(peer, real)),
+        }
+    }
+
+    fn allows_internal(&self, peer: IpAddr, real: IpAddr) -> bool {
+        self.allow_internal
+            .iter()
+            .any(|p| p.contains(peer) || p.contains(real))
+    }
+}
+
+fn check_v4(a: Ipv4Addr, origin: Origin, allowed_internal: bool) -> Result<(), Denied> {
+    let [o0, o1, ..] = a.octets();
+    if a.is_unspecified() || o0 == 0 {
+        return Err(Denied::Unspecified);
+    }
+    if a.is_loopback() {
+        return Err(Denied::Loopback);
+    }
+    if a.is_link_local() {
+        return Err(Denied::LinkLocal);
+    }
+    if a.is_multicast() || a.is_broadcast() {
+        return Err(Denied::Multicast);
+    }
+    // 240/4 reserved; 192.0.0/24 IETF protocol assignments.
+    if o0 >= 240 || (o0 == 192 && o1 == 0 && a.octets()[2] == 0) {
+        return Err(Denied::Reserved);
+    }
+    // RFC 1918, shared address space (100.64/10, carrier-grade NAT).
+    let internal = a.is_private() || (o0 == 100 && (64..128).contains(&o1));
+    if internal && origin == Origin::External && !allowed_internal {
+        return Err(Denied::Internal);
+    }
+    Ok(())
+}
+
+fn check_v6(a: Ipv6Addr, origin: Origin, allowed_internal: bool) -> Result<(), Denied> {
+    let s = a.segments();
+    if a.is_unspecified() {
+        return Err(Denied::Unspecified);
+    }
+    if a.is_loopback() {
+        return Err(Denied::Loopback);
+    }
+    if s[0] & 0xffc0 == 0xfe80 {
+        return Err(Denied::LinkLocal);
+    }
+    if a.is_multicast() {
+        return Err(Denied::Multicast);
+    }
+    // Site-local (deprecated fec0::/10), discard-only 100::/64.
+    if s[0] & 0xffc0 == 0xfec0 || (s[0] == 0x100 && s[1] == 0 && s[2] == 0 && s[3] == 0) {
+        return Err(Denied::Reserved);
+    }
+    // Unique local fc00::/7.
+    let internal = s[0] & 0xfe00 == 0xfc00;
+    if internal && origin == Origin::External && !allowed_internal {
+        return Err(Denied::Internal);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_bypass_form_is_denied() {
+        let p = PeerPolicy::default();
+        for (form, why) in [
+            ("0.0.0.0", Denied::Unspecified),
+            ("::", Denied::Unspecified),
+            ("::1", Denied::Loopback),
+            ("127.0.0.1", Denied::Loopback),
+            ("127.1.2.3", Denied::Loopback),
+            ("::ffff:127.0.0.1", Denied::Loopback),
+            ("::127.0.0.1", Denied::Loopback),
+            ("2002:7f00:1::", Denied::Loopback),
+            ("64:ff9b::7f00:1", Denied::Loopback),
+            ("64:ff9b:1::7f00:1", Denied::Loopback),
+            ("169.254.169.254", Denied::LinkLocal),
+            ("::ffff:169.254.169.254", Denied::LinkLocal),
+            ("fe80::1", Denied::LinkLocal),
+            ("224.0.0.1", Denied::Multicast),
+            ("ff02::1", Denied::Multicast),
+            ("255.255.255.255", Denied::Multicast),
+            ("240.0.0.1", Denied::Reserved),
+            ("0.1.2.3", Denied::Unspecified),
+            ("::ffff:0.0.0.1", Denied::Unspecified),
+            ("::ffff:0.0.0.0", Denied::Unspecified),
+        ] {
+            for origin in [Origin::External, Origin::Internal] {
+                assert_eq!(
+                    p.check(ip(form), origin),
+                    Err(why),
+                    "{form} from {origin:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn internal_ranges_only_from_inside_unless_allowed() {
+        let p = PeerPolicy::default();
+        for internal in [
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "2002:a00:1::",
+        ] {
+            assert_eq!(
+                p.check(ip(internal), Origin::External),
+                Err(Denied::Internal),
+                "{internal}"
+            );
+            assert_eq!(
+                p.check(ip(internal), Origin::Internal),
+                Ok(()),
+                "{internal}"
+            );
+        }
+        let allowing = PeerPolicy {
+            allow_internal: vec![Prefix::parse("10.20.0.0/16").unwrap()],
+            deny: vec![Prefix::parse("203.0.113.66").unwrap()],
+        };
+        assert_eq!(allowing.check(ip("10.20.5.5"), Origin::External), Ok(()));
+        assert_eq!(
+            allowing.check(ip("10.21.5.5"), Origin::External),
+            Err(Denied::Internal)
+        );
+        assert_eq!(
+            allowing.check(ip("203.0.113.66"), Origin::Internal),
+            Err(Denied::Configured)
+        );
+        assert_eq!(
+            allowing.check(ip("::ffff:203.0.113.66"), Origin::Internal),
+            Err(Denied::Configured)
+        );
+    }
+
+    #[test]
+    fn public_peers_pass() {
+        let p = PeerPolicy::default();
+        for public in [
+            "198.51.100.7",
+            "203.0.113.5",
+            "2001:db8::5",
+            "8.8.8.8",
+            "2606:4700::1",
+        ] {
+            assert_eq!(p.check(ip(public), Origin::External), Ok(()), "{public}");
+        }
+        // Teredo embeds the (inverted) client address: a Teredo form of 127.0.0.1 is loopback.
+        let teredo_loopback =
+            Ipv6Addr::new(0x2001, 0, 0x4136, 0xe378, 0x8000, 0x63bf, !0x7f00, !0x0001);
+        assert_eq!(
+            p.check(IpAddr::V6(teredo_loopback), Origin::Internal),
+            Err(Denied::Loopback)
+        );
+    }
+}
