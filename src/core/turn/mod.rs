@@ -2,13 +2,17 @@
 //! - [`demux`]: what a datagram or stream frame is (RFC 7983);
 //! - [`channel`]: ChannelData framing (the relay's hot path);
 //! - [`nonce`]: stateless nonces (unauthenticated requests create no state);
-//! - [`stun`]: the strict STUN message check that runs before any attribute is trusted.
+//! - [`stun`]: the strict STUN message check that runs before any attribute is trusted;
+//! - [`auth`]: long-term credential authentication with REST usernames;
+//! - [`encode`]: writing STUN messages, and the Binding responder;
+//! - [`policy`]: which peers a relay may reach.
 //!
 //! The allocation state machine and the relay shell build on these (issue 5).
 
 pub mod auth;
 pub mod channel;
 pub mod demux;
+pub mod encode;
 pub mod nonce;
 pub mod policy;
 pub mod stun;
