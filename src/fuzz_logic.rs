@@ -459,3 +459,71 @@ pub fn channel_data(data: &[u8]) {
         }
     }
 }
+
+/// The TURN server state machine fed arbitrary client and peer packets, across simulated
+/// time: never panics, every answer to a client passes the strict STUN check or is
+/// ChannelData, and state never grows without an Allocate that authenticated.
+pub fn turn_server(data: &[u8]) {
+    use crate::core::turn::{auth::AuthContext, nonce::Nonces, policy::Origin, server::*};
+    use std::time::{Duration, Instant};
+    let ring = crate::core::keyring::Ring::init([4; 32], 1_800_000_000);
+    let nonces = Nonces::new(&[5; 32], "sipedge.test", 600);
+    let auth = AuthContext {
+        ring: &ring,
+        nonces: &nonces,
+        realm: "sipedge.test",
+        max_lifetime_secs: 8 * 3600,
+    };
+    let cfg = TurnConfig::new(
+        "sipedge.test",
+        [192, 0, 2, 10].into(),
+        [203, 0, 113, 10].into(),
+        (50000, 50003),
+    );
+    let mut server = Server::new(cfg, 1);
+    #[allow(clippy::disallowed_methods)] // a fuzz harness starts simulated time somewhere
+    let start = Instant::now();
+    let tuple = FiveTuple {
+        client: ([198, 51, 100, 20], 40000).into(),
+        server: ([192, 0, 2, 10], 3478).into(),
+        transport: Transport::Udp,
+    };
+    // The input is a sequence of (delay, length, bytes) records.
+    let mut rest = data;
+    let mut t = 0u64;
+    let mut out = Vec::new();
+    while let Some((&[delay, len], tail)) = rest.split_first_chunk::<2>() {
+        let len = usize::from(len).min(tail.len());
+        let (packet, tail) = tail.split_at(len);
+        rest = tail;
+        t += u64::from(delay);
+        let now = start + Duration::from_secs(t);
+        let arrival = Arrival {
+            tuple,
+            origin: Origin::External,
+            now,
+            now_unix: 1_800_000_000 + t,
+        };
+        out.clear();
+        let _ = server.client_packet(&auth, arrival, packet, &mut out);
+        let _ = server.peer_packet(
+            ([192, 0, 2, 10], 50000).into(),
+            ([198, 51, 100, 9], 1).into(),
+            packet,
+            now,
+        );
+        server.expire(now, &mut out);
+        for o in &out {
+            if let Output::ToClient { bytes, .. } = o {
+                let ok = crate::core::turn::stun::check(bytes).is_ok()
+                    || crate::core::turn::channel::parse(bytes, false).is_ok();
+                assert!(ok, "the server sent something malformed");
+            }
+        }
+        assert_eq!(
+            server.allocations(),
+            0,
+            "no credentials in fuzz input can authenticate"
+        );
+    }
+}

@@ -64,3 +64,8 @@ fn stun_and_channel_data_corpora_replay() {
         );
     assert!(n >= 2, "no corpus found");
 }
+
+#[test]
+fn turn_server_corpus_replays() {
+    assert!(replay("fuzz/corpus/turn_server", sipedge::fuzz_logic::turn_server) >= 1);
+}

@@ -15,4 +15,5 @@ pub mod demux;
 pub mod encode;
 pub mod nonce;
 pub mod policy;
+pub mod server;
 pub mod stun;

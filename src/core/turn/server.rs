@@ -1,0 +1,738 @@
+//! The TURN server (RFC 8656) as a sans-IO state machine: client packets, peer packets and
+//! time in; packets to send and relay sockets to open or close out. Allocations are keyed by
+//! the client's 5-tuple; each holds its relayed address, lifetime, permissions (per peer
+//! IP) and channels. Requests are answered with the error codes RFC 8656 names for each
+//! case; unauthenticated requests create no state (stateless nonces).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::auth::{authenticate, AuthContext, AuthError};
+use super::channel::{self, CHANNEL_MAX, CHANNEL_MIN};
+use super::demux::{classify, PacketKind};
+use super::encode::{binding_response, Writer, BINDING, SOFTWARE};
+use super::policy::{Origin, PeerPolicy};
+use super::stun::{self, attr, Checked, Class};
+
+pub const ALLOCATE: u16 = 0x003;
+pub const REFRESH: u16 = 0x004;
+pub const SEND: u16 = 0x006;
+pub const DATA: u16 = 0x007;
+pub const CREATE_PERMISSION: u16 = 0x008;
+pub const CHANNEL_BIND: u16 = 0x009;
+const UDP: u8 = 17;
+const SOFTWARE_ATTR: u16 = 0x8022;
+
+/// The client's transport to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A client's 5-tuple (RFC 8656 §2): it names its allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Server settings (from the topology).
+#[derive(Clone, Debug)]
+pub struct TurnConfig {
+    pub realm: String,
+    /// Where relayed sockets are bound (the external interface).
+    pub relay_ip: IpAddr,
+    /// What XOR-RELAYED-ADDRESS advertises (the public address when behind NAT).
+    pub advertised_ip: IpAddr,
+    /// Relayed ports, inclusive.
+    pub ports: (u16, u16),
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
+    pub max_allocations_per_user: usize,
+    pub policy: PeerPolicy,
+    pub max_credential_lifetime_secs: u64,
+}
+
+impl TurnConfig {
+    /// RFC 8656 defaults on the given addresses.
+    pub fn new(
+        realm: &str,
+        relay_ip: IpAddr,
+        advertised_ip: IpAddr,
+        ports: (u16, u16),
+    ) -> TurnConfig {
+        TurnConfig {
+            realm: realm.to_string(),
+            relay_ip,
+            advertised_ip,
+            ports,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            max_allocations_per_user: 10,
+            policy: PeerPolicy::default(),
+            max_credential_lifetime_secs: 8 * 3600,
+        }
+    }
+}
+
+/// Where and when a client packet arrived: its 5-tuple, the zone of the listener, and the
+/// time (monotonic for lifetimes, Unix for credentials and nonces).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub tuple: FiveTuple,
+    pub origin: Origin,
+    pub now: Instant,
+    pub now_unix: u64,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send to the client on its 5-tuple.
+    ToClient { tuple: FiveTuple, bytes: Vec<u8> },
+    /// Send from the relayed socket to a peer.
+    ToPeer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// Bind a relayed UDP socket here (if that fails, call [`Server::relay_failed`]).
+    OpenRelay { relay: SocketAddr },
+    /// Close a relayed socket.
+    CloseRelay { relay: SocketAddr },
+}
+
+/// Why a packet was dropped without an answer (counted by the shell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    NotStunOrChannelData,
+    MalformedStun,
+    MalformedChannelData,
+    NoAllocation,
+    NoPermission,
+    UnboundChannel,
+    UnauthenticatedIndication,
+    Ignored,
+}
+
+struct Allocation {
+    origin: Origin,
+    username: String,
+    key: [u8; 16],
+    relay: SocketAddr,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    /// The Allocate's transaction id and answer, for retransmissions over UDP.
+    allocate_tx: ([u8; 12], Vec<u8>),
+}
+
+/// The server.
+pub struct Server {
+    cfg: TurnConfig,
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relay: HashMap<SocketAddr, FiveTuple>,
+    per_user: HashMap<String, usize>,
+    next_port: u16,
+    /// Transaction ids of Data indications (each needs a fresh one).
+    data_seq: u64,
+}
+
+impl Server {
+    /// `seed` spreads the first relayed port over the range (from the shell's randomness).
+    pub fn new(cfg: TurnConfig, seed: u16) -> Server {
+        let span = cfg
+            .ports
+            .1
+            .saturating_sub(cfg.ports.0)
+            .saturating_add(1)
+            .max(1);
+        let next_port = cfg.ports.0.saturating_add(seed % span);
+        Server {
+            cfg,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_user: HashMap::new(),
+            next_port,
+            data_seq: u64::from(seed) << 32,
+        }
+    }
+
+    pub fn allocations(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// A packet from a client.
+    pub fn client_packet(
+        &mut self,
+        auth: &AuthContext<'_>,
+        arrival: Arrival,
+        packet: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<(), Dropped> {
+        let Arrival {
+            tuple,
+            origin,
+            now,
+            now_unix,
+        } = arrival;
+        match classify(packet) {
+            PacketKind::ChannelData => self.client_channel_data(tuple, packet, now, out),
+            PacketKind::Stun => {
+                let checked = stun::check(packet).map_err(|_| Dropped::MalformedStun)?;
+                match checked.class {
+                    Class::Request => {
+                        self.request(auth, tuple, origin, packet, &checked, now, now_unix, out);
+                        Ok(())
+                    }
+                    Class::Indication if checked.method == SEND => {
+                        self.send_indication(tuple, packet, &checked, now, out)
+                    }
+                    Class::Indication => Err(Dropped::UnauthenticatedIndication),
+                    Class::Success | Class::Error => Err(Dropped::Ignored),
+                }
+            }
+            _ => Err(Dropped::NotStunOrChannelData),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &mut self,
+        auth: &AuthContext<'_>,
+        tuple: FiveTuple,
+        origin: Origin,
+        packet: &[u8],
+        c: &Checked,
+        now: Instant,
+        now_unix: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let reply =
+            |bytes: Vec<u8>, out: &mut Vec<Output>| out.push(Output::ToClient { tuple, bytes });
+        if c.method == BINDING {
+            if let Some(bytes) = binding_response(c, tuple.client) {
+                reply(bytes, out);
+            }
+            return;
+        }
+        if !matches!(
+            c.method,
+            ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
+        ) {
+            reply(error(c, 400, "Unknown Method", None), out);
+            return;
+        }
+        if !c.unknown_required.is_empty() {
+            let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
+            let unknown: Vec<u8> = c
+                .unknown_required
+                .iter()
+                .flat_map(|k| k.to_be_bytes())
+                .collect();
+            w.error_code(420, "Unknown Attribute")
+                .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
+            reply(w.finish_with_fingerprint(), out);
+            return;
+        }
+        // A retransmitted Allocate over UDP gets the same answer (RFC 8656 §7.2).
+        if c.method == ALLOCATE {
+            if let Some(a) = self.allocations.get(&tuple) {
+                if a.allocate_tx.0 == c.transaction_id {
+                    reply(a.allocate_tx.1.clone(), out);
+                    return;
+                }
+            }
+        }
+        let who = match authenticate(auth, packet, c, tuple.client.ip(), now_unix) {
+            Ok(who) => who,
+            Err(e) => {
+                let nonce = auth.nonces.issue(tuple.client.ip(), now_unix);
+                let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
+                let reason = match e {
+                    AuthError::Unauthorized => "Unauthorized",
+                    AuthError::StaleNonce => "Stale Nonce",
+                    AuthError::BadRequest => "Bad Request",
+                };
+                w.error_code(e.code(), reason)
+                    .attr(attr::REALM, auth.realm.as_bytes())
+                    .attr(attr::NONCE, nonce.as_bytes())
+                    .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes());
+                reply(w.finish_with_fingerprint(), out);
+                return;
+            }
+        };
+        let key = who.key;
+        let result = match c.method {
+            ALLOCATE => self.allocate(tuple, origin, packet, c, who.username, key, now, out),
+            REFRESH => self.refresh(tuple, packet, c, &who.username, now, out),
+            CREATE_PERMISSION => self.create_permission(tuple, packet, c, &who.username, now),
+            _ => self.channel_bind(tuple, packet, c, &who.username, now),
+        };
+        match result {
+            Ok(bytes) => reply(bytes, out),
+            Err((code, reason)) => reply(error(c, code, reason, Some(&key)), out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(
+        &mut self,
+        tuple: FiveTuple,
+        origin: Origin,
+        packet: &[u8],
+        c: &Checked,
+        username: String,
+        key: [u8; 16],
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        if self.allocations.contains_key(&tuple) {
+            return Err((437, "Allocation Mismatch"));
+        }
+        let transport = value(packet, c, attr::REQUESTED_TRANSPORT)
+            .ok_or((400, "Missing REQUESTED-TRANSPORT"))?;
+        if transport.first() != Some(&UDP) {
+            return Err((442, "Unsupported Transport Protocol"));
+        }
+        if c.get(attr::RESERVATION_TOKEN).is_some() {
+            return Err((508, "Reservations Not Supported"));
+        }
+        if let Some(family) = value(packet, c, attr::REQUESTED_ADDRESS_FAMILY) {
+            let wanted_v6 = match family.first() {
+                Some(0x01) => false,
+                Some(0x02) => true,
+                _ => return Err((400, "Bad REQUESTED-ADDRESS-FAMILY")),
+            };
+            if wanted_v6 != self.cfg.relay_ip.is_ipv6() {
+                return Err((440, "Address Family not Supported"));
+            }
+        }
+        if self.per_user.get(&username).copied().unwrap_or(0) >= self.cfg.max_allocations_per_user {
+            return Err((486, "Allocation Quota Reached"));
+        }
+        let even = c.get(attr::EVEN_PORT).is_some();
+        let port = self.free_port(even).ok_or((508, "Insufficient Capacity"))?;
+        let relay = SocketAddr::new(self.cfg.relay_ip, port);
+        let lifetime = self.lifetime(packet, c);
+        let mut w = Writer::new(Class::Success, ALLOCATE, c.transaction_id);
+        w.xor_address(
+            attr::XOR_RELAYED_ADDRESS,
+            SocketAddr::new(self.cfg.advertised_ip, port),
+        )
+        .attr(attr::LIFETIME, &secs32(lifetime))
+        .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client)
+        .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+        .integrity(&key);
+        let answer = w.finish_with_fingerprint();
+        *self.per_user.entry(username.clone()).or_insert(0) += 1;
+        self.by_relay.insert(relay, tuple);
+        self.allocations.insert(
+            tuple,
+            Allocation {
+                origin,
+                username,
+                key,
+                relay,
+                expires: now + lifetime,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                allocate_tx: (c.transaction_id, answer.clone()),
+            },
+        );
+        out.push(Output::OpenRelay { relay });
+        Ok(answer)
+    }
+
+    /// The lifetime asked for, clamped (RFC 8656 §7.2: at least the default, at most the max).
+    fn lifetime(&self, packet: &[u8], c: &Checked) -> Duration {
+        let asked = value(packet, c, attr::LIFETIME)
+            .and_then(|v| v.first_chunk::<4>())
+            .map(|b| Duration::from_secs(u64::from(u32::from_be_bytes(*b))));
+        asked
+            .unwrap_or(self.cfg.default_lifetime)
+            .clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
+    }
+
+    fn owned(
+        &mut self,
+        tuple: FiveTuple,
+        username: &str,
+    ) -> Result<&mut Allocation, (u16, &'static str)> {
+        match self.allocations.get_mut(&tuple) {
+            Some(a) if a.username == username => Ok(a),
+            // RFC 8656 §7: a request for an allocation made with other credentials.
+            Some(_) => Err((441, "Wrong Credentials")),
+            None => Err((437, "Allocation Mismatch")),
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        tuple: FiveTuple,
+        packet: &[u8],
+        c: &Checked,
+        username: &str,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        let asked = value(packet, c, attr::LIFETIME)
+            .and_then(|v| v.first_chunk::<4>())
+            .map(|b| u32::from_be_bytes(*b));
+        let lifetime = if asked == Some(0) {
+            Duration::ZERO
+        } else {
+            self.lifetime(packet, c)
+        };
+        let a = self.owned(tuple, username)?;
+        let key = a.key;
+        if lifetime.is_zero() {
+            self.remove(tuple, out);
+        } else {
+            a.expires = now + lifetime;
+        }
+        let mut w = Writer::new(Class::Success, REFRESH, c.transaction_id);
+        w.attr(attr::LIFETIME, &secs32(lifetime))
+            .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+            .integrity(&key);
+        Ok(w.finish_with_fingerprint())
+    }
+
+    /// Every XOR-PEER-ADDRESS of a request (CreatePermission may carry several).
+    fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
+        let mut peers = Vec::new();
+        for a in c
+            .attributes
+            .iter()
+            .filter(|a| a.kind == attr::XOR_PEER_ADDRESS)
+        {
+            let v = packet
+                .get(a.start..a.start + a.len)
+                .ok_or((400, "Bad XOR-PEER-ADDRESS"))?;
+            peers.push(
+                decode_xor_address(v, &c.transaction_id).ok_or((400, "Bad XOR-PEER-ADDRESS"))?,
+            );
+        }
+        if peers.is_empty() {
+            return Err((400, "Missing XOR-PEER-ADDRESS"));
+        }
+        Ok(peers)
+    }
+
+    fn check_peer(
+        &self,
+        a_relay: SocketAddr,
+        origin: Origin,
+        peer: SocketAddr,
+    ) -> Result<(), (u16, &'static str)> {
+        if peer.is_ipv6() != a_relay.is_ipv6() {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        self.cfg
+            .policy
+            .check(peer.ip(), origin)
+            .map_err(|_| (403, "Forbidden"))
+    }
+
+    fn create_permission(
+        &mut self,
+        tuple: FiveTuple,
+        packet: &[u8],
+        c: &Checked,
+        username: &str,
+        now: Instant,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        let peers = self.peers(packet, c)?;
+        let (relay, origin) = {
+            let a = self.owned(tuple, username)?;
+            (a.relay, a.origin)
+        };
+        for peer in &peers {
+            self.check_peer(relay, origin, *peer)?;
+        }
+        let expires = now + self.cfg.permission_lifetime;
+        let a = self.owned(tuple, username)?;
+        for peer in peers {
+            a.permissions.insert(peer.ip(), expires);
+        }
+        let mut w = Writer::new(Class::Success, CREATE_PERMISSION, c.transaction_id);
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&a.key);
+        Ok(w.finish_with_fingerprint())
+    }
+
+    fn channel_bind(
+        &mut self,
+        tuple: FiveTuple,
+        packet: &[u8],
+        c: &Checked,
+        username: &str,
+        now: Instant,
+    ) -> Result<Vec<u8>, (u16, &'static str)> {
+        let number = value(packet, c, attr::CHANNEL_NUMBER)
+            .and_then(|v| v.first_chunk::<2>())
+            .map(|b| u16::from_be_bytes(*b))
+            .filter(|n| (CHANNEL_MIN..=CHANNEL_MAX).contains(n))
+            .ok_or((400, "Bad CHANNEL-NUMBER"))?;
+        let peers = self.peers(packet, c)?;
+        let [peer] = peers.as_slice() else {
+            return Err((400, "One XOR-PEER-ADDRESS"));
+        };
+        let peer = *peer;
+        let (relay, origin) = {
+            let a = self.owned(tuple, username)?;
+            (a.relay, a.origin)
+        };
+        self.check_peer(relay, origin, peer)?;
+        let channel_lifetime = self.cfg.channel_lifetime;
+        let permission_lifetime = self.cfg.permission_lifetime;
+        let a = self.owned(tuple, username)?;
+        // RFC 8656 §12.2: a channel is bound to one peer and a peer to one channel.
+        if let Some((bound, _)) = a.channels.get(&number) {
+            if *bound != peer {
+                return Err((400, "Channel Bound To Another Peer"));
+            }
+        }
+        if a.channels
+            .iter()
+            .any(|(n, (p, _))| *p == peer && *n != number)
+        {
+            return Err((400, "Peer Bound To Another Channel"));
+        }
+        a.channels.insert(number, (peer, now + channel_lifetime));
+        a.permissions.insert(peer.ip(), now + permission_lifetime);
+        let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&a.key);
+        Ok(w.finish_with_fingerprint())
+    }
+
+    fn send_indication(
+        &mut self,
+        tuple: FiveTuple,
+        packet: &[u8],
+        c: &Checked,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Dropped> {
+        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
+        let peer = c
+            .get(attr::XOR_PEER_ADDRESS)
+            .and_then(|p| packet.get(p.start..p.start + p.len))
+            .and_then(|v| decode_xor_address(v, &c.transaction_id))
+            .ok_or(Dropped::MalformedStun)?;
+        let data = value(packet, c, attr::DATA).ok_or(Dropped::MalformedStun)?;
+        if !permitted(a, peer.ip(), now) {
+            return Err(Dropped::NoPermission);
+        }
+        out.push(Output::ToPeer {
+            relay: a.relay,
+            peer,
+            bytes: data.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn client_channel_data(
+        &mut self,
+        tuple: FiveTuple,
+        packet: &[u8],
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Dropped> {
+        let m = channel::parse(packet, tuple.transport == Transport::Tcp)
+            .map_err(|_| Dropped::MalformedChannelData)?;
+        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
+        let (peer, expires) = a.channels.get(&m.channel).ok_or(Dropped::UnboundChannel)?;
+        if *expires <= now {
+            return Err(Dropped::UnboundChannel);
+        }
+        if !permitted(a, peer.ip(), now) {
+            return Err(Dropped::NoPermission);
+        }
+        out.push(Output::ToPeer {
+            relay: a.relay,
+            peer: *peer,
+            bytes: m.data.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// A datagram from `peer` to the relayed address `relay`: to the client as ChannelData
+    /// (if a channel is bound) or a Data indication; dropped without a permission.
+    pub fn peer_packet(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<Output, Dropped> {
+        let tuple = *self.by_relay.get(&relay).ok_or(Dropped::NoAllocation)?;
+        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
+        if !permitted(a, peer.ip(), now) {
+            return Err(Dropped::NoPermission);
+        }
+        let len = u16::try_from(data.len()).map_err(|_| Dropped::Ignored)?;
+        let bound = a
+            .channels
+            .iter()
+            .find(|(_, (p, e))| *p == peer && *e > now)
+            .map(|(n, _)| *n);
+        let bytes = match bound {
+            Some(number) => {
+                let mut header = [0u8; channel::HEADER_LEN];
+                channel::write_header(&mut header, number, len);
+                let mut b = Vec::with_capacity(channel::HEADER_LEN + data.len() + 3);
+                b.extend_from_slice(&header);
+                b.extend_from_slice(data);
+                if tuple.transport == Transport::Tcp {
+                    b.resize(b.len() + channel::stream_padding(data.len()), 0);
+                }
+                b
+            }
+            None => {
+                // A Data indication: a fresh transaction id per indication (RFC 8656 §11.4).
+                self.data_seq = self.data_seq.wrapping_add(1);
+                let mut id = [0u8; 12];
+                for (d, s) in id.iter_mut().zip(
+                    self.data_seq
+                        .to_be_bytes()
+                        .iter()
+                        .chain(relay.port().to_be_bytes().iter()),
+                ) {
+                    *d = *s;
+                }
+                let mut w = Writer::new(Class::Indication, DATA, id);
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .attr(attr::DATA, data);
+                w.finish()
+            }
+        };
+        Ok(Output::ToClient { tuple, bytes })
+    }
+
+    /// Removes expired allocations, permissions and channels.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let expired: Vec<FiveTuple> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for tuple in expired {
+            self.remove(tuple, out);
+        }
+        for a in self.allocations.values_mut() {
+            a.permissions.retain(|_, e| *e > now);
+            a.channels.retain(|_, (_, e)| *e > now);
+        }
+    }
+
+    /// The shell could not bind the relayed socket: the allocation is dropped.
+    pub fn relay_failed(&mut self, relay: SocketAddr) {
+        if let Some(tuple) = self.by_relay.get(&relay).copied() {
+            let mut ignore = Vec::new();
+            self.remove(tuple, &mut ignore);
+        }
+    }
+
+    fn remove(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
+        if let Some(a) = self.allocations.remove(&tuple) {
+            self.by_relay.remove(&a.relay);
+            if let Some(n) = self.per_user.get_mut(&a.username) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_user.remove(&a.username);
+                }
+            }
+            out.push(Output::CloseRelay { relay: a.relay });
+        }
+    }
+
+    fn free_port(&mut self, even: bool) -> Option<u16> {
+        let (lo, hi) = self.cfg.ports;
+        let span = u32::from(hi.saturating_sub(lo)) + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if self.next_port >= hi {
+                lo
+            } else {
+                self.next_port + 1
+            };
+            if even && port % 2 != 0 {
+                continue;
+            }
+            if !self
+                .by_relay
+                .contains_key(&SocketAddr::new(self.cfg.relay_ip, port))
+            {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+fn permitted(a: &Allocation, peer: IpAddr, now: Instant) -> bool {
+    a.permissions
+        .get(&peer)
+        .is_some_and(|&expires| expires > now)
+}
+
+fn value<'p>(packet: &'p [u8], c: &Checked, kind: u16) -> Option<&'p [u8]> {
+    let a = c.get(kind)?;
+    packet.get(a.start..a.start + a.len)
+}
+
+fn secs32(d: Duration) -> [u8; 4] {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).to_be_bytes()
+}
+
+fn error(c: &Checked, code: u16, reason: &str, key: Option<&[u8; 16]>) -> Vec<u8> {
+    let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
+    w.error_code(code, reason)
+        .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes());
+    if let Some(key) = key {
+        w.integrity(key);
+    }
+    w.finish_with_fingerprint()
+}
+
+/// Decodes an XOR-…-ADDRESS value (RFC 8489 §14.2).
+pub fn decode_xor_address(v: &[u8], transaction_id: &[u8; 12]) -> Option<SocketAddr> {
+    let &[_, family, p0, p1] = v.first_chunk::<4>()?;
+    let cookie = stun::MAGIC_COOKIE.to_be_bytes();
+    let port = u16::from_be_bytes([p0, p1]) ^ (stun::MAGIC_COOKIE >> 16) as u16;
+    let addr = v.get(4..)?;
+    match (family, addr.len()) {
+        (0x01, 4) => {
+            let mut o = [0u8; 4];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = addr.get(i)? ^ cookie.get(i)?;
+            }
+            Some(SocketAddr::new(IpAddr::from(o), port))
+        }
+        (0x02, 16) => {
+            let mut o = [0u8; 16];
+            let key: Vec<u8> = cookie
+                .iter()
+                .chain(transaction_id.iter())
+                .copied()
+                .collect();
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = addr.get(i)? ^ key.get(i)?;
+            }
+            Some(SocketAddr::new(IpAddr::from(o), port))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests start simulated time from a real instant
+mod tests;

@@ -1,0 +1,515 @@
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::core::credentials;
+use crate::core::keyring::Ring;
+use crate::core::turn::auth::long_term_key;
+use crate::core::turn::nonce::Nonces;
+
+const T0: u64 = 1_800_000_000;
+const REALM: &str = "sipedge.test";
+
+struct World {
+    ring: Ring,
+    nonces: Nonces,
+    server: Server,
+    start: Instant,
+    tuple: FiveTuple,
+    user: String,
+    pass: String,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl World {
+    fn new() -> World {
+        let ring = Ring::init([4; 32], T0);
+        let c = credentials::mint(&ring, "alice", 8 * 3600, T0).unwrap();
+        let cfg = TurnConfig::new(
+            REALM,
+            "192.0.2.10".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+            (50000, 50009),
+        );
+        World {
+            ring,
+            nonces: Nonces::new(&[5; 32], REALM, 600),
+            server: Server::new(cfg, 0),
+            start: Instant::now(),
+            tuple: FiveTuple {
+                client: addr("198.51.100.20:40000"),
+                server: addr("192.0.2.10:3478"),
+                transport: Transport::Udp,
+            },
+            user: c.username,
+            pass: c.password,
+        }
+    }
+
+    fn key(&self) -> [u8; 16] {
+        long_term_key(&self.user, REALM, &self.pass)
+    }
+
+    /// A request with credentials (and a valid nonce) unless `anonymous`.
+    fn request(&self, method: u16, id: u8, attrs: &[(u16, Vec<u8>)], anonymous: bool) -> Vec<u8> {
+        let mut w = Writer::new(Class::Request, method, [id; 12]);
+        for (k, v) in attrs {
+            w.attr(*k, v);
+        }
+        if !anonymous {
+            let nonce = self.nonces.issue(self.tuple.client.ip(), T0);
+            w.attr(attr::USERNAME, self.user.as_bytes())
+                .attr(attr::REALM, REALM.as_bytes())
+                .attr(attr::NONCE, nonce.as_bytes())
+                .integrity(&self.key());
+        }
+        w.finish_with_fingerprint()
+    }
+
+    fn send(&mut self, packet: &[u8], after: Duration) -> (Vec<Output>, Result<(), Dropped>) {
+        let auth = AuthContext {
+            ring: &self.ring,
+            nonces: &self.nonces,
+            realm: REALM,
+            max_lifetime_secs: 8 * 3600,
+        };
+        let mut out = Vec::new();
+        let arrival = Arrival {
+            tuple: self.tuple,
+            origin: Origin::External,
+            now: self.start + after,
+            now_unix: T0 + after.as_secs(),
+        };
+        let r = self.server.client_packet(&auth, arrival, packet, &mut out);
+        (out, r)
+    }
+
+    /// The error code of the one answer, or 0 for success.
+    fn code(out: &[Output]) -> u16 {
+        let bytes = out
+            .iter()
+            .find_map(|o| match o {
+                Output::ToClient { bytes, .. } => Some(bytes.clone()),
+                _ => None,
+            })
+            .expect("an answer");
+        let c = stun::check(&bytes).unwrap();
+        match c.get(attr::ERROR_CODE) {
+            None => 0,
+            Some(a) => u16::from(bytes[a.start + 2]) * 100 + u16::from(bytes[a.start + 3]),
+        }
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let req = self.request(
+            ALLOCATE,
+            1,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        let (out, _) = self.send(&req, Duration::ZERO);
+        assert_eq!(World::code(&out), 0, "{out:?}");
+        out.iter()
+            .find_map(|o| match o {
+                Output::OpenRelay { relay } => Some(*relay),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn peer_attr(peer: SocketAddr, id: u8) -> (u16, Vec<u8>) {
+        let mut w = Writer::new(Class::Request, 1, [id; 12]);
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        let m = w.finish();
+        (attr::XOR_PEER_ADDRESS, m[24..].to_vec())
+    }
+}
+
+#[test]
+fn allocate_needs_credentials_then_succeeds_and_is_signed() {
+    let mut w = World::new();
+    let anonymous = w.request(
+        ALLOCATE,
+        1,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        true,
+    );
+    let (out, _) = w.send(&anonymous, Duration::ZERO);
+    assert_eq!(World::code(&out), 401);
+    let Output::ToClient { bytes, .. } = &out[0] else {
+        panic!()
+    };
+    let c = stun::check(bytes).unwrap();
+    assert!(c.get(attr::NONCE).is_some() && c.get(attr::REALM).is_some());
+    assert_eq!(
+        w.server.allocations(),
+        0,
+        "no state for unauthenticated requests"
+    );
+
+    let req = w.request(
+        ALLOCATE,
+        2,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+    );
+    let (out, _) = w.send(&req, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    assert_eq!(
+        out[0],
+        Output::OpenRelay {
+            relay: addr("192.0.2.10:50000")
+        }
+    );
+    let Output::ToClient { bytes, .. } = &out[1] else {
+        panic!()
+    };
+    // The answer decodes with stun-rs and its MESSAGE-INTEGRITY validates with the key.
+    use stun_rs::attributes::stun::XorMappedAddress;
+    use stun_rs::attributes::turn::{LifeTime, XorRelayedAddress};
+    use stun_rs::{DecoderContextBuilder, HMACKey, MessageDecoderBuilder};
+    let key = HMACKey::new_long_term(
+        stun_rs::attributes::stun::UserName::new(&w.user).unwrap(),
+        stun_rs::attributes::stun::Realm::new(REALM).unwrap(),
+        &w.pass,
+        stun_rs::Algorithm::from(stun_rs::AlgorithmId::MD5),
+    )
+    .unwrap();
+    let ctx = DecoderContextBuilder::default()
+        .with_key(key)
+        .with_validation()
+        .build();
+    let (msg, _) = MessageDecoderBuilder::default()
+        .with_context(ctx)
+        .build()
+        .decode(bytes)
+        .unwrap();
+    let relayed = msg
+        .get::<XorRelayedAddress>()
+        .unwrap()
+        .as_xor_relayed_address()
+        .unwrap();
+    assert_eq!(
+        *relayed.socket_address(),
+        addr("203.0.113.10:50000"),
+        "the advertised (public) address"
+    );
+    let mapped = msg
+        .get::<XorMappedAddress>()
+        .unwrap()
+        .as_xor_mapped_address()
+        .unwrap();
+    assert_eq!(*mapped.socket_address(), w.tuple.client);
+    let lifetime = msg.get::<LifeTime>().unwrap().as_life_time().unwrap();
+    assert_eq!(lifetime.as_u32(), 600);
+
+    // A retransmission gets the same answer; a new Allocate on the same 5-tuple is 437.
+    let (again, _) = w.send(&req, Duration::from_millis(100));
+    assert_eq!(
+        again,
+        vec![Output::ToClient {
+            tuple: w.tuple,
+            bytes: bytes.clone()
+        }]
+    );
+    let other = w.request(
+        ALLOCATE,
+        3,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&other, Duration::ZERO).0), 437);
+}
+
+#[test]
+fn allocate_error_codes() {
+    let mut w = World::new();
+    type Attrs = Vec<(u16, Vec<u8>)>;
+    let cases: Vec<(Attrs, u16)> = vec![
+        (vec![], 400),
+        (vec![(attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])], 442),
+        (
+            vec![
+                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+                (attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
+            ],
+            440,
+        ),
+        (
+            vec![
+                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+                (attr::RESERVATION_TOKEN, vec![0; 8]),
+            ],
+            508,
+        ),
+        (
+            vec![
+                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+                (0x7000, vec![1]),
+            ],
+            420,
+        ),
+    ];
+    for (i, (attrs, code)) in cases.into_iter().enumerate() {
+        let req = w.request(ALLOCATE, 10 + i as u8, &attrs, false);
+        assert_eq!(
+            World::code(&w.send(&req, Duration::ZERO).0),
+            code,
+            "case {i}"
+        );
+    }
+    assert_eq!(w.server.allocations(), 0);
+}
+
+#[test]
+fn quota_and_capacity() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 2;
+    for i in 0..3u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 40000 + i);
+        let req = w.request(
+            ALLOCATE,
+            20 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        let expect = if i < 2 { 0 } else { 486 };
+        assert_eq!(World::code(&w.send(&req, Duration::ZERO).0), expect);
+    }
+    // Ports run out (10 in the range) before the quota of a generous user does.
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 100;
+    let mut codes = Vec::new();
+    for i in 0..11u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 41000 + i);
+        let req = w.request(
+            ALLOCATE,
+            40 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 10);
+    assert_eq!(codes.last(), Some(&508));
+}
+
+#[test]
+fn permissions_send_data_and_policy() {
+    let mut w = World::new();
+    let relay = w.allocate();
+    let peer = addr("198.51.100.99:5000");
+    // No permission yet: a Send indication is dropped, and so is the peer's traffic.
+    let send = {
+        let mut m = Writer::new(Class::Indication, SEND, [7; 12]);
+        m.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, b"rtp");
+        m.finish()
+    };
+    assert_eq!(w.send(&send, Duration::ZERO).1, Err(Dropped::NoPermission));
+    assert_eq!(
+        w.server.peer_packet(relay, peer, b"x", w.start),
+        Err(Dropped::NoPermission)
+    );
+
+    // Loopback, metadata service, internal ranges from outside: 403.
+    for denied in [
+        "127.0.0.1:1",
+        "169.254.169.254:80",
+        "10.0.0.5:5000",
+        "[::ffff:127.0.0.1]:1",
+    ] {
+        let req = w.request(
+            CREATE_PERMISSION,
+            50,
+            &[World::peer_attr(addr(denied), 50)],
+            false,
+        );
+        let code = World::code(&w.send(&req, Duration::ZERO).0);
+        assert!(code == 403 || code == 443, "{denied}: {code}");
+    }
+    let v6 = w.request(
+        CREATE_PERMISSION,
+        51,
+        &[World::peer_attr(addr("[2001:db8::1]:1"), 51)],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&v6, Duration::ZERO).0), 443);
+
+    let ok = w.request(CREATE_PERMISSION, 52, &[World::peer_attr(peer, 52)], false);
+    assert_eq!(World::code(&w.send(&ok, Duration::ZERO).0), 0);
+    let (out, r) = w.send(&send, Duration::from_secs(1));
+    assert_eq!(r, Ok(()));
+    assert_eq!(
+        out,
+        vec![Output::ToPeer {
+            relay,
+            peer,
+            bytes: b"rtp".to_vec()
+        }]
+    );
+    // The peer answers: a Data indication to the client.
+    let Ok(Output::ToClient { bytes, .. }) =
+        w.server
+            .peer_packet(relay, peer, b"back", w.start + Duration::from_secs(2))
+    else {
+        panic!()
+    };
+    let c = stun::check(&bytes).unwrap();
+    assert_eq!((c.class, c.method), (Class::Indication, DATA));
+    let d = c.get(attr::DATA).unwrap();
+    assert_eq!(&bytes[d.start..d.start + d.len], b"back");
+    let p = c.get(attr::XOR_PEER_ADDRESS).unwrap();
+    assert_eq!(
+        decode_xor_address(&bytes[p.start..p.start + p.len], &c.transaction_id),
+        Some(peer)
+    );
+    // Permissions last 300 s.
+    assert_eq!(
+        w.server
+            .peer_packet(relay, peer, b"late", w.start + Duration::from_secs(301)),
+        Err(Dropped::NoPermission)
+    );
+}
+
+#[test]
+fn channels_carry_channel_data_both_ways() {
+    let mut w = World::new();
+    let relay = w.allocate();
+    let peer = addr("198.51.100.99:5000");
+    let bind = |w: &World, number: u16, peer: SocketAddr, id: u8| {
+        w.request(
+            CHANNEL_BIND,
+            id,
+            &[
+                (
+                    attr::CHANNEL_NUMBER,
+                    [number.to_be_bytes().to_vec(), vec![0, 0]].concat(),
+                ),
+                World::peer_attr(peer, id),
+            ],
+            false,
+        )
+    };
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x3fff, peer, 60), Duration::ZERO).0),
+        400
+    );
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4001, peer, 61), Duration::ZERO).0),
+        0
+    );
+    // The same channel to another peer, or the same peer on another channel: 400.
+    assert_eq!(
+        World::code(
+            &w.send(
+                &bind(&w, 0x4001, addr("198.51.100.98:5000"), 62),
+                Duration::ZERO
+            )
+            .0
+        ),
+        400
+    );
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4002, peer, 63), Duration::ZERO).0),
+        400
+    );
+
+    let mut frame = vec![0x40, 0x01, 0x00, 0x03];
+    frame.extend_from_slice(b"abc");
+    let (out, r) = w.send(&frame, Duration::from_secs(1));
+    assert_eq!(r, Ok(()));
+    assert_eq!(
+        out,
+        vec![Output::ToPeer {
+            relay,
+            peer,
+            bytes: b"abc".to_vec()
+        }]
+    );
+    let Ok(Output::ToClient { bytes, .. }) =
+        w.server
+            .peer_packet(relay, peer, b"xyz", w.start + Duration::from_secs(1))
+    else {
+        panic!()
+    };
+    assert_eq!(bytes, [0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z']);
+    let unbound = [0x40, 0x09, 0x00, 0x00];
+    assert_eq!(
+        w.send(&unbound, Duration::ZERO).1,
+        Err(Dropped::UnboundChannel)
+    );
+}
+
+#[test]
+fn refresh_expiry_and_wrong_credentials() {
+    let mut w = World::new();
+    let relay = w.allocate();
+    // Refresh to 1200 s; then the allocation outlives the default 600 s.
+    let refresh = w.request(
+        REFRESH,
+        70,
+        &[(attr::LIFETIME, 1200u32.to_be_bytes().to_vec())],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&refresh, Duration::from_secs(10)).0), 0);
+    let mut out = Vec::new();
+    w.server
+        .expire(w.start + Duration::from_secs(700), &mut out);
+    assert!(out.is_empty());
+    w.server
+        .expire(w.start + Duration::from_secs(1211), &mut out);
+    assert_eq!(out, vec![Output::CloseRelay { relay }]);
+    assert_eq!(w.server.allocations(), 0);
+
+    // Refresh with LIFETIME 0 deletes at once; then Refresh is 437.
+    let relay = w.allocate();
+    let zero = w.request(REFRESH, 71, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
+    let (out, _) = w.send(&zero, Duration::ZERO);
+    assert!(out.contains(&Output::CloseRelay { relay }));
+    assert_eq!(World::code(&w.send(&zero, Duration::ZERO).0), 437);
+
+    // Another user's request on this 5-tuple's allocation: 441.
+    w.allocate();
+    let bob = credentials::mint(&w.ring, "bob", 3600, T0).unwrap();
+    w.user = bob.username;
+    w.pass = bob.password;
+    let refresh = w.request(REFRESH, 72, &[], false);
+    assert_eq!(World::code(&w.send(&refresh, Duration::ZERO).0), 441);
+}
+
+#[test]
+fn stale_nonces_get_438_and_garbage_is_dropped() {
+    let mut w = World::new();
+    let req = w.request(
+        ALLOCATE,
+        80,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&req, Duration::from_secs(601)).0), 438);
+    assert_eq!(
+        w.send(b"\\xffgarbage", Duration::ZERO).1,
+        Err(Dropped::NotStunOrChannelData)
+    );
+    let mut truncated = req.clone();
+    truncated.pop();
+    assert_eq!(
+        w.send(&truncated, Duration::ZERO).1,
+        Err(Dropped::MalformedStun)
+    );
+    let unknown_method = w.request(0x00A, 81, &[], true);
+    assert_eq!(World::code(&w.send(&unknown_method, Duration::ZERO).0), 400);
+}
+
+#[test]
+fn binding_is_answered_without_credentials() {
+    let mut w = World::new();
+    let req = Writer::new(Class::Request, BINDING, [9; 12]).finish();
+    let (out, _) = w.send(&req, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    let _ = IpAddr::from([0, 0, 0, 0]);
+}
