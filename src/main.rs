@@ -407,6 +407,9 @@ async fn run(topology: sipedge::topology::Topology) -> ExitCode {
         );
         println!("sipedge: clients trust {}", pki.ca_cert.display());
     }
+    if !edge.turn_udp.is_empty() {
+        println!("sipedge: TURN over UDP on {:?}", edge.turn_udp);
+    }
     if let Some(ops) = edge.operations {
         println!("sipedge: operations on http://{ops}/healthz and http://{ops}/metrics");
     }

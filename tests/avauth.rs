@@ -97,10 +97,12 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         t.internal.sip_bind = internal.parse().unwrap();
         t.keys = Some(KeysSource::File(ring_path.clone()));
         t.relay = Some(Relay {
-            host: "av.sipedge.test".into(),
             udp_port: 3478,
             tcp_port: 443,
             credential_lifetime: std::time::Duration::from_secs(8 * 3600),
+            // An ephemeral TURN port: tests run side by side.
+            listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Relay::new("av.sipedge.test")
         });
         t
     };
@@ -217,10 +219,12 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
     let mut t = topology(&pki, &[director.addr]);
     t.keys = Some(KeysSource::File(ring_path.clone()));
     t.relay = Some(Relay {
-        host: "av.sipedge.test".into(),
         udp_port: 3478,
         tcp_port: 443,
         credential_lifetime: std::time::Duration::from_secs(8 * 3600),
+        // An ephemeral TURN port: tests run side by side.
+        listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Relay::new("av.sipedge.test")
     });
     t.operations = Some(sipedge::topology::Operations {
         listen: "127.0.0.2:0".parse().unwrap(),

@@ -106,6 +106,12 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
             return;
         }
     }
+    for addr in ["127.0.0.1:3478", "127.0.0.2:3478"] {
+        if std::net::UdpSocket::bind(addr).is_err() {
+            eprintln!("SKIPPED: UDP {addr} is in use on this machine");
+            return;
+        }
+    }
     let state = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .arg("run")

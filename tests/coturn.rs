@@ -164,10 +164,12 @@ fn coturn_accepts_credentials_issued_over_sip_service() {
         let mut t = crate::support::topology(&pki, &[director.addr]);
         t.keys = Some(sipedge::topology::KeysSource::File(ring_path.clone()));
         t.relay = Some(sipedge::topology::Relay {
-            host: "127.0.0.1".into(),
             udp_port: port,
             tcp_port: port,
             credential_lifetime: Duration::from_secs(8 * 3600),
+            // An ephemeral TURN port: tests run side by side.
+            listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+            ..sipedge::topology::Relay::new("127.0.0.1")
         });
         let edge = sipedge::shell::start(&t).await.expect("edge starts");
         let mut fe = crate::avauth::front_end(&pki, edge.internal).await;

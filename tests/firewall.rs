@@ -452,6 +452,14 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+fn free_udp(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -480,6 +488,14 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .replace("127.0.0.2:5061", &format!("127.0.0.2:{int}"))
         .replace("127.0.0.1:5070", &format!("127.0.0.1:{dir}"))
         .replace("127.0.0.2:9095", &format!("127.0.0.2:{}", free_port("127.0.0.2")))
+        .replace(
+            "host = \"av.sipedge.test\"",
+            &format!(
+                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]",
+                free_udp("127.0.0.1"),
+                free_udp("127.0.0.2")
+            ),
+        )
         // No bans: every attacking connection gets in and stays, the worst case for memory.
         + "\n[firewall]\nban_after = 0\n";
     let file = state.path().join("edge.toml");

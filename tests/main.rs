@@ -32,3 +32,6 @@ mod coturn;
 
 /// The A/V authentication service (relay credentials over SIP SERVICE).
 mod avauth;
+
+/// The TURN relay against coturn's client.
+mod turn;

@@ -210,6 +210,13 @@ impl Ring {
 
     /// Parses a ring file's text. Every key must be complete and valid.
     pub fn parse(text: &str) -> Result<Ring, RingError> {
+        // The TOML parser recurses per nesting level: refuse deep files before it runs.
+        if super::toml_depth::nesting_depth(text) > super::toml_depth::MAX_NESTING {
+            return Err(RingError::Syntax {
+                line: 0,
+                message: format!("nested deeper than {}", super::toml_depth::MAX_NESTING),
+            });
+        }
         let doc: toml::Table = toml::from_str(text).map_err(|e| RingError::Syntax {
             line: e.span().map_or(0, |s| {
                 text.get(..s.start).unwrap_or(text).matches('\n').count() + 1
@@ -436,6 +443,10 @@ mod tests {
                 "duplicate id",
             ),
             ("version = 1\n[[key]\n", "line"),
+            (
+                &format!("version = 1\nx = {}", "[".repeat(5000)),
+                "nested deeper",
+            ),
         ];
         for (text, want) in cases {
             let err = Ring::parse(text).unwrap_err().to_string();

@@ -7,4 +7,5 @@ pub mod keyring;
 pub mod limits;
 pub mod mras;
 pub mod sip;
+pub mod toml_depth;
 pub mod turn;

@@ -13,6 +13,7 @@ mod schema;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use crate::core::toml_depth::{nesting_depth, MAX_NESTING};
 pub use error::{Problem, TopologyError};
 pub use model::*;
 pub use reader::parse_duration;
@@ -104,6 +105,14 @@ pub fn load(path: &Path) -> Result<Topology, TopologyError> {
 /// Resolves topology text. `source` names the file in problems and anchors relative paths.
 pub fn parse(text: &str, source: Option<&Path>, env: &StateEnv) -> Result<Topology, TopologyError> {
     let mut doc = reader::Doc::new(text);
+    if nesting_depth(text) > MAX_NESTING {
+        doc.problem(
+            1,
+            "",
+            format!("arrays or inline tables nested deeper than {MAX_NESTING}"),
+        );
+        return Err(TopologyError::new(source, doc.problems));
+    }
     let (root, syntax) = toml::de::DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         // Resolving a tree the parser had to repair would report phantom problems.

@@ -45,6 +45,39 @@ pub struct Relay {
     pub tcp_port: u16,
     /// Lifetime of the credentials issued (1 minute to 180 days).
     pub credential_lifetime: Duration,
+    /// TURN over UDP listens here; empty: the external and internal interface addresses
+    /// on `udp_port`.
+    pub listen_udp: Vec<SocketAddr>,
+    /// Where relayed sockets bind (default: the external interface's address).
+    pub relay_ip: Option<std::net::IpAddr>,
+    /// What XOR-RELAYED-ADDRESS advertises when the relay is behind NAT (default: relay_ip).
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Relayed ports, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Let relays reach loopback peers (tests on one host only; never in production).
+    pub allow_loopback_peers: bool,
+    /// The TURN realm (default: the first SIP domain).
+    pub realm: Option<String>,
+}
+
+impl Relay {
+    /// A relay advertised as `host` with every other setting at its default.
+    pub fn new(host: &str) -> Relay {
+        Relay {
+            host: host.to_string(),
+            udp_port: 3478,
+            tcp_port: 443,
+            credential_lifetime: Duration::from_secs(8 * 3600),
+            listen_udp: Vec::new(),
+            relay_ip: None,
+            public_ip: None,
+            port_min: 50_000,
+            port_max: 59_999,
+            allow_loopback_peers: false,
+            realm: None,
+        }
+    }
 }
 
 /// The operations listener: plain HTTP on an internal or management address only.

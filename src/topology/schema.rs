@@ -69,7 +69,19 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
 ];
 const KEYS_KEYS: &[&str] = &["ring", "dev"];
-const RELAY_KEYS: &[&str] = &["host", "udp_port", "tcp_port", "credential_lifetime"];
+const RELAY_KEYS: &[&str] = &[
+    "host",
+    "udp_port",
+    "tcp_port",
+    "credential_lifetime",
+    "listen_udp",
+    "relay_ip",
+    "public_ip",
+    "port_min",
+    "port_max",
+    "allow_loopback_peers",
+    "realm",
+];
 const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
 const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
@@ -686,11 +698,50 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         ),
         secs(crate::core::credentials::DEFAULT_LIFETIME_SECS),
     );
+    let listen_udp = doc.socket_addr_list(s, "listen_udp", false).map(|(l, _)| l);
+    let ip = |doc: &mut Doc<'_>, key: &str| -> Option<Option<std::net::IpAddr>> {
+        match doc.string(s, key, false) {
+            None if s.has(key) => None,
+            None => Some(None),
+            Some((text, line)) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(Some(ip)),
+                _ => {
+                    doc.problem(
+                        line,
+                        s.key(key),
+                        format!("\"{text}\" is not a specific IP address"),
+                    );
+                    None
+                }
+            },
+        }
+    };
+    let relay_ip = ip(doc, "relay_ip");
+    let public_ip = ip(doc, "public_ip");
+    let port_min = port(doc, "port_min", 50_000);
+    let port_max = port(doc, "port_max", 59_999);
+    if port_min > port_max {
+        let line = doc.line_of_key(s, "port_max");
+        doc.problem(line, s.key("port_max"), "must be at least relay.port_min");
+    }
+    let allow_loopback_peers = doc
+        .boolean(s, "allow_loopback_peers")
+        .is_some_and(|(b, _)| b);
+    let realm = doc
+        .string(s, "realm", false)
+        .map(|(r, _)| r.to_ascii_lowercase());
     Some(Some(Relay {
         host: host?,
         udp_port,
         tcp_port,
         credential_lifetime,
+        listen_udp: listen_udp.unwrap_or_default(),
+        relay_ip: relay_ip?,
+        public_ip: public_ip?,
+        port_min,
+        port_max,
+        allow_loopback_peers,
+        realm,
     }))
 }
 

@@ -358,3 +358,13 @@ fn locate_finds_dotted_keys() {
     assert_eq!(locate(TWO_NIC, "external.nope"), None);
     assert_eq!(locate("[[x", "x"), None);
 }
+
+#[test]
+fn deeply_nested_files_are_refused_before_parsing() {
+    // Regression: a few KiB of `[[[[` overflowed a 2 MiB test thread's stack in the TOML
+    // parser (found by replaying the keyring fuzz corpus in a debug build).
+    let text = format!("state_dir = {}", "[".repeat(20_000));
+    let found = problems(&text);
+    assert_eq!(found.len(), 1);
+    assert!(found[0].2.contains("nested deeper"), "{found:?}");
+}

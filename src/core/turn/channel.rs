@@ -2,9 +2,12 @@
 //! then the data; over stream transports padded to a multiple of 4. This is the relay's hot
 //! path: parsing borrows, encoding writes a header in place; nothing allocates.
 
-/// The channel numbers TURN allows (RFC 8656 §12: 0x4000 through 0x4FFF).
+/// The channel numbers accepted. RFC 8656 §12 narrowed them to 0x4000–0x4FFF, but RFC 5766
+/// clients (coturn's `turnutils_uclient` among them) still pick up to 0x7FFF, and the issue
+/// is that they must work; on a TURN port only STUN and ChannelData arrive, so the wider
+/// range is unambiguous there. Below 0x4000 is STUN; 0x8000 and up never are channels.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 pub const HEADER_LEN: usize = 4;
 
 /// A parsed ChannelData message.
@@ -21,7 +24,7 @@ pub struct ChannelData<'a> {
 pub enum ChannelError {
     /// Fewer than 4 bytes, or (streams) the data has not all arrived yet.
     Incomplete,
-    /// Channel number outside 0x4000–0x4FFF.
+    /// Channel number outside 0x4000–0x7FFF.
     BadChannel,
     /// Datagram: the length field says more than the datagram holds.
     Truncated,
@@ -112,10 +115,7 @@ mod tests {
             parse(&frame(0x3fff, b"x"), false),
             Err(ChannelError::BadChannel)
         );
-        assert_eq!(
-            parse(&frame(0x5000, b"x"), false),
-            Err(ChannelError::BadChannel)
-        );
+        assert_eq!(parse(&frame(0x5000, b"x"), false).unwrap().channel, 0x5000);
         assert_eq!(parse(&[0x40], false), Err(ChannelError::Incomplete));
         assert_eq!(parse(&frame(0x4fff, b""), false).unwrap().data, b"");
     }

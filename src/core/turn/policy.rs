@@ -43,6 +43,9 @@ pub struct PeerPolicy {
     pub allow_internal: Vec<Prefix>,
     /// Always refused, whatever the origin.
     pub deny: Vec<Prefix>,
+    /// Let loopback peers through (tests on one host only; coturn's
+    /// `--allow-loopback-peers`).
+    pub allow_loopback: bool,
 }
 
 /// What an address really reaches: IPv6 forms that carry an IPv4 address become it.
@@ -75,9 +78,13 @@ impl PeerPolicy {
                 return Err(Denied::Configured);
             }
         }
-        match real {
+        let verdict = match real {
             IpAddr::V4(a) => check_v4(a, origin, self.allows_internal(peer, real)),
             IpAddr::V6(a) => check_v6(a, origin, self.allows_internal(peer, real)),
+        };
+        match verdict {
+            Err(Denied::Loopback) if self.allow_loopback => Ok(()),
+            v => v,
         }
     }
 
@@ -209,6 +216,7 @@ mod tests {
         let allowing = PeerPolicy {
             allow_internal: vec![Prefix::parse("10.20.0.0/16").unwrap()],
             deny: vec![Prefix::parse("203.0.113.66").unwrap()],
+            allow_loopback: false,
         };
         assert_eq!(allowing.check(ip("10.20.5.5"), Origin::External), Ok(()));
         assert_eq!(

@@ -141,9 +141,15 @@ pub struct Server {
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: HashMap<String, usize>,
     next_port: u16,
-    /// Transaction ids of Data indications (each needs a fresh one).
+    /// Transaction ids of Data indications (each needs a fresh one) and token counter.
     data_seq: u64,
+    /// Ports reserved by EVEN-PORT with the R bit: token -> (port, expiry).
+    reservations: HashMap<[u8; 8], (u16, Instant)>,
+    token_hasher: std::collections::hash_map::RandomState,
 }
+
+/// How long a reserved port waits for its RESERVATION-TOKEN (RFC 8656 §7.2: about 30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 impl Server {
     /// `seed` spreads the first relayed port over the range (from the shell's randomness).
@@ -162,6 +168,8 @@ impl Server {
             per_user: HashMap::new(),
             next_port,
             data_seq: u64::from(seed) << 32,
+            reservations: HashMap::new(),
+            token_hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -302,9 +310,23 @@ impl Server {
         if transport.first() != Some(&UDP) {
             return Err((442, "Unsupported Transport Protocol"));
         }
-        if c.get(attr::RESERVATION_TOKEN).is_some() {
-            return Err((508, "Reservations Not Supported"));
-        }
+        // RFC 8656 §7.2: a token claims a port reserved by an earlier EVEN-PORT with the R
+        // bit (the RTCP port next to an RTP relay); the two attributes exclude each other.
+        let reserved = match value(packet, c, attr::RESERVATION_TOKEN) {
+            Some(_) if c.get(attr::EVEN_PORT).is_some() => {
+                return Err((400, "EVEN-PORT With RESERVATION-TOKEN"))
+            }
+            Some(token) => {
+                let token: [u8; 8] = token
+                    .try_into()
+                    .map_err(|_| (400, "Bad RESERVATION-TOKEN"))?;
+                match self.reservations.remove(&token) {
+                    Some((port, expires)) if expires > now => Some(port),
+                    _ => return Err((508, "Insufficient Capacity")),
+                }
+            }
+            None => None,
+        };
         if let Some(family) = value(packet, c, attr::REQUESTED_ADDRESS_FAMILY) {
             let wanted_v6 = match family.first() {
                 Some(0x01) => false,
@@ -318,8 +340,24 @@ impl Server {
         if self.per_user.get(&username).copied().unwrap_or(0) >= self.cfg.max_allocations_per_user {
             return Err((486, "Allocation Quota Reached"));
         }
-        let even = c.get(attr::EVEN_PORT).is_some();
-        let port = self.free_port(even).ok_or((508, "Insufficient Capacity"))?;
+        let even_port = value(packet, c, attr::EVEN_PORT);
+        let reserve_next = even_port
+            .and_then(|v| v.first())
+            .is_some_and(|b| b & 0x80 != 0);
+        let port = match reserved {
+            Some(port) => port,
+            None => self
+                .free_port(even_port.is_some(), reserve_next, now)
+                .ok_or((508, "Insufficient Capacity"))?,
+        };
+        let token = if reserve_next {
+            let token = self.new_token();
+            self.reservations
+                .insert(token, (port + 1, now + RESERVATION_LIFETIME));
+            Some(token)
+        } else {
+            None
+        };
         let relay = SocketAddr::new(self.cfg.relay_ip, port);
         let lifetime = self.lifetime(packet, c);
         let mut w = Writer::new(Class::Success, ALLOCATE, c.transaction_id);
@@ -328,9 +366,11 @@ impl Server {
             SocketAddr::new(self.cfg.advertised_ip, port),
         )
         .attr(attr::LIFETIME, &secs32(lifetime))
-        .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client)
-        .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-        .integrity(&key);
+        .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
+        if let Some(token) = token {
+            w.attr(attr::RESERVATION_TOKEN, &token);
+        }
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&key);
         let answer = w.finish_with_fingerprint();
         *self.per_user.entry(username.clone()).or_insert(0) += 1;
         self.by_relay.insert(relay, tuple);
@@ -633,12 +673,13 @@ impl Server {
         }
     }
 
-    /// The shell could not bind the relayed socket: the allocation is dropped.
-    pub fn relay_failed(&mut self, relay: SocketAddr) {
-        if let Some(tuple) = self.by_relay.get(&relay).copied() {
-            let mut ignore = Vec::new();
-            self.remove(tuple, &mut ignore);
-        }
+    /// The shell could not bind the relayed socket: the allocation is dropped. Returns the
+    /// client whose answer must then not be sent (it retransmits and gets another port).
+    pub fn relay_failed_client(&mut self, relay: SocketAddr) -> Option<SocketAddr> {
+        let tuple = self.by_relay.get(&relay).copied()?;
+        let mut ignore = Vec::new();
+        self.remove(tuple, &mut ignore);
+        Some(tuple.client)
     }
 
     fn remove(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
@@ -654,7 +695,9 @@ impl Server {
         }
     }
 
-    fn free_port(&mut self, even: bool) -> Option<u16> {
+    /// A free port (even if asked; with the next one free too when it is to be reserved).
+    fn free_port(&mut self, even: bool, with_next: bool, now: Instant) -> Option<u16> {
+        self.reservations.retain(|_, (_, expires)| *expires > now);
         let (lo, hi) = self.cfg.ports;
         let span = u32::from(hi.saturating_sub(lo)) + 1;
         for _ in 0..span {
@@ -667,14 +710,24 @@ impl Server {
             if even && port % 2 != 0 {
                 continue;
             }
-            if !self
-                .by_relay
-                .contains_key(&SocketAddr::new(self.cfg.relay_ip, port))
-            {
-                return Some(port);
+            let taken = |p: u16| {
+                self.by_relay
+                    .contains_key(&SocketAddr::new(self.cfg.relay_ip, p))
+                    || self.reservations.values().any(|(r, _)| *r == p)
+            };
+            if taken(port) || (with_next && (port >= hi || taken(port + 1))) {
+                continue;
             }
+            return Some(port);
         }
         None
+    }
+
+    /// An unguessable reservation token (a keyed hash of a counter).
+    fn new_token(&mut self) -> [u8; 8] {
+        use std::hash::BuildHasher;
+        self.data_seq = self.data_seq.wrapping_add(1);
+        self.token_hasher.hash_one(self.data_seq).to_be_bytes()
     }
 }
 

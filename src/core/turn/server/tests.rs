@@ -492,7 +492,7 @@ fn stale_nonces_get_438_and_garbage_is_dropped() {
     );
     assert_eq!(World::code(&w.send(&req, Duration::from_secs(601)).0), 438);
     assert_eq!(
-        w.send(b"\\xffgarbage", Duration::ZERO).1,
+        w.send(&[0xc5, b'g'], Duration::ZERO).1,
         Err(Dropped::NotStunOrChannelData)
     );
     let mut truncated = req.clone();
@@ -512,4 +512,60 @@ fn binding_is_answered_without_credentials() {
     let (out, _) = w.send(&req, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
     let _ = IpAddr::from([0, 0, 0, 0]);
+}
+
+#[test]
+fn even_port_with_reservation_then_the_token_claims_the_next_port() {
+    let mut w = World::new();
+    let req = w.request(
+        ALLOCATE,
+        90,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::EVEN_PORT, vec![0x80]),
+        ],
+        false,
+    );
+    let (out, _) = w.send(&req, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    let Output::OpenRelay { relay } = out[0] else {
+        panic!()
+    };
+    assert_eq!(relay.port() % 2, 0, "an even port");
+    let Output::ToClient { bytes, .. } = &out[1] else {
+        panic!()
+    };
+    let c = stun::check(bytes).unwrap();
+    let t = c.get(attr::RESERVATION_TOKEN).unwrap();
+    let token = bytes[t.start..t.start + 8].to_vec();
+
+    // Another client (another 5-tuple) claims the reserved port with the token, once.
+    w.tuple.client = addr("198.51.100.20:40002");
+    let claim = w.request(
+        ALLOCATE,
+        91,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::RESERVATION_TOKEN, token.clone()),
+        ],
+        false,
+    );
+    let (out, _) = w.send(&claim, Duration::from_secs(1));
+    assert_eq!(
+        out[0],
+        Output::OpenRelay {
+            relay: SocketAddr::new(relay.ip(), relay.port() + 1)
+        }
+    );
+    w.tuple.client = addr("198.51.100.20:40004");
+    let again = w.request(
+        ALLOCATE,
+        92,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::RESERVATION_TOKEN, token),
+        ],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&again, Duration::from_secs(2)).0), 508);
 }

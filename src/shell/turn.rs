@@ -1,0 +1,272 @@
+//! The A/V Edge shell: TURN over UDP listeners in both zones, relayed UDP sockets, and the
+//! expiry timer around the sans-IO `core::turn::server`. The state machine sits behind one
+//! mutex held only for the call (never across an await); the packets it decides to send are
+//! sent after the lock is released.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::clock;
+use crate::core::keyring::Ring;
+use crate::core::turn::auth::AuthContext;
+use crate::core::turn::nonce::Nonces;
+use crate::core::turn::policy::Origin;
+use crate::core::turn::server::{Arrival, FiveTuple, Output, Server, Transport, TurnConfig};
+
+/// Largest datagram read (a UDP payload cannot be larger).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Counters of the relay.
+#[derive(Default)]
+pub struct TurnStats {
+    pub client_packets: AtomicU64,
+    pub peer_packets: AtomicU64,
+    pub relayed_to_peers: AtomicU64,
+    pub relayed_to_clients: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// The running relay.
+pub struct Turn {
+    server: Mutex<Server>,
+    ring: Ring,
+    nonces: Nonces,
+    realm: String,
+    max_credential_lifetime_secs: u64,
+    /// Client-facing sockets by local address (a 5-tuple's server side).
+    listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+    relays: Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>>,
+    pub stats: TurnStats,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Turn {
+    fn lock_server(&self) -> std::sync::MutexGuard<'_, Server> {
+        // A panic under the lock cannot leave the map half-updated in a way that matters
+        // more than stopping the relay would.
+        self.server.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn allocations(&self) -> usize {
+        self.lock_server().allocations()
+    }
+
+    async fn execute(self: &Arc<Self>, outputs: Vec<Output>) {
+        let mut failed: Vec<SocketAddr> = Vec::new();
+        for o in outputs {
+            match o {
+                Output::ToClient { tuple, bytes } => {
+                    if failed.contains(&tuple.client) {
+                        continue; // its relay could not be opened: it retransmits and retries
+                    }
+                    if let Some(sock) = self.listeners.get(&tuple.server) {
+                        let _ = sock.send_to(&bytes, tuple.client).await;
+                        self.stats
+                            .relayed_to_clients
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Output::ToPeer { relay, peer, bytes } => {
+                    let sock = self
+                        .relays
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&relay)
+                        .map(|(s, _)| s.clone());
+                    if let Some(sock) = sock {
+                        let _ = sock.send_to(&bytes, peer).await;
+                        self.stats.relayed_to_peers.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Output::OpenRelay { relay } => match bind_relay(relay) {
+                    Ok(sock) => {
+                        let sock = Arc::new(sock);
+                        let this = self.clone();
+                        let reader = sock.clone();
+                        let task = self
+                            .tasks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .spawn(this.relay_task(relay, reader));
+                        self.relays
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(relay, (sock, task));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%relay, error = %e, "cannot bind a relayed socket");
+                        let tuple_client = self.lock_server().relay_failed_client(relay);
+                        if let Some(c) = tuple_client {
+                            failed.push(c);
+                        }
+                    }
+                },
+                Output::CloseRelay { relay } => {
+                    if let Some((_, task)) = self
+                        .relays
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&relay)
+                    {
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn client_loop(self: Arc<Self>, sock: Arc<UdpSocket>, origin: Origin) {
+        let Ok(local) = sock.local_addr() else { return };
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+            let packet = buf.get(..n).unwrap_or_default();
+            let arrival = Arrival {
+                tuple: FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Udp,
+                },
+                origin,
+                now: clock::now(),
+                now_unix: clock::now_unix(),
+            };
+            let auth = AuthContext {
+                ring: &self.ring,
+                nonces: &self.nonces,
+                realm: &self.realm,
+                max_lifetime_secs: self.max_credential_lifetime_secs,
+            };
+            let mut out = Vec::new();
+            let result = self
+                .lock_server()
+                .client_packet(&auth, arrival, packet, &mut out);
+            if result.is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.execute(out).await;
+        }
+    }
+
+    /// The relay loop, boxed with an explicit `Send`: it and `execute` call each other, and
+    /// naming the type here ends the cycle the compiler cannot see through.
+    fn relay_task(
+        self: Arc<Self>,
+        relay: SocketAddr,
+        sock: Arc<UdpSocket>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.relay_loop(relay, sock))
+    }
+
+    async fn relay_loop(self: Arc<Self>, relay: SocketAddr, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            self.stats.peer_packets.fetch_add(1, Ordering::Relaxed);
+            let data = buf.get(..n).unwrap_or_default();
+            let decided = self
+                .lock_server()
+                .peer_packet(relay, peer, data, clock::now());
+            match decided {
+                Ok(out) => self.execute(vec![out]).await,
+                Err(_) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn expiry_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    self.tasks.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+                    return;
+                }
+            }
+            let mut out = Vec::new();
+            self.lock_server().expire(clock::now(), &mut out);
+            self.execute(out).await;
+        }
+    }
+}
+
+fn bind_relay(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Binds the listeners and starts the relay. Returns it and the bound listener addresses.
+pub async fn start(
+    cfg: TurnConfig,
+    ring: Ring,
+    listen: &[(SocketAddr, Origin)],
+    shutdown: watch::Receiver<bool>,
+    seed: u16,
+) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>)> {
+    let mut sockets = Vec::new();
+    for &(addr, origin) in listen {
+        let sock = Arc::new(bind_relay(addr)?);
+        sockets.push((sock, origin));
+    }
+    let now_unix = clock::now_unix();
+    let nonce_key = ring
+        .signing_key(now_unix)
+        .map(|k| k.derive(crate::core::keyring::Purpose::TurnNonce))
+        .unwrap_or([0; 32]);
+    let realm = cfg.realm.clone();
+    let max = cfg.max_credential_lifetime_secs;
+    let mut listeners = HashMap::new();
+    let mut bound = Vec::new();
+    for (sock, _) in &sockets {
+        let local = sock.local_addr()?;
+        listeners.insert(local, sock.clone());
+        bound.push(local);
+    }
+    let turn = Arc::new(Turn {
+        server: Mutex::new(Server::new(cfg, seed)),
+        ring,
+        nonces: Nonces::new(
+            &nonce_key,
+            &realm,
+            crate::core::turn::nonce::DEFAULT_LIFETIME_SECS,
+        ),
+        realm,
+        max_credential_lifetime_secs: max,
+        listeners,
+        relays: Mutex::new(HashMap::new()),
+        stats: TurnStats::default(),
+        tasks: Mutex::new(JoinSet::new()),
+    });
+    {
+        let mut tasks = turn.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        for (sock, origin) in sockets {
+            tasks.spawn(turn.clone().client_loop(sock, origin));
+        }
+    }
+    tokio::spawn(turn.clone().expiry_loop(shutdown));
+    Ok((turn, bound))
+}
