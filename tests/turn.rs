@@ -120,3 +120,137 @@ fn turnutils_uclient_relays_media_through_the_edge() {
     std::thread::sleep(Duration::from_millis(50));
     rt.block_on(edge.stop());
 }
+
+/// Two edge processes started from the same ring file: a credential issued by one over SIP
+/// SERVICE (a Front End on its internal listener) allocates a relay on the other.
+#[test]
+fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
+    use std::io::{BufRead, BufReader};
+    let Some(uclient) = uclient() else { return };
+    let pki = Pki::new();
+    let ring_path = pki.dir.path().join("ring.toml");
+    keyfile::store(
+        &ring_path,
+        &Ring::init(
+            keyfile::random_secret().unwrap(),
+            sipedge::shell::clock::now_unix(),
+        ),
+        true,
+    )
+    .unwrap();
+    let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
+    let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
+    let tcp_port = |ip: &str| {
+        std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let director = tcp_port("127.0.0.1");
+    let topology = |name: &str, turn: u16, relay_base: u16| {
+        format!(
+            "state_dir = \"{state}\"\n\
+             [edge]\nname = \"{name}\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
+             [external]\nsip = \"127.0.0.1:{ext}\"\nsip_host = \"{EDGE_FQDN}\"\n\
+             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             [internal]\nsip = \"127.0.0.2:{int}\"\n\
+             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             [next_hop]\nmembers = [\"127.0.0.1:{director}\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
+             [keys]\nring = \"{ring}\"\n\
+             [relay]\nhost = \"127.0.0.1\"\nlisten_udp = [\"127.0.0.1:{turn}\"]\nrelay_ip = \"127.0.0.1\"\n\
+             port_min = {relay_base}\nport_max = {}\nallow_loopback_peers = true\n",
+            relay_base + 99,
+            state = pki.dir.path().join(name).display(),
+            ext = tcp_port("127.0.0.1"),
+            int = tcp_port("127.0.0.2"),
+            ec = ext_cert.display(),
+            ek = ext_key.display(),
+            ic = int_cert.display(),
+            ik = int_key.display(),
+            ca = pki.pki.ca_cert.display(),
+            ring = ring_path.display(),
+        )
+    };
+    struct Edge(std::process::Child);
+    impl Drop for Edge {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = |name: &str, text: String| -> (Edge, std::net::SocketAddr) {
+        let file = pki.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["run", "--topology"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut internal = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("internal mutual-TLS SIP on ").nth(1) {
+                internal = rest.split(',').next().map(|a| a.parse().unwrap());
+                break;
+            }
+        }
+        (Edge(child), internal.expect("the edge started"))
+    };
+    let base = 30_000 + (std::process::id() % 50) as u16 * 200;
+    let (turn_a, turn_b) = (udp_port("127.0.0.1"), udp_port("127.0.0.1"));
+    let (_edge_a, internal_a) = start("edge-a", topology("edge-a", turn_a, base));
+    let (_edge_b, _) = start("edge-b", topology("edge-b", turn_b, base + 100));
+
+    // A Front End asks edge A for relay credentials.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = rt.block_on(async {
+        let mut fe = crate::avauth::front_end(&pki, internal_a).await;
+        let answer = crate::avauth::ask(
+            &mut fe,
+            &crate::avauth::service(crate::avauth::LYNC_BODY, "pool1"),
+        )
+        .await;
+        assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+        let body = answer[answer.find("\r\n\r\n").unwrap() + 4..].to_string();
+        (
+            crate::avauth::element(&body, "username").to_string(),
+            crate::avauth::element(&body, "password").to_string(),
+        )
+    });
+    // Edge B's relay accepts them.
+    let out = Command::new(&uclient)
+        .args([
+            "-p",
+            &turn_b.to_string(),
+            "-u",
+            &user,
+            "-w",
+            &pass,
+            "-n",
+            "10",
+            "-m",
+            "1",
+            "-l",
+            "172",
+            "-y",
+        ])
+        .arg("127.0.0.1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "edge B refused edge A's credential:\n{text}"
+    );
+    assert!(text.contains("Total lost packets 0"), "{text}");
+}
