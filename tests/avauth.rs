@@ -102,6 +102,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
             credential_lifetime: std::time::Duration::from_secs(8 * 3600),
             // An ephemeral TURN port: tests run side by side.
             listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+            listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
             ..Relay::new("av.sipedge.test")
         });
         t
@@ -224,6 +225,7 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
         credential_lifetime: std::time::Duration::from_secs(8 * 3600),
         // An ephemeral TURN port: tests run side by side.
         listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
         ..Relay::new("av.sipedge.test")
     });
     t.operations = Some(sipedge::topology::Operations {

@@ -100,7 +100,13 @@ fn usage_errors_exit_64_and_version_prints() {
 /// Skipped (with a message) if something else on this machine holds those ports.
 #[test]
 fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_sigterm() {
-    for addr in ["127.0.0.1:5061", "127.0.0.2:5061", "127.0.0.2:9095"] {
+    for addr in [
+        "127.0.0.1:5061",
+        "127.0.0.2:5061",
+        "127.0.0.2:9095",
+        "127.0.0.1:3478",
+        "127.0.0.2:3478",
+    ] {
         if std::net::TcpListener::bind(addr).is_err() {
             eprintln!("SKIPPED: {addr} is in use on this machine");
             return;

@@ -169,6 +169,7 @@ fn coturn_accepts_credentials_issued_over_sip_service() {
             credential_lifetime: Duration::from_secs(8 * 3600),
             // An ephemeral TURN port: tests run side by side.
             listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+            listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
             ..sipedge::topology::Relay::new("127.0.0.1")
         });
         let edge = sipedge::shell::start(&t).await.expect("edge starts");

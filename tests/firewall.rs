@@ -491,9 +491,10 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .replace(
             "host = \"av.sipedge.test\"",
             &format!(
-                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]",
+                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]",
                 free_udp("127.0.0.1"),
-                free_udp("127.0.0.2")
+                free_udp("127.0.0.2"),
+                free_port("127.0.0.1")
             ),
         )
         // No bans: every attacking connection gets in and stays, the worst case for memory.

@@ -58,6 +58,7 @@ fn turnutils_uclient_relays_media_through_the_edge() {
         t.keys = Some(KeysSource::File(ring_path.clone()));
         t.relay = Some(Relay {
             listen_udp: vec![format!("127.0.0.1:{turn_port}").parse().unwrap()],
+            listen_tcp: vec![format!("127.0.0.1:{turn_port}").parse().unwrap()],
             relay_ip: Some("127.0.0.1".parse().unwrap()),
             port_min: base,
             port_max: base + 99,
@@ -158,7 +159,7 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
              [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
              [next_hop]\nmembers = [\"127.0.0.1:{director}\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [keys]\nring = \"{ring}\"\n\
-             [relay]\nhost = \"127.0.0.1\"\nlisten_udp = [\"127.0.0.1:{turn}\"]\nrelay_ip = \"127.0.0.1\"\n\
+             [relay]\nhost = \"127.0.0.1\"\nlisten_udp = [\"127.0.0.1:{turn}\"]\nlisten_tcp = [\"127.0.0.1:{turn}\"]\nrelay_ip = \"127.0.0.1\"\n\
              port_min = {relay_base}\nport_max = {}\nallow_loopback_peers = true\n",
             relay_base + 99,
             state = pki.dir.path().join(name).display(),

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::clock;
@@ -22,6 +23,13 @@ use crate::core::turn::server::{Arrival, FiveTuple, Output, Server, Transport, T
 
 /// Largest datagram read (a UDP payload cannot be larger).
 const MAX_DATAGRAM: usize = 65_535;
+/// Concurrent TURN-over-TCP clients per listener.
+const MAX_TCP_CLIENTS: usize = 4096;
+/// Packets queued for a TCP client before further ones are dropped.
+const TCP_QUEUE: usize = 512;
+/// A TCP client silent this long is closed (longer than the longest allocation lifetime
+/// between Refreshes, which RFC 8656 clients send well before expiry).
+const TCP_IDLE: Duration = Duration::from_secs(3600);
 
 /// Counters of the relay.
 #[derive(Default)]
@@ -43,6 +51,8 @@ pub struct Turn {
     /// Client-facing sockets by local address (a 5-tuple's server side).
     listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     relays: Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>>,
+    /// Writers of TURN-over-TCP clients, by 5-tuple.
+    tcp_clients: Mutex<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
     pub stats: TurnStats,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -66,7 +76,22 @@ impl Turn {
                     if failed.contains(&tuple.client) {
                         continue; // its relay could not be opened: it retransmits and retries
                     }
-                    if let Some(sock) = self.listeners.get(&tuple.server) {
+                    if tuple.transport == Transport::Tcp {
+                        let tx = self
+                            .tcp_clients
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&tuple)
+                            .cloned();
+                        // A client that does not read loses packets, not the relay's memory.
+                        if tx.is_some_and(|tx| tx.try_send(bytes).is_ok()) {
+                            self.stats
+                                .relayed_to_clients
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if let Some(sock) = self.listeners.get(&tuple.server) {
                         let _ = sock.send_to(&bytes, tuple.client).await;
                         self.stats
                             .relayed_to_clients
@@ -168,6 +193,111 @@ impl Turn {
         Box::pin(self.relay_loop(relay, sock))
     }
 
+    async fn tcp_accept_loop(self: Arc<Self>, listener: TcpListener, origin: Origin) {
+        let slots = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+        loop {
+            let Ok((stream, client)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let Ok(server) = stream.local_addr() else {
+                continue;
+            };
+            let tuple = FiveTuple {
+                client,
+                server,
+                transport: Transport::Tcp,
+            };
+            let this = self.clone();
+            let task = this.tcp_client(stream, tuple, origin, slot);
+            self.tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .spawn(task);
+        }
+    }
+
+    /// One TURN-over-TCP client: STUN and ChannelData framed on the stream (RFC 8656 §12.5);
+    /// its allocation ends with the connection.
+    fn tcp_client(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        tuple: FiveTuple,
+        origin: Origin,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let (mut reader, mut writer) = stream.into_split();
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+            self.tcp_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tuple, tx);
+            let write = tokio::spawn(async move {
+                while let Some(bytes) = rx.recv().await {
+                    if writer.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut buf: Vec<u8> = Vec::with_capacity(4096);
+            let mut chunk = vec![0u8; 16 * 1024];
+            'read: loop {
+                let n = match tokio::time::timeout(TCP_IDLE, reader.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => break,
+                };
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                loop {
+                    match crate::core::turn::channel::stream_frame_len(
+                        &buf,
+                        crate::core::turn::stun::MAX_MESSAGE,
+                    ) {
+                        Ok(Some(len)) => {
+                            let frame: Vec<u8> = buf.drain(..len).collect();
+                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+                            let arrival = Arrival {
+                                tuple,
+                                origin,
+                                now: clock::now(),
+                                now_unix: clock::now_unix(),
+                            };
+                            let auth = AuthContext {
+                                ring: &self.ring,
+                                nonces: &self.nonces,
+                                realm: &self.realm,
+                                max_lifetime_secs: self.max_credential_lifetime_secs,
+                            };
+                            let mut out = Vec::new();
+                            if self
+                                .lock_server()
+                                .client_packet(&auth, arrival, &frame, &mut out)
+                                .is_err()
+                            {
+                                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            self.execute(out).await;
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'read, // not TURN: close
+                    }
+                }
+            }
+            self.tcp_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&tuple);
+            let mut out = Vec::new();
+            self.lock_server().client_closed(tuple, &mut out);
+            self.execute(out).await;
+            write.abort();
+            drop(slot);
+        })
+    }
+
     async fn relay_loop(self: Arc<Self>, relay: SocketAddr, sock: Arc<UdpSocket>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -219,14 +349,20 @@ fn bind_relay(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Binds the listeners and starts the relay. Returns it and the bound listener addresses.
+/// Binds the listeners and starts the relay. Returns it and the bound UDP and TCP listener
+/// addresses.
 pub async fn start(
     cfg: TurnConfig,
     ring: Ring,
     listen: &[(SocketAddr, Origin)],
+    listen_tcp: &[(SocketAddr, Origin)],
     shutdown: watch::Receiver<bool>,
     seed: u16,
-) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>)> {
+) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let mut tcp = Vec::new();
+    for &(addr, origin) in listen_tcp {
+        tcp.push((super::listen::bind(addr)?, origin));
+    }
     let mut sockets = Vec::new();
     for &(addr, origin) in listen {
         let sock = Arc::new(bind_relay(addr)?);
@@ -258,6 +394,7 @@ pub async fn start(
         max_credential_lifetime_secs: max,
         listeners,
         relays: Mutex::new(HashMap::new()),
+        tcp_clients: Mutex::new(HashMap::new()),
         stats: TurnStats::default(),
         tasks: Mutex::new(JoinSet::new()),
     });
@@ -267,6 +404,15 @@ pub async fn start(
             tasks.spawn(turn.clone().client_loop(sock, origin));
         }
     }
+    let mut bound_tcp = Vec::new();
+    for (listener, origin) in tcp {
+        bound_tcp.push(listener.local_addr()?);
+        let task = turn.clone().tcp_accept_loop(listener, origin);
+        turn.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn(task);
+    }
     tokio::spawn(turn.clone().expiry_loop(shutdown));
-    Ok((turn, bound))
+    Ok((turn, bound, bound_tcp))
 }

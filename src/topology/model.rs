@@ -48,6 +48,8 @@ pub struct Relay {
     /// TURN over UDP listens here; empty: the external and internal interface addresses
     /// on `udp_port`.
     pub listen_udp: Vec<SocketAddr>,
+    /// TURN over TCP listens here; empty: both interface addresses on `tcp_port`.
+    pub listen_tcp: Vec<SocketAddr>,
     /// Where relayed sockets bind (default: the external interface's address).
     pub relay_ip: Option<std::net::IpAddr>,
     /// What XOR-RELAYED-ADDRESS advertises when the relay is behind NAT (default: relay_ip).
@@ -70,6 +72,7 @@ impl Relay {
             tcp_port: 443,
             credential_lifetime: Duration::from_secs(8 * 3600),
             listen_udp: Vec::new(),
+            listen_tcp: Vec::new(),
             relay_ip: None,
             public_ip: None,
             port_min: 50_000,

@@ -75,6 +75,7 @@ const RELAY_KEYS: &[&str] = &[
     "tcp_port",
     "credential_lifetime",
     "listen_udp",
+    "listen_tcp",
     "relay_ip",
     "public_ip",
     "port_min",
@@ -699,6 +700,7 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         secs(crate::core::credentials::DEFAULT_LIFETIME_SECS),
     );
     let listen_udp = doc.socket_addr_list(s, "listen_udp", false).map(|(l, _)| l);
+    let listen_tcp = doc.socket_addr_list(s, "listen_tcp", false).map(|(l, _)| l);
     let ip = |doc: &mut Doc<'_>, key: &str| -> Option<Option<std::net::IpAddr>> {
         match doc.string(s, key, false) {
             None if s.has(key) => None,
@@ -736,6 +738,7 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         tcp_port,
         credential_lifetime,
         listen_udp: listen_udp.unwrap_or_default(),
+        listen_tcp: listen_tcp.unwrap_or_default(),
         relay_ip: relay_ip?,
         public_ip: public_ip?,
         port_min,

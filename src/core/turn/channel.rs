@@ -139,3 +139,52 @@ mod tests {
         assert_eq!(stream_padding(172), 0);
     }
 }
+
+/// The length of the next complete message on a TURN-over-TCP stream (RFC 8656 §12.5): a
+/// STUN message (header length + 20) or ChannelData (padded to 4). `Ok(None)` until enough
+/// has arrived; `Err` when the stream is not TURN (the connection is then closed).
+pub fn stream_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ChannelError> {
+    let Some(&[b0, b1, b2, b3]) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([b2, b3]));
+    let total = match b0 {
+        0..=3 => 20 + len,
+        0x40..=0x7f => (HEADER_LEN + len).next_multiple_of(4),
+        _ => return Err(ChannelError::BadChannel),
+    };
+    let _ = b1;
+    if total > max {
+        return Err(ChannelError::Truncated);
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn stream_frames() {
+        assert_eq!(stream_frame_len(&[0, 1, 0], 100), Ok(None));
+        assert_eq!(stream_frame_len(&[0, 1, 0, 4, 0x21, 0x12], 100), Ok(None));
+        let stun = [&[0u8, 1, 0, 4][..], &[0; 16], &[0; 4]].concat();
+        assert_eq!(stream_frame_len(&stun, 100), Ok(Some(24)));
+        assert_eq!(
+            stream_frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0], 100),
+            Ok(None)
+        );
+        assert_eq!(
+            stream_frame_len(&[0x40, 0, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0], 100),
+            Ok(Some(12))
+        );
+        assert_eq!(
+            stream_frame_len(&[0x16, 3, 1, 0], 100),
+            Err(ChannelError::BadChannel)
+        );
+        assert_eq!(
+            stream_frame_len(&[0, 1, 0xff, 0xfc], 100),
+            Err(ChannelError::Truncated)
+        );
+    }
+}

@@ -682,6 +682,11 @@ impl Server {
         Some(tuple.client)
     }
 
+    /// The client's TCP connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn client_closed(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
+        self.remove(tuple, out);
+    }
+
     fn remove(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
         if let Some(a) = self.allocations.remove(&tuple) {
             self.by_relay.remove(&a.relay);
