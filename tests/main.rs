@@ -35,3 +35,6 @@ mod avauth;
 
 /// The TURN relay against coturn's client.
 mod turn;
+
+/// End-to-end SRTP through the relay (webrtc-srtp in tests only).
+mod srtp;
