@@ -255,3 +255,78 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
     );
     assert!(text.contains("Total lost packets 0"), "{text}");
 }
+
+/// aioice (PyPI), an independent ICE/TURN implementation, gathers a relay candidate on the
+/// edge and completes ICE through it, then exchanges data both ways.
+#[test]
+fn aioice_completes_ice_through_the_relay() {
+    let python = ["python3"].iter().find_map(|p| {
+        let ok = Command::new(p)
+            .args(["-c", "import aioice"])
+            .output()
+            .ok()?
+            .status
+            .success();
+        ok.then_some(*p)
+    });
+    let Some(python) = python else {
+        if std::env::var_os("CI").is_some() {
+            panic!("aioice is required under CI (pip install aioice)");
+        }
+        eprintln!("SKIPPED: aioice interop needs `pip install aioice`");
+        return;
+    };
+    let pki = Pki::new();
+    let ring_path = pki.dir.path().join("ring.toml");
+    let now = sipedge::shell::clock::now_unix();
+    keyfile::store(
+        &ring_path,
+        &Ring::init(keyfile::random_secret().unwrap(), now),
+        true,
+    )
+    .unwrap();
+    let ring = keyfile::load(&ring_path).unwrap();
+    let base = 10_000 + (std::process::id() % 100) as u16 * 100;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let edge = rt.block_on(async {
+        let director = Director::start(&pki).await;
+        let mut t = topology(&pki, &[director.addr]);
+        t.keys = Some(KeysSource::File(ring_path.clone()));
+        t.relay = Some(Relay {
+            listen_udp: vec!["127.0.0.2:0".parse().unwrap()],
+            listen_tcp: vec!["127.0.0.2:0".parse().unwrap()],
+            relay_ip: Some("127.0.0.1".parse().unwrap()),
+            port_min: base,
+            port_max: base + 99,
+            allow_loopback_peers: true,
+            ..Relay::new("127.0.0.1")
+        });
+        std::mem::forget(director);
+        shell::start(&t).await.expect("edge starts")
+    });
+    let turn = edge.turn_udp[0];
+    let c = credentials::mint(&ring, "ice@sipedge.test", 3600, now).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/relay_ice.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args([
+            &turn.ip().to_string(),
+            &turn.port().to_string(),
+            &c.username,
+            &c.password,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "aioice through the edge:\n{text}");
+    assert!(
+        text.contains("20 round trips of 172 bytes intact"),
+        "{text}"
+    );
+    rt.block_on(edge.stop());
+}
