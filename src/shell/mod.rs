@@ -72,6 +72,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
     pub reject_log: LogLimiter,
+    /// The TURN relay, once started (for metrics).
+    pub turn: std::sync::OnceLock<Arc<turn::Turn>>,
     next_flow: AtomicU64,
 }
 
@@ -523,6 +525,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             per_sec: 20,
             burst: 100,
         }),
+        turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
         stats: Stats::default(),
         // Random start, kept well below u64::MAX so it never wraps; 0 is reserved.
@@ -588,6 +591,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 what: "TURN",
                 source,
             })?;
+            let _ = shared.turn.set(t.clone());
             (Some(t), bound, bound_tcp)
         }
         _ => (None, Vec::new(), Vec::new()),

@@ -327,6 +327,18 @@ impl Server {
             }
             None => None,
         };
+        // RFC 8656 §7.2: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY exclude each other; an
+        // additional IPv6 relay is not offered (single-family relays): the IPv4 allocation
+        // succeeds with ADDRESS-ERROR-CODE 440 for the family not granted.
+        let additional = value(packet, c, attr::ADDITIONAL_ADDRESS_FAMILY);
+        if additional.is_some() && c.get(attr::REQUESTED_ADDRESS_FAMILY).is_some() {
+            return Err((400, "Both Address Family Attributes"));
+        }
+        let additional_refused = match additional.and_then(|v| v.first().copied()) {
+            None => None,
+            Some(0x02) => Some(0x02u8),
+            Some(_) => return Err((400, "Bad ADDITIONAL-ADDRESS-FAMILY")),
+        };
         if let Some(family) = value(packet, c, attr::REQUESTED_ADDRESS_FAMILY) {
             let wanted_v6 = match family.first() {
                 Some(0x01) => false,
@@ -369,6 +381,12 @@ impl Server {
         .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
         if let Some(token) = token {
             w.attr(attr::RESERVATION_TOKEN, &token);
+        }
+        if let Some(family) = additional_refused {
+            // family, reserved, class 4, number 40, reason (RFC 8656 §18.12).
+            let mut v = vec![family, 0, 4, 40];
+            v.extend_from_slice(b"Address Family not Supported");
+            w.attr(attr::ADDRESS_ERROR_CODE, &v);
         }
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&key);
         let answer = w.finish_with_fingerprint();

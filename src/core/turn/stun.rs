@@ -43,6 +43,9 @@ pub mod attr {
     pub const PRIORITY: u16 = 0x0024;
     pub const USE_CANDIDATE: u16 = 0x0025;
     pub const FINGERPRINT: u16 = 0x8028;
+    /// RFC 8656 §18: comprehension-optional.
+    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
 
     /// Comprehension-required attributes this server understands (RFC 8489, 8656, 8445).
     pub const KNOWN_REQUIRED: &[u16] = &[

@@ -569,3 +569,40 @@ fn even_port_with_reservation_then_the_token_claims_the_next_port() {
     );
     assert_eq!(World::code(&w.send(&again, Duration::from_secs(2)).0), 508);
 }
+
+#[test]
+fn additional_address_family_is_answered_not_crashed_on() {
+    let mut w = World::new();
+    let both = w.request(
+        ALLOCATE,
+        100,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
+            (attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]),
+        ],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&both, Duration::ZERO).0), 400);
+    let dual = w.request(
+        ALLOCATE,
+        101,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
+        ],
+        false,
+    );
+    let (out, _) = w.send(&dual, Duration::ZERO);
+    assert_eq!(World::code(&out), 0, "the IPv4 relay is granted");
+    let Output::ToClient { bytes, .. } = &out[1] else {
+        panic!()
+    };
+    let c = stun::check(bytes).unwrap();
+    let e = c.get(attr::ADDRESS_ERROR_CODE).unwrap();
+    assert_eq!(
+        &bytes[e.start..e.start + 4],
+        &[2, 0, 4, 40],
+        "IPv6 refused with 440"
+    );
+}
