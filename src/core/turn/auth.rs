@@ -13,6 +13,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::nonce::{NonceError, Nonces};
@@ -83,7 +84,7 @@ pub fn authenticate(
         realm,
         max_lifetime_secs,
     } = *ctx;
-    let (Some(username), Some(nonce), Some(integrity_at)) = (
+    let (Some(username), Some(nonce), Some(_)) = (
         text(msg, checked, attr::USERNAME),
         text(msg, checked, attr::NONCE),
         checked.integrity_at,
@@ -107,19 +108,38 @@ pub fn authenticate(
     if expiry <= now || expiry - now > max_lifetime_secs.min(MAX_CREDENTIAL_LIFETIME_SECS) {
         return Err(AuthError::Unauthorized);
     }
-    let mi = checked
-        .get(attr::MESSAGE_INTEGRITY)
-        .ok_or(AuthError::Unauthorized)?;
+    // The stronger integrity when the client offers it (RFC 8489 §14.6: it may be truncated
+    // to 16..32 bytes in steps of 4), else MESSAGE-INTEGRITY.
+    let (sha, mi) = match checked.get(attr::MESSAGE_INTEGRITY_SHA256) {
+        Some(m) => (true, m),
+        None => (
+            false,
+            checked
+                .get(attr::MESSAGE_INTEGRITY)
+                .ok_or(AuthError::Unauthorized)?,
+        ),
+    };
+    let valid_len = if sha {
+        (16..=32).contains(&mi.len) && mi.len % 4 == 0
+    } else {
+        mi.len == 20
+    };
     let given = msg
-        .get(mi.start..mi.start + 20)
-        .filter(|_| mi.len == 20)
+        .get(mi.start..mi.start + mi.len)
+        .filter(|_| valid_len)
         .ok_or(AuthError::BadRequest)?;
-    let covered = covered_by_integrity(msg, integrity_at).ok_or(AuthError::BadRequest)?;
+    let at = mi.start - 4;
+    let covered = covered_by(msg, at, 4 + mi.len).ok_or(AuthError::BadRequest)?;
     let mut found: Option<[u8; 16]> = None;
     for key in ring.keys() {
         let password = BASE64.encode(hmac_sha1(key.credential_key(), &[username.as_bytes()]));
         let long_term = long_term_key(username, realm, &password);
-        let ok = hmac_sha1(&long_term, &[&covered.0, covered.1]).ct_eq(given);
+        let ok = if sha {
+            let full = hmac_sha256(&long_term, &[&covered.0, covered.1]);
+            full.get(..given.len()).unwrap_or_default().ct_eq(given)
+        } else {
+            hmac_sha1(&long_term, &[&covered.0, covered.1]).ct_eq(given)
+        };
         if bool::from(ok) {
             found = Some(long_term);
         }
@@ -133,13 +153,14 @@ pub fn authenticate(
     }
 }
 
-/// The bytes MESSAGE-INTEGRITY covers (RFC 8489 §14.5): the header with its length set to
-/// end just after MESSAGE-INTEGRITY, then everything up to MESSAGE-INTEGRITY.
-fn covered_by_integrity(msg: &[u8], integrity_at: usize) -> Option<([u8; 4], &[u8])> {
-    let len = u16::try_from(integrity_at + 24 - HEADER_LEN).ok()?;
+/// The bytes an integrity attribute at `at` (of `attr_len` bytes with its header) covers
+/// (RFC 8489 §14.5, §14.6): the header with its length set to end just after it, then
+/// everything before it.
+fn covered_by(msg: &[u8], at: usize, attr_len: usize) -> Option<([u8; 4], &[u8])> {
+    let len = u16::try_from(at + attr_len - HEADER_LEN).ok()?;
     let &[t0, t1, _, _] = msg.first_chunk::<4>()?;
     let [l0, l1] = len.to_be_bytes();
-    Some(([t0, t1, l0, l1], msg.get(4..integrity_at)?))
+    Some(([t0, t1, l0, l1], msg.get(4..at)?))
 }
 
 /// RFC 8489 §9.2.2: key = MD5(username ":" realm ":" password) (OpaqueString is the
@@ -161,6 +182,20 @@ fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
         mac.update(p);
     }
     mac.finalize().into_bytes().into()
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// MESSAGE-INTEGRITY-SHA256 for a response being built (full length).
+pub fn integrity_sha256(key: &[u8], msg_so_far: &[u8]) -> [u8; 32] {
+    hmac_sha256(key, &[msg_so_far])
 }
 
 /// MESSAGE-INTEGRITY for a response being built: HMAC-SHA1 over `msg_so_far` (header
@@ -267,6 +302,34 @@ mod tests {
         let expired = allocate(&c.username, &c.password, &fresh, REALM);
         assert_eq!(run(&expired, later, ip()), Err(AuthError::Unauthorized));
         assert_eq!(AuthError::StaleNonce.code(), 438);
+    }
+
+    #[test]
+    fn message_integrity_sha256_is_verified_when_offered() {
+        use crate::core::turn::encode::Writer;
+        use crate::core::turn::stun::Class;
+        let (ring, nonces) = setup();
+        let c = credentials::mint(&ring, "alice", 3600, T0).unwrap();
+        let key = long_term_key(&c.username, REALM, &c.password);
+        let nonce = nonces.issue(ip(), T0);
+        let build = |k: &[u8; 16]| {
+            let mut w = Writer::new(Class::Request, 0x003, [3; 12]);
+            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attr(attr::USERNAME, c.username.as_bytes())
+                .attr(attr::REALM, REALM.as_bytes())
+                .attr(attr::NONCE, nonce.as_bytes())
+                .integrity_sha256(k);
+            w.finish_with_fingerprint()
+        };
+        let msg = build(&key);
+        let checked = check(&msg).unwrap();
+        assert!(authenticate(&ctx(&ring, &nonces), &msg, &checked, ip(), T0).is_ok());
+        let wrong = build(&[0; 16]);
+        let checked = check(&wrong).unwrap();
+        assert_eq!(
+            authenticate(&ctx(&ring, &nonces), &wrong, &checked, ip(), T0),
+            Err(AuthError::Unauthorized)
+        );
     }
 
     #[test]

@@ -101,6 +101,23 @@ impl Writer {
         self.attr(attr::MESSAGE_INTEGRITY, &mac)
     }
 
+    /// MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, full 32 bytes) over the message so far.
+    pub fn integrity_sha256(&mut self, key: &[u8]) -> &mut Self {
+        self.set_length(36);
+        let mac = super::auth::integrity_sha256(key, &self.buf);
+        self.attr(attr::MESSAGE_INTEGRITY_SHA256, &mac)
+    }
+
+    /// The integrity a response owes its request: MESSAGE-INTEGRITY, and
+    /// MESSAGE-INTEGRITY-SHA256 after it when the request used it (RFC 8489 §9.2.4).
+    pub fn sign(&mut self, key: &[u8], sha256: bool) -> &mut Self {
+        self.integrity(key);
+        if sha256 {
+            self.integrity_sha256(key);
+        }
+        self
+    }
+
     /// FINGERPRINT, last (RFC 8489 §14.7), and the final length.
     pub fn finish_with_fingerprint(mut self) -> Vec<u8> {
         self.set_length(8);

@@ -388,7 +388,8 @@ impl Server {
             v.extend_from_slice(b"Address Family not Supported");
             w.attr(attr::ADDRESS_ERROR_CODE, &v);
         }
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&key);
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+            .sign(&key, sha256(c));
         let answer = w.finish_with_fingerprint();
         *self.per_user.entry(username.clone()).or_insert(0) += 1;
         self.by_relay.insert(relay, tuple);
@@ -459,7 +460,7 @@ impl Server {
         let mut w = Writer::new(Class::Success, REFRESH, c.transaction_id);
         w.attr(attr::LIFETIME, &secs32(lifetime))
             .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .integrity(&key);
+            .sign(&key, sha256(c));
         Ok(w.finish_with_fingerprint())
     }
 
@@ -521,7 +522,8 @@ impl Server {
             a.permissions.insert(peer.ip(), expires);
         }
         let mut w = Writer::new(Class::Success, CREATE_PERMISSION, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&a.key);
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+            .sign(&a.key, sha256(c));
         Ok(w.finish_with_fingerprint())
     }
 
@@ -566,7 +568,8 @@ impl Server {
         a.channels.insert(number, (peer, now + channel_lifetime));
         a.permissions.insert(peer.ip(), now + permission_lifetime);
         let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes()).integrity(&a.key);
+        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+            .sign(&a.key, sha256(c));
         Ok(w.finish_with_fingerprint())
     }
 
@@ -769,12 +772,17 @@ fn secs32(d: Duration) -> [u8; 4] {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).to_be_bytes()
 }
 
+/// Whether the request carried MESSAGE-INTEGRITY-SHA256: the answer then does too.
+fn sha256(c: &Checked) -> bool {
+    c.get(attr::MESSAGE_INTEGRITY_SHA256).is_some()
+}
+
 fn error(c: &Checked, code: u16, reason: &str, key: Option<&[u8; 16]>) -> Vec<u8> {
     let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
     w.error_code(code, reason)
         .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes());
     if let Some(key) = key {
-        w.integrity(key);
+        w.sign(key, sha256(c));
     }
     w.finish_with_fingerprint()
 }
