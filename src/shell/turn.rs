@@ -17,12 +17,15 @@ use tokio::task::JoinSet;
 use super::clock;
 use crate::core::keyring::Ring;
 use crate::core::turn::auth::AuthContext;
+use crate::core::turn::demux::{classify, PacketKind};
 use crate::core::turn::nonce::Nonces;
 use crate::core::turn::policy::Origin;
 use crate::core::turn::server::{Arrival, FiveTuple, Output, Server, Transport, TurnConfig};
 
 /// Largest datagram read (a UDP payload cannot be larger).
 const MAX_DATAGRAM: usize = 65_535;
+/// The ChannelData header the hot path writes in front of a peer's datagram.
+const HEADER: usize = crate::core::turn::channel::HEADER_LEN;
 /// Concurrent TURN-over-TCP clients per listener.
 const MAX_TCP_CLIENTS: usize = 4096;
 /// Packets queued for a TCP client before further ones are dropped.
@@ -43,7 +46,9 @@ pub struct TurnStats {
 
 /// The running relay.
 pub struct Turn {
-    server: Mutex<Server>,
+    /// Read-locked on the relay's hot path (ChannelData both ways), write-locked for the
+    /// rest: relayed media never waits behind other media.
+    server: std::sync::RwLock<Server>,
     ring: Ring,
     nonces: Nonces,
     realm: String,
@@ -58,14 +63,26 @@ pub struct Turn {
 }
 
 impl Turn {
-    fn lock_server(&self) -> std::sync::MutexGuard<'_, Server> {
+    fn lock_server(&self) -> std::sync::RwLockWriteGuard<'_, Server> {
         // A panic under the lock cannot leave the map half-updated in a way that matters
         // more than stopping the relay would.
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
+        self.server.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_server(&self) -> std::sync::RwLockReadGuard<'_, Server> {
+        self.server.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn allocations(&self) -> usize {
-        self.lock_server().allocations()
+        self.read_server().allocations()
+    }
+
+    fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&relay)
+            .map(|(s, _)| s.clone())
     }
 
     async fn execute(self: &Arc<Self>, outputs: Vec<Output>) {
@@ -156,12 +173,35 @@ impl Turn {
             };
             self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
             let packet = buf.get(..n).unwrap_or_default();
+            let tuple = FiveTuple {
+                client: from,
+                server: local,
+                transport: Transport::Udp,
+            };
+            // The hot path: ChannelData from a client goes straight out of its relay socket,
+            // from this receive buffer, under a read lock.
+            if classify(packet) == PacketKind::ChannelData {
+                let route = self
+                    .read_server()
+                    .channel_to_peer(&tuple, packet, clock::now());
+                match route
+                    .ok()
+                    .and_then(|r| Some((self.relay_socket(r.relay)?, r)))
+                {
+                    Some((sock, r)) => {
+                        let _ = sock
+                            .send_to(packet.get(r.data).unwrap_or_default(), r.peer)
+                            .await;
+                        self.stats.relayed_to_peers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             let arrival = Arrival {
-                tuple: FiveTuple {
-                    client: from,
-                    server: local,
-                    transport: Transport::Udp,
-                },
+                tuple,
                 origin,
                 now: clock::now(),
                 now_unix: clock::now_unix(),
@@ -299,13 +339,42 @@ impl Turn {
     }
 
     async fn relay_loop(self: Arc<Self>, relay: SocketAddr, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Received 4 bytes in, so a ChannelData header can be written in front in place.
+        let mut buf = vec![0u8; MAX_DATAGRAM + HEADER];
         loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            let Ok((n, peer)) = sock
+                .recv_from(buf.get_mut(HEADER..).unwrap_or_default())
+                .await
+            else {
                 continue;
             };
             self.stats.peer_packets.fetch_add(1, Ordering::Relaxed);
-            let data = buf.get(..n).unwrap_or_default();
+            // The hot path: a bound channel over UDP goes straight back to the client from
+            // this buffer, under a read lock.
+            let fast = self
+                .read_server()
+                .peer_to_channel(relay, peer, n, clock::now());
+            match fast {
+                Err(_) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok((tuple, Some(header))) if tuple.transport == Transport::Udp => {
+                    let client_sock = self.listeners.get(&tuple.server);
+                    if let (Some(client_sock), Some(head)) = (client_sock, buf.get_mut(..HEADER)) {
+                        head.copy_from_slice(&header);
+                        let frame = buf.get(..HEADER + n).unwrap_or_default();
+                        let _ = client_sock.send_to(frame, tuple.client).await;
+                        self.stats
+                            .relayed_to_clients
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            // Data indications and TCP clients: the general path.
+            let data = buf.get(HEADER..HEADER + n).unwrap_or_default();
             let decided = self
                 .lock_server()
                 .peer_packet(relay, peer, data, clock::now());
@@ -383,7 +452,7 @@ pub async fn start(
         bound.push(local);
     }
     let turn = Arc::new(Turn {
-        server: Mutex::new(Server::new(cfg, seed)),
+        server: std::sync::RwLock::new(Server::new(cfg, seed)),
         ring,
         nonces: Nonces::new(
             &nonce_key,

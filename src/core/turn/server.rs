@@ -109,6 +109,15 @@ pub enum Output {
     CloseRelay { relay: SocketAddr },
 }
 
+/// Where a relayed packet goes (the hot path's answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    /// The bytes of the client's packet to send: the ChannelData payload.
+    pub data: std::ops::Range<usize>,
+}
+
 /// Why a packet was dropped without an answer (counted by the shell).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -606,9 +615,26 @@ impl Server {
         now: Instant,
         out: &mut Vec<Output>,
     ) -> Result<(), Dropped> {
+        let route = self.channel_to_peer(&tuple, packet, now)?;
+        out.push(Output::ToPeer {
+            relay: route.relay,
+            peer: route.peer,
+            bytes: packet.get(route.data).unwrap_or_default().to_vec(),
+        });
+        Ok(())
+    }
+
+    /// The hot path, client to peer (read-only, allocation-free): where a client's
+    /// ChannelData goes, and which bytes of `packet` to send.
+    pub fn channel_to_peer(
+        &self,
+        tuple: &FiveTuple,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<Route, Dropped> {
         let m = channel::parse(packet, tuple.transport == Transport::Tcp)
             .map_err(|_| Dropped::MalformedChannelData)?;
-        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
+        let a = self.allocations.get(tuple).ok_or(Dropped::NoAllocation)?;
         let (peer, expires) = a.channels.get(&m.channel).ok_or(Dropped::UnboundChannel)?;
         if *expires <= now {
             return Err(Dropped::UnboundChannel);
@@ -616,12 +642,43 @@ impl Server {
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
-        out.push(Output::ToPeer {
+        Ok(Route {
             relay: a.relay,
             peer: *peer,
-            bytes: m.data.to_vec(),
-        });
-        Ok(())
+            data: channel::HEADER_LEN..channel::HEADER_LEN + m.data.len(),
+        })
+    }
+
+    /// The hot path, peer to client (read-only, allocation-free): the client's 5-tuple and
+    /// the ChannelData header to put in front of `len` bytes from `peer`, when a channel is
+    /// bound to it. `Ok((_, None))` means no channel: use [`Server::peer_packet`] (a Data
+    /// indication).
+    pub fn peer_to_channel(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> Result<(FiveTuple, Option<[u8; channel::HEADER_LEN]>), Dropped> {
+        let tuple = *self.by_relay.get(&relay).ok_or(Dropped::NoAllocation)?;
+        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
+        if !permitted(a, peer.ip(), now) {
+            return Err(Dropped::NoPermission);
+        }
+        let len = u16::try_from(len).map_err(|_| Dropped::Ignored)?;
+        let bound = a
+            .channels
+            .iter()
+            .find(|(_, (p, e))| *p == peer && *e > now)
+            .map(|(n, _)| *n);
+        Ok((
+            tuple,
+            bound.map(|number| {
+                let mut header = [0u8; channel::HEADER_LEN];
+                channel::write_header(&mut header, number, len);
+                header
+            }),
+        ))
     }
 
     /// A datagram from `peer` to the relayed address `relay`: to the client as ChannelData
