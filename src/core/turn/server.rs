@@ -54,6 +54,9 @@ pub struct TurnConfig {
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub max_allocations_per_user: usize,
+    /// Allocations per client address (IPv4 address or IPv6 address): a flood of users
+    /// from one source cannot take every relayed port.
+    pub max_allocations_per_source: usize,
     pub policy: PeerPolicy,
     pub max_credential_lifetime_secs: u64,
 }
@@ -76,6 +79,7 @@ impl TurnConfig {
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
             max_allocations_per_user: 10,
+            max_allocations_per_source: 50,
             policy: PeerPolicy::default(),
             max_credential_lifetime_secs: 8 * 3600,
         }
@@ -149,6 +153,7 @@ pub struct Server {
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: HashMap<String, usize>,
+    per_source: HashMap<IpAddr, usize>,
     next_port: u16,
     /// Transaction ids of Data indications (each needs a fresh one) and token counter.
     data_seq: u64,
@@ -175,6 +180,7 @@ impl Server {
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
+            per_source: HashMap::new(),
             next_port,
             data_seq: u64::from(seed) << 32,
             reservations: HashMap::new(),
@@ -358,6 +364,14 @@ impl Server {
                 return Err((440, "Address Family not Supported"));
             }
         }
+        let from_source = self
+            .allocations
+            .keys()
+            .filter(|t| t.client.ip() == tuple.client.ip())
+            .count();
+        if from_source >= self.cfg.max_allocations_per_source {
+            return Err((486, "Allocation Quota Reached"));
+        }
         if self.per_user.get(&username).copied().unwrap_or(0) >= self.cfg.max_allocations_per_user {
             return Err((486, "Allocation Quota Reached"));
         }
@@ -401,6 +415,7 @@ impl Server {
             .sign(&key, sha256(c));
         let answer = w.finish_with_fingerprint();
         *self.per_user.entry(username.clone()).or_insert(0) += 1;
+        *self.per_source.entry(tuple.client.ip()).or_insert(0) += 1;
         self.by_relay.insert(relay, tuple);
         self.allocations.insert(
             tuple,
@@ -772,6 +787,12 @@ impl Server {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     self.per_user.remove(&a.username);
+                }
+            }
+            if let Some(n) = self.per_source.get_mut(&tuple.client.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(&tuple.client.ip());
                 }
             }
             out.push(Output::CloseRelay { relay: a.relay });

@@ -606,3 +606,93 @@ fn additional_address_family_is_answered_not_crashed_on() {
         "IPv6 refused with 440"
     );
 }
+
+#[test]
+fn quota_per_source_address() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_source = 2;
+    let mut codes = Vec::new();
+    for i in 0..3u16 {
+        // Three different users from the same address.
+        let c = credentials::mint(&w.ring, &format!("user{i}"), 3600, T0).unwrap();
+        w.user = c.username;
+        w.pass = c.password;
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
+        let req = w.request(
+            ALLOCATE,
+            110 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, vec![0, 0, 486]);
+}
+
+#[test]
+fn ipv6_relays() {
+    let ring = Ring::init([4; 32], T0);
+    let c = credentials::mint(&ring, "alice", 3600, T0).unwrap();
+    let cfg = TurnConfig::new(
+        REALM,
+        "2001:db8::10".parse().unwrap(),
+        "2001:db8::10".parse().unwrap(),
+        (50000, 50009),
+    );
+    let mut w = World::new();
+    w.ring = ring;
+    w.user = c.username;
+    w.pass = c.password;
+    w.server = Server::new(cfg, 0);
+    w.tuple = FiveTuple {
+        client: addr("[2001:db8::20]:40000"),
+        server: addr("[2001:db8::10]:3478"),
+        transport: Transport::Udp,
+    };
+    // An IPv4 relay is asked of an IPv6-only server: 440.
+    let v4 = w.request(
+        ALLOCATE,
+        120,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]),
+        ],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&v4, Duration::ZERO).0), 440);
+    let v6 = w.request(
+        ALLOCATE,
+        121,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
+        ],
+        false,
+    );
+    let (out, _) = w.send(&v6, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    let Output::ToClient { bytes, .. } = &out[1] else {
+        panic!()
+    };
+    let c = stun::check(bytes).unwrap();
+    let r = c.get(attr::XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(
+        decode_xor_address(&bytes[r.start..r.start + r.len], &c.transaction_id),
+        Some(addr("[2001:db8::10]:50000"))
+    );
+    // An IPv4 peer on an IPv6 relay: 443.
+    let p4 = w.request(
+        CREATE_PERMISSION,
+        122,
+        &[World::peer_attr(addr("198.51.100.9:1"), 122)],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&p4, Duration::ZERO).0), 443);
+    let p6 = w.request(
+        CREATE_PERMISSION,
+        123,
+        &[World::peer_attr(addr("[2001:db8::99]:1"), 123)],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&p6, Duration::ZERO).0), 0);
+}
