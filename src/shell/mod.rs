@@ -283,6 +283,8 @@ fn turn_config(
         (relay.port_min, relay.port_max),
     );
     cfg.max_credential_lifetime_secs = relay.credential_lifetime.as_secs();
+    cfg.max_allocations_per_user = relay.max_allocations_per_user;
+    cfg.max_allocations_per_source = relay.max_allocations_per_source;
     cfg.policy = PeerPolicy {
         allow_loopback: relay.allow_loopback_peers,
         ..PeerPolicy::default()

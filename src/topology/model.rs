@@ -61,6 +61,9 @@ pub struct Relay {
     pub allow_loopback_peers: bool,
     /// The TURN realm (default: the first SIP domain).
     pub realm: Option<String>,
+    /// Allocations per user (credential) and per client address.
+    pub max_allocations_per_user: usize,
+    pub max_allocations_per_source: usize,
 }
 
 impl Relay {
@@ -79,6 +82,8 @@ impl Relay {
             port_max: 59_999,
             allow_loopback_peers: false,
             realm: None,
+            max_allocations_per_user: 10,
+            max_allocations_per_source: 50,
         }
     }
 }

@@ -82,6 +82,8 @@ const RELAY_KEYS: &[&str] = &[
     "port_max",
     "allow_loopback_peers",
     "realm",
+    "max_allocations_per_user",
+    "max_allocations_per_source",
 ];
 const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
@@ -732,6 +734,11 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
     let realm = doc
         .string(s, "realm", false)
         .map(|(r, _)| r.to_ascii_lowercase());
+    let quota = |doc: &mut Doc<'_>, key, default| {
+        usize::try_from(doc.integer(s, key, (1, 1_000_000), default)).unwrap_or(1)
+    };
+    let max_allocations_per_user = quota(doc, "max_allocations_per_user", 10);
+    let max_allocations_per_source = quota(doc, "max_allocations_per_source", 50);
     Some(Some(Relay {
         host: host?,
         udp_port,
@@ -745,6 +752,8 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         port_max,
         allow_loopback_peers,
         realm,
+        max_allocations_per_user,
+        max_allocations_per_source,
     }))
 }
 
