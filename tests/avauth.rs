@@ -198,7 +198,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         refused.starts_with("SIP/2.0 403 Credentials Issued Inside Only\r\n"),
         "{refused}"
     );
-    let _ = mras::CONTENT_TYPE;
+    assert!(answer.contains(&format!("Content-Type: {}\r\n", mras::CONTENT_TYPE)));
     edge_a.stop().await;
     edge_b.stop().await;
 }

@@ -8,34 +8,12 @@
 //! on a developer machine and fails under CI.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::support::{free_tcp_port, tool_on_path, Reaped};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
-
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-}
-
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn sipedge(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -80,7 +58,7 @@ fn allocate(uclient: &Path, port: u16, user: &str, pass: &str) -> (bool, String)
 /// Starts turnserver on 127.0.0.1 with `use-auth-secret`; returns it and its port once it
 /// accepts connections.
 fn start_coturn(turnserver: &Path, dir: &Path, secret: &str) -> (Reaped, u16) {
-    let port = free_port();
+    let port = free_tcp_port("127.0.0.1");
     let relay_base = 50_000 + (std::process::id() % 50) as u16 * 200 + (port % 2) * 100;
     let server = Reaped(
         Command::new(turnserver)
@@ -130,7 +108,10 @@ fn start_coturn(turnserver: &Path, dir: &Path, secret: &str) -> (Reaped, u16) {
 }
 
 fn coturn_tools() -> Option<(PathBuf, PathBuf)> {
-    match (tool("turnserver"), tool("turnutils_uclient")) {
+    match (
+        tool_on_path("turnserver"),
+        tool_on_path("turnutils_uclient"),
+    ) {
         (Some(s), Some(c)) => Some((s, c)),
         _ if std::env::var_os("CI").is_some() => {
             panic!("coturn is required under CI (apt-get install coturn)")

@@ -444,22 +444,6 @@ async fn a_slow_pool_gets_new_dialogs_refused_while_dialogs_in_progress_continue
     edge.stop().await;
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -479,22 +463,22 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
     use std::process::{Command, Stdio};
     let state = tempfile::tempdir().unwrap();
     let (ext, int, dir) = (
-        free_port("127.0.0.1"),
-        free_port("127.0.0.2"),
-        free_port("127.0.0.1"),
+        free_tcp_port("127.0.0.1"),
+        free_tcp_port("127.0.0.2"),
+        free_tcp_port("127.0.0.1"),
     );
     let topology = sipedge::topology::EMBEDDED_DEFAULT
         .replace("127.0.0.1:5061", &format!("127.0.0.1:{ext}"))
         .replace("127.0.0.2:5061", &format!("127.0.0.2:{int}"))
         .replace("127.0.0.1:5070", &format!("127.0.0.1:{dir}"))
-        .replace("127.0.0.2:9095", &format!("127.0.0.2:{}", free_port("127.0.0.2")))
+        .replace("127.0.0.2:9095", &format!("127.0.0.2:{}", free_tcp_port("127.0.0.2")))
         .replace(
             "host = \"av.sipedge.test\"",
             &format!(
                 "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]",
-                free_udp("127.0.0.1"),
-                free_udp("127.0.0.2"),
-                free_port("127.0.0.1")
+                free_udp_port("127.0.0.1"),
+                free_udp_port("127.0.0.2"),
+                free_tcp_port("127.0.0.1")
             ),
         )
         // No bans: every attacking connection gets in and stays, the worst case for memory.
@@ -512,15 +496,8 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .spawn()
         .unwrap();
     let pid = edge.id();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
-    let edge = Kill(edge);
+    let edge = Reaped(edge);
     while let Some(Ok(line)) = lines.next() {
         if line.contains("external TLS SIP on") {
             break;

@@ -12,9 +12,9 @@
 //! The tools come from `.ci/run` (`apt-get install sip-tester stunnel4`). Without them the
 //! test is skipped with a message on a developer machine and fails under CI (`CI` set).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sipedge::shell;
@@ -22,24 +22,12 @@ use sipedge::tls::DevRole;
 
 use crate::support::*;
 
-/// A child process killed (by its own PID) and reaped when the test ends, pass or fail.
-struct Reaped {
-    child: Child,
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(name: &'static str, cmd: &mut Command) -> Reaped {
     let child = cmd
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Reaped { child }
+    Reaped(child)
 }
 
 /// stdout and stderr of a helper process into `work/<name>.log`.
@@ -49,18 +37,13 @@ fn quiet<'a>(cmd: &'a mut Command, work: &Path, name: &str) -> &'a mut Command {
     cmd.stdout(log).stderr(err)
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-}
-
 /// The tools, or `None` (skip) outside CI. Under CI a missing tool is a failure: the
 /// interop proof must not silently vanish.
 fn tools() -> Option<(PathBuf, PathBuf)> {
-    match (tool("sipp"), tool("stunnel4").or_else(|| tool("stunnel"))) {
+    match (
+        tool_on_path("sipp"),
+        tool_on_path("stunnel4").or_else(|| tool_on_path("stunnel")),
+    ) {
         (Some(sipp), Some(stunnel)) => Some((sipp, stunnel)),
         _ if std::env::var_os("CI").is_some() => {
             panic!("sipp and stunnel4 are required under CI (apt-get install sip-tester stunnel4)")
@@ -70,14 +53,6 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until something accepts TCP connections at `addr` (stunnel and SIPp start
@@ -132,7 +107,7 @@ fn run_uac(
     calls: u32,
     rate: u32,
 ) -> bool {
-    let port = free_port("127.0.0.1");
+    let port = free_tcp_port("127.0.0.1");
     let status = Command::new(sipp)
         .current_dir(work)
         .stdin(Stdio::null())
@@ -183,8 +158,8 @@ fn sipp_calls_and_options_cross_the_edge_through_stunnel() {
 
     // The Director: SIPp in server mode behind an stunnel server requiring the edge's
     // client certificate from our CA.
-    let uas_port = free_port("127.0.0.1");
-    let director_port = free_port("127.0.0.1");
+    let uas_port = free_tcp_port("127.0.0.1");
+    let director_port = free_tcp_port("127.0.0.1");
     let _uas = spawn(
         "sipp uas",
         Command::new(&sipp)
@@ -236,7 +211,7 @@ fn sipp_calls_and_options_cross_the_edge_through_stunnel() {
 
     // The remote user: SIPp over TCP into an stunnel client that verifies the edge's
     // certificate by name and speaks TLS to the external listener.
-    let user_port = free_port("127.0.0.3");
+    let user_port = free_tcp_port("127.0.0.3");
     let client_conf = dir.join("user-stunnel.conf");
     std::fs::write(
         &client_conf,

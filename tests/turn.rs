@@ -12,20 +12,8 @@ use sipedge::topology::{KeysSource, Relay};
 
 use crate::support::*;
 
-fn udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn uclient() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("turnutils_uclient"))
-        .find(|p| p.is_file());
+    let found = tool_on_path("turnutils_uclient");
     if found.is_none() {
         if std::env::var_os("CI").is_some() {
             panic!("turnutils_uclient is required under CI (apt-get install coturn)");
@@ -48,7 +36,7 @@ fn turnutils_uclient_relays_media_through_the_edge() {
     )
     .unwrap();
     let ring = keyfile::load(&ring_path).unwrap();
-    let turn_port = udp_port("127.0.0.1");
+    let turn_port = free_udp_port("127.0.0.1");
     let base = 40_000 + (std::process::id() % 100) as u16 * 100;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -141,14 +129,7 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
     .unwrap();
     let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
     let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
-    let tcp_port = |ip: &str| {
-        std::net::TcpListener::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let director = tcp_port("127.0.0.1");
+    let director = free_tcp_port("127.0.0.1");
     let topology = |name: &str, turn: u16, relay_base: u16| {
         format!(
             "state_dir = \"{state}\"\n\
@@ -163,8 +144,8 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
              port_min = {relay_base}\nport_max = {}\nallow_loopback_peers = true\n",
             relay_base + 99,
             state = pki.dir.path().join(name).display(),
-            ext = tcp_port("127.0.0.1"),
-            int = tcp_port("127.0.0.2"),
+            ext = free_tcp_port("127.0.0.1"),
+            int = free_tcp_port("127.0.0.2"),
             ec = ext_cert.display(),
             ek = ext_key.display(),
             ic = int_cert.display(),
@@ -173,14 +154,7 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
             ring = ring_path.display(),
         )
     };
-    struct Edge(std::process::Child);
-    impl Drop for Edge {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let start = |name: &str, text: String| -> (Edge, std::net::SocketAddr) {
+    let start = |name: &str, text: String| -> (Reaped, std::net::SocketAddr) {
         let file = pki.dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
@@ -200,10 +174,10 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
                 break;
             }
         }
-        (Edge(child), internal.expect("the edge started"))
+        (Reaped(child), internal.expect("the edge started"))
     };
     let base = 30_000 + (std::process::id() % 50) as u16 * 200;
-    let (turn_a, turn_b) = (udp_port("127.0.0.1"), udp_port("127.0.0.1"));
+    let (turn_a, turn_b) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
     let (_edge_a, internal_a) = start("edge-a", topology("edge-a", turn_a, base));
     let (_edge_b, _) = start("edge-b", topology("edge-b", turn_b, base + 100));
 

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
-use super::keyring::{Ring, MAX_CREDENTIAL_LIFETIME_SECS};
+use super::keyring::{Key, Ring, MAX_CREDENTIAL_LIFETIME_SECS};
 
 /// Default lifetime: a working day, as the Lync/Skype A/V authentication service issues.
 pub const DEFAULT_LIFETIME_SECS: u64 = 8 * 60 * 60;
@@ -66,7 +66,7 @@ pub fn mint(
     let key = ring.signing_key(now).ok_or(CredentialError::NoKey)?;
     let expires = now.saturating_add(lifetime(ttl_secs));
     let username = format!("{expires}:{user}");
-    let password = BASE64.encode(sign(key.credential_key(), &username));
+    let password = password(key, &username);
     Ok(Credential {
         username,
         password,
@@ -116,6 +116,11 @@ pub fn verify<'u>(
     } else {
         Err(CredentialError::BadSignature)
     }
+}
+
+/// The password of a REST username under one ring key (what coturn computes too).
+pub fn password(key: &Key, username: &str) -> String {
+    BASE64.encode(sign(key.credential_key(), username))
 }
 
 fn sign(key: &[u8], username: &str) -> [u8; 20] {

@@ -43,10 +43,15 @@ impl LogLimiter {
     }
 
     /// `Some(n)` when a line may be logged now (`n` lines were suppressed before it).
+    /// Under a flood the callers race: one that finds the limiter busy counts its line as
+    /// suppressed rather than wait for a lock on the reject path.
     pub fn allow(&self, now: Instant) -> Option<u64> {
-        let ok = match self.gcra.lock() {
+        let ok = match self.gcra.try_lock() {
             Ok(mut g) => g.take(self.rate, now).is_ok(),
-            Err(poisoned) => poisoned.into_inner().take(self.rate, now).is_ok(),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().take(self.rate, now).is_ok()
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
         };
         if ok {
             Some(self.suppressed.swap(0, Ordering::Relaxed))

@@ -55,7 +55,8 @@ pub struct Turn {
     max_credential_lifetime_secs: u64,
     /// Client-facing sockets by local address (a 5-tuple's server side).
     listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
-    relays: Mutex<HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>>,
+    /// Relayed sockets: read on every relayed packet, written only when one opens or closes.
+    relays: std::sync::RwLock<HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>>,
     /// Writers of TURN-over-TCP clients, by 5-tuple.
     tcp_clients: Mutex<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
     pub stats: TurnStats,
@@ -79,7 +80,7 @@ impl Turn {
 
     fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<UdpSocket>> {
         self.relays
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&relay)
             .map(|(s, _)| s.clone())
@@ -116,13 +117,7 @@ impl Turn {
                     }
                 }
                 Output::ToPeer { relay, peer, bytes } => {
-                    let sock = self
-                        .relays
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&relay)
-                        .map(|(s, _)| s.clone());
-                    if let Some(sock) = sock {
+                    if let Some(sock) = self.relay_socket(relay) {
                         let _ = sock.send_to(&bytes, peer).await;
                         self.stats.relayed_to_peers.fetch_add(1, Ordering::Relaxed);
                     }
@@ -138,7 +133,7 @@ impl Turn {
                             .unwrap_or_else(|e| e.into_inner())
                             .spawn(this.relay_task(relay, reader));
                         self.relays
-                            .lock()
+                            .write()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(relay, (sock, task));
                     }
@@ -153,7 +148,7 @@ impl Turn {
                 Output::CloseRelay { relay } => {
                     if let Some((_, task)) = self
                         .relays
-                        .lock()
+                        .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&relay)
                     {
@@ -462,7 +457,7 @@ pub async fn start(
         realm,
         max_credential_lifetime_secs: max,
         listeners,
-        relays: Mutex::new(HashMap::new()),
+        relays: std::sync::RwLock::new(HashMap::new()),
         tcp_clients: Mutex::new(HashMap::new()),
         stats: TurnStats::default(),
         tasks: Mutex::new(JoinSet::new()),

@@ -520,3 +520,40 @@ pub async fn http_raw(addr: &str, request: &[u8]) -> String {
         .unwrap();
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// A TCP port free on `ip` right now (bound, then released).
+pub fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on `ip` right now (bound, then released).
+pub fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An executable on `PATH`, if there is one.
+pub fn tool_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A child process killed (by its own PID) and reaped when dropped, pass or fail.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

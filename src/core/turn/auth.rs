@@ -8,8 +8,6 @@
 
 use std::net::IpAddr;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
@@ -132,7 +130,7 @@ pub fn authenticate(
     let covered = covered_by(msg, at, 4 + mi.len).ok_or(AuthError::BadRequest)?;
     let mut found: Option<[u8; 16]> = None;
     for key in ring.keys() {
-        let password = BASE64.encode(hmac_sha1(key.credential_key(), &[username.as_bytes()]));
+        let password = crate::core::credentials::password(key, username);
         let long_term = long_term_key(username, realm, &password);
         let ok = if sha {
             let full = hmac_sha256(&long_term, &[&covered.0, covered.1]);

@@ -144,7 +144,7 @@ mod tests {
 /// STUN message (header length + 20) or ChannelData (padded to 4). `Ok(None)` until enough
 /// has arrived; `Err` when the stream is not TURN (the connection is then closed).
 pub fn stream_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ChannelError> {
-    let Some(&[b0, b1, b2, b3]) = buf.first_chunk::<4>() else {
+    let Some(&[b0, _, b2, b3]) = buf.first_chunk::<4>() else {
         return Ok(None);
     };
     let len = usize::from(u16::from_be_bytes([b2, b3]));
@@ -153,7 +153,6 @@ pub fn stream_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, Channel
         0x40..=0x7f => (HEADER_LEN + len).next_multiple_of(4),
         _ => return Err(ChannelError::BadChannel),
     };
-    let _ = b1;
     if total > max {
         return Err(ChannelError::Truncated);
     }

@@ -121,7 +121,8 @@ impl Writer {
     /// FINGERPRINT, last (RFC 8489 §14.7), and the final length.
     pub fn finish_with_fingerprint(mut self) -> Vec<u8> {
         self.set_length(8);
-        let crc = crc32(&self.buf) ^ 0x5354_554e;
+        let len = u16::try_from(self.buf.len() + 8 - HEADER_LEN).unwrap_or(u16::MAX);
+        let crc = super::stun::crc32(&self.buf, len) ^ 0x5354_554e;
         self.attr(attr::FINGERPRINT, &crc.to_be_bytes());
         self.buf
     }
@@ -130,21 +131,6 @@ impl Writer {
         self.set_length(0);
         self.buf
     }
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// The answer to a Binding request from `source` (RFC 8489 §7.3.1): XOR-MAPPED-ADDRESS, or

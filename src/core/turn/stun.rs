@@ -239,8 +239,9 @@ fn length_through(fingerprint_at: usize) -> u16 {
     u16::try_from(fingerprint_at + 8 - HEADER_LEN).unwrap_or(u16::MAX)
 }
 
-/// CRC-32 (IEEE 802.3) of `data` with the header's length field replaced by `len_field`.
-fn crc32(data: &[u8], len_field: u16) -> u32 {
+/// CRC-32 (IEEE 802.3) of `data` with the header's length field replaced by `len_field`:
+/// FINGERPRINT's CRC, for checking here and for writing in `encode`.
+pub(crate) fn crc32(data: &[u8], len_field: u16) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     let [len_hi, len_lo] = len_field.to_be_bytes();
     for (i, &b) in data.iter().enumerate() {
