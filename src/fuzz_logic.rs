@@ -438,7 +438,7 @@ pub fn keyring(data: &[u8]) {
 /// inside the message and the integrity offset before its end.
 pub fn stun(data: &[u8]) {
     if let Ok(c) = crate::core::turn::stun::check(data) {
-        for a in &c.attributes {
+        for a in c.attributes() {
             assert!(
                 a.start + a.len <= data.len(),
                 "attribute outside the message"
@@ -512,6 +512,11 @@ pub fn turn_server(data: &[u8]) {
             packet,
             now,
         );
+        // The read-only relay paths the shell takes first must refuse the same input.
+        assert!(server.channel_to_peer(&tuple, packet, now).is_err());
+        if let Ok(c) = crate::core::turn::stun::check(packet) {
+            assert!(server.send_to_peer(&tuple, packet, &c, now).is_err());
+        }
         server.expire(now, &mut out);
         for o in &out {
             if let Output::ToClient { bytes, .. } = o {

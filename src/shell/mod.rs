@@ -15,6 +15,7 @@ pub mod listen;
 pub mod ops;
 pub mod pool;
 pub mod turn;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -268,6 +269,7 @@ fn turn_config(
     ZonedListeners,
     ZonedListeners,
 ) {
+    use crate::core::turn::bandwidth::Budget;
     use crate::core::turn::policy::{Origin, PeerPolicy};
     let relay_ip = relay.relay_ip.unwrap_or(ext.ip());
     let public_ip = relay.public_ip.unwrap_or(relay_ip);
@@ -285,10 +287,9 @@ fn turn_config(
     cfg.max_credential_lifetime_secs = relay.credential_lifetime.as_secs();
     cfg.max_allocations_per_user = relay.max_allocations_per_user;
     cfg.max_allocations_per_source = relay.max_allocations_per_source;
-    cfg.policy = PeerPolicy {
-        allow_loopback: relay.allow_loopback_peers,
-        ..PeerPolicy::default()
-    };
+    cfg.max_allocations = relay.max_allocations;
+    cfg.bandwidth_per_allocation = Budget::kbit(relay.max_kbps_per_allocation);
+    cfg.bandwidth_per_user = Budget::kbit(relay.max_kbps_per_user);
     let listen: Vec<SocketAddr> = if relay.listen_udp.is_empty() {
         vec![
             SocketAddr::new(ext.ip(), relay.udp_port),
@@ -312,6 +313,18 @@ fn turn_config(
         ]
     } else {
         relay.listen_tcp.clone()
+    };
+    // A relay must not loop into the edge itself: every address it owns is refused.
+    let mut own = vec![ext.ip(), int.ip(), relay_ip, public_ip];
+    own.extend(listen.iter().chain(&listen_tcp).map(|a| a.ip()));
+    own.sort();
+    own.dedup();
+    cfg.policy = PeerPolicy {
+        allow_loopback: relay.allow_loopback_peers,
+        allow_internal: relay.allow_peers.clone(),
+        internal: relay.internal_ranges.clone(),
+        deny: relay.deny_peers.clone(),
+        own,
     };
     (
         cfg,

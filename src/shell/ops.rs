@@ -449,7 +449,91 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
             m.outstanding() as u64,
         );
     }
+    if let Some(turn) = shared.turn.get() {
+        turn_metrics(&mut e, turn);
+    }
     e.finish()
+}
+
+/// The A/V Edge's counters.
+fn turn_metrics(e: &mut Exposition, turn: &super::turn::Turn) {
+    let st = &turn.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    e.family(
+        "sipedge_turn_allocations",
+        Kind::Gauge,
+        "TURN allocations held.",
+    )
+    .sample("sipedge_turn_allocations", &[], turn.allocations() as u64);
+    e.family(
+        "sipedge_turn_received_total",
+        Kind::Counter,
+        "Datagrams and frames received, from clients and from peers.",
+    )
+    .sample(
+        "sipedge_turn_received_total",
+        &[("from", "client")],
+        load(&st.client_packets),
+    )
+    .sample(
+        "sipedge_turn_received_total",
+        &[("from", "peer")],
+        load(&st.peer_packets),
+    );
+    e.family(
+        "sipedge_turn_receive_calls_total",
+        Kind::Counter,
+        "System calls that received datagrams (batched: fewer than the datagrams).",
+    )
+    .sample(
+        "sipedge_turn_receive_calls_total",
+        &[],
+        load(&st.receive_calls),
+    );
+    e.family(
+        "sipedge_turn_relayed_packets_total",
+        Kind::Counter,
+        "Packets relayed (and answers sent), by direction.",
+    )
+    .sample(
+        "sipedge_turn_relayed_packets_total",
+        &[("direction", "to_peer")],
+        load(&st.relayed_to_peers),
+    )
+    .sample(
+        "sipedge_turn_relayed_packets_total",
+        &[("direction", "to_client")],
+        load(&st.relayed_to_clients),
+    );
+    e.family(
+        "sipedge_turn_relayed_bytes_total",
+        Kind::Counter,
+        "Payload bytes relayed, by direction.",
+    )
+    .sample(
+        "sipedge_turn_relayed_bytes_total",
+        &[("direction", "to_peer")],
+        load(&st.bytes_to_peers),
+    )
+    .sample(
+        "sipedge_turn_relayed_bytes_total",
+        &[("direction", "to_client")],
+        load(&st.bytes_to_clients),
+    );
+    e.family(
+        "sipedge_turn_dropped_total",
+        Kind::Counter,
+        "Packets dropped without an answer, by reason.",
+    );
+    for (reason, n) in st.dropped() {
+        e.sample("sipedge_turn_dropped_total", &[("reason", reason)], n);
+    }
+    e.family(
+        "sipedge_turn_send_errors_total",
+        Kind::Counter,
+        "Sends the kernel refused.",
+    )
+    .sample("sipedge_turn_send_errors_total", &[], load(&st.send_errors));
 }
 
 /// Binds the operations listener.

@@ -64,6 +64,17 @@ pub struct Relay {
     /// Allocations per user (credential) and per client address.
     pub max_allocations_per_user: usize,
     pub max_allocations_per_source: usize,
+    /// Allocations in all.
+    pub max_allocations: usize,
+    /// Relayed bandwidth per allocation and per user, each direction (0: unlimited).
+    pub max_kbps_per_allocation: u64,
+    pub max_kbps_per_user: u64,
+    /// Internal ranges beyond the private ones (refused to relays allocated from outside).
+    pub internal_ranges: Vec<crate::core::limits::Prefix>,
+    /// Internal ranges relays allocated from outside may reach anyway.
+    pub allow_peers: Vec<crate::core::limits::Prefix>,
+    /// Peers no relay may reach.
+    pub deny_peers: Vec<crate::core::limits::Prefix>,
 }
 
 impl Relay {
@@ -84,6 +95,12 @@ impl Relay {
             realm: None,
             max_allocations_per_user: 10,
             max_allocations_per_source: 50,
+            max_allocations: 10_000,
+            max_kbps_per_allocation: 3000,
+            max_kbps_per_user: 10_000,
+            internal_ranges: Vec::new(),
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
         }
     }
 }

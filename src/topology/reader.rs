@@ -402,7 +402,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 pub(super) fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)

@@ -84,6 +84,12 @@ const RELAY_KEYS: &[&str] = &[
     "realm",
     "max_allocations_per_user",
     "max_allocations_per_source",
+    "max_allocations",
+    "max_kbps_per_allocation",
+    "max_kbps_per_user",
+    "internal_ranges",
+    "allow_peers",
+    "deny_peers",
 ];
 const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
@@ -739,6 +745,13 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
     };
     let max_allocations_per_user = quota(doc, "max_allocations_per_user", 10);
     let max_allocations_per_source = quota(doc, "max_allocations_per_source", 50);
+    let max_allocations = quota(doc, "max_allocations", 10_000);
+    let kbps = |doc: &mut Doc<'_>, key, default| doc.integer(s, key, (0, 100_000_000), default);
+    let max_kbps_per_allocation = kbps(doc, "max_kbps_per_allocation", 3000);
+    let max_kbps_per_user = kbps(doc, "max_kbps_per_user", 10_000);
+    let internal_ranges = prefix_list(doc, s, "internal_ranges");
+    let allow_peers = prefix_list(doc, s, "allow_peers");
+    let deny_peers = prefix_list(doc, s, "deny_peers");
     Some(Some(Relay {
         host: host?,
         udp_port,
@@ -754,7 +767,40 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         realm,
         max_allocations_per_user,
         max_allocations_per_source,
+        max_allocations,
+        max_kbps_per_allocation,
+        max_kbps_per_user,
+        internal_ranges: internal_ranges?,
+        allow_peers: allow_peers?,
+        deny_peers: deny_peers?,
     }))
+}
+
+/// An optional list of addresses and prefixes; `None` on a problem (reported).
+fn prefix_list(
+    doc: &mut Doc<'_>,
+    s: Section<'_, '_>,
+    key: &str,
+) -> Option<Vec<crate::core::limits::Prefix>> {
+    let Some((list, line)) = doc.string_list(s, key, false) else {
+        return (!s.has(key)).then(Vec::new);
+    };
+    let mut prefixes = Vec::new();
+    let mut ok = true;
+    for text in list {
+        match crate::core::limits::Prefix::parse(&text) {
+            Some(prefix) => prefixes.push(prefix),
+            None => {
+                doc.problem(
+                    line,
+                    s.key(key),
+                    format!("\"{text}\" is not an address or prefix (10.0.0.0/8, 2001:db8::/32)"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(prefixes)
 }
 
 /// `Some(None)` when there is no `[operations]` table; `None` on a problem.
@@ -808,25 +854,8 @@ fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
         ))
         .unwrap_or(usize::MAX),
     };
-    let mut ok = true;
-    if let Some((list, line)) = doc.string_list(s, "allow_sources", false) {
-        for text in list {
-            match crate::core::limits::Prefix::parse(&text) {
-                Some(prefix) => firewall.allow_sources.push(prefix),
-                None => {
-                    doc.problem(
-                        line,
-                        s.key("allow_sources"),
-                        format!(
-                            "\"{text}\" is not an address or prefix (10.0.0.0/8, 2001:db8::/32)"
-                        ),
-                    );
-                    ok = false;
-                }
-            }
-        }
-    }
-    ok.then_some(firewall)
+    firewall.allow_sources = prefix_list(doc, s, "allow_sources")?;
+    Some(firewall)
 }
 
 /// Checks that span tables: the two zones never share a socket, and no next hop is the edge.

@@ -76,6 +76,36 @@ fn two_nic_example_resolves_with_its_password_from_the_environment() {
     assert_eq!(t.limits.max_connections, 20_000);
     // The password never shows in Debug output (logs, panics).
     assert!(!format!("{t:?}").contains("pfx-pass"));
+    let relay = t.relay.unwrap();
+    assert_eq!(
+        (relay.max_kbps_per_allocation, relay.max_kbps_per_user),
+        (3000, 10_000)
+    );
+    let prefix = |p: &str| crate::core::limits::Prefix::parse(p).unwrap();
+    assert_eq!(relay.internal_ranges, [prefix("192.0.2.0/24")]);
+    assert_eq!(relay.allow_peers, [prefix("192.0.2.128/28")]);
+    assert_eq!(relay.deny_peers, [prefix("198.51.100.0/28")]);
+}
+
+#[test]
+fn relay_limits_and_peer_ranges_are_checked() {
+    let text = TWO_NIC
+        .replace("max_kbps_per_user = 10000", "max_kbps_per_user = -1")
+        .replace("\"192.0.2.128/28\"", "\"192.0.2.128/33\"")
+        .replace("max_allocations = 10000", "max_allocations = 0");
+    let found = problems(&text);
+    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "relay.max_allocations",
+            "relay.max_kbps_per_user",
+            "relay.allow_peers"
+        ],
+        "{found:?}"
+    );
+    assert_eq!(found[2].0, line_of(&text, "allow_peers"));
+    assert!(found[2].2.contains("192.0.2.128/33"));
 }
 
 #[test]

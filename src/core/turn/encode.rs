@@ -32,7 +32,13 @@ fn message_type(class: Class, method: u16) -> u16 {
 
 impl Writer {
     pub fn new(class: Class, method: u16, transaction_id: [u8; 12]) -> Writer {
-        let mut buf = Vec::with_capacity(128);
+        Writer::reuse(Vec::with_capacity(128), class, method, transaction_id)
+    }
+
+    /// A writer into `buf`'s allocation, emptied first: the relay writes a Data indication
+    /// per packet without allocating.
+    pub fn reuse(mut buf: Vec<u8>, class: Class, method: u16, transaction_id: [u8; 12]) -> Writer {
+        buf.clear();
         buf.extend_from_slice(&message_type(class, method).to_be_bytes());
         buf.extend_from_slice(&[0, 0]);
         buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
@@ -63,23 +69,28 @@ impl Writer {
 
     /// XOR-MAPPED-ADDRESS, XOR-RELAYED-ADDRESS or XOR-PEER-ADDRESS (RFC 8489 §14.2).
     pub fn xor_address(&mut self, kind: u16, addr: SocketAddr) -> &mut Self {
+        // On the stack: a Data indication per relayed packet writes one.
         let cookie = MAGIC_COOKIE.to_be_bytes();
-        let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-        let mut value = vec![0u8];
-        match addr.ip() {
+        let port = (addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes();
+        let mut value = [0u8; 20];
+        let len = match addr.ip() {
             IpAddr::V4(a) => {
-                value.push(0x01);
-                value.extend_from_slice(&port.to_be_bytes());
-                value.extend(a.octets().iter().zip(cookie.iter()).map(|(x, k)| x ^ k));
+                value[..4].copy_from_slice(&[0, 0x01, port[0], port[1]]);
+                for ((v, x), k) in value[4..8].iter_mut().zip(a.octets()).zip(cookie) {
+                    *v = x ^ k;
+                }
+                8
             }
             IpAddr::V6(a) => {
-                value.push(0x02);
-                value.extend_from_slice(&port.to_be_bytes());
+                value[..4].copy_from_slice(&[0, 0x02, port[0], port[1]]);
                 let key = cookie.iter().chain(self.transaction_id.iter());
-                value.extend(a.octets().iter().zip(key).map(|(x, k)| x ^ k));
+                for ((v, x), k) in value[4..20].iter_mut().zip(a.octets()).zip(key) {
+                    *v = x ^ k;
+                }
+                20
             }
-        }
-        self.attr(kind, &value)
+        };
+        self.attr(kind, value.get(..len).unwrap_or_default())
     }
 
     /// ERROR-CODE (RFC 8489 §14.8).
@@ -139,10 +150,10 @@ pub fn binding_response(checked: &Checked, source: SocketAddr) -> Option<Vec<u8>
     if checked.class != Class::Request || checked.method != BINDING {
         return None;
     }
-    if !checked.unknown_required.is_empty() {
+    if !checked.unknown_required().is_empty() {
         let mut w = Writer::new(Class::Error, BINDING, checked.transaction_id);
         let unknown: Vec<u8> = checked
-            .unknown_required
+            .unknown_required()
             .iter()
             .flat_map(|k| k.to_be_bytes())
             .collect();

@@ -5,11 +5,13 @@
 //! - [`stun`]: the strict STUN message check that runs before any attribute is trusted;
 //! - [`auth`]: long-term credential authentication with REST usernames;
 //! - [`encode`]: writing STUN messages, and the Binding responder;
-//! - [`policy`]: which peers a relay may reach.
+//! - [`policy`]: which peers a relay may reach;
+//! - [`bandwidth`]: byte-rate budgets per allocation and per user.
 //!
 //! The allocation state machine and the relay shell build on these (issue 5).
 
 pub mod auth;
+pub mod bandwidth;
 pub mod channel;
 pub mod demux;
 pub mod encode;

@@ -7,9 +7,10 @@
 //!
 //! Always denied: unspecified, loopback, link-local (169.254/16 — the metadata service —
 //! and fe80::/10), multicast and broadcast, reserved, documentation-only benchmarking space
-//! is allowed (tests use it). Private and internal ranges are denied to allocations made
-//! from outside unless explicitly allowed; the operator's `deny` and `allow` prefixes apply
-//! last (deny wins).
+//! is allowed (tests use it), and the edge's own addresses (a relay looping into the edge's
+//! own listeners). Private ranges, and the internal ranges the topology names, are denied to
+//! allocations made from outside unless explicitly allowed; the operator's `deny` prefixes
+//! win over everything.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -32,6 +33,8 @@ pub enum Denied {
     Reserved,
     /// A private/internal address, for an allocation from outside.
     Internal,
+    /// One of the edge's own addresses.
+    Own,
     /// The operator's deny list.
     Configured,
 }
@@ -41,6 +44,11 @@ pub enum Denied {
 pub struct PeerPolicy {
     /// Internal ranges an external client's relay may reach anyway (e.g. a media server).
     pub allow_internal: Vec<Prefix>,
+    /// Ranges of the internal network beyond the private ones (an enterprise numbered in
+    /// public space): treated as internal.
+    pub internal: Vec<Prefix>,
+    /// The edge's own addresses (interfaces, relay, public address).
+    pub own: Vec<IpAddr>,
     /// Always refused, whatever the origin.
     pub deny: Vec<Prefix>,
     /// Let loopback peers through (tests on one host only; coturn's
@@ -78,14 +86,26 @@ impl PeerPolicy {
                 return Err(Denied::Configured);
             }
         }
+        let allowed_internal = self.allows_internal(peer, real);
         let verdict = match real {
-            IpAddr::V4(a) => check_v4(a, origin, self.allows_internal(peer, real)),
-            IpAddr::V6(a) => check_v6(a, origin, self.allows_internal(peer, real)),
+            IpAddr::V4(a) => check_v4(a, origin, allowed_internal),
+            IpAddr::V6(a) => check_v6(a, origin, allowed_internal),
         };
-        match verdict {
+        let verdict = match verdict {
             Err(Denied::Loopback) if self.allow_loopback => Ok(()),
             v => v,
+        };
+        verdict?;
+        // One host playing every part in tests: its loopback addresses are its own too.
+        let own = self.own.iter().map(|o| effective(*o));
+        if !(self.allow_loopback && real.is_loopback()) && own.clone().any(|o| o == real) {
+            return Err(Denied::Own);
         }
+        let named_internal = self.internal.iter().any(|p| p.contains(real));
+        if named_internal && origin == Origin::External && !allowed_internal {
+            return Err(Denied::Internal);
+        }
+        Ok(())
     }
 
     fn allows_internal(&self, peer: IpAddr, real: IpAddr) -> bool {
@@ -216,7 +236,7 @@ mod tests {
         let allowing = PeerPolicy {
             allow_internal: vec![Prefix::parse("10.20.0.0/16").unwrap()],
             deny: vec![Prefix::parse("203.0.113.66").unwrap()],
-            allow_loopback: false,
+            ..PeerPolicy::default()
         };
         assert_eq!(allowing.check(ip("10.20.5.5"), Origin::External), Ok(()));
         assert_eq!(
@@ -230,6 +250,46 @@ mod tests {
         assert_eq!(
             allowing.check(ip("::ffff:203.0.113.66"), Origin::Internal),
             Err(Denied::Configured)
+        );
+    }
+
+    #[test]
+    fn named_internal_ranges_and_the_edges_own_addresses() {
+        let p = PeerPolicy {
+            internal: vec![Prefix::parse("198.18.0.0/15").unwrap()],
+            allow_internal: vec![Prefix::parse("198.19.7.0/24").unwrap()],
+            own: vec![ip("192.0.2.10"), ip("203.0.113.10"), ip("2001:db8::10")],
+            ..PeerPolicy::default()
+        };
+        for (peer, origin, verdict) in [
+            ("198.18.1.1", Origin::External, Err(Denied::Internal)),
+            ("::ffff:198.18.1.1", Origin::External, Err(Denied::Internal)),
+            ("2002:c612:101::", Origin::External, Err(Denied::Internal)),
+            ("198.18.1.1", Origin::Internal, Ok(())),
+            ("198.19.7.7", Origin::External, Ok(())),
+            ("192.0.2.10", Origin::Internal, Err(Denied::Own)),
+            ("203.0.113.10", Origin::External, Err(Denied::Own)),
+            ("::ffff:203.0.113.10", Origin::External, Err(Denied::Own)),
+            ("64:ff9b::c000:20a", Origin::Internal, Err(Denied::Own)),
+            ("2001:db8::10", Origin::External, Err(Denied::Own)),
+            ("203.0.113.11", Origin::External, Ok(())),
+        ] {
+            assert_eq!(p.check(ip(peer), origin), verdict, "{peer} from {origin:?}");
+        }
+        // Tests on one host: loopback peers are allowed even when the edge listens there.
+        let one_host = PeerPolicy {
+            own: vec![ip("127.0.0.1")],
+            allow_loopback: true,
+            ..PeerPolicy::default()
+        };
+        assert_eq!(one_host.check(ip("127.0.0.1"), Origin::Internal), Ok(()));
+        assert_eq!(
+            PeerPolicy {
+                allow_loopback: false,
+                ..one_host
+            }
+            .check(ip("127.0.0.1"), Origin::Internal),
+            Err(Denied::Loopback)
         );
     }
 

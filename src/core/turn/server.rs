@@ -6,9 +6,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{authenticate, AuthContext, AuthError};
+use super::bandwidth::{Budget, Direction, Meters};
 use super::channel::{self, CHANNEL_MAX, CHANNEL_MIN};
 use super::demux::{classify, PacketKind};
 use super::encode::{binding_response, Writer, BINDING, SOFTWARE};
@@ -57,6 +60,12 @@ pub struct TurnConfig {
     /// Allocations per client address (IPv4 address or IPv6 address): a flood of users
     /// from one source cannot take every relayed port.
     pub max_allocations_per_source: usize,
+    /// Allocations in all (508 beyond; the port range bounds it too).
+    pub max_allocations: usize,
+    /// Relayed bandwidth per allocation and per user, each direction apart (`None`:
+    /// unlimited); excess packets are dropped and counted.
+    pub bandwidth_per_allocation: Option<Budget>,
+    pub bandwidth_per_user: Option<Budget>,
     pub policy: PeerPolicy,
     pub max_credential_lifetime_secs: u64,
 }
@@ -80,6 +89,10 @@ impl TurnConfig {
             channel_lifetime: Duration::from_secs(600),
             max_allocations_per_user: 10,
             max_allocations_per_source: 50,
+            max_allocations: 10_000,
+            // The Lync Edge's defaults: 3000 kbit/s per port, 10 000 kbit/s per user.
+            bandwidth_per_allocation: Budget::kbit(3000),
+            bandwidth_per_user: Budget::kbit(10_000),
             policy: PeerPolicy::default(),
             max_credential_lifetime_secs: 8 * 3600,
         }
@@ -122,6 +135,15 @@ pub struct Route {
     pub data: std::ops::Range<usize>,
 }
 
+/// What goes to the client in front of (or instead of) a peer's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToClient {
+    /// This ChannelData header, then the data (padded to 4 on a stream).
+    Channel([u8; channel::HEADER_LEN]),
+    /// The Data indication written into the caller's scratch buffer.
+    Indication,
+}
+
 /// Why a packet was dropped without an answer (counted by the shell).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -132,7 +154,43 @@ pub enum Dropped {
     NoPermission,
     UnboundChannel,
     UnauthenticatedIndication,
+    /// Over the allocation's or the user's bandwidth budget.
+    OverBandwidth,
     Ignored,
+}
+
+impl Dropped {
+    /// Every reason, in the order of [`Dropped::index`].
+    pub const ALL: [Dropped; 9] = [
+        Dropped::NotStunOrChannelData,
+        Dropped::MalformedStun,
+        Dropped::MalformedChannelData,
+        Dropped::NoAllocation,
+        Dropped::NoPermission,
+        Dropped::UnboundChannel,
+        Dropped::UnauthenticatedIndication,
+        Dropped::OverBandwidth,
+        Dropped::Ignored,
+    ];
+
+    /// A metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::NotStunOrChannelData => "not_turn",
+            Dropped::MalformedStun => "malformed_stun",
+            Dropped::MalformedChannelData => "malformed_channel_data",
+            Dropped::NoAllocation => "no_allocation",
+            Dropped::NoPermission => "no_permission",
+            Dropped::UnboundChannel => "unbound_channel",
+            Dropped::UnauthenticatedIndication => "unauthenticated_indication",
+            Dropped::OverBandwidth => "bandwidth",
+            Dropped::Ignored => "ignored",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 struct Allocation {
@@ -145,6 +203,15 @@ struct Allocation {
     channels: HashMap<u16, (SocketAddr, Instant)>,
     /// The Allocate's transaction id and answer, for retransmissions over UDP.
     allocate_tx: ([u8; 12], Vec<u8>),
+    /// Bandwidth used by this allocation, and by all of its user's.
+    meters: Meters,
+    user_meters: Arc<Meters>,
+}
+
+/// What one user (credential) holds: its allocations and their shared bandwidth meters.
+struct UserShare {
+    allocations: usize,
+    meters: Arc<Meters>,
 }
 
 /// The server.
@@ -152,11 +219,11 @@ pub struct Server {
     cfg: TurnConfig,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    per_user: HashMap<String, usize>,
+    per_user: HashMap<String, UserShare>,
     per_source: HashMap<IpAddr, usize>,
     next_port: u16,
     /// Transaction ids of Data indications (each needs a fresh one) and token counter.
-    data_seq: u64,
+    data_seq: AtomicU64,
     /// Ports reserved by EVEN-PORT with the R bit: token -> (port, expiry).
     reservations: HashMap<[u8; 8], (u16, Instant)>,
     token_hasher: std::collections::hash_map::RandomState,
@@ -182,7 +249,7 @@ impl Server {
             per_user: HashMap::new(),
             per_source: HashMap::new(),
             next_port,
-            data_seq: u64::from(seed) << 32,
+            data_seq: AtomicU64::new(u64::from(seed) << 32),
             reservations: HashMap::new(),
             token_hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -253,10 +320,10 @@ impl Server {
             reply(error(c, 400, "Unknown Method", None), out);
             return;
         }
-        if !c.unknown_required.is_empty() {
+        if !c.unknown_required().is_empty() {
             let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
             let unknown: Vec<u8> = c
-                .unknown_required
+                .unknown_required()
                 .iter()
                 .flat_map(|k| k.to_be_bytes())
                 .collect();
@@ -364,16 +431,16 @@ impl Server {
                 return Err((440, "Address Family not Supported"));
             }
         }
-        let from_source = self
-            .allocations
-            .keys()
-            .filter(|t| t.client.ip() == tuple.client.ip())
-            .count();
-        if from_source >= self.cfg.max_allocations_per_source {
+        let from_source = self.per_source.get(&tuple.client.ip()).copied();
+        if from_source.unwrap_or(0) >= self.cfg.max_allocations_per_source {
             return Err((486, "Allocation Quota Reached"));
         }
-        if self.per_user.get(&username).copied().unwrap_or(0) >= self.cfg.max_allocations_per_user {
+        let of_user = self.per_user.get(&username).map(|u| u.allocations);
+        if of_user.unwrap_or(0) >= self.cfg.max_allocations_per_user {
             return Err((486, "Allocation Quota Reached"));
+        }
+        if self.allocations.len() >= self.cfg.max_allocations {
+            return Err((508, "Insufficient Capacity"));
         }
         let even_port = value(packet, c, attr::EVEN_PORT);
         let reserve_next = even_port
@@ -414,7 +481,15 @@ impl Server {
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
             .sign(&key, sha256(c));
         let answer = w.finish_with_fingerprint();
-        *self.per_user.entry(username.clone()).or_insert(0) += 1;
+        let share = self
+            .per_user
+            .entry(username.clone())
+            .or_insert_with(|| UserShare {
+                allocations: 0,
+                meters: Arc::new(Meters::new(now)),
+            });
+        share.allocations += 1;
+        let user_meters = share.meters.clone();
         *self.per_source.entry(tuple.client.ip()).or_insert(0) += 1;
         self.by_relay.insert(relay, tuple);
         self.allocations.insert(
@@ -428,6 +503,8 @@ impl Server {
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 allocate_tx: (c.transaction_id, answer.clone()),
+                meters: Meters::new(now),
+                user_meters,
             },
         );
         out.push(Output::OpenRelay { relay });
@@ -492,7 +569,7 @@ impl Server {
     fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
         let mut peers = Vec::new();
         for a in c
-            .attributes
+            .attributes()
             .iter()
             .filter(|a| a.kind == attr::XOR_PEER_ADDRESS)
         {
@@ -605,22 +682,49 @@ impl Server {
         now: Instant,
         out: &mut Vec<Output>,
     ) -> Result<(), Dropped> {
-        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
-        let peer = c
-            .get(attr::XOR_PEER_ADDRESS)
-            .and_then(|p| packet.get(p.start..p.start + p.len))
+        let route = self.send_to_peer(&tuple, packet, c, now)?;
+        out.push(Output::ToPeer {
+            relay: route.relay,
+            peer: route.peer,
+            bytes: packet.get(route.data).unwrap_or_default().to_vec(),
+        });
+        Ok(())
+    }
+
+    /// The hot path for a Send indication (read-only, allocation-free; `c` is its strict
+    /// check): where its DATA goes, and which bytes of `packet` they are.
+    pub fn send_to_peer(
+        &self,
+        tuple: &FiveTuple,
+        packet: &[u8],
+        c: &Checked,
+        now: Instant,
+    ) -> Result<Route, Dropped> {
+        if c.class != Class::Indication || c.method != SEND {
+            return Err(Dropped::Ignored);
+        }
+        let a = self.allocations.get(tuple).ok_or(Dropped::NoAllocation)?;
+        let mut peers = c
+            .attributes()
+            .iter()
+            .filter(|a| a.kind == attr::XOR_PEER_ADDRESS);
+        let (Some(peer), None) = (peers.next(), peers.next()) else {
+            return Err(Dropped::MalformedStun);
+        };
+        let peer = packet
+            .get(peer.start..peer.start + peer.len)
             .and_then(|v| decode_xor_address(v, &c.transaction_id))
             .ok_or(Dropped::MalformedStun)?;
-        let data = value(packet, c, attr::DATA).ok_or(Dropped::MalformedStun)?;
+        let data = c.get(attr::DATA).ok_or(Dropped::MalformedStun)?;
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
-        out.push(Output::ToPeer {
+        self.charge(a, Direction::ToPeer, data.len, now)?;
+        Ok(Route {
             relay: a.relay,
             peer,
-            bytes: data.to_vec(),
-        });
-        Ok(())
+            data: data.start..data.start + data.len,
+        })
     }
 
     fn client_channel_data(
@@ -657,6 +761,7 @@ impl Server {
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
+        self.charge(a, Direction::ToPeer, m.data.len(), now)?;
         Ok(Route {
             relay: a.relay,
             peer: *peer,
@@ -664,62 +769,66 @@ impl Server {
         })
     }
 
-    /// The hot path, peer to client (read-only, allocation-free): the client's 5-tuple and
-    /// the ChannelData header to put in front of `len` bytes from `peer`, when a channel is
-    /// bound to it. `Ok((_, None))` means no channel: use [`Server::peer_packet`] (a Data
-    /// indication).
-    pub fn peer_to_channel(
+    /// The hot path, peer to client (read-only, allocation-free): what to send the client
+    /// for `data` from `peer` arriving on `relay`. With a channel bound to the peer, the
+    /// ChannelData header to put in front of the data (and, to a TCP client, padding to 4);
+    /// otherwise a Data indication, written into `scratch` (its allocation reused).
+    pub fn peer_to_client(
         &self,
-        relay: SocketAddr,
-        peer: SocketAddr,
-        len: usize,
-        now: Instant,
-    ) -> Result<(FiveTuple, Option<[u8; channel::HEADER_LEN]>), Dropped> {
-        let tuple = *self.by_relay.get(&relay).ok_or(Dropped::NoAllocation)?;
-        let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
-        if !permitted(a, peer.ip(), now) {
-            return Err(Dropped::NoPermission);
-        }
-        let len = u16::try_from(len).map_err(|_| Dropped::Ignored)?;
-        let bound = a
-            .channels
-            .iter()
-            .find(|(_, (p, e))| *p == peer && *e > now)
-            .map(|(n, _)| *n);
-        Ok((
-            tuple,
-            bound.map(|number| {
-                let mut header = [0u8; channel::HEADER_LEN];
-                channel::write_header(&mut header, number, len);
-                header
-            }),
-        ))
-    }
-
-    /// A datagram from `peer` to the relayed address `relay`: to the client as ChannelData
-    /// (if a channel is bound) or a Data indication; dropped without a permission.
-    pub fn peer_packet(
-        &mut self,
         relay: SocketAddr,
         peer: SocketAddr,
         data: &[u8],
         now: Instant,
-    ) -> Result<Output, Dropped> {
+        scratch: &mut Vec<u8>,
+    ) -> Result<(FiveTuple, ToClient), Dropped> {
         let tuple = *self.by_relay.get(&relay).ok_or(Dropped::NoAllocation)?;
         let a = self.allocations.get(&tuple).ok_or(Dropped::NoAllocation)?;
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
         let len = u16::try_from(data.len()).map_err(|_| Dropped::Ignored)?;
+        self.charge(a, Direction::ToClient, data.len(), now)?;
         let bound = a
             .channels
             .iter()
             .find(|(_, (p, e))| *p == peer && *e > now)
             .map(|(n, _)| *n);
-        let bytes = match bound {
-            Some(number) => {
-                let mut header = [0u8; channel::HEADER_LEN];
-                channel::write_header(&mut header, number, len);
+        if let Some(number) = bound {
+            let mut header = [0u8; channel::HEADER_LEN];
+            channel::write_header(&mut header, number, len);
+            return Ok((tuple, ToClient::Channel(header)));
+        }
+        // A Data indication: a fresh transaction id per indication (RFC 8656 §11.4).
+        let seq = self.data_seq.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 12];
+        for (d, s) in id.iter_mut().zip(
+            seq.to_be_bytes()
+                .iter()
+                .chain(relay.port().to_be_bytes().iter()),
+        ) {
+            *d = *s;
+        }
+        let mut w = Writer::reuse(std::mem::take(scratch), Class::Indication, DATA, id);
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, data);
+        *scratch = w.finish();
+        Ok((tuple, ToClient::Indication))
+    }
+
+    /// A datagram from `peer` to the relayed address `relay`, as bytes for the client
+    /// (ChannelData, padded on TCP, or a Data indication); dropped without a permission.
+    /// The allocating form of [`Server::peer_to_client`].
+    pub fn peer_packet(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<Output, Dropped> {
+        let mut scratch = Vec::new();
+        let (tuple, framing) = self.peer_to_client(relay, peer, data, now, &mut scratch)?;
+        let bytes = match framing {
+            ToClient::Channel(header) => {
                 let mut b = Vec::with_capacity(channel::HEADER_LEN + data.len() + 3);
                 b.extend_from_slice(&header);
                 b.extend_from_slice(data);
@@ -728,25 +837,33 @@ impl Server {
                 }
                 b
             }
-            None => {
-                // A Data indication: a fresh transaction id per indication (RFC 8656 §11.4).
-                self.data_seq = self.data_seq.wrapping_add(1);
-                let mut id = [0u8; 12];
-                for (d, s) in id.iter_mut().zip(
-                    self.data_seq
-                        .to_be_bytes()
-                        .iter()
-                        .chain(relay.port().to_be_bytes().iter()),
-                ) {
-                    *d = *s;
-                }
-                let mut w = Writer::new(Class::Indication, DATA, id);
-                w.xor_address(attr::XOR_PEER_ADDRESS, peer)
-                    .attr(attr::DATA, data);
-                w.finish()
-            }
+            ToClient::Indication => scratch,
         };
         Ok(Output::ToClient { tuple, bytes })
+    }
+
+    /// Charges a relayed packet to the allocation's budget, then to its user's. A packet the
+    /// user's budget refuses has still used the allocation's: a conservative count, and
+    /// one atomic operation each on the hot path.
+    fn charge(
+        &self,
+        a: &Allocation,
+        direction: Direction,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Dropped> {
+        let ok = a
+            .meters
+            .get(direction)
+            .charge(self.cfg.bandwidth_per_allocation, bytes, now)
+            && a.user_meters
+                .get(direction)
+                .charge(self.cfg.bandwidth_per_user, bytes, now);
+        if ok {
+            Ok(())
+        } else {
+            Err(Dropped::OverBandwidth)
+        }
     }
 
     /// Removes expired allocations, permissions and channels.
@@ -783,9 +900,9 @@ impl Server {
     fn remove(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
         if let Some(a) = self.allocations.remove(&tuple) {
             self.by_relay.remove(&a.relay);
-            if let Some(n) = self.per_user.get_mut(&a.username) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            if let Some(share) = self.per_user.get_mut(&a.username) {
+                share.allocations = share.allocations.saturating_sub(1);
+                if share.allocations == 0 {
                     self.per_user.remove(&a.username);
                 }
             }
@@ -811,7 +928,7 @@ impl Server {
             } else {
                 self.next_port + 1
             };
-            if even && port % 2 != 0 {
+            if even && !port.is_multiple_of(2) {
                 continue;
             }
             let taken = |p: u16| {
@@ -830,8 +947,8 @@ impl Server {
     /// An unguessable reservation token (a keyed hash of a counter).
     fn new_token(&mut self) -> [u8; 8] {
         use std::hash::BuildHasher;
-        self.data_seq = self.data_seq.wrapping_add(1);
-        self.token_hasher.hash_one(self.data_seq).to_be_bytes()
+        let seq = self.data_seq.fetch_add(1, Ordering::Relaxed);
+        self.token_hasher.hash_one(seq).to_be_bytes()
     }
 }
 

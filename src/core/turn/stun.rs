@@ -4,7 +4,8 @@
 //! attributes, and checks FINGERPRINT only when asked):
 //! - a 20-byte header with the two leading zero bits, the magic cookie, a length that is a
 //!   multiple of 4 and covers exactly the rest of the datagram;
-//! - attributes that fit, padded to 4; no attribute twice; nothing but
+//! - attributes that fit, padded to 4; no attribute twice (but XOR-PEER-ADDRESS, which
+//!   CreatePermission repeats); nothing but
 //!   MESSAGE-INTEGRITY-SHA256 and FINGERPRINT after MESSAGE-INTEGRITY, nothing after
 //!   FINGERPRINT, and a FINGERPRINT that matches;
 //! - unknown comprehension-required attributes collected for a 420 (UNKNOWN-ATTRIBUTES).
@@ -92,25 +93,47 @@ pub struct Attribute {
     pub len: usize,
 }
 
-/// A message that passed every structural check.
+/// A message that passed every structural check. Fixed-size (no allocation): a Send
+/// indication is checked on the relay's per-packet path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
     pub class: Class,
     /// The 12-bit method (0x001 Binding, 0x003 Allocate, ...).
     pub method: u16,
     pub transaction_id: [u8; 12],
-    pub attributes: Vec<Attribute>,
-    /// Unknown comprehension-required attributes (answer 420 to a request).
-    pub unknown_required: Vec<u16>,
+    attributes: [Attribute; MAX_ATTRIBUTES],
+    attribute_count: usize,
+    unknown_required: [u16; MAX_ATTRIBUTES],
+    unknown_count: usize,
     /// Offset of MESSAGE-INTEGRITY's header, if present (what its HMAC covers ends here).
     pub integrity_at: Option<usize>,
 }
 
 impl Checked {
     pub fn get(&self, kind: u16) -> Option<Attribute> {
-        self.attributes.iter().copied().find(|a| a.kind == kind)
+        self.attributes().iter().copied().find(|a| a.kind == kind)
+    }
+
+    /// The attributes in message order.
+    pub fn attributes(&self) -> &[Attribute] {
+        self.attributes
+            .get(..self.attribute_count)
+            .unwrap_or_default()
+    }
+
+    /// Unknown comprehension-required attributes (answer 420 to a request).
+    pub fn unknown_required(&self) -> &[u16] {
+        self.unknown_required
+            .get(..self.unknown_count)
+            .unwrap_or_default()
     }
 }
+
+const NO_ATTRIBUTE: Attribute = Attribute {
+    kind: 0,
+    start: 0,
+    len: 0,
+};
 
 /// Why a message is not STUN we will process. Malformed messages are dropped silently
 /// (RFC 8489 §6.3: no error response to something that is not a valid STUN message).
@@ -158,8 +181,10 @@ pub fn check(msg: &[u8]) -> Result<Checked, StunError> {
     let method = (msg_type & 0x000F) | ((msg_type >> 1) & 0x0070) | ((msg_type >> 2) & 0x0F80);
     let transaction_id: [u8; 12] = id;
 
-    let mut attributes: Vec<Attribute> = Vec::new();
-    let mut unknown_required = Vec::new();
+    let mut attributes = [NO_ATTRIBUTE; MAX_ATTRIBUTES];
+    let mut attribute_count = 0;
+    let mut unknown_required = [0u16; MAX_ATTRIBUTES];
+    let mut unknown_count = 0;
     let mut integrity_at = None;
     let mut seen_sha256 = false;
     let mut seen_fingerprint = false;
@@ -179,12 +204,19 @@ pub fn check(msg: &[u8]) -> Result<Checked, StunError> {
         if padded_end > msg.len() {
             return Err(StunError::AttributeOverflow);
         }
-        if attributes.iter().any(|a| a.kind == kind) {
+        // CreatePermission may name several peers (RFC 8656 §9.1); nothing else repeats.
+        let seen = attributes.get(..attribute_count).unwrap_or_default();
+        if kind != attr::XOR_PEER_ADDRESS && seen.iter().any(|a| a.kind == kind) {
             return Err(StunError::DuplicateAttribute(kind));
         }
-        if attributes.len() >= MAX_ATTRIBUTES {
+        let Some(slot) = attributes.get_mut(attribute_count) else {
             return Err(StunError::TooManyAttributes);
-        }
+        };
+        *slot = Attribute {
+            kind,
+            start,
+            len: alen,
+        };
         // RFC 8489 §14.5/§14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and
         // FINGERPRINT; after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT.
         let allowed_after_mi = kind == attr::MESSAGE_INTEGRITY_SHA256 || kind == attr::FINGERPRINT;
@@ -212,14 +244,16 @@ pub fn check(msg: &[u8]) -> Result<Checked, StunError> {
                 }
                 seen_fingerprint = true;
             }
-            k if k < 0x8000 && !attr::KNOWN_REQUIRED.contains(&k) => unknown_required.push(k),
+            k if k < 0x8000 && !attr::KNOWN_REQUIRED.contains(&k) => {
+                // Fits: every unknown attribute is also one of the (bounded) attributes.
+                if let Some(slot) = unknown_required.get_mut(unknown_count) {
+                    *slot = k;
+                    unknown_count += 1;
+                }
+            }
             _ => {}
         }
-        attributes.push(Attribute {
-            kind,
-            start,
-            len: alen,
-        });
+        attribute_count += 1;
         pos = padded_end;
     }
     Ok(Checked {
@@ -227,7 +261,9 @@ pub fn check(msg: &[u8]) -> Result<Checked, StunError> {
         method,
         transaction_id,
         attributes,
+        attribute_count,
         unknown_required,
+        unknown_count,
         integrity_at,
     })
 }
@@ -300,7 +336,7 @@ mod tests {
         assert_eq!((c.class, c.method), (Class::Request, 0x001));
         assert_eq!(c.integrity_at, Some(20 + 20 + 8 + 12 + 16));
         assert!(c.get(attr::USERNAME).is_some());
-        assert!(c.unknown_required.is_empty());
+        assert!(c.unknown_required().is_empty());
         let mut tampered = RFC5769_REQUEST;
         tampered[30] ^= 1;
         assert_eq!(check(&tampered), Err(StunError::BadFingerprint));
@@ -335,7 +371,7 @@ mod tests {
             Err(StunError::AfterIntegrity(attr::USERNAME))
         );
         let unknown = binding(&[(0x7777, b"x"), (0x8777, b"y")]);
-        assert_eq!(check(&unknown).unwrap().unknown_required, vec![0x7777]);
+        assert_eq!(check(&unknown).unwrap().unknown_required(), vec![0x7777]);
         let mut overflow = binding(&[(attr::USERNAME, b"abcd")]);
         overflow[23] = 200; // the attribute claims more than there is
         assert_eq!(check(&overflow), Err(StunError::AttributeOverflow));

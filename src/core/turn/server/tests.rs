@@ -695,3 +695,154 @@ fn ipv6_relays() {
     );
     assert_eq!(World::code(&w.send(&p6, Duration::ZERO).0), 0);
 }
+
+#[test]
+fn total_allocations_are_capped_with_508() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations = 3;
+    let mut codes = Vec::new();
+    for i in 0..4u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
+        let req = w.request(
+            ALLOCATE,
+            70 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, [0, 0, 0, 508]);
+}
+
+/// An allocation of `w`'s user from client port `port` with a channel 0x4001 bound to
+/// `peer`: its relayed address.
+fn allocate_with_channel(w: &mut World, port: u16, peer: SocketAddr, id: u8) -> SocketAddr {
+    w.tuple.client = SocketAddr::new(w.tuple.client.ip(), port);
+    let req = w.request(
+        ALLOCATE,
+        id,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+    );
+    let (out, _) = w.send(&req, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    let relay = out
+        .iter()
+        .find_map(|o| match o {
+            Output::OpenRelay { relay } => Some(*relay),
+            _ => None,
+        })
+        .unwrap();
+    let bind = w.request(
+        CHANNEL_BIND,
+        id + 1,
+        &[
+            (attr::CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]),
+            World::peer_attr(peer, id + 1),
+        ],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&bind, Duration::ZERO).0), 0);
+    relay
+}
+
+/// 172-byte ChannelData payloads (20 ms of audio with SRTP) on channel 0x4001.
+fn audio_frame() -> Vec<u8> {
+    let mut frame = vec![0x40, 0x01, 0x00, 172];
+    frame.resize(4 + 172, 0x80);
+    frame
+}
+
+#[test]
+fn bandwidth_per_allocation_drops_the_excess_in_each_direction_apart() {
+    let mut w = World::new();
+    // 137.6 kbit/s: 100 audio frames a second, a burst of 100 frames.
+    w.server.cfg.bandwidth_per_allocation = Budget::kbit(137);
+    let peer = addr("198.51.100.99:5000");
+    let relay = allocate_with_channel(&mut w, 40000, peer, 80);
+    let tuple = w.tuple;
+    let frame = audio_frame();
+    let start = w.start;
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    // 50 frames a second (one call's audio) pass for a minute, both ways.
+    for i in 0..3000u64 {
+        assert!(w.server.channel_to_peer(&tuple, &frame, at(20 * i)).is_ok());
+        let back = w
+            .server
+            .peer_to_client(relay, peer, &[0; 172], at(20 * i), &mut Vec::new());
+        assert!(
+            matches!(back, Ok((_, ToClient::Channel(_)))),
+            "{i}: {back:?}"
+        );
+    }
+    // Three calls' worth in one second from the client: the burst passes, then the excess
+    // is dropped and said so; the other direction is untouched.
+    let t = 60_000;
+    let passed = (0..150)
+        .filter(|_| w.server.channel_to_peer(&tuple, &frame, at(t)).is_ok())
+        .count();
+    assert!((95..=100).contains(&passed), "{passed}");
+    assert_eq!(
+        w.server.channel_to_peer(&tuple, &frame, at(t)),
+        Err(Dropped::OverBandwidth)
+    );
+    assert!(w.server.peer_packet(relay, peer, &[0; 172], at(t)).is_ok());
+    // Send indications and Data indications count against the same budgets.
+    let send = {
+        let mut m = Writer::new(Class::Indication, SEND, [90; 12]);
+        m.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, &[0u8; 172]);
+        m.finish()
+    };
+    assert_eq!(
+        w.send(&send, Duration::from_millis(t)).1,
+        Err(Dropped::OverBandwidth)
+    );
+    assert_eq!(w.send(&send, Duration::from_millis(t + 100)).1, Ok(()));
+    // A second later the budget is back.
+    assert!(w
+        .server
+        .channel_to_peer(&tuple, &frame, at(t + 1000))
+        .is_ok());
+}
+
+#[test]
+fn bandwidth_per_user_is_shared_by_all_of_its_allocations() {
+    let mut w = World::new();
+    w.server.cfg.bandwidth_per_allocation = None;
+    w.server.cfg.bandwidth_per_user = Budget::kbit(137); // 100 frames a second
+    let peer = addr("198.51.100.99:5000");
+    let first = allocate_with_channel(&mut w, 40000, peer, 100);
+    let tuple_a = w.tuple;
+    let second = allocate_with_channel(&mut w, 40001, peer, 110);
+    let tuple_b = w.tuple;
+    let frame = audio_frame();
+    let t = w.start + Duration::from_secs(1);
+    let mut passed = 0;
+    for _ in 0..100 {
+        passed += usize::from(w.server.channel_to_peer(&tuple_a, &frame, t).is_ok());
+        passed += usize::from(w.server.channel_to_peer(&tuple_b, &frame, t).is_ok());
+    }
+    assert!((95..=100).contains(&passed), "{passed}");
+    // From peers, Data indications (no channel on the general path) share the user's other
+    // direction: both relays drain one budget.
+    let mut to_clients = 0;
+    for _ in 0..100 {
+        for relay in [first, second] {
+            to_clients += usize::from(w.server.peer_packet(relay, peer, &[0; 172], t).is_ok());
+        }
+    }
+    assert!((95..=100).contains(&to_clients), "{to_clients}");
+    // Another user is not affected.
+    let c = credentials::mint(&w.ring, "bob", 8 * 3600, T0).unwrap();
+    w.user = c.username;
+    w.pass = c.password;
+    allocate_with_channel(&mut w, 40002, peer, 120);
+    let tuple_c = w.tuple;
+    assert!(w.server.channel_to_peer(&tuple_c, &frame, t).is_ok());
+    // With every allocation of alice gone, her share is gone too.
+    let mut out = Vec::new();
+    w.server.client_closed(tuple_a, &mut out);
+    w.server.client_closed(tuple_b, &mut out);
+    assert!(!w.server.per_user.keys().any(|u| u.ends_with(":alice")));
+}
