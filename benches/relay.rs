@@ -121,6 +121,8 @@ fn main() {
             port_min: 20_000,
             port_max: 29_999,
             allow_loopback_peers: true,
+            // Every load client shares 127.0.0.2: the per-source quota is not measured.
+            max_allocations_per_source: 1_000_000,
             ..Relay::new("127.0.0.1")
         });
         std::mem::forget(director);
@@ -238,6 +240,14 @@ fn main() {
         cpu * 1e6 / (relayed.max(1) as f64),
         100.0 * (1.0 - echoed as f64 / sent.max(1) as f64),
         (rss_allocated.saturating_sub(rss_started)) as f64 / allocations.max(1) as f64,
+    );
+    let received = turn.stats.client_packets.load(Ordering::Relaxed)
+        + turn.stats.peer_packets.load(Ordering::Relaxed);
+    let calls = turn.stats.receive_calls.load(Ordering::Relaxed);
+    println!(
+        "batching: {received} datagrams in {calls} receive calls ({:.2} per call); dropped {}",
+        received as f64 / calls.max(1) as f64,
+        turn.stats.dropped_total()
     );
     edge_rt.block_on(edge.stop());
 }
