@@ -51,6 +51,7 @@ fn proxy() -> Proxy {
             },
             own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
             served_domains: vec!["example.com".into()],
+            federation: Default::default(),
         },
         FlowKeys::new(&[7; 32], Default::default()),
     )
@@ -62,6 +63,7 @@ fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
         side,
         remote: remote.parse().unwrap(),
         token: p.keys().token(FlowId(id)),
+        partner: None,
     }
 }
 

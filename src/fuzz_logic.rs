@@ -85,6 +85,7 @@ pub fn roundtrip(data: &[u8]) {
         side: Side::External,
         remote: std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
         token: proxy.keys().token(FlowId(1)),
+        partner: None,
     };
     match proxy.handle(&from, &msg) {
         Action::ToPool { bytes, .. } => {
@@ -121,7 +122,7 @@ pub fn roundtrip(data: &[u8]) {
         Action::Reject(why) => {
             let _ = proxy.answer(&msg.raw, why, Some(&msg));
         }
-        Action::ToFlow { .. } | Action::Credentials => {}
+        Action::ToFlow { .. } | Action::ToPartner { .. } | Action::Credentials => {}
     }
 }
 
@@ -146,6 +147,7 @@ fn proxy() -> Proxy {
             },
             own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
             served_domains: vec!["example.com".into()],
+            federation: Default::default(),
         },
         FlowKeys::new(&[7; 32], Default::default()),
     )
@@ -246,6 +248,7 @@ pub mod golden {
                 },
                 own_hosts: vec!["edge.sipedge.test".into(), "127.0.0.2".into()],
                 served_domains: vec!["sipedge.test".into()],
+                federation: Default::default(),
             },
             FlowKeys::new(&[7; 32], Default::default()),
         )
@@ -284,6 +287,7 @@ pub mod golden {
                 Side::Internal => std::net::SocketAddr::from(([127, 0, 0, 1], 5070)),
             },
             token: proxy.keys().token(arriving),
+            partner: None,
         };
         let mut out = Outcome::default();
         let mut framer = Framer::new();
@@ -345,6 +349,10 @@ pub mod golden {
                             };
                             let answer = proxy.answer(&msg.raw, why, Some(&msg));
                             push_answer(&mut out, why, answer);
+                        }
+                        Action::ToPartner { partner, bytes } => {
+                            out.events.push(format!("to-partner {}", partner.0));
+                            out.forwarded.push(bytes);
                         }
                         Action::Reject(why) => {
                             let answer = proxy.answer(&msg.raw, why, Some(&msg));

@@ -15,6 +15,7 @@ use super::flows::{self, FlowReceiver, SendError};
 use super::Shared;
 use crate::core::avauth;
 use crate::core::limits::{Gcra, Refusal, Strike};
+use crate::core::sip::federation::PartnerId;
 use crate::core::sip::frame::{Frame, Framer};
 use crate::core::sip::message::{Message, Method};
 use crate::core::sip::proxy::{Action, Flow, Side, TxKey};
@@ -69,7 +70,12 @@ pub enum Closed {
 
 impl Conn {
     /// Registers a new flow in the table and returns the connection and its queue.
-    pub fn register(shared: &Shared, side: Side, remote: SocketAddr) -> (Conn, FlowReceiver) {
+    pub fn register(
+        shared: &Shared,
+        side: Side,
+        remote: SocketAddr,
+        partner: Option<PartnerId>,
+    ) -> (Conn, FlowReceiver) {
         let id = shared.next_flow_id();
         let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits.max_queued_bytes);
         shared.flows.insert(id, handle);
@@ -78,6 +84,7 @@ impl Conn {
             side,
             remote,
             token: shared.proxy.keys().token(id),
+            partner,
         };
         let now = clock::now();
         let conn = Conn {
@@ -222,6 +229,9 @@ impl Conn {
                     return self.strike(shared, now);
                 }
             }
+            Action::ToPartner { partner, bytes } => {
+                self.send_to_partner(shared, &msg, partner, Bytes::from(bytes));
+            }
             Action::Credentials => self.issue_credentials(shared, &msg),
         }
         Ok(())
@@ -236,6 +246,13 @@ impl Conn {
         msg: &Message,
         now: Instant,
     ) -> Result<Result<(), Why>, Closed> {
+        // A partner edge carries many users over few connections: its own rate applies,
+        // not the per-connection and per-source ones (nor their strikes and bans).
+        if let (Some(p), Some(partners)) = (self.flow.partner, &shared.partners) {
+            return Ok(partners.admit(p, now).map_err(|wait| Why::RateLimited {
+                retry_after_secs: secs_at_least_1(wait),
+            }));
+        }
         let ip = self.flow.remote.ip();
         if let Err(wait) = self.requests.take(shared.limits.connection_requests, now) {
             shared
@@ -335,6 +352,23 @@ impl Conn {
         }
         if let Some(answer) = answer {
             self.out.extend_from_slice(&answer);
+        }
+    }
+
+    fn send_to_partner(
+        &mut self,
+        shared: &Shared,
+        msg: &Message,
+        partner: PartnerId,
+        bytes: Bytes,
+    ) {
+        let sent = match &shared.partners {
+            Some(partners) => partners.send(shared, partner, bytes, self.flow.id, msg.raw.clone()),
+            None => Err(Why::NoRoute),
+        };
+        match sent {
+            Ok(()) => shared.stats.forwarded(self.flow.side),
+            Err(why) => self.reject(shared, &msg.raw, why, Some(msg)),
         }
     }
 

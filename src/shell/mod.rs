@@ -13,6 +13,7 @@ pub mod flows;
 pub mod keyfile;
 pub mod listen;
 pub mod ops;
+pub mod partners;
 pub mod pool;
 pub mod turn;
 pub mod udp;
@@ -28,6 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::core::keyring::{Purpose, Ring};
 use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
+use crate::core::sip::federation::{Federation, Partner};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::health::ProbeConfig;
 use crate::core::sip::parse::HeadLimits;
@@ -73,6 +75,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
     pub reject_log: LogLimiter,
+    /// Federation partners' connections and rates, when the topology has partners.
+    pub partners: Option<Arc<partners::Partners>>,
     /// The TURN relay, once started (for metrics).
     pub turn: std::sync::OnceLock<Arc<turn::Turn>>,
     next_flow: AtomicU64,
@@ -430,7 +434,22 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let ext_material = tls::load_cert(&topology.external.cert, dev, DevRole::External)?;
     let int_material = tls::load_cert(&topology.internal.cert, dev, DevRole::Internal)?;
     let int_roots = tls::load_roots(&topology.internal.ca, dev)?;
-    let ext_tls = tls::external_server_config(ext_material)?;
+    // Federation: partner edges are verified against these roots, inbound and outbound.
+    let partner_roots = match &topology.federation {
+        Some(f) => Some(match &f.ca {
+            Some(path) => tls::load_roots(&CaSource::Pem(path.clone()), None)?,
+            None => tls::system_roots()?,
+        }),
+        None => None,
+    };
+    let partner_tls = match &partner_roots {
+        Some(roots) => Some(tls::client_config_trusting(
+            roots.clone(),
+            Some(ext_material.clone()),
+        )?),
+        None => None,
+    };
+    let ext_tls = tls::external_server_config(ext_material, partner_roots)?;
     let int_tls = tls::internal_server_config(int_material.clone(), int_roots.clone())?;
     let pool_tls = tls::pool_client_config(int_material, int_roots)?;
     let server_name = rustls_pki_types::ServerName::try_from(topology.next_hop.server_name.clone())
@@ -501,7 +520,18 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         _ => None,
     };
 
-    let proxy = Proxy::new(proxy_config(topology, ext_addr, int_addr), keys);
+    let proxy_cfg = proxy_config(topology, ext_addr, int_addr);
+    let partners = match (&topology.federation, partner_tls) {
+        (Some(f), Some(tls)) => Some(Arc::new(partners::Partners::new(
+            proxy_cfg.federation.clone(),
+            partner_targets(f)?,
+            tokio_rustls::TlsConnector::from(tls),
+            ext_addr.ip(),
+            f.max_connections_per_partner,
+        ))),
+        _ => None,
+    };
+    let proxy = Proxy::new(proxy_cfg, keys);
     let (pool, queues) = Pool::new(
         &topology.next_hop.members,
         u32::try_from(topology.next_hop.retry_after.as_secs()).unwrap_or(u32::MAX),
@@ -540,6 +570,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             per_sec: 20,
             burst: 100,
         }),
+        partners,
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
         stats: Stats::default(),
@@ -547,6 +578,9 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         next_flow: AtomicU64::new((u64::from_be_bytes(seed) >> 16).max(1)),
     });
 
+    if let Some(partners) = &shared.partners {
+        partners.set_shared(&shared);
+    }
     let mut tasks = JoinSet::new();
     let connector = pool::Connector {
         tls: tokio_rustls::TlsConnector::from(pool_tls),
@@ -665,5 +699,41 @@ fn proxy_config(t: &Topology, ext: SocketAddr, int: SocketAddr) -> ProxyConfig {
             .iter()
             .map(|d| d.to_ascii_lowercase())
             .collect(),
+        federation: federation_of(t),
     }
+}
+
+/// The core's view of the topology's partners.
+fn federation_of(t: &Topology) -> Federation {
+    let partners = t.federation.iter().flat_map(|f| &f.partners);
+    Federation::new(
+        partners
+            .map(|p| Partner {
+                fqdn: p.fqdn.clone(),
+                domains: p.domains.clone(),
+                // A burst of two seconds' worth: a partner's traffic comes in waves.
+                rate: Rate {
+                    per_sec: p.rate,
+                    burst: p.rate.saturating_mul(2),
+                },
+            })
+            .collect(),
+    )
+}
+
+/// Where each partner edge is reached, in the order of the federation's partners.
+fn partner_targets(
+    f: &crate::topology::FederationConfig,
+) -> Result<Vec<partners::Target>, StartError> {
+    f.partners
+        .iter()
+        .map(|p| {
+            let server_name = rustls_pki_types::ServerName::try_from(p.fqdn.clone())
+                .map_err(|_| StartError::ServerName(p.fqdn.clone()))?;
+            Ok(partners::Target {
+                addresses: p.addresses.clone(),
+                server_name,
+            })
+        })
+        .collect()
 }

@@ -38,14 +38,33 @@ pub struct PeerIdentity {
     pub dns_names: Vec<String>,
 }
 
-/// The Internet-facing listener: TLS 1.3 and 1.2, no client authentication (federation
-/// partners get their own verifier), session resumption by tickets and a stateful cache.
-pub fn external_server_config(m: CertifiedKeyMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+/// The Internet-facing listener: TLS 1.3 and 1.2, session resumption by tickets and a
+/// stateful cache. With `partner_roots` (federation), a client certificate is requested:
+/// remote users may present none, but one that is presented must chain to those roots (a
+/// certificate from an unknown CA fails the handshake); which partner it names is read
+/// after the handshake ([`peer_identity`]).
+pub fn external_server_config(
+    m: CertifiedKeyMaterial,
+    partner_roots: Option<RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     const WHAT: &str = "external server";
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(config_err(WHAT))?
-        .with_no_client_auth()
+        .map_err(config_err(WHAT))?;
+    let builder = match partner_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            if roots.is_empty() {
+                return Err(TlsError::NoTrustAnchors);
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|source| TlsError::ClientVerifier { source })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(m.chain, m.key)
         .map_err(config_err(WHAT))?;
     cfg.session_storage = ServerSessionMemoryCache::new(EXTERNAL_SESSION_CACHE);
@@ -265,7 +284,7 @@ mod tests {
     #[test]
     fn external_serves_clients_trusting_the_dev_ca() {
         let (_d, pki) = new_pki();
-        let scfg = external_server_config(material(&pki, DevRole::External)).unwrap();
+        let scfg = external_server_config(material(&pki, DevRole::External), None).unwrap();
         let ccfg = client_config_trusting(roots(&pki), None).unwrap();
 
         let (mut c, mut s, r) = connect(&ccfg, &scfg, "sip.example.test");
@@ -298,7 +317,7 @@ mod tests {
     #[test]
     fn external_speaks_tls12_and_resumes_both_versions() {
         let (_d, pki) = new_pki();
-        let scfg = external_server_config(material(&pki, DevRole::External)).unwrap();
+        let scfg = external_server_config(material(&pki, DevRole::External), None).unwrap();
 
         // TLS 1.3: tickets.
         let ccfg = client_config_trusting(roots(&pki), None).unwrap();
@@ -433,7 +452,7 @@ mod tests {
         let mut m = material(&pki, DevRole::External);
         m.key = material(&pki, DevRole::Internal).key;
         assert!(matches!(
-            external_server_config(m),
+            external_server_config(m, None),
             Err(TlsError::Config { .. })
         ));
     }

@@ -74,6 +74,21 @@ pub fn load_roots(src: &CaSource, dev: Option<&DevPki>) -> Result<RootCertStore,
     Ok(store)
 }
 
+/// The system's trust roots (partner edges with certificates from public CAs). Entries the
+/// system store holds but rustls cannot use are skipped; none at all is an error.
+pub fn system_roots() -> Result<RootCertStore, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "system trust store entry skipped");
+    }
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(found.certs);
+    if store.is_empty() {
+        return Err(TlsError::NoTrustAnchors);
+    }
+    Ok(store)
+}
+
 /// The DNS names and IP addresses in a certificate's subjectAltName extension, in order.
 /// The subject CN is never consulted (RFC 6125 §6.4.4: SANs take precedence, and the edge uses
 /// them exclusively).

@@ -23,4 +23,6 @@ pub use config::{
 };
 pub use dev::{DevNames, DevPki, DevRole};
 pub use error::TlsError;
-pub use load::{load_cert, load_roots, subject_alt_names, CertifiedKeyMaterial, SanEntry};
+pub use load::{
+    load_cert, load_roots, subject_alt_names, system_roots, CertifiedKeyMaterial, SanEntry,
+};

@@ -25,6 +25,35 @@ pub struct Topology {
     pub keys: Option<KeysSource>,
     /// The media relay as clients are told about it, and the credentials issued for it.
     pub relay: Option<Relay>,
+    /// Federation with partner edges, if any.
+    pub federation: Option<FederationConfig>,
+}
+
+/// Federation: the partner edges and how they are trusted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FederationConfig {
+    /// Trust roots for partner edges' certificates (PEM); `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Connections the edge opens to one partner edge.
+    pub max_connections_per_partner: usize,
+    /// Partners, ordered by name.
+    pub partners: Vec<PartnerConfig>,
+}
+
+/// One allowed partner (an "allowed partner server" in Lync terms).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartnerConfig {
+    /// The entry's name in the file (logs, metrics).
+    pub name: String,
+    /// The partner edge's FQDN: its certificate must carry it as a subjectAltName.
+    pub fqdn: String,
+    /// The SIP domains the partner speaks for.
+    pub domains: Vec<String>,
+    /// Where its edge is reached; empty: DNS (SRV `_sipfederationtls._tcp` of its first
+    /// domain, then A/AAAA of the FQDN).
+    pub addresses: Vec<SocketAddr>,
+    /// Messages per second accepted from the partner, over all of its connections.
+    pub rate: u32,
 }
 
 /// Where the pool key ring comes from.

@@ -99,6 +99,25 @@ impl<'t> Doc<'t> {
         section
     }
 
+    /// The names of a table of named entries (`[federation.partners.NAME]`), in file order;
+    /// a name with a dot in it (quoted) is a problem, as dotted keys name the entries.
+    pub(super) fn entry_names(&mut self, s: Section<'_, '_>) -> Vec<String> {
+        let Some(table) = s.table else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if name.contains('.') || name.is_empty() {
+                let line = self.line_of(key.span());
+                self.problem(line, s.key(name), "an entry name without dots");
+            } else {
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+
     /// A sub-table without checks (for cross-checks that only need lines).
     pub(super) fn peek<'a, 'i>(&self, parent: Section<'a, 'i>, path: &'a str) -> Section<'a, 'i> {
         let name = path.rsplit('.').next().unwrap_or(path);

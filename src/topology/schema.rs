@@ -67,7 +67,10 @@ const ROOT_KEYS: &[&str] = &[
     "operations",
     "keys",
     "relay",
+    "federation",
 ];
+const FEDERATION_KEYS: &[&str] = &["ca", "max_connections_per_partner", "partners"];
+const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate"];
 const KEYS_KEYS: &[&str] = &["ring", "dev"];
 const RELAY_KEYS: &[&str] = &[
     "host",
@@ -175,6 +178,7 @@ pub(super) fn resolve(
     let operations = read_operations(doc, root);
     let keys = read_keys(doc, root, &base);
     let relay = read_relay(doc, root);
+    let federation = read_federation(doc, root, &base);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -193,6 +197,7 @@ pub(super) fn resolve(
         operations: operations?,
         keys: keys?,
         relay: relay?,
+        federation: federation?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -803,6 +808,91 @@ fn prefix_list(
     ok.then_some(prefixes)
 }
 
+/// `Some(None)` without a `[federation]` table; `None` on a problem.
+fn read_federation(
+    doc: &mut Doc<'_>,
+    root: Section<'_, '_>,
+    base: &Path,
+) -> Option<Option<FederationConfig>> {
+    let s = doc.table(root, "federation", FEDERATION_KEYS, false);
+    if !s.present() {
+        return Some(None);
+    }
+    let ca = doc.string(s, "ca", false).map(|(path, _)| base.join(path));
+    let max_connections_per_partner =
+        usize::try_from(doc.integer(s, "max_connections_per_partner", (1, 64), 4)).unwrap_or(4);
+    // A table of named entries: names are checked by entry_names, keys by each entry.
+    let list = doc.peek(s, "federation.partners");
+    if !list.present() {
+        doc.problem(
+            doc.line_of_key(s, "partners"),
+            s.key("partners"),
+            "missing: one table per partner, [federation.partners.NAME]",
+        );
+        return None;
+    }
+    let names = doc.entry_names(list);
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| format!("federation.partners.{n}"))
+        .collect();
+    let mut partners = Vec::new();
+    let mut ok = true;
+    for (name, path) in names.iter().zip(&paths) {
+        let p = doc.table(list, path, PARTNER_KEYS, true);
+        let fqdn = doc.string(p, "fqdn", true).and_then(|(fqdn, line)| {
+            let fqdn = fqdn.to_ascii_lowercase();
+            if valid_dns_name(&fqdn) {
+                Some(fqdn)
+            } else {
+                doc.problem(line, p.key("fqdn"), format!("\"{fqdn}\" is not a DNS name"));
+                None
+            }
+        });
+        let domains = doc
+            .string_list(p, "domains", true)
+            .and_then(|(list, line)| {
+                let list: Vec<String> = list.iter().map(|d| d.to_ascii_lowercase()).collect();
+                match list.iter().find(|d| !valid_dns_name(d)) {
+                    Some(bad) => {
+                        doc.problem(
+                            line,
+                            p.key("domains"),
+                            format!("\"{bad}\" is not a DNS name"),
+                        );
+                        None
+                    }
+                    None if list.is_empty() => {
+                        doc.problem(line, p.key("domains"), "at least one domain");
+                        None
+                    }
+                    None => Some(list),
+                }
+            });
+        let addresses = match doc.socket_addr_list(p, "addresses", false) {
+            Some((list, _)) => Some(list),
+            None if p.has("addresses") => None,
+            None => Some(Vec::new()),
+        };
+        let rate = u32::try_from(doc.integer(p, "rate", (1, 1_000_000), 500)).unwrap_or(500);
+        match (fqdn, domains, addresses) {
+            (Some(fqdn), Some(domains), Some(addresses)) => partners.push(PartnerConfig {
+                name: name.clone(),
+                fqdn,
+                domains,
+                addresses,
+                rate,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(Some(FederationConfig {
+        ca,
+        max_connections_per_partner,
+        partners,
+    }))
+}
+
 /// `Some(None)` when there is no `[operations]` table; `None` on a problem.
 fn read_operations(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Operations>> {
     let s = doc.table(root, "operations", OPERATIONS_KEYS, false);
@@ -858,8 +948,52 @@ fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
     Some(firewall)
 }
 
+/// Every domain has one owner: ours, or one partner's, listed once; partner edges are not
+/// this edge and not each other.
+fn check_partners(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
+    let Some(f) = &t.federation else { return };
+    let federation = doc.peek(root, "federation");
+    let list = doc.peek(federation, "federation.partners");
+    let mut owners: Vec<(&str, String)> = t
+        .edge
+        .sip_domains
+        .iter()
+        .map(|d| (d.as_str(), "this edge (edge.sip_domains)".to_string()))
+        .collect();
+    let mut fqdns: Vec<(&str, String)> = vec![(
+        t.edge.pool_fqdn.as_str(),
+        "this edge's pool FQDN".to_string(),
+    )];
+    for p in &f.partners {
+        let line = |doc: &Doc<'_>, key: &str| {
+            let entry = doc.peek(list, p.name.as_str());
+            doc.line_of_key(entry, key)
+        };
+        let key = |k: &str| format!("federation.partners.{}.{k}", p.name);
+        for d in &p.domains {
+            if let Some((_, owner)) = owners.iter().find(|(o, _)| o == d) {
+                let at = line(doc, "domains");
+                doc.problem(
+                    at,
+                    key("domains"),
+                    format!("\"{d}\" also belongs to {owner}"),
+                );
+            } else {
+                owners.push((d.as_str(), format!("partner {}", p.name)));
+            }
+        }
+        if let Some((_, owner)) = fqdns.iter().find(|(o, _)| *o == p.fqdn) {
+            let at = line(doc, "fqdn");
+            doc.problem(at, key("fqdn"), format!("\"{}\" is also {owner}", p.fqdn));
+        } else {
+            fqdns.push((p.fqdn.as_str(), format!("partner {}'s edge", p.name)));
+        }
+    }
+}
+
 /// Checks that span tables: the two zones never share a socket, and no next hop is the edge.
 fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
+    check_partners(doc, root, t);
     let internal = doc.peek(root, "internal");
     let next_hop = doc.peek(root, "next_hop");
     if t.external.sip_bind.ip() == t.internal.sip_bind.ip() {
@@ -953,5 +1087,7 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("operations", OPERATIONS_KEYS),
         ("keys", KEYS_KEYS),
         ("relay", RELAY_KEYS),
+        ("federation", FEDERATION_KEYS),
+        ("federation.partners.NAME", PARTNER_KEYS),
     ]
 }

@@ -148,8 +148,13 @@ fn an_unknown_key_in_every_table_is_reported_at_once() {
 fn every_table_of_the_schema_appears_in_the_two_nic_example() {
     for (table, keys) in schema::all_tables() {
         if !table.is_empty() {
+            // Named entries (`federation.partners.NAME`): any entry will do.
+            let header = match table.strip_suffix("NAME") {
+                Some(prefix) => format!("[{prefix}"),
+                None => format!("[{table}]"),
+            };
             assert!(
-                TWO_NIC.contains(&format!("[{table}]")),
+                TWO_NIC.contains(&header),
                 "{table} missing from the example"
             );
         }
@@ -397,4 +402,63 @@ fn deeply_nested_files_are_refused_before_parsing() {
     let found = problems(&text);
     assert_eq!(found.len(), 1);
     assert!(found[0].2.contains("nested deeper"), "{found:?}");
+}
+
+#[test]
+fn federation_partners_are_read_and_every_domain_has_one_owner() {
+    let t = parse(TWO_NIC, Some(Path::new("/etc/sipedge/edge.toml")), &env()).unwrap();
+    let f = t.federation.unwrap();
+    assert_eq!(f.ca, Some("/etc/sipedge/partner-roots.pem".into()));
+    assert_eq!(f.max_connections_per_partner, 4);
+    assert_eq!(f.partners.len(), 1);
+    let p = &f.partners[0];
+    assert_eq!(p.name, "fabrikam");
+    assert_eq!(p.fqdn, "sip.fabrikam.example");
+    assert_eq!(p.domains, ["fabrikam.example", "fabrikam.test"]);
+    assert_eq!(p.addresses, [addr("192.0.2.80:5061")]);
+    assert_eq!(p.rate, 500);
+
+    let ours = &t.edge.sip_domains[0];
+    let text = TWO_NIC.replace(
+        "domains = [\"fabrikam.example\", \"fabrikam.test\"]",
+        &format!("domains = [\"fabrikam.example\", \"{ours}\"]"),
+    ) + "\n[federation.partners.contoso]\nfqdn = \"SIP.Fabrikam.example\"\ndomains = [\"fabrikam.test\"]\ncolour = \"blue\"\n";
+    let found = problems(&text);
+    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "federation.partners.fabrikam.fqdn",
+            "federation.partners.fabrikam.domains",
+            "federation.partners.contoso.colour",
+        ],
+        "{found:?}"
+    );
+    // Partners are read by name: contoso claimed the FQDN first.
+    assert!(found[0].2.contains("partner contoso's edge"), "{found:?}");
+    assert!(found[1].2.contains("this edge"), "{found:?}");
+    assert_eq!(
+        found[1].0,
+        line_of(&text, &format!("\"fabrikam.example\", \"{ours}\""))
+    );
+    assert!(found[2].2.contains("unknown key"));
+}
+
+#[test]
+fn federation_needs_partners_with_fqdn_and_domains() {
+    let base = EMBEDDED_DEFAULT.to_string();
+    let found = problems(&(base.clone() + "\n[federation]\n"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].1, "federation.partners");
+    let found =
+        problems(&(base + "\n[federation.partners.x]\nfqdn = \"not a name\"\ndomains = []\n"));
+    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "federation.partners.x.fqdn",
+            "federation.partners.x.domains"
+        ],
+        "{found:?}"
+    );
 }

@@ -119,6 +119,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
         operations: None,
         keys: None,
         relay: None,
+        federation: None,
     }
 }
 

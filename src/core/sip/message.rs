@@ -130,6 +130,9 @@ pub struct Message {
     pub vias: Vec<Via>,
     pub from_tag: Option<Span>,
     pub to_tag: Option<Span>,
+    /// The URIs of From and To (inside the angle brackets, if any).
+    pub from_uri: Span,
+    pub to_uri: Span,
     pub call_id: Span,
     pub cseq: u32,
     pub cseq_method: Span,
@@ -282,8 +285,8 @@ impl Message {
             return Err(Why::MissingHeader(HeaderName::MaxForwards));
         }
 
-        let from_tag = tag_of(buf, from, HeaderName::From, &mut params)?;
-        let to_tag = tag_of(buf, to, HeaderName::To, &mut params)?;
+        let (from_uri, from_tag) = tag_of(buf, from, HeaderName::From, &mut params)?;
+        let (to_uri, to_tag) = tag_of(buf, to, HeaderName::To, &mut params)?;
         if is_request && from_tag.is_none() {
             // RFC 3261 §8.1.1.3: the From tag is mandatory; RFC 2543 peers are not served.
             return Err(Why::MissingFromTag);
@@ -314,6 +317,8 @@ impl Message {
             kind,
             vias,
             from_tag,
+            from_uri,
+            to_uri,
             to_tag,
             call_id,
             cseq: cseq_number,
@@ -341,6 +346,21 @@ impl Message {
     }
 
     /// The top Via (every valid message has one).
+    /// The host of a URI in this message (`domain` of `sip:user@domain`), as written.
+    pub fn uri_host(&self, uri: Span) -> Option<&[u8]> {
+        let bytes = self.bytes(uri);
+        let parsed = super::parse::parse_uri(bytes).ok()?;
+        Some(parsed.host.of(bytes))
+    }
+
+    /// The Request-URI, for a request.
+    pub fn request_uri(&self) -> Option<Span> {
+        match self.kind {
+            Kind::Request { uri, .. } => Some(uri),
+            Kind::Response { .. } => None,
+        }
+    }
+
     pub fn top_via(&self) -> Option<&Via> {
         self.vias.first()
     }
@@ -554,21 +574,22 @@ fn parse_name_addr(
     })
 }
 
-/// The `tag` of a From or To value: at most one, a non-empty token of sane length.
+/// The URI and `tag` of a From or To value: at most one tag, a non-empty token of sane
+/// length.
 fn tag_of(
     buf: &[u8],
     value: Span,
     name: HeaderName,
     params: &mut Vec<Param>,
-) -> Result<Option<Span>, Why> {
+) -> Result<(Span, Option<Span>), Why> {
     let na = parse_name_addr(buf, value, false, params).ok_or(Why::Malformed(name))?;
     params.clear();
     parse_params(buf, na.params, params).map_err(|_| Why::Malformed(name))?;
     match find_param(buf, params, b"tag") {
         Err(_) => Err(Why::BadTag(name)),
-        Ok(None) => Ok(None),
+        Ok(None) => Ok((na.uri, None)),
         Ok(Some(Param { value: Some(t), .. })) if t.len() <= MAX_ID_LEN && is_token(t.of(buf)) => {
-            Ok(Some(t))
+            Ok((na.uri, Some(t)))
         }
         Ok(Some(_)) => Err(Why::BadTag(name)),
     }

@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::federation::{Federation, Partner, PartnerId};
 use super::message::{Kind, Message, Method, RouteEntry, MAGIC_COOKIE};
 use super::parse::{parse_uri, Span};
 use super::reject::{self, Why};
@@ -43,6 +44,9 @@ pub struct Flow {
     pub remote: SocketAddr,
     /// `keys.token(id)`, computed once when the connection is accepted.
     pub token: FlowToken,
+    /// The federation partner whose edge this connection is (its verified certificate
+    /// names the partner's FQDN); `None` for remote users and the inside.
+    pub partner: Option<PartnerId>,
 }
 
 /// How the edge names itself on one side (in its Via, Record-Route and Path).
@@ -62,6 +66,8 @@ pub struct ProxyConfig {
     pub own_hosts: Vec<String>,
     /// SIP domains served behind the edge (lower-case).
     pub served_domains: Vec<String>,
+    /// Federation partners (empty: no federation).
+    pub federation: Federation,
 }
 
 /// The key of a transaction forwarded to the pool: the edge's branch hash, with CANCEL
@@ -80,6 +86,8 @@ pub enum Action {
         bytes: Vec<u8>,
         tx: Option<(TxKey, Method)>,
     },
+    /// Forward to a federation partner's edge, on any connection to it (opened if none).
+    ToPartner { partner: PartnerId, bytes: Vec<u8> },
     /// Forward on the flow named by a token. `completes` is set on a final response coming
     /// back from the pool, so the member's outstanding count can drop.
     ToFlow {
@@ -147,6 +155,7 @@ impl Proxy {
         let (status, reason) = why.status()?;
         let extra = match why {
             Why::PoolUnavailable { retry_after_secs }
+            | Why::PartnerUnavailable { retry_after_secs }
             | Why::Overloaded { retry_after_secs }
             | Why::RateLimited { retry_after_secs } => {
                 format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
@@ -211,6 +220,7 @@ impl Proxy {
         {
             return Err(Why::Loop);
         }
+        let partner = self.partner_checks(from, msg, method)?;
         let mut splice = Splice::new();
         let max_forwards = self.decrement_max_forwards(msg, &mut splice)?;
         if msg.proxy_require.is_some() {
@@ -245,15 +255,24 @@ impl Proxy {
         let ext = &self.cfg.external;
         splice.insert_with(insert_at, |out| {
             write_via(out, int, branch, &from.token);
+            if let Some((_, partner)) = partner {
+                write_partner_trust(out, partner);
+            }
         });
+        // In-dialog requests from the inside go back to the partner (any connection to its
+        // edge), to a remote user on this very flow.
+        let route_token = match partner {
+            Some((_, partner)) => self.keys.token(FlowId::partner(partner.key())),
+            None => from.token,
+        };
         if method.forms_dialog() && msg.to_tag.is_none() {
             // RFC 5658: one entry per interface; the top one faces the next hop.
             let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
             splice.insert_with(at, |out| {
                 out.extend_from_slice(b"Record-Route: ");
-                write_route_uri(out, int, Some(&from.token));
+                write_route_uri(out, int, Some(&route_token));
                 out.extend_from_slice(b", ");
-                write_route_uri(out, ext, Some(&from.token));
+                write_route_uri(out, ext, Some(&route_token));
                 out.extend_from_slice(b"\r\n");
             });
         }
@@ -286,10 +305,24 @@ impl Proxy {
             return Err(Why::BadExtension);
         }
         let popped = self.pop_own_routes(msg, &mut splice);
-        let target = match popped.token {
-            Some(Ok(flow)) => flow,
+        let partner = match popped.token {
+            Some(Ok(flow)) => match flow.as_partner() {
+                // A partner that left the topology: its dialogs have no route any more.
+                Some(key) => Some(self.cfg.federation.by_key(key).ok_or(Why::NoRoute)?),
+                None => None,
+            },
             Some(Err(_)) => return Err(Why::InvalidFlowToken),
-            None => return Err(Why::NoRoute),
+            // No route this edge recorded: a request for a partner's domain (or through
+            // the partner edge a Route names) goes to that partner.
+            None => Some(
+                self.partner_next_hop(msg, popped.count)
+                    .ok_or(Why::NoRoute)?,
+            ),
+        };
+        let target = match (partner, popped.token) {
+            (Some(p), _) => FlowId::partner(self.cfg.federation.get(p).ok_or(Why::NoRoute)?.key()),
+            (None, Some(Ok(flow))) => flow,
+            (None, _) => return Err(Why::NoRoute),
         };
         strip_toward_outside(msg, &mut splice);
         let target_token = self.keys.token(target);
@@ -311,11 +344,61 @@ impl Proxy {
             });
         }
         let bytes = splice.apply_tidy(msg).ok_or(Why::MalformedStartLine)?;
-        Ok(Action::ToFlow {
-            flow: target,
-            bytes,
-            completes: None,
+        Ok(match partner {
+            Some(partner) => Action::ToPartner { partner, bytes },
+            None => Action::ToFlow {
+                flow: target,
+                bytes,
+                completes: None,
+            },
         })
+    }
+
+    /// On a partner's connection: the From domain must be the partner's and the To domain
+    /// ours; partners do not register. Elsewhere, nobody may claim a partner's domain.
+    fn partner_checks(
+        &self,
+        from: &Flow,
+        msg: &Message,
+        method: Method,
+    ) -> Result<Option<(PartnerId, &Partner)>, Why> {
+        let from_domain = msg.uri_host(msg.from_uri).unwrap_or_default();
+        let federation = &self.cfg.federation;
+        let Some(id) = from.partner else {
+            if federation.by_domain(from_domain).is_some() {
+                return Err(Why::NotPartnerEdge);
+            }
+            return Ok(None);
+        };
+        let partner = federation.get(id).ok_or(Why::NotPartnerEdge)?;
+        if method == Method::Register {
+            return Err(Why::PartnerRegister);
+        }
+        if federation.by_domain(from_domain) != Some(id) {
+            return Err(Why::PartnerDomainMismatch);
+        }
+        let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
+        if !self.is_served(to_domain) {
+            return Err(Why::PartnerTargetNotServed);
+        }
+        Ok(Some((id, partner)))
+    }
+
+    /// The partner a request from the inside is for: the host of the first Route after the
+    /// edge's own (the partner edge's Record-Route), or else the Request-URI's domain.
+    fn partner_next_hop(&self, msg: &Message, popped: usize) -> Option<PartnerId> {
+        let host = match msg.routes.get(popped) {
+            Some(entry) => msg.uri_host(entry.uri)?,
+            None => msg.uri_host(msg.request_uri()?)?,
+        };
+        self.cfg.federation.by_host(host)
+    }
+
+    fn is_served(&self, domain: &[u8]) -> bool {
+        self.cfg
+            .served_domains
+            .iter()
+            .any(|d| d.as_bytes().eq_ignore_ascii_case(domain))
     }
 
     /// A response: its top Via must be the edge's, with a valid token naming the flow the
@@ -353,6 +436,15 @@ impl Proxy {
                     if h.name.carries_trust() {
                         splice.delete(h.line);
                     }
+                }
+                let partner = from.partner.and_then(|p| self.cfg.federation.get(p));
+                if let (Some(partner), Some(next_via)) = (partner, msg.vias.get(1)) {
+                    let at = msg
+                        .head
+                        .headers
+                        .get(next_via.header)
+                        .map_or(msg.head.start_line.end, |h| h.line.start);
+                    splice.insert_with(at, |out| write_partner_trust(out, partner));
                 }
             }
             Side::Internal => strip_toward_outside(msg, &mut splice),
@@ -621,6 +713,14 @@ fn write_via(out: &mut Vec<u8>, side: &SideAddr, branch: u64, token: &FlowToken)
     out.extend_from_slice(b"\r\n");
 }
 
+/// The trust stamp for the inside on what a partner edge sent (the Lync Edge's form): who
+/// sent it, verified by certificate.
+fn write_partner_trust(out: &mut Vec<u8>, partner: &Partner) {
+    out.extend_from_slice(b"ms-edge-proxy-message-trust: ms-source-type=DirectPartner;ms-ep-fqdn=");
+    out.extend_from_slice(partner.fqdn.as_bytes());
+    out.extend_from_slice(b";ms-source-network=federation;ms-source-verified-user=verified\r\n");
+}
+
 fn write_route_uri(out: &mut Vec<u8>, side: &SideAddr, token: Option<&FlowToken>) {
     out.extend_from_slice(b"<sip:");
     if let Some(t) = token {
@@ -696,6 +796,7 @@ mod tests {
                 },
                 own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
                 served_domains: vec!["example.com".into()],
+                federation: Default::default(),
             },
             FlowKeys::new(&[7; 32], Default::default()),
         )
@@ -707,6 +808,7 @@ mod tests {
             side,
             remote: remote.parse().unwrap(),
             token: p.keys().token(FlowId(id)),
+            partner: None,
         }
     }
 
@@ -891,5 +993,170 @@ mod tests {
         let answer = String::from_utf8(p.answer(&m.raw, why, Some(&m)).unwrap()).unwrap();
         assert!(answer.starts_with("SIP/2.0 420 Bad Extension\r\n"));
         assert!(answer.contains("Unsupported: foo\r\n"));
+    }
+
+    fn federated() -> Proxy {
+        let mut p = proxy();
+        p.cfg.federation = Federation::new(vec![Partner {
+            fqdn: "sip.partner.example".into(),
+            domains: vec!["partner.example".into()],
+            rate: crate::core::limits::Rate {
+                per_sec: 10,
+                burst: 10,
+            },
+        }]);
+        p
+    }
+
+    fn partner_flow(p: &Proxy, id: u64) -> Flow {
+        Flow {
+            partner: Some(PartnerId(0)),
+            ..flow(p, id, Side::External, "198.51.100.50:5061")
+        }
+    }
+
+    const FROM_PARTNER: &str = "MESSAGE sip:alice@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/TLS sip.partner.example:5061;branch=z9hG4bKp1\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:bob@partner.example>;tag=b1\r\n\
+        To: <sip:alice@example.com>\r\n\
+        Call-ID: fed1\r\n\
+        CSeq: 1 MESSAGE\r\n\
+        ms-edge-proxy-message-trust: ms-source-type=InternalUser;forged=yes\r\n\
+        Content-Length: 2\r\n\r\nhi";
+
+    #[test]
+    fn a_partner_request_is_stamped_for_the_inside_and_its_own_stamp_removed() {
+        let p = federated();
+        let f = partner_flow(&p, 5);
+        let Action::ToPool { bytes, .. } = p.handle(&f, &msg(FROM_PARTNER)) else {
+            panic!("not forwarded")
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("forged=yes"), "{text}");
+        let stamp = "ms-edge-proxy-message-trust: ms-source-type=DirectPartner;\
+            ms-ep-fqdn=sip.partner.example;ms-source-network=federation;\
+            ms-source-verified-user=verified\r\n";
+        assert_eq!(text.matches(stamp).count(), 1, "{text}");
+        msg(&text);
+    }
+
+    #[test]
+    fn partner_spoofing_is_refused() {
+        let p = federated();
+        let partner = partner_flow(&p, 5);
+        // The partner claiming a third party's domain.
+        let third = FROM_PARTNER.replace("bob@partner.example", "eve@elsewhere.example");
+        assert_reject(&p, &partner, &third, Why::PartnerDomainMismatch);
+        // ... or our own users.
+        let ours = FROM_PARTNER.replace("bob@partner.example", "ceo@example.com");
+        assert_reject(&p, &partner, &ours, Why::PartnerDomainMismatch);
+        // A request for a domain we do not serve, even with an own Request-URI.
+        let elsewhere =
+            FROM_PARTNER.replace("To: <sip:alice@example.com>", "To: <sip:x@other.example>");
+        assert_reject(&p, &partner, &elsewhere, Why::PartnerTargetNotServed);
+        let register = FROM_PARTNER
+            .replace("MESSAGE sip:alice@example.com", "REGISTER sip:example.com")
+            .replace("1 MESSAGE", "1 REGISTER");
+        assert_reject(&p, &partner, &register, Why::PartnerRegister);
+        // Somebody else (a remote user's connection) claiming the partner's domain.
+        let user = flow(&p, 6, Side::External, "203.0.113.9:40000");
+        assert_reject(&p, &user, FROM_PARTNER, Why::NotPartnerEdge);
+    }
+
+    fn assert_reject(p: &Proxy, f: &Flow, text: &str, why: Why) {
+        match p.handle(f, &msg(text)) {
+            Action::Reject(w) => assert_eq!(w, why, "{text}"),
+            other => panic!("{other:?} for {text}"),
+        }
+    }
+
+    #[test]
+    fn requests_for_a_partner_domain_go_to_the_partner_and_dialogs_come_back() {
+        let p = federated();
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let invite = "INVITE sip:bob@partner.example SIP/2.0\r\n\
+            Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:alice@example.com>;tag=a1\r\n\
+            To: <sip:bob@partner.example>\r\n\
+            Call-ID: out1\r\n\
+            CSeq: 1 INVITE\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Action::ToPartner { partner, bytes } = p.handle(&director, &msg(invite)) else {
+            panic!("not sent to the partner")
+        };
+        assert_eq!(partner, PartnerId(0));
+        let text = String::from_utf8(bytes).unwrap();
+        // Record-Route names the partner, not a connection: in-dialog requests from the
+        // inside reach it over any connection.
+        let key = p.cfg.federation.get(PartnerId(0)).unwrap().key();
+        let partner_token = p.keys().token(FlowId::partner(key));
+        assert!(
+            text.contains(&format!(
+                "<sip:{}@edge.example.com:5061;transport=tls;lr>",
+                partner_token.as_str()
+            )),
+            "{text}"
+        );
+        let bye = format!(
+            "BYE sip:bob@198.51.100.60:5061;transport=tls SIP/2.0\r\n\
+            Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir2\r\n\
+            Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, <sip:sip.partner.example:5061;transport=tls;lr>\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:alice@example.com>;tag=a1\r\n\
+            To: <sip:bob@partner.example>;tag=b9\r\n\
+            Call-ID: out1\r\n\
+            CSeq: 2 BYE\r\n\
+            Content-Length: 0\r\n\r\n",
+            t = partner_token.as_str()
+        );
+        let Action::ToPartner { partner, .. } = p.handle(&director, &msg(&bye)) else {
+            panic!("in-dialog request not sent to the partner")
+        };
+        assert_eq!(partner, PartnerId(0));
+        // Without a recorded route, a Route through the partner edge also leads there.
+        let routed = bye.replace(
+            &format!("<sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, ", t = partner_token.as_str()),
+            "",
+        );
+        assert!(matches!(
+            p.handle(&director, &msg(&routed)),
+            Action::ToPartner { .. }
+        ));
+        // A domain nobody federates with has no route.
+        let nowhere = invite.replace("bob@partner.example", "bob@nowhere.example");
+        assert_reject(&p, &director, &nowhere, Why::NoRoute);
+    }
+
+    #[test]
+    fn a_partner_response_is_stamped_and_goes_to_the_inside() {
+        let p = federated();
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let partner = partner_flow(&p, 5);
+        let branch = p.keys().branch_hash(director.id, b"z9hG4bKdir1");
+        let ok = format!(
+            "SIP/2.0 200 OK\r\n\
+            Via: SIP/2.0/TLS edge.example.com:5061;branch=z9hG4bKse{branch:016x};ftok={t}\r\n\
+            Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
+            From: <sip:alice@example.com>;tag=a1\r\n\
+            To: <sip:bob@partner.example>;tag=b9\r\n\
+            Call-ID: out1\r\n\
+            CSeq: 1 MESSAGE\r\n\
+            ms-edge-proxy-message-trust: injected\r\n\
+            Content-Length: 0\r\n\r\n",
+            t = director.token.as_str()
+        );
+        let Action::ToFlow { flow, bytes, .. } = p.handle(&partner, &msg(&ok)) else {
+            panic!("response not routed")
+        };
+        assert_eq!(flow, director.id);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("injected"));
+        assert!(
+            text.contains("ms-source-type=DirectPartner;ms-ep-fqdn=sip.partner.example"),
+            "{text}"
+        );
+        msg(&text);
     }
 }

@@ -75,6 +75,20 @@ pub enum Why {
     StrayResponse,
     /// 403: relay credentials are issued to the inside only.
     CredentialsFromOutside,
+    // --- federation ---
+    /// 403: a partner edge sent a request whose From domain is not one of that partner's.
+    PartnerDomainMismatch,
+    /// 403: a request claims a partner's domain (From) on a connection that is not that
+    /// partner's edge (no certificate naming it).
+    NotPartnerEdge,
+    /// 403: a partner edge sent a request for a domain this edge does not serve (To).
+    PartnerTargetNotServed,
+    /// 403: partners do not register users here.
+    PartnerRegister,
+    /// 503 with Retry-After: no connection to the partner edge could be made.
+    PartnerUnavailable {
+        retry_after_secs: u32,
+    },
 }
 
 impl Why {
@@ -117,6 +131,11 @@ impl Why {
             Why::Overloaded { .. } => (503, "Overloaded"),
             Why::RateLimited { .. } => (503, "Rate Limited"),
             Why::CredentialsFromOutside => (403, "Credentials Issued Inside Only"),
+            Why::PartnerDomainMismatch => (403, "From Domain Not Owned By Partner"),
+            Why::NotPartnerEdge => (403, "Partner Domain From Non-Partner"),
+            Why::PartnerTargetNotServed => (403, "Domain Not Served"),
+            Why::PartnerRegister => (403, "Partners Do Not Register"),
+            Why::PartnerUnavailable { .. } => (503, "Partner Unavailable"),
             Why::StrayResponse => return None,
         })
     }
@@ -158,6 +177,11 @@ impl Why {
             Why::RateLimited { .. } => "rate_limited",
             Why::StrayResponse => "stray_response",
             Why::CredentialsFromOutside => "credentials_from_outside",
+            Why::PartnerDomainMismatch => "partner_domain_mismatch",
+            Why::NotPartnerEdge => "not_partner_edge",
+            Why::PartnerTargetNotServed => "partner_target_not_served",
+            Why::PartnerRegister => "partner_register",
+            Why::PartnerUnavailable { .. } => "partner_unavailable",
         }
     }
 
@@ -197,6 +221,11 @@ impl Why {
         "rate_limited",
         "stray_response",
         "credentials_from_outside",
+        "partner_domain_mismatch",
+        "not_partner_edge",
+        "partner_target_not_served",
+        "partner_register",
+        "partner_unavailable",
     ];
 
     /// Position of this reason's label in [`Why::LABELS`].
@@ -213,6 +242,7 @@ impl Why {
             Why::PoolUnavailable { .. }
                 | Why::Overloaded { .. }
                 | Why::RateLimited { .. }
+                | Why::PartnerUnavailable { .. }
                 | Why::RequestTimeout
                 | Why::FlowFailed
         )

@@ -14,8 +14,26 @@ use sha2::Sha256;
 use std::hash::{BuildHasher, Hasher};
 
 /// The id of one flow (connection) inside this edge instance. Never reused in a process.
+/// Ids with the top bit set name no connection but a federation partner (any connection to
+/// its edge): Record-Routes of partner dialogs carry them, so in-dialog requests survive
+/// the partner's connections coming and going.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowId(pub u64);
+
+const PARTNER_BIT: u64 = 1 << 63;
+
+impl FlowId {
+    /// The virtual flow of the partner with this stable key ([`super::federation`]: derived
+    /// from the partner edge's FQDN, so every pool member and every restart agrees).
+    pub fn partner(key: u64) -> FlowId {
+        FlowId(PARTNER_BIT | (key & !PARTNER_BIT))
+    }
+
+    /// The partner key a virtual flow carries, if it is one.
+    pub fn as_partner(self) -> Option<u64> {
+        (self.0 & PARTNER_BIT != 0).then_some(self.0 & !PARTNER_BIT)
+    }
+}
 
 /// Length of a token's text: 16 hex digits of flow id and 20 of MAC (80 bits).
 pub const TOKEN_LEN: usize = 36;

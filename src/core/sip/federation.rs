@@ -1,0 +1,144 @@
+//! Federation (sans-IO): the partner edges of the topology, which domains each speaks for,
+//! which connection is a partner's, and where requests for a partner's domain go.
+//!
+//! A connection is a partner's only when its certificate verified and one of its
+//! subjectAltNames is the partner edge's FQDN (the common name is never read). On such a
+//! connection a request must come from one of that partner's domains and go to one of ours;
+//! elsewhere, a request claiming a partner's domain in From is refused (anti-spoofing).
+
+use crate::core::limits::Rate;
+
+/// A partner's index in the topology's list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartnerId(pub u16);
+
+/// One partner organisation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partner {
+    /// The partner edge's FQDN (lower-case): its certificate must name it, and outbound
+    /// connections verify it.
+    pub fqdn: String,
+    /// The SIP domains the partner speaks for (lower-case).
+    pub domains: Vec<String>,
+    /// Messages per second accepted from the partner, over all its connections.
+    pub rate: Rate,
+}
+
+impl Partner {
+    /// The partner's stable key: 63 bits of SHA-256 of its edge's FQDN. Record-Routes of
+    /// partner dialogs carry it, so it must not depend on the topology's order or on which
+    /// pool member wrote it.
+    pub fn key(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.fqdn.to_ascii_lowercase().as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        u64::from_be_bytes(first) >> 1
+    }
+}
+
+/// The partners, looked up by domain, by host and by certificate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Federation {
+    partners: Vec<Partner>,
+}
+
+impl Federation {
+    /// At most `u16::MAX` partners (the topology enforces far fewer).
+    pub fn new(partners: Vec<Partner>) -> Federation {
+        let mut partners = partners;
+        partners.truncate(usize::from(u16::MAX));
+        Federation { partners }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partners.is_empty()
+    }
+
+    pub fn get(&self, id: PartnerId) -> Option<&Partner> {
+        self.partners.get(usize::from(id.0))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (PartnerId, &Partner)> {
+        self.partners
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PartnerId(u16::try_from(i).unwrap_or(u16::MAX)), p))
+    }
+
+    /// The partner that speaks for `domain`.
+    pub fn by_domain(&self, domain: &[u8]) -> Option<PartnerId> {
+        self.iter()
+            .find(|(_, p)| p.domains.iter().any(|d| eq(d, domain)))
+            .map(|(id, _)| id)
+    }
+
+    /// The partner whose edge is `host` (its FQDN), or whose domain `host` is (a
+    /// Request-URI `sip:bob@partner.example`).
+    pub fn by_host(&self, host: &[u8]) -> Option<PartnerId> {
+        self.iter()
+            .find(|(_, p)| eq(&p.fqdn, host))
+            .map(|(id, _)| id)
+            .or_else(|| self.by_domain(host))
+    }
+
+    /// The partner a virtual flow's key names ([`Partner::key`]).
+    pub fn by_key(&self, key: u64) -> Option<PartnerId> {
+        self.iter().find(|(_, p)| p.key() == key).map(|(id, _)| id)
+    }
+
+    /// The partner a verified certificate's DNS subjectAltNames name: exactly the partner
+    /// edge's FQDN (a wildcard SAN does not make a partner).
+    pub fn by_certificate(&self, dns_names: &[String]) -> Option<PartnerId> {
+        self.iter()
+            .find(|(_, p)| dns_names.iter().any(|n| eq(&p.fqdn, n.as_bytes())))
+            .map(|(id, _)| id)
+    }
+}
+
+fn eq(ours: &str, theirs: &[u8]) -> bool {
+    ours.as_bytes().eq_ignore_ascii_case(theirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn federation() -> Federation {
+        let rate = Rate {
+            per_sec: 20,
+            burst: 40,
+        };
+        Federation::new(vec![
+            Partner {
+                fqdn: "sip.partner.example".into(),
+                domains: vec!["partner.example".into(), "partner.test".into()],
+                rate,
+            },
+            Partner {
+                fqdn: "edge.other.example".into(),
+                domains: vec!["other.example".into()],
+                rate,
+            },
+        ])
+    }
+
+    #[test]
+    fn partners_are_found_by_domain_host_and_certificate() {
+        let f = federation();
+        assert_eq!(f.by_domain(b"PARTNER.test"), Some(PartnerId(0)));
+        assert_eq!(f.by_domain(b"other.example"), Some(PartnerId(1)));
+        assert_eq!(f.by_domain(b"sip.partner.example"), None);
+        assert_eq!(f.by_host(b"sip.partner.example"), Some(PartnerId(0)));
+        assert_eq!(f.by_host(b"partner.example"), Some(PartnerId(0)));
+        assert_eq!(f.by_host(b"corp.example"), None);
+        let sans = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            f.by_certificate(&sans(&["x.example", "Edge.Other.Example"])),
+            Some(PartnerId(1))
+        );
+        assert_eq!(f.by_certificate(&sans(&["*.partner.example"])), None);
+        assert_eq!(f.by_certificate(&sans(&["partner.example"])), None);
+        assert_eq!(f.get(PartnerId(2)), None);
+    }
+}
