@@ -38,3 +38,6 @@ mod turn;
 
 /// End-to-end SRTP through the relay (webrtc-srtp in tests only).
 mod srtp;
+
+/// Federation: two organisations' edges over mutual TLS.
+mod federation;

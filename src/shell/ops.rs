@@ -449,10 +449,77 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
             m.outstanding() as u64,
         );
     }
+    if let Some(partners) = &shared.partners {
+        partner_metrics(&mut e, partners);
+    }
     if let Some(turn) = shared.turn.get() {
         turn_metrics(&mut e, turn);
     }
     e.finish()
+}
+
+/// Federation's counters, by partner edge.
+fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let names: Vec<(String, &super::partners::PartnerStats)> = partners
+        .federation()
+        .iter()
+        .zip(&partners.stats)
+        .map(|((_, p), st)| (p.fqdn.clone(), st))
+        .collect();
+    e.family(
+        "sipedge_partner_messages_total",
+        Kind::Counter,
+        "Messages sent to and accepted from each partner edge.",
+    );
+    for (name, st) in &names {
+        e.sample(
+            "sipedge_partner_messages_total",
+            &[("partner", name), ("direction", "sent")],
+            load(&st.sent),
+        )
+        .sample(
+            "sipedge_partner_messages_total",
+            &[("partner", name), ("direction", "received")],
+            load(&st.received),
+        );
+    }
+    e.family(
+        "sipedge_partner_rate_limited_total",
+        Kind::Counter,
+        "Requests from a partner edge refused for its rate (503).",
+    );
+    for (name, st) in &names {
+        e.sample(
+            "sipedge_partner_rate_limited_total",
+            &[("partner", name)],
+            load(&st.rate_limited),
+        );
+    }
+    e.family(
+        "sipedge_partner_connect_failures_total",
+        Kind::Counter,
+        "Connections to a partner edge that could not be opened.",
+    );
+    for (name, st) in &names {
+        e.sample(
+            "sipedge_partner_connect_failures_total",
+            &[("partner", name)],
+            load(&st.connect_failures),
+        );
+    }
+    e.family(
+        "sipedge_partner_connections",
+        Kind::Gauge,
+        "Connections this edge opened to a partner edge, up.",
+    );
+    for ((name, _), n) in names.iter().zip(partners.connections()) {
+        e.sample(
+            "sipedge_partner_connections",
+            &[("partner", name)],
+            n as u64,
+        );
+    }
 }
 
 /// The A/V Edge's counters.

@@ -45,6 +45,19 @@ impl Pki {
         Pki { dir, pki }
     }
 
+    /// A PKI of its own for another organisation's edge: external names `pool_fqdn` and
+    /// `ext_ip`, internal names `int_ip` and `edge.internal`, and the test Director.
+    pub fn for_org(pool_fqdn: &str, ext_ip: &str, int_ip: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = DevNames {
+            external: vec![pool_fqdn.into(), ext_ip.into()],
+            internal: vec![int_ip.into(), "edge.internal".into()],
+            director: vec![DIRECTOR_NAME.into()],
+        };
+        let pki = tls::dev::generate(dir.path(), &names).expect("generate PKI");
+        Pki { dir, pki }
+    }
+
     pub fn source(&self, role: DevRole) -> CertSource {
         let (cert, key) = self.pki.files(role);
         CertSource::Pem {
@@ -203,21 +216,35 @@ impl Client {
         source: &str,
         rcvbuf: Option<u32>,
     ) -> Client {
-        let cfg = tls::client_config_trusting(roots, None).unwrap();
+        Self::connect_as(roots, None, edge, source, EDGE_FQDN, rcvbuf)
+            .await
+            .expect("TLS to edge")
+    }
+
+    /// Connects presenting `identity` (a client certificate) if given, verifying the edge
+    /// as `server_name`; the handshake's error when it fails.
+    pub async fn connect_as(
+        roots: rustls::RootCertStore,
+        identity: Option<tls::CertifiedKeyMaterial>,
+        edge: SocketAddr,
+        source: &str,
+        server_name: &str,
+        rcvbuf: Option<u32>,
+    ) -> std::io::Result<Client> {
+        let cfg = tls::client_config_trusting(roots, identity).unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = rcvbuf {
             socket.set_recv_buffer_size(size).unwrap();
         }
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let tcp = socket.connect(edge).await.expect("connect to edge");
+        let tcp = socket.connect(edge).await?;
         let stream = TlsConnector::from(cfg)
-            .connect(ServerName::try_from(EDGE_FQDN).unwrap(), tcp)
-            .await
-            .expect("TLS to edge");
-        Client {
+            .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
+            .await?;
+        Ok(Client {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

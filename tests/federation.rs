@@ -1,0 +1,403 @@
+//! Federation end to end: two organisations, each with its own CA, edge and Director stub,
+//! on separate loopback addresses (org A on 127.0.1.x, org B on 127.0.2.x). Each edge lists
+//! the other as an allowed partner server (static addresses, no DNS) and trusts the other's
+//! CA. MESSAGE and an INVITE dialog (ACK, BYE) cross both edges in both directions; spoofing,
+//! unknown CAs, non-partner certificates, injected trust headers and a partner's rate are
+//! refused or limited.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sipedge::shell::{self, RunningEdge};
+use sipedge::tls::DevRole;
+use sipedge::topology::{FederationConfig, PartnerConfig, Topology};
+
+use crate::support::*;
+
+/// One organisation: its PKI, Director stub and edge.
+struct Org {
+    pki: Pki,
+    director: Director,
+    edge: RunningEdge,
+    domain: &'static str,
+    fqdn: &'static str,
+}
+
+struct Plan {
+    domain: &'static str,
+    fqdn: &'static str,
+    ext_ip: &'static str,
+    int_ip: &'static str,
+    director_ip: &'static str,
+}
+
+const A: Plan = Plan {
+    domain: "a.test",
+    fqdn: "edge.a.test",
+    ext_ip: "127.0.1.1",
+    int_ip: "127.0.1.2",
+    director_ip: "127.0.1.3",
+};
+const B: Plan = Plan {
+    domain: "b.test",
+    fqdn: "edge.b.test",
+    ext_ip: "127.0.2.1",
+    int_ip: "127.0.2.2",
+    director_ip: "127.0.2.3",
+};
+
+fn org_topology(
+    plan: &Plan,
+    pki: &Pki,
+    director: SocketAddr,
+    ext_port: u16,
+    (partner, partner_pki, partner_port): (&Plan, &Pki, u16),
+    partner_rate: u32,
+) -> Topology {
+    let mut t = topology(pki, &[director]);
+    t.edge.name = plan.fqdn.into();
+    t.edge.pool_fqdn = plan.fqdn.into();
+    t.edge.sip_domains = vec![plan.domain.into()];
+    t.external.sip_bind = format!("{}:{ext_port}", plan.ext_ip).parse().unwrap();
+    t.external.sip_host = plan.fqdn.into();
+    t.internal.sip_bind = format!("{}:0", plan.int_ip).parse().unwrap();
+    t.internal.sip_host = plan.int_ip.into();
+    t.federation = Some(FederationConfig {
+        ca: Some(partner_pki.pki.ca_cert.clone()),
+        max_connections_per_partner: 4,
+        partners: vec![PartnerConfig {
+            name: "partner".into(),
+            fqdn: partner.fqdn.into(),
+            domains: vec![partner.domain.into()],
+            addresses: vec![format!("{}:{partner_port}", partner.ext_ip)
+                .parse()
+                .unwrap()],
+            rate: partner_rate,
+        }],
+    });
+    t
+}
+
+/// Both organisations, federating; `rate_at_a` is what A accepts from B per second.
+async fn federate(rate_at_a: u32) -> (Org, Org) {
+    let pki_a = Pki::for_org(A.fqdn, A.ext_ip, A.int_ip);
+    let pki_b = Pki::for_org(B.fqdn, B.ext_ip, B.int_ip);
+    let dir_a = Director::start_at(&pki_a, format!("{}:0", A.director_ip).parse().unwrap()).await;
+    let dir_b = Director::start_at(&pki_b, format!("{}:0", B.director_ip).parse().unwrap()).await;
+    let port_a = free_tcp_port(A.ext_ip);
+    let port_b = free_tcp_port(B.ext_ip);
+    let t_a = org_topology(
+        &A,
+        &pki_a,
+        dir_a.addr,
+        port_a,
+        (&B, &pki_b, port_b),
+        rate_at_a,
+    );
+    let t_b = org_topology(&B, &pki_b, dir_b.addr, port_b, (&A, &pki_a, port_a), 1000);
+    let edge_a = shell::start(&t_a).await.expect("edge A starts");
+    let edge_b = shell::start(&t_b).await.expect("edge B starts");
+    for edge in [&edge_a, &edge_b] {
+        let shared = edge.shared.clone();
+        eventually("the Director pool is up", || shared.pool.any_up()).await;
+    }
+    let org = |pki, director, edge, plan: &Plan| Org {
+        pki,
+        director,
+        edge,
+        domain: plan.domain,
+        fqdn: plan.fqdn,
+    };
+    (org(pki_a, dir_a, edge_a, &A), org(pki_b, dir_b, edge_b, &B))
+}
+
+fn request(method: &str, from: (&str, &str), to: (&str, &str), call: &str, cseq: u32) -> String {
+    let body = if method == "MESSAGE" { "hello" } else { "" };
+    format!(
+        "{method} sip:{tu}@{td} SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 127.9.9.9:5061;branch=z9hG4bK{call}{cseq}{method}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{fu}@{fd}>;tag=f{call}\r\n\
+         To: <sip:{tu}@{td}>\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Contact: <sip:{fu}@127.9.9.9:5061;transport=tls>\r\n\
+         ms-edge-proxy-message-trust: ms-source-type=InternalUser;injected=yes\r\n\
+         Content-Length: {len}\r\n\r\n{body}",
+        fu = from.0,
+        fd = from.1,
+        tu = to.0,
+        td = to.1,
+        len = body.len(),
+    )
+}
+
+/// The route set a UAC builds from a 2xx's Record-Route (RFC 3261 §12.1.2: reversed).
+fn route_set(response: &str) -> Vec<String> {
+    let mut entries: Vec<String> = headers(response, "Record-Route")
+        .iter()
+        .flat_map(|v| v.split(", "))
+        .map(str::to_string)
+        .collect();
+    entries.reverse();
+    entries
+}
+
+/// An in-dialog request from the UAC with the route set and the remote tag.
+fn in_dialog(initial: &str, ok: &str, method: &str, cseq: u32) -> String {
+    let to = headers(ok, "To")[0];
+    let first = initial.split("\r\n").next().unwrap();
+    let target = first.split(' ').nth(1).unwrap();
+    let call = headers(initial, "Call-ID")[0];
+    format!(
+        "{method} {target} SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 127.9.9.9:5061;branch=z9hG4bK{call}{cseq}{method}\r\n\
+         Route: {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: {from}\r\n\
+         To: {to}\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: {seq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        route = route_set(ok).join(", "),
+        from = headers(initial, "From")[0],
+        seq = if method == "ACK" { 1 } else { cseq },
+    )
+}
+
+/// The one trust header a message carries toward the inside, if any.
+fn trust(msg: &str) -> Vec<&str> {
+    headers(msg, "ms-edge-proxy-message-trust")
+}
+
+/// `from` sends `method` to a user of `to` through both edges; `to`'s Director gets it
+/// stamped and answers `status`; the answer comes back to `from`'s Director.
+async fn cross(from: &mut Org, to: &mut Org, msg: &str, status: u16) -> (String, String) {
+    from.director.send(0, msg);
+    let arrived = to.director.recv().await.text;
+    assert_eq!(
+        arrived.split("\r\n").next(),
+        msg.split("\r\n").next(),
+        "{arrived}"
+    );
+    let stamp = format!(
+        "ms-source-type=DirectPartner;ms-ep-fqdn={};ms-source-network=federation;ms-source-verified-user=verified",
+        from.fqdn
+    );
+    assert_eq!(
+        trust(&arrived),
+        [stamp.as_str()],
+        "stamped, injection gone:\n{arrived}"
+    );
+    let answer = response_to(&arrived, status, "Answered");
+    to.director.send(0, &answer);
+    let back = from.director.recv().await.text;
+    assert!(back.starts_with(&format!("SIP/2.0 {status} ")), "{back}");
+    assert!(
+        trust(&back).iter().all(|t| t.contains(to.fqdn)),
+        "only the partner stamp: {back}"
+    );
+    (arrived, back)
+}
+
+/// A dialog: INVITE, 200, ACK, BYE, 200, from `caller` to `callee`.
+async fn call(caller: &mut Org, callee: &mut Org, id: &str) {
+    let invite = request(
+        "INVITE",
+        ("alice", caller.domain),
+        ("bob", callee.domain),
+        id,
+        1,
+    );
+    let (_, ok) = cross(caller, callee, &invite, 200).await;
+    assert_eq!(route_set(&ok).len(), 4, "both edges recorded routes: {ok}");
+    let ack = in_dialog(&invite, &ok, "ACK", 1);
+    caller.director.send(0, &ack);
+    let arrived = callee.director.recv().await.text;
+    assert!(arrived.starts_with("ACK "), "{arrived}");
+    let bye = in_dialog(&invite, &ok, "BYE", 2);
+    let (arrived, _) = cross(caller, callee, &bye, 200).await;
+    assert!(arrived.starts_with("BYE "), "{arrived}");
+    assert!(
+        headers(&arrived, "Route").is_empty(),
+        "routes popped: {arrived}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_calls_cross_both_edges_in_both_directions() {
+    let (mut a, mut b) = federate(1000).await;
+    let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "m1", 1);
+    cross(&mut a, &mut b, &to_b, 200).await;
+    let to_a = request("MESSAGE", ("bob", b.domain), ("alice", a.domain), "m2", 1);
+    cross(&mut b, &mut a, &to_a, 200).await;
+    call(&mut a, &mut b, "c1").await;
+    call(&mut b, &mut a, "c2").await;
+    // Each edge opened one connection to the other and reused it.
+    for org in [&a, &b] {
+        let partners = org.edge.shared.partners.as_ref().unwrap();
+        assert_eq!(partners.connections(), [1], "{}", org.fqdn);
+    }
+    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    assert!(
+        metrics
+            .contains("sipedge_partner_messages_total{partner=\"edge.b.test\",direction=\"sent\"}"),
+        "{metrics}"
+    );
+    a.edge.stop().await;
+    b.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofing_partners_and_strangers_are_refused() {
+    let (mut a, mut b) = federate(1000).await;
+
+    // B's edge relays a request claiming a third party's domain: A answers 403.
+    let spoofed = request("MESSAGE", ("eve", "c.test"), ("alice", a.domain), "s1", 1);
+    b.director.send(0, &spoofed);
+    let back = b.director.recv().await.text;
+    assert!(
+        back.starts_with("SIP/2.0 403 From Domain Not Owned By Partner"),
+        "{back}"
+    );
+    assert!(a
+        .director
+        .try_recv(Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // A partner asking for a domain A does not serve.
+    let elsewhere = request("MESSAGE", ("bob", b.domain), ("carol", "c.test"), "s2", 1).replace(
+        "MESSAGE sip:carol@c.test",
+        &format!("MESSAGE sip:carol@{}", a.domain),
+    );
+    b.director.send(0, &elsewhere);
+    let back = b.director.recv().await.text;
+    assert!(back.starts_with("SIP/2.0 403 "), "{back}");
+
+    // A certificate from a CA nobody trusts: the handshake is refused (in TLS 1.3 the
+    // client learns it on its first read).
+    let stranger = Pki::for_org("edge.c.test", "127.0.3.1", "127.0.3.2");
+    let refused = Client::connect_as(
+        a.pki.roots(),
+        Some(stranger.material(DevRole::External)),
+        a.edge.external,
+        "127.0.3.1",
+        a.fqdn,
+        None,
+    )
+    .await;
+    if let Ok(mut c) = refused {
+        c.send(&request(
+            "OPTIONS",
+            ("x", "c.test"),
+            ("alice", a.domain),
+            "s3",
+            1,
+        ))
+        .await;
+        assert!(c.closed().await, "an unknown CA's certificate was accepted");
+    }
+
+    // A valid certificate from B's CA that does not name B's edge: no partner, so a
+    // request claiming B's domain is refused.
+    let mut impostor = Client::connect_as(
+        a.pki.roots(),
+        Some(b.pki.material(DevRole::Internal)),
+        a.edge.external,
+        "127.0.2.9",
+        a.fqdn,
+        None,
+    )
+    .await
+    .expect("a trusted certificate is accepted");
+    impostor
+        .send(&request(
+            "MESSAGE",
+            ("bob", b.domain),
+            ("alice", a.domain),
+            "s4",
+            1,
+        ))
+        .await;
+    let answer = impostor.recv().await;
+    assert!(
+        answer.starts_with("SIP/2.0 403 Partner Domain From Non-Partner"),
+        "{answer}"
+    );
+
+    // A remote user (no certificate) injecting a trust header gets it removed.
+    let mut user = Client::connect_as(
+        a.pki.roots(),
+        None,
+        a.edge.external,
+        "127.0.1.9",
+        a.fqdn,
+        None,
+    )
+    .await
+    .expect("a remote user connects without a certificate");
+    user.send(&request(
+        "MESSAGE",
+        ("alice", a.domain),
+        ("carol", a.domain),
+        "s5",
+        1,
+    ))
+    .await;
+    let arrived = a.director.recv().await.text;
+    assert!(trust(&arrived).is_empty(), "{arrived}");
+    a.edge.stop().await;
+    b.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_beyond_its_rate_gets_503_and_is_counted() {
+    // A accepts 5 messages a second from B (a burst of 10).
+    let (mut a, mut b) = federate(5).await;
+    for i in 0..30 {
+        let m = request(
+            "MESSAGE",
+            ("bob", b.domain),
+            ("alice", a.domain),
+            &format!("r{i}"),
+            1,
+        );
+        b.director.send(0, &m);
+    }
+    let mut limited = 0;
+    let mut delivered = 0;
+    for _ in 0..30 {
+        let back = b.director.try_recv(Duration::from_secs(5)).await;
+        match back {
+            Some(r) if r.text.starts_with("SIP/2.0 503 Rate Limited") => {
+                assert!(headers(&r.text, "Retry-After").len() == 1, "{}", r.text);
+                limited += 1;
+            }
+            Some(r) => panic!("unexpected at B's Director: {}", r.text),
+            None => break,
+        }
+    }
+    while let Some(r) = a.director.try_recv(Duration::from_millis(300)).await {
+        assert!(r.text.starts_with("MESSAGE "), "{}", r.text);
+        delivered += 1;
+    }
+    assert_eq!(
+        delivered + limited,
+        30,
+        "every message delivered or refused"
+    );
+    assert!(
+        (9..=12).contains(&delivered),
+        "{delivered} passed a burst of 10"
+    );
+    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    assert!(
+        metrics.contains(&format!(
+            "sipedge_partner_rate_limited_total{{partner=\"edge.b.test\"}} {limited}"
+        )),
+        "{metrics}"
+    );
+    a.edge.stop().await;
+    b.edge.stop().await;
+}
