@@ -65,6 +65,7 @@ fn org_topology(
     t.federation = Some(FederationConfig {
         ca: Some(partner_pki.pki.ca_cert.clone()),
         max_connections_per_partner: 4,
+        dns: Vec::new(),
         partners: vec![PartnerConfig {
             name: "partner".into(),
             fqdn: partner.fqdn.into(),
@@ -80,13 +81,18 @@ fn org_topology(
 
 /// Both organisations, federating; `rate_at_a` is what A accepts from B per second.
 async fn federate(rate_at_a: u32) -> (Org, Org) {
+    federate_with(rate_at_a, None, free_tcp_port(B.ext_ip)).await
+}
+
+/// [`federate`] with B's external port chosen, and A finding B's edge through the name
+/// server at `dns` (no static addresses) when given.
+async fn federate_with(rate_at_a: u32, dns: Option<SocketAddr>, port_b: u16) -> (Org, Org) {
     let pki_a = Pki::for_org(A.fqdn, A.ext_ip, A.int_ip);
     let pki_b = Pki::for_org(B.fqdn, B.ext_ip, B.int_ip);
     let dir_a = Director::start_at(&pki_a, format!("{}:0", A.director_ip).parse().unwrap()).await;
     let dir_b = Director::start_at(&pki_b, format!("{}:0", B.director_ip).parse().unwrap()).await;
     let port_a = free_tcp_port(A.ext_ip);
-    let port_b = free_tcp_port(B.ext_ip);
-    let t_a = org_topology(
+    let mut t_a = org_topology(
         &A,
         &pki_a,
         dir_a.addr,
@@ -94,6 +100,10 @@ async fn federate(rate_at_a: u32) -> (Org, Org) {
         (&B, &pki_b, port_b),
         rate_at_a,
     );
+    if let (Some(dns), Some(f)) = (dns, t_a.federation.as_mut()) {
+        f.dns = vec![dns];
+        f.partners[0].addresses.clear();
+    }
     let t_b = org_topology(&B, &pki_b, dir_b.addr, port_b, (&A, &pki_a, port_a), 1000);
     let edge_a = shell::start(&t_a).await.expect("edge A starts");
     let edge_b = shell::start(&t_b).await.expect("edge B starts");
@@ -400,4 +410,69 @@ async fn a_partner_beyond_its_rate_gets_503_and_is_counted() {
     );
     a.edge.stop().await;
     b.edge.stop().await;
+}
+
+/// A partner without static addresses is found by DNS: SRV `_sipfederationtls._tcp.b.test`
+/// names targets and ports (the best one does not answer), A records their addresses; the
+/// certificate is still verified against the partner's FQDN from the topology.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_without_addresses_is_found_by_srv() {
+    let port_b = free_tcp_port(B.ext_ip);
+    let dead = free_tcp_port("127.0.2.77");
+    let dns = DnsStub::start(
+        "127.0.1.53",
+        vec![
+            (
+                "_sipfederationtls._tcp.b.test",
+                20,
+                0,
+                port_b,
+                "sipfed.b.test",
+            ),
+            ("_sipfederationtls._tcp.b.test", 10, 0, dead, "dead.b.test"),
+        ],
+        vec![
+            ("sipfed.b.test", B.ext_ip.parse().unwrap()),
+            ("dead.b.test", "127.0.2.77".parse().unwrap()),
+        ],
+    )
+    .await;
+    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b).await;
+    let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "d1", 1);
+    cross(&mut a, &mut b, &to_b, 200).await;
+    let asked = dns.asked.lock().unwrap().clone();
+    for question in [
+        "SRV _sipfederationtls._tcp.b.test",
+        "A dead.b.test",
+        "A sipfed.b.test",
+    ] {
+        assert!(
+            asked.contains(&question.to_string()),
+            "{question}: {asked:?}"
+        );
+    }
+    a.edge.stop().await;
+    b.edge.stop().await;
+}
+
+/// A partner edge that cannot be reached: requests for it get 503 with Retry-After (not a
+/// silent timeout), counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_partner_gets_503() {
+    let (mut a, b) = federate(1000).await;
+    b.edge.stop().await;
+    let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "u1", 1);
+    a.director.send(0, &to_b);
+    let back = a.director.recv().await.text;
+    assert!(
+        back.starts_with("SIP/2.0 503 Partner Unavailable"),
+        "{back}"
+    );
+    assert_eq!(headers(&back, "Retry-After"), ["30"]);
+    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    assert!(
+        metrics.contains("sipedge_partner_connect_failures_total{partner=\"edge.b.test\"} 1"),
+        "{metrics}"
+    );
+    a.edge.stop().await;
 }

@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod dns;
 pub mod flows;
 pub mod keyfile;
 pub mod listen;
@@ -216,6 +217,8 @@ pub enum StartError {
     },
     #[error("next_hop.server_name {0:?} is not a valid TLS server name")]
     ServerName(String),
+    #[error("DNS resolver for federation: {0}")]
+    Dns(String),
     #[error("no secure random numbers: {0}")]
     Random(String),
     #[error("key ring: {0}")]
@@ -524,6 +527,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let partners = match (&topology.federation, partner_tls) {
         (Some(f), Some(tls)) => Some(Arc::new(partners::Partners::new(
             proxy_cfg.federation.clone(),
+            partner_dns(f)?,
             partner_targets(f)?,
             tokio_rustls::TlsConnector::from(tls),
             ext_addr.ip(),
@@ -719,6 +723,16 @@ fn federation_of(t: &Topology) -> Federation {
             })
             .collect(),
     )
+}
+
+/// A resolver when some partner has no static addresses.
+fn partner_dns(f: &crate::topology::FederationConfig) -> Result<Option<dns::Dns>, StartError> {
+    if f.partners.iter().all(|p| !p.addresses.is_empty()) {
+        return Ok(None);
+    }
+    dns::Dns::new(&f.dns)
+        .map(Some)
+        .map_err(|e| StartError::Dns(e.to_string()))
 }
 
 /// Where each partner edge is reached, in the order of the federation's partners.

@@ -71,6 +71,8 @@ pub struct PartnerStats {
 /// The partners' connections and limits.
 pub struct Partners {
     federation: Federation,
+    /// For partners without static addresses.
+    dns: Option<super::dns::Dns>,
     targets: Vec<Target>,
     connector: TlsConnector,
     /// The external interface: connections to partners leave from it.
@@ -85,6 +87,7 @@ pub struct Partners {
 impl Partners {
     pub fn new(
         federation: Federation,
+        dns: Option<super::dns::Dns>,
         targets: Vec<Target>,
         connector: TlsConnector,
         local_ip: IpAddr,
@@ -93,6 +96,7 @@ impl Partners {
         let n = targets.len();
         Partners {
             federation,
+            dns,
             targets,
             connector,
             local_ip,
@@ -271,8 +275,13 @@ impl Partners {
             .targets
             .get(usize::from(p.0))
             .ok_or_else(|| std::io::Error::other("no such partner"))?;
+        let addresses = if target.addresses.is_empty() {
+            self.resolve(p).await
+        } else {
+            target.addresses.clone()
+        };
         let mut last = std::io::Error::other("no address for the partner edge");
-        for &addr in &target.addresses {
+        for &addr in &addresses {
             let attempt = async {
                 let socket = match addr {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -295,6 +304,21 @@ impl Partners {
             }
         }
         Err(last)
+    }
+
+    /// The partner edge's addresses from DNS: SRV of each of its domains in turn, then its
+    /// FQDN.
+    async fn resolve(&self, p: PartnerId) -> Vec<SocketAddr> {
+        let (Some(dns), Some(partner)) = (&self.dns, self.federation.get(p)) else {
+            return Vec::new();
+        };
+        for domain in &partner.domains {
+            let found = dns.partner_edge(domain, &partner.fqdn).await;
+            if !found.is_empty() {
+                return found;
+            }
+        }
+        Vec::new()
     }
 
     /// Connections up per partner (for `/metrics`).

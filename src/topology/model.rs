@@ -36,6 +36,8 @@ pub struct FederationConfig {
     pub ca: Option<PathBuf>,
     /// Connections the edge opens to one partner edge.
     pub max_connections_per_partner: usize,
+    /// Name servers for partner lookups (`ip:port`); empty: the system's resolver.
+    pub dns: Vec<SocketAddr>,
     /// Partners, ordered by name.
     pub partners: Vec<PartnerConfig>,
 }

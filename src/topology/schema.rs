@@ -69,7 +69,7 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
     "federation",
 ];
-const FEDERATION_KEYS: &[&str] = &["ca", "max_connections_per_partner", "partners"];
+const FEDERATION_KEYS: &[&str] = &["ca", "max_connections_per_partner", "dns", "partners"];
 const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate"];
 const KEYS_KEYS: &[&str] = &["ring", "dev"];
 const RELAY_KEYS: &[&str] = &[
@@ -821,6 +821,11 @@ fn read_federation(
     let ca = doc.string(s, "ca", false).map(|(path, _)| base.join(path));
     let max_connections_per_partner =
         usize::try_from(doc.integer(s, "max_connections_per_partner", (1, 64), 4)).unwrap_or(4);
+    let dns = match doc.socket_addr_list(s, "dns", false) {
+        Some((list, _)) => Some(list),
+        None if s.has("dns") => None,
+        None => Some(Vec::new()),
+    };
     // A table of named entries: names are checked by entry_names, keys by each entry.
     let list = doc.peek(s, "federation.partners");
     if !list.present() {
@@ -889,6 +894,7 @@ fn read_federation(
     ok.then_some(Some(FederationConfig {
         ca,
         max_connections_per_partner,
+        dns: dns?,
         partners,
     }))
 }

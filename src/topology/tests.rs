@@ -410,6 +410,7 @@ fn federation_partners_are_read_and_every_domain_has_one_owner() {
     let f = t.federation.unwrap();
     assert_eq!(f.ca, Some("/etc/sipedge/partner-roots.pem".into()));
     assert_eq!(f.max_connections_per_partner, 4);
+    assert_eq!(f.dns, [addr("10.20.0.53:53")]);
     assert_eq!(f.partners.len(), 1);
     let p = &f.partners[0];
     assert_eq!(p.name, "fabrikam");
