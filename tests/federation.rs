@@ -68,7 +68,7 @@ fn org_topology(
         dns: Vec::new(),
         partners: vec![PartnerConfig {
             name: "partner".into(),
-            fqdn: partner.fqdn.into(),
+            fqdn: Some(partner.fqdn.into()),
             domains: vec![partner.domain.into()],
             addresses: vec![format!("{}:{partner_port}", partner.ext_ip)
                 .parse()
@@ -81,12 +81,18 @@ fn org_topology(
 
 /// Both organisations, federating; `rate_at_a` is what A accepts from B per second.
 async fn federate(rate_at_a: u32) -> (Org, Org) {
-    federate_with(rate_at_a, None, free_tcp_port(B.ext_ip)).await
+    federate_with(rate_at_a, None, free_tcp_port(B.ext_ip), false).await
 }
 
 /// [`federate`] with B's external port chosen, and A finding B's edge through the name
-/// server at `dns` (no static addresses) when given.
-async fn federate_with(rate_at_a: u32, dns: Option<SocketAddr>, port_b: u16) -> (Org, Org) {
+/// server at `dns` (no static addresses) when given; with `domain_only`, A lists B as an
+/// allowed partner domain (no FQDN).
+async fn federate_with(
+    rate_at_a: u32,
+    dns: Option<SocketAddr>,
+    port_b: u16,
+    domain_only: bool,
+) -> (Org, Org) {
     let pki_a = Pki::for_org(A.fqdn, A.ext_ip, A.int_ip);
     let pki_b = Pki::for_org(B.fqdn, B.ext_ip, B.int_ip);
     let dir_a = Director::start_at(&pki_a, format!("{}:0", A.director_ip).parse().unwrap()).await;
@@ -103,6 +109,9 @@ async fn federate_with(rate_at_a: u32, dns: Option<SocketAddr>, port_b: u16) -> 
     if let (Some(dns), Some(f)) = (dns, t_a.federation.as_mut()) {
         f.dns = vec![dns];
         f.partners[0].addresses.clear();
+        if domain_only {
+            f.partners[0].fqdn = None;
+        }
     }
     let t_b = org_topology(&B, &pki_b, dir_b.addr, port_b, (&A, &pki_a, port_a), 1000);
     let edge_a = shell::start(&t_a).await.expect("edge A starts");
@@ -204,7 +213,7 @@ async fn cross(from: &mut Org, to: &mut Org, msg: &str, status: u16) -> (String,
     let back = from.director.recv().await.text;
     assert!(back.starts_with(&format!("SIP/2.0 {status} ")), "{back}");
     assert!(
-        trust(&back).iter().all(|t| t.contains(to.fqdn)),
+        trust(&back).iter().all(|t| t.contains(to.domain)),
         "only the partner stamp: {back}"
     );
     (arrived, back)
@@ -437,7 +446,7 @@ async fn a_partner_without_addresses_is_found_by_srv() {
         ],
     )
     .await;
-    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b).await;
+    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, false).await;
     let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "d1", 1);
     cross(&mut a, &mut b, &to_b, 200).await;
     let asked = dns.asked.lock().unwrap().clone();
@@ -475,4 +484,57 @@ async fn an_unreachable_partner_gets_503() {
         "{metrics}"
     );
     a.edge.stop().await;
+}
+
+/// An allowed partner domain (no FQDN in A's topology): B's edge is whatever SRV target
+/// within b.test answers, and a certificate naming a host within b.test makes B's
+/// connections partner connections; an SRV target outside the domain is never tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_partner_domain_is_found_and_recognised_within_its_domain() {
+    let port_b = free_tcp_port(B.ext_ip);
+    let dns = DnsStub::start(
+        "127.0.1.54",
+        vec![
+            (
+                "_sipfederationtls._tcp.b.test",
+                1,
+                0,
+                port_b,
+                "evil.example",
+            ),
+            (
+                "_sipfederationtls._tcp.b.test",
+                10,
+                0,
+                port_b,
+                "edge.b.test",
+            ),
+        ],
+        vec![
+            ("edge.b.test", B.ext_ip.parse().unwrap()),
+            ("evil.example", B.ext_ip.parse().unwrap()),
+        ],
+    )
+    .await;
+    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, true).await;
+    let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "p1", 1);
+    cross(&mut a, &mut b, &to_b, 200).await;
+    // B's own connection to A: A recognises it by a certificate name within b.test and
+    // stamps the partner's label (its domain).
+    let to_a = request("MESSAGE", ("bob", b.domain), ("alice", a.domain), "p2", 1);
+    b.director.send(0, &to_a);
+    let arrived = a.director.recv().await.text;
+    assert_eq!(
+        trust(&arrived),
+        ["ms-source-type=DirectPartner;ms-ep-fqdn=b.test;ms-source-network=federation;ms-source-verified-user=verified"],
+        "{arrived}"
+    );
+    a.director.send(0, &response_to(&arrived, 200, "OK"));
+    let back = b.director.recv().await.text;
+    assert!(back.starts_with("SIP/2.0 200"), "{back}");
+    let asked = dns.asked.lock().unwrap().clone();
+    assert!(asked.contains(&"A edge.b.test".to_string()), "{asked:?}");
+    assert!(!asked.iter().any(|q| q.contains("evil")), "{asked:?}");
+    a.edge.stop().await;
+    b.edge.stop().await;
 }

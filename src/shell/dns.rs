@@ -47,18 +47,33 @@ impl Dns {
         Ok(Dns { resolver })
     }
 
-    /// The addresses of `domain`'s federation edge, in the order to try them.
-    pub async fn partner_edge(&self, domain: &str, fqdn: &str) -> Vec<SocketAddr> {
-        let mut targets = self.srv(domain).await;
+    /// The addresses of `domain`'s federation edge in the order to try them, each with the
+    /// host name it was found under. With `fqdn` (an allowed partner server) any SRV target
+    /// will do and the FQDN is the fallback; without (an allowed partner domain) only
+    /// targets within the domain count (DNS must not choose whose certificate is
+    /// accepted), and the domain itself is the fallback (RFC 3263 §4.2).
+    pub async fn partner_edge(
+        &self,
+        domain: &str,
+        fqdn: Option<&str>,
+    ) -> Vec<(SocketAddr, String)> {
+        let mut targets: Vec<(String, u16)> = self
+            .srv(domain)
+            .await
+            .into_iter()
+            .filter(|(target, _)| {
+                fqdn.is_some() || crate::core::sip::federation::within(target.as_bytes(), domain)
+            })
+            .collect();
         if targets.is_empty() {
-            targets.push((fqdn.to_string(), SIPS_PORT));
+            targets.push((fqdn.unwrap_or(domain).to_string(), SIPS_PORT));
         }
         let mut out = Vec::new();
         for (host, port) in targets {
             for ip in self.ips(&host).await {
                 let addr = SocketAddr::new(ip, port);
-                if !out.contains(&addr) {
-                    out.push(addr);
+                if !out.iter().any(|(a, _)| *a == addr) {
+                    out.push((addr, host.clone()));
                 }
             }
         }

@@ -742,8 +742,13 @@ fn partner_targets(
     f.partners
         .iter()
         .map(|p| {
-            let server_name = rustls_pki_types::ServerName::try_from(p.fqdn.clone())
-                .map_err(|_| StartError::ServerName(p.fqdn.clone()))?;
+            let server_name = match &p.fqdn {
+                Some(fqdn) => Some(
+                    rustls_pki_types::ServerName::try_from(fqdn.clone())
+                        .map_err(|_| StartError::ServerName(fqdn.clone()))?,
+                ),
+                None => None,
+            };
             Ok(partners::Target {
                 addresses: p.addresses.clone(),
                 server_name,

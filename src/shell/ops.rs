@@ -465,7 +465,7 @@ fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
         .federation()
         .iter()
         .zip(&partners.stats)
-        .map(|((_, p), st)| (p.fqdn.clone(), st))
+        .map(|((_, p), st)| (p.label().to_string(), st))
         .collect();
     e.family(
         "sipedge_partner_messages_total",

@@ -36,8 +36,9 @@ const RETRY_AFTER_SECS: u32 = 30;
 pub struct Target {
     /// Static addresses from the topology (tried in order).
     pub addresses: Vec<SocketAddr>,
-    /// The name its certificate must carry.
-    pub server_name: ServerName<'static>,
+    /// The name its certificate must carry (an allowed partner server's FQDN); `None`: the
+    /// SRV target found within the partner's domain.
+    pub server_name: Option<ServerName<'static>>,
 }
 
 /// A request waiting for a connection, with what it takes to refuse it.
@@ -251,7 +252,7 @@ impl Partners {
                 .connect_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let name = self.federation.get(p).map(|x| x.fqdn.as_str());
+        let name = self.federation.get(p).map(|x| x.label());
         tracing::warn!(partner = name, error = %e, "cannot connect to partner edge");
         let why = Why::PartnerUnavailable {
             retry_after_secs: RETRY_AFTER_SECS,
@@ -275,13 +276,28 @@ impl Partners {
             .targets
             .get(usize::from(p.0))
             .ok_or_else(|| std::io::Error::other("no such partner"))?;
-        let addresses = if target.addresses.is_empty() {
-            self.resolve(p).await
+        let addresses: Vec<(SocketAddr, ServerName<'static>)> = if target.addresses.is_empty() {
+            self.resolve(p)
+                .await
+                .into_iter()
+                .filter_map(|(addr, host)| {
+                    let name = match &target.server_name {
+                        Some(name) => name.clone(),
+                        None => ServerName::try_from(host).ok()?,
+                    };
+                    Some((addr, name))
+                })
+                .collect()
         } else {
-            target.addresses.clone()
+            let name = target.server_name.clone();
+            target
+                .addresses
+                .iter()
+                .filter_map(|a| Some((*a, name.clone()?)))
+                .collect()
         };
         let mut last = std::io::Error::other("no address for the partner edge");
-        for &addr in &addresses {
+        for (addr, server_name) in addresses {
             let attempt = async {
                 let socket = match addr {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -293,9 +309,7 @@ impl Partners {
                 }
                 let tcp = socket.connect(addr).await?;
                 let _ = tcp.set_nodelay(true);
-                self.connector
-                    .connect(target.server_name.clone(), tcp)
-                    .await
+                self.connector.connect(server_name, tcp).await
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
                 Ok(Ok(stream)) => return Ok((stream, addr)),
@@ -308,12 +322,12 @@ impl Partners {
 
     /// The partner edge's addresses from DNS: SRV of each of its domains in turn, then its
     /// FQDN.
-    async fn resolve(&self, p: PartnerId) -> Vec<SocketAddr> {
+    async fn resolve(&self, p: PartnerId) -> Vec<(SocketAddr, String)> {
         let (Some(dns), Some(partner)) = (&self.dns, self.federation.get(p)) else {
             return Vec::new();
         };
         for domain in &partner.domains {
-            let found = dns.partner_edge(domain, &partner.fqdn).await;
+            let found = dns.partner_edge(domain, partner.fqdn.as_deref()).await;
             if !found.is_empty() {
                 return found;
             }

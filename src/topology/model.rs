@@ -47,8 +47,10 @@ pub struct FederationConfig {
 pub struct PartnerConfig {
     /// The entry's name in the file (logs, metrics).
     pub name: String,
-    /// The partner edge's FQDN: its certificate must carry it as a subjectAltName.
-    pub fqdn: String,
+    /// The partner edge's FQDN: its certificate must carry it as a subjectAltName. `None`:
+    /// an allowed partner domain, whose edge is found by DNS SRV and must be named by a
+    /// host within one of its domains.
+    pub fqdn: Option<String>,
     /// The SIP domains the partner speaks for.
     pub domains: Vec<String>,
     /// Where its edge is reached; empty: DNS (SRV `_sipfederationtls._tcp` of its first

@@ -845,15 +845,20 @@ fn read_federation(
     let mut ok = true;
     for (name, path) in names.iter().zip(&paths) {
         let p = doc.table(list, path, PARTNER_KEYS, true);
-        let fqdn = doc.string(p, "fqdn", true).and_then(|(fqdn, line)| {
-            let fqdn = fqdn.to_ascii_lowercase();
-            if valid_dns_name(&fqdn) {
-                Some(fqdn)
-            } else {
-                doc.problem(line, p.key("fqdn"), format!("\"{fqdn}\" is not a DNS name"));
-                None
+        // Without fqdn: an allowed partner domain, its edge found by DNS.
+        let fqdn = match doc.string(p, "fqdn", false) {
+            None if p.has("fqdn") => None,
+            None => Some(None),
+            Some((fqdn, line)) => {
+                let fqdn = fqdn.to_ascii_lowercase();
+                if valid_dns_name(&fqdn) {
+                    Some(Some(fqdn))
+                } else {
+                    doc.problem(line, p.key("fqdn"), format!("\"{fqdn}\" is not a DNS name"));
+                    None
+                }
             }
-        });
+        };
         let domains = doc
             .string_list(p, "domains", true)
             .and_then(|(list, line)| {
@@ -880,6 +885,16 @@ fn read_federation(
             None => Some(Vec::new()),
         };
         let rate = u32::try_from(doc.integer(p, "rate", (1, 1_000_000), 500)).unwrap_or(500);
+        if let (Some(None), Some(list)) = (&fqdn, &addresses) {
+            if !list.is_empty() {
+                let line = doc.line_of_key(p, "addresses");
+                doc.problem(
+                    line,
+                    p.key("addresses"),
+                    "a partner without fqdn is found by DNS: give its edge's fqdn with addresses",
+                );
+            }
+        }
         match (fqdn, domains, addresses) {
             (Some(fqdn), Some(domains), Some(addresses)) => partners.push(PartnerConfig {
                 name: name.clone(),
@@ -988,11 +1003,12 @@ fn check_partners(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
                 owners.push((d.as_str(), format!("partner {}", p.name)));
             }
         }
-        if let Some((_, owner)) = fqdns.iter().find(|(o, _)| *o == p.fqdn) {
+        let Some(fqdn) = &p.fqdn else { continue };
+        if let Some((_, owner)) = fqdns.iter().find(|(o, _)| o == fqdn) {
             let at = line(doc, "fqdn");
-            doc.problem(at, key("fqdn"), format!("\"{}\" is also {owner}", p.fqdn));
+            doc.problem(at, key("fqdn"), format!("\"{fqdn}\" is also {owner}"));
         } else {
-            fqdns.push((p.fqdn.as_str(), format!("partner {}'s edge", p.name)));
+            fqdns.push((fqdn.as_str(), format!("partner {}'s edge", p.name)));
         }
     }
 }

@@ -12,12 +12,14 @@ use crate::core::limits::Rate;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartnerId(pub u16);
 
-/// One partner organisation.
+/// One partner organisation: an allowed partner server (its edge's FQDN known) or an
+/// allowed partner domain (its edge found by DNS SRV and named by a host within one of its
+/// domains).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Partner {
     /// The partner edge's FQDN (lower-case): its certificate must name it, and outbound
-    /// connections verify it.
-    pub fqdn: String,
+    /// connections verify it. `None` for an allowed partner domain.
+    pub fqdn: Option<String>,
     /// The SIP domains the partner speaks for (lower-case).
     pub domains: Vec<String>,
     /// Messages per second accepted from the partner, over all its connections.
@@ -30,11 +32,48 @@ impl Partner {
     /// pool member wrote it.
     pub fn key(&self) -> u64 {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.fqdn.to_ascii_lowercase().as_bytes());
+        let name = match &self.fqdn {
+            Some(fqdn) => fqdn.to_ascii_lowercase(),
+            None => format!("domain:{}", self.label().to_ascii_lowercase()),
+        };
+        let digest = Sha256::digest(name.as_bytes());
         let mut first = [0u8; 8];
         first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
         u64::from_be_bytes(first) >> 1
     }
+
+    /// How the partner is named in logs, metrics and the trust stamp: its edge's FQDN, or
+    /// its first domain.
+    pub fn label(&self) -> &str {
+        match &self.fqdn {
+            Some(fqdn) => fqdn,
+            None => self.domains.first().map_or("", String::as_str),
+        }
+    }
+
+    /// Whether `host` may be this partner's edge: its FQDN, or (an allowed partner domain)
+    /// a host within one of its domains.
+    pub fn names_edge(&self, host: &[u8]) -> bool {
+        match &self.fqdn {
+            Some(fqdn) => eq(fqdn, host),
+            None => self.domains.iter().any(|d| within(host, d)),
+        }
+    }
+}
+
+/// Whether `name` is `domain` or a host below it (`sip.b.test` within `b.test`); wildcard
+/// names are never within anything.
+pub fn within(name: &[u8], domain: &str) -> bool {
+    if name.first() == Some(&b'*') {
+        return false;
+    }
+    let d = domain.as_bytes();
+    name.eq_ignore_ascii_case(d)
+        || (name.len() > d.len() + 1
+            && name
+                .get(name.len() - d.len()..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(d))
+            && name.get(name.len() - d.len() - 1) == Some(&b'.'))
 }
 
 /// The partners, looked up by domain, by host and by certificate.
@@ -73,13 +112,14 @@ impl Federation {
             .map(|(id, _)| id)
     }
 
-    /// The partner whose edge is `host` (its FQDN), or whose domain `host` is (a
-    /// Request-URI `sip:bob@partner.example`).
+    /// The partner whose edge is `host` (its FQDN, or a host within an allowed partner
+    /// domain), or whose domain `host` is (a Request-URI `sip:bob@partner.example`).
     pub fn by_host(&self, host: &[u8]) -> Option<PartnerId> {
-        self.iter()
-            .find(|(_, p)| eq(&p.fqdn, host))
-            .map(|(id, _)| id)
-            .or_else(|| self.by_domain(host))
+        self.by_domain(host).or_else(|| {
+            self.iter()
+                .find(|(_, p)| p.names_edge(host))
+                .map(|(id, _)| id)
+        })
     }
 
     /// The partner a virtual flow's key names ([`Partner::key`]).
@@ -87,11 +127,14 @@ impl Federation {
         self.iter().find(|(_, p)| p.key() == key).map(|(id, _)| id)
     }
 
-    /// The partner a verified certificate's DNS subjectAltNames name: exactly the partner
-    /// edge's FQDN (a wildcard SAN does not make a partner).
+    /// The partner a verified certificate's DNS subjectAltNames name: exactly an allowed
+    /// partner server's FQDN first, else a host within an allowed partner domain (a
+    /// wildcard SAN makes no partner).
     pub fn by_certificate(&self, dns_names: &[String]) -> Option<PartnerId> {
+        let named = |p: &Partner| dns_names.iter().any(|n| p.names_edge(n.as_bytes()));
         self.iter()
-            .find(|(_, p)| dns_names.iter().any(|n| eq(&p.fqdn, n.as_bytes())))
+            .find(|(_, p)| p.fqdn.is_some() && named(p))
+            .or_else(|| self.iter().find(|(_, p)| p.fqdn.is_none() && named(p)))
             .map(|(id, _)| id)
     }
 }
@@ -111,13 +154,19 @@ mod tests {
         };
         Federation::new(vec![
             Partner {
-                fqdn: "sip.partner.example".into(),
+                fqdn: Some("sip.partner.example".into()),
                 domains: vec!["partner.example".into(), "partner.test".into()],
                 rate,
             },
             Partner {
-                fqdn: "edge.other.example".into(),
+                fqdn: Some("edge.other.example".into()),
                 domains: vec!["other.example".into()],
+                rate,
+            },
+            // An allowed partner domain: any edge within it.
+            Partner {
+                fqdn: None,
+                domains: vec!["third.example".into()],
                 rate,
             },
         ])
@@ -139,6 +188,25 @@ mod tests {
         );
         assert_eq!(f.by_certificate(&sans(&["*.partner.example"])), None);
         assert_eq!(f.by_certificate(&sans(&["partner.example"])), None);
-        assert_eq!(f.get(PartnerId(2)), None);
+        assert_eq!(f.get(PartnerId(3)), None);
+        // The allowed partner domain: a certificate for a host within it, not a wildcard,
+        // not a look-alike.
+        assert_eq!(
+            f.by_certificate(&sans(&["sip.third.example"])),
+            Some(PartnerId(2))
+        );
+        assert_eq!(
+            f.by_certificate(&sans(&["third.example"])),
+            Some(PartnerId(2))
+        );
+        assert_eq!(f.by_certificate(&sans(&["*.third.example"])), None);
+        assert_eq!(f.by_certificate(&sans(&["evilthird.example"])), None);
+        assert_eq!(f.by_certificate(&sans(&["third.example.evil"])), None);
+        assert_eq!(f.by_host(b"edge7.third.example"), Some(PartnerId(2)));
+        assert_eq!(f.by_host(b"edge7.partner.example"), None);
+        assert_ne!(
+            f.get(PartnerId(2)).unwrap().key(),
+            f.get(PartnerId(1)).unwrap().key()
+        );
     }
 }

@@ -717,7 +717,7 @@ fn write_via(out: &mut Vec<u8>, side: &SideAddr, branch: u64, token: &FlowToken)
 /// sent it, verified by certificate.
 fn write_partner_trust(out: &mut Vec<u8>, partner: &Partner) {
     out.extend_from_slice(b"ms-edge-proxy-message-trust: ms-source-type=DirectPartner;ms-ep-fqdn=");
-    out.extend_from_slice(partner.fqdn.as_bytes());
+    out.extend_from_slice(partner.label().as_bytes());
     out.extend_from_slice(b";ms-source-network=federation;ms-source-verified-user=verified\r\n");
 }
 
@@ -998,7 +998,7 @@ mod tests {
     fn federated() -> Proxy {
         let mut p = proxy();
         p.cfg.federation = Federation::new(vec![Partner {
-            fqdn: "sip.partner.example".into(),
+            fqdn: Some("sip.partner.example".into()),
             domains: vec!["partner.example".into()],
             rate: crate::core::limits::Rate {
                 per_sec: 10,
