@@ -64,6 +64,7 @@ fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
         remote: remote.parse().unwrap(),
         token: p.keys().token(FlowId(id)),
         partner: None,
+        certificate: None,
     }
 }
 

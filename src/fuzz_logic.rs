@@ -86,6 +86,7 @@ pub fn roundtrip(data: &[u8]) {
         remote: std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
         token: proxy.keys().token(FlowId(1)),
         partner: None,
+        certificate: None,
     };
     match proxy.handle(&from, &msg) {
         Action::ToPool { bytes, .. } => {
@@ -122,7 +123,10 @@ pub fn roundtrip(data: &[u8]) {
         Action::Reject(why) => {
             let _ = proxy.answer(&msg.raw, why, Some(&msg));
         }
-        Action::ToFlow { .. } | Action::ToPartner { .. } | Action::Credentials => {}
+        Action::ToFlow { .. }
+        | Action::ToPartner { .. }
+        | Action::ToDiscovered { .. }
+        | Action::Credentials => {}
     }
 }
 
@@ -288,6 +292,7 @@ pub mod golden {
             },
             token: proxy.keys().token(arriving),
             partner: None,
+            certificate: None,
         };
         let mut out = Outcome::default();
         let mut framer = Framer::new();
@@ -352,6 +357,10 @@ pub mod golden {
                         }
                         Action::ToPartner { partner, bytes } => {
                             out.events.push(format!("to-partner {}", partner.0));
+                            out.forwarded.push(bytes);
+                        }
+                        Action::ToDiscovered { target, bytes } => {
+                            out.events.push(format!("to-discovered {target:?}"));
                             out.forwarded.push(bytes);
                         }
                         Action::Reject(why) => {

@@ -66,6 +66,8 @@ fn org_topology(
         ca: Some(partner_pki.pki.ca_cert.clone()),
         max_connections_per_partner: 4,
         dns: Vec::new(),
+        discovery: false,
+        discovery_rate: 20,
         partners: vec![PartnerConfig {
             name: "partner".into(),
             fqdn: Some(partner.fqdn.into()),
@@ -537,4 +539,108 @@ async fn an_allowed_partner_domain_is_found_and_recognised_within_its_domain() {
     assert!(!asked.iter().any(|q| q.contains("evil")), "{asked:?}");
     a.edge.stop().await;
     b.edge.stop().await;
+}
+
+const C: Plan = Plan {
+    domain: "c.test",
+    fqdn: "edge.c.test",
+    ext_ip: "127.0.3.1",
+    int_ip: "127.0.3.2",
+    director_ip: "127.0.3.3",
+};
+
+/// Open federation: A lists no partner but discovers; C lists A. C's edge proves itself to
+/// A with a certificate naming a host within c.test; A finds C's edge by SRV when its
+/// inside writes to c.test, and in a dialog reaches the edge C recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
+    let pki_a = Pki::for_org(A.fqdn, A.ext_ip, A.int_ip);
+    let pki_c = Pki::for_org(C.fqdn, C.ext_ip, C.int_ip);
+    let dir_a = Director::start_at(&pki_a, format!("{}:0", A.director_ip).parse().unwrap()).await;
+    let dir_c = Director::start_at(&pki_c, format!("{}:0", C.director_ip).parse().unwrap()).await;
+    let port_a = free_tcp_port(A.ext_ip);
+    let port_c = free_tcp_port(C.ext_ip);
+    let dns = DnsStub::start(
+        "127.0.1.55",
+        vec![(
+            "_sipfederationtls._tcp.c.test",
+            10,
+            0,
+            port_c,
+            "edge.c.test",
+        )],
+        vec![("edge.c.test", C.ext_ip.parse().unwrap())],
+    )
+    .await;
+    let mut t_a = org_topology(&A, &pki_a, dir_a.addr, port_a, (&C, &pki_c, port_c), 1000);
+    if let Some(f) = t_a.federation.as_mut() {
+        f.partners.clear();
+        f.discovery = true;
+        f.discovery_rate = 100;
+        f.dns = vec![dns.addr];
+    }
+    let t_c = org_topology(&C, &pki_c, dir_c.addr, port_c, (&A, &pki_a, port_a), 1000);
+    let edge_a = shell::start(&t_a).await.expect("edge A starts");
+    let edge_c = shell::start(&t_c).await.expect("edge C starts");
+    for edge in [&edge_a, &edge_c] {
+        let shared = edge.shared.clone();
+        eventually("the Director pool is up", || shared.pool.any_up()).await;
+    }
+    let mut a = Org {
+        pki: pki_a,
+        director: dir_a,
+        edge: edge_a,
+        domain: A.domain,
+        fqdn: A.fqdn,
+    };
+    let mut c = Org {
+        pki: pki_c,
+        director: dir_c,
+        edge: edge_c,
+        domain: C.domain,
+        fqdn: C.fqdn,
+    };
+
+    // C -> A: A has never heard of C; the certificate proves the domain.
+    let to_a = request("MESSAGE", ("carol", c.domain), ("alice", a.domain), "o1", 1);
+    c.director.send(0, &to_a);
+    let arrived = a.director.recv().await.text;
+    assert_eq!(
+        trust(&arrived),
+        ["ms-source-type=DiscoveredPartner;ms-ep-fqdn=edge.c.test;ms-source-network=federation;ms-source-verified-user=verified"],
+        "{arrived}"
+    );
+    a.director.send(0, &response_to(&arrived, 200, "OK"));
+    let back = c.director.recv().await.text;
+    assert!(back.starts_with("SIP/2.0 200"), "{back}");
+
+    // A -> C: found by SRV; then a whole dialog, the BYE through the edge C recorded.
+    let invite = request("INVITE", ("alice", a.domain), ("carol", c.domain), "o2", 1);
+    a.director.send(0, &invite);
+    let arrived = c.director.recv().await.text;
+    assert!(arrived.starts_with("INVITE sip:carol@c.test"), "{arrived}");
+    let ok = response_to(&arrived, 200, "OK");
+    c.director.send(0, &ok);
+    let ok = a.director.recv().await.text;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(
+        trust(&ok)
+            .iter()
+            .all(|t| t.contains("DiscoveredPartner;ms-ep-fqdn=edge.c.test")),
+        "{ok}"
+    );
+    a.director.send(0, &in_dialog(&invite, &ok, "ACK", 1));
+    assert!(c.director.recv().await.text.starts_with("ACK "));
+    a.director.send(0, &in_dialog(&invite, &ok, "BYE", 2));
+    let bye = c.director.recv().await.text;
+    assert!(bye.starts_with("BYE "), "{bye}");
+    c.director.send(0, &response_to(&bye, 200, "OK"));
+    assert!(a.director.recv().await.text.starts_with("SIP/2.0 200"));
+    let asked = dns.asked.lock().unwrap().clone();
+    assert!(
+        asked.contains(&"SRV _sipfederationtls._tcp.c.test".to_string()),
+        "{asked:?}"
+    );
+    a.edge.stop().await;
+    c.edge.stop().await;
 }

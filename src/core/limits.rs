@@ -30,6 +30,11 @@ pub struct Gcra {
 }
 
 impl Gcra {
+    /// Whether the bucket is full again at `now` (no history left worth keeping).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.tat.is_none_or(|t| t <= now)
+    }
+
     /// Takes one token if the rate allows it at `now`; otherwise returns how long until it would.
     pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
         if rate.per_sec == 0 {

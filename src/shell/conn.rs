@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
+use super::partners::Target;
 use super::Shared;
 use crate::core::avauth;
 use crate::core::limits::{Gcra, Refusal, Strike};
@@ -75,6 +76,7 @@ impl Conn {
         side: Side,
         remote: SocketAddr,
         partner: Option<PartnerId>,
+        certificate: Option<std::sync::Arc<[String]>>,
     ) -> (Conn, FlowReceiver) {
         let id = shared.next_flow_id();
         let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits.max_queued_bytes);
@@ -85,6 +87,7 @@ impl Conn {
             remote,
             token: shared.proxy.keys().token(id),
             partner,
+            certificate,
         };
         let now = clock::now();
         let conn = Conn {
@@ -230,7 +233,10 @@ impl Conn {
                 }
             }
             Action::ToPartner { partner, bytes } => {
-                self.send_to_partner(shared, &msg, partner, Bytes::from(bytes));
+                self.send_to_partner(shared, &msg, Target::Listed(partner), Bytes::from(bytes));
+            }
+            Action::ToDiscovered { target, bytes } => {
+                self.send_to_partner(shared, &msg, Target::Discovered(target), Bytes::from(bytes));
             }
             Action::Credentials => self.issue_credentials(shared, &msg),
         }
@@ -248,10 +254,19 @@ impl Conn {
     ) -> Result<Result<(), Why>, Closed> {
         // A partner edge carries many users over few connections: its own rate applies,
         // not the per-connection and per-source ones (nor their strikes and bans).
-        if let (Some(p), Some(partners)) = (self.flow.partner, &shared.partners) {
-            return Ok(partners.admit(p, now).map_err(|wait| Why::RateLimited {
-                retry_after_secs: secs_at_least_1(wait),
-            }));
+        if let Some(partners) = &shared.partners {
+            let verdict = match self.flow.partner {
+                Some(p) => Some(partners.admit(p, now)),
+                None => shared
+                    .proxy
+                    .discovered_sender(&self.flow, msg)
+                    .map(|domain| partners.admit_discovered(domain, now)),
+            };
+            if let Some(verdict) = verdict {
+                return Ok(verdict.map_err(|wait| Why::RateLimited {
+                    retry_after_secs: secs_at_least_1(wait),
+                }));
+            }
         }
         let ip = self.flow.remote.ip();
         if let Err(wait) = self.requests.take(shared.limits.connection_requests, now) {
@@ -355,13 +370,7 @@ impl Conn {
         }
     }
 
-    fn send_to_partner(
-        &mut self,
-        shared: &Shared,
-        msg: &Message,
-        partner: PartnerId,
-        bytes: Bytes,
-    ) {
+    fn send_to_partner(&mut self, shared: &Shared, msg: &Message, partner: Target, bytes: Bytes) {
         let sent = match &shared.partners {
             Some(partners) => partners.send(shared, partner, bytes, self.flow.id, msg.raw.clone()),
             None => Err(Why::NoRoute),

@@ -80,6 +80,15 @@ impl Dns {
         out
     }
 
+    /// The addresses of one host (an edge a Route names), with its name.
+    pub async fn host(&self, host: &str, port: u16) -> Vec<(SocketAddr, String)> {
+        self.ips(host)
+            .await
+            .into_iter()
+            .map(|ip| (SocketAddr::new(ip, port), host.to_string()))
+            .collect()
+    }
+
     /// SRV targets and ports, best first (RFC 2782: lowest priority, then highest weight).
     async fn srv(&self, domain: &str) -> Vec<(String, u16)> {
         let name = format!("_sipfederationtls._tcp.{domain}.");

@@ -129,12 +129,16 @@ pub async fn accept_loop(
             };
             // A verified certificate naming a partner edge (subjectAltName) makes a partner
             // flow; any other connection is a remote user's.
-            let partner = match (side, &shared.partners) {
-                (Side::External, Some(partners)) => crate::tls::peer_identity(stream.get_ref().1)
-                    .and_then(|id| partners.federation().by_certificate(&id.dns_names)),
+            let certificate = match (side, &shared.partners) {
+                (Side::External, Some(_)) => crate::tls::peer_identity(stream.get_ref().1)
+                    .map(|id| std::sync::Arc::<[String]>::from(id.dns_names)),
                 _ => None,
             };
-            let (conn, rx) = Conn::register(&shared, side, remote, partner);
+            let partner = match (&certificate, &shared.partners) {
+                (Some(names), Some(partners)) => partners.federation().by_certificate(names),
+                _ => None,
+            };
+            let (conn, rx) = Conn::register(&shared, side, remote, partner, certificate);
             let flow = conn.flow.id;
             let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
             tracing::debug!(%remote, flow = flow.0, reason = ?closed, "connection closed");

@@ -532,6 +532,11 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             tokio_rustls::TlsConnector::from(tls),
             ext_addr.ip(),
             f.max_connections_per_partner,
+            // A burst of two seconds' worth, as for listed partners.
+            Rate {
+                per_sec: f.discovery_rate,
+                burst: f.discovery_rate.saturating_mul(2),
+            },
         ))),
         _ => None,
     };
@@ -710,7 +715,7 @@ fn proxy_config(t: &Topology, ext: SocketAddr, int: SocketAddr) -> ProxyConfig {
 /// The core's view of the topology's partners.
 fn federation_of(t: &Topology) -> Federation {
     let partners = t.federation.iter().flat_map(|f| &f.partners);
-    Federation::new(
+    let mut federation = Federation::new(
         partners
             .map(|p| Partner {
                 fqdn: p.fqdn.clone(),
@@ -722,12 +727,14 @@ fn federation_of(t: &Topology) -> Federation {
                 },
             })
             .collect(),
-    )
+    );
+    federation.discovery = t.federation.as_ref().is_some_and(|f| f.discovery);
+    federation
 }
 
 /// A resolver when some partner has no static addresses.
 fn partner_dns(f: &crate::topology::FederationConfig) -> Result<Option<dns::Dns>, StartError> {
-    if f.partners.iter().all(|p| !p.addresses.is_empty()) {
+    if !f.discovery && f.partners.iter().all(|p| !p.addresses.is_empty()) {
         return Ok(None);
     }
     dns::Dns::new(&f.dns)
@@ -738,7 +745,7 @@ fn partner_dns(f: &crate::topology::FederationConfig) -> Result<Option<dns::Dns>
 /// Where each partner edge is reached, in the order of the federation's partners.
 fn partner_targets(
     f: &crate::topology::FederationConfig,
-) -> Result<Vec<partners::Target>, StartError> {
+) -> Result<Vec<partners::StaticEdge>, StartError> {
     f.partners
         .iter()
         .map(|p| {
@@ -749,7 +756,7 @@ fn partner_targets(
                 ),
                 None => None,
             };
-            Ok(partners::Target {
+            Ok(partners::StaticEdge {
                 addresses: p.addresses.clone(),
                 server_name,
             })

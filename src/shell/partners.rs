@@ -1,14 +1,21 @@
-//! Federation in the shell: connections to partner edges and the per-partner message rate.
+//! Federation in the shell: connections to partner edges and the partners' message rates.
 //!
 //! Requests for a partner go out from the external interface over mutual TLS: the edge
 //! presents its external certificate and verifies the partner edge's certificate against the
-//! federation roots and the partner's FQDN. Connections are reused; one is opened when none
-//! is up, up to `max_connections_per_partner` (attempts in flight count). Requests that
-//! arrive while a connection is being opened wait for it (bounded); when it cannot be made
-//! they are answered 503 with Retry-After. An outbound connection then runs exactly like an
-//! accepted partner connection (`conn`): what the partner sends on it passes the same checks.
+//! federation roots and the name the partner is known by (a listed partner server's FQDN; an
+//! SRV target within the domain of an allowed partner domain or a discovered partner; the
+//! host a Route names within it). Connections are reused; one is opened when none is up.
+//! Requests that arrive while it is being opened wait for it (bounded); when it cannot be
+//! made they are answered 503 with Retry-After. An outbound connection then runs exactly
+//! like an accepted one (`conn`): what the partner sends on it passes the same checks.
+//!
+//! Discovered partners (open federation) are kept in a bounded table: a flood of made-up
+//! domains from the inside cannot grow it without bound, nor can one from outside grow the
+//! per-domain rate table.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,7 +27,7 @@ use super::conn::{Accepted, Conn};
 use super::Shared;
 use crate::core::limits::{Gcra, Rate};
 use crate::core::sip::federation::{Federation, PartnerId};
-use crate::core::sip::proxy::Side;
+use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
 use crate::core::sip::token::FlowId;
 
@@ -30,15 +37,34 @@ const MAX_WAITING: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The Retry-After of a 503 when a partner edge cannot be reached.
 const RETRY_AFTER_SECS: u32 = 30;
+/// Discovered partner edges the edge keeps connections (and their state) for.
+const MAX_DISCOVERED: usize = 1024;
+/// Foreign domains whose message rate is tracked (open federation).
+const MAX_DISCOVERED_RATES: usize = 4096;
 
-/// Where a partner edge is reached.
+/// Where a listed partner's edge is reached.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct StaticEdge {
     /// Static addresses from the topology (tried in order).
     pub addresses: Vec<SocketAddr>,
     /// The name its certificate must carry (an allowed partner server's FQDN); `None`: the
     /// SRV target found within the partner's domain.
     pub server_name: Option<ServerName<'static>>,
+}
+
+/// A partner to send to: listed in the topology, or discovered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Listed(PartnerId),
+    Discovered(DiscoveredTarget),
+}
+
+/// What became of a request handed to [`Partners::send`].
+enum Sent {
+    /// On a connection that is up.
+    Now,
+    /// Waiting for a connection (whose opening this call starts, if `connect`).
+    Waiting { connect: bool },
 }
 
 /// A request waiting for a connection, with what it takes to refuse it.
@@ -63,24 +89,29 @@ struct PartnerState {
 /// Counters per partner (exported on `/metrics`).
 #[derive(Default)]
 pub struct PartnerStats {
-    pub sent: std::sync::atomic::AtomicU64,
-    pub received: std::sync::atomic::AtomicU64,
-    pub rate_limited: std::sync::atomic::AtomicU64,
-    pub connect_failures: std::sync::atomic::AtomicU64,
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub connect_failures: AtomicU64,
 }
 
 /// The partners' connections and limits.
 pub struct Partners {
     federation: Federation,
-    /// For partners without static addresses.
+    /// For partners without static addresses, and discovered ones.
     dns: Option<super::dns::Dns>,
-    targets: Vec<Target>,
+    edges: Vec<StaticEdge>,
     connector: TlsConnector,
     /// The external interface: connections to partners leave from it.
     local_ip: IpAddr,
     max_connections: usize,
-    state: Vec<Mutex<PartnerState>>,
+    listed: Vec<Mutex<PartnerState>>,
+    discovered: Mutex<HashMap<DiscoveredTarget, PartnerState>>,
+    discovered_rates: Mutex<HashMap<String, Gcra>>,
+    discovery_rate: Rate,
     pub stats: Vec<PartnerStats>,
+    /// All discovered partners together.
+    pub discovered_stats: PartnerStats,
     /// The edge's shared state, set once it exists (connections need it to run).
     shared: std::sync::OnceLock<Weak<Shared>>,
 }
@@ -89,23 +120,28 @@ impl Partners {
     pub fn new(
         federation: Federation,
         dns: Option<super::dns::Dns>,
-        targets: Vec<Target>,
+        edges: Vec<StaticEdge>,
         connector: TlsConnector,
         local_ip: IpAddr,
         max_connections: usize,
+        discovery_rate: Rate,
     ) -> Partners {
-        let n = targets.len();
+        let n = edges.len();
         Partners {
             federation,
             dns,
-            targets,
+            edges,
             connector,
             local_ip,
             max_connections: max_connections.max(1),
-            state: (0..n)
+            listed: (0..n)
                 .map(|_| Mutex::new(PartnerState::default()))
                 .collect(),
+            discovered: Mutex::new(HashMap::new()),
+            discovered_rates: Mutex::new(HashMap::new()),
+            discovery_rate,
             stats: (0..n).map(|_| PartnerStats::default()).collect(),
+            discovered_stats: PartnerStats::default(),
             shared: std::sync::OnceLock::new(),
         }
     }
@@ -118,14 +154,46 @@ impl Partners {
         &self.federation
     }
 
-    fn state(&self, p: PartnerId) -> Option<std::sync::MutexGuard<'_, PartnerState>> {
-        self.state
-            .get(usize::from(p.0))
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Runs `f` on a partner's state; a discovered one is created if the table has room.
+    fn with_state<R>(&self, t: &Target, f: impl FnOnce(&mut PartnerState) -> R) -> Option<R> {
+        match t {
+            Target::Listed(p) => {
+                let m = self.listed.get(usize::from(p.0))?;
+                Some(f(&mut m.lock().unwrap_or_else(|e| e.into_inner())))
+            }
+            Target::Discovered(d) => {
+                let mut table = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+                if !table.contains_key(d) {
+                    if table.len() >= MAX_DISCOVERED {
+                        // Forget discovered partners with nothing going on.
+                        table.retain(|_, s| !s.flows.is_empty() || s.connecting > 0);
+                    }
+                    if table.len() >= MAX_DISCOVERED {
+                        return None;
+                    }
+                    table.insert(d.clone(), PartnerState::default());
+                }
+                table.get_mut(d).map(f)
+            }
+        }
     }
 
-    fn stats(&self, p: PartnerId) -> Option<&PartnerStats> {
-        self.stats.get(usize::from(p.0))
+    fn stats(&self, t: &Target) -> Option<&PartnerStats> {
+        match t {
+            Target::Listed(p) => self.stats.get(usize::from(p.0)),
+            Target::Discovered(_) => Some(&self.discovered_stats),
+        }
+    }
+
+    fn label(&self, t: &Target) -> String {
+        match t {
+            Target::Listed(p) => self
+                .federation
+                .get(*p)
+                .map_or_else(String::new, |x| x.label().to_string()),
+            Target::Discovered(DiscoveredTarget::Domain(d)) => d.clone(),
+            Target::Discovered(DiscoveredTarget::Edge { host, .. }) => host.clone(),
+        }
     }
 
     /// Whether a message from partner `p` fits its rate; `Err(retry after)` when not.
@@ -138,27 +206,56 @@ impl Partners {
                 per_sec: 0,
                 burst: 0,
             });
-        let Some(mut st) = self.state(p) else {
-            return Err(Duration::from_secs(1));
-        };
-        let verdict = st.rate.take(rate, now);
-        drop(st);
-        if let Some(stats) = self.stats(p) {
-            let counter = match verdict {
-                Ok(()) => &stats.received,
-                Err(_) => &stats.rate_limited,
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        let verdict = self
+            .with_state(&Target::Listed(p), |st| st.rate.take(rate, now))
+            .unwrap_or(Err(Duration::from_secs(1)));
+        self.count(self.stats(&Target::Listed(p)), verdict.is_ok());
         verdict
     }
 
-    /// Sends a request to partner `p`: on a connection that is up, or once one is opened.
-    /// `Err` when it cannot even wait (too many waiting): the caller answers 503.
+    /// Whether a message from a discovered partner's `domain` fits the discovery rate.
+    /// The table is bounded: when full of busy domains, newcomers wait for room.
+    pub fn admit_discovered(&self, domain: &[u8], now: Instant) -> Result<(), Duration> {
+        let domain = String::from_utf8_lossy(domain).to_ascii_lowercase();
+        let verdict = {
+            let mut rates = self
+                .discovered_rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !rates.contains_key(&domain) && rates.len() >= MAX_DISCOVERED_RATES {
+                // Entries whose bucket has refilled carry no history worth keeping.
+                rates.retain(|_, g| !g.is_idle(now));
+            }
+            if !rates.contains_key(&domain) && rates.len() >= MAX_DISCOVERED_RATES {
+                Err(Duration::from_secs(1))
+            } else {
+                rates
+                    .entry(domain)
+                    .or_default()
+                    .take(self.discovery_rate, now)
+            }
+        };
+        self.count(Some(&self.discovered_stats), verdict.is_ok());
+        verdict
+    }
+
+    fn count(&self, stats: Option<&PartnerStats>, admitted: bool) {
+        if let Some(stats) = stats {
+            let counter = if admitted {
+                &stats.received
+            } else {
+                &stats.rate_limited
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a request to a partner: on a connection that is up, or once one is opened.
+    /// `Err` when it cannot even wait: the caller answers with it.
     pub fn send(
         self: &Arc<Self>,
         shared: &Shared,
-        p: PartnerId,
+        target: Target,
         bytes: Bytes,
         origin: FlowId,
         raw: Bytes,
@@ -166,94 +263,112 @@ impl Partners {
         let unavailable = Why::PartnerUnavailable {
             retry_after_secs: RETRY_AFTER_SECS,
         };
-        let mut st = self.state(p).ok_or(unavailable)?;
-        // Any connection that is up; one that went away is forgotten.
-        while let Some(&flow) = st.flows.first() {
-            match shared.flows.send(flow, bytes.clone()) {
-                Ok(()) => {
-                    self.count_sent(p);
-                    return Ok(());
-                }
-                Err(super::flows::SendError::Full) => {
-                    return Err(Why::Overloaded {
-                        retry_after_secs: 1,
-                    })
-                }
-                Err(_) => {
-                    st.flows.retain(|f| *f != flow);
+        let max = self.max_connections;
+        let decided = self.with_state(&target, |st| {
+            // Any connection that is up; one that went away is forgotten.
+            while let Some(&flow) = st.flows.first() {
+                match shared.flows.send(flow, bytes.clone()) {
+                    Ok(()) => return Ok(Sent::Now),
+                    Err(super::flows::SendError::Full) => {
+                        return Err(Why::Overloaded {
+                            retry_after_secs: 1,
+                        })
+                    }
+                    Err(_) => st.flows.retain(|f| *f != flow),
                 }
             }
+            if st.waiting.len() >= MAX_WAITING {
+                return Err(unavailable);
+            }
+            st.waiting.push(Waiting {
+                bytes: bytes.clone(),
+                origin,
+                raw: raw.clone(),
+            });
+            let connect = st.connecting == 0 && st.flows.len() < max;
+            if connect {
+                st.connecting += 1;
+            }
+            Ok(Sent::Waiting { connect })
+        });
+        match decided {
+            None => Err(unavailable),
+            Some(Err(why)) => Err(why),
+            Some(Ok(Sent::Now)) => {
+                self.count_sent(&target);
+                Ok(())
+            }
+            Some(Ok(Sent::Waiting { connect })) => {
+                if connect {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.connect_and_serve(target).await });
+                }
+                Ok(())
+            }
         }
-        if st.waiting.len() >= MAX_WAITING {
-            return Err(unavailable);
-        }
-        st.waiting.push(Waiting { bytes, origin, raw });
-        if st.connecting == 0 && st.flows.len() < self.max_connections {
-            st.connecting += 1;
-            drop(st);
-            let this = self.clone();
-            tokio::spawn(async move { this.connect_and_serve(p).await });
-        }
-        Ok(())
     }
 
-    fn count_sent(&self, p: PartnerId) {
-        if let Some(stats) = self.stats(p) {
-            stats
-                .sent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn count_sent(&self, t: &Target) {
+        if let Some(stats) = self.stats(t) {
+            stats.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Opens a connection to partner `p`, hands it the waiting requests and runs it until
+    /// Opens a connection to the partner, hands it the waiting requests and runs it until
     /// it closes; if none can be opened, the waiting requests get 503.
-    async fn connect_and_serve(self: Arc<Self>, p: PartnerId) {
+    async fn connect_and_serve(self: Arc<Self>, target: Target) {
         let Some(shared) = self.shared.get().and_then(Weak::upgrade) else {
             return;
         };
-        let connected = self.connect(p).await;
-        let (stream, remote) = match connected {
+        let (stream, remote) = match self.connect(&target).await {
             Ok(c) => c,
-            Err(e) => return self.connect_failed(&shared, p, &e),
+            Err(e) => return self.connect_failed(&shared, &target, &e),
         };
-        let (conn, rx) = Conn::register(&shared, Side::External, remote, Some(p));
+        // What the partner proved itself with: a discovered partner's requests are held to
+        // the domain its certificate names.
+        let certificate = crate::tls::peer_identity(stream.get_ref().1)
+            .map(|id| Arc::<[String]>::from(id.dns_names));
+        let partner = match target {
+            Target::Listed(p) => Some(p),
+            Target::Discovered(_) => None,
+        };
+        let (conn, rx) = Conn::register(&shared, Side::External, remote, partner, certificate);
         let flow = conn.flow.id;
-        self.connected(&shared, p, flow);
+        self.connected(&shared, &target, flow);
         let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
         tracing::debug!(%remote, flow = flow.0, reason = ?closed, "partner connection closed");
-        if let Some(mut st) = self.state(p) {
-            st.flows.retain(|f| *f != flow);
-        }
+        self.with_state(&target, |st| st.flows.retain(|f| *f != flow));
     }
 
     /// A connection is up: it takes the waiting requests.
-    fn connected(&self, shared: &Shared, p: PartnerId, flow: FlowId) {
-        let Some(mut st) = self.state(p) else { return };
-        st.connecting = st.connecting.saturating_sub(1);
-        st.flows.push(flow);
-        for w in std::mem::take(&mut st.waiting) {
+    fn connected(&self, shared: &Shared, target: &Target, flow: FlowId) {
+        let waiting = self
+            .with_state(target, |st| {
+                st.connecting = st.connecting.saturating_sub(1);
+                st.flows.push(flow);
+                std::mem::take(&mut st.waiting)
+            })
+            .unwrap_or_default();
+        for w in waiting {
             if shared.flows.send(flow, w.bytes).is_ok() {
-                self.count_sent(p);
+                self.count_sent(target);
             }
         }
     }
 
     /// No connection could be made: the waiting requests get 503 with Retry-After.
-    fn connect_failed(&self, shared: &Shared, p: PartnerId, e: &std::io::Error) {
-        let waiting = match self.state(p) {
-            Some(mut st) => {
+    fn connect_failed(&self, shared: &Shared, target: &Target, e: &std::io::Error) {
+        let waiting = self
+            .with_state(target, |st| {
                 st.connecting = st.connecting.saturating_sub(1);
                 std::mem::take(&mut st.waiting)
-            }
-            None => Vec::new(),
-        };
-        if let Some(stats) = self.stats(p) {
-            stats
-                .connect_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap_or_default();
+        if let Some(stats) = self.stats(target) {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
         }
-        let name = self.federation.get(p).map(|x| x.label());
-        tracing::warn!(partner = name, error = %e, "cannot connect to partner edge");
+        let name = self.label(target);
+        tracing::warn!(partner = %name, error = %e, "cannot connect to partner edge");
         let why = Why::PartnerUnavailable {
             retry_after_secs: RETRY_AFTER_SECS,
         };
@@ -265,39 +380,55 @@ impl Partners {
         }
     }
 
-    async fn connect(
-        &self,
-        p: PartnerId,
-    ) -> std::io::Result<(
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )> {
-        let target = self
-            .targets
-            .get(usize::from(p.0))
-            .ok_or_else(|| std::io::Error::other("no such partner"))?;
-        let addresses: Vec<(SocketAddr, ServerName<'static>)> = if target.addresses.is_empty() {
-            self.resolve(p)
-                .await
-                .into_iter()
+    /// The addresses to try, each with the name the certificate must carry.
+    async fn candidates(&self, target: &Target) -> Vec<(SocketAddr, ServerName<'static>)> {
+        let named = |list: Vec<(SocketAddr, String)>, fixed: Option<&ServerName<'static>>| {
+            list.into_iter()
                 .filter_map(|(addr, host)| {
-                    let name = match &target.server_name {
+                    let name = match fixed {
                         Some(name) => name.clone(),
                         None => ServerName::try_from(host).ok()?,
                     };
                     Some((addr, name))
                 })
-                .collect()
-        } else {
-            let name = target.server_name.clone();
-            target
-                .addresses
-                .iter()
-                .filter_map(|a| Some((*a, name.clone()?)))
-                .collect()
+                .collect::<Vec<_>>()
         };
+        match target {
+            Target::Listed(p) => {
+                let Some(edge) = self.edges.get(usize::from(p.0)) else {
+                    return Vec::new();
+                };
+                if edge.addresses.is_empty() {
+                    named(self.resolve(*p).await, edge.server_name.as_ref())
+                } else {
+                    let Some(name) = &edge.server_name else {
+                        return Vec::new();
+                    };
+                    edge.addresses.iter().map(|a| (*a, name.clone())).collect()
+                }
+            }
+            Target::Discovered(d) => {
+                let Some(dns) = &self.dns else {
+                    return Vec::new();
+                };
+                let found = match d {
+                    DiscoveredTarget::Domain(domain) => dns.partner_edge(domain, None).await,
+                    DiscoveredTarget::Edge { host, port, .. } => dns.host(host, *port).await,
+                };
+                named(found, None)
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        target: &Target,
+    ) -> std::io::Result<(
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )> {
         let mut last = std::io::Error::other("no address for the partner edge");
-        for (addr, server_name) in addresses {
+        for (addr, server_name) in self.candidates(target).await {
             let attempt = async {
                 let socket = match addr {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -320,8 +451,7 @@ impl Partners {
         Err(last)
     }
 
-    /// The partner edge's addresses from DNS: SRV of each of its domains in turn, then its
-    /// FQDN.
+    /// A listed partner's edge from DNS: SRV of each of its domains in turn, then its FQDN.
     async fn resolve(&self, p: PartnerId) -> Vec<(SocketAddr, String)> {
         let (Some(dns), Some(partner)) = (&self.dns, self.federation.get(p)) else {
             return Vec::new();
@@ -335,13 +465,21 @@ impl Partners {
         Vec::new()
     }
 
-    /// Connections up per partner (for `/metrics`).
+    /// Connections up per listed partner (for `/metrics`).
     pub fn connections(&self) -> Vec<usize> {
-        (0..self.state.len())
-            .map(|i| {
-                self.state(PartnerId(u16::try_from(i).unwrap_or(u16::MAX)))
-                    .map_or(0, |s| s.flows.len())
-            })
+        self.listed
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).flows.len())
             .collect()
+    }
+
+    /// Connections up to discovered partners (for `/metrics`).
+    pub fn discovered_connections(&self) -> usize {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.flows.len())
+            .sum()
     }
 }

@@ -269,6 +269,7 @@ fn answer_for_pool(shared: &Shared, forwarded: &[u8], why: Why) {
         remote: SocketAddr::from(([0, 0, 0, 0], 0)),
         token: shared.proxy.keys().token(FlowId(0)),
         partner: None,
+        certificate: None,
     };
     if let Action::ToFlow { flow, bytes, .. } = shared.proxy.handle(&internal, &msg) {
         let _ = shared.flows.send(flow, Bytes::from(bytes));
@@ -325,7 +326,7 @@ async fn serve_member(
     let Some(member) = shared.pool.members.get(index) else {
         return Closed::Shutdown;
     };
-    let (mut conn, mut flow_rx) = Conn::register(shared, Side::Internal, member.addr, None);
+    let (mut conn, mut flow_rx) = Conn::register(shared, Side::Internal, member.addr, None, None);
     health.handle_connected(clock::now());
     let mut outstanding: Outstanding<TxKey, Bytes> = Outstanding::new();
     let mut shutdown = shared.shutdown.clone();

@@ -38,6 +38,11 @@ pub struct FederationConfig {
     pub max_connections_per_partner: usize,
     /// Name servers for partner lookups (`ip:port`); empty: the system's resolver.
     pub dns: Vec<SocketAddr>,
+    /// Open federation: any other domain's edge, found by SRV and proven by a certificate
+    /// naming a host within the domain.
+    pub discovery: bool,
+    /// Messages per second accepted from each discovered partner domain.
+    pub discovery_rate: u32,
     /// Partners, ordered by name.
     pub partners: Vec<PartnerConfig>,
 }

@@ -69,7 +69,14 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
     "federation",
 ];
-const FEDERATION_KEYS: &[&str] = &["ca", "max_connections_per_partner", "dns", "partners"];
+const FEDERATION_KEYS: &[&str] = &[
+    "ca",
+    "max_connections_per_partner",
+    "dns",
+    "discovery",
+    "discovery_rate",
+    "partners",
+];
 const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate"];
 const KEYS_KEYS: &[&str] = &["ring", "dev"];
 const RELAY_KEYS: &[&str] = &[
@@ -826,9 +833,13 @@ fn read_federation(
         None if s.has("dns") => None,
         None => Some(Vec::new()),
     };
+    let discovery = doc.boolean(s, "discovery").is_some_and(|(b, _)| b);
+    let discovery_rate =
+        u32::try_from(doc.integer(s, "discovery_rate", (1, 100_000), 20)).unwrap_or(20);
     // A table of named entries: names are checked by entry_names, keys by each entry.
+    // Open federation alone needs none.
     let list = doc.peek(s, "federation.partners");
-    if !list.present() {
+    if !list.present() && !discovery {
         doc.problem(
             doc.line_of_key(s, "partners"),
             s.key("partners"),
@@ -910,6 +921,8 @@ fn read_federation(
         ca,
         max_connections_per_partner,
         dns: dns?,
+        discovery,
+        discovery_rate,
         partners,
     }))
 }

@@ -80,6 +80,22 @@ pub fn within(name: &[u8], domain: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Federation {
     partners: Vec<Partner>,
+    /// Open federation: any other domain whose edge proves itself by certificate (a host
+    /// within the domain), found by SRV when the inside writes to it.
+    pub discovery: bool,
+}
+
+/// The stable key of a discovered partner (its domain), for Record-Routes like
+/// [`Partner::key`]; a different name space, so it never equals a listed partner's.
+pub fn discovered_key(domain: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"discovered:");
+    h.update(domain.to_ascii_lowercase());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    u64::from_be_bytes(first) >> 1
 }
 
 impl Federation {
@@ -87,7 +103,10 @@ impl Federation {
     pub fn new(partners: Vec<Partner>) -> Federation {
         let mut partners = partners;
         partners.truncate(usize::from(u16::MAX));
-        Federation { partners }
+        Federation {
+            partners,
+            discovery: false,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::federation::{Federation, Partner, PartnerId};
+use super::federation::{discovered_key, within, Federation, Partner, PartnerId};
 use super::message::{Kind, Message, Method, RouteEntry, MAGIC_COOKIE};
 use super::parse::{parse_uri, Span};
 use super::reject::{self, Why};
@@ -37,7 +37,7 @@ impl Side {
 }
 
 /// One connection as the core sees it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Flow {
     pub id: FlowId,
     pub side: Side,
@@ -47,6 +47,9 @@ pub struct Flow {
     /// The federation partner whose edge this connection is (its verified certificate
     /// names the partner's FQDN); `None` for remote users and the inside.
     pub partner: Option<PartnerId>,
+    /// The DNS subjectAltNames of the certificate the peer presented (and rustls verified),
+    /// if any: what a discovered partner edge proves itself with.
+    pub certificate: Option<std::sync::Arc<[String]>>,
 }
 
 /// How the edge names itself on one side (in its Via, Record-Route and Path).
@@ -88,6 +91,11 @@ pub enum Action {
     },
     /// Forward to a federation partner's edge, on any connection to it (opened if none).
     ToPartner { partner: PartnerId, bytes: Vec<u8> },
+    /// Forward to a discovered partner's edge (open federation), found as `target` says.
+    ToDiscovered {
+        target: DiscoveredTarget,
+        bytes: Vec<u8>,
+    },
     /// Forward on the flow named by a token. `completes` is set on a final response coming
     /// back from the pool, so the member's outstanding count can drop.
     ToFlow {
@@ -101,6 +109,39 @@ pub enum Action {
     /// A relay-credentials request from the inside, for the edge's own A/V authentication
     /// service (`core::avauth`) to answer.
     Credentials,
+}
+
+/// How to find a discovered partner's edge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DiscoveredTarget {
+    /// By SRV `_sipfederationtls._tcp.<domain>`, targets within the domain only.
+    Domain(String),
+    /// The edge a Route names (in a dialog), which lies within the partner's `domain`; its
+    /// certificate must name `host`.
+    Edge {
+        host: String,
+        port: u16,
+        domain: String,
+    },
+}
+
+/// Where a request from the inside goes outside.
+enum Outside {
+    Flow(FlowId),
+    Partner(PartnerId),
+    Discovered(DiscoveredTarget),
+}
+
+/// Who sent a request from outside, as federation sees it.
+enum Sender<'a> {
+    /// A remote user (or anyone who does not speak for another organisation).
+    User,
+    Partner(&'a Partner),
+    /// An edge of another domain, proven by a certificate naming a host within it.
+    Discovered {
+        domain: String,
+        edge: String,
+    },
 }
 
 /// The proxy: configuration and keys, shared read-only by every connection.
@@ -220,7 +261,7 @@ impl Proxy {
         {
             return Err(Why::Loop);
         }
-        let partner = self.partner_checks(from, msg, method)?;
+        let sender = self.sender(from, msg, method)?;
         let mut splice = Splice::new();
         let max_forwards = self.decrement_max_forwards(msg, &mut splice)?;
         if msg.proxy_require.is_some() {
@@ -255,15 +296,24 @@ impl Proxy {
         let ext = &self.cfg.external;
         splice.insert_with(insert_at, |out| {
             write_via(out, int, branch, &from.token);
-            if let Some((_, partner)) = partner {
-                write_partner_trust(out, partner);
+            match &sender {
+                Sender::User => {}
+                Sender::Partner(partner) => {
+                    write_trust(out, "DirectPartner", partner.label().as_bytes())
+                }
+                Sender::Discovered { edge, .. } => {
+                    write_trust(out, "DiscoveredPartner", edge.as_bytes())
+                }
             }
         });
         // In-dialog requests from the inside go back to the partner (any connection to its
         // edge), to a remote user on this very flow.
-        let route_token = match partner {
-            Some((_, partner)) => self.keys.token(FlowId::partner(partner.key())),
-            None => from.token,
+        let route_token = match &sender {
+            Sender::Partner(partner) => self.keys.token(FlowId::partner(partner.key())),
+            Sender::Discovered { domain, .. } => self
+                .keys
+                .token(FlowId::partner(discovered_key(domain.as_bytes()))),
+            Sender::User => from.token,
         };
         if method.forms_dialog() && msg.to_tag.is_none() {
             // RFC 5658: one entry per interface; the top one faces the next hop.
@@ -305,24 +355,39 @@ impl Proxy {
             return Err(Why::BadExtension);
         }
         let popped = self.pop_own_routes(msg, &mut splice);
-        let partner = match popped.token {
+        let outside = match popped.token {
             Some(Ok(flow)) => match flow.as_partner() {
-                // A partner that left the topology: its dialogs have no route any more.
-                Some(key) => Some(self.cfg.federation.by_key(key).ok_or(Why::NoRoute)?),
-                None => None,
+                Some(key) => match self.cfg.federation.by_key(key) {
+                    Some(p) => Outside::Partner(p),
+                    // Not a listed partner: a discovered one (or one that left the topology).
+                    None => Outside::Discovered(
+                        self.discovered_next_hop(msg, popped.count, true)
+                            .ok_or(Why::NoRoute)?,
+                    ),
+                },
+                None => Outside::Flow(flow),
             },
             Some(Err(_)) => return Err(Why::InvalidFlowToken),
             // No route this edge recorded: a request for a partner's domain (or through
-            // the partner edge a Route names) goes to that partner.
-            None => Some(
-                self.partner_next_hop(msg, popped.count)
-                    .ok_or(Why::NoRoute)?,
-            ),
+            // the partner edge a Route names) goes to that partner; with open federation,
+            // any other domain's edge.
+            None => match self.partner_next_hop(msg, popped.count) {
+                Some(p) => Outside::Partner(p),
+                None => Outside::Discovered(
+                    self.discovered_next_hop(msg, popped.count, false)
+                        .ok_or(Why::NoRoute)?,
+                ),
+            },
         };
-        let target = match (partner, popped.token) {
-            (Some(p), _) => FlowId::partner(self.cfg.federation.get(p).ok_or(Why::NoRoute)?.key()),
-            (None, Some(Ok(flow))) => flow,
-            (None, _) => return Err(Why::NoRoute),
+        let target = match &outside {
+            Outside::Partner(p) => {
+                FlowId::partner(self.cfg.federation.get(*p).ok_or(Why::NoRoute)?.key())
+            }
+            Outside::Discovered(DiscoveredTarget::Domain(d))
+            | Outside::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => {
+                FlowId::partner(discovered_key(d.as_bytes()))
+            }
+            Outside::Flow(flow) => *flow,
         };
         strip_toward_outside(msg, &mut splice);
         let target_token = self.keys.token(target);
@@ -344,44 +409,137 @@ impl Proxy {
             });
         }
         let bytes = splice.apply_tidy(msg).ok_or(Why::MalformedStartLine)?;
-        Ok(match partner {
-            Some(partner) => Action::ToPartner { partner, bytes },
-            None => Action::ToFlow {
-                flow: target,
+        Ok(match outside {
+            Outside::Partner(partner) => Action::ToPartner { partner, bytes },
+            Outside::Discovered(target) => Action::ToDiscovered { target, bytes },
+            Outside::Flow(flow) => Action::ToFlow {
+                flow,
                 bytes,
                 completes: None,
             },
         })
     }
 
-    /// On a partner's connection: the From domain must be the partner's and the To domain
-    /// ours; partners do not register. Elsewhere, nobody may claim a partner's domain.
-    fn partner_checks(
-        &self,
-        from: &Flow,
-        msg: &Message,
-        method: Method,
-    ) -> Result<Option<(PartnerId, &Partner)>, Why> {
-        let from_domain = msg.uri_host(msg.from_uri).unwrap_or_default();
+    /// Who sent a request from outside. On a partner's connection the From domain must be
+    /// the partner's and the To domain ours; partners do not register. Elsewhere nobody may
+    /// claim a listed partner's domain; with open federation, a connection whose certificate
+    /// names a host within the (foreign) From domain is that domain's edge, held to the same
+    /// rules.
+    fn sender(&self, from: &Flow, msg: &Message, method: Method) -> Result<Sender<'_>, Why> {
         let federation = &self.cfg.federation;
-        let Some(id) = from.partner else {
-            if federation.by_domain(from_domain).is_some() {
-                return Err(Why::NotPartnerEdge);
+        let to_ours = || {
+            let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
+            if self.is_served(to_domain) {
+                Ok(())
+            } else {
+                Err(Why::PartnerTargetNotServed)
             }
-            return Ok(None);
         };
-        let partner = federation.get(id).ok_or(Why::NotPartnerEdge)?;
-        if method == Method::Register {
-            return Err(Why::PartnerRegister);
+        let from_domain = msg.uri_host(msg.from_uri).unwrap_or_default();
+        if let Some(id) = from.partner {
+            let partner = federation.get(id).ok_or(Why::NotPartnerEdge)?;
+            if method == Method::Register {
+                return Err(Why::PartnerRegister);
+            }
+            if federation.by_domain(from_domain) != Some(id) {
+                return Err(Why::PartnerDomainMismatch);
+            }
+            to_ours()?;
+            return Ok(Sender::Partner(partner));
         }
-        if federation.by_domain(from_domain) != Some(id) {
-            return Err(Why::PartnerDomainMismatch);
+        if federation.by_domain(from_domain).is_some() {
+            return Err(Why::NotPartnerEdge);
         }
-        let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
-        if !self.is_served(to_domain) {
-            return Err(Why::PartnerTargetNotServed);
+        match self.discovered_edge(from, from_domain) {
+            // A certificate that does not cover the foreign domain it writes from.
+            None if self.cfg.federation.discovery
+                && from.certificate.is_some()
+                && !from_domain.is_empty()
+                && !self.is_served(from_domain) =>
+            {
+                Err(Why::NotPartnerEdge)
+            }
+            Some(edge) => {
+                if method == Method::Register {
+                    return Err(Why::PartnerRegister);
+                }
+                to_ours()?;
+                Ok(Sender::Discovered {
+                    domain: String::from_utf8_lossy(from_domain).to_ascii_lowercase(),
+                    edge,
+                })
+            }
+            None => Ok(Sender::User),
         }
-        Ok(Some((id, partner)))
+    }
+
+    /// With open federation: the certificate name that makes `from` an edge of
+    /// `from_domain` (a foreign domain), if any.
+    fn discovered_edge(&self, from: &Flow, from_domain: &[u8]) -> Option<String> {
+        if !self.cfg.federation.discovery || from_domain.is_empty() || self.is_served(from_domain) {
+            return None;
+        }
+        let domain = std::str::from_utf8(from_domain).ok()?;
+        from.certificate
+            .as_deref()?
+            .iter()
+            .find(|n| within(n.as_bytes(), domain))
+            .cloned()
+    }
+
+    /// The From domain of a request from a discovered partner edge (open federation), for
+    /// the shell's per-domain rate; `None` for anyone else.
+    pub fn discovered_sender<'m>(&self, from: &Flow, msg: &'m Message) -> Option<&'m [u8]> {
+        if from.partner.is_some() {
+            return None;
+        }
+        let from_domain = msg.uri_host(msg.from_uri)?;
+        self.discovered_edge(from, from_domain).map(|_| from_domain)
+    }
+
+    /// With open federation, where a request from the inside for a foreign domain goes: the
+    /// edge the next Route names (within the partner's domain), or the domain's SRV. In a
+    /// dialog the partner's domain is the To domain; outside one, the Request-URI's.
+    fn discovered_next_hop(
+        &self,
+        msg: &Message,
+        popped: usize,
+        in_dialog: bool,
+    ) -> Option<DiscoveredTarget> {
+        if !self.cfg.federation.discovery {
+            return None;
+        }
+        let domain_of = |span| msg.uri_host(span).and_then(|h| std::str::from_utf8(h).ok());
+        let domain = if in_dialog {
+            domain_of(msg.to_uri)?
+        } else {
+            domain_of(msg.request_uri()?)?
+        }
+        .to_ascii_lowercase();
+        // A name, not an address; not ours, not a listed partner's.
+        if domain.parse::<std::net::IpAddr>().is_ok()
+            || domain.starts_with('[')
+            || !domain.contains('.')
+            || self.is_served(domain.as_bytes())
+            || self.cfg.federation.by_domain(domain.as_bytes()).is_some()
+        {
+            return None;
+        }
+        match msg.routes.get(popped) {
+            Some(entry) => {
+                let bytes = msg.bytes(entry.uri);
+                let uri = parse_uri(bytes).ok()?;
+                let host = std::str::from_utf8(uri.host.of(bytes))
+                    .ok()?
+                    .to_ascii_lowercase();
+                within(host.as_bytes(), &domain).then(|| DiscoveredTarget::Edge {
+                    host,
+                    port: uri.port.unwrap_or(5061),
+                    domain,
+                })
+            }
+            None => Some(DiscoveredTarget::Domain(domain)),
+        }
     }
 
     /// The partner a request from the inside is for: the host of the first Route after the
@@ -438,13 +596,21 @@ impl Proxy {
                     }
                 }
                 let partner = from.partner.and_then(|p| self.cfg.federation.get(p));
-                if let (Some(partner), Some(next_via)) = (partner, msg.vias.get(1)) {
+                let stamp = match partner {
+                    Some(partner) => Some(("DirectPartner", partner.label().to_string())),
+                    None => {
+                        let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
+                        self.discovered_edge(from, to_domain)
+                            .map(|edge| ("DiscoveredPartner", edge))
+                    }
+                };
+                if let (Some((kind, name)), Some(next_via)) = (stamp, msg.vias.get(1)) {
                     let at = msg
                         .head
                         .headers
                         .get(next_via.header)
                         .map_or(msg.head.start_line.end, |h| h.line.start);
-                    splice.insert_with(at, |out| write_partner_trust(out, partner));
+                    splice.insert_with(at, |out| write_trust(out, kind, name.as_bytes()));
                 }
             }
             Side::Internal => strip_toward_outside(msg, &mut splice),
@@ -713,11 +879,13 @@ fn write_via(out: &mut Vec<u8>, side: &SideAddr, branch: u64, token: &FlowToken)
     out.extend_from_slice(b"\r\n");
 }
 
-/// The trust stamp for the inside on what a partner edge sent (the Lync Edge's form): who
-/// sent it, verified by certificate.
-fn write_partner_trust(out: &mut Vec<u8>, partner: &Partner) {
-    out.extend_from_slice(b"ms-edge-proxy-message-trust: ms-source-type=DirectPartner;ms-ep-fqdn=");
-    out.extend_from_slice(partner.label().as_bytes());
+/// The trust stamp for the inside on what a partner edge sent (the Lync Edge's form): what
+/// kind of partner, and which edge, verified by certificate.
+fn write_trust(out: &mut Vec<u8>, kind: &str, edge: &[u8]) {
+    out.extend_from_slice(b"ms-edge-proxy-message-trust: ms-source-type=");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b";ms-ep-fqdn=");
+    out.extend_from_slice(edge);
     out.extend_from_slice(b";ms-source-network=federation;ms-source-verified-user=verified\r\n");
 }
 
@@ -809,6 +977,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             token: p.keys().token(FlowId(id)),
             partner: None,
+            certificate: None,
         }
     }
 
@@ -1158,5 +1327,124 @@ mod tests {
             "{text}"
         );
         msg(&text);
+    }
+
+    fn discovering() -> Proxy {
+        let mut p = federated();
+        p.cfg.federation.discovery = true;
+        p
+    }
+
+    fn certified(p: &Proxy, id: u64, names: &[&str]) -> Flow {
+        Flow {
+            certificate: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..flow(p, id, Side::External, "198.51.100.70:5061")
+        }
+    }
+
+    #[test]
+    fn open_federation_accepts_an_edge_proven_by_a_name_within_its_domain() {
+        let p = discovering();
+        let from_c = FROM_PARTNER
+            .replace("bob@partner.example", "carol@c.example")
+            .replace("sip.partner.example", "sip.c.example");
+        let edge = certified(&p, 7, &["sip.c.example"]);
+        let Action::ToPool { bytes, .. } = p.handle(&edge, &msg(&from_c)) else {
+            panic!("not forwarded")
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("ms-edge-proxy-message-trust: ms-source-type=DiscoveredPartner;ms-ep-fqdn=sip.c.example;"), "{text}");
+        assert!(!text.contains("forged=yes"));
+        assert_eq!(
+            p.discovered_sender(&edge, &msg(&from_c)),
+            Some(&b"c.example"[..])
+        );
+        // A certificate for another domain proves nothing about this one.
+        let other = certified(&p, 8, &["sip.d.example", "*.c.example"]);
+        assert_reject(&p, &other, &from_c, Why::NotPartnerEdge);
+        assert_eq!(p.discovered_sender(&other, &msg(&from_c)), None);
+        // Without a certificate it is not federation at all: the inside decides.
+        let user = flow(&p, 9, Side::External, "203.0.113.9:40000");
+        assert!(matches!(
+            p.handle(&user, &msg(&from_c)),
+            Action::ToPool { .. }
+        ));
+        // Still only to our domains, never a REGISTER.
+        let elsewhere = from_c.replace("To: <sip:alice@example.com>", "To: <sip:x@d.example>");
+        assert_reject(&p, &edge, &elsewhere, Why::PartnerTargetNotServed);
+        // Listed partners' domains stay theirs.
+        assert_reject(
+            &p,
+            &certified(&p, 10, &["partner.example"]),
+            FROM_PARTNER,
+            Why::NotPartnerEdge,
+        );
+        // Discovery off: the same connection is a remote user's.
+        let closed = federated();
+        let Action::ToPool { bytes, .. } = closed.handle(&edge, &msg(&from_c)) else {
+            panic!("not forwarded")
+        };
+        assert!(!String::from_utf8(bytes)
+            .unwrap()
+            .contains("DiscoveredPartner"));
+    }
+
+    #[test]
+    fn open_federation_sends_foreign_domains_by_srv_and_dialogs_by_the_recorded_edge() {
+        let p = discovering();
+        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let invite = "INVITE sip:carol@c.example SIP/2.0\r\n\
+            Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
+            Max-Forwards: 70\r\n\
+            From: <sip:alice@example.com>;tag=a1\r\n\
+            To: <sip:carol@c.example>\r\n\
+            Call-ID: disc1\r\n\
+            CSeq: 1 INVITE\r\n\
+            Content-Length: 0\r\n\r\n";
+        let Action::ToDiscovered { target, bytes } = p.handle(&director, &msg(invite)) else {
+            panic!("not sent to the discovered domain")
+        };
+        assert_eq!(target, DiscoveredTarget::Domain("c.example".into()));
+        let token = p
+            .keys()
+            .token(FlowId::partner(discovered_key(b"c.example")));
+        assert!(String::from_utf8(bytes).unwrap().contains(token.as_str()));
+        let bye = |route_host: &str| {
+            format!(
+                "BYE sip:carol@198.51.100.60:5061;transport=tls SIP/2.0\r\n\
+                Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir2\r\n\
+                Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, <sip:{route_host}:5062;transport=tls;lr>\r\n\
+                Max-Forwards: 70\r\n\
+                From: <sip:alice@example.com>;tag=a1\r\n\
+                To: <sip:carol@c.example>;tag=c9\r\n\
+                Call-ID: disc1\r\n\
+                CSeq: 2 BYE\r\n\
+                Content-Length: 0\r\n\r\n",
+                t = token.as_str()
+            )
+        };
+        let Action::ToDiscovered { target, .. } = p.handle(&director, &msg(&bye("sip.c.example")))
+        else {
+            panic!("in-dialog request not sent to the recorded edge")
+        };
+        assert_eq!(
+            target,
+            DiscoveredTarget::Edge {
+                host: "sip.c.example".into(),
+                port: 5062,
+                domain: "c.example".into()
+            }
+        );
+        // A Route to a host outside the partner's domain is not followed.
+        assert_reject(&p, &director, &bye("evil.example"), Why::NoRoute);
+        // Addresses, our own domains and no discovery: no route.
+        for uri in ["carol@192.0.2.7", "carol@example.com"] {
+            let text = invite.replace("carol@c.example", uri);
+            assert!(
+                matches!(p.handle(&director, &msg(&text)), Action::Reject(_)),
+                "{uri}"
+            );
+        }
+        assert_reject(&federated(), &director, invite, Why::NoRoute);
     }
 }
