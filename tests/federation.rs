@@ -68,6 +68,7 @@ fn org_topology(
         dns: Vec::new(),
         discovery: false,
         discovery_rate: 20,
+        discovery_max_dialogs: 100,
         partners: vec![PartnerConfig {
             name: "partner".into(),
             fqdn: Some(partner.fqdn.into()),
@@ -76,6 +77,7 @@ fn org_topology(
                 .parse()
                 .unwrap()],
             rate: partner_rate,
+            max_dialogs: 1000,
         }],
     });
     t
@@ -83,7 +85,7 @@ fn org_topology(
 
 /// Both organisations, federating; `rate_at_a` is what A accepts from B per second.
 async fn federate(rate_at_a: u32) -> (Org, Org) {
-    federate_with(rate_at_a, None, free_tcp_port(B.ext_ip), false).await
+    federate_with(rate_at_a, None, free_tcp_port(B.ext_ip), false, 1000).await
 }
 
 /// [`federate`] with B's external port chosen, and A finding B's edge through the name
@@ -94,6 +96,7 @@ async fn federate_with(
     dns: Option<SocketAddr>,
     port_b: u16,
     domain_only: bool,
+    max_dialogs_at_a: usize,
 ) -> (Org, Org) {
     let pki_a = Pki::for_org(A.fqdn, A.ext_ip, A.int_ip);
     let pki_b = Pki::for_org(B.fqdn, B.ext_ip, B.int_ip);
@@ -108,6 +111,9 @@ async fn federate_with(
         (&B, &pki_b, port_b),
         rate_at_a,
     );
+    if let Some(f) = t_a.federation.as_mut() {
+        f.partners[0].max_dialogs = max_dialogs_at_a;
+    }
     if let (Some(dns), Some(f)) = (dns, t_a.federation.as_mut()) {
         f.dns = vec![dns];
         f.partners[0].addresses.clear();
@@ -448,7 +454,7 @@ async fn a_partner_without_addresses_is_found_by_srv() {
         ],
     )
     .await;
-    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, false).await;
+    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, false, 1000).await;
     let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "d1", 1);
     cross(&mut a, &mut b, &to_b, 200).await;
     let asked = dns.asked.lock().unwrap().clone();
@@ -518,7 +524,7 @@ async fn an_allowed_partner_domain_is_found_and_recognised_within_its_domain() {
         ],
     )
     .await;
-    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, true).await;
+    let (mut a, mut b) = federate_with(1000, Some(dns.addr), port_b, true, 1000).await;
     let to_b = request("MESSAGE", ("alice", a.domain), ("bob", b.domain), "p1", 1);
     cross(&mut a, &mut b, &to_b, 200).await;
     // B's own connection to A: A recognises it by a certificate name within b.test and
@@ -643,4 +649,51 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
     );
     a.edge.stop().await;
     c.edge.stop().await;
+}
+
+/// A's limit of one dialog with B at a time, both directions together: a second INVITE
+/// either way gets 503 while the first dialog lasts, and passes once its BYE crossed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_at_its_dialog_limit_gets_503_until_a_dialog_ends() {
+    let (mut a, mut b) = federate_with(1000, None, free_tcp_port(B.ext_ip), false, 1).await;
+    let first = request("INVITE", ("bob", b.domain), ("alice", a.domain), "l1", 1);
+    let (_, ok) = cross(&mut b, &mut a, &first, 200).await;
+    let second = request("INVITE", ("bob", b.domain), ("carol", a.domain), "l2", 1);
+    b.director.send(0, &second);
+    let refused = b.director.recv().await.text;
+    assert!(
+        refused.starts_with("SIP/2.0 503 Partner Dialog Limit"),
+        "{refused}"
+    );
+    assert_eq!(headers(&refused, "Retry-After").len(), 1);
+    assert!(a
+        .director
+        .try_recv(Duration::from_millis(300))
+        .await
+        .is_none());
+    // The other direction counts against the same limit.
+    let outbound = request("INVITE", ("alice", a.domain), ("bob", b.domain), "l3", 1);
+    a.director.send(0, &outbound);
+    let refused = a.director.recv().await.text;
+    assert!(
+        refused.starts_with("SIP/2.0 503 Partner Dialog Limit"),
+        "{refused}"
+    );
+    // The first dialog ends: room again.
+    b.director.send(0, &in_dialog(&first, &ok, "ACK", 1));
+    assert!(a.director.recv().await.text.starts_with("ACK "));
+    let bye = in_dialog(&first, &ok, "BYE", 2);
+    cross(&mut b, &mut a, &bye, 200).await;
+    let third = request("INVITE", ("bob", b.domain), ("carol", a.domain), "l4", 1);
+    cross(&mut b, &mut a, &third, 486).await;
+    // A failure answer frees the slot at once.
+    let fourth = request("INVITE", ("bob", b.domain), ("dave", a.domain), "l5", 1);
+    cross(&mut b, &mut a, &fourth, 200).await;
+    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    assert!(
+        metrics.contains("sipedge_partner_dialogs{partner=\"edge.b.test\"} 1"),
+        "{metrics}"
+    );
+    a.edge.stop().await;
+    b.edge.stop().await;
 }

@@ -19,7 +19,7 @@ use crate::core::limits::{Gcra, Refusal, Strike};
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::frame::{Frame, Framer};
 use crate::core::sip::message::{Message, Method};
-use crate::core::sip::proxy::{Action, Flow, Side, TxKey};
+use crate::core::sip::proxy::{Action, DiscoveredTarget, Flow, Side, TxKey};
 use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
 
@@ -201,7 +201,12 @@ impl Conn {
                 return Ok(());
             }
         }
-        match shared.proxy.handle(&self.flow, &msg) {
+        let action = shared.proxy.handle(&self.flow, &msg);
+        if let Err(why) = self.track_dialog(shared, &msg, &action, now) {
+            self.reject(shared, &msg.raw, why, Some(&msg));
+            return Ok(());
+        }
+        match action {
             Action::ToPool { bytes, tx } => {
                 if shared.pool.send(Bytes::from(bytes), tx, None).is_err() {
                     // Members up but every queue full is overload, not an outage.
@@ -368,6 +373,45 @@ impl Conn {
         if let Some(answer) = answer {
             self.out.extend_from_slice(&answer);
         }
+    }
+
+    /// Federation's dialog count: an INVITE to or from a partner at its limit is refused.
+    fn track_dialog(
+        &self,
+        shared: &Shared,
+        msg: &Message,
+        action: &Action,
+        now: Instant,
+    ) -> Result<(), Why> {
+        let Some(partners) = &shared.partners else {
+            return Ok(());
+        };
+        let (with, from_partner) = match action {
+            Action::Reject(_) | Action::Credentials => return Ok(()),
+            Action::ToPartner { partner, .. } => {
+                (partners.dialog_limit(&Target::Listed(*partner)), false)
+            }
+            Action::ToDiscovered { target, .. } => (
+                partners.dialog_limit(&Target::Discovered(target.clone())),
+                false,
+            ),
+            _ if self.flow.side == Side::External => {
+                let with = match self.flow.partner {
+                    Some(p) => partners.dialog_limit(&Target::Listed(p)),
+                    None => shared
+                        .proxy
+                        .discovered_sender(&self.flow, msg)
+                        .and_then(|domain| {
+                            let domain = String::from_utf8_lossy(domain).to_ascii_lowercase();
+                            partners
+                                .dialog_limit(&Target::Discovered(DiscoveredTarget::Domain(domain)))
+                        }),
+                };
+                (with, true)
+            }
+            _ => (None, false),
+        };
+        partners.track_dialog(msg, with, from_partner, now)
     }
 
     fn send_to_partner(&mut self, shared: &Shared, msg: &Message, partner: Target, bytes: Bytes) {

@@ -537,6 +537,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 per_sec: f.discovery_rate,
                 burst: f.discovery_rate.saturating_mul(2),
             },
+            f.discovery_max_dialogs,
         ))),
         _ => None,
     };
@@ -725,6 +726,7 @@ fn federation_of(t: &Topology) -> Federation {
                     per_sec: p.rate,
                     burst: p.rate.saturating_mul(2),
                 },
+                max_dialogs: p.max_dialogs,
             })
             .collect(),
     );

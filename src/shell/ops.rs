@@ -509,6 +509,14 @@ fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
         );
     }
     e.family(
+        "sipedge_partner_dialogs",
+        Kind::Gauge,
+        "Dialogs counted with a partner (both directions), against its max_dialogs.",
+    );
+    for ((name, _), n) in names.iter().zip(partners.dialogs()) {
+        e.sample("sipedge_partner_dialogs", &[("partner", name)], n as u64);
+    }
+    e.family(
         "sipedge_partner_connections",
         Kind::Gauge,
         "Connections this edge opened to a partner edge, up.",

@@ -26,7 +26,9 @@ use tokio_rustls::TlsConnector;
 use super::conn::{Accepted, Conn};
 use super::Shared;
 use crate::core::limits::{Gcra, Rate};
-use crate::core::sip::federation::{Federation, PartnerId};
+use crate::core::sip::dialogs::Dialogs;
+use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
+use crate::core::sip::message::{Kind, Message, Method};
 use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
 use crate::core::sip::token::FlowId;
@@ -109,6 +111,9 @@ pub struct Partners {
     discovered: Mutex<HashMap<DiscoveredTarget, PartnerState>>,
     discovered_rates: Mutex<HashMap<String, Gcra>>,
     discovery_rate: Rate,
+    discovery_max_dialogs: usize,
+    /// Dialogs with every partner, listed and discovered.
+    dialogs: Mutex<Dialogs>,
     pub stats: Vec<PartnerStats>,
     /// All discovered partners together.
     pub discovered_stats: PartnerStats,
@@ -125,6 +130,7 @@ impl Partners {
         local_ip: IpAddr,
         max_connections: usize,
         discovery_rate: Rate,
+        discovery_max_dialogs: usize,
     ) -> Partners {
         let n = edges.len();
         Partners {
@@ -140,6 +146,8 @@ impl Partners {
             discovered: Mutex::new(HashMap::new()),
             discovered_rates: Mutex::new(HashMap::new()),
             discovery_rate,
+            discovery_max_dialogs,
+            dialogs: Mutex::new(Dialogs::default()),
             stats: (0..n).map(|_| PartnerStats::default()).collect(),
             discovered_stats: PartnerStats::default(),
             shared: std::sync::OnceLock::new(),
@@ -463,6 +471,62 @@ impl Partners {
             }
         }
         Vec::new()
+    }
+
+    /// Counts the dialogs a message starts, answers or ends with a partner: `with` is the
+    /// partner (stable key) and its limit when the message goes to or comes from one
+    /// (`from_partner`: it came from that partner's connection). `Err` for an INVITE
+    /// beyond the partner's limit: the caller refuses it.
+    pub fn track_dialog(
+        &self,
+        msg: &Message,
+        with: Option<(u64, usize)>,
+        from_partner: bool,
+        now: Instant,
+    ) -> Result<(), Why> {
+        let call_id = msg.bytes(msg.call_id);
+        let mut dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = with.filter(|_| from_partner).map(|(key, _)| key);
+        match msg.kind {
+            Kind::Request { method, .. } => match (method, with) {
+                (Method::Invite, Some((key, max))) if msg.to_tag.is_none() => dialogs
+                    .begin(key, call_id, max, now)
+                    .map_err(|_| Why::PartnerDialogs {
+                        retry_after_secs: RETRY_AFTER_SECS,
+                    }),
+                (Method::Bye, _) => {
+                    dialogs.ended(sender, call_id);
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+            Kind::Response { status } => {
+                if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" {
+                    dialogs.answered(sender, call_id, status, now);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The dialog key and limit of a listed partner or a discovered domain.
+    pub fn dialog_limit(&self, target: &Target) -> Option<(u64, usize)> {
+        match target {
+            Target::Listed(p) => self.federation.get(*p).map(|x| (x.key(), x.max_dialogs)),
+            Target::Discovered(DiscoveredTarget::Domain(d))
+            | Target::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => {
+                Some((discovered_key(d.as_bytes()), self.discovery_max_dialogs))
+            }
+        }
+    }
+
+    /// Dialogs counted with each listed partner (for `/metrics`).
+    pub fn dialogs(&self) -> Vec<usize> {
+        let dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        self.federation
+            .iter()
+            .map(|(_, p)| dialogs.count(p.key()))
+            .collect()
     }
 
     /// Connections up per listed partner (for `/metrics`).

@@ -43,6 +43,8 @@ pub struct FederationConfig {
     pub discovery: bool,
     /// Messages per second accepted from each discovered partner domain.
     pub discovery_rate: u32,
+    /// Dialogs at once with each discovered partner domain.
+    pub discovery_max_dialogs: usize,
     /// Partners, ordered by name.
     pub partners: Vec<PartnerConfig>,
 }
@@ -63,6 +65,8 @@ pub struct PartnerConfig {
     pub addresses: Vec<SocketAddr>,
     /// Messages per second accepted from the partner, over all of its connections.
     pub rate: u32,
+    /// Dialogs with the partner at once (both directions).
+    pub max_dialogs: usize,
 }
 
 /// Where the pool key ring comes from.

@@ -75,9 +75,10 @@ const FEDERATION_KEYS: &[&str] = &[
     "dns",
     "discovery",
     "discovery_rate",
+    "discovery_max_dialogs",
     "partners",
 ];
-const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate"];
+const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate", "max_dialogs"];
 const KEYS_KEYS: &[&str] = &["ring", "dev"];
 const RELAY_KEYS: &[&str] = &[
     "host",
@@ -836,6 +837,9 @@ fn read_federation(
     let discovery = doc.boolean(s, "discovery").is_some_and(|(b, _)| b);
     let discovery_rate =
         u32::try_from(doc.integer(s, "discovery_rate", (1, 100_000), 20)).unwrap_or(20);
+    let discovery_max_dialogs =
+        usize::try_from(doc.integer(s, "discovery_max_dialogs", (1, 1_000_000), 100))
+            .unwrap_or(100);
     // A table of named entries: names are checked by entry_names, keys by each entry.
     // Open federation alone needs none.
     let list = doc.peek(s, "federation.partners");
@@ -896,6 +900,8 @@ fn read_federation(
             None => Some(Vec::new()),
         };
         let rate = u32::try_from(doc.integer(p, "rate", (1, 1_000_000), 500)).unwrap_or(500);
+        let max_dialogs =
+            usize::try_from(doc.integer(p, "max_dialogs", (1, 10_000_000), 1000)).unwrap_or(1000);
         if let (Some(None), Some(list)) = (&fqdn, &addresses) {
             if !list.is_empty() {
                 let line = doc.line_of_key(p, "addresses");
@@ -913,6 +919,7 @@ fn read_federation(
                 domains,
                 addresses,
                 rate,
+                max_dialogs,
             }),
             _ => ok = false,
         }
@@ -923,6 +930,7 @@ fn read_federation(
         dns: dns?,
         discovery,
         discovery_rate,
+        discovery_max_dialogs,
         partners,
     }))
 }

@@ -24,6 +24,8 @@ pub struct Partner {
     pub domains: Vec<String>,
     /// Messages per second accepted from the partner, over all its connections.
     pub rate: Rate,
+    /// Dialogs (calls) with the partner at once, both directions together.
+    pub max_dialogs: usize,
 }
 
 impl Partner {
@@ -176,17 +178,20 @@ mod tests {
                 fqdn: Some("sip.partner.example".into()),
                 domains: vec!["partner.example".into(), "partner.test".into()],
                 rate,
+                max_dialogs: 100,
             },
             Partner {
                 fqdn: Some("edge.other.example".into()),
                 domains: vec!["other.example".into()],
                 rate,
+                max_dialogs: 100,
             },
             // An allowed partner domain: any edge within it.
             Partner {
                 fqdn: None,
                 domains: vec!["third.example".into()],
                 rate,
+                max_dialogs: 100,
             },
         ])
     }

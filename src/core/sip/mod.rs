@@ -5,6 +5,7 @@
 //! [`message::Message::parse`] tokenizes and validates it, [`proxy::Proxy::handle`] decides
 //! (forward where, with which edits, or reject how) and [`splice`] writes the bytes.
 
+pub mod dialogs;
 pub mod federation;
 pub mod frame;
 pub mod health;

@@ -197,6 +197,7 @@ impl Proxy {
         let extra = match why {
             Why::PoolUnavailable { retry_after_secs }
             | Why::PartnerUnavailable { retry_after_secs }
+            | Why::PartnerDialogs { retry_after_secs }
             | Why::Overloaded { retry_after_secs }
             | Why::RateLimited { retry_after_secs } => {
                 format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
@@ -1173,6 +1174,7 @@ mod tests {
                 per_sec: 10,
                 burst: 10,
             },
+            max_dialogs: 100,
         }]);
         p
     }

@@ -89,6 +89,10 @@ pub enum Why {
     PartnerUnavailable {
         retry_after_secs: u32,
     },
+    /// 503 with Retry-After: the partner holds as many dialogs as it may.
+    PartnerDialogs {
+        retry_after_secs: u32,
+    },
 }
 
 impl Why {
@@ -136,6 +140,7 @@ impl Why {
             Why::PartnerTargetNotServed => (403, "Domain Not Served"),
             Why::PartnerRegister => (403, "Partners Do Not Register"),
             Why::PartnerUnavailable { .. } => (503, "Partner Unavailable"),
+            Why::PartnerDialogs { .. } => (503, "Partner Dialog Limit"),
             Why::StrayResponse => return None,
         })
     }
@@ -182,6 +187,7 @@ impl Why {
             Why::PartnerTargetNotServed => "partner_target_not_served",
             Why::PartnerRegister => "partner_register",
             Why::PartnerUnavailable { .. } => "partner_unavailable",
+            Why::PartnerDialogs { .. } => "partner_dialogs",
         }
     }
 
@@ -226,6 +232,7 @@ impl Why {
         "partner_target_not_served",
         "partner_register",
         "partner_unavailable",
+        "partner_dialogs",
     ];
 
     /// Position of this reason's label in [`Why::LABELS`].
@@ -243,6 +250,7 @@ impl Why {
                 | Why::Overloaded { .. }
                 | Why::RateLimited { .. }
                 | Why::PartnerUnavailable { .. }
+                | Why::PartnerDialogs { .. }
                 | Why::RequestTimeout
                 | Why::FlowFailed
         )
