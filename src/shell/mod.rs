@@ -533,11 +533,13 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             ext_addr.ip(),
             f.max_connections_per_partner,
             // A burst of two seconds' worth, as for listed partners.
-            Rate {
-                per_sec: f.discovery_rate,
-                burst: f.discovery_rate.saturating_mul(2),
+            partners::DiscoveryLimits {
+                rate: Rate {
+                    per_sec: f.discovery_rate,
+                    burst: f.discovery_rate.saturating_mul(2),
+                },
+                max_dialogs: f.discovery_max_dialogs,
             },
-            f.discovery_max_dialogs,
         ))),
         _ => None,
     };

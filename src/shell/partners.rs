@@ -54,6 +54,13 @@ pub struct StaticEdge {
     pub server_name: Option<ServerName<'static>>,
 }
 
+/// What each discovered partner domain may send and hold.
+#[derive(Clone, Copy, Debug)]
+pub struct DiscoveryLimits {
+    pub rate: Rate,
+    pub max_dialogs: usize,
+}
+
 /// A partner to send to: listed in the topology, or discovered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -129,8 +136,7 @@ impl Partners {
         connector: TlsConnector,
         local_ip: IpAddr,
         max_connections: usize,
-        discovery_rate: Rate,
-        discovery_max_dialogs: usize,
+        discovery: DiscoveryLimits,
     ) -> Partners {
         let n = edges.len();
         Partners {
@@ -145,8 +151,8 @@ impl Partners {
                 .collect(),
             discovered: Mutex::new(HashMap::new()),
             discovered_rates: Mutex::new(HashMap::new()),
-            discovery_rate,
-            discovery_max_dialogs,
+            discovery_rate: discovery.rate,
+            discovery_max_dialogs: discovery.max_dialogs,
             dialogs: Mutex::new(Dialogs::default()),
             stats: (0..n).map(|_| PartnerStats::default()).collect(),
             discovered_stats: PartnerStats::default(),
