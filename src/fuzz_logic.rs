@@ -158,17 +158,25 @@ fn federated_roundtrip(msg: &Message) {
         certificate: certificate.map(|c| c.iter().map(|s| s.to_string()).collect()),
     };
     for from in [
-        flow(2, Side::External, Some(PartnerId(0)), Some(&["sip.partner.example"])),
-        flow(3, Side::External, None, Some(&["sip.other.example", "other.example"])),
+        flow(
+            2,
+            Side::External,
+            Some(PartnerId(0)),
+            Some(&["sip.partner.example"]),
+        ),
+        flow(
+            3,
+            Side::External,
+            None,
+            Some(&["sip.other.example", "other.example"]),
+        ),
         flow(4, Side::External, None, None),
         flow(5, Side::Internal, None, None),
     ] {
         let (bytes, inside) = match proxy.handle(&from, msg) {
             Action::ToPool { bytes, .. } => (bytes, true),
             Action::ToFlow { bytes, .. } => (bytes, from.side == Side::External),
-            Action::ToPartner { bytes, .. } | Action::ToDiscovered { bytes, .. } => {
-                (bytes, false)
-            }
+            Action::ToPartner { bytes, .. } | Action::ToDiscovered { bytes, .. } => (bytes, false),
             Action::Reject(why) => {
                 let _ = proxy.answer(&msg.raw, why, Some(msg));
                 continue;
@@ -189,7 +197,11 @@ fn federated_roundtrip(msg: &Message) {
             .filter(|h| h.name == crate::core::sip::HeaderName::MsEdgeProxyMessageTrust)
             .count();
         assert!(stamps <= usize::from(inside), "{stamps} trust stamps");
-        assert_eq!(again.bytes(again.body), msg.bytes(msg.body), "body byte-exact");
+        assert_eq!(
+            again.bytes(again.body),
+            msg.bytes(msg.body),
+            "body byte-exact"
+        );
     }
 }
 

@@ -417,23 +417,43 @@ async fn run(topology: sipedge::topology::Topology) -> ExitCode {
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
         edge.external, edge.internal, topology.next_hop.members
     );
-    wait_for_signal().await;
+    if wait_for_signal().await == Stop::Drain {
+        let deadline = topology.limits.drain_timeout;
+        println!(
+            "sipedge: draining (up to {} s): /healthz answers 503, listeners closed",
+            deadline.as_secs()
+        );
+        if edge.drain(deadline).await {
+            println!("sipedge: drained");
+        } else {
+            println!("sipedge: drain deadline passed");
+        }
+    }
     println!("sipedge: stopping");
     edge.stop().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// How the edge was asked to stop.
+#[derive(PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM (systemd, a rolling upgrade): drain first.
+    Drain,
+    /// SIGINT (Ctrl-C at a terminal): at once.
+    Now,
+}
+
+async fn wait_for_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return Stop::Now;
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => Stop::Now,
+        _ = term.recv() => Stop::Drain,
     }
 }

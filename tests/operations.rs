@@ -108,3 +108,75 @@ async fn the_operations_listener_refuses_what_it_does_not_serve() {
     assert!(http_get(&ops, "/healthz").await.starts_with("HTTP/1.1 "));
     edge.stop().await;
 }
+
+fn invite(call: &str) -> String {
+    format!(
+        "INVITE sip:bob@sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-{call}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=a{call}\r\nTo: <sip:bob@sipedge.test>\r\n\
+         Call-ID: {call}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A drain during calls: /healthz turns 503 at once and the listener closes; a transaction
+/// in flight completes; new work is sent elsewhere (503 Draining); the call in progress
+/// goes on until its BYE, and then the drain ends, well before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = std::sync::Arc::new(shell::start(&t).await.expect("edge starts"));
+    let ops = edge.operations.expect("operations listener").to_string();
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+
+    // A call in progress (answered), and a second INVITE still unanswered.
+    let mut c = Client::connect(&pki, edge.external).await;
+    c.send(&invite("d1")).await;
+    let first = director.recv().await.text;
+    director.send(0, &response_to(&first, 200, "OK"));
+    assert!(c.recv().await.starts_with("SIP/2.0 200"));
+    c.send(&invite("d2")).await;
+    let second = director.recv().await.text;
+    assert_eq!(shared.calls_in_progress(), 2);
+
+    let draining = {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.drain(Duration::from_secs(20)).await })
+    };
+    eventually("draining", || shared.is_draining()).await;
+    let health = http_get(&ops, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+    assert!(health.ends_with("draining\n"), "{health}");
+    // The listener is closed: a new client cannot connect.
+    eventually("the listener closed", || {
+        std::net::TcpStream::connect_timeout(&edge.external, Duration::from_millis(100)).is_err()
+    })
+    .await;
+    // New work on an existing connection goes elsewhere.
+    c.send(&invite("d3")).await;
+    let refused = c.recv().await;
+    assert!(refused.starts_with("SIP/2.0 503 Draining"), "{refused}");
+    assert!(refused.contains("Retry-After: 1\r\n"), "{refused}");
+
+    // The transaction in flight completes (here: declined), the call ends with its BYE.
+    director.send(0, &response_to(&second, 486, "Busy Here"));
+    assert!(c.recv().await.starts_with("SIP/2.0 486"));
+    assert!(!draining.is_finished(), "the call in progress is still up");
+    let bye = "BYE sip:bob@sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-d1bye\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=ad1\r\nTo: <sip:bob@sipedge.test>;tag=uas1\r\n\
+         Call-ID: d1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    c.send(bye).await;
+    let bye_in = director.recv().await.text;
+    assert!(bye_in.starts_with("BYE "), "{bye_in}");
+    director.send(0, &response_to(&bye_in, 200, "OK"));
+    assert!(c.recv().await.starts_with("SIP/2.0 200"));
+    let drained = tokio::time::timeout(Duration::from_secs(10), draining)
+        .await
+        .expect("the drain ends once the call ended")
+        .unwrap();
+    assert!(drained, "everything finished before the deadline");
+}

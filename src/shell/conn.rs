@@ -18,7 +18,7 @@ use crate::core::avauth;
 use crate::core::limits::{Gcra, Refusal, Strike};
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::frame::{Frame, Framer};
-use crate::core::sip::message::{Message, Method};
+use crate::core::sip::message::{Kind, Message, Method};
 use crate::core::sip::proxy::{Action, DiscoveredTarget, Flow, Side, TxKey};
 use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
@@ -201,6 +201,10 @@ impl Conn {
                 return Ok(());
             }
         }
+        if let Some(why) = refused_while_draining(shared, &msg, self.flow.side) {
+            self.reject(shared, &msg.raw, why, Some(&msg));
+            return Ok(());
+        }
         let action = shared.proxy.handle(&self.flow, &msg);
         if let Err(why) = self.track_dialog(shared, &msg, &action, now) {
             self.reject(shared, &msg.raw, why, Some(&msg));
@@ -375,7 +379,9 @@ impl Conn {
         }
     }
 
-    /// Federation's dialog count: an INVITE to or from a partner at its limit is refused.
+    /// Dialog counts: every call crossing the edge (what a drain waits for), and
+    /// federation's per-partner limit: an INVITE to or from a partner at its limit is
+    /// refused.
     fn track_dialog(
         &self,
         shared: &Shared,
@@ -383,6 +389,28 @@ impl Conn {
         action: &Action,
         now: Instant,
     ) -> Result<(), Why> {
+        if !matches!(action, Action::Reject(_) | Action::Credentials) {
+            let mut calls = shared.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let call_id = msg.bytes(msg.call_id);
+            match msg.kind {
+                Kind::Request {
+                    method: Method::Invite,
+                    ..
+                } if msg.to_tag.is_none() => {
+                    let _ = calls.begin(super::CALLS, call_id, usize::MAX, now);
+                }
+                Kind::Request {
+                    method: Method::Bye,
+                    ..
+                } => calls.ended(None, call_id),
+                Kind::Response { status }
+                    if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" =>
+                {
+                    calls.answered(None, call_id, status, now);
+                }
+                _ => {}
+            }
+        }
         let Some(partners) = &shared.partners else {
             return Ok(());
         };
@@ -572,4 +600,22 @@ pub async fn flush<S: AsyncWrite + Unpin>(
 
 fn secs_at_least_1(d: Duration) -> u32 {
     u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)
+}
+
+/// While draining: new calls (out-of-dialog INVITEs, either way) and any new out-of-dialog
+/// request from outside get 503 with Retry-After, so that clients take their work to another
+/// pool member; requests within dialogs, ACK and CANCEL still flow.
+fn refused_while_draining(shared: &Shared, msg: &Message, side: Side) -> Option<Why> {
+    if !shared.is_draining() || msg.to_tag.is_some() {
+        return None;
+    }
+    let method = msg.method()?;
+    let new_work = match method {
+        Method::Ack | Method::Cancel => false,
+        Method::Invite => true,
+        _ => side == Side::External,
+    };
+    new_work.then_some(Why::Draining {
+        retry_after_secs: 1,
+    })
 }

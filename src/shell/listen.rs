@@ -48,11 +48,14 @@ pub async fn accept_loop(
 ) {
     let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes));
     let mut shutdown = shared.shutdown.clone();
+    let mut draining = shared.draining.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
+            // Draining: the listening socket closes, so new clients go elsewhere.
+            _ = draining.wait_for(|d| *d) => return,
         };
         let (tcp, remote) = match accepted {
             Ok(a) => {

@@ -76,6 +76,11 @@ pub struct Shared {
     pub stats: Stats,
     /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
     pub reject_log: LogLimiter,
+    /// Set by [`RunningEdge::drain`]: `/healthz` answers 503, listeners stop accepting, new
+    /// work is refused.
+    pub draining: watch::Receiver<bool>,
+    /// INVITE dialogs crossing the edge (any zone), which a drain waits for.
+    pub calls: std::sync::Mutex<crate::core::sip::dialogs::Dialogs>,
     /// Federation partners' connections and rates, when the topology has partners.
     pub partners: Option<Arc<partners::Partners>>,
     /// The TURN relay, once started (for metrics).
@@ -243,10 +248,50 @@ pub struct RunningEdge {
     pub dev_pki_created: bool,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// INVITE dialogs crossing the edge now (expired ones dropped first).
+    pub fn calls_in_progress(&self) -> usize {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.expire(clock::now());
+        calls.count(CALLS)
+    }
+}
+
+/// The one key [`Shared::calls`] counts under (it has no per-partner limits).
+pub const CALLS: u64 = 0;
+
 impl RunningEdge {
+    /// Drains gracefully (SIGTERM): `/healthz` turns 503 at once, the SIP listeners stop
+    /// accepting, new out-of-dialog work is refused with 503 + Retry-After, and this waits
+    /// until no transaction toward the pool is in flight and no call crosses the edge, or
+    /// `deadline` passes. Returns whether everything finished in time. Call `stop` after.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let _ = self.drain.send(true);
+        tracing::info!(deadline_secs = deadline.as_secs(), "draining");
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let outstanding = self.shared.pool.outstanding();
+            let calls = self.shared.calls_in_progress();
+            if outstanding == 0 && calls == 0 {
+                tracing::info!("drained");
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(outstanding, calls, "drain deadline passed");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops accepting, closes connections and waits (bounded) for the tasks to end.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
@@ -550,6 +595,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     );
     let limits = &topology.limits;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         proxy,
         flows: FlowTable::default(),
@@ -583,6 +629,8 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             burst: 100,
         }),
         partners,
+        draining: drain_rx,
+        calls: std::sync::Mutex::new(Default::default()),
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
         stats: Stats::default(),
@@ -669,6 +717,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         dev_pki_created,
         shared,
         shutdown: shutdown_tx,
+        drain: drain_tx,
         tasks,
     })
 }

@@ -141,7 +141,9 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
     }
     match path {
         b"/healthz" => {
-            if shared.pool.any_up() {
+            if shared.is_draining() {
+                http(503, "Service Unavailable", "text/plain", "draining\n")
+            } else if shared.pool.any_up() {
                 http(200, "OK", "text/plain", "ok\n")
             } else {
                 http(503, "Service Unavailable", "text/plain", "no next hop up\n")

@@ -251,6 +251,8 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Transactions in flight toward the pool before new dialogs get 503 (overload).
     pub max_outstanding: usize,
+    /// On SIGTERM, how long transactions in flight and calls in progress are given.
+    pub drain_timeout: Duration,
 }
 
 /// The external zone's per-source limits, bans and allow-list (`core::limits`).

@@ -30,6 +30,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
     /// A peer that stops reading holds at most its queue for this long.
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long SIGTERM waits for transactions and calls to finish.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
     /// Per connection: a few hundred typical messages; a slow reader costs no more.
     pub const MAX_QUEUED_BYTES: u64 = 256 * 1024;
     pub const MAX_CONNECTIONS: u64 = 10_000;
@@ -137,6 +139,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_connections",
     "max_handshakes",
     "max_outstanding",
+    "drain_timeout",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "connect_rate",
@@ -635,6 +638,7 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
         max_connections: size(doc, "max_connections", (1, 1_000_000), MAX_CONNECTIONS),
         max_handshakes: size(doc, "max_handshakes", (1, 100_000), MAX_HANDSHAKES),
         max_outstanding: size(doc, "max_outstanding", (1, 10_000_000), MAX_OUTSTANDING),
+        drain_timeout: doc.duration(s, "drain_timeout", (secs(0), secs(86_400)), DRAIN_TIMEOUT),
     };
     if limits.max_queued_bytes
         < limits

@@ -120,6 +120,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             max_connections: 1000,
             max_handshakes: 256,
             max_outstanding: 10_000,
+            drain_timeout: Duration::from_secs(30),
         },
         // Loopback tests play many users from 127.0.0.1: exempt it from per-source limits
         // and lift the per-connection rate; the firewall tests set their own.

@@ -198,6 +198,7 @@ impl Proxy {
             Why::PoolUnavailable { retry_after_secs }
             | Why::PartnerUnavailable { retry_after_secs }
             | Why::PartnerDialogs { retry_after_secs }
+            | Why::Draining { retry_after_secs }
             | Why::Overloaded { retry_after_secs }
             | Why::RateLimited { retry_after_secs } => {
                 format!("Retry-After: {retry_after_secs}\r\n").into_bytes()

@@ -93,6 +93,11 @@ pub enum Why {
     PartnerDialogs {
         retry_after_secs: u32,
     },
+    /// 503 with Retry-After: the edge is draining (shutting down gracefully); new work goes
+    /// to another member of the pool.
+    Draining {
+        retry_after_secs: u32,
+    },
 }
 
 impl Why {
@@ -141,6 +146,7 @@ impl Why {
             Why::PartnerRegister => (403, "Partners Do Not Register"),
             Why::PartnerUnavailable { .. } => (503, "Partner Unavailable"),
             Why::PartnerDialogs { .. } => (503, "Partner Dialog Limit"),
+            Why::Draining { .. } => (503, "Draining"),
             Why::StrayResponse => return None,
         })
     }
@@ -188,6 +194,7 @@ impl Why {
             Why::PartnerRegister => "partner_register",
             Why::PartnerUnavailable { .. } => "partner_unavailable",
             Why::PartnerDialogs { .. } => "partner_dialogs",
+            Why::Draining { .. } => "draining",
         }
     }
 
@@ -233,6 +240,7 @@ impl Why {
         "partner_register",
         "partner_unavailable",
         "partner_dialogs",
+        "draining",
     ];
 
     /// Position of this reason's label in [`Why::LABELS`].
@@ -251,6 +259,7 @@ impl Why {
                 | Why::RateLimited { .. }
                 | Why::PartnerUnavailable { .. }
                 | Why::PartnerDialogs { .. }
+                | Why::Draining { .. }
                 | Why::RequestTimeout
                 | Why::FlowFailed
         )
