@@ -276,7 +276,7 @@ impl RunningEdge {
     pub async fn drain(&self, deadline: Duration) -> bool {
         let _ = self.drain.send(true);
         tracing::info!(deadline_secs = deadline.as_secs(), "draining");
-        let until = tokio::time::Instant::now() + deadline;
+        let until = clock::now() + deadline;
         loop {
             let outstanding = self.shared.pool.outstanding();
             let calls = self.shared.calls_in_progress();
@@ -284,7 +284,7 @@ impl RunningEdge {
                 tracing::info!("drained");
                 return true;
             }
-            if tokio::time::Instant::now() >= until {
+            if clock::now() >= until {
                 tracing::warn!(outstanding, calls, "drain deadline passed");
                 return false;
             }
