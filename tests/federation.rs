@@ -271,6 +271,7 @@ async fn messages_and_calls_cross_both_edges_in_both_directions() {
             .contains("sipedge_partner_messages_total{partner=\"edge.b.test\",direction=\"sent\"}"),
         "{metrics}"
     );
+    prometheus_check(&metrics);
     a.edge.stop().await;
     b.edge.stop().await;
 }

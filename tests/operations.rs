@@ -180,3 +180,117 @@ async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
         .unwrap();
     assert!(drained, "everything finished before the deadline");
 }
+
+/// `/status`: certificates with SANs and expiry, next hops with their last probe,
+/// connections by zone, calls, version and uptime, as JSON.
+#[tokio::test]
+async fn status_shows_certificates_next_hops_and_connections() {
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.expect("operations listener").to_string();
+    let shared = edge.shared.clone();
+    eventually("a probe answered", || {
+        shared.pool.members[0]
+            .last_probe()
+            .is_some_and(|(_, status, _)| status == 200)
+    })
+    .await;
+    let _client = Client::connect(&pki, edge.external).await;
+    eventually("the client's flow", || shared.flows.count_by_side().0 == 1).await;
+
+    let answer = http_get(&ops, "/status").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("Content-Type: application/json\r\n"),
+        "{answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    let status: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["draining"], false);
+    let certs = status["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 2);
+    assert_eq!(certs[0]["role"], "external");
+    assert_eq!(certs[0]["status"], "ok");
+    assert!(certs[0]["days_left"].as_i64().unwrap() > 300, "{body}");
+    assert!(
+        certs[0]["sans"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(EDGE_FQDN)),
+        "{body}"
+    );
+    let hop = &status["next_hops"][0];
+    assert_eq!(hop["address"], director.addr.to_string());
+    assert_eq!(hop["up"], true);
+    assert_eq!(hop["last_probe"]["status"], 200);
+    assert!(hop["last_probe"]["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(status["connections"]["external"], 1);
+    assert_eq!(status["connections"]["internal"], 1, "the pool connection");
+    assert_eq!(status["calls"], 0);
+    assert!(status["uptime_secs"].as_u64().is_some());
+    edge.stop().await;
+}
+
+/// A serving certificate past its end turns /healthz to 503 (a load balancer takes the
+/// member out), and /status says which.
+#[tokio::test]
+async fn an_expired_certificate_fails_the_health_check() {
+    let pki = Pki::new();
+    // A PKI made two years ago: its leaf certificates (one year) have expired.
+    let old = tempfile::tempdir().unwrap();
+    let names = sipedge::tls::DevNames {
+        external: vec![EDGE_FQDN.into(), "127.0.0.1".into()],
+        internal: vec!["127.0.0.2".into()],
+        director: vec![DIRECTOR_NAME.into()],
+    };
+    let two_years_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 365 * 86_400);
+    let expired = sipedge::tls::dev::generate_at(old.path(), &names, two_years_ago).unwrap();
+    let director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.external.cert = expired.source(sipedge::tls::DevRole::External);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.expect("operations listener").to_string();
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+    let health = http_get(&ops, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+    assert!(
+        health.ends_with("the external certificate has expired\n"),
+        "{health}"
+    );
+    let status = http_get(&ops, "/status").await;
+    assert!(status.contains("\"status\": \"expired\""), "{status}");
+    edge.stop().await;
+}
+
+/// `/metrics` parses with the Prometheus project's own text-format parser
+/// (`prometheus_client`), every family typed and documented.
+#[tokio::test]
+async fn metrics_parse_with_the_prometheus_parser() {
+    if prometheus_check("# HELP x y\n# TYPE x gauge\nx 1\n").is_none() {
+        return;
+    }
+    let pki = Pki::new();
+    let director = Director::start(&pki).await;
+    let mut t = topology(&pki, &[director.addr]);
+    t.operations = Some(Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.expect("operations listener").to_string();
+    let answer = http_get(&ops, "/metrics").await;
+    let text = answer.split("\r\n\r\n").nth(1).unwrap().to_string();
+    let counts = prometheus_check(&text).expect("prometheus_client installed");
+    let families: usize = counts.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(families >= 10, "{counts}");
+    edge.stop().await;
+}

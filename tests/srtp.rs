@@ -355,5 +355,6 @@ async fn bandwidth_beyond_the_budget_is_dropped_and_counted() {
         "{text}"
     );
     assert!(text.contains("sipedge_turn_allocations 1"), "{text}");
+    prometheus_check(&text);
     r.edge.stop().await;
 }

@@ -149,6 +149,21 @@ impl FlowTable {
         handle.try_send(bytes)
     }
 
+    /// Connections by zone: (external, internal).
+    pub fn count_by_side(&self) -> (usize, usize) {
+        let mut external = 0;
+        let mut internal = 0;
+        for shard in &self.shards {
+            for handle in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+                match handle.side {
+                    Side::External => external += 1,
+                    Side::Internal => internal += 1,
+                }
+            }
+        }
+        (external, internal)
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()

@@ -79,6 +79,12 @@ pub struct Shared {
     /// Set by [`RunningEdge::drain`]: `/healthz` answers 503, listeners stop accepting, new
     /// work is refused.
     pub draining: watch::Receiver<bool>,
+    /// Instance name, and when it started (monotonic and Unix), for `/status`.
+    pub name: String,
+    pub started: std::time::Instant,
+    pub started_unix: u64,
+    /// The serving certificates (`external`, `internal`) as loaded.
+    pub certificates: Vec<(&'static str, tls::CertSummary)>,
     /// INVITE dialogs crossing the edge (any zone), which a drain waits for.
     pub calls: std::sync::Mutex<crate::core::sip::dialogs::Dialogs>,
     /// Federation partners' connections and rates, when the topology has partners.
@@ -481,6 +487,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let dev = dev_pki.as_ref();
     let ext_material = tls::load_cert(&topology.external.cert, dev, DevRole::External)?;
     let int_material = tls::load_cert(&topology.internal.cert, dev, DevRole::Internal)?;
+    let mut certificates = Vec::new();
+    for (role, m) in [("external", &ext_material), ("internal", &int_material)] {
+        if let Some(leaf) = m.chain.first() {
+            certificates.push((role, tls::summarize(leaf)?));
+        }
+    }
     let int_roots = tls::load_roots(&topology.internal.ca, dev)?;
     // Federation: partner edges are verified against these roots, inbound and outbound.
     let partner_roots = match &topology.federation {
@@ -630,6 +642,10 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         }),
         partners,
         draining: drain_rx,
+        name: topology.edge.name.clone(),
+        started: clock::now(),
+        started_unix: clock::now_unix(),
+        certificates,
         calls: std::sync::Mutex::new(Default::default()),
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,

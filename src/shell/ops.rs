@@ -1,6 +1,7 @@
 //! The operations listener over plain HTTP/1.1, one request per connection, on an internal or
 //! management address (the topology refuses the external one):
-//! - `GET /healthz`, `GET /metrics`;
+//! - `GET /healthz` (200, or 503 when no next hop is up, the edge is draining or a serving
+//!   certificate has expired), `GET /status` (JSON), `GET /metrics` (Prometheus text);
 //! - the TURN REST credential endpoint for WebRTC gateways (draft-uberti-behave-turn-rest):
 //!   `GET /?service=turn&username=U[&ttl=S]` or `GET /turn?username=U[&ttl=S]`, or
 //!   `POST /turn` with a JSON body `{"username": U, "ttl": S}`; answers
@@ -141,14 +142,22 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
     }
     match path {
         b"/healthz" => {
+            let expired = shared
+                .certificates
+                .iter()
+                .find(|(_, c)| c.not_after < i64::try_from(clock::now_unix()).unwrap_or(i64::MAX));
             if shared.is_draining() {
                 http(503, "Service Unavailable", "text/plain", "draining\n")
+            } else if let Some((role, _)) = expired {
+                let why = format!("the {role} certificate has expired\n");
+                http(503, "Service Unavailable", "text/plain", &why)
             } else if shared.pool.any_up() {
                 http(200, "OK", "text/plain", "ok\n")
             } else {
                 http(503, "Service Unavailable", "text/plain", "no next hop up\n")
             }
         }
+        b"/status" => http(200, "OK", "application/json", &status(shared, now)),
         b"/metrics" => http(
             200,
             "OK",
@@ -159,7 +168,7 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
             404,
             "Not Found",
             "text/plain",
-            "try /healthz, /metrics or /turn?username=...\n",
+            "try /healthz, /status, /metrics or /turn?username=...\n",
         ),
     }
 }
@@ -288,6 +297,109 @@ fn http(status: u16, reason: &str, content_type: &str, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// Certificates closer than this to their end are reported `expiring`.
+const EXPIRING_SECS: i64 = 30 * 86_400;
+
+/// The instance's state as JSON: certificates, next hops, connections, calls, relay,
+/// partners, key ring, version and uptime.
+pub fn status(shared: &Shared, now: Instant) -> String {
+    use serde_json::json;
+    let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
+    let certificates: Vec<_> = shared
+        .certificates
+        .iter()
+        .map(|(role, c)| {
+            let left = c.not_after - now_unix;
+            let state = if left <= 0 {
+                "expired"
+            } else if left < EXPIRING_SECS {
+                "expiring"
+            } else {
+                "ok"
+            };
+            json!({
+                "role": role,
+                "subject": c.subject,
+                "sans": c.sans,
+                "not_after": c.not_after,
+                "days_left": left.div_euclid(86_400),
+                "status": state,
+            })
+        })
+        .collect();
+    let next_hops: Vec<_> = shared
+        .pool
+        .members
+        .iter()
+        .map(|m| {
+            let probe = m.last_probe().map(|(at, status, rtt)| {
+                json!({
+                    "at": at,
+                    "status": status,
+                    "latency_ms": rtt.as_secs_f64() * 1000.0,
+                })
+            });
+            json!({
+                "address": m.addr.to_string(),
+                "up": m.is_up(),
+                "outstanding": m.outstanding(),
+                "last_probe": probe,
+            })
+        })
+        .collect();
+    let (external, internal) = shared.flows.count_by_side();
+    let partners: Vec<_> = match &shared.partners {
+        Some(p) => p
+            .federation()
+            .iter()
+            .zip(p.connections())
+            .zip(p.dialogs())
+            .map(|(((_, partner), connections), dialogs)| {
+                json!({
+                    "partner": partner.label(),
+                    "domains": partner.domains,
+                    "connections": connections,
+                    "dialogs": dialogs,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let ring: Vec<_> = shared
+        .credentials
+        .iter()
+        .flat_map(|c| c.ring.keys())
+        .map(|k| {
+            json!({
+                "id": k.id,
+                "age_days": (now_unix - i64::try_from(k.created).unwrap_or(0)).div_euclid(86_400),
+                "signs_from": k.signs_from,
+            })
+        })
+        .collect();
+    let turn = shared
+        .turn
+        .get()
+        .map(|t| json!({ "allocations": t.allocations() }));
+    let body = json!({
+        "instance": shared.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": now.saturating_duration_since(shared.started).as_secs(),
+        "started": shared.started_unix,
+        "draining": shared.is_draining(),
+        "certificates": certificates,
+        "next_hops": next_hops,
+        "connections": { "external": external, "internal": internal },
+        "calls": shared.calls_in_progress(),
+        "relay": turn,
+        "partners": partners,
+        "key_ring": ring,
+    });
+    let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Every counter and gauge of the instance, live.

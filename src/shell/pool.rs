@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls_pki_types::ServerName;
@@ -48,9 +48,39 @@ pub struct Member {
     up: AtomicBool,
     outstanding: AtomicUsize,
     tx: mpsc::Sender<PoolMsg>,
+    probes: std::sync::Mutex<Probes>,
+}
+
+/// The last health probe of a member, for `/status`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Probes {
+    /// When the probe in flight was sent.
+    sent: Option<Instant>,
+    /// The last answer: when (Unix seconds), its status, and how long it took.
+    pub last: Option<(u64, u16, Duration)>,
 }
 
 impl Member {
+    /// The last probe answer: when (Unix seconds), status, round trip.
+    pub fn last_probe(&self) -> Option<(u64, u16, Duration)> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner()).last
+    }
+
+    fn probe_sent(&self, now: Instant) {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner()).sent = Some(now);
+    }
+
+    fn probe_answered(&self, status: u16, now: Instant) {
+        let mut p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sent) = p.sent.take() {
+            p.last = Some((
+                clock::now_unix(),
+                status,
+                now.saturating_duration_since(sent),
+            ));
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -81,6 +111,7 @@ impl Pool {
                 up: AtomicBool::new(false),
                 outstanding: AtomicUsize::new(0),
                 tx,
+                probes: std::sync::Mutex::new(Probes::default()),
             });
             queues.push(rx);
         }
@@ -290,6 +321,9 @@ impl ConnHooks for MemberHooks<'_> {
     fn intercept_response(&mut self, msg: &Message) -> bool {
         match self.shared.proxy.probe_answer(msg) {
             Some((member, seq, status)) if member == self.index => {
+                if let Some(m) = self.shared.pool.members.get(member) {
+                    m.probe_answered(status, clock::now());
+                }
                 let transition = self.health.handle_answer(seq, status);
                 log_transition(self.addr, transition);
                 true
@@ -335,6 +369,7 @@ async fn serve_member(
         // Probes and transaction expiry.
         let (probe, transition) = health.handle_timeout(now);
         if let Some(seq) = probe {
+            member.probe_sent(now);
             conn.out.extend_from_slice(&shared.proxy.probe(
                 index,
                 member.addr,

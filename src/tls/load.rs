@@ -89,6 +89,35 @@ pub fn system_roots() -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
+/// What operators check of a certificate: who it names and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    pub subject: String,
+    pub sans: Vec<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The summary of a certificate (subject, subjectAltNames, validity).
+pub fn summarize(cert: &CertificateDer<'_>) -> Result<CertSummary, TlsError> {
+    let malformed = |source| TlsError::MalformedCertificate { path: None, source };
+    let parsed = parse_x509(cert).map_err(malformed)?;
+    let sans = subject_alt_names(cert)?
+        .into_iter()
+        .map(|s| match s {
+            SanEntry::Dns(name) => name,
+            SanEntry::Ip(ip) => ip.to_string(),
+        })
+        .collect();
+    Ok(CertSummary {
+        subject: parsed.subject().to_string(),
+        sans,
+        not_before: parsed.validity().not_before.timestamp(),
+        not_after: parsed.validity().not_after.timestamp(),
+    })
+}
+
 /// The DNS names and IP addresses in a certificate's subjectAltName extension, in order.
 /// The subject CN is never consulted (RFC 6125 §6.4.4: SANs take precedence, and the edge uses
 /// them exclusively).

@@ -24,5 +24,6 @@ pub use config::{
 pub use dev::{DevNames, DevPki, DevRole};
 pub use error::TlsError;
 pub use load::{
-    load_cert, load_roots, subject_alt_names, system_roots, CertifiedKeyMaterial, SanEntry,
+    load_cert, load_roots, subject_alt_names, summarize, system_roots, CertSummary,
+    CertifiedKeyMaterial, SanEntry,
 };

@@ -685,3 +685,52 @@ impl Drop for DnsStub {
         self.task.abort();
     }
 }
+
+/// Checks `text` with the Prometheus project's own text-format parser (`prometheus_client`
+/// on PyPI): every family parses, is a counter or a gauge and has its HELP. Returns
+/// "families samples"; `None` (after saying so) when the parser is not installed outside CI.
+pub fn prometheus_check(text: &str) -> Option<String> {
+    use std::io::Write;
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        if std::env::var_os("CI").is_some() {
+            panic!("prometheus_client is required under CI (pip install prometheus_client)");
+        }
+        eprintln!("SKIPPED: the metrics format check needs `pip install prometheus_client`");
+        return None;
+    }
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text = sys.stdin.read()
+families = list(text_string_to_metric_families(text))
+assert families, "no families"
+for f in families:
+    assert f.type in ("counter", "gauge"), (f.name, f.type)
+    assert f.documentation, f.name
+print(len(families), sum(len(f.samples) for f in families))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the text: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).to_string())
+}
