@@ -44,8 +44,42 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Certificates: requests for a CA, the check of a topology's certificates, dev PKIs.
+    Cert {
+        #[command(subcommand)]
+        action: CertCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Make an ECDSA P-256 key (mode 0600) and a certificate signing request for the names
+    /// given, to submit to a CA; refuses to replace existing files.
+    Request {
+        /// A subjectAltName (DNS name); repeat for each.
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Directory for `<first name>.key` and `<first name>.csr`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check every certificate the topology serves with: chain to the roots that judge it,
+    /// the names the topology needs among the subjectAltNames, key and certificate
+    /// together, days to expiry. Exits 1 on any red.
+    Check {
+        #[arg(long, short)]
+        topology: PathBuf,
+    },
+    /// Make a dev CA and every certificate the topology needs (tests and labs only).
+    Dev {
+        #[arg(long, short)]
+        topology: PathBuf,
+        /// Where (default: the topology's state directory, `dev-pki`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +157,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { topology } => check(&topology),
+        Command::Cert { action } => cert(action),
         Command::Keys { action } => keys(action),
         Command::Token { action } => token(action),
         Command::Run {
@@ -383,6 +418,105 @@ fn token(action: TokenCommand) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn cert(action: CertCommand) -> ExitCode {
+    use sipedge::tls::tools;
+    match action {
+        CertCommand::Request { sans, out } => match tools::write_request(&out, &sans) {
+            Ok((key, csr)) => {
+                println!("key:  {} (keep it here; mode 0600)", key.display());
+                println!("csr:  {} (submit it to your CA)", csr.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sipedge: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        CertCommand::Dev { topology, out } => {
+            let t = match sipedge::topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("Invalid topology: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let dir = out.unwrap_or_else(|| t.state_dir.join("dev-pki"));
+            match sipedge::tls::dev::generate(&dir, &sipedge::shell::dev_names(&t)) {
+                Ok(pki) => {
+                    println!("dev PKI in {} (NOT FOR PRODUCTION)", pki.dir.display());
+                    println!("CA: {}", pki.ca_cert.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sipedge: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        CertCommand::Check { topology } => {
+            let t = match sipedge::topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("Invalid topology: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let dir = t.state_dir.join("dev-pki");
+            let dev = dir
+                .join("ca.pem")
+                .exists()
+                .then(|| sipedge::tls::DevPki::at(&dir));
+            let checked = tools::check_topology(&t, dev.as_ref(), sipedge::shell::clock::wall());
+            print_cert_table(&checked);
+            if checked.iter().all(tools::Checked::ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The red/green table of `cert check` (colours only on a terminal).
+fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal();
+    let paint = |code: &str, text: &str| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    println!(
+        "{:<9} {:<6} {:>9}  {:<40} subjectAltNames",
+        "role", "status", "days left", "subject"
+    );
+    for c in checked {
+        let status = if !c.ok() {
+            paint("31", "RED   ")
+        } else if c.expiring() {
+            paint("33", "YELLOW")
+        } else {
+            paint("32", "GREEN ")
+        };
+        let days = c
+            .days_left
+            .map_or_else(|| "-".to_string(), |d| d.to_string());
+        println!(
+            "{:<9} {} {:>9}  {:<40} {}",
+            c.role,
+            status,
+            days,
+            c.subject,
+            c.sans.join(", ")
+        );
+        for p in &c.problems {
+            println!("          - {p}");
         }
     }
 }

@@ -295,3 +295,95 @@ fn keys_and_tokens_from_the_command_line() {
         Some(64)
     );
 }
+
+/// `cert request` writes a key (mode 0600) and a CSR naming the SANs, and never replaces
+/// them; `cert dev` makes a topology's dev PKI; `cert check` prints GREEN for it and exits
+/// 0, RED with the reason and exit 1 when a name the topology needs is missing.
+#[test]
+fn cert_request_dev_and_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "cert",
+            "request",
+            "--san",
+            "sip.corp.example",
+            "--san",
+            "av.corp.example",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.path().join("sip.corp.example.key");
+    let csr = std::fs::read_to_string(dir.path().join("sip.corp.example.csr")).unwrap();
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = Command::new(BIN)
+        .args(["cert", "request", "--san", "sip.corp.example", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an existing key was replaced");
+
+    let topology = dir.path().join("edge.toml");
+    let text = format!(
+        "state_dir = \"{}\"\n{}",
+        dir.path().join("state").display(),
+        sipedge::topology::EMBEDDED_DEFAULT
+    );
+    std::fs::write(&topology, &text).unwrap();
+    let dev = Command::new(BIN)
+        .args(["cert", "dev", "--topology"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    assert!(
+        dev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dev.stderr)
+    );
+    let check = Command::new(BIN)
+        .args(["cert", "check", "--topology"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{table}");
+    assert_eq!(table.matches("GREEN").count(), 2, "{table}");
+    assert!(table.contains("edge.sipedge.test"), "{table}");
+
+    // The topology now needs a name the certificate does not carry.
+    std::fs::write(
+        &topology,
+        text.replace(
+            "sip_host = \"edge.sipedge.test\"",
+            "sip_host = \"sip.elsewhere.test\"",
+        ),
+    )
+    .unwrap();
+    let check = Command::new(BIN)
+        .args(["cert", "check", "--topology"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{table}");
+    assert!(table.contains("RED"), "{table}");
+    assert!(
+        table.contains("sip.elsewhere.test is not among the subjectAltNames"),
+        "{table}"
+    );
+}

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod load;
+pub mod tools;
 
 pub use config::{
     client_config_trusting, external_server_config, internal_server_config, peer_identity,
