@@ -166,8 +166,9 @@ fn main() -> ExitCode {
         } => {
             sipedge::obs::init_logging(json_logs);
             // Load the topology before binding anything (linkerd: config errors are usage errors).
-            let topology = match topology {
-                Some(path) => match sipedge::topology::load(&path) {
+            let path = topology;
+            let topology = match &path {
+                Some(path) => match sipedge::topology::load(path) {
                     Ok(t) => t,
                     Err(e) => {
                         eprintln!("Invalid topology: {e}");
@@ -192,7 +193,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(topology))
+            runtime.block_on(run(topology, path))
         }
     }
 }
@@ -521,7 +522,7 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
     }
 }
 
-async fn run(topology: sipedge::topology::Topology) -> ExitCode {
+async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> ExitCode {
     let edge = match sipedge::shell::start(&topology).await {
         Ok(edge) => edge,
         Err(e) => {
@@ -551,7 +552,14 @@ async fn run(topology: sipedge::topology::Topology) -> ExitCode {
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
         edge.external, edge.internal, topology.next_hop.members
     );
-    if wait_for_signal().await == Stop::Drain {
+    let mut signals = Signals::new();
+    let stop = loop {
+        match signals.next().await {
+            Signal::Stop(stop) => break stop,
+            Signal::Reload => reload(&edge, path.as_deref()),
+        }
+    };
+    if stop == Stop::Drain {
         let deadline = topology.limits.drain_timeout;
         println!(
             "sipedge: draining (up to {} s): /healthz answers 503, listeners closed",
@@ -568,6 +576,42 @@ async fn run(topology: sipedge::topology::Topology) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// SIGHUP: read the topology again (the file given to `run`, or the embedded default) and
+/// reload; a topology that does not load, or a change that needs a restart, is refused
+/// whole with a clear line and the running configuration stays.
+fn reload(edge: &sipedge::shell::RunningEdge, path: Option<&std::path::Path>) {
+    let loaded = match path {
+        Some(p) => sipedge::topology::load(p),
+        None => sipedge::topology::embedded_default(),
+    };
+    match loaded {
+        Err(e) => {
+            eprintln!("sipedge: reload refused, the running configuration stays: {e}");
+            tracing::warn!(error = %e, "reload refused: invalid topology");
+        }
+        Ok(t) => match edge.reload(&t) {
+            Ok(r) => {
+                for (role, sans) in &r.certificates {
+                    println!(
+                        "sipedge: reloaded: {role} certificate for {}",
+                        sans.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("sipedge: reload refused: {e}");
+                tracing::warn!(error = %e, "reload refused");
+            }
+        },
+    }
+}
+
+/// What a signal asks for.
+enum Signal {
+    Stop(Stop),
+    Reload,
+}
+
 /// How the edge was asked to stop.
 #[derive(PartialEq, Eq)]
 enum Stop {
@@ -577,17 +621,39 @@ enum Stop {
     Now,
 }
 
-async fn wait_for_signal() -> Stop {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return Stop::Now;
+/// SIGTERM and SIGHUP, registered once for the life of the edge (none is missed between
+/// two waits); SIGINT through tokio's Ctrl-C.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => Stop::Now,
-        _ = term.recv() => Stop::Drain,
+    }
+
+    async fn next(&mut self) -> Signal {
+        let term = async {
+            match &mut self.term {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hup = async {
+            match &mut self.hup {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Stop(Stop::Now),
+            _ = term => Signal::Stop(Stop::Drain),
+            _ = hup => Signal::Reload,
+        }
     }
 }

@@ -387,3 +387,94 @@ fn cert_request_dev_and_check() {
         "{table}"
     );
 }
+
+/// SIGHUP reloads the running binary: the certificates are read again and a line says
+/// so; a topology that no longer loads, or that moves a listener, is refused with a clear
+/// line and the edge keeps running; SIGTERM then drains and exits 0.
+#[test]
+fn sighup_reloads_and_refuses_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ext = free_tcp_port("127.0.0.1");
+    let int = free_tcp_port("127.0.0.2");
+    let file = dir.path().join("edge.toml");
+    let text = format!(
+        "state_dir = \"{state}\"\n\
+         [edge]\nname = \"hup\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"sipedge.test\"]\n\
+         [external]\nsip = \"127.0.0.1:{ext}\"\nsip_host = \"edge.sipedge.test\"\n[external.tls]\ndev = true\n\
+         [internal]\nsip = \"127.0.0.2:{int}\"\n[internal.tls]\ndev = true\n\
+         [next_hop]\nmembers = [\"127.0.0.1:9\"]\nserver_name = \"director.sipedge.test\"\n",
+        state = dir.path().join("state").display()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .args(["run", "--topology"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id().to_string();
+    let mut out = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let wait_for = |lines: &mut dyn Iterator<Item = std::io::Result<String>>, what: &str| {
+        while let Some(line) = lines.next() {
+            let line = line.unwrap();
+            if line.contains(what) {
+                return line;
+            }
+        }
+        panic!("no line with {what:?}");
+    };
+    wait_for(&mut out, "external TLS SIP on");
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup();
+    let line = wait_for(&mut out, "reloaded: external certificate");
+    assert!(line.contains("edge.sipedge.test"), "{line}");
+
+    // Moving the external listener needs a restart.
+    std::fs::write(&file, text.replace(&format!(":{ext}\""), ":1\"")).unwrap();
+    hup();
+    let line = wait_for(&mut err, "sipedge: reload refused");
+    assert!(
+        line.contains("needs a restart to change external"),
+        "{line}"
+    );
+    // A topology with a typo is refused whole.
+    std::fs::write(&file, text.replace("[edge]\n", "[edge]\nnmae = 1\n")).unwrap();
+    hup();
+    let line = wait_for(&mut err, "sipedge: reload refused");
+    assert!(line.contains("the running configuration stays"), "{line}");
+    // Every problem follows with file, line and key.
+    let line = wait_for(&mut err, "edge.nmae");
+    assert!(line.contains("unknown key"), "{line}");
+
+    // Still serving; SIGTERM drains (nothing in flight) and exits 0.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ext)).is_ok());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status {exit}");
+}

@@ -294,3 +294,146 @@ async fn metrics_parse_with_the_prometheus_parser() {
     assert!(families >= 10, "{counts}");
     edge.stop().await;
 }
+
+fn options(call: &str) -> String {
+    format!(
+        "OPTIONS sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-{call}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@sipedge.test>;tag=o{call}\r\nTo: <sip:sipedge.test>\r\n\
+         Call-ID: {call}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The external certificate is replaced and the edge reloaded while clients keep sending,
+/// on connections that stay up and on new ones: no transaction fails, connections made
+/// after the reload see the new certificate, those before keep working. A reload that
+/// needs a restart, or whose certificate does not load, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_replaces_the_certificate_under_load_without_failing_anything() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let old = Pki::new();
+    let new = Pki::new();
+    let live = tempfile::tempdir().unwrap();
+    let (cert, key) = (live.path().join("ext.pem"), live.path().join("ext.key"));
+    let install = |pki: &Pki| {
+        let (c, k) = pki.pki.files(sipedge::tls::DevRole::External);
+        std::fs::copy(c, &cert).unwrap();
+        std::fs::copy(k, &key).unwrap();
+    };
+    install(&old);
+    let director = Director::start(&old).await;
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let mut t = topology(&old, &[director.addr]);
+    t.external.cert = sipedge::topology::CertSource::Pem {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let edge = Arc::new(shell::start(&t).await.expect("edge starts"));
+    let shared = edge.shared.clone();
+    eventually("a next hop up", || shared.pool.any_up()).await;
+    let mut roots = old.roots();
+    for anchor in new.roots().roots {
+        roots.roots.push(anchor);
+    }
+    let leaf = |c: &Client| {
+        c.stream.get_ref().1.peer_certificates().unwrap()[0]
+            .as_ref()
+            .to_vec()
+    };
+    let old_leaf = std::fs::read(old.pki.files(sipedge::tls::DevRole::External).0).unwrap();
+    let new_leaf = std::fs::read(new.pki.files(sipedge::tls::DevRole::External).0).unwrap();
+    assert_ne!(old_leaf, new_leaf);
+
+    // Load: four clients on lasting connections, and a new connection per round.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for n in 0..5 {
+        let (roots, external) = (roots.clone(), edge.external);
+        let (sent, failed, stop) = (sent.clone(), failed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = Client::connect_with_roots(roots.clone(), external).await;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 2000 {
+                if n == 4 {
+                    // A fresh connection (a fresh handshake) every time.
+                    c = Client::connect_with_roots(roots.clone(), external).await;
+                }
+                c.send(&options(&format!("r{n}x{i}"))).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                match c.try_recv(Duration::from_secs(5)).await {
+                    Some(a) if a.starts_with("SIP/2.0 200") => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+            c
+        }));
+    }
+    eventually("load running", || sent.load(Ordering::Relaxed) > 50).await;
+    let before = Client::connect_with_roots(roots.clone(), edge.external).await;
+    assert_eq!(leaf(&before), pem_der(&old_leaf));
+
+    install(&new);
+    let reloaded = edge.reload(&t).expect("reload");
+    assert_eq!(reloaded.certificates[0].0, "external");
+    let at_reload = sent.load(Ordering::Relaxed);
+    eventually("load after the reload", || {
+        sent.load(Ordering::Relaxed) > at_reload + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lasting = Vec::new();
+    for task in load {
+        lasting.push(task.await.unwrap());
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {}",
+        sent.load(Ordering::Relaxed)
+    );
+    let after = Client::connect_with_roots(roots.clone(), edge.external).await;
+    assert_eq!(
+        leaf(&after),
+        pem_der(&new_leaf),
+        "new handshakes see the new certificate"
+    );
+    assert_eq!(
+        leaf(&lasting[0]),
+        pem_der(&old_leaf),
+        "a connection from before keeps its own"
+    );
+    let mut before = before;
+    before.send(&options("still")).await;
+    assert!(before.recv().await.starts_with("SIP/2.0 200"));
+
+    // Refused whole: a change that needs a restart, and a certificate that does not load.
+    let mut moved = t.clone();
+    moved.limits.max_connections += 1;
+    match edge.reload(&moved) {
+        Err(shell::ReloadError::NeedsRestart(what)) => assert_eq!(what, ["limits"]),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&key, b"not a key").unwrap();
+    assert!(matches!(
+        edge.reload(&t),
+        Err(shell::ReloadError::Certificate(_))
+    ));
+    let still = Client::connect_with_roots(roots.clone(), edge.external).await;
+    assert_eq!(leaf(&still), pem_der(&new_leaf));
+}
+
+/// The DER of the first certificate in a PEM file.
+fn pem_der(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .unwrap()
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}

@@ -83,8 +83,10 @@ pub struct Shared {
     pub name: String,
     pub started: std::time::Instant,
     pub started_unix: u64,
-    /// The serving certificates (`external`, `internal`) as loaded.
-    pub certificates: Vec<(&'static str, tls::CertSummary)>,
+    /// The serving certificates (`external`, `internal`) as loaded (and reloaded).
+    pub certificates: std::sync::RwLock<Vec<(&'static str, tls::CertSummary)>>,
+    /// Where the external and internal certificates are served from (reload swaps them).
+    pub cert_slots: [Arc<tls::CertSlot>; 2],
     /// INVITE dialogs crossing the edge (any zone), which a drain waits for.
     pub calls: std::sync::Mutex<crate::core::sip::dialogs::Dialogs>,
     /// Federation partners' connections and rates, when the topology has partners.
@@ -256,6 +258,26 @@ pub struct RunningEdge {
     shutdown: watch::Sender<bool>,
     drain: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The topology running now (a reload compares against it).
+    topology: std::sync::Mutex<Topology>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new topology changes what only a restart can change; the running one stays.
+    #[error("needs a restart to change {}; the running configuration stays", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    /// A new certificate could not be loaded; the old ones stay.
+    #[error("certificates: {0}; the old ones stay")]
+    Certificate(#[from] TlsError),
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The certificates now served (`external`, `internal`) and their subjectAltNames.
+    pub certificates: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Shared {
@@ -271,10 +293,83 @@ impl Shared {
     }
 }
 
+/// The parts of `new` that differ from `old` and that a running edge cannot take on: every
+/// table but the certificate sources (names as in the topology file).
+fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("state_dir", old.state_dir != new.state_dir);
+    check("edge", old.edge != new.edge);
+    check(
+        "external",
+        old.external.sip_bind != new.external.sip_bind
+            || old.external.sip_host != new.external.sip_host,
+    );
+    check(
+        "internal",
+        old.internal.sip_bind != new.internal.sip_bind
+            || old.internal.sip_host != new.internal.sip_host,
+    );
+    check("internal.tls.ca", old.internal.ca != new.internal.ca);
+    check("next_hop", old.next_hop != new.next_hop);
+    check("limits", old.limits != new.limits);
+    check("firewall", old.firewall != new.firewall);
+    check("operations", old.operations != new.operations);
+    check("keys", old.keys != new.keys);
+    check("relay", old.relay != new.relay);
+    check("federation", old.federation != new.federation);
+    changed
+}
+
 /// The one key [`Shared::calls`] counts under (it has no per-partner limits).
 pub const CALLS: u64 = 0;
 
 impl RunningEdge {
+    /// Reloads from a new topology (SIGHUP): the certificates are read again and serve every
+    /// new handshake (connections up keep theirs). Anything else that differs needs a
+    /// restart: the reload is then refused whole, naming what, and nothing changes. A
+    /// certificate that does not load is refused the same way.
+    pub fn reload(&self, new: &Topology) -> Result<Reloaded, ReloadError> {
+        let mut running = self.topology.lock().unwrap_or_else(|e| e.into_inner());
+        let fixed = restart_only_changes(&running, new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
+        }
+        let dev = self.dev_pki.as_ref();
+        let ext = tls::load_cert(&new.external.cert, dev, DevRole::External)?;
+        let int = tls::load_cert(&new.internal.cert, dev, DevRole::Internal)?;
+        let mut summaries = Vec::new();
+        for (role, m) in [("external", &ext), ("internal", &int)] {
+            if let Some(leaf) = m.chain.first() {
+                summaries.push((role, tls::summarize(leaf)?));
+            }
+        }
+        // Both checked before either is installed: all or nothing.
+        let ext = tls::CertSlot::prepare(ext)?;
+        let int = tls::CertSlot::prepare(int)?;
+        let [ext_slot, int_slot] = &self.shared.cert_slots;
+        ext_slot.install(ext);
+        int_slot.install(int);
+        let reloaded = Reloaded {
+            certificates: summaries
+                .iter()
+                .map(|(role, s)| (*role, s.sans.clone()))
+                .collect(),
+        };
+        *self
+            .shared
+            .certificates
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = summaries;
+        *running = new.clone();
+        tracing::info!(?reloaded, "reloaded");
+        Ok(reloaded)
+    }
+
     /// Drains gracefully (SIGTERM): `/healthz` turns 503 at once, the SIP listeners stop
     /// accepting, new out-of-dialog work is refused with 503 + Retry-After, and this waits
     /// until no transaction toward the pool is in flight and no call crosses the edge, or
@@ -502,16 +597,16 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         }),
         None => None,
     };
+    // Slots, so that a reload can replace the certificates under every configuration.
+    let ext_slot = tls::CertSlot::new(ext_material)?;
+    let int_slot = tls::CertSlot::new(int_material)?;
     let partner_tls = match &partner_roots {
-        Some(roots) => Some(tls::client_config_trusting(
-            roots.clone(),
-            Some(ext_material.clone()),
-        )?),
+        Some(roots) => Some(tls::client_config_with(roots.clone(), ext_slot.clone())?),
         None => None,
     };
-    let ext_tls = tls::external_server_config(ext_material, partner_roots)?;
-    let int_tls = tls::internal_server_config(int_material.clone(), int_roots.clone())?;
-    let pool_tls = tls::pool_client_config(int_material, int_roots)?;
+    let ext_tls = tls::external_server_config_with(ext_slot.clone(), partner_roots)?;
+    let int_tls = tls::internal_server_config_with(int_slot.clone(), int_roots.clone())?;
+    let pool_tls = tls::client_config_with(int_roots, int_slot.clone())?;
     let server_name = rustls_pki_types::ServerName::try_from(topology.next_hop.server_name.clone())
         .map_err(|_| StartError::ServerName(topology.next_hop.server_name.clone()))?;
 
@@ -645,7 +740,8 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         name: topology.edge.name.clone(),
         started: clock::now(),
         started_unix: clock::now_unix(),
-        certificates,
+        certificates: std::sync::RwLock::new(certificates),
+        cert_slots: [ext_slot.clone(), int_slot.clone()],
         calls: std::sync::Mutex::new(Default::default()),
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
@@ -735,6 +831,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         shutdown: shutdown_tx,
         drain: drain_tx,
         tasks,
+        topology: std::sync::Mutex::new(topology.clone()),
     })
 }
 

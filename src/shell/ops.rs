@@ -142,13 +142,17 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
     }
     match path {
         b"/healthz" => {
+            let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
             let expired = shared
                 .certificates
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .find(|(_, c)| c.not_after < i64::try_from(clock::now_unix()).unwrap_or(i64::MAX));
+                .find(|(_, c)| c.not_after < now_unix)
+                .map(|(role, _)| *role);
             if shared.is_draining() {
                 http(503, "Service Unavailable", "text/plain", "draining\n")
-            } else if let Some((role, _)) = expired {
+            } else if let Some(role) = expired {
                 let why = format!("the {role} certificate has expired\n");
                 http(503, "Service Unavailable", "text/plain", &why)
             } else if shared.pool.any_up() {
@@ -309,6 +313,8 @@ pub fn status(shared: &Shared, now: Instant) -> String {
     let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
     let certificates: Vec<_> = shared
         .certificates
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|(role, c)| {
             let left = c.not_after - now_unix;

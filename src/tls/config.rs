@@ -31,6 +31,79 @@ static VERSIONS: &[&SupportedProtocolVersion] = &[&TLS13, &TLS12];
 /// bytes, so 16 Ki entries cost a few MB and cover a reconnect storm of that many clients.
 const EXTERNAL_SESSION_CACHE: usize = 16 * 1024;
 
+/// A certificate and key that can be replaced while the edge runs (reload): new handshakes,
+/// served or made, use what is in the slot at that moment; established connections keep
+/// what they negotiated.
+#[derive(Debug)]
+pub struct CertSlot {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertSlot {
+    pub fn new(m: CertifiedKeyMaterial) -> Result<Arc<CertSlot>, TlsError> {
+        Ok(Arc::new(CertSlot {
+            current: std::sync::RwLock::new(certified_key(m)?),
+        }))
+    }
+
+    /// Checks material for the slot (key and certificate together) without installing it,
+    /// so several slots can be checked before any changes.
+    pub fn prepare(m: CertifiedKeyMaterial) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        certified_key(m)
+    }
+
+    /// Installs what [`CertSlot::prepare`] checked: new handshakes use it from now on.
+    pub fn install(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let key = self.get();
+        key.key.choose_scheme(sigschemes).is_some().then_some(key)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn certified_key(m: CertifiedKeyMaterial) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(m.key)
+        .map_err(config_err("certificate slot"))?;
+    let certified = rustls::sign::CertifiedKey::new(m.chain, key);
+    // The same check the builders make: the key belongs to the certificate (a key type
+    // that cannot tell passes, as there).
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => return Err(config_err("certificate slot")(e)),
+    }
+    Ok(Arc::new(certified))
+}
+
 /// Who the peer of a finished handshake is, by the DNS names in its certificate's
 /// subjectAltName (lower-cased; never the subject CN).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +118,14 @@ pub struct PeerIdentity {
 /// after the handshake ([`peer_identity`]).
 pub fn external_server_config(
     m: CertifiedKeyMaterial,
+    partner_roots: Option<RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    external_server_config_with(CertSlot::new(m)?, partner_roots)
+}
+
+/// [`external_server_config`] serving from a [`CertSlot`] (reloadable).
+pub fn external_server_config_with(
+    slot: Arc<CertSlot>,
     partner_roots: Option<RootCertStore>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     const WHAT: &str = "external server";
@@ -64,9 +145,7 @@ pub fn external_server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(m.chain, m.key)
-        .map_err(config_err(WHAT))?;
+    let mut cfg = builder.with_cert_resolver(slot);
     cfg.session_storage = ServerSessionMemoryCache::new(EXTERNAL_SESSION_CACHE);
     // Stateless TLS 1.3 (and 1.2) tickets; ring's ticketer rotates its key every few hours.
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err(WHAT))?;
@@ -80,6 +159,14 @@ pub fn internal_server_config(
     m: CertifiedKeyMaterial,
     roots: RootCertStore,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    internal_server_config_with(CertSlot::new(m)?, roots)
+}
+
+/// [`internal_server_config`] serving from a [`CertSlot`] (reloadable).
+pub fn internal_server_config_with(
+    slot: Arc<CertSlot>,
+    roots: RootCertStore,
+) -> Result<Arc<ServerConfig>, TlsError> {
     const WHAT: &str = "internal server";
     if roots.is_empty() {
         return Err(TlsError::NoTrustAnchors);
@@ -91,8 +178,7 @@ pub fn internal_server_config(
         .with_protocol_versions(VERSIONS)
         .map_err(config_err(WHAT))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(m.chain, m.key)
-        .map_err(config_err(WHAT))?;
+        .with_cert_resolver(slot);
     Ok(Arc::new(cfg))
 }
 
@@ -112,6 +198,24 @@ pub fn pool_client_config(
     roots: RootCertStore,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     client_config_trusting(roots, Some(m))
+}
+
+/// A client trusting `roots` that presents the certificate in `slot` (reloadable): the edge
+/// toward the Director pool and toward partner edges.
+pub fn client_config_with(
+    roots: RootCertStore,
+    slot: Arc<CertSlot>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    const WHAT: &str = "client";
+    if roots.is_empty() {
+        return Err(TlsError::NoTrustAnchors);
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(config_err(WHAT))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(slot);
+    Ok(Arc::new(cfg))
 }
 
 /// A client trusting `roots`, with or without a client certificate (test clients, partner

@@ -19,8 +19,9 @@ pub mod load;
 pub mod tools;
 
 pub use config::{
-    client_config_trusting, external_server_config, internal_server_config, peer_identity,
-    pool_client_config, server_config_requiring_client, PeerIdentity,
+    client_config_trusting, client_config_with, external_server_config,
+    external_server_config_with, internal_server_config, internal_server_config_with,
+    peer_identity, pool_client_config, server_config_requiring_client, CertSlot, PeerIdentity,
 };
 pub use dev::{DevNames, DevPki, DevRole};
 pub use error::TlsError;
