@@ -421,7 +421,7 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
     let mut out = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut err = BufReader::new(child.0.stderr.take().unwrap()).lines();
     let wait_for = |lines: &mut dyn Iterator<Item = std::io::Result<String>>, what: &str| {
-        while let Some(line) = lines.next() {
+        for line in &mut *lines {
             let line = line.unwrap();
             if line.contains(what) {
                 return line;
