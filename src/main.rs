@@ -28,6 +28,10 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+        /// Write personal data (addresses, Call-IDs, user names) into the logs as it is;
+        /// by default it is replaced by a keyed hash.
+        #[arg(long)]
+        log_personal_data: bool,
     },
     /// Validate a topology without binding any port; prints every problem, exits 64 if any.
     Check {
@@ -163,8 +167,10 @@ fn main() -> ExitCode {
         Command::Run {
             topology,
             json_logs,
+            log_personal_data,
         } => {
             sipedge::obs::init_logging(json_logs);
+            sipedge::obs::redact::show_personal_data(log_personal_data);
             // Load the topology before binding anything (linkerd: config errors are usage errors).
             let path = topology;
             let topology = match &path {

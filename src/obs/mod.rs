@@ -1,5 +1,6 @@
-//! Observability: logging set-up and log rate limiting. Log level from `RUST_LOG`
-//! (default `info`).
+//! Observability: logging set-up, log rate limiting and the redaction of personal data.
+//! Levels from `RUST_LOG` (default `info`), per module as `tracing`'s env filter reads
+//! them, e.g. `RUST_LOG=info,sipedge::shell::conn=debug`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use crate::core::limits::{Gcra, Rate};
 
 pub mod metrics;
+pub mod redact;
 
 use tracing_subscriber::EnvFilter;
 

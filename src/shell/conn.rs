@@ -337,7 +337,8 @@ impl Conn {
 
     fn log_ban(&self, shared: &Shared, now: Instant) {
         if let Some(suppressed) = shared.reject_log.allow(now) {
-            tracing::warn!(remote = %self.flow.remote, zone = "external", suppressed, "source banned: closing its connection");
+            let remote = crate::obs::redact::pii(self.flow.remote);
+            tracing::warn!(%remote, zone = "external", suppressed, "source banned: closing its connection");
         }
     }
 
@@ -358,7 +359,8 @@ impl Conn {
                     .stats
                     .credentials_issued
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(flow = self.flow.id.0, identity = %identity.escape_default(), lifetime_secs, "relay credentials issued");
+                let identity = crate::obs::redact::pii(identity.escape_default());
+                tracing::info!(flow = self.flow.id.0, %identity, lifetime_secs, "relay credentials issued");
             }
             avauth::Outcome::Malformed(why) => {
                 shared
@@ -501,13 +503,14 @@ impl Conn {
                     .take(128)
                     .collect::<String>()
             });
+            let call_id = crate::obs::redact::pii(call_id.as_deref().unwrap_or("-"));
             tracing::info!(
                 flow = self.flow.id.0,
-                remote = %self.flow.remote,
+                remote = %crate::obs::redact::pii(self.flow.remote),
                 zone = self.flow.side.label(),
                 reason = why.label(),
                 status = %why,
-                call_id = call_id.as_deref().unwrap_or("-"),
+                %call_id,
                 suppressed,
                 "rejected"
             );

@@ -176,6 +176,7 @@ impl Drop for SourceTicket {
 
 fn log_refusal(shared: &Shared, remote: SocketAddr, refusal: Refusal) {
     if let Some(suppressed) = shared.reject_log.allow(clock::now()) {
+        let remote = crate::obs::redact::pii(remote);
         tracing::info!(%remote, zone = "external", reason = refusal.label(), suppressed, "connection refused");
     }
 }
