@@ -47,6 +47,8 @@ async fn healthz_follows_the_pool_and_metrics_count_live() {
     assert!(metrics.contains("Content-Type: text/plain; version=0.0.4\r\n"));
     for line in [
         "sipedge_messages_forwarded_total{zone=\"external\"} 1\n",
+        "sipedge_messages_total{method=\"OPTIONS\",direction=\"inbound\",zone=\"external\"} 1\n",
+        "sipedge_messages_total{method=\"INVITE\",direction=\"inbound\",zone=\"external\"} 0\n",
         "sipedge_rejects_total{reason=\"domain_not_served\",zone=\"external\"} 1\n",
         "sipedge_rejects_total{reason=\"malformed_start_line\",zone=\"external\"} 0\n",
         "sipedge_source_refusals_total{reason=\"request_rate\"} 0\n",

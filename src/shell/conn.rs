@@ -222,7 +222,7 @@ impl Conn {
                     };
                     self.reject(shared, &msg.raw, why, Some(&msg));
                 } else {
-                    shared.stats.forwarded(self.flow.side);
+                    shared.stats.forwarded_message(self.flow.side, &msg);
                 }
             }
             Action::ToFlow {
@@ -450,7 +450,7 @@ impl Conn {
             None => Err(Why::NoRoute),
         };
         match sent {
-            Ok(()) => shared.stats.forwarded(self.flow.side),
+            Ok(()) => shared.stats.forwarded_message(self.flow.side, msg),
             Err(why) => self.reject(shared, &msg.raw, why, Some(msg)),
         }
     }
@@ -463,7 +463,7 @@ impl Conn {
         bytes: Bytes,
     ) -> Result<(), Closed> {
         match shared.flows.send_across(flow, self.flow.side, bytes) {
-            Ok(()) => shared.stats.forwarded(self.flow.side),
+            Ok(()) => shared.stats.forwarded_message(self.flow.side, msg),
             Err(SendError::SameZone) if msg.is_request() => {
                 self.reject(shared, &msg.raw, Why::InvalidFlowToken, Some(msg));
                 return self.strike(shared, clock::now());

@@ -124,6 +124,8 @@ pub struct Stats {
     /// Relay credentials issued by the A/V authentication service, and requests refused.
     pub credentials_issued: AtomicU64,
     pub credentials_refused: AtomicU64,
+    /// Forwarded messages by method (the last row: responses) and zone of origin.
+    pub by_method: [[AtomicU64; 2]; RESPONSES + 1],
 }
 
 impl Default for Stats {
@@ -142,6 +144,7 @@ impl Default for Stats {
             handshakes_failed: AtomicU64::new(0),
             credentials_issued: AtomicU64::new(0),
             credentials_refused: AtomicU64::new(0),
+            by_method: Default::default(),
         }
     }
 }
@@ -161,6 +164,19 @@ impl Stats {
             Side::Internal => &self.forwarded_from_internal,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message forwarded, counted by zone and by method (responses apart).
+    pub fn forwarded_message(&self, from: Side, msg: &crate::core::sip::message::Message) {
+        self.forwarded(from);
+        let row = msg.method().map_or(RESPONSES, |m| m.index());
+        let column = match from {
+            Side::External => 0,
+            Side::Internal => 1,
+        };
+        if let Some(c) = self.by_method.get(row).and_then(|r| r.get(column)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn reject(&self, why: Why, from: Side) {
@@ -324,6 +340,9 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
     check("federation", old.federation != new.federation);
     changed
 }
+
+/// The row of responses in [`Stats::by_method`].
+pub const RESPONSES: usize = crate::core::sip::message::Method::ALL.len();
 
 /// The one key [`Shared::calls`] counts under (it has no per-partner limits).
 pub const CALLS: u64 = 0;

@@ -435,6 +435,33 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         load(&st.forwarded_from_internal),
     );
     e.family(
+        "sipedge_messages_total",
+        Kind::Counter,
+        "SIP messages forwarded, by method (responses as \"response\"), direction and the zone they came from.",
+    );
+    for (row, method) in crate::core::sip::message::Method::ALL
+        .iter()
+        .map(|m| m.label())
+        .chain(["response"])
+        .enumerate()
+    {
+        for (column, (zone, direction)) in [("external", "inbound"), ("internal", "outbound")]
+            .iter()
+            .enumerate()
+        {
+            let n = st
+                .by_method
+                .get(row)
+                .and_then(|r| r.get(column))
+                .map_or(0, load);
+            e.sample(
+                "sipedge_messages_total",
+                &[("method", method), ("direction", direction), ("zone", zone)],
+                n,
+            );
+        }
+    }
+    e.family(
         "sipedge_rejects_total",
         Kind::Counter,
         "SIP messages refused, by reason and by the zone they came from.",

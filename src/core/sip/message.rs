@@ -47,6 +47,52 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method the edge tells apart, in the order of [`Method::index`].
+    pub const ALL: [Method; 16] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Register,
+        Method::Options,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Refer,
+        Method::Message,
+        Method::Info,
+        Method::Prack,
+        Method::Update,
+        Method::Publish,
+        Method::Service,
+        Method::Other,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The method's name (metrics labels); `other` for extension methods.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Info => "INFO",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Publish => "PUBLISH",
+            Method::Service => "SERVICE",
+            Method::Other => "other",
+        }
+    }
+
     /// Methods are case-sensitive (RFC 3261 §7.1).
     pub fn from_bytes(m: &[u8]) -> Method {
         match m {
