@@ -566,7 +566,7 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> Ex
         }
     };
     if stop == Stop::Drain {
-        let deadline = topology.limits.drain_timeout;
+        let deadline = edge.drain_timeout();
         println!(
             "sipedge: draining (up to {} s): /healthz answers 503, listeners closed",
             deadline.as_secs()
@@ -597,6 +597,9 @@ fn reload(edge: &sipedge::shell::RunningEdge, path: Option<&std::path::Path>) {
         }
         Ok(t) => match edge.reload(&t) {
             Ok(r) => {
+                for table in &r.changed {
+                    println!("sipedge: reloaded: [{table}] in force");
+                }
                 for (role, sans) in &r.certificates {
                     println!(
                         "sipedge: reloaded: {role} certificate for {}",

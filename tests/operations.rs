@@ -416,10 +416,27 @@ async fn reload_replaces_the_certificate_under_load_without_failing_anything() {
     // Refused whole: a change that needs a restart, and a certificate that does not load.
     let mut moved = t.clone();
     moved.limits.max_connections += 1;
+    moved.edge.sip_domains.push("other.test".into());
     match edge.reload(&moved) {
-        Err(shell::ReloadError::NeedsRestart(what)) => assert_eq!(what, ["limits"]),
+        Err(shell::ReloadError::NeedsRestart(what)) => {
+            assert_eq!(what, ["edge", "limits.max_connections"])
+        }
         other => panic!("{other:?}"),
     }
+    // Limits apply live, on connections already up.
+    let mut tighter = t.clone();
+    tighter.limits.max_body_bytes = 16;
+    let r = edge.reload(&tighter).expect("limits reload live");
+    assert_eq!(r.changed, ["limits"]);
+    let mut up = lasting.pop().unwrap();
+    up.send(&options("big").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Content-Length: 32\r\n\r\n{}", "x".repeat(32)),
+    ))
+    .await;
+    let big = up.recv().await;
+    assert!(big.starts_with("SIP/2.0 513 "), "{big}");
+    edge.reload(&t).expect("back");
     std::fs::write(&key, b"not a key").unwrap();
     assert!(matches!(
         edge.reload(&t),

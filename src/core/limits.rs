@@ -236,7 +236,8 @@ struct Shard {
 
 /// The per-source table, sharded so that no global lock sits on the per-connection path.
 pub struct SourceGuard {
-    policy: SourcePolicy,
+    /// Replaced whole by a reload; the per-source state stays.
+    policy: std::sync::RwLock<std::sync::Arc<SourcePolicy>>,
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     bans: AtomicU64,
@@ -245,19 +246,34 @@ pub struct SourceGuard {
 impl SourceGuard {
     pub fn new(policy: SourcePolicy) -> SourceGuard {
         SourceGuard {
-            policy,
+            policy: std::sync::RwLock::new(std::sync::Arc::new(policy)),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             bans: AtomicU64::new(0),
         }
     }
 
-    pub fn policy(&self) -> &SourcePolicy {
-        &self.policy
+    /// The policy in force.
+    pub fn policy(&self) -> std::sync::Arc<SourcePolicy> {
+        self.policy_now()
+    }
+
+    /// Puts a new policy in force (reload): rates, bans and the allow-list apply from the
+    /// next event; what each source has done so far is kept.
+    pub fn set_policy(&self, policy: SourcePolicy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(policy);
+    }
+
+    /// The policy in force (no lock is held while it is used).
+    fn policy_now(&self) -> std::sync::Arc<SourcePolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn allowed(&self, ip: IpAddr) -> bool {
-        self.policy.allow.iter().any(|p| p.contains(ip))
+        self.policy_now().allow.iter().any(|p| p.contains(ip))
     }
 
     /// Runs `f` on the source's entry, creating it (or falling back to the overflow entry
@@ -269,7 +285,8 @@ impl SourceGuard {
         f: impl FnOnce(&mut Source, &SourcePolicy) -> R,
     ) -> R {
         let key = SourceKey::of(ip);
-        let per_shard = (self.policy.max_sources / SHARDS).max(1);
+        let policy = self.policy_now();
+        let per_shard = (policy.max_sources / SHARDS).max(1);
         // Keyed (random per process): a flooder cannot aim its addresses at one shard.
         let shard_of = |k: &SourceKey| (self.hasher.hash_one(k) as usize) % SHARDS;
         let mut key = key;
@@ -292,7 +309,7 @@ impl SourceGuard {
         }
         let source = shard.map.entry(key).or_insert_with(|| Source::new(now));
         source.last_seen = now;
-        f(source, &self.policy)
+        f(source, &policy)
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -379,7 +396,7 @@ impl SourceGuard {
     /// Counts one offence (a refused connection or request, a rejected message); enough of
     /// them within the window ban the source.
     pub fn strike(&self, ip: IpAddr, now: Instant) -> Strike {
-        if self.allowed(ip) || self.policy.ban_after == 0 {
+        if self.allowed(ip) || self.policy_now().ban_after == 0 {
             return Strike::Ignored;
         }
         let strike = self.with(ip, now, |s, p| {

@@ -79,7 +79,7 @@ impl Conn {
         certificate: Option<std::sync::Arc<[String]>>,
     ) -> (Conn, FlowReceiver) {
         let id = shared.next_flow_id();
-        let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits.max_queued_bytes);
+        let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits().max_queued_bytes);
         shared.flows.insert(id, handle);
         let flow = Flow {
             id,
@@ -112,9 +112,9 @@ impl Conn {
 
     /// When the connection must next be checked for timeouts.
     pub fn deadline(&self, shared: &Shared) -> Instant {
-        let idle = self.last_read + shared.limits.idle_timeout;
+        let idle = self.last_read + shared.limits().idle_timeout;
         match self.message_started {
-            Some(t) => idle.min(t + shared.limits.header_timeout),
+            Some(t) => idle.min(t + shared.limits().header_timeout),
             None => idle,
         }
     }
@@ -122,11 +122,11 @@ impl Conn {
     /// Checks the timeouts.
     pub fn check_timeouts(&self, shared: &Shared, now: Instant) -> Result<(), Closed> {
         if let Some(t) = self.message_started {
-            if now >= t + shared.limits.header_timeout {
+            if now >= t + shared.limits().header_timeout {
                 return Err(Closed::HeaderTimeout);
             }
         }
-        if now >= self.last_read + shared.limits.idle_timeout {
+        if now >= self.last_read + shared.limits().idle_timeout {
             return Err(Closed::Idle);
         }
         Ok(())
@@ -141,7 +141,7 @@ impl Conn {
     ) -> Result<(), Closed> {
         self.last_read = now;
         loop {
-            let frame = match self.framer.check(&self.inbuf, &shared.limits.frame) {
+            let frame = match self.framer.check(&self.inbuf, &shared.limits().frame) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(why) => {
@@ -278,7 +278,7 @@ impl Conn {
             }
         }
         let ip = self.flow.remote.ip();
-        if let Err(wait) = self.requests.take(shared.limits.connection_requests, now) {
+        if let Err(wait) = self.requests.take(shared.limits().connection_requests, now) {
             shared
                 .stats
                 .refused(Refusal::RequestRate { retry_after: wait });
@@ -305,7 +305,7 @@ impl Conn {
         let in_dialog = msg.to_tag.is_some();
         let method = msg.method();
         let starts_work = !in_dialog && !matches!(method, Some(Method::Ack | Method::Cancel));
-        if starts_work && shared.pool.outstanding() >= shared.limits.max_outstanding {
+        if starts_work && shared.pool.outstanding() >= shared.limits().max_outstanding {
             return Ok(Err(Why::Overloaded {
                 retry_after_secs: shared.pool.retry_after_secs,
             }));
@@ -540,7 +540,7 @@ impl Conn {
                     Ok(0) => break Closed::PeerClosed,
                     Ok(_) => {
                         if let Err(closed) = self.handle_input(&shared, hooks, clock::now()) {
-                            let _ = flush(&mut stream, &mut self.out, shared.limits.write_timeout).await;
+                            let _ = flush(&mut stream, &mut self.out, shared.limits().write_timeout).await;
                             break closed;
                         }
                     }
@@ -567,7 +567,7 @@ impl Conn {
                 _ = shutdown.changed() => break Closed::Shutdown,
             }
             if let Err(closed) =
-                flush(&mut stream, &mut self.out, shared.limits.write_timeout).await
+                flush(&mut stream, &mut self.out, shared.limits().write_timeout).await
             {
                 break closed;
             }

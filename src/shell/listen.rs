@@ -46,7 +46,7 @@ pub async fn accept_loop(
     side: Side,
     connections: Arc<Semaphore>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(shared.limits.max_handshakes));
+    let handshakes = Arc::new(Semaphore::new(shared.limits().max_handshakes));
     let mut shutdown = shared.shutdown.clone();
     let mut draining = shared.draining.clone();
     let mut backoff = Duration::from_millis(5);
@@ -109,7 +109,7 @@ pub async fn accept_loop(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let handshake =
-                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
+                tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp)).await;
             drop(handshake_slot);
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,

@@ -67,7 +67,8 @@ pub struct Shared {
     pub proxy: Proxy,
     pub flows: FlowTable,
     pub pool: Pool,
-    pub limits: ConnLimits,
+    /// Limits in force (a reload replaces them; read them through [`Shared::limits`]).
+    limits: std::sync::RwLock<Arc<ConnLimits>>,
     /// Per-source limits and bans of the external zone.
     pub guard: SourceGuard,
     /// The A/V authentication service (pool ring + relay), when configured.
@@ -292,11 +293,21 @@ pub enum ReloadError {
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reloaded {
+    /// Tables whose new values are in force (`limits`, `firewall`), besides certificates.
+    pub changed: Vec<&'static str>,
     /// The certificates now served (`external`, `internal`) and their subjectAltNames.
     pub certificates: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Shared {
+    /// The limits in force now.
+    pub fn limits(&self) -> Arc<ConnLimits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
@@ -332,13 +343,47 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
     );
     check("internal.tls.ca", old.internal.ca != new.internal.ca);
     check("next_hop", old.next_hop != new.next_hop);
-    check("limits", old.limits != new.limits);
-    check("firewall", old.firewall != new.firewall);
+    // Limits apply live, but for the budgets sized when the listeners start.
+    check(
+        "limits.max_connections",
+        old.limits.max_connections != new.limits.max_connections,
+    );
+    check(
+        "limits.max_handshakes",
+        old.limits.max_handshakes != new.limits.max_handshakes,
+    );
     check("operations", old.operations != new.operations);
     check("keys", old.keys != new.keys);
     check("relay", old.relay != new.relay);
     check("federation", old.federation != new.federation);
     changed
+}
+
+/// The connection limits of a topology.
+fn conn_limits(topology: &Topology) -> ConnLimits {
+    let limits = &topology.limits;
+    ConnLimits {
+        frame: FrameLimits {
+            head: HeadLimits {
+                max_headers: limits.max_headers,
+                max_line_bytes: limits.max_line_bytes,
+            },
+            max_header_bytes: limits.max_header_bytes,
+            max_body_bytes: limits.max_body_bytes,
+        },
+        idle_timeout: limits.idle_timeout,
+        header_timeout: limits.header_timeout,
+        handshake_timeout: limits.handshake_timeout,
+        max_connections: limits.max_connections,
+        max_handshakes: limits.max_handshakes,
+        max_outstanding: limits.max_outstanding,
+        write_timeout: limits.write_timeout,
+        max_queued_bytes: limits.max_queued_bytes,
+        connection_requests: Rate {
+            per_sec: topology.firewall.connection_request_rate,
+            burst: topology.firewall.connection_request_burst,
+        },
+    }
 }
 
 /// The row of responses in [`Stats::by_method`].
@@ -348,10 +393,20 @@ pub const RESPONSES: usize = crate::core::sip::message::Method::ALL.len();
 pub const CALLS: u64 = 0;
 
 impl RunningEdge {
+    /// How long a drain may take, as the running topology says.
+    pub fn drain_timeout(&self) -> Duration {
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits
+            .drain_timeout
+    }
+
     /// Reloads from a new topology (SIGHUP): the certificates are read again and serve every
-    /// new handshake (connections up keep theirs). Anything else that differs needs a
-    /// restart: the reload is then refused whole, naming what, and nothing changes. A
-    /// certificate that does not load is refused the same way.
+    /// new handshake (connections up keep theirs); `[limits]` (but the connection and
+    /// handshake budgets) and `[firewall]` apply from the next message. Anything else that
+    /// differs needs a restart: the reload is then refused whole, naming what, and nothing
+    /// changes. A certificate that does not load is refused the same way.
     pub fn reload(&self, new: &Topology) -> Result<Reloaded, ReloadError> {
         let mut running = self.topology.lock().unwrap_or_else(|e| e.into_inner());
         let fixed = restart_only_changes(&running, new);
@@ -373,7 +428,25 @@ impl RunningEdge {
         let [ext_slot, int_slot] = &self.shared.cert_slots;
         ext_slot.install(ext);
         int_slot.install(int);
+        // Limits and the firewall: in force from the next message, connection and event.
+        let mut changed = Vec::new();
+        if running.limits != new.limits
+            || running.firewall.connection_request_rate != new.firewall.connection_request_rate
+            || running.firewall.connection_request_burst != new.firewall.connection_request_burst
+        {
+            *self
+                .shared
+                .limits
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Arc::new(conn_limits(new));
+            changed.push("limits");
+        }
+        if running.firewall != new.firewall {
+            self.shared.guard.set_policy(source_policy(&new.firewall));
+            changed.push("firewall");
+        }
         let reloaded = Reloaded {
+            changed,
             certificates: summaries
                 .iter()
                 .map(|(role, s)| (*role, s.sans.clone()))
@@ -719,35 +792,13 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         &topology.next_hop.members,
         u32::try_from(topology.next_hop.retry_after.as_secs()).unwrap_or(u32::MAX),
     );
-    let limits = &topology.limits;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         proxy,
         flows: FlowTable::default(),
         pool,
-        limits: ConnLimits {
-            frame: FrameLimits {
-                head: HeadLimits {
-                    max_headers: limits.max_headers,
-                    max_line_bytes: limits.max_line_bytes,
-                },
-                max_header_bytes: limits.max_header_bytes,
-                max_body_bytes: limits.max_body_bytes,
-            },
-            idle_timeout: limits.idle_timeout,
-            header_timeout: limits.header_timeout,
-            handshake_timeout: limits.handshake_timeout,
-            max_connections: limits.max_connections,
-            max_handshakes: limits.max_handshakes,
-            max_outstanding: limits.max_outstanding,
-            write_timeout: limits.write_timeout,
-            max_queued_bytes: limits.max_queued_bytes,
-            connection_requests: Rate {
-                per_sec: topology.firewall.connection_request_rate,
-                burst: topology.firewall.connection_request_burst,
-            },
-        },
+        limits: std::sync::RwLock::new(Arc::new(conn_limits(topology))),
         guard: SourceGuard::new(source_policy(&topology.firewall)),
         credentials,
         reject_log: LogLimiter::new(Rate {
@@ -795,7 +846,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     }
     // One connection budget per zone: a flood from the Internet must never use up the
     // connections the Directors need to reach remote users.
-    let budget = || Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    let budget = || Arc::new(tokio::sync::Semaphore::new(shared.limits().max_connections));
     tasks.spawn(listen::accept_loop(
         shared.clone(),
         external,

@@ -385,7 +385,8 @@ async fn serve_member(
             .outstanding
             .store(outstanding.len(), Ordering::Relaxed);
         member.up.store(health.is_up(), Ordering::Relaxed);
-        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await {
+        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await
+        {
             break closed;
         }
 
@@ -399,7 +400,7 @@ async fn serve_member(
                 Ok(_) => {
                     let mut hooks = MemberHooks { shared, index, addr: member.addr, health, outstanding: &mut outstanding };
                     if let Err(closed) = conn.handle_input(shared, &mut hooks, clock::now()) {
-                        let _ = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await;
+                        let _ = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await;
                         break closed;
                     }
                 }
@@ -428,7 +429,8 @@ async fn serve_member(
             }
             _ = shutdown.changed() => break Closed::Shutdown,
         }
-        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits.write_timeout).await {
+        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await
+        {
             break closed;
         }
     };
