@@ -478,3 +478,47 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
     };
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// The systemd unit in topology/deploy verifies with `systemd-analyze verify` (the binary
+/// path pointed at the one just built), runs unprivileged with CAP_NET_BIND_SERVICE only,
+/// reloads with SIGHUP and drains on SIGTERM.
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = tool_on_path("systemd-analyze") else {
+        if std::env::var_os("CI").is_some() {
+            panic!("systemd-analyze is required under CI (apt-get install systemd)");
+        }
+        eprintln!("SKIPPED: needs systemd-analyze (Debian package systemd)");
+        return;
+    };
+    let unit = std::fs::read_to_string(format!(
+        "{}/topology/deploy/sipedge.service",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    for line in [
+        "User=sipedge",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sipedge.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/sipedge", BIN)).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
