@@ -68,6 +68,9 @@ enum CertCommand {
         /// Directory for `<first name>.key` and `<first name>.csr`.
         #[arg(long)]
         out: PathBuf,
+        /// An RSA 2048 key instead of ECDSA P-256 (for CAs that want RSA).
+        #[arg(long)]
+        rsa: bool,
     },
     /// Check every certificate the topology serves with: chain to the roots that judge it,
     /// the names the topology needs among the subjectAltNames, key and certificate
@@ -432,17 +435,24 @@ fn token(action: TokenCommand) -> ExitCode {
 fn cert(action: CertCommand) -> ExitCode {
     use sipedge::tls::tools;
     match action {
-        CertCommand::Request { sans, out } => match tools::write_request(&out, &sans) {
-            Ok((key, csr)) => {
-                println!("key:  {} (keep it here; mode 0600)", key.display());
-                println!("csr:  {} (submit it to your CA)", csr.display());
-                ExitCode::SUCCESS
+        CertCommand::Request { sans, out, rsa } => {
+            let kind = if rsa {
+                tools::KeyKind::Rsa2048
+            } else {
+                tools::KeyKind::EcdsaP256
+            };
+            match tools::write_request(&out, &sans, kind) {
+                Ok((key, csr)) => {
+                    println!("key:  {} (keep it here; mode 0600)", key.display());
+                    println!("csr:  {} (submit it to your CA)", csr.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sipedge: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("sipedge: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         CertCommand::Dev { topology, out } => {
             let t = match sipedge::topology::load(&topology) {
                 Ok(t) => t,

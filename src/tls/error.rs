@@ -135,6 +135,10 @@ pub enum TlsError {
         source: rcgen::Error,
     },
 
+    /// A key could not be generated or encoded (RSA for `cert request --rsa`).
+    #[error("cannot generate the {what}: {detail}")]
+    KeyGeneration { what: &'static str, detail: String },
+
     /// A dev PKI file or directory could not be written.
     #[error("{}: cannot write: {source}", .path.display())]
     Write {

@@ -23,11 +23,23 @@ use crate::topology::{CaSource, CertSource, Topology};
 /// Certificates this close to their end are reported (yellow, still passing).
 pub const WARN_DAYS: i64 = 30;
 
-/// A new private key (ECDSA P-256) and a CSR for `sans` (the first one is also the
-/// subject CN, for CAs that still want one): both as PEM.
-pub fn request(sans: &[String]) -> Result<(String, String), TlsError> {
+/// The key a request is made with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA P-256 (the default: small, fast, everywhere).
+    EcdsaP256,
+    /// RSA 2048 with SHA-256, for CAs (and old clients) that want RSA.
+    Rsa2048,
+}
+
+/// A new private key and a CSR for `sans` (the first one is also the subject CN, for CAs
+/// that still want one): both as PEM.
+pub fn request(sans: &[String], kind: KeyKind) -> Result<(String, String), TlsError> {
     let fail = |what: &'static str| move |source| TlsError::DevGenerate { what, source };
-    let key = KeyPair::generate().map_err(fail("request key"))?;
+    let key = match kind {
+        KeyKind::EcdsaP256 => KeyPair::generate().map_err(fail("request key"))?,
+        KeyKind::Rsa2048 => rsa_2048()?,
+    };
     let mut params = CertificateParams::new(sans.to_vec()).map_err(fail("request names"))?;
     let mut dn = DistinguishedName::new();
     if let Some(first) = sans.first() {
@@ -41,14 +53,40 @@ pub fn request(sans: &[String]) -> Result<(String, String), TlsError> {
     Ok((key.serialize_pem(), csr))
 }
 
+/// An RSA 2048 key (ring signs with RSA but cannot make RSA keys; RustCrypto's rsa does,
+/// from the system RNG).
+fn rsa_2048() -> Result<KeyPair, TlsError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let fail = |what: &'static str| move |source| TlsError::DevGenerate { what, source };
+    let private = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| {
+        TlsError::KeyGeneration {
+            what: "RSA key",
+            detail: e.to_string(),
+        }
+    })?;
+    let der = private
+        .to_pkcs8_der()
+        .map_err(|e| TlsError::KeyGeneration {
+            what: "RSA key encoding",
+            detail: e.to_string(),
+        })?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
+    KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256)
+        .map_err(fail("RSA key pair"))
+}
+
 /// Writes a new key and CSR for `sans` into `dir` as `<first name>.key` (mode 0600) and
 /// `<first name>.csr`; refuses to replace existing files. Returns their paths.
-pub fn write_request(dir: &Path, sans: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+pub fn write_request(
+    dir: &Path,
+    sans: &[String],
+    kind: KeyKind,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let first = sans.first().map_or("sipedge", String::as_str);
     let stem = first.replace(['*', '/'], "_");
-    let (key, csr) = request(sans)?;
+    let (key, csr) = request(sans, kind)?;
     let key_path = dir.join(format!("{stem}.key"));
     let csr_path = dir.join(format!("{stem}.csr"));
     std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
@@ -263,7 +301,7 @@ mod tests {
             "sip.corp.example".to_string(),
             "av.corp.example".to_string(),
         ];
-        let (key, csr) = request(&sans).unwrap();
+        let (key, csr) = request(&sans, KeyKind::EcdsaP256).unwrap();
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(csr.as_bytes())
             .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
@@ -294,6 +332,25 @@ mod tests {
             .subject
             .to_string()
             .contains("sip.corp.example"));
+    }
+
+    #[test]
+    fn an_rsa_request_carries_an_rsa_2048_key() {
+        use x509_parser::prelude::FromDer;
+        let (key, csr) = request(&["sip.corp.example".to_string()], KeyKind::Rsa2048).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(csr.as_bytes())
+            .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
+            .unwrap();
+        let (_, parsed) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+                .unwrap();
+        let spki = &parsed.certification_request_info.subject_pki;
+        assert_eq!(spki.algorithm.algorithm.to_id_string(), "1.2.840.113549.1.1.1");
+        match spki.parsed().unwrap() {
+            x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
