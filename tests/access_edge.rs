@@ -344,7 +344,7 @@ async fn failover_between_two_directors() {
     let edge = edge_with(&pki, &[d1.addr, d2.addr]).await;
     let shared = edge.shared.clone();
     eventually("both next hops up", || {
-        shared.pool.members.iter().all(|m| m.is_up())
+        shared.pool.members().iter().all(|m| m.is_up())
     })
     .await;
     let mut client = Client::connect(&pki, edge.external).await;
@@ -367,7 +367,7 @@ async fn failover_between_two_directors() {
     // One Director dies: once the edge has seen it go, every request is answered by the other.
     d1.kill();
     eventually("the dead member marked down", || {
-        !shared.pool.members[0].is_up()
+        !shared.pool.members()[0].is_up()
     })
     .await;
     for i in 100..110 {
@@ -379,7 +379,7 @@ async fn failover_between_two_directors() {
         );
     }
     assert!(
-        !shared.pool.members[0].is_up(),
+        !shared.pool.members()[0].is_up(),
         "stays down while it cannot be reached"
     );
     edge.stop().await;

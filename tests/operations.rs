@@ -197,7 +197,7 @@ async fn status_shows_certificates_next_hops_and_connections() {
     let ops = edge.operations.expect("operations listener").to_string();
     let shared = edge.shared.clone();
     eventually("a probe answered", || {
-        shared.pool.members[0]
+        shared.pool.members()[0]
             .last_probe()
             .is_some_and(|(_, status, _)| status == 200)
     })
@@ -455,4 +455,52 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
         .unwrap()
         .as_ref()
         .to_vec()
+}
+
+/// A reload that changes the next-hop members: the new member is connected and takes the
+/// new work, the removed one finishes the transaction it holds and is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
+    let pki = Pki::new();
+    let mut first = Director::start(&pki).await;
+    let mut second = Director::start_at(&pki, "127.0.0.4:0".parse().unwrap()).await;
+    *second.auto_answer.lock().unwrap() = Some(200);
+    let t = topology(&pki, &[first.addr]);
+    let edge = shell::start(&t).await.expect("edge starts");
+    let shared = edge.shared.clone();
+    eventually("the first next hop up", || shared.pool.any_up()).await;
+
+    // A transaction held by the first member across the reload.
+    let mut c = Client::connect(&pki, edge.external).await;
+    c.send(&options("held")).await;
+    let held = first.recv().await.text;
+
+    let mut moved = t.clone();
+    moved.next_hop.members = vec![second.addr];
+    let r = edge.reload(&moved).expect("members change live");
+    assert_eq!(r.changed, ["next_hop.members"]);
+    eventually("the new next hop up", || {
+        let members = shared.pool.members();
+        members.len() == 1 && members[0].addr == second.addr && members[0].is_up()
+    })
+    .await;
+    // New work goes to the new member.
+    c.send(&options("fresh")).await;
+    let fresh = second.recv().await.text;
+    assert!(fresh.contains("Call-ID: fresh"), "{fresh}");
+    assert!(c.recv().await.starts_with("SIP/2.0 200"));
+    // The old member's transaction completes, then it is let go.
+    assert!(shared.pool.outstanding() >= 1);
+    first.send(0, &response_to(&held, 200, "OK"));
+    let answer = c.recv().await;
+    assert!(
+        answer.starts_with("SIP/2.0 200") && answer.contains("Call-ID: held"),
+        "{answer}"
+    );
+    eventually("nothing outstanding", || shared.pool.outstanding() == 0).await;
+    // What the status page shows is the new pool.
+    let status = sipedge::shell::ops::status(&shared, sipedge::shell::clock::now());
+    assert!(status.contains(&second.addr.to_string()), "{status}");
+    assert!(!status.contains(&format!("\"{}\"", first.addr)), "{status}");
+    edge.stop().await;
 }

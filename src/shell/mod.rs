@@ -277,6 +277,8 @@ pub struct RunningEdge {
     tasks: JoinSet<()>,
     /// The topology running now (a reload compares against it).
     topology: std::sync::Mutex<Topology>,
+    /// How next-hop members are reached (for members a reload adds).
+    connector: pool::Connector,
 }
 
 /// Why a reload changed nothing.
@@ -342,7 +344,13 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
             || old.internal.sip_host != new.internal.sip_host,
     );
     check("internal.tls.ca", old.internal.ca != new.internal.ca);
-    check("next_hop", old.next_hop != new.next_hop);
+    // Members change live; how they are reached and probed does not.
+    check(
+        "next_hop (but members)",
+        old.next_hop.server_name != new.next_hop.server_name
+            || old.next_hop.probe != new.next_hop.probe
+            || old.next_hop.retry_after != new.next_hop.retry_after,
+    );
     // Limits apply live, but for the budgets sized when the listeners start.
     check(
         "limits.max_connections",
@@ -444,6 +452,17 @@ impl RunningEdge {
         if running.firewall != new.firewall {
             self.shared.guard.set_policy(source_policy(&new.firewall));
             changed.push("firewall");
+        }
+        if running.next_hop.members != new.next_hop.members {
+            for (member, rx) in self.shared.pool.set_members(&new.next_hop.members) {
+                tokio::spawn(pool::run_member(
+                    self.shared.clone(),
+                    member,
+                    self.connector.clone(),
+                    rx,
+                ));
+            }
+            changed.push("next_hop.members");
         }
         let reloaded = Reloaded {
             changed,
@@ -836,10 +855,10 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         },
         from_domain: topology.edge.pool_fqdn.clone(),
     };
-    for (index, rx) in queues.0.into_iter().enumerate() {
+    for (member, rx) in queues {
         tasks.spawn(pool::run_member(
             shared.clone(),
-            index,
+            member,
             connector.clone(),
             rx,
         ));
@@ -902,6 +921,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         drain: drain_tx,
         tasks,
         topology: std::sync::Mutex::new(topology.clone()),
+        connector,
     })
 }
 

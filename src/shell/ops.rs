@@ -337,7 +337,7 @@ pub fn status(shared: &Shared, now: Instant) -> String {
         .collect();
     let next_hops: Vec<_> = shared
         .pool
-        .members
+        .members()
         .iter()
         .map(|m| {
             let probe = m.last_probe().map(|(at, status, rtt)| {
@@ -573,11 +573,11 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
     );
     let addrs: Vec<String> = shared
         .pool
-        .members
+        .members()
         .iter()
         .map(|m| m.addr.to_string())
         .collect();
-    for (m, addr) in shared.pool.members.iter().zip(&addrs) {
+    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
         e.sample(
             "sipedge_next_hop_up",
             &[("member", addr)],
@@ -589,7 +589,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         Kind::Gauge,
         "Transactions in flight toward the next-hop member.",
     );
-    for (m, addr) in shared.pool.members.iter().zip(&addrs) {
+    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
         e.sample(
             "sipedge_next_hop_outstanding",
             &[("member", addr)],

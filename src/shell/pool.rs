@@ -44,7 +44,11 @@ pub struct PoolMsg {
 
 /// What the rest of the edge sees of one member.
 pub struct Member {
+    /// Stable for the life of the process (probe branches carry it), never reused.
+    pub id: usize,
     pub addr: SocketAddr,
+    /// Removed by a reload: takes no new work, and its task ends once its transactions are.
+    retired: AtomicBool,
     up: AtomicBool,
     outstanding: AtomicUsize,
     tx: mpsc::Sender<PoolMsg>,
@@ -90,68 +94,131 @@ impl Member {
     }
 }
 
-/// The members and how to pick one.
+/// The members and how to pick one. The list is replaced whole by a reload.
 pub struct Pool {
-    pub members: Vec<Member>,
+    members: std::sync::RwLock<Arc<[Arc<Member>]>>,
     next: AtomicUsize,
+    next_id: AtomicUsize,
+    /// Members removed by a reload whose transactions are still in flight.
+    retiring: std::sync::Mutex<Vec<Arc<Member>>>,
     pub retry_after_secs: u32,
 }
 
-/// Receiving ends of the members' queues, handed to their tasks at start.
-pub struct PoolQueues(pub Vec<mpsc::Receiver<PoolMsg>>);
+/// A new member and the receiving end of its queue, for its task.
+pub type NewMember = (Arc<Member>, mpsc::Receiver<PoolMsg>);
 
 impl Pool {
-    pub fn new(addrs: &[SocketAddr], retry_after_secs: u32) -> (Pool, PoolQueues) {
-        let mut members = Vec::with_capacity(addrs.len());
-        let mut queues = Vec::with_capacity(addrs.len());
+    pub fn new(addrs: &[SocketAddr], retry_after_secs: u32) -> (Pool, Vec<NewMember>) {
+        let pool = Pool {
+            members: std::sync::RwLock::new(Arc::from(Vec::new())),
+            next: AtomicUsize::new(0),
+            next_id: AtomicUsize::new(0),
+            retiring: std::sync::Mutex::new(Vec::new()),
+            retry_after_secs,
+        };
+        let added = pool.set_members(addrs);
+        (pool, added)
+    }
+
+    /// The members now (a snapshot).
+    pub fn members(&self) -> Arc<[Arc<Member>]> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The member with this id, retiring ones included.
+    pub fn member(&self, id: usize) -> Option<Arc<Member>> {
+        self.members()
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .or_else(|| {
+                self.retiring
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find(|m| m.id == id)
+                    .cloned()
+            })
+    }
+
+    /// Makes `addrs` the members (a reload): members that stay keep their connection and
+    /// state; new ones are returned for their tasks to be started; removed ones take no new
+    /// work and end once their transactions are done.
+    pub fn set_members(&self, addrs: &[SocketAddr]) -> Vec<NewMember> {
+        let old = self.members();
+        let mut list = Vec::with_capacity(addrs.len());
+        let mut added = Vec::new();
         for &addr in addrs {
+            if let Some(m) = old.iter().find(|m| m.addr == addr) {
+                list.push(m.clone());
+                continue;
+            }
             let (tx, rx) = mpsc::channel(QUEUE_LEN * 4);
-            members.push(Member {
+            let member = Arc::new(Member {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 addr,
+                retired: AtomicBool::new(false),
                 up: AtomicBool::new(false),
                 outstanding: AtomicUsize::new(0),
                 tx,
                 probes: std::sync::Mutex::new(Probes::default()),
             });
-            queues.push(rx);
+            list.push(member.clone());
+            added.push((member, rx));
         }
-        (
-            Pool {
-                members,
-                next: AtomicUsize::new(0),
-                retry_after_secs,
-            },
-            PoolQueues(queues),
-        )
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        for m in old.iter().filter(|m| !addrs.contains(&m.addr)) {
+            m.retired.store(true, Ordering::Relaxed);
+            retiring.push(m.clone());
+        }
+        retiring.retain(|m| m.outstanding() > 0);
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(list);
+        added
     }
 
-    /// Transactions in flight toward the pool (overload protection).
+    /// Transactions in flight toward the pool (overload protection, drain), retiring
+    /// members included.
     pub fn outstanding(&self) -> usize {
-        self.members.iter().map(Member::outstanding).sum()
+        let retiring: usize = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|m| m.outstanding())
+            .sum();
+        self.members()
+            .iter()
+            .map(|m| m.outstanding())
+            .sum::<usize>()
+            + retiring
     }
 
     /// Whether any member is up (for /healthz).
     pub fn any_up(&self) -> bool {
-        self.members.iter().any(Member::is_up)
+        self.members().iter().any(|m| m.is_up())
     }
 
     /// Sends to the up member with the fewest outstanding transactions (ties rotate), trying
-    /// the next best if a queue is full or closed. `exclude` skips a member (failover).
+    /// the next best if a queue is full or closed. `exclude` skips a member by id (failover).
+    /// Returns the id of the member it went to.
     pub fn send(
         &self,
         bytes: Bytes,
         tx: Option<(TxKey, Method)>,
         exclude: Option<usize>,
     ) -> Result<usize, PoolMsg> {
-        let n = self.members.len();
+        let members = self.members();
+        let n = members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut order: Vec<(usize, usize)> = (0..n)
             .map(|k| (start.wrapping_add(k)) % n.max(1))
-            .filter(|&i| Some(i) != exclude)
             .filter_map(|i| {
-                self.members
+                members
                     .get(i)
-                    .filter(|m| m.is_up())
+                    .filter(|m| m.is_up() && Some(m.id) != exclude)
                     .map(|m| (m.outstanding(), i))
             })
             .collect();
@@ -159,14 +226,14 @@ impl Pool {
         order.sort_by_key(|&(load, _)| load);
         let mut msg = PoolMsg { bytes, tx };
         for (_, i) in order {
-            let Some(member) = self.members.get(i) else {
+            let Some(member) = members.get(i) else {
                 continue;
             };
             match member.tx.try_send(msg) {
                 Ok(()) => {
                     // Count it now, so the next pick sees it before the member task does.
                     member.outstanding.fetch_add(1, Ordering::Relaxed);
-                    return Ok(i);
+                    return Ok(member.id);
                 }
                 Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
                     msg = m
@@ -189,22 +256,25 @@ pub struct Connector {
     pub from_domain: String,
 }
 
-/// Runs member `index` until shutdown: connect, serve, reconnect with back-off.
+/// Runs a member until shutdown, or until a reload removed it and its transactions are
+/// done: connect, serve, reconnect with back-off.
 pub async fn run_member(
     shared: Arc<Shared>,
-    index: usize,
+    member: Arc<Member>,
     connector: Connector,
     mut rx: mpsc::Receiver<PoolMsg>,
 ) {
-    let Some(member) = shared.pool.members.get(index) else {
-        return;
-    };
     let addr = member.addr;
     let mut health = Health::new(clock::now(), connector.probe);
     let mut backoff = RECONNECT_MIN;
     let mut shutdown = shared.shutdown.clone();
     loop {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || member.retired.load(Ordering::Relaxed) {
+            member.up.store(false, Ordering::Relaxed);
+            // Whatever reached its queue meanwhile goes to the members that stay.
+            while let Ok(msg) = rx.try_recv() {
+                fail_over(&shared, &member, msg);
+            }
             return;
         }
         match connect(&connector, addr).await {
@@ -212,7 +282,7 @@ pub async fn run_member(
                 backoff = RECONNECT_MIN;
                 tracing::info!(member = %addr, "connected to next hop");
                 let closed =
-                    serve_member(&shared, index, &connector, stream, &mut rx, &mut health).await;
+                    serve_member(&shared, &member, &connector, stream, &mut rx, &mut health).await;
                 tracing::warn!(member = %addr, reason = ?closed, "next-hop connection closed");
                 if matches!(closed, Closed::Shutdown) {
                     return;
@@ -230,7 +300,7 @@ pub async fn run_member(
         let deadline = tokio::time::Instant::from_std(clock::now() + backoff);
         loop {
             tokio::select! {
-                Some(msg) = rx.recv() => fail_over(&shared, index, msg),
+                Some(msg) = rx.recv() => fail_over(&shared, &member, msg),
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.changed() => return,
             }
@@ -262,13 +332,11 @@ async fn connect(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))?
 }
 
-/// Sends a request that cannot go to member `index` to another one, or answers 503.
-fn fail_over(shared: &Shared, index: usize, msg: PoolMsg) {
-    if let Some(m) = shared.pool.members.get(index) {
-        m.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
+/// Sends a request that cannot go to `member` to another one, or answers 503.
+fn fail_over(shared: &Shared, member: &Member, msg: PoolMsg) {
+    member.outstanding.fetch_sub(1, Ordering::Relaxed);
     let PoolMsg { bytes, tx } = msg;
-    if let Err(PoolMsg { bytes, .. }) = shared.pool.send(bytes, tx, Some(index)) {
+    if let Err(PoolMsg { bytes, .. }) = shared.pool.send(bytes, tx, Some(member.id)) {
         answer_unavailable(shared, &bytes);
     }
 }
@@ -311,7 +379,7 @@ fn answer_for_pool(shared: &Shared, forwarded: &[u8], why: Why) {
 /// health, final responses complete its outstanding transactions.
 struct MemberHooks<'a> {
     shared: &'a Shared,
-    index: usize,
+    member: &'a Member,
     addr: SocketAddr,
     health: &'a mut Health,
     outstanding: &'a mut Outstanding<TxKey, Bytes>,
@@ -320,10 +388,8 @@ struct MemberHooks<'a> {
 impl ConnHooks for MemberHooks<'_> {
     fn intercept_response(&mut self, msg: &Message) -> bool {
         match self.shared.proxy.probe_answer(msg) {
-            Some((member, seq, status)) if member == self.index => {
-                if let Some(m) = self.shared.pool.members.get(member) {
-                    m.probe_answered(status, clock::now());
-                }
+            Some((member, seq, status)) if member == self.member.id => {
+                self.member.probe_answered(status, clock::now());
                 let transition = self.health.handle_answer(seq, status);
                 log_transition(self.addr, transition);
                 true
@@ -351,27 +417,28 @@ fn log_transition(addr: SocketAddr, transition: Option<Transition>) {
 
 async fn serve_member(
     shared: &Arc<Shared>,
-    index: usize,
+    member: &Arc<Member>,
     connector: &Connector,
     mut stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     rx: &mut mpsc::Receiver<PoolMsg>,
     health: &mut Health,
 ) -> Closed {
-    let Some(member) = shared.pool.members.get(index) else {
-        return Closed::Shutdown;
-    };
     let (mut conn, mut flow_rx) = Conn::register(shared, Side::Internal, member.addr, None, None);
     health.handle_connected(clock::now());
     let mut outstanding: Outstanding<TxKey, Bytes> = Outstanding::new();
     let mut shutdown = shared.shutdown.clone();
     let closed = loop {
+        // Removed by a reload: once its transactions are done, the connection closes.
+        if member.retired.load(Ordering::Relaxed) && outstanding.is_empty() {
+            break Closed::Shutdown;
+        }
         let now = clock::now();
         // Probes and transaction expiry.
         let (probe, transition) = health.handle_timeout(now);
         if let Some(seq) = probe {
             member.probe_sent(now);
             conn.out.extend_from_slice(&shared.proxy.probe(
-                index,
+                member.id,
                 member.addr,
                 seq,
                 &connector.from_domain,
@@ -398,7 +465,7 @@ async fn serve_member(
             read = stream.read_buf(conn.read_buf()) => match read {
                 Ok(0) => break Closed::PeerClosed,
                 Ok(_) => {
-                    let mut hooks = MemberHooks { shared, index, addr: member.addr, health, outstanding: &mut outstanding };
+                    let mut hooks = MemberHooks { shared, member, addr: member.addr, health, outstanding: &mut outstanding };
                     if let Err(closed) = conn.handle_input(shared, &mut hooks, clock::now()) {
                         let _ = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await;
                         break closed;

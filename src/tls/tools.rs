@@ -343,10 +343,12 @@ mod tests {
             .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
             .unwrap();
         let (_, parsed) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-                .unwrap();
+            x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
         let spki = &parsed.certification_request_info.subject_pki;
-        assert_eq!(spki.algorithm.algorithm.to_id_string(), "1.2.840.113549.1.1.1");
+        assert_eq!(
+            spki.algorithm.algorithm.to_id_string(),
+            "1.2.840.113549.1.1.1"
+        );
         match spki.parsed().unwrap() {
             x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
             other => panic!("{other:?}"),
