@@ -135,7 +135,7 @@ pub fn roundtrip(data: &[u8]) {
 /// partner's connection, a discovered edge's, a remote user's and the inside: whatever is
 /// forwarded parses again, and what goes inside carries at most the edge's one trust stamp.
 fn federated_roundtrip(msg: &Message) {
-    use crate::core::sip::federation::{Federation, Partner, PartnerId};
+    use crate::core::sip::federation::{Federation, Partner};
     let mut cfg = proxy().config().clone();
     let mut federation = Federation::new(vec![Partner {
         fqdn: Some("sip.partner.example".into()),
@@ -161,7 +161,7 @@ fn federated_roundtrip(msg: &Message) {
         flow(
             2,
             Side::External,
-            Some(PartnerId(0)),
+            proxy.federation().iter().next().map(|(id, _)| id),
             Some(&["sip.partner.example"]),
         ),
         flow(

@@ -21,6 +21,8 @@ struct Org {
     edge: RunningEdge,
     domain: &'static str,
     fqdn: &'static str,
+    /// What the edge was started with (reload tests change it).
+    topology: Option<Topology>,
 }
 
 struct Plan {
@@ -128,14 +130,18 @@ async fn federate_with(
         let shared = edge.shared.clone();
         eventually("the Director pool is up", || shared.pool.any_up()).await;
     }
-    let org = |pki, director, edge, plan: &Plan| Org {
+    let org = |pki, director, edge, plan: &Plan, topology| Org {
         pki,
         director,
         edge,
         domain: plan.domain,
         fqdn: plan.fqdn,
+        topology: Some(topology),
     };
-    (org(pki_a, dir_a, edge_a, &A), org(pki_b, dir_b, edge_b, &B))
+    (
+        org(pki_a, dir_a, edge_a, &A, t_a),
+        org(pki_b, dir_b, edge_b, &B, t_b),
+    )
 }
 
 fn request(method: &str, from: (&str, &str), to: (&str, &str), call: &str, cseq: u32) -> String {
@@ -599,6 +605,7 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
         edge: edge_a,
         domain: A.domain,
         fqdn: A.fqdn,
+        topology: None,
     };
     let mut c = Org {
         pki: pki_c,
@@ -606,6 +613,7 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
         edge: edge_c,
         domain: C.domain,
         fqdn: C.fqdn,
+        topology: None,
     };
 
     // C -> A: A has never heard of C; the certificate proves the domain.
@@ -695,6 +703,55 @@ async fn a_partner_at_its_dialog_limit_gets_503_until_a_dialog_ends() {
         metrics.contains("sipedge_partner_dialogs{partner=\"edge.b.test\"} 1"),
         "{metrics}"
     );
+    a.edge.stop().await;
+    b.edge.stop().await;
+}
+
+/// Partners change on reload without a restart: a partner removed is refused at once on the
+/// connections it already has, one added (or given another domain) is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_change_on_reload() {
+    let (mut a, mut b) = federate(1000).await;
+    let to_a = request("MESSAGE", ("bob", b.domain), ("alice", a.domain), "v1", 1);
+    cross(&mut b, &mut a, &to_a, 200).await;
+    let t = a.topology.clone().unwrap();
+
+    // B removed from A's partners: B's connection is no partner's any more.
+    let mut without = t.clone();
+    without.federation.as_mut().unwrap().partners.clear();
+    without.federation.as_mut().unwrap().discovery = false;
+    let r = a.edge.reload(&without).expect("partners change live");
+    assert_eq!(r.changed, ["federation"]);
+    let again = request("MESSAGE", ("bob", b.domain), ("alice", a.domain), "v2", 1);
+    b.director.send(0, &again);
+    let back = b.director.recv().await.text;
+    assert!(back.starts_with("SIP/2.0 403 "), "{back}");
+    assert!(a
+        .director
+        .try_recv(Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // Back, with a second domain: both are served on the same connection.
+    let mut wider = t.clone();
+    wider.federation.as_mut().unwrap().partners[0]
+        .domains
+        .push("b2.test".into());
+    a.edge.reload(&wider).expect("partners change live");
+    let second = request("MESSAGE", ("bob", "b2.test"), ("alice", a.domain), "v3", 1);
+    b.director.send(0, &second);
+    let arrived = a.director.recv().await.text;
+    assert!(arrived.contains("From: <sip:bob@b2.test>"), "{arrived}");
+    a.director.send(0, &response_to(&arrived, 200, "OK"));
+    assert!(b.director.recv().await.text.starts_with("SIP/2.0 200"));
+
+    // What needs a restart is refused whole: the trust roots.
+    let mut roots = wider.clone();
+    roots.federation.as_mut().unwrap().ca = None;
+    assert!(matches!(
+        a.edge.reload(&roots),
+        Err(shell::ReloadError::NeedsRestart(_))
+    ));
     a.edge.stop().await;
     b.edge.stop().await;
 }

@@ -265,7 +265,10 @@ impl Conn {
         // not the per-connection and per-source ones (nor their strikes and bans).
         if let Some(partners) = &shared.partners {
             let verdict = match self.flow.partner {
-                Some(p) => Some(partners.admit(p, now)),
+                Some(p) if partners.federation().get(p).is_some() => Some(partners.admit(p, now)),
+                // A partner a reload removed: its connection is held to everyone's limits
+                // (and its requests are refused).
+                Some(_) => None,
                 None => shared
                     .proxy
                     .discovered_sender(&self.flow, msg)

@@ -290,6 +290,9 @@ pub enum ReloadError {
     /// A new certificate could not be loaded; the old ones stay.
     #[error("certificates: {0}; the old ones stay")]
     Certificate(#[from] TlsError),
+    /// The new partners could not be set up (a name, the DNS resolver); the old ones stay.
+    #[error("federation: {0}; the running configuration stays")]
+    Federation(String),
 }
 
 /// What a reload did.
@@ -363,7 +366,16 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
     check("operations", old.operations != new.operations);
     check("keys", old.keys != new.keys);
     check("relay", old.relay != new.relay);
-    check("federation", old.federation != new.federation);
+    // Partners, DNS and discovery change live; trust roots and connection counts do not
+    // (they shape the TLS configurations), nor does federating at all.
+    let fixed = |f: &Option<crate::topology::FederationConfig>| {
+        f.as_ref()
+            .map(|f| (f.ca.clone(), f.max_connections_per_partner))
+    };
+    check(
+        "federation (but partners, dns and discovery)",
+        fixed(&old.federation) != fixed(&new.federation),
+    );
     changed
 }
 
@@ -430,9 +442,15 @@ impl RunningEdge {
                 summaries.push((role, tls::summarize(leaf)?));
             }
         }
-        // Both checked before either is installed: all or nothing.
+        // Everything checked before anything is installed: all or nothing.
         let ext = tls::CertSlot::prepare(ext)?;
         let int = tls::CertSlot::prepare(int)?;
+        let partners = match (&new.federation, &self.shared.partners) {
+            (Some(f), Some(_)) if running.federation != new.federation => {
+                Some(partner_config(new, f).map_err(|e| ReloadError::Federation(e.to_string()))?)
+            }
+            _ => None,
+        };
         let [ext_slot, int_slot] = &self.shared.cert_slots;
         ext_slot.install(ext);
         int_slot.install(int);
@@ -452,6 +470,11 @@ impl RunningEdge {
         if running.firewall != new.firewall {
             self.shared.guard.set_policy(source_policy(&new.firewall));
             changed.push("firewall");
+        }
+        if let (Some(config), Some(partners)) = (partners, &self.shared.partners) {
+            self.shared.proxy.set_federation(config.federation.clone());
+            partners.reconfigure(config);
+            changed.push("federation");
         }
         if running.next_hop.members != new.next_hop.members {
             for (member, rx) in self.shared.pool.set_members(&new.next_hop.members) {
@@ -789,20 +812,10 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let proxy_cfg = proxy_config(topology, ext_addr, int_addr);
     let partners = match (&topology.federation, partner_tls) {
         (Some(f), Some(tls)) => Some(Arc::new(partners::Partners::new(
-            proxy_cfg.federation.clone(),
-            partner_dns(f)?,
-            partner_targets(f)?,
+            partner_config(topology, f)?,
             tokio_rustls::TlsConnector::from(tls),
             ext_addr.ip(),
             f.max_connections_per_partner,
-            // A burst of two seconds' worth, as for listed partners.
-            partners::DiscoveryLimits {
-                rate: Rate {
-                    per_sec: f.discovery_rate,
-                    burst: f.discovery_rate.saturating_mul(2),
-                },
-                max_dialogs: f.discovery_max_dialogs,
-            },
         ))),
         _ => None,
     };
@@ -1018,4 +1031,31 @@ fn partner_targets(
             })
         })
         .collect()
+}
+
+/// Everything about partners that a reload may replace, from the topology.
+fn partner_config(
+    t: &Topology,
+    f: &crate::topology::FederationConfig,
+) -> Result<partners::Config, StartError> {
+    let federation = federation_of(t);
+    // federation_of keeps the topology's order: edges pair up with partners.
+    let edges = federation
+        .iter()
+        .map(|(id, _)| id)
+        .zip(partner_targets(f)?)
+        .collect();
+    Ok(partners::Config {
+        federation: Arc::new(federation),
+        dns: partner_dns(f)?,
+        edges,
+        // A burst of two seconds' worth, as for listed partners.
+        discovery: partners::DiscoveryLimits {
+            rate: Rate {
+                per_sec: f.discovery_rate,
+                burst: f.discovery_rate.saturating_mul(2),
+            },
+            max_dialogs: f.discovery_max_dialogs,
+        },
+    })
 }

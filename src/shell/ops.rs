@@ -608,12 +608,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
 /// Federation's counters, by partner edge.
 fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let names: Vec<(String, &super::partners::PartnerStats)> = partners
-        .federation()
-        .iter()
-        .zip(&partners.stats)
-        .map(|((_, p), st)| (p.label().to_string(), st))
-        .collect();
+    let names = partners.stats_by_partner();
     e.family(
         "sipedge_partner_messages_total",
         Kind::Counter,

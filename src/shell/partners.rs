@@ -104,76 +104,108 @@ pub struct PartnerStats {
     pub connect_failures: AtomicU64,
 }
 
-/// The partners' connections and limits.
+/// The partners' connections and limits. The partner list, their edges, DNS and the
+/// discovery limits are replaced whole by a reload; per-partner state is kept by partner key,
+/// so partners that stay keep their connections, rates and dialogs.
 pub struct Partners {
-    federation: Federation,
-    /// For partners without static addresses, and discovered ones.
-    dns: Option<super::dns::Dns>,
-    edges: Vec<StaticEdge>,
+    config: std::sync::RwLock<Arc<Config>>,
     connector: TlsConnector,
     /// The external interface: connections to partners leave from it.
     local_ip: IpAddr,
     max_connections: usize,
-    listed: Vec<Mutex<PartnerState>>,
+    listed: Mutex<HashMap<PartnerId, PartnerState>>,
     discovered: Mutex<HashMap<DiscoveredTarget, PartnerState>>,
     discovered_rates: Mutex<HashMap<String, Gcra>>,
-    discovery_rate: Rate,
-    discovery_max_dialogs: usize,
     /// Dialogs with every partner, listed and discovered.
     dialogs: Mutex<Dialogs>,
-    pub stats: Vec<PartnerStats>,
+    stats: std::sync::RwLock<HashMap<PartnerId, Arc<PartnerStats>>>,
     /// All discovered partners together.
     pub discovered_stats: PartnerStats,
     /// The edge's shared state, set once it exists (connections need it to run).
     shared: std::sync::OnceLock<Weak<Shared>>,
 }
 
+/// What a reload may replace.
+pub struct Config {
+    pub federation: Arc<Federation>,
+    /// For partners without static addresses, and discovered ones.
+    pub dns: Option<super::dns::Dns>,
+    /// Listed partners' edges, by partner.
+    pub edges: HashMap<PartnerId, StaticEdge>,
+    pub discovery: DiscoveryLimits,
+}
+
 impl Partners {
     pub fn new(
-        federation: Federation,
-        dns: Option<super::dns::Dns>,
-        edges: Vec<StaticEdge>,
+        config: Config,
         connector: TlsConnector,
         local_ip: IpAddr,
         max_connections: usize,
-        discovery: DiscoveryLimits,
     ) -> Partners {
-        let n = edges.len();
-        Partners {
-            federation,
-            dns,
-            edges,
+        let partners = Partners {
+            config: std::sync::RwLock::new(Arc::new(Config {
+                federation: Arc::new(Federation::default()),
+                dns: None,
+                edges: HashMap::new(),
+                discovery: config.discovery,
+            })),
             connector,
             local_ip,
             max_connections: max_connections.max(1),
-            listed: (0..n)
-                .map(|_| Mutex::new(PartnerState::default()))
-                .collect(),
+            listed: Mutex::new(HashMap::new()),
             discovered: Mutex::new(HashMap::new()),
             discovered_rates: Mutex::new(HashMap::new()),
-            discovery_rate: discovery.rate,
-            discovery_max_dialogs: discovery.max_dialogs,
             dialogs: Mutex::new(Dialogs::default()),
-            stats: (0..n).map(|_| PartnerStats::default()).collect(),
+            stats: std::sync::RwLock::new(HashMap::new()),
             discovered_stats: PartnerStats::default(),
             shared: std::sync::OnceLock::new(),
+        };
+        partners.reconfigure(config);
+        partners
+    }
+
+    /// Puts a new partner list (and edges, DNS, discovery limits) in force. Partners that
+    /// stay keep their state; new ones start fresh; removed ones are forgotten (their
+    /// connections' requests are refused from now on, as nothing names them any more).
+    pub fn reconfigure(&self, config: Config) {
+        let keys: Vec<PartnerId> = config.federation.iter().map(|(id, _)| id).collect();
+        {
+            let mut stats = self.stats.write().unwrap_or_else(|e| e.into_inner());
+            stats.retain(|id, _| keys.contains(id));
+            for id in &keys {
+                stats.entry(*id).or_default();
+            }
         }
+        self.listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| keys.contains(id));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_shared(&self, shared: &Arc<Shared>) {
         let _ = self.shared.set(Arc::downgrade(shared));
     }
 
-    pub fn federation(&self) -> &Federation {
-        &self.federation
+    /// The partners in force now.
+    pub fn federation(&self) -> Arc<Federation> {
+        self.config().federation.clone()
     }
 
     /// Runs `f` on a partner's state; a discovered one is created if the table has room.
     fn with_state<R>(&self, t: &Target, f: impl FnOnce(&mut PartnerState) -> R) -> Option<R> {
         match t {
             Target::Listed(p) => {
-                let m = self.listed.get(usize::from(p.0))?;
-                Some(f(&mut m.lock().unwrap_or_else(|e| e.into_inner())))
+                self.config().federation.get(*p)?;
+                let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+                Some(f(listed.entry(*p).or_default()))
             }
             Target::Discovered(d) => {
                 let mut table = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,17 +224,43 @@ impl Partners {
         }
     }
 
-    fn stats(&self, t: &Target) -> Option<&PartnerStats> {
+    fn stats(&self, t: &Target) -> Option<Arc<PartnerStats>> {
         match t {
-            Target::Listed(p) => self.stats.get(usize::from(p.0)),
-            Target::Discovered(_) => Some(&self.discovered_stats),
+            Target::Listed(p) => self
+                .stats
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(p)
+                .cloned(),
+            Target::Discovered(_) => None,
         }
+    }
+
+    /// Counters of a partner (listed), or of all discovered ones together.
+    fn stats_for(&self, t: &Target, f: impl FnOnce(&PartnerStats)) {
+        match t {
+            Target::Listed(_) => {
+                if let Some(s) = self.stats(t) {
+                    f(&s);
+                }
+            }
+            Target::Discovered(_) => f(&self.discovered_stats),
+        }
+    }
+
+    /// Counters of every listed partner, in the order of [`Partners::federation`].
+    pub fn stats_by_partner(&self) -> Vec<(String, Arc<PartnerStats>)> {
+        let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        self.federation()
+            .iter()
+            .filter_map(|(id, p)| Some((p.label().to_string(), stats.get(&id)?.clone())))
+            .collect()
     }
 
     fn label(&self, t: &Target) -> String {
         match t {
             Target::Listed(p) => self
-                .federation
+                .federation()
                 .get(*p)
                 .map_or_else(String::new, |x| x.label().to_string()),
             Target::Discovered(DiscoveredTarget::Domain(d)) => d.clone(),
@@ -213,7 +271,7 @@ impl Partners {
     /// Whether a message from partner `p` fits its rate; `Err(retry after)` when not.
     pub fn admit(&self, p: PartnerId, now: Instant) -> Result<(), Duration> {
         let rate = self
-            .federation
+            .federation()
             .get(p)
             .map(|partner| partner.rate)
             .unwrap_or(Rate {
@@ -223,7 +281,7 @@ impl Partners {
         let verdict = self
             .with_state(&Target::Listed(p), |st| st.rate.take(rate, now))
             .unwrap_or(Err(Duration::from_secs(1)));
-        self.count(self.stats(&Target::Listed(p)), verdict.is_ok());
+        self.stats_for(&Target::Listed(p), |s| count(s, verdict.is_ok()));
         verdict
     }
 
@@ -246,22 +304,11 @@ impl Partners {
                 rates
                     .entry(domain)
                     .or_default()
-                    .take(self.discovery_rate, now)
+                    .take(self.config().discovery.rate, now)
             }
         };
-        self.count(Some(&self.discovered_stats), verdict.is_ok());
+        count(&self.discovered_stats, verdict.is_ok());
         verdict
-    }
-
-    fn count(&self, stats: Option<&PartnerStats>, admitted: bool) {
-        if let Some(stats) = stats {
-            let counter = if admitted {
-                &stats.received
-            } else {
-                &stats.rate_limited
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Sends a request to a partner: on a connection that is up, or once one is opened.
@@ -323,9 +370,9 @@ impl Partners {
     }
 
     fn count_sent(&self, t: &Target) {
-        if let Some(stats) = self.stats(t) {
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
+        self.stats_for(t, |s| {
+            s.sent.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     /// Opens a connection to the partner, hands it the waiting requests and runs it until
@@ -378,9 +425,9 @@ impl Partners {
                 std::mem::take(&mut st.waiting)
             })
             .unwrap_or_default();
-        if let Some(stats) = self.stats(target) {
-            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        self.stats_for(target, |s| {
+            s.connect_failures.fetch_add(1, Ordering::Relaxed);
+        });
         let name = self.label(target);
         tracing::warn!(partner = %name, error = %e, "cannot connect to partner edge");
         let why = Why::PartnerUnavailable {
@@ -409,7 +456,8 @@ impl Partners {
         };
         match target {
             Target::Listed(p) => {
-                let Some(edge) = self.edges.get(usize::from(p.0)) else {
+                let config = self.config();
+                let Some(edge) = config.edges.get(p) else {
                     return Vec::new();
                 };
                 if edge.addresses.is_empty() {
@@ -422,7 +470,8 @@ impl Partners {
                 }
             }
             Target::Discovered(d) => {
-                let Some(dns) = &self.dns else {
+                let config = self.config();
+                let Some(dns) = &config.dns else {
                     return Vec::new();
                 };
                 let found = match d {
@@ -467,7 +516,8 @@ impl Partners {
 
     /// A listed partner's edge from DNS: SRV of each of its domains in turn, then its FQDN.
     async fn resolve(&self, p: PartnerId) -> Vec<(SocketAddr, String)> {
-        let (Some(dns), Some(partner)) = (&self.dns, self.federation.get(p)) else {
+        let config = self.config();
+        let (Some(dns), Some(partner)) = (&config.dns, config.federation.get(p)) else {
             return Vec::new();
         };
         for domain in &partner.domains {
@@ -518,18 +568,19 @@ impl Partners {
     /// The dialog key and limit of a listed partner or a discovered domain.
     pub fn dialog_limit(&self, target: &Target) -> Option<(u64, usize)> {
         match target {
-            Target::Listed(p) => self.federation.get(*p).map(|x| (x.key(), x.max_dialogs)),
+            Target::Listed(p) => self.federation().get(*p).map(|x| (x.key(), x.max_dialogs)),
             Target::Discovered(DiscoveredTarget::Domain(d))
-            | Target::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => {
-                Some((discovered_key(d.as_bytes()), self.discovery_max_dialogs))
-            }
+            | Target::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => Some((
+                discovered_key(d.as_bytes()),
+                self.config().discovery.max_dialogs,
+            )),
         }
     }
 
     /// Dialogs counted with each listed partner (for `/metrics`).
     pub fn dialogs(&self) -> Vec<usize> {
         let dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
-        self.federation
+        self.federation()
             .iter()
             .map(|(_, p)| dialogs.count(p.key()))
             .collect()
@@ -537,9 +588,10 @@ impl Partners {
 
     /// Connections up per listed partner (for `/metrics`).
     pub fn connections(&self) -> Vec<usize> {
-        self.listed
+        let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        self.federation()
             .iter()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).flows.len())
+            .map(|(id, _)| listed.get(&id).map_or(0, |s| s.flows.len()))
             .collect()
     }
 
@@ -552,4 +604,13 @@ impl Partners {
             .map(|s| s.flows.len())
             .sum()
     }
+}
+
+fn count(stats: &PartnerStats, admitted: bool) {
+    let counter = if admitted {
+        &stats.received
+    } else {
+        &stats.rate_limited
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -8,9 +8,11 @@
 
 use crate::core::limits::Rate;
 
-/// A partner's index in the topology's list.
+/// A partner, by its stable key ([`Partner::key`]): a connection keeps naming the same
+/// partner across reloads that reorder, add or remove partners (a removed one is found no
+/// more, and its connections' requests are refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartnerId(pub u16);
+pub struct PartnerId(pub u64);
 
 /// One partner organisation: an allowed partner server (its edge's FQDN known) or an
 /// allowed partner domain (its edge found by DNS SRV and named by a host within one of its
@@ -116,14 +118,11 @@ impl Federation {
     }
 
     pub fn get(&self, id: PartnerId) -> Option<&Partner> {
-        self.partners.get(usize::from(id.0))
+        self.partners.iter().find(|p| p.key() == id.0)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (PartnerId, &Partner)> {
-        self.partners
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (PartnerId(u16::try_from(i).unwrap_or(u16::MAX)), p))
+        self.partners.iter().map(|p| (PartnerId(p.key()), p))
     }
 
     /// The partner that speaks for `domain`.
@@ -145,7 +144,7 @@ impl Federation {
 
     /// The partner a virtual flow's key names ([`Partner::key`]).
     pub fn by_key(&self, key: u64) -> Option<PartnerId> {
-        self.iter().find(|(_, p)| p.key() == key).map(|(id, _)| id)
+        self.get(PartnerId(key)).map(|_| PartnerId(key))
     }
 
     /// The partner a verified certificate's DNS subjectAltNames name: exactly an allowed
@@ -199,38 +198,31 @@ mod tests {
     #[test]
     fn partners_are_found_by_domain_host_and_certificate() {
         let f = federation();
-        assert_eq!(f.by_domain(b"PARTNER.test"), Some(PartnerId(0)));
-        assert_eq!(f.by_domain(b"other.example"), Some(PartnerId(1)));
+        let id = |i: usize| f.iter().nth(i).unwrap().0;
+        assert_eq!(f.by_domain(b"PARTNER.test"), Some(id(0)));
+        assert_eq!(f.by_domain(b"other.example"), Some(id(1)));
         assert_eq!(f.by_domain(b"sip.partner.example"), None);
-        assert_eq!(f.by_host(b"sip.partner.example"), Some(PartnerId(0)));
-        assert_eq!(f.by_host(b"partner.example"), Some(PartnerId(0)));
+        assert_eq!(f.by_host(b"sip.partner.example"), Some(id(0)));
+        assert_eq!(f.by_host(b"partner.example"), Some(id(0)));
         assert_eq!(f.by_host(b"corp.example"), None);
         let sans = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
             f.by_certificate(&sans(&["x.example", "Edge.Other.Example"])),
-            Some(PartnerId(1))
+            Some(id(1))
         );
         assert_eq!(f.by_certificate(&sans(&["*.partner.example"])), None);
         assert_eq!(f.by_certificate(&sans(&["partner.example"])), None);
         assert_eq!(f.get(PartnerId(3)), None);
+        assert_eq!(f.by_key(id(1).0), Some(id(1)));
         // The allowed partner domain: a certificate for a host within it, not a wildcard,
         // not a look-alike.
-        assert_eq!(
-            f.by_certificate(&sans(&["sip.third.example"])),
-            Some(PartnerId(2))
-        );
-        assert_eq!(
-            f.by_certificate(&sans(&["third.example"])),
-            Some(PartnerId(2))
-        );
+        assert_eq!(f.by_certificate(&sans(&["sip.third.example"])), Some(id(2)));
+        assert_eq!(f.by_certificate(&sans(&["third.example"])), Some(id(2)));
         assert_eq!(f.by_certificate(&sans(&["*.third.example"])), None);
         assert_eq!(f.by_certificate(&sans(&["evilthird.example"])), None);
         assert_eq!(f.by_certificate(&sans(&["third.example.evil"])), None);
-        assert_eq!(f.by_host(b"edge7.third.example"), Some(PartnerId(2)));
+        assert_eq!(f.by_host(b"edge7.third.example"), Some(id(2)));
         assert_eq!(f.by_host(b"edge7.partner.example"), None);
-        assert_ne!(
-            f.get(PartnerId(2)).unwrap().key(),
-            f.get(PartnerId(1)).unwrap().key()
-        );
+        assert_ne!(f.get(id(2)).unwrap().key(), f.get(id(1)).unwrap().key());
     }
 }

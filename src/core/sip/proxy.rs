@@ -148,6 +148,8 @@ enum Sender<'a> {
 pub struct Proxy {
     cfg: ProxyConfig,
     keys: FlowKeys,
+    /// The partners in force: `cfg.federation` at first, replaced whole by a reload.
+    federation: std::sync::RwLock<std::sync::Arc<Federation>>,
 }
 
 const BRANCH_PREFIX: &[u8] = b"z9hG4bKse";
@@ -155,7 +157,25 @@ const PROBE_PREFIX: &str = "z9hG4bKprobe";
 
 impl Proxy {
     pub fn new(cfg: ProxyConfig, keys: FlowKeys) -> Proxy {
-        Proxy { cfg, keys }
+        let federation = std::sync::RwLock::new(std::sync::Arc::new(cfg.federation.clone()));
+        Proxy {
+            cfg,
+            keys,
+            federation,
+        }
+    }
+
+    /// The partners in force now.
+    pub fn federation(&self) -> std::sync::Arc<Federation> {
+        self.federation
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts new partners in force (reload): from the next message on.
+    pub fn set_federation(&self, federation: std::sync::Arc<Federation>) {
+        *self.federation.write().unwrap_or_else(|e| e.into_inner()) = federation;
     }
 
     pub fn keys(&self) -> &FlowKeys {
@@ -263,7 +283,8 @@ impl Proxy {
         {
             return Err(Why::Loop);
         }
-        let sender = self.sender(from, msg, method)?;
+        let federation = self.federation();
+        let sender = self.sender(from, msg, method, &federation)?;
         let mut splice = Splice::new();
         let max_forwards = self.decrement_max_forwards(msg, &mut splice)?;
         if msg.proxy_require.is_some() {
@@ -359,7 +380,7 @@ impl Proxy {
         let popped = self.pop_own_routes(msg, &mut splice);
         let outside = match popped.token {
             Some(Ok(flow)) => match flow.as_partner() {
-                Some(key) => match self.cfg.federation.by_key(key) {
+                Some(key) => match self.federation().by_key(key) {
                     Some(p) => Outside::Partner(p),
                     // Not a listed partner: a discovered one (or one that left the topology).
                     None => Outside::Discovered(
@@ -383,7 +404,7 @@ impl Proxy {
         };
         let target = match &outside {
             Outside::Partner(p) => {
-                FlowId::partner(self.cfg.federation.get(*p).ok_or(Why::NoRoute)?.key())
+                FlowId::partner(self.federation().get(*p).ok_or(Why::NoRoute)?.key())
             }
             Outside::Discovered(DiscoveredTarget::Domain(d))
             | Outside::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => {
@@ -427,8 +448,13 @@ impl Proxy {
     /// claim a listed partner's domain; with open federation, a connection whose certificate
     /// names a host within the (foreign) From domain is that domain's edge, held to the same
     /// rules.
-    fn sender(&self, from: &Flow, msg: &Message, method: Method) -> Result<Sender<'_>, Why> {
-        let federation = &self.cfg.federation;
+    fn sender<'f>(
+        &self,
+        from: &Flow,
+        msg: &Message,
+        method: Method,
+        federation: &'f Federation,
+    ) -> Result<Sender<'f>, Why> {
         let to_ours = || {
             let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
             if self.is_served(to_domain) {
@@ -452,9 +478,9 @@ impl Proxy {
         if federation.by_domain(from_domain).is_some() {
             return Err(Why::NotPartnerEdge);
         }
-        match self.discovered_edge(from, from_domain) {
+        match self.discovered_edge(from, from_domain, federation) {
             // A certificate that does not cover the foreign domain it writes from.
-            None if self.cfg.federation.discovery
+            None if federation.discovery
                 && from.certificate.is_some()
                 && !from_domain.is_empty()
                 && !self.is_served(from_domain) =>
@@ -477,8 +503,13 @@ impl Proxy {
 
     /// With open federation: the certificate name that makes `from` an edge of
     /// `from_domain` (a foreign domain), if any.
-    fn discovered_edge(&self, from: &Flow, from_domain: &[u8]) -> Option<String> {
-        if !self.cfg.federation.discovery || from_domain.is_empty() || self.is_served(from_domain) {
+    fn discovered_edge(
+        &self,
+        from: &Flow,
+        from_domain: &[u8],
+        federation: &Federation,
+    ) -> Option<String> {
+        if !federation.discovery || from_domain.is_empty() || self.is_served(from_domain) {
             return None;
         }
         let domain = std::str::from_utf8(from_domain).ok()?;
@@ -496,7 +527,8 @@ impl Proxy {
             return None;
         }
         let from_domain = msg.uri_host(msg.from_uri)?;
-        self.discovered_edge(from, from_domain).map(|_| from_domain)
+        self.discovered_edge(from, from_domain, &self.federation())
+            .map(|_| from_domain)
     }
 
     /// With open federation, where a request from the inside for a foreign domain goes: the
@@ -508,7 +540,8 @@ impl Proxy {
         popped: usize,
         in_dialog: bool,
     ) -> Option<DiscoveredTarget> {
-        if !self.cfg.federation.discovery {
+        let federation = self.federation();
+        if !federation.discovery {
             return None;
         }
         let domain_of = |span| msg.uri_host(span).and_then(|h| std::str::from_utf8(h).ok());
@@ -523,7 +556,7 @@ impl Proxy {
             || domain.starts_with('[')
             || !domain.contains('.')
             || self.is_served(domain.as_bytes())
-            || self.cfg.federation.by_domain(domain.as_bytes()).is_some()
+            || federation.by_domain(domain.as_bytes()).is_some()
         {
             return None;
         }
@@ -551,7 +584,7 @@ impl Proxy {
             Some(entry) => msg.uri_host(entry.uri)?,
             None => msg.uri_host(msg.request_uri()?)?,
         };
-        self.cfg.federation.by_host(host)
+        self.federation().by_host(host)
     }
 
     fn is_served(&self, domain: &[u8]) -> bool {
@@ -597,12 +630,13 @@ impl Proxy {
                         splice.delete(h.line);
                     }
                 }
-                let partner = from.partner.and_then(|p| self.cfg.federation.get(p));
+                let federation = self.federation();
+                let partner = from.partner.and_then(|p| federation.get(p));
                 let stamp = match partner {
                     Some(partner) => Some(("DirectPartner", partner.label().to_string())),
                     None => {
                         let to_domain = msg.uri_host(msg.to_uri).unwrap_or_default();
-                        self.discovered_edge(from, to_domain)
+                        self.discovered_edge(from, to_domain, &federation)
                             .map(|edge| ("DiscoveredPartner", edge))
                     }
                 };
@@ -1167,8 +1201,8 @@ mod tests {
     }
 
     fn federated() -> Proxy {
-        let mut p = proxy();
-        p.cfg.federation = Federation::new(vec![Partner {
+        let p = proxy();
+        p.set_federation(std::sync::Arc::new(Federation::new(vec![Partner {
             fqdn: Some("sip.partner.example".into()),
             domains: vec!["partner.example".into()],
             rate: crate::core::limits::Rate {
@@ -1176,13 +1210,18 @@ mod tests {
                 burst: 10,
             },
             max_dialogs: 100,
-        }]);
+        }])));
         p
+    }
+
+    /// The one partner of [`federated`].
+    fn the_partner(p: &Proxy) -> PartnerId {
+        p.federation().iter().next().unwrap().0
     }
 
     fn partner_flow(p: &Proxy, id: u64) -> Flow {
         Flow {
-            partner: Some(PartnerId(0)),
+            partner: Some(the_partner(p)),
             ..flow(p, id, Side::External, "198.51.100.50:5061")
         }
     }
@@ -1258,11 +1297,11 @@ mod tests {
         let Action::ToPartner { partner, bytes } = p.handle(&director, &msg(invite)) else {
             panic!("not sent to the partner")
         };
-        assert_eq!(partner, PartnerId(0));
+        assert_eq!(partner, the_partner(&p));
         let text = String::from_utf8(bytes).unwrap();
         // Record-Route names the partner, not a connection: in-dialog requests from the
         // inside reach it over any connection.
-        let key = p.cfg.federation.get(PartnerId(0)).unwrap().key();
+        let key = the_partner(&p).0;
         let partner_token = p.keys().token(FlowId::partner(key));
         assert!(
             text.contains(&format!(
@@ -1286,7 +1325,7 @@ mod tests {
         let Action::ToPartner { partner, .. } = p.handle(&director, &msg(&bye)) else {
             panic!("in-dialog request not sent to the partner")
         };
-        assert_eq!(partner, PartnerId(0));
+        assert_eq!(partner, the_partner(&p));
         // Without a recorded route, a Route through the partner edge also leads there.
         let routed = bye.replace(
             &format!("<sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, ", t = partner_token.as_str()),
@@ -1333,8 +1372,10 @@ mod tests {
     }
 
     fn discovering() -> Proxy {
-        let mut p = federated();
-        p.cfg.federation.discovery = true;
+        let p = federated();
+        let mut f = (*p.federation()).clone();
+        f.discovery = true;
+        p.set_federation(std::sync::Arc::new(f));
         p
     }
 
