@@ -54,6 +54,7 @@ async fn healthz_follows_the_pool_and_metrics_count_live() {
         "sipedge_source_refusals_total{reason=\"request_rate\"} 0\n",
         "sipedge_bans_total 0\n",
         "sipedge_connections_accepted_total 1\n",
+        "sipedge_connections{zone=\"external\"} 1\n",
         "# TYPE sipedge_rejects_total counter\n",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");

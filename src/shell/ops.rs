@@ -566,6 +566,14 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         "Live connections (flows), both zones and the pool.",
     )
     .sample("sipedge_flows", &[], shared.flows.len() as u64);
+    let (external, internal) = shared.flows.count_by_side();
+    e.family(
+        "sipedge_connections",
+        Kind::Gauge,
+        "Live connections by zone (remote users and partners; the pool and internal clients).",
+    )
+    .sample("sipedge_connections", &[("zone", "external")], external as u64)
+    .sample("sipedge_connections", &[("zone", "internal")], internal as u64);
     e.family(
         "sipedge_next_hop_up",
         Kind::Gauge,
