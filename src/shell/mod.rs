@@ -409,6 +409,26 @@ fn conn_limits(topology: &Topology) -> ConnLimits {
 /// The row of responses in [`Stats::by_method`].
 pub const RESPONSES: usize = crate::core::sip::message::Method::ALL.len();
 
+/// The serving certificates and keys of a topology (external, internal), and what
+/// `/status` shows of them.
+type Serving = (
+    tls::CertifiedKeyMaterial,
+    tls::CertifiedKeyMaterial,
+    Vec<(&'static str, tls::CertSummary)>,
+);
+
+fn serving_certificates(t: &Topology, dev: Option<&DevPki>) -> Result<Serving, TlsError> {
+    let ext = tls::load_cert(&t.external.cert, dev, DevRole::External)?;
+    let int = tls::load_cert(&t.internal.cert, dev, DevRole::Internal)?;
+    let mut summaries = Vec::new();
+    for (role, m) in [("external", &ext), ("internal", &int)] {
+        if let Some(leaf) = m.chain.first() {
+            summaries.push((role, tls::summarize(leaf)?));
+        }
+    }
+    Ok((ext, int, summaries))
+}
+
 /// The one key [`Shared::calls`] counts under (it has no per-partner limits).
 pub const CALLS: u64 = 0;
 
@@ -433,15 +453,7 @@ impl RunningEdge {
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed));
         }
-        let dev = self.dev_pki.as_ref();
-        let ext = tls::load_cert(&new.external.cert, dev, DevRole::External)?;
-        let int = tls::load_cert(&new.internal.cert, dev, DevRole::Internal)?;
-        let mut summaries = Vec::new();
-        for (role, m) in [("external", &ext), ("internal", &int)] {
-            if let Some(leaf) = m.chain.first() {
-                summaries.push((role, tls::summarize(leaf)?));
-            }
-        }
+        let (ext, int, summaries) = serving_certificates(new, self.dev_pki.as_ref())?;
         // Everything checked before anything is installed: all or nothing.
         let ext = tls::CertSlot::prepare(ext)?;
         let int = tls::CertSlot::prepare(int)?;
@@ -714,14 +726,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         (None, false)
     };
     let dev = dev_pki.as_ref();
-    let ext_material = tls::load_cert(&topology.external.cert, dev, DevRole::External)?;
-    let int_material = tls::load_cert(&topology.internal.cert, dev, DevRole::Internal)?;
-    let mut certificates = Vec::new();
-    for (role, m) in [("external", &ext_material), ("internal", &int_material)] {
-        if let Some(leaf) = m.chain.first() {
-            certificates.push((role, tls::summarize(leaf)?));
-        }
-    }
+    let (ext_material, int_material, certificates) = serving_certificates(topology, dev)?;
     let int_roots = tls::load_roots(&topology.internal.ca, dev)?;
     // Federation: partner edges are verified against these roots, inbound and outbound.
     let partner_roots = match &topology.federation {

@@ -572,8 +572,16 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         Kind::Gauge,
         "Live connections by zone (remote users and partners; the pool and internal clients).",
     )
-    .sample("sipedge_connections", &[("zone", "external")], external as u64)
-    .sample("sipedge_connections", &[("zone", "internal")], internal as u64);
+    .sample(
+        "sipedge_connections",
+        &[("zone", "external")],
+        external as u64,
+    )
+    .sample(
+        "sipedge_connections",
+        &[("zone", "internal")],
+        internal as u64,
+    );
     e.family(
         "sipedge_next_hop_up",
         Kind::Gauge,

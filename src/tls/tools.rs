@@ -294,6 +294,13 @@ fn covers(san: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The DER of a PEM certificate request.
+    fn csr_der(pem: &str) -> Vec<u8> {
+        rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
+            .unwrap()
+    }
+
     #[test]
     fn a_request_parses_back_with_its_names() {
         use x509_parser::prelude::FromDer;
@@ -303,9 +310,7 @@ mod tests {
         ];
         let (key, csr) = request(&sans, KeyKind::EcdsaP256).unwrap();
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(csr.as_bytes())
-            .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
-            .unwrap();
+        let der = csr_der(&csr);
         let (_, parsed) =
             x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
         let names: Vec<String> = parsed
@@ -339,9 +344,7 @@ mod tests {
         use x509_parser::prelude::FromDer;
         let (key, csr) = request(&["sip.corp.example".to_string()], KeyKind::Rsa2048).unwrap();
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(csr.as_bytes())
-            .map(|d: rustls_pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
-            .unwrap();
+        let der = csr_der(&csr);
         let (_, parsed) =
             x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
         let spki = &parsed.certification_request_info.subject_pki;
