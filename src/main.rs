@@ -539,6 +539,9 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
 }
 
 async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> ExitCode {
+    // Handlers first: SIGHUP's default action is to end the process, and one sent while
+    // the edge starts must reload (or wait), not kill it.
+    let mut signals = Signals::new();
     let edge = match sipedge::shell::start(&topology).await {
         Ok(edge) => edge,
         Err(e) => {
@@ -568,7 +571,6 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> Ex
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
         edge.external, edge.internal, topology.next_hop.members
     );
-    let mut signals = Signals::new();
     let stop = loop {
         match signals.next().await {
             Signal::Stop(stop) => break stop,
