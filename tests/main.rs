@@ -41,3 +41,6 @@ mod srtp;
 
 /// Federation: two organisations' edges over mutual TLS.
 mod federation;
+
+/// The DMZ deployment in network namespaces (root only).
+mod netns;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sipedge::core::turn::auth::long_term_key;
 use sipedge::core::turn::encode::Writer;
 use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
-use sipedge::core::turn::stun::{self, attr, Class};
+use sipedge::core::turn::stun::{attr, Class};
 use sipedge::core::{credentials, keyring::Ring};
 use sipedge::shell::udp::{self, BatchSocket};
 use sipedge::shell::{self, keyfile};
@@ -41,23 +41,6 @@ fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     p.extend_from_slice(payload);
     p
-}
-
-async fn exchange(sock: &UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
-    sock.send_to(request, to).await.unwrap();
-    let mut buf = vec![0u8; 2048];
-    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
-        .await
-        .expect("TURN answered")
-        .unwrap();
-    buf.truncate(n);
-    buf
-}
-
-fn attr_value(msg: &[u8], kind: u16) -> Option<Vec<u8>> {
-    let c = stun::check(msg).ok()?;
-    let a = c.get(kind)?;
-    Some(msg[a.start..a.start + a.len].to_vec())
 }
 
 /// An edge with a relay, an internal client holding an allocation with channel 0x4001

@@ -734,3 +734,22 @@ print(len(families), sum(len(f.samples) for f in families))
     );
     Some(String::from_utf8_lossy(&out.stdout).to_string())
 }
+
+/// Sends a STUN request over UDP and returns the answer (within [`WAIT`]).
+pub async fn exchange(sock: &tokio::net::UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
+    sock.send_to(request, to).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("TURN answered")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// The value of a STUN attribute in a message that passes the strict check.
+pub fn attr_value(msg: &[u8], kind: u16) -> Option<Vec<u8>> {
+    let c = sipedge::core::turn::stun::check(msg).ok()?;
+    let a = c.get(kind)?;
+    Some(msg[a.start..a.start + a.len].to_vec())
+}

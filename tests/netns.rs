@@ -1,0 +1,533 @@
+//! The DMZ deployment in network namespaces: three namespaces play the Internet (a remote
+//! user, a media peer), the DMZ host (sipedge with two veth interfaces, IP forwarding off)
+//! and the internal network (the Director and an internal media client), on documentation
+//! ranges that exist only inside them: 203.0.113.0/24 outside, 198.51.100.0/24 inside.
+//!
+//! The edge is the real binary; the other parts are this test binary run again inside a
+//! namespace as one `role_*` test (ignored unless `SIPEDGE_NETNS_ROLE` names it). Each
+//! proven property is printed. Everything is torn down at the end, on failure too. Skipped,
+//! with a message, where network namespaces cannot be made (not root, no `ip`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
+/// The Internet side: the remote user and the media peer.
+const INET_IP: &str = "203.0.113.10";
+/// The edge's external interface.
+const EXT_IP: &str = "203.0.113.1";
+/// The edge's internal interface.
+const INT_IP: &str = "198.51.100.1";
+/// The Director and the internal media client.
+const LAN_IP: &str = "198.51.100.10";
+
+/// Three namespaces and two veth pairs, deleted on drop.
+struct Bed {
+    inet: String,
+    dmz: String,
+    int: String,
+}
+
+impl Bed {
+    fn up() -> Result<Bed, String> {
+        let tag = std::process::id() % 100_000;
+        let bed = Bed {
+            inet: format!("se{tag}-inet"),
+            dmz: format!("se{tag}-dmz"),
+            int: format!("se{tag}-int"),
+        };
+        for ns in [&bed.inet, &bed.dmz, &bed.int] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let (e0, e1, i0, i1) = (
+            format!("se{tag}e0"),
+            format!("se{tag}e1"),
+            format!("se{tag}i0"),
+            format!("se{tag}i1"),
+        );
+        ip(&[
+            "link", "add", &e0, "netns", &bed.dmz, "type", "veth", "peer", "name", &e1, "netns",
+            &bed.inet,
+        ])?;
+        ip(&[
+            "link", "add", &i0, "netns", &bed.dmz, "type", "veth", "peer", "name", &i1, "netns",
+            &bed.int,
+        ])?;
+        for (ns, dev, addr) in [
+            (&bed.dmz, &e0, format!("{EXT_IP}/24")),
+            (&bed.inet, &e1, format!("{INET_IP}/24")),
+            (&bed.dmz, &i0, format!("{INT_IP}/24")),
+            (&bed.int, &i1, format!("{LAN_IP}/24")),
+        ] {
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        // No routing between the two zones on the DMZ host.
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &bed.dmz,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=0",
+        ]))?;
+        Ok(bed)
+    }
+
+    fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        c
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for ns in [&self.inet, &self.dmz, &self.int] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(c: &mut Command) -> Result<(), String> {
+    let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// This test binary, run again in `ns` as `role`, with `env`; stdout piped.
+fn role(bed: &Bed, ns: &str, role: &str, env: &[(&str, String)]) -> Reaped {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = bed.exec(ns);
+    c.arg(exe)
+        .args([
+            "--exact",
+            &format!("netns::role_{role}"),
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SIPEDGE_NETNS_ROLE", role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Reaped(c.spawn().unwrap())
+}
+
+/// Reads a child's lines until one contains `what` (collecting `PROVEN` lines); panics if
+/// the child ends first.
+fn wait_for(child: &mut Reaped, what: &str, proven: &mut Vec<String>) {
+    let out = child.0.stdout.as_mut().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    for line in &mut lines {
+        let line = line.unwrap();
+        // The test harness may print its "test ... " prefix on the same line.
+        if let Some(at) = line.find("PROVEN: ") {
+            proven.push(line[at + "PROVEN: ".len()..].to_string());
+        }
+        if line.contains(what) {
+            return;
+        }
+    }
+    panic!("the role ended before {what:?}");
+}
+
+/// Whether this process is the role `name`.
+fn is_role(name: &str) -> bool {
+    std::env::var("SIPEDGE_NETNS_ROLE").is_ok_and(|r| r == name)
+}
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} not set"))
+}
+
+/// Waits for the parent to close our stdin (or a minute), then returns.
+fn until_released() {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn the_dmz_deployment_works_and_isolates_in_namespaces() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if !root || tool_on_path("ip").is_none() {
+        eprintln!("SKIPPED: the namespace test bed needs root and iproute2 (ip netns)");
+        return;
+    }
+    let bed = match Bed::up() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED: network namespaces are not available here: {e}");
+            return;
+        }
+    };
+    let mut proven = Vec::new();
+
+    // The PKI, the key ring, a relay credential, and the edge's topology.
+    let pki = Pki::new();
+    let ring_path = pki.dir.path().join("ring.toml");
+    let now = sipedge::shell::clock::now_unix();
+    let ring =
+        sipedge::core::keyring::Ring::init(sipedge::shell::keyfile::random_secret().unwrap(), now);
+    sipedge::shell::keyfile::store(&ring_path, &ring, true).unwrap();
+    let cred = sipedge::core::credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
+    let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
+    let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
+    let topology = pki.dir.path().join("edge.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "state_dir = \"{state}\"\n\
+             [edge]\nname = \"dmz\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
+             [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"{EDGE_FQDN}\"\n\
+             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             [internal]\nsip = \"{INT_IP}:5061\"\n\
+             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
+             [operations]\nlisten = \"{INT_IP}:9095\"\n\
+             [keys]\nring = \"{ring}\"\n\
+             [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n",
+            state = pki.dir.path().join("state").display(),
+            ec = ext_cert.display(),
+            ek = ext_key.display(),
+            ic = int_cert.display(),
+            ik = int_key.display(),
+            ca = pki.pki.ca_cert.display(),
+            ring = ring_path.display(),
+        ),
+    )
+    .unwrap();
+    let common = vec![
+        ("SIPEDGE_NETNS_DIR", pki.dir.path().display().to_string()),
+        ("SIPEDGE_NETNS_USER", cred.username.clone()),
+        ("SIPEDGE_NETNS_PASS", cred.password.clone()),
+    ];
+
+    // The Director (inside) first, then the edge on the DMZ host.
+    let mut director = role(&bed, &bed.int, "director", &common);
+    wait_for(&mut director, "READY", &mut proven);
+    let mut edge = Reaped(
+        bed.exec(&bed.dmz)
+            .args([BIN, "run", "--topology"])
+            .arg(&topology)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    {
+        let out = edge.0.stdout.as_mut().unwrap();
+        let started = BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("external TLS SIP on"));
+        assert!(started, "the edge did not start");
+    }
+    let forwarding = bed
+        .exec(&bed.dmz)
+        .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .output()
+        .unwrap();
+    assert_eq!(forwarding.stdout, b"0\n");
+    proven.push("the DMZ host does not route between its interfaces (ip_forward = 0)".into());
+
+    // The media peer outside, then every check from the inside and from the Internet.
+    let mut echo = role(&bed, &bed.inet, "echo", &common);
+    wait_for(&mut echo, "READY", &mut proven);
+    let mut inside = role(&bed, &bed.int, "inside", &common);
+    wait_for(&mut inside, "DONE", &mut proven);
+    let mut outside = role(&bed, &bed.inet, "remote_user", &common);
+    wait_for(&mut outside, "DONE", &mut proven);
+
+    for (name, child) in [("inside", &mut inside), ("remote user", &mut outside)] {
+        let status = child.0.wait().unwrap();
+        assert!(status.success(), "the {name} role failed");
+    }
+    drop(director.0.stdin.take());
+    drop(echo.0.stdin.take());
+    let _ = Command::new("kill")
+        .args(["-TERM", &edge.0.id().to_string()])
+        .status();
+    println!("proven in network namespaces:");
+    for p in &proven {
+        println!("  - {p}");
+    }
+    assert_eq!(proven.len(), 8, "{proven:?}");
+}
+
+/// Inside: the Director, answering everything 200.
+#[test]
+#[ignore = "a role of the namespace test, run by it"]
+fn role_director() {
+    if !is_role("director") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env("SIPEDGE_NETNS_DIR"));
+    let pki = sipedge::tls::DevPki::at(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let material = sipedge::tls::load_cert(
+        &pki.source(sipedge::tls::DevRole::Director),
+        None,
+        sipedge::tls::DevRole::Director,
+    )
+    .unwrap();
+    let roots = sipedge::tls::load_roots(&pki.ca_source(), None).unwrap();
+    let _director = rt.block_on(async {
+        let d =
+            Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap()).await;
+        *d.auto_answer.lock().unwrap() = Some(200);
+        d
+    });
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    until_released();
+}
+
+/// Outside: a media peer echoing every datagram back.
+#[test]
+#[ignore = "a role of the namespace test, run by it"]
+fn role_echo() {
+    if !is_role("echo") {
+        return;
+    }
+    let sock = std::net::UdpSocket::bind(format!("{INET_IP}:40000")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        let _ = sock.send_to(&buf[..n], from);
+    }
+}
+
+/// Inside: the operations endpoints answer, and an internal client's relay carries media
+/// to the peer outside and back.
+#[test]
+#[ignore = "a role of the namespace test, run by it"]
+fn role_inside() {
+    if !is_role("inside") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ops = format!("{INT_IP}:9095");
+        let mut health = String::new();
+        for _ in 0..50 {
+            health = http_get(&ops, "/healthz").await;
+            if health.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        println!("PROVEN: the operations endpoints answer on the internal interface (/healthz 200)");
+
+        let client = tokio::net::UdpSocket::bind(format!("{LAN_IP}:0")).await.unwrap();
+        let turn: SocketAddr = format!("{INT_IP}:3478").parse().unwrap();
+        let mut session = TurnSession::allocate(client, turn).await;
+        assert_eq!(session.relayed.ip().to_string(), EXT_IP, "relayed on the external interface");
+        let peer: SocketAddr = format!("{INET_IP}:40000").parse().unwrap();
+        assert_eq!(session.bind_channel(peer).await, None, "channel bound");
+        for i in 0..20u8 {
+            let payload = vec![i; 160];
+            let mut frame = vec![0x40, 0x01, 0, 160];
+            frame.extend_from_slice(&payload);
+            session.sock.send_to(&frame, turn).await.unwrap();
+            let mut buf = vec![0u8; 2048];
+            let (n, _) = tokio::time::timeout(WAIT, session.sock.recv_from(&mut buf))
+                .await
+                .expect("the echo came back through the relay")
+                .unwrap();
+            assert_eq!(&buf[4..n], &payload[..]);
+        }
+        println!(
+            "PROVEN: an internal client's relay carries media to a peer on the Internet and back (20 packets)"
+        );
+    });
+    println!("DONE");
+}
+
+/// Outside: the remote user registers and calls through the edge; nothing internal is
+/// reachable, directly or through the relay; the edge answers only SIP/TLS and TURN.
+#[test]
+#[ignore = "a role of the namespace test, run by it"]
+fn role_remote_user() {
+    if !is_role("remote_user") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env("SIPEDGE_NETNS_DIR"));
+    let pki = sipedge::tls::DevPki::at(&dir);
+    let roots = sipedge::tls::load_roots(&pki.ca_source(), None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let edge: SocketAddr = format!("{EXT_IP}:5061").parse().unwrap();
+        let mut c = Client::connect_as(roots, None, edge, INET_IP, EDGE_FQDN, None)
+            .await
+            .expect("TLS to the edge");
+        let request = |method: &str, cseq: u32, to_tag: &str| {
+            format!(
+                "{method} sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {INET_IP};branch=z9hG4bK-n{method}{cseq}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=a1\r\nTo: <sip:bob@{DOMAIN}>{to_tag}\r\n\
+                 Call-ID: netns-call\r\nCSeq: {cseq} {method}\r\nContact: <sip:alice@{INET_IP}>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        c.send(&request("REGISTER", 1, "").replace("REGISTER sip:bob@", "REGISTER sip:")).await;
+        let answer = c.recv().await;
+        assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+        c.send(&request("INVITE", 2, "")).await;
+        assert!(c.recv().await.starts_with("SIP/2.0 200"));
+        c.send(&request("ACK", 2, ";tag=uas1")).await;
+        c.send(&request("BYE", 3, ";tag=uas1")).await;
+        assert!(c.recv().await.starts_with("SIP/2.0 200"));
+        println!("PROVEN: a remote user registers and places a call (INVITE, ACK, BYE) through the edge to the Director");
+
+        for internal in [LAN_IP, INT_IP] {
+            let r = std::net::TcpStream::connect_timeout(
+                &format!("{internal}:5061").parse().unwrap(),
+                Duration::from_millis(500),
+            );
+            assert!(r.is_err(), "{internal} reachable from the Internet");
+        }
+        println!("PROVEN: no internal address is reachable from the Internet");
+
+        let open: Vec<u16> = [22, 80, 443, 3478, 5060, 5061, 8080, 9095]
+            .into_iter()
+            .filter(|p| {
+                std::net::TcpStream::connect_timeout(
+                    &format!("{EXT_IP}:{p}").parse().unwrap(),
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+            })
+            .collect();
+        assert_eq!(open, [443, 5061], "TCP ports open on the external interface");
+        println!("PROVEN: on the external interface only SIP/TLS (5061) and TURN over TCP (443) accept TCP; the operations port (9095) does not");
+
+        let client = tokio::net::UdpSocket::bind(format!("{INET_IP}:0")).await.unwrap();
+        let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();
+        let mut session = TurnSession::allocate(client, turn).await;
+        println!("PROVEN: TURN answers on the external interface (an allocation on {})", session.relayed);
+        for internal in [LAN_IP, INT_IP] {
+            let peer: SocketAddr = format!("{internal}:5061").parse().unwrap();
+            assert_eq!(session.permission(peer).await, Some(403), "{internal} through the relay");
+        }
+        println!("PROVEN: the relay refuses internal peers to an allocation from the Internet (403)");
+    });
+    println!("DONE");
+}
+
+/// A TURN client just big enough for the checks: allocate, permission, channel.
+struct TurnSession {
+    sock: tokio::net::UdpSocket,
+    server: SocketAddr,
+    relayed: SocketAddr,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_id: u8,
+}
+
+impl TurnSession {
+    async fn allocate(sock: tokio::net::UdpSocket, server: SocketAddr) -> TurnSession {
+        use sipedge::core::turn::encode::Writer;
+        use sipedge::core::turn::server::{decode_xor_address, ALLOCATE};
+        use sipedge::core::turn::stun::{attr, Class};
+        let username = env("SIPEDGE_NETNS_USER");
+        let password = env("SIPEDGE_NETNS_PASS");
+        let key = sipedge::core::turn::auth::long_term_key(&username, DOMAIN, &password);
+        let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let challenge = exchange(&sock, server, &w.finish_with_fingerprint()).await;
+        let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
+        let mut s = TurnSession {
+            sock,
+            server,
+            relayed: server,
+            username,
+            key,
+            nonce,
+            next_id: 2,
+        };
+        let answer = s
+            .request(ALLOCATE, |w| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .await;
+        let id = [s.next_id - 1; 12];
+        s.relayed = decode_xor_address(
+            &attr_value(&answer, attr::XOR_RELAYED_ADDRESS).expect("allocated"),
+            &id,
+        )
+        .unwrap();
+        s
+    }
+
+    async fn request(
+        &mut self,
+        method: u16,
+        build: impl Fn(&mut sipedge::core::turn::encode::Writer),
+    ) -> Vec<u8> {
+        use sipedge::core::turn::encode::Writer;
+        use sipedge::core::turn::stun::{attr, Class};
+        let mut w = Writer::new(Class::Request, method, [self.next_id; 12]);
+        self.next_id += 1;
+        build(&mut w);
+        w.attr(attr::USERNAME, self.username.as_bytes())
+            .attr(attr::REALM, DOMAIN.as_bytes())
+            .attr(attr::NONCE, &self.nonce)
+            .integrity(&self.key);
+        exchange(&self.sock, self.server, &w.finish_with_fingerprint()).await
+    }
+
+    /// The error code of a CreatePermission for `peer`, `None` on success.
+    async fn permission(&mut self, peer: SocketAddr) -> Option<u16> {
+        use sipedge::core::turn::server::CREATE_PERMISSION;
+        use sipedge::core::turn::stun::attr;
+        let answer = self
+            .request(CREATE_PERMISSION, |w| {
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .await;
+        error_code(&answer)
+    }
+
+    /// The error code of a ChannelBind of 0x4001 to `peer`, `None` on success.
+    async fn bind_channel(&mut self, peer: SocketAddr) -> Option<u16> {
+        use sipedge::core::turn::server::CHANNEL_BIND;
+        use sipedge::core::turn::stun::attr;
+        let answer = self
+            .request(CHANNEL_BIND, |w| {
+                w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+                    .xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .await;
+        error_code(&answer)
+    }
+}
+
+fn error_code(msg: &[u8]) -> Option<u16> {
+    let v = attr_value(msg, sipedge::core::turn::stun::attr::ERROR_CODE)?;
+    Some(u16::from(v[2]) * 100 + u16::from(v[3]))
+}
