@@ -1,7 +1,8 @@
 //! The DMZ deployment in network namespaces: three namespaces play the Internet (a remote
-//! user, a media peer), the DMZ host (sipedge with two veth interfaces, IP forwarding off)
-//! and the internal network (the Director and an internal media client), on documentation
-//! ranges that exist only inside them: 203.0.113.0/24 outside, 198.51.100.0/24 inside.
+//! user, a media peer, and a partner organisation's edge and Director), the DMZ host
+//! (sipedge with two veth interfaces, IP forwarding off) and the internal network (the
+//! Director and an internal media client), on documentation ranges that exist only inside
+//! them: 203.0.113.0/24 outside, 198.51.100.0/24 inside.
 //!
 //! The edge is the real binary; the other parts are this test binary run again inside a
 //! namespace as one `role_*` test (ignored unless `SIPEDGE_NETNS_ROLE` names it). Each
@@ -24,6 +25,11 @@ const EXT_IP: &str = "203.0.113.1";
 const INT_IP: &str = "198.51.100.1";
 /// The Director and the internal media client.
 const LAN_IP: &str = "198.51.100.10";
+/// A partner organisation on the Internet: its edge, and its Director behind it.
+const PARTNER_EDGE_IP: &str = "203.0.113.20";
+const PARTNER_INT_IP: &str = "203.0.113.21";
+const PARTNER_FQDN: &str = "edge.b.test";
+const PARTNER_DOMAIN: &str = "b.test";
 
 /// Three namespaces and two veth pairs, deleted on drop.
 struct Bed {
@@ -61,6 +67,9 @@ impl Bed {
         for (ns, dev, addr) in [
             (&bed.dmz, &e0, format!("{EXT_IP}/24")),
             (&bed.inet, &e1, format!("{INET_IP}/24")),
+            // The partner's addresses share the Internet side's interface.
+            (&bed.inet, &e1, format!("{PARTNER_EDGE_IP}/24")),
+            (&bed.inet, &e1, format!("{PARTNER_INT_IP}/24")),
             (&bed.dmz, &i0, format!("{INT_IP}/24")),
             (&bed.int, &i1, format!("{LAN_IP}/24")),
         ] {
@@ -184,6 +193,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
 
     // The PKI, the key ring, a relay credential, and the edge's topology.
     let pki = Pki::new();
+    let partner = Pki::for_org(PARTNER_FQDN, PARTNER_EDGE_IP, PARTNER_INT_IP);
     let ring_path = pki.dir.path().join("ring.toml");
     let now = sipedge::shell::clock::now_unix();
     let ring =
@@ -205,7 +215,9 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
              [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
              [keys]\nring = \"{ring}\"\n\
-             [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n",
+             [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n\
+             [federation]\nca = \"{partner_ca}\"\n\
+             [federation.partners.b]\nfqdn = \"{PARTNER_FQDN}\"\ndomains = [\"{PARTNER_DOMAIN}\"]\naddresses = [\"{PARTNER_EDGE_IP}:5061\"]\n",
             state = pki.dir.path().join("state").display(),
             ec = ext_cert.display(),
             ek = ext_key.display(),
@@ -213,11 +225,42 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
             ik = int_key.display(),
             ca = pki.pki.ca_cert.display(),
             ring = ring_path.display(),
+            partner_ca = partner.pki.ca_cert.display(),
+        ),
+    )
+    .unwrap();
+    // The partner's edge, federating with ours through its external interface.
+    let (pec, pek) = partner.pki.files(sipedge::tls::DevRole::External);
+    let (pic, pik) = partner.pki.files(sipedge::tls::DevRole::Internal);
+    let partner_topology = partner.dir.path().join("edge.toml");
+    std::fs::write(
+        &partner_topology,
+        format!(
+            "state_dir = \"{state}\"\n\
+             [edge]\nname = \"b\"\npool_fqdn = \"{PARTNER_FQDN}\"\nsip_domains = [\"{PARTNER_DOMAIN}\"]\n\
+             [external]\nsip = \"{PARTNER_EDGE_IP}:5061\"\nsip_host = \"{PARTNER_FQDN}\"\n\
+             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             [internal]\nsip = \"{PARTNER_INT_IP}:5061\"\n\
+             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             [next_hop]\nmembers = [\"{INET_IP}:5070\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
+             [federation]\nca = \"{our_ca}\"\n\
+             [federation.partners.a]\nfqdn = \"{EDGE_FQDN}\"\ndomains = [\"{DOMAIN}\"]\naddresses = [\"{EXT_IP}:5061\"]\n",
+            state = partner.dir.path().join("state").display(),
+            ec = pec.display(),
+            ek = pek.display(),
+            ic = pic.display(),
+            ik = pik.display(),
+            ca = partner.pki.ca_cert.display(),
+            our_ca = pki.pki.ca_cert.display(),
         ),
     )
     .unwrap();
     let common = vec![
         ("SIPEDGE_NETNS_DIR", pki.dir.path().display().to_string()),
+        (
+            "SIPEDGE_NETNS_PARTNER_DIR",
+            partner.dir.path().display().to_string(),
+        ),
         ("SIPEDGE_NETNS_USER", cred.username.clone()),
         ("SIPEDGE_NETNS_PASS", cred.password.clone()),
     ];
@@ -225,25 +268,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
     // The Director (inside) first, then the edge on the DMZ host.
     let mut director = role(&bed, &bed.int, "director", &common);
     wait_for(&mut director, "READY", &mut proven);
-    let mut edge = Reaped(
-        bed.exec(&bed.dmz)
-            .args([BIN, "run", "--topology"])
-            .arg(&topology)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    {
-        let out = edge.0.stdout.as_mut().unwrap();
-        let started = BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("external TLS SIP on"));
-        assert!(started, "the edge did not start");
-    }
+    let edge = start_edge(&bed, &bed.dmz, &topology);
     let forwarding = bed
         .exec(&bed.dmz)
         .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
@@ -252,6 +277,11 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
     assert_eq!(forwarding.stdout, b"0\n");
     proven.push("the DMZ host does not route between its interfaces (ip_forward = 0)".into());
 
+    // The partner organisation: its Director and its edge, on the Internet side.
+    let mut partner_director = role(&bed, &bed.inet, "partner_director", &common);
+    wait_for(&mut partner_director, "READY", &mut proven);
+    let partner_edge = start_edge(&bed, &bed.inet, &partner_topology);
+
     // The media peer outside, then every check from the inside and from the Internet.
     let mut echo = role(&bed, &bed.inet, "echo", &common);
     wait_for(&mut echo, "READY", &mut proven);
@@ -259,21 +289,103 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
     wait_for(&mut inside, "DONE", &mut proven);
     let mut outside = role(&bed, &bed.inet, "remote_user", &common);
     wait_for(&mut outside, "DONE", &mut proven);
+    // Federation: our Director writes to the partner's domain; the partner's Director
+    // receives it through both edges and answers.
+    writeln!(director.0.stdin.as_mut().unwrap(), "federate").unwrap();
+    wait_for(&mut director, "FEDERATED", &mut proven);
+    wait_for(&mut partner_director, "GOT", &mut proven);
 
     for (name, child) in [("inside", &mut inside), ("remote user", &mut outside)] {
         let status = child.0.wait().unwrap();
         assert!(status.success(), "the {name} role failed");
     }
     drop(director.0.stdin.take());
+    drop(partner_director.0.stdin.take());
     drop(echo.0.stdin.take());
-    let _ = Command::new("kill")
-        .args(["-TERM", &edge.0.id().to_string()])
-        .status();
+    for e in [&edge, &partner_edge] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &e.0.id().to_string()])
+            .status();
+    }
     println!("proven in network namespaces:");
     for p in &proven {
         println!("  - {p}");
     }
-    assert_eq!(proven.len(), 8, "{proven:?}");
+    assert_eq!(proven.len(), 11, "{proven:?}");
+}
+
+/// The sipedge binary in `ns` with `topology`, once it says it listens.
+fn start_edge(bed: &Bed, ns: &str, topology: &std::path::Path) -> Reaped {
+    let mut edge = Reaped(
+        bed.exec(ns)
+            .args([BIN, "run", "--topology"])
+            .arg(topology)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let out = edge.0.stdout.as_mut().unwrap();
+    let started = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("external TLS SIP on"));
+    assert!(started, "an edge did not start");
+    edge
+}
+
+/// Outside: the partner's Director, answering everything 200 and reporting what arrived
+/// with the trust stamp it carried.
+#[test]
+#[ignore = "a role of the namespace test, run by it"]
+fn role_partner_director() {
+    if !is_role("partner_director") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env("SIPEDGE_NETNS_PARTNER_DIR"));
+    let (material, roots) = director_identity(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut d =
+            Director::start_with(material, roots, format!("{INET_IP}:5070").parse().unwrap()).await;
+        *d.auto_answer.lock().unwrap() = Some(200);
+        println!("READY");
+        std::io::stdout().flush().unwrap();
+        let got = d
+            .try_recv(Duration::from_secs(60))
+            .await
+            .expect("a federated request");
+        let trust = headers(&got.text, "ms-edge-proxy-message-trust");
+        assert_eq!(
+            trust,
+            [format!(
+                "ms-source-type=DirectPartner;ms-ep-fqdn={EDGE_FQDN};ms-source-network=federation;ms-source-verified-user=verified"
+            )],
+            "{}",
+            got.text
+        );
+        println!("PROVEN: the partner's inside receives it stamped by its own edge as from ours ({EDGE_FQDN}), verified by certificate");
+        println!("GOT");
+        std::io::stdout().flush().unwrap();
+        until_released();
+    });
+}
+
+/// A Director's certificate and the roots it trusts, from a dev PKI directory.
+fn director_identity(
+    dir: &std::path::Path,
+) -> (sipedge::tls::CertifiedKeyMaterial, rustls::RootCertStore) {
+    let pki = sipedge::tls::DevPki::at(dir);
+    let material = sipedge::tls::load_cert(
+        &pki.source(sipedge::tls::DevRole::Director),
+        None,
+        sipedge::tls::DevRole::Director,
+    )
+    .unwrap();
+    let roots = sipedge::tls::load_roots(&pki.ca_source(), None).unwrap();
+    (material, roots)
 }
 
 /// Inside: the Director, answering everything 200.
@@ -284,16 +396,9 @@ fn role_director() {
         return;
     }
     let dir = std::path::PathBuf::from(env("SIPEDGE_NETNS_DIR"));
-    let pki = sipedge::tls::DevPki::at(&dir);
+    let (material, roots) = director_identity(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let material = sipedge::tls::load_cert(
-        &pki.source(sipedge::tls::DevRole::Director),
-        None,
-        sipedge::tls::DevRole::Director,
-    )
-    .unwrap();
-    let roots = sipedge::tls::load_roots(&pki.ca_source(), None).unwrap();
-    let _director = rt.block_on(async {
+    let mut director = rt.block_on(async {
         let d =
             Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap()).await;
         *d.auto_answer.lock().unwrap() = Some(200);
@@ -301,7 +406,34 @@ fn role_director() {
     });
     println!("READY");
     std::io::stdout().flush().unwrap();
-    until_released();
+    // Commands from the test on stdin; its end releases the role.
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+        if line.trim() == "federate" {
+            rt.block_on(async {
+                // What arrived so far (the remote user's call) is not the answer sought.
+                while director.try_recv(Duration::from_millis(100)).await.is_some() {}
+                *director.auto_answer.lock().unwrap() = None;
+                director.send(
+                    0,
+                    &format!(
+                        "MESSAGE sip:bob@{PARTNER_DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS {LAN_IP}:5061;branch=z9hG4bK-fed1\r\n\
+                         Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=f1\r\nTo: <sip:bob@{PARTNER_DOMAIN}>\r\n\
+                         Call-ID: netns-fed\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello"
+                    ),
+                );
+                let answer = director
+                    .try_recv(Duration::from_secs(30))
+                    .await
+                    .expect("an answer from the partner");
+                assert!(answer.text.starts_with("SIP/2.0 200"), "{}", answer.text);
+            });
+            println!("PROVEN: a MESSAGE to the partner's domain leaves through our edge's external interface to the partner's edge over mutual TLS, and its 200 comes back");
+            println!("FEDERATED");
+            std::io::stdout().flush().unwrap();
+        }
+        line.clear();
+    }
 }
 
 /// Outside: a media peer echoing every datagram back.
@@ -424,6 +556,33 @@ fn role_remote_user() {
             .collect();
         assert_eq!(open, [443, 5061], "TCP ports open on the external interface");
         println!("PROVEN: on the external interface only SIP/TLS (5061) and TURN over TCP (443) accept TCP; the operations port (9095) does not");
+
+        // UDP: closed ports answer with ICMP port unreachable (seen as a refused
+        // connection); TURN's port answers STUN.
+        for port in [53, 161, 5060, 5061, 9095] {
+            let probe = std::net::UdpSocket::bind(format!("{INET_IP}:0")).unwrap();
+            probe.connect(format!("{EXT_IP}:{port}")).unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            probe.send(b"probe").unwrap();
+            let mut buf = [0u8; 64];
+            let err = probe.recv(&mut buf).expect_err("an answer from a closed port");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "UDP {port}");
+        }
+        let stun = std::net::UdpSocket::bind(format!("{INET_IP}:0")).unwrap();
+        stun.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let binding = sipedge::core::turn::encode::Writer::new(
+            sipedge::core::turn::stun::Class::Request,
+            1,
+            [7; 12],
+        )
+        .finish_with_fingerprint();
+        stun.send_to(&binding, format!("{EXT_IP}:3478")).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = stun.recv_from(&mut buf).expect("a Binding answer");
+        assert!(sipedge::core::turn::stun::check(&buf[..n]).is_ok());
+        println!("PROVEN: on the external interface UDP answers only on TURN (3478, STUN Binding); 53, 161, 5060, 5061 and 9095 are closed");
 
         let client = tokio::net::UdpSocket::bind(format!("{INET_IP}:0")).await.unwrap();
         let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();
