@@ -16,9 +16,10 @@ use super::partners::Target;
 use super::Shared;
 use crate::core::avauth;
 use crate::core::limits::{Gcra, Refusal, Strike};
+use crate::core::sip::dialogs::Event;
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::frame::{Frame, Framer};
-use crate::core::sip::message::{Kind, Message, Method};
+use crate::core::sip::message::{Message, Method};
 use crate::core::sip::proxy::{Action, DiscoveredTarget, Flow, Side, TxKey};
 use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
@@ -394,26 +395,22 @@ impl Conn {
         action: &Action,
         now: Instant,
     ) -> Result<(), Why> {
-        if !matches!(action, Action::Reject(_) | Action::Credentials) {
+        // Most messages start, answer or end no dialog: no lock for them.
+        let Some(event) = Event::of(msg) else {
+            return Ok(());
+        };
+        if matches!(action, Action::Reject(_) | Action::Credentials) {
+            return Ok(());
+        }
+        {
             let mut calls = shared.calls.lock().unwrap_or_else(|e| e.into_inner());
             let call_id = msg.bytes(msg.call_id);
-            match msg.kind {
-                Kind::Request {
-                    method: Method::Invite,
-                    ..
-                } if msg.to_tag.is_none() => {
+            match event {
+                Event::Begin => {
                     let _ = calls.begin(super::CALLS, call_id, usize::MAX, now);
                 }
-                Kind::Request {
-                    method: Method::Bye,
-                    ..
-                } => calls.ended(None, call_id),
-                Kind::Response { status }
-                    if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" =>
-                {
-                    calls.answered(None, call_id, status, now);
-                }
-                _ => {}
+                Event::End => calls.ended(None, call_id),
+                Event::Answered(status) => calls.answered(None, call_id, status, now),
             }
         }
         let Some(partners) = &shared.partners else {
@@ -444,7 +441,7 @@ impl Conn {
             }
             _ => (None, false),
         };
-        partners.track_dialog(msg, with, from_partner, now)
+        partners.track_dialog(msg, event, with, from_partner, now)
     }
 
     fn send_to_partner(&mut self, shared: &Shared, msg: &Message, partner: Target, bytes: Bytes) {

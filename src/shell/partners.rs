@@ -26,9 +26,9 @@ use tokio_rustls::TlsConnector;
 use super::conn::{Accepted, Conn};
 use super::Shared;
 use crate::core::limits::{Gcra, Rate};
-use crate::core::sip::dialogs::Dialogs;
+use crate::core::sip::dialogs::{Dialogs, Event};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
-use crate::core::sip::message::{Kind, Message, Method};
+use crate::core::sip::message::Message;
 use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
 use crate::core::sip::token::FlowId;
@@ -536,30 +536,29 @@ impl Partners {
     pub fn track_dialog(
         &self,
         msg: &Message,
+        event: Event,
         with: Option<(u64, usize)>,
         from_partner: bool,
         now: Instant,
     ) -> Result<(), Why> {
         let call_id = msg.bytes(msg.call_id);
-        let mut dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
         let sender = with.filter(|_| from_partner).map(|(key, _)| key);
-        match msg.kind {
-            Kind::Request { method, .. } => match (method, with) {
-                (Method::Invite, Some((key, max))) if msg.to_tag.is_none() => dialogs
+        let mut dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        match (event, with) {
+            (Event::Begin, Some((key, max))) => {
+                dialogs
                     .begin(key, call_id, max, now)
                     .map_err(|_| Why::PartnerDialogs {
                         retry_after_secs: RETRY_AFTER_SECS,
-                    }),
-                (Method::Bye, _) => {
-                    dialogs.ended(sender, call_id);
-                    Ok(())
-                }
-                _ => Ok(()),
-            },
-            Kind::Response { status } => {
-                if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" {
-                    dialogs.answered(sender, call_id, status, now);
-                }
+                    })
+            }
+            (Event::Begin, None) => Ok(()),
+            (Event::End, _) => {
+                dialogs.ended(sender, call_id);
+                Ok(())
+            }
+            (Event::Answered(status), _) => {
+                dialogs.answered(sender, call_id, status, now);
                 Ok(())
             }
         }

@@ -28,6 +28,39 @@ pub struct Dialogs {
     per_partner: HashMap<u64, usize>,
 }
 
+/// What a message does to a dialog; most messages do nothing, and need no lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An INVITE outside a dialog.
+    Begin,
+    /// A final response to an INVITE.
+    Answered(u16),
+    /// A BYE.
+    End,
+}
+
+impl Event {
+    pub fn of(msg: &crate::core::sip::message::Message) -> Option<Event> {
+        use crate::core::sip::message::{Kind, Method};
+        match msg.kind {
+            Kind::Request {
+                method: Method::Invite,
+                ..
+            } if msg.to_tag.is_none() => Some(Event::Begin),
+            Kind::Request {
+                method: Method::Bye,
+                ..
+            } => Some(Event::End),
+            Kind::Response { status }
+                if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" =>
+            {
+                Some(Event::Answered(status))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The partner is at its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AtLimit;

@@ -135,6 +135,17 @@ pub struct Route {
     pub data: std::ops::Range<usize>,
 }
 
+impl Route {
+    /// The general path's form of a route: the bytes copied into an output.
+    fn output(self, packet: &[u8]) -> Output {
+        Output::ToPeer {
+            relay: self.relay,
+            peer: self.peer,
+            bytes: packet.get(self.data).unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 /// What goes to the client in front of (or instead of) a peer's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToClient {
@@ -683,11 +694,7 @@ impl Server {
         out: &mut Vec<Output>,
     ) -> Result<(), Dropped> {
         let route = self.send_to_peer(&tuple, packet, c, now)?;
-        out.push(Output::ToPeer {
-            relay: route.relay,
-            peer: route.peer,
-            bytes: packet.get(route.data).unwrap_or_default().to_vec(),
-        });
+        out.push(route.output(packet));
         Ok(())
     }
 
@@ -735,11 +742,7 @@ impl Server {
         out: &mut Vec<Output>,
     ) -> Result<(), Dropped> {
         let route = self.channel_to_peer(&tuple, packet, now)?;
-        out.push(Output::ToPeer {
-            relay: route.relay,
-            peer: route.peer,
-            bytes: packet.get(route.data).unwrap_or_default().to_vec(),
-        });
+        out.push(route.output(packet));
         Ok(())
     }
 
