@@ -567,7 +567,7 @@ impl Partners {
     /// The dialog key and limit of a listed partner or a discovered domain.
     pub fn dialog_limit(&self, target: &Target) -> Option<(u64, usize)> {
         match target {
-            Target::Listed(p) => self.federation().get(*p).map(|x| (x.key(), x.max_dialogs)),
+            Target::Listed(p) => self.federation().get(*p).map(|x| (p.0, x.max_dialogs)),
             Target::Discovered(DiscoveredTarget::Domain(d))
             | Target::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => Some((
                 discovered_key(d.as_bytes()),
@@ -581,7 +581,7 @@ impl Partners {
         let dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
         self.federation()
             .iter()
-            .map(|(_, p)| dialogs.count(p.key()))
+            .map(|(id, _)| dialogs.count(id.0))
             .collect()
     }
 

@@ -84,6 +84,8 @@ pub fn within(name: &[u8], domain: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Federation {
     partners: Vec<Partner>,
+    /// Each partner's [`Partner::key`], computed once: lookups by key happen per message.
+    keys: Vec<u64>,
     /// Open federation: any other domain whose edge proves itself by certificate (a host
     /// within the domain), found by SRV when the inside writes to it.
     pub discovery: bool,
@@ -107,8 +109,10 @@ impl Federation {
     pub fn new(partners: Vec<Partner>) -> Federation {
         let mut partners = partners;
         partners.truncate(usize::from(u16::MAX));
+        let keys = partners.iter().map(Partner::key).collect();
         Federation {
             partners,
+            keys,
             discovery: false,
         }
     }
@@ -118,11 +122,11 @@ impl Federation {
     }
 
     pub fn get(&self, id: PartnerId) -> Option<&Partner> {
-        self.partners.iter().find(|p| p.key() == id.0)
+        self.iter().find(|(k, _)| *k == id).map(|(_, p)| p)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (PartnerId, &Partner)> {
-        self.partners.iter().map(|p| (PartnerId(p.key()), p))
+        self.keys.iter().map(|k| PartnerId(*k)).zip(&self.partners)
     }
 
     /// The partner that speaks for `domain`.

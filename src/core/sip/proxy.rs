@@ -136,7 +136,7 @@ enum Outside {
 enum Sender<'a> {
     /// A remote user (or anyone who does not speak for another organisation).
     User,
-    Partner(&'a Partner),
+    Partner(PartnerId, &'a Partner),
     /// An edge of another domain, proven by a certificate naming a host within it.
     Discovered {
         domain: String,
@@ -321,7 +321,7 @@ impl Proxy {
             write_via(out, int, branch, &from.token);
             match &sender {
                 Sender::User => {}
-                Sender::Partner(partner) => {
+                Sender::Partner(_, partner) => {
                     write_trust(out, "DirectPartner", partner.label().as_bytes())
                 }
                 Sender::Discovered { edge, .. } => {
@@ -332,7 +332,7 @@ impl Proxy {
         // In-dialog requests from the inside go back to the partner (any connection to its
         // edge), to a remote user on this very flow.
         let route_token = match &sender {
-            Sender::Partner(partner) => self.keys.token(FlowId::partner(partner.key())),
+            Sender::Partner(id, _) => self.keys.token(FlowId::partner(id.0)),
             Sender::Discovered { domain, .. } => self
                 .keys
                 .token(FlowId::partner(discovered_key(domain.as_bytes()))),
@@ -404,7 +404,8 @@ impl Proxy {
         };
         let target = match &outside {
             Outside::Partner(p) => {
-                FlowId::partner(self.federation().get(*p).ok_or(Why::NoRoute)?.key())
+                self.federation().get(*p).ok_or(Why::NoRoute)?;
+                FlowId::partner(p.0)
             }
             Outside::Discovered(DiscoveredTarget::Domain(d))
             | Outside::Discovered(DiscoveredTarget::Edge { domain: d, .. }) => {
@@ -473,7 +474,7 @@ impl Proxy {
                 return Err(Why::PartnerDomainMismatch);
             }
             to_ours()?;
-            return Ok(Sender::Partner(partner));
+            return Ok(Sender::Partner(id, partner));
         }
         if federation.by_domain(from_domain).is_some() {
             return Err(Why::NotPartnerEdge);
