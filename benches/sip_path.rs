@@ -50,22 +50,18 @@ fn proxy() -> Proxy {
                 port: 5061,
             },
             own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
+            external_hosts: vec!["edge.example.com".into()],
             served_domains: vec!["example.com".into()],
             federation: Default::default(),
+            strip_headers: Vec::new(),
+            next_hops: Vec::new(),
         },
-        FlowKeys::new(&[7; 32], Default::default()),
+        FlowKeys::new(&[7; 32]),
     )
 }
 
 fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
-    Flow {
-        id: FlowId(id),
-        side,
-        remote: remote.parse().unwrap(),
-        token: p.keys().token(FlowId(id)),
-        partner: None,
-        certificate: None,
-    }
+    Flow::new(p.keys(), FlowId(id), side, remote.parse().unwrap())
 }
 
 /// A typical INVITE from a remote user behind NAT (about 800 bytes): SDP offer with SRTP.

@@ -53,6 +53,8 @@ async fn invite_is_forwarded_with_exactly_the_proxy_edits() {
     let vias = headers(&got, "Via");
     let ours = vias[0];
     let token = param(ours, "ftok").expect("flow token in the edge's Via");
+    let rr = rr_token(&got);
+    assert!(token.starts_with('v') && rr.starts_with('o') && rr != token);
     let branch = param(ours, "branch").unwrap();
     assert!(branch.starts_with("z9hG4bK"), "RFC 3261 branch: {branch}");
     let port = client.local_addr().port();
@@ -61,7 +63,7 @@ async fn invite_is_forwarded_with_exactly_the_proxy_edits() {
     let expected = format!(
         "INVITE sip:bob@sipedge.test SIP/2.0\r\n\
          Via: SIP/2.0/TLS 127.0.0.2:{int};branch={branch};ftok={token}\r\n\
-         Record-Route: <sip:{token}@127.0.0.2:{int};transport=tls;lr>, <sip:{token}@edge.sipedge.test:{ext};transport=tls;lr>\r\n\
+         Record-Route: <sip:{rr}@127.0.0.2:{int};transport=tls;lr>, <sip:{rr}@edge.sipedge.test:{ext};transport=tls;lr>\r\n\
          Via: SIP/2.0/TLS 192.168.1.5:{port};branch=z9hG4bK-call-1;rport={port};received=127.0.0.1\r\n\
          Max-Forwards: 69\r\n\
          From: \"Alice\" <sip:alice@sipedge.test>;tag=a-call-1\r\n\
@@ -229,7 +231,8 @@ async fn forged_flow_token_is_refused() {
     let mut client = Client::connect(&pki, edge.external).await;
     client.send(&invite(&client, "call-3")).await;
     let fwd = director.recv().await.text;
-    let token = param(headers(&fwd, "Via")[0], "ftok").unwrap().to_string();
+    let token = rr_token(&fwd);
+    let via_token = param(headers(&fwd, "Via")[0], "ftok").unwrap().to_string();
     // Flip one hex digit of the MAC: a flow id someone might guess, with a made-up signature.
     let mut forged = token.clone().into_bytes();
     let last = forged.len() - 1;
@@ -255,7 +258,11 @@ async fn forged_flow_token_is_refused() {
     );
 
     // A response with a forged token in the edge's Via is dropped, not delivered.
-    let stray = response_to(&fwd, 200, "OK").replace(&token, &forged);
+    let mut forged_via = via_token.clone().into_bytes();
+    let last = forged_via.len() - 1;
+    forged_via[last] = if forged_via[last] == b'0' { b'1' } else { b'0' };
+    let stray =
+        response_to(&fwd, 200, "OK").replace(&via_token, &String::from_utf8(forged_via).unwrap());
     director.send(0, &stray);
     assert!(client.try_recv(Duration::from_millis(300)).await.is_none());
     edge.stop().await;
@@ -270,7 +277,8 @@ async fn a_remote_user_cannot_write_to_another_users_connection_with_a_token_it_
     let mut mallory = Client::connect_from(&pki, edge.external, "127.0.0.20").await;
     alice.send(&invite(&alice, "call-7")).await;
     let fwd = director.recv().await.text;
-    // Alice's token is in the Record-Route every party of her dialog sees.
+    // Alice's tokens: the Record-Route every party of her dialog sees, and the edge's Via.
+    let rr = rr_token(&fwd);
     let token = param(headers(&fwd, "Via")[0], "ftok").unwrap().to_string();
     let branch = param(headers(&fwd, "Via")[0], "branch")
         .unwrap()
@@ -286,18 +294,26 @@ async fn a_remote_user_cannot_write_to_another_users_connection_with_a_token_it_
          Call-ID: call-7\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     );
     mallory.send(&forged_response).await;
-    // A request routed by Alice's token from Mallory's connection goes to the Director, as
-    // every request from outside does, never straight to Alice.
+    // A request with Alice's Record-Route token from Mallory's connection: the token proves
+    // Alice's dialog, with Alice's tag as the initiator's, on Alice's connection only. Refused,
+    // and nothing reaches the Director or Alice.
     let bye = format!(
         "BYE sip:alice@192.168.1.5:5061;transport=tls SIP/2.0\r\n\
          Via: SIP/2.0/TLS 127.0.0.20:5061;branch=z9hG4bK-m2\r\n\
-         Route: <sip:{token}@{EDGE_FQDN}:{ext};transport=tls;lr>\r\n\
+         Route: <sip:{rr}@{EDGE_FQDN}:{ext};transport=tls;lr>\r\n\
          Max-Forwards: 70\r\nFrom: <sip:bob@sipedge.test>;tag=m1\r\nTo: <sip:alice@sipedge.test>;tag=a-call-7\r\n\
          Call-ID: call-7\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
     );
     mallory.send(&bye).await;
-    let at_director = director.recv().await.text;
-    assert!(at_director.starts_with("BYE sip:alice@"), "{at_director}");
+    let answer = mallory.recv().await;
+    assert!(
+        answer.starts_with("SIP/2.0 403 Invalid Flow Token\r\n"),
+        "{answer}"
+    );
+    assert!(director
+        .try_recv(Duration::from_millis(300))
+        .await
+        .is_none());
     assert!(
         alice.try_recv(Duration::from_millis(300)).await.is_none(),
         "nothing from Mallory reached Alice"
@@ -462,7 +478,7 @@ async fn internal_listener_requires_a_certificate_from_the_internal_ca() {
     let mut client = Client::connect(&pki, edge.external).await;
     client.send(&invite(&client, "call-5")).await;
     let fwd = director.recv().await.text;
-    let token = param(headers(&fwd, "Via")[0], "ftok").unwrap().to_string();
+    let token = rr_token(&fwd);
 
     // A Front End dials the edge's internal listener with its client certificate and sends a
     // request to the remote user.

@@ -43,6 +43,7 @@ fn firewall() -> Firewall {
         ban_time: Duration::from_secs(60),
         allow_sources: Vec::new(),
         max_sources: 1024,
+        strip_headers: Vec::new(),
     }
 }
 

@@ -161,7 +161,7 @@ fn expand(text: &str) -> Result<Vec<u8>, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'<' {
-            if let Some(len) = bytes[i..].iter().take(24).position(|&b| b == b'>') {
+            if let Some(len) = bytes[i..].iter().take(160).position(|&b| b == b'>') {
                 let inner = std::str::from_utf8(&bytes[i + 1..i + len]).unwrap_or("");
                 if let Some(expansion) = marker(inner)? {
                     out.extend_from_slice(&expansion);
@@ -199,15 +199,68 @@ fn marker(inner: &str) -> Result<Option<Vec<u8>>, String> {
             vec![byte]
         }
         ("FTOK", a) => golden::token(number(a)?).into_bytes(),
+        ("PTOK", a) => golden::path_token(number(a)?).into_bytes(),
+        ("BRANCH", Some(a)) => {
+            // <BRANCH:from:to:sender-branch:call-id>: the edge's branch hash for that
+            // transaction (what a response must carry to be forwarded).
+            let bad = || format!("bad marker <{inner}>: expected <BRANCH:from:to:branch:call-id>");
+            let mut parts = a.splitn(4, ':');
+            let (Some(from), Some(to), Some(branch), Some(call_id)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let from: u64 = from.parse().map_err(|_| bad())?;
+            let to: u64 = to.parse().map_err(|_| bad())?;
+            golden::branch(from, to, branch, call_id).into_bytes()
+        }
+        ("RTOK", Some(a)) => {
+            // <RTOK:o|i:n:call-id:tag>: the Record-Route token of flow n for that dialog.
+            let bad = || format!("bad marker <{inner}>: expected <RTOK:o|i:n:call-id:tag>");
+            let mut parts = a.splitn(3, ':');
+            let (Some(kind), Some(n), Some(rest)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let (call_id, tag) = rest.rsplit_once(':').ok_or_else(bad)?;
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            let kind = kind
+                .chars()
+                .next()
+                .filter(|_| kind.len() == 1)
+                .ok_or_else(bad)?;
+            golden::dialog_token(kind, n, call_id, tag)
+                .ok_or_else(bad)?
+                .into_bytes()
+        }
         ("BODY", a) => vec![b'x'; usize::try_from(number(a)?).unwrap()],
         _ => return Ok(None),
     }))
 }
 
-/// Forwarded bytes as committed text: the edge's random branch masked, flow tokens written
-/// as `<FTOK:n>`, CRLF as LF, and any other control byte, bare CR or LF, or non-UTF-8 byte
-/// as a marker (so the text maps back to exactly one byte string).
-fn normalise(bytes: &[u8]) -> String {
+/// The (Call-ID, tag) pairs of forwarded messages: what their dialog tokens may be bound to.
+fn dialogs_of(messages: &[Vec<u8>]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for bytes in messages {
+        let Ok(m) = Message::parse(Bytes::copy_from_slice(bytes), &REPARSE_LIMITS) else {
+            continue;
+        };
+        let call_id = String::from_utf8_lossy(m.bytes(m.call_id)).to_string();
+        for tag in [m.from_tag, m.to_tag].into_iter().flatten() {
+            out.push((
+                call_id.clone(),
+                String::from_utf8_lossy(m.bytes(tag)).to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// Forwarded bytes as committed text: the edge's branch masked, flow tokens written as
+/// `<FTOK:n>`, `<PTOK:n>` and `<RTOK:o|i:n:call-id:tag>`, CRLF as LF, and any other control
+/// byte, bare CR or LF, or non-UTF-8 byte as a marker (so the text maps back to exactly one
+/// byte string). `dialogs` are the (Call-ID, tag) pairs dialog tokens may be bound to.
+fn normalise(bytes: &[u8], dialogs: &[(String, String)]) -> String {
     const PREFIX: &[u8] = b"branch=z9hG4bKse";
     let mut masked = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -251,6 +304,14 @@ fn normalise(bytes: &[u8]) -> String {
     }
     for n in 0..=MAX_FTOK {
         text = text.replace(&golden::token(n), &format!("<FTOK:{n}>"));
+        text = text.replace(&golden::path_token(n), &format!("<PTOK:{n}>"));
+        for (call_id, tag) in dialogs {
+            for kind in ['o', 'i'] {
+                if let Some(t) = golden::dialog_token(kind, n, call_id, tag) {
+                    text = text.replace(&t, &format!("<RTOK:{kind}:{n}:{call_id}:{tag}>"));
+                }
+            }
+        }
     }
     text
 }
@@ -380,7 +441,7 @@ fn run_case(case: &Case, update: bool, problems: &mut Vec<String>) {
                 "{}.sip: forwarded message #{} does not re-parse ({why:?}):\n{}",
                 case.name,
                 k + 1,
-                normalise(bytes)
+                normalise(bytes, &[])
             );
             match known {
                 Some((_, defect)) => eprintln!("known defect: {defect}\n{report}"),
@@ -412,7 +473,9 @@ fn run_case(case: &Case, update: bool, problems: &mut Vec<String>) {
     events.push('\n');
     check_file(&case.with_ext("expected"), Some(&events), update, problems);
 
-    let forwarded = (!outcome.forwarded.is_empty()).then(|| normalise(&outcome.forwarded.concat()));
+    let dialogs = dialogs_of(&outcome.forwarded);
+    let forwarded =
+        (!outcome.forwarded.is_empty()).then(|| normalise(&outcome.forwarded.concat(), &dialogs));
     check_file(
         &case.with_ext("forwarded"),
         forwarded.as_deref(),
@@ -459,8 +522,15 @@ fn markers_expand_and_normalise_back() {
             .into_bytes()
     );
     assert_eq!(
-        normalise(&bytes),
+        normalise(&bytes, &[]),
         "A<LF>B<CR>C<NUL><HEX:7f>\nxxx<sip:x>\nbranch=z9hG4bKse<BRANCH>;ftok=<FTOK:1>\n"
+    );
+    let rr = "Record-Route: <sip:<RTOK:o:1:c@h:t1>@h;lr>, <sip:<PTOK:2>@h;lr>\n";
+    let bytes = expand(rr).unwrap();
+    assert_eq!(
+        normalise(&bytes, &[("c@h".into(), "t1".into())]),
+        rr,
+        "dialog and Path tokens round trip"
     );
     assert!(expand("<HEX:zz>").is_err());
     assert!(expand("a\rb").is_err());

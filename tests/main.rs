@@ -15,6 +15,10 @@ mod support;
 /// The Access Edge end to end over loopback sockets.
 mod access_edge;
 
+/// The SIP trust boundary as an outsider tries it: tokens, steering, forged responses,
+/// admission, the call table, trust headers, timeouts, RFC 4475.
+mod trust_boundary;
+
 /// Real peers: SIPp through stunnel on both sides of the edge.
 mod interop;
 

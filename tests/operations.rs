@@ -169,10 +169,23 @@ async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
     director.send(0, &response_to(&second, 486, "Busy Here"));
     assert!(c.recv().await.starts_with("SIP/2.0 486"));
     assert!(!draining.is_finished(), "the call in progress is still up");
+    // A claimed To tag proves no dialog: without the dialog's Record-Route token the BYE is
+    // new work, refused while draining (and the call stays counted).
     let bye = "BYE sip:bob@sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK-d1bye\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=ad1\r\nTo: <sip:bob@sipedge.test>;tag=uas1\r\n\
          Call-ID: d1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
     c.send(bye).await;
+    assert!(c.recv().await.starts_with("SIP/2.0 503 Draining"));
+    assert_eq!(shared.calls_in_progress(), 1);
+    let routed = bye.replace(
+        "Max-Forwards",
+        &format!(
+            "Route: <sip:{}@{EDGE_FQDN}:{};transport=tls;lr>\r\nMax-Forwards",
+            rr_token(&first),
+            edge.external.port()
+        ),
+    );
+    c.send(&routed).await;
     let bye_in = director.recv().await.text;
     assert!(bye_in.starts_with("BYE "), "{bye_in}");
     director.send(0, &response_to(&bye_in, 200, "OK"));

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::clock;
-use super::conn::{Accepted, Conn};
+use super::conn::{self, Accepted};
 use super::Shared;
 use crate::core::limits::Refusal;
 use crate::core::sip::proxy::Side;
@@ -141,9 +141,9 @@ pub async fn accept_loop(
                 (Some(names), Some(partners)) => partners.federation().by_certificate(names),
                 _ => None,
             };
-            let (conn, rx) = Conn::register(&shared, side, remote, partner, certificate);
-            let flow = conn.flow.id;
-            let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
+            let (session, rx) = conn::register(&shared, side, remote, partner, certificate);
+            let flow = session.flow().id;
+            let closed = conn::run(session, shared.clone(), stream, rx, &mut Accepted).await;
             tracing::debug!(%remote, flow = flow.0, reason = ?closed, "connection closed");
             drop(permit);
             drop(ticket);

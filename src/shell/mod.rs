@@ -30,11 +30,14 @@ use tokio::task::JoinSet;
 
 use crate::core::keyring::{Purpose, Ring};
 use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
+use crate::core::sip::calls::{CallLimits, Calls};
 use crate::core::sip::federation::{Federation, Partner};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::health::ProbeConfig;
+use crate::core::sip::message::Message;
 use crate::core::sip::parse::HeadLimits;
 use crate::core::sip::proxy::{Proxy, ProxyConfig, Side, SideAddr};
+use crate::core::sip::session::SessionLimits;
 use crate::core::sip::token::{FlowId, FlowKeys};
 use crate::core::sip::Why;
 use crate::obs::LogLimiter;
@@ -47,19 +50,15 @@ use pool::Pool;
 /// Connection limits, resolved from the topology.
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
-    pub frame: FrameLimits,
-    pub idle_timeout: Duration,
-    pub header_timeout: Duration,
+    /// What each connection's session applies.
+    pub session: SessionLimits,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_handshakes: usize,
-    pub max_outstanding: usize,
     /// A peer that does not take our bytes for this long is cut off (it does not read).
     pub write_timeout: Duration,
     /// Bytes other connections may queue for one connection before messages are refused.
     pub max_queued_bytes: usize,
-    /// Requests per external connection.
-    pub connection_requests: Rate,
 }
 
 /// State shared by every task of one edge instance.
@@ -88,8 +87,9 @@ pub struct Shared {
     pub certificates: std::sync::RwLock<Vec<(&'static str, tls::CertSummary)>>,
     /// Where the external and internal certificates are served from (reload swaps them).
     pub cert_slots: [Arc<tls::CertSlot>; 2],
-    /// INVITE dialogs crossing the edge (any zone), which a drain waits for.
-    pub calls: std::sync::Mutex<crate::core::sip::dialogs::Dialogs>,
+    /// Calls (INVITE dialogs) crossing the edge, bounded per source, per partner and in
+    /// total: what a drain waits for. Read through [`Shared::calls`].
+    calls: std::sync::Mutex<Calls>,
     /// Federation partners' connections and rates, when the topology has partners.
     pub partners: Option<Arc<partners::Partners>>,
     /// The TURN relay, once started (for metrics).
@@ -317,11 +317,39 @@ impl Shared {
         *self.draining.borrow()
     }
 
-    /// INVITE dialogs crossing the edge now (expired ones dropped first).
+    /// The call table. Held for a hash-map operation at a time: never across I/O.
+    pub fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        // A panic while holding it cannot leave a torn entry (each update is a few map
+        // operations), so a poisoned lock is still usable.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls crossing the edge now (expired ones dropped first).
     pub fn calls_in_progress(&self) -> usize {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = self.calls();
         calls.expire(clock::now());
-        calls.count(CALLS)
+        calls.len()
+    }
+
+    /// A final answer the edge gave itself to a request it had forwarded (a 408 or 503 for
+    /// the pool or a partner): it answers the call the request may have started.
+    pub fn answered_by_edge(&self, request: &[u8], status: u16) {
+        let limits = HeadLimits {
+            max_headers: usize::MAX,
+            max_line_bytes: usize::MAX,
+        };
+        let Ok(msg) = Message::parse(bytes::Bytes::copy_from_slice(request), &limits) else {
+            return;
+        };
+        if msg.method() != Some(crate::core::sip::message::Method::Invite) {
+            return;
+        }
+        let Some(tag) = msg.from_tag else {
+            return;
+        };
+        let mut calls = self.calls();
+        let key = calls.key(msg.bytes(msg.call_id), msg.bytes(tag));
+        calls.answered(key, status, clock::now());
     }
 }
 
@@ -383,26 +411,37 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
 fn conn_limits(topology: &Topology) -> ConnLimits {
     let limits = &topology.limits;
     ConnLimits {
-        frame: FrameLimits {
-            head: HeadLimits {
-                max_headers: limits.max_headers,
-                max_line_bytes: limits.max_line_bytes,
+        session: SessionLimits {
+            frame: FrameLimits {
+                head: HeadLimits {
+                    max_headers: limits.max_headers,
+                    max_line_bytes: limits.max_line_bytes,
+                },
+                max_header_bytes: limits.max_header_bytes,
+                max_body_bytes: limits.max_body_bytes,
             },
-            max_header_bytes: limits.max_header_bytes,
-            max_body_bytes: limits.max_body_bytes,
+            idle_timeout: limits.idle_timeout,
+            header_timeout: limits.header_timeout,
+            connection_requests: Rate {
+                per_sec: topology.firewall.connection_request_rate,
+                burst: topology.firewall.connection_request_burst,
+            },
+            max_outstanding: limits.max_outstanding,
+            max_calls_per_source: limits.max_calls_per_source,
         },
-        idle_timeout: limits.idle_timeout,
-        header_timeout: limits.header_timeout,
         handshake_timeout: limits.handshake_timeout,
         max_connections: limits.max_connections,
         max_handshakes: limits.max_handshakes,
-        max_outstanding: limits.max_outstanding,
         write_timeout: limits.write_timeout,
         max_queued_bytes: limits.max_queued_bytes,
-        connection_requests: Rate {
-            per_sec: topology.firewall.connection_request_rate,
-            burst: topology.firewall.connection_request_burst,
-        },
+    }
+}
+
+/// The call table's bounds from a topology.
+fn call_limits(topology: &Topology) -> CallLimits {
+    CallLimits {
+        max_calls: topology.limits.max_calls,
+        max_duration: topology.limits.max_call_duration,
     }
 }
 
@@ -428,9 +467,6 @@ fn serving_certificates(t: &Topology, dev: Option<&DevPki>) -> Result<Serving, T
     }
     Ok((ext, int, summaries))
 }
-
-/// The one key [`Shared::calls`] counts under (it has no per-partner limits).
-pub const CALLS: u64 = 0;
 
 impl RunningEdge {
     /// How long a drain may take, as the running topology says.
@@ -481,7 +517,13 @@ impl RunningEdge {
         }
         if running.firewall != new.firewall {
             self.shared.guard.set_policy(source_policy(&new.firewall));
+            self.shared
+                .proxy
+                .set_strip_headers(&new.firewall.strip_headers);
             changed.push("firewall");
+        }
+        if call_limits(&running) != call_limits(new) {
+            self.shared.calls().set_limits(call_limits(new));
         }
         if let (Some(config), Some(partners)) = (partners, &self.shared.partners) {
             self.shared.proxy.set_federation(config.federation.clone());
@@ -489,6 +531,7 @@ impl RunningEdge {
             changed.push("federation");
         }
         if running.next_hop.members != new.next_hop.members {
+            self.shared.proxy.set_next_hops(&new.next_hop.members);
             for (member, rx) in self.shared.pool.set_members(&new.next_hop.members) {
                 tokio::spawn(pool::run_member(
                     self.shared.clone(),
@@ -776,10 +819,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
 
     let mut secret = [0u8; 32];
     let mut seed = [0u8; 8];
+    let mut call_key_seed = [0u8; 16];
     let random = rustls::crypto::ring::default_provider().secure_random;
     random
         .fill(&mut secret)
         .and_then(|()| random.fill(&mut seed))
+        .and_then(|()| random.fill(&mut call_key_seed))
         .map_err(|e| StartError::Random(format!("{e:?}")))?;
     let ring = load_ring(topology)?;
     let keys = match &ring {
@@ -797,9 +842,9 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 .map(|k| k.derive(Purpose::FlowToken))
                 .filter(|k| *k != signing)
                 .collect();
-            FlowKeys::with_older(&signing, &older, Default::default())
+            FlowKeys::with_older(&signing, &older)
         }
-        None => FlowKeys::new(&secret, Default::default()),
+        None => FlowKeys::new(&secret),
     };
     let credentials = match (&ring, &topology.relay) {
         (Some(ring), Some(relay)) => Some(CredentialService {
@@ -849,7 +894,13 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         started_unix: clock::now_unix(),
         certificates: std::sync::RwLock::new(certificates),
         cert_slots: [ext_slot.clone(), int_slot.clone()],
-        calls: std::sync::Mutex::new(Default::default()),
+        calls: std::sync::Mutex::new(Calls::new(
+            call_limits(topology),
+            (
+                u64::from_le_bytes(call_key_seed[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(call_key_seed[8..].try_into().unwrap_or_default()),
+            ),
+        )),
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
         stats: Stats::default(),
@@ -901,6 +952,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     if let Some(listener) = ops {
         tasks.spawn(ops::serve(shared.clone(), listener));
     }
+    tasks.spawn(expire_calls(shared.clone()));
     let (turn, turn_udp, turn_tcp) = match (&ring, &topology.relay) {
         (Some(ring), Some(relay)) => {
             let (cfg, listen, listen_tcp) = turn_config(topology, relay, ext_addr, int_addr);
@@ -943,6 +995,28 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     })
 }
 
+/// The call table's timers: calls whose bound passed (Timer C, the longest call) are
+/// dropped when it passes, within a second, whoever looks at the table.
+async fn expire_calls(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let now = clock::now();
+        let next = {
+            let mut calls = shared.calls();
+            calls.expire(now);
+            calls.poll_timeout()
+        };
+        // New calls may be due sooner than the earliest one now: look again each second.
+        let wake = next.map_or(now + Duration::from_secs(1), |t| {
+            t.min(now + Duration::from_secs(1))
+        });
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 fn local_addr(l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
     l.local_addr().map_err(|source| StartError::Bind {
         addr: asked,
@@ -965,7 +1039,17 @@ fn proxy_config(t: &Topology, ext: SocketAddr, int: SocketAddr) -> ProxyConfig {
     ];
     own_hosts.sort();
     own_hosts.dedup();
+    let mut external_hosts = vec![
+        t.external.sip_host.to_ascii_lowercase(),
+        t.edge.pool_fqdn.to_ascii_lowercase(),
+        host_of(ext),
+    ];
+    external_hosts.sort();
+    external_hosts.dedup();
     ProxyConfig {
+        external_hosts,
+        strip_headers: t.firewall.strip_headers.clone(),
+        next_hops: t.next_hop.members.clone(),
         external: SideAddr {
             host: t.external.sip_host.clone(),
             port: ext.port(),

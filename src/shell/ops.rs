@@ -361,7 +361,7 @@ pub fn status(shared: &Shared, now: Instant) -> String {
             .federation()
             .iter()
             .zip(p.connections())
-            .zip(p.dialogs())
+            .zip(p.dialogs(&shared.calls()))
             .map(|(((_, partner), connections), dialogs)| {
                 json!({
                     "partner": partner.label(),
@@ -612,8 +612,15 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
             m.outstanding() as u64,
         );
     }
+    e.family(
+        "sipedge_calls",
+        Kind::Gauge,
+        "Calls (INVITE dialogs) crossing the edge, against limits.max_calls.",
+    )
+    .sample("sipedge_calls", &[], shared.calls_in_progress() as u64);
     if let Some(partners) = &shared.partners {
-        partner_metrics(&mut e, partners);
+        let dialogs = partners.dialogs(&shared.calls());
+        partner_metrics(&mut e, partners, &dialogs);
     }
     if let Some(turn) = shared.turn.get() {
         turn_metrics(&mut e, turn);
@@ -622,7 +629,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
 }
 
 /// Federation's counters, by partner edge.
-fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
+fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners, dialogs: &[usize]) {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let names = partners.stats_by_partner();
     e.family(
@@ -671,8 +678,8 @@ fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners) {
         Kind::Gauge,
         "Dialogs counted with a partner (both directions), against its max_dialogs.",
     );
-    for ((name, _), n) in names.iter().zip(partners.dialogs()) {
-        e.sample("sipedge_partner_dialogs", &[("partner", name)], n as u64);
+    for ((name, _), n) in names.iter().zip(dialogs) {
+        e.sample("sipedge_partner_dialogs", &[("partner", name)], *n as u64);
     }
     e.family(
         "sipedge_partner_connections",

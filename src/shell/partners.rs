@@ -23,14 +23,14 @@ use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use super::conn::{Accepted, Conn};
+use super::conn::{self, Accepted};
 use super::Shared;
 use crate::core::limits::{Gcra, Rate};
-use crate::core::sip::dialogs::{Dialogs, Event};
+use crate::core::sip::calls::{Calls, Owner};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
-use crate::core::sip::message::Message;
 use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
+pub use crate::core::sip::session::PartnerTarget as Target;
 use crate::core::sip::token::FlowId;
 
 /// Requests held for a partner while its connection is being opened.
@@ -59,13 +59,6 @@ pub struct StaticEdge {
 pub struct DiscoveryLimits {
     pub rate: Rate,
     pub max_dialogs: usize,
-}
-
-/// A partner to send to: listed in the topology, or discovered.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    Listed(PartnerId),
-    Discovered(DiscoveredTarget),
 }
 
 /// What became of a request handed to [`Partners::send`].
@@ -116,8 +109,6 @@ pub struct Partners {
     listed: Mutex<HashMap<PartnerId, PartnerState>>,
     discovered: Mutex<HashMap<DiscoveredTarget, PartnerState>>,
     discovered_rates: Mutex<HashMap<String, Gcra>>,
-    /// Dialogs with every partner, listed and discovered.
-    dialogs: Mutex<Dialogs>,
     stats: std::sync::RwLock<HashMap<PartnerId, Arc<PartnerStats>>>,
     /// All discovered partners together.
     pub discovered_stats: PartnerStats,
@@ -155,7 +146,6 @@ impl Partners {
             listed: Mutex::new(HashMap::new()),
             discovered: Mutex::new(HashMap::new()),
             discovered_rates: Mutex::new(HashMap::new()),
-            dialogs: Mutex::new(Dialogs::default()),
             stats: std::sync::RwLock::new(HashMap::new()),
             discovered_stats: PartnerStats::default(),
             shared: std::sync::OnceLock::new(),
@@ -393,10 +383,10 @@ impl Partners {
             Target::Listed(p) => Some(p),
             Target::Discovered(_) => None,
         };
-        let (conn, rx) = Conn::register(&shared, Side::External, remote, partner, certificate);
-        let flow = conn.flow.id;
+        let (session, rx) = conn::register(&shared, Side::External, remote, partner, certificate);
+        let flow = session.flow().id;
         self.connected(&shared, &target, flow);
-        let closed = conn.run(shared.clone(), stream, rx, &mut Accepted).await;
+        let closed = conn::run(session, shared.clone(), stream, rx, &mut Accepted).await;
         tracing::debug!(%remote, flow = flow.0, reason = ?closed, "partner connection closed");
         self.with_state(&target, |st| st.flows.retain(|f| *f != flow));
     }
@@ -438,6 +428,7 @@ impl Partners {
             if let Some(answer) = shared.proxy.answer(&w.raw, why, None) {
                 let _ = shared.flows.send(w.origin, Bytes::from(answer));
             }
+            shared.answered_by_edge(&w.raw, 503);
         }
     }
 
@@ -529,41 +520,6 @@ impl Partners {
         Vec::new()
     }
 
-    /// Counts the dialogs a message starts, answers or ends with a partner: `with` is the
-    /// partner (stable key) and its limit when the message goes to or comes from one
-    /// (`from_partner`: it came from that partner's connection). `Err` for an INVITE
-    /// beyond the partner's limit: the caller refuses it.
-    pub fn track_dialog(
-        &self,
-        msg: &Message,
-        event: Event,
-        with: Option<(u64, usize)>,
-        from_partner: bool,
-        now: Instant,
-    ) -> Result<(), Why> {
-        let call_id = msg.bytes(msg.call_id);
-        let sender = with.filter(|_| from_partner).map(|(key, _)| key);
-        let mut dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
-        match (event, with) {
-            (Event::Begin, Some((key, max))) => {
-                dialogs
-                    .begin(key, call_id, max, now)
-                    .map_err(|_| Why::PartnerDialogs {
-                        retry_after_secs: RETRY_AFTER_SECS,
-                    })
-            }
-            (Event::Begin, None) => Ok(()),
-            (Event::End, _) => {
-                dialogs.ended(sender, call_id);
-                Ok(())
-            }
-            (Event::Answered(status), _) => {
-                dialogs.answered(sender, call_id, status, now);
-                Ok(())
-            }
-        }
-    }
-
     /// The dialog key and limit of a listed partner or a discovered domain.
     pub fn dialog_limit(&self, target: &Target) -> Option<(u64, usize)> {
         match target {
@@ -576,12 +532,11 @@ impl Partners {
         }
     }
 
-    /// Dialogs counted with each listed partner (for `/metrics`).
-    pub fn dialogs(&self) -> Vec<usize> {
-        let dialogs = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+    /// Dialogs counted with each listed partner in `calls` (for `/metrics`).
+    pub fn dialogs(&self, calls: &Calls) -> Vec<usize> {
         self.federation()
             .iter()
-            .map(|(id, _)| dialogs.count(id.0))
+            .map(|(id, _)| calls.count(Owner::Partner(id.0)))
             .collect()
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::clock;
-use super::conn::{flush, Closed, Conn, ConnHooks, QUEUE_LEN};
+use super::conn::{self, flush, Closed, ConnHooks, ShellEdge, QUEUE_LEN};
 use super::Shared;
 use crate::core::sip::health::{Health, ProbeConfig, Transition};
 use crate::core::sip::message::{Message, Method};
@@ -362,16 +362,17 @@ fn answer_for_pool(shared: &Shared, forwarded: &[u8], why: Why) {
     let Ok(msg) = Message::parse(Bytes::from(answer), &limits) else {
         return;
     };
-    let internal = Flow {
-        id: FlowId(0),
-        side: Side::Internal,
-        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-        token: shared.proxy.keys().token(FlowId(0)),
-        partner: None,
-        certificate: None,
-    };
+    let internal = Flow::new(
+        shared.proxy.keys(),
+        FlowId(0),
+        Side::Internal,
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+    );
     if let Action::ToFlow { flow, bytes, .. } = shared.proxy.handle(&internal, &msg) {
         let _ = shared.flows.send(flow, Bytes::from(bytes));
+    }
+    if let Some((status, _)) = why.status() {
+        shared.answered_by_edge(forwarded, status);
     }
 }
 
@@ -423,7 +424,8 @@ async fn serve_member(
     rx: &mut mpsc::Receiver<PoolMsg>,
     health: &mut Health,
 ) -> Closed {
-    let (mut conn, mut flow_rx) = Conn::register(shared, Side::Internal, member.addr, None, None);
+    let (mut session, mut flow_rx) =
+        conn::register(shared, Side::Internal, member.addr, None, None);
     health.handle_connected(clock::now());
     let mut outstanding: Outstanding<TxKey, Bytes> = Outstanding::new();
     let mut shutdown = shared.shutdown.clone();
@@ -432,17 +434,17 @@ async fn serve_member(
         if member.retired.load(Ordering::Relaxed) && outstanding.is_empty() {
             break Closed::Shutdown;
         }
+        let limits = shared.limits();
         let now = clock::now();
         // Probes and transaction expiry.
         let (probe, transition) = health.handle_timeout(now);
         if let Some(seq) = probe {
             member.probe_sent(now);
-            conn.out.extend_from_slice(&shared.proxy.probe(
-                member.id,
-                member.addr,
-                seq,
-                &connector.from_domain,
-            ));
+            session.queue(
+                &shared
+                    .proxy
+                    .probe(member.id, member.addr, seq, &connector.from_domain),
+            );
         }
         log_transition(member.addr, transition);
         outstanding.expire(now, |forwarded| {
@@ -452,24 +454,32 @@ async fn serve_member(
             .outstanding
             .store(outstanding.len(), Ordering::Relaxed);
         member.up.store(health.is_up(), Ordering::Relaxed);
-        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await
+        if let Err(closed) = flush(&mut stream, session.transmit_buf(), limits.write_timeout).await
         {
             break closed;
         }
 
-        let mut wake = health.poll_timeout().min(conn.deadline(shared));
+        let mut wake = health
+            .poll_timeout()
+            .min(session.poll_timeout(&limits.session));
         if let Some(t) = outstanding.poll_timeout() {
             wake = wake.min(t);
         }
         tokio::select! {
-            read = stream.read_buf(conn.read_buf()) => match read {
+            read = stream.read_buf(session.read_buf()) => match read {
                 Ok(0) => break Closed::PeerClosed,
                 Ok(_) => {
-                    let mut hooks = MemberHooks { shared, member, addr: member.addr, health, outstanding: &mut outstanding };
-                    if let Err(closed) = conn.handle_input(shared, &mut hooks, clock::now()) {
-                        let _ = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await;
-                        break closed;
-                    }
+                    let mut hooks = MemberHooks {
+                        shared,
+                        member,
+                        addr: member.addr,
+                        health: &mut *health,
+                        outstanding: &mut outstanding,
+                    };
+                    session.handle_read(
+                        clock::now(),
+                        &mut ShellEdge::new(shared, shared.limits(), &mut hooks),
+                    );
                 }
                 Err(e) => break Closed::Io(e),
             },
@@ -482,26 +492,37 @@ async fn serve_member(
                         let timeout = if method == Method::Invite { INVITE_TIMEOUT } else { NON_INVITE_TIMEOUT };
                         outstanding.insert(now, key, timeout, bytes.clone());
                     }
-                    conn.out.extend_from_slice(&bytes);
-                    if conn.out.len() < 64 * 1024 {
+                    session.queue(&bytes);
+                    if session.pending_transmit() < 64 * 1024 {
                         next = rx.try_recv().ok();
                     }
                 }
             }
-            Some(bytes) = flow_rx.recv() => conn.out.extend_from_slice(&bytes),
+            Some(bytes) = flow_rx.recv() => session.queue(&bytes),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                if let Err(closed) = conn.check_timeouts(shared, clock::now()) {
-                    break closed;
-                }
+                let mut hooks = MemberHooks {
+                    shared,
+                    member,
+                    addr: member.addr,
+                    health: &mut *health,
+                    outstanding: &mut outstanding,
+                };
+                session.handle_timeout(
+                    clock::now(),
+                    &mut ShellEdge::new(shared, shared.limits(), &mut hooks),
+                );
             }
             _ = shutdown.changed() => break Closed::Shutdown,
         }
-        if let Err(closed) = flush(&mut stream, &mut conn.out, shared.limits().write_timeout).await
+        if let Err(closed) = flush(&mut stream, session.transmit_buf(), limits.write_timeout).await
         {
             break closed;
         }
+        if let Some(reason) = session.closed() {
+            break Closed::Session(reason);
+        }
     };
-    shared.flows.remove(conn.flow.id);
+    shared.flows.remove(session.flow().id);
     member.up.store(false, Ordering::Relaxed);
     // RFC 3261 §16.9: a transport error counts as a 503 from this hop. Whether the member
     // processed these requests is unknown, so they are answered, not retried elsewhere.

@@ -253,6 +253,12 @@ pub struct Limits {
     pub max_outstanding: usize,
     /// On SIGTERM, how long transactions in flight and calls in progress are given.
     pub drain_timeout: Duration,
+    /// Calls (INVITE dialogs) crossing the edge at once, every source together.
+    pub max_calls: usize,
+    /// Calls one external source (IPv4 address, IPv6 /64) holds at once.
+    pub max_calls_per_source: usize,
+    /// How long an answered call is counted without a BYE.
+    pub max_call_duration: Duration,
 }
 
 /// The external zone's per-source limits, bans and allow-list (`core::limits`).
@@ -278,6 +284,9 @@ pub struct Firewall {
     pub allow_sources: Vec<crate::core::limits::Prefix>,
     /// Sources tracked at once; beyond, new sources share one budget.
     pub max_sources: usize,
+    /// Header names stripped from whatever arrives from outside, besides the built-in
+    /// trust-domain list (`core::sip::TRUST_DOMAIN_HEADERS`); lower-case.
+    pub strip_headers: Vec<String>,
 }
 
 /// A secret string (a PKCS#12 password): usable as `&str`, never printed by `Debug`.
@@ -327,6 +336,7 @@ impl Default for Firewall {
             ban_time: BAN_TIME,
             allow_sources: Vec::new(),
             max_sources: usize::try_from(MAX_SOURCES).unwrap_or(usize::MAX),
+            strip_headers: Vec::new(),
         }
     }
 }

@@ -43,6 +43,12 @@ pub mod defaults {
     pub const EDGE_NAME: &str = "sipedge";
     pub const MAX_HANDSHAKES: u64 = 256;
     pub const MAX_OUTSTANDING: u64 = 10_000;
+    /// Calls crossing the edge at once (a Lync Edge is sized for ~12 000 remote users).
+    pub const MAX_CALLS: u64 = 50_000;
+    /// Calls one external source holds at once (a NAT'd office belongs in allow_sources).
+    pub const MAX_CALLS_PER_SOURCE: u64 = 200;
+    /// How long an answered call without BYE is counted.
+    pub const MAX_CALL_DURATION: Duration = Duration::from_secs(12 * 3600);
     // Per source (IPv4 address or IPv6 /64). A Lync/Skype client signing in sends ~15
     // requests at once (REGISTER, SUBSCRIBEs, SERVICEs); NAT'd offices belong on the allow-list.
     pub const CONNECT_RATE: u64 = 10;
@@ -140,6 +146,9 @@ const LIMIT_KEYS: &[&str] = &[
     "max_handshakes",
     "max_outstanding",
     "drain_timeout",
+    "max_calls",
+    "max_calls_per_source",
+    "max_call_duration",
 ];
 const FIREWALL_KEYS: &[&str] = &[
     "connect_rate",
@@ -154,6 +163,7 @@ const FIREWALL_KEYS: &[&str] = &[
     "ban_time",
     "allow_sources",
     "max_sources",
+    "strip_headers",
 ];
 
 const MAX_MEMBERS: usize = 64;
@@ -639,6 +649,19 @@ fn read_limits(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Limits {
         max_handshakes: size(doc, "max_handshakes", (1, 100_000), MAX_HANDSHAKES),
         max_outstanding: size(doc, "max_outstanding", (1, 10_000_000), MAX_OUTSTANDING),
         drain_timeout: doc.duration(s, "drain_timeout", (secs(0), secs(86_400)), DRAIN_TIMEOUT),
+        max_calls: size(doc, "max_calls", (1, 10_000_000), MAX_CALLS),
+        max_calls_per_source: size(
+            doc,
+            "max_calls_per_source",
+            (1, 1_000_000),
+            MAX_CALLS_PER_SOURCE,
+        ),
+        max_call_duration: doc.duration(
+            s,
+            "max_call_duration",
+            (secs(60), secs(7 * 86_400)),
+            MAX_CALL_DURATION,
+        ),
     };
     if limits.max_queued_bytes
         < limits
@@ -791,6 +814,30 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         allow_peers: allow_peers?,
         deny_peers: deny_peers?,
     }))
+}
+
+/// An optional list of SIP header names (RFC 3261 `token`s), lower-cased; `None` on a
+/// problem (reported).
+fn header_names(doc: &mut Doc<'_>, s: Section<'_, '_>, key: &str) -> Option<Vec<String>> {
+    let Some((list, line)) = doc.string_list(s, key, false) else {
+        return (!s.has(key)).then(Vec::new);
+    };
+    let mut names = Vec::new();
+    let mut ok = true;
+    for text in list {
+        let token = !text.is_empty() && text.bytes().all(crate::core::sip::parse::is_token_char);
+        if token {
+            names.push(text.to_ascii_lowercase());
+        } else {
+            doc.problem(
+                line,
+                s.key(key),
+                format!("\"{text}\" is not a header name (letters, digits, -.!%*_+`'~)"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(names)
 }
 
 /// An optional list of addresses and prefixes; `None` on a problem (reported).
@@ -982,6 +1029,7 @@ fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
         strike_window: doc.duration(s, "strike_window", (secs(1), secs(3600)), STRIKE_WINDOW),
         ban_time: doc.duration(s, "ban_time", (secs(1), secs(7 * 86_400)), BAN_TIME),
         allow_sources: Vec::new(),
+        strip_headers: Vec::new(),
         max_sources: usize::try_from(doc.integer(
             s,
             "max_sources",
@@ -991,6 +1039,7 @@ fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Firewall> {
         .unwrap_or(usize::MAX),
     };
     firewall.allow_sources = prefix_list(doc, s, "allow_sources")?;
+    firewall.strip_headers = header_names(doc, s, "strip_headers")?;
     Some(firewall)
 }
 

@@ -121,6 +121,9 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
             max_handshakes: 256,
             max_outstanding: 10_000,
             drain_timeout: Duration::from_secs(30),
+            max_calls: 10_000,
+            max_calls_per_source: 10_000,
+            max_call_duration: Duration::from_secs(12 * 3600),
         },
         // Loopback tests play many users from 127.0.0.1: exempt it from per-source limits
         // and lift the per-connection rate; the firewall tests set their own.
@@ -272,6 +275,23 @@ impl Client {
         self.try_recv(WAIT)
             .await
             .expect("timed out waiting for a message from the edge")
+    }
+
+    /// The next message as bytes (an answer may echo bytes that are not UTF-8).
+    pub async fn recv_raw(&mut self) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(m) = split_message(&mut self.buf) {
+                return m;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("timed out waiting for a message from the edge")
+                .expect("read");
+            assert!(n > 0, "the edge closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// The next message, or `None` on timeout or when the edge closed the connection.
@@ -513,6 +533,16 @@ pub fn response_to(req: &str, status: u16, reason: &str) -> String {
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out
+}
+
+/// The token in the edge's first Record-Route entry (`<sip:TOKEN@host...>`) of a forwarded
+/// dialog-forming request: what in-dialog requests carry in their Route.
+pub fn rr_token(msg: &str) -> String {
+    let rr = headers(msg, "Record-Route");
+    let first = rr.first().expect("a Record-Route");
+    let start = first.find("<sip:").expect("a SIP URI") + 5;
+    let end = first[start..].find('@').expect("a user part") + start;
+    first[start..end].to_string()
 }
 
 /// The value of `param` in a header value (`;name=value`).

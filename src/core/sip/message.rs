@@ -148,6 +148,8 @@ pub struct Via {
     pub transport: Span,
     /// sent-by host as written (brackets kept for IPv6).
     pub host: Span,
+    /// The whole sent-by (`host[:port]`) as written.
+    pub sent_by: Span,
     pub port: Option<u16>,
     pub branch: Option<Span>,
     /// `rport` (RFC 3581), flag or with value.
@@ -284,8 +286,8 @@ impl Message {
                     elements.clear();
                     split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     for &v in &elements {
-                        let na = parse_name_addr(buf, v, true, &mut params)
-                            .filter(|na| na.scheme != Scheme::Tel)
+                        let na = parse_name_addr(buf, v, AddrForm::RouteSip, &mut params)
+                            .filter(|na| na.scheme != Some(Scheme::Tel))
                             .ok_or(Why::Malformed(name))?;
                         if name == HeaderName::Route {
                             routes.push(RouteEntry {
@@ -300,7 +302,8 @@ impl Message {
                     elements.clear();
                     split_commas(buf, h.value, &mut elements).map_err(|_| Why::Malformed(name))?;
                     for &v in &elements {
-                        parse_name_addr(buf, v, false, &mut params).ok_or(Why::Malformed(name))?;
+                        parse_name_addr(buf, v, AddrForm::AnyUri, &mut params)
+                            .ok_or(Why::Malformed(name))?;
                     }
                 }
                 HeaderName::ProxyRequire => {
@@ -346,11 +349,12 @@ impl Message {
             if cseq_method.of(buf) != method_span.of(buf) {
                 return Err(Why::CSeqMethodMismatch);
             }
-            // The top Via is the sender's: its branch identifies the transaction.
+            // The top Via is the sender's: its branch identifies the transaction. An RFC
+            // 2543 sender's branch has no magic cookie, or there is none: such transactions
+            // are named another way (RFC 3261 §17.2.3; see `proxy`). The cookie alone
+            // names nothing (RFC 4475 §3.2.1 'badbranch').
             let top = vias.first().ok_or(Why::MissingHeader(HeaderName::Via))?;
-            let branch = top.branch.ok_or(Why::BadBranch)?;
-            let b = branch.of(buf);
-            if !b.starts_with(MAGIC_COOKIE) || b.len() == MAGIC_COOKIE.len() {
+            if top.branch.is_some_and(|b| b.of(buf) == MAGIC_COOKIE) {
                 return Err(Why::BadBranch);
             }
         }
@@ -538,6 +542,7 @@ fn parse_via(buf: &[u8], header: usize, v: Span, params: &mut Vec<Param>) -> Opt
         value: v,
         transport,
         host: Span::new(sent_by_start, sent_by_start + host_len),
+        sent_by,
         port,
         branch,
         rport,
@@ -549,19 +554,30 @@ fn parse_via(buf: &[u8], header: usize, v: Span, params: &mut Vec<Param>) -> Opt
 #[derive(Clone, Copy, Debug)]
 struct NameAddr {
     uri: Span,
-    scheme: Scheme,
+    /// `None`: a scheme the edge does not read (From, To, Contact only).
+    scheme: Option<Scheme>,
     /// From the first `;` after the address (or empty).
     params: Span,
 }
 
-/// `( name-addr / addr-spec ) *( SEMI param )` (RFC 3261 §20.20, §20.39); with
-/// `require_angle` only name-addr is allowed (Route, Record-Route, Path: RFC 3261 §20.34).
+/// What a header's addresses may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddrForm {
+    /// Route, Record-Route, Path: name-addr only (RFC 3261 §20.34), a SIP or SIPS URI.
+    RouteSip,
+    /// From, To, Contact: name-addr or addr-spec, any absoluteURI (RFC 3261 §20.10, RFC 4475
+    /// §3.3.4 'unksm2': `To: isbn:2983792873`, `Contact: <name:John_Smith>`).
+    AnyUri,
+}
+
+/// `( name-addr / addr-spec ) *( SEMI param )` (RFC 3261 §20.20, §20.39).
 fn parse_name_addr(
     buf: &[u8],
     v: Span,
-    require_angle: bool,
+    form: AddrForm,
     params: &mut Vec<Param>,
 ) -> Option<NameAddr> {
+    let require_angle = form == AddrForm::RouteSip;
     let bytes = v.of(buf);
     let mut i = 0;
     // display-name: a quoted string, or tokens separated by LWS.
@@ -609,15 +625,40 @@ fn parse_name_addr(
         }
         (uri, v.start + end)
     };
-    let parsed = parse_uri(uri.of(buf)).ok()?;
+    let scheme = match parse_uri(uri.of(buf)) {
+        Ok(parsed) => Some(parsed.scheme),
+        Err(parse::UriError::Scheme) if form == AddrForm::AnyUri => {
+            is_absolute_uri(uri.of(buf)).then_some(())?;
+            None
+        }
+        Err(_) => return None,
+    };
     let params_span = Span::new(after, v.end);
     params.clear();
     parse_params(buf, params_span, params).ok()?;
     Some(NameAddr {
         uri,
-        scheme: parsed.scheme,
+        scheme,
         params: params_span,
     })
+}
+
+/// `absoluteURI` of a scheme the edge does not read (RFC 3261 §25.1, RFC 3986): a scheme,
+/// a colon, and at least one byte of visible ASCII or UTF-8; never whitespace, quotes or
+/// angle brackets.
+fn is_absolute_uri(uri: &[u8]) -> bool {
+    let Some(colon) = uri.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (scheme, rest) = uri.split_at(colon);
+    scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && rest.len() > 1
+        && rest
+            .iter()
+            .all(|&b| b > b' ' && b != 0x7f && !matches!(b, b'<' | b'>' | b'"'))
 }
 
 /// The URI and `tag` of a From or To value: at most one tag, a non-empty token of sane
@@ -628,7 +669,7 @@ fn tag_of(
     name: HeaderName,
     params: &mut Vec<Param>,
 ) -> Result<(Span, Option<Span>), Why> {
-    let na = parse_name_addr(buf, value, false, params).ok_or(Why::Malformed(name))?;
+    let na = parse_name_addr(buf, value, AddrForm::AnyUri, params).ok_or(Why::Malformed(name))?;
     params.clear();
     parse_params(buf, na.params, params).map_err(|_| Why::Malformed(name))?;
     match find_param(buf, params, b"tag") {
@@ -764,7 +805,7 @@ mod tests {
                 "To: Bob <sip:bob@example.com>\r\nt: <sip:x@y>\r\n",
                 Why::DuplicateHeader(HeaderName::To),
             ),
-            ("branch=z9hG4bK776asdhds", "branch=1234", Why::BadBranch),
+            ("branch=z9hG4bK776asdhds", "branch=z9hG4bK", Why::BadBranch),
             (";tag=1928301774", ";tag=", Why::Malformed(HeaderName::From)),
             (
                 ";tag=1928301774",

@@ -1,11 +1,13 @@
 //! SIP for the Access Edge: stream framing, strict validation, proxy edits by splicing the
 //! original bytes, flow tokens, and the next-hop pool's health and load bookkeeping.
 //!
-//! The pipeline for one message: [`frame::Framer`] finds a complete message on a stream,
-//! [`message::Message::parse`] tokenizes and validates it, [`proxy::Proxy::handle`] decides
-//! (forward where, with which edits, or reject how) and [`splice`] writes the bytes.
+//! One connection is a [`session::Session`]: [`frame::Framer`] finds a complete message on
+//! the stream, [`message::Message::parse`] tokenizes and validates it, the session admits
+//! it (rates, bans, overload, drain, call limits), [`proxy::Proxy::handle`] decides (forward
+//! where, with which edits, or reject how), [`splice`] writes the bytes, and [`calls`]
+//! counts the calls crossing the edge.
 
-pub mod dialogs;
+pub mod calls;
 pub mod federation;
 pub mod frame;
 pub mod health;
@@ -14,6 +16,7 @@ pub mod outstanding;
 pub mod parse;
 pub mod proxy;
 pub mod reject;
+pub mod session;
 pub mod splice;
 pub mod token;
 
@@ -47,8 +50,51 @@ pub enum HeaderName {
     /// `Privacy` (RFC 3323): `id` means the asserted identity must not leave the trust domain.
     Privacy,
     ContentType,
+    /// Another header that only a trust domain may set ([`TRUST_DOMAIN_HEADERS`]): stripped
+    /// from anything arriving from outside.
+    TrustDomain,
     Other,
 }
+
+/// Headers that carry an identity, a charge or a network assertion which only a trusted
+/// hop may set, beyond `P-Asserted-Identity` and `ms-edge-proxy-message-trust` (which have
+/// names of their own). From outside they are removed, whatever their case; operators add
+/// names with `firewall.strip_headers`.
+pub const TRUST_DOMAIN_HEADERS: &[&str] = &[
+    // RFC 3325: the identity a UA would like asserted is a trust-domain matter too.
+    "p-preferred-identity",
+    // draft-ietf-sip-privacy-04, still sent by Cisco and others: `screen=yes` asserts.
+    "remote-party-id",
+    // RFC 7315 (3GPP): network and charging assertions.
+    "p-associated-uri",
+    "p-called-party-id",
+    "p-visited-network-id",
+    "p-access-network-info",
+    "p-charging-function-addresses",
+    "p-charging-vector",
+    // RFC 5502, RFC 6050: whom the request is served for, which service it asserts.
+    "p-served-user",
+    "p-asserted-service",
+    "p-preferred-service",
+    // RFC 3313, RFC 5002, RFC 4457, RFC 5009, RFC 7316, RFC 8496.
+    "p-media-authorization",
+    "p-profile-key",
+    "p-user-database",
+    "p-early-media",
+    "p-private-network-indication",
+    "p-charge-info",
+    // RFC 5503 (PacketCable): billing and lawful interception.
+    "p-dcs-trace-party-id",
+    "p-dcs-osps",
+    "p-dcs-billing-info",
+    "p-dcs-laes",
+    "p-dcs-redirect",
+    // Microsoft (MS-SIPRE, MS-SIPAE): what the Lync/Skype edge and pool assert.
+    "ms-asserted-verification-level",
+    "ms-split-domain-info",
+    "ms-user-logon-data",
+    "ms-trunking-peer",
+];
 
 impl HeaderName {
     /// Maps a header name as written (any case, compact or long form).
@@ -89,9 +135,24 @@ impl HeaderName {
             (b"privacy", HeaderName::Privacy),
             (b"content-type", HeaderName::ContentType),
         ];
-        LONG.iter()
+        if let Some(&(_, h)) = LONG
+            .iter()
             .find(|(long, _)| long.eq_ignore_ascii_case(name))
-            .map_or(HeaderName::Other, |&(_, h)| h)
+        {
+            return h;
+        }
+        // Only names starting with `p`, `m` or `r` can be trust-domain headers: most headers
+        // are ruled out by their first byte.
+        match name.first().map(u8::to_ascii_lowercase) {
+            Some(b'p' | b'm' | b'r')
+                if TRUST_DOMAIN_HEADERS
+                    .iter()
+                    .any(|t| t.as_bytes().eq_ignore_ascii_case(name)) =>
+            {
+                HeaderName::TrustDomain
+            }
+            _ => HeaderName::Other,
+        }
     }
 
     /// The canonical long form, for reason phrases and logs.
@@ -115,6 +176,7 @@ impl HeaderName {
             HeaderName::PAssertedIdentity => "P-Asserted-Identity",
             HeaderName::Privacy => "Privacy",
             HeaderName::ContentType => "Content-Type",
+            HeaderName::TrustDomain => "trust-domain header",
             HeaderName::Other => "header",
         }
     }
@@ -123,7 +185,9 @@ impl HeaderName {
     pub fn carries_trust(self) -> bool {
         matches!(
             self,
-            HeaderName::MsEdgeProxyMessageTrust | HeaderName::PAssertedIdentity
+            HeaderName::MsEdgeProxyMessageTrust
+                | HeaderName::PAssertedIdentity
+                | HeaderName::TrustDomain
         )
     }
 }

@@ -142,6 +142,11 @@ pub fn parse_head(buf: &[u8], head_end: usize, limits: &HeadLimits) -> Result<He
             if end + 2 != head_end {
                 return Err(Why::IllegalByte(None));
             }
+            // Values are checked whole, folds included: a quoted string may span a fold.
+            for h in &headers {
+                let value = Span::new(h.name_span.end, h.line.end.saturating_sub(2));
+                check_value_bytes(value.of(head), Some(h.name))?;
+            }
             return Ok(Head {
                 start,
                 start_line,
@@ -159,7 +164,6 @@ pub fn parse_head(buf: &[u8], head_end: usize, limits: &HeadLimits) -> Result<He
             // A continuation line (RFC 3261 §7.3.1 folding) extends the previous header.
             // Before the first header it has nothing to extend.
             let last = headers.last_mut().ok_or(Why::FoldingAtStart)?;
-            check_value_bytes(line.of(head), Some(last.name))?;
             folded = true;
             last.line.end = end + 2;
             let trimmed = trim_end(head, Span::new(last.value.start, end));
@@ -208,7 +212,6 @@ fn parse_header_line(head: &[u8], line: Span) -> Result<Header, Why> {
     }
     let name_kind = HeaderName::from_bytes(name);
     let value_raw = Span::new(line.start + colon + 1, line.end);
-    check_value_bytes(value_raw.of(head), Some(name_kind))?;
     let value = trim_start(head, trim_end(head, value_raw));
     Ok(Header {
         name: name_kind,
@@ -218,10 +221,53 @@ fn parse_header_line(head: &[u8], line: Span) -> Result<Header, Why> {
     })
 }
 
-/// Header values may hold HTAB, visible ASCII, SP and UTF-8; no other control byte.
+/// Whether UTF-8 text holds NEL (U+0085), LS (U+2028) or PS (U+2029).
+fn has_unicode_line_separator(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == [0xc2, 0x85])
+        || bytes
+            .windows(3)
+            .any(|w| w == [0xe2, 0x80, 0xa8] || w == [0xe2, 0x80, 0xa9])
+}
+
+/// A header value (folds included) may hold HTAB, SP, visible ASCII and UTF-8. A control
+/// byte other than CR and LF is allowed only as a quoted-pair inside a quoted string that
+/// closes within the value (RFC 3261 §25.1: `quoted-pair = "\\" (%x00-09 / %x0B-0C /
+/// %x0E-7F)`, as RFC 4475 'intmeth' uses it), where no parser can take it for anything but
+/// text. The Unicode line separators NEL, LS and PS are refused everywhere: a next hop that
+/// splits lines on them would read headers the edge never saw.
 fn check_value_bytes(bytes: &[u8], name: Option<HeaderName>) -> Result<(), Why> {
-    if bytes.iter().any(|&b| (b < 0x20 && b != HTAB) || b == 0x7f) {
-        return Err(Why::IllegalByte(name));
+    let illegal = Err(Why::IllegalByte(name));
+    let mut in_quote = false;
+    // An escaped control byte seen in the quoted string still open.
+    let mut escaped_control = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            // The CR LF of a fold: the tokenizer proved each is followed by SP or HTAB.
+            b'\r' | b'\n' => {}
+            b'"' => {
+                in_quote = !in_quote;
+                escaped_control = false;
+            }
+            b'\\' if in_quote => {
+                match bytes.get(i + 1) {
+                    None | Some(b'\r' | b'\n') => return illegal,
+                    Some(&next) if next < 0x20 || next == 0x7f => escaped_control = true,
+                    Some(_) => {}
+                }
+                i += 2;
+                continue;
+            }
+            HTAB => {}
+            0..=0x1f | 0x7f => return illegal,
+            0xc2 if bytes.get(i + 1) == Some(&0x85) => return illegal,
+            0xe2 if matches!(bytes.get(i + 1..i + 3), Some([0x80, 0xa8 | 0xa9])) => return illegal,
+            _ => {}
+        }
+        i += 1;
+    }
+    if in_quote && escaped_control {
+        return illegal;
     }
     Ok(())
 }
@@ -249,7 +295,7 @@ pub fn trim(buf: &[u8], s: Span) -> Span {
 
 fn parse_start_line(buf: &[u8], line: Span) -> Result<StartLine, Why> {
     let bytes = line.of(buf);
-    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+    if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) || has_unicode_line_separator(bytes) {
         return Err(Why::IllegalByte(None));
     }
     if bytes.len() >= 4

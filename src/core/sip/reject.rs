@@ -49,8 +49,16 @@ pub enum Why {
     /// 420: a Proxy-Require option tag the edge does not support.
     BadExtension,
     // --- policy and routing ---
-    /// 403: the Request-URI names no domain this edge serves.
+    /// 403: the Request-URI names no domain this edge serves (nor its external listener).
     DomainNotServed,
+    /// 403: a Request-URI that names the edge itself other than as its external listener,
+    /// in a dialog.
+    RequestUriNotAllowed,
+    /// 403: `maddr` in the Request-URI or a Route from outside would redirect the request.
+    MaddrNotAllowed,
+    /// 403: a Route from outside left after the edge's own entries, in a request that
+    /// proves no dialog the edge recorded (or one naming the edge itself).
+    RouteNotAllowed,
     /// 403: a flow token failed its signature check.
     InvalidFlowToken,
     /// 404: a request from the inside names no remote flow.
@@ -59,6 +67,13 @@ pub enum Why {
     FlowFailed,
     /// 408: the next hop did not answer within the transaction timeout.
     RequestTimeout,
+    /// 408: the header block did not arrive within `limits.header_timeout`; the connection
+    /// closes.
+    HeaderTimeout,
+    /// 503 with Retry-After: the source (or the edge) holds as many calls as it may.
+    CallLimit {
+        retry_after_secs: u32,
+    },
     /// 503 with Retry-After: no next hop is up.
     PoolUnavailable {
         retry_after_secs: u32,
@@ -132,10 +147,15 @@ impl Why {
             Why::Loop => (482, "Loop Detected"),
             Why::BadExtension => (420, "Bad Extension"),
             Why::DomainNotServed => (403, "Domain Not Served"),
+            Why::RequestUriNotAllowed => (403, "Request-URI Not Allowed"),
+            Why::MaddrNotAllowed => (403, "maddr Not Allowed"),
+            Why::RouteNotAllowed => (403, "Route Not Allowed"),
             Why::InvalidFlowToken => (403, "Invalid Flow Token"),
             Why::NoRoute => (404, "No Route"),
             Why::FlowFailed => (430, "Flow Failed"),
             Why::RequestTimeout => (408, "Request Timeout"),
+            Why::HeaderTimeout => (408, "Request Timeout"),
+            Why::CallLimit { .. } => (503, "Call Limit"),
             Why::PoolUnavailable { .. } => (503, "Service Unavailable"),
             Why::Overloaded { .. } => (503, "Overloaded"),
             Why::RateLimited { .. } => (503, "Rate Limited"),
@@ -179,10 +199,15 @@ impl Why {
             Why::Loop => "loop",
             Why::BadExtension => "bad_extension",
             Why::DomainNotServed => "domain_not_served",
+            Why::RequestUriNotAllowed => "request_uri_not_allowed",
+            Why::MaddrNotAllowed => "maddr_not_allowed",
+            Why::RouteNotAllowed => "route_not_allowed",
             Why::InvalidFlowToken => "invalid_flow_token",
             Why::NoRoute => "no_route",
             Why::FlowFailed => "flow_failed",
             Why::RequestTimeout => "request_timeout",
+            Why::HeaderTimeout => "header_timeout",
+            Why::CallLimit { .. } => "call_limit",
             Why::PoolUnavailable { .. } => "pool_unavailable",
             Why::Overloaded { .. } => "overloaded",
             Why::RateLimited { .. } => "rate_limited",
@@ -241,6 +266,11 @@ impl Why {
         "partner_unavailable",
         "partner_dialogs",
         "draining",
+        "request_uri_not_allowed",
+        "maddr_not_allowed",
+        "route_not_allowed",
+        "header_timeout",
+        "call_limit",
     ];
 
     /// Position of this reason's label in [`Why::LABELS`].
@@ -262,6 +292,7 @@ impl Why {
                 | Why::Draining { .. }
                 | Why::RequestTimeout
                 | Why::FlowFailed
+                | Why::CallLimit { .. }
         )
     }
 }
@@ -389,7 +420,9 @@ pub fn response_with_body(
             return None; // two of a singleton: which one would the sender match?
         }
     }
-    let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
+    // Without a Call-ID the answer can still be matched (RFC 3261 §17.1.3 matches on the
+    // branch and the CSeq method): it goes without one rather than not at all.
+    let (from, to, cseq) = (from?, to?, cseq?);
     if vias.is_empty() {
         return None;
     }
@@ -400,12 +433,17 @@ pub fn response_with_body(
         out.extend_from_slice(via);
         out.extend_from_slice(b"\r\n");
     }
-    for line in [from, to, call_id, cseq] {
+    for line in [Some(from), Some(to), call_id, Some(cseq)]
+        .into_iter()
+        .flatten()
+    {
         out.extend_from_slice(line);
         if std::ptr::eq(line, to) && !has_tag(line) && status > 100 {
             // RFC 3261 §8.2.6.2: the UAS adds a To tag; derive it from the request so a
             // retransmission gets the same one.
-            let tag = fnv1a(call_id) ^ fnv1a(cseq).rotate_left(17) ^ fnv1a(from).rotate_left(31);
+            let tag = fnv1a(call_id.unwrap_or_default())
+                ^ fnv1a(cseq).rotate_left(17)
+                ^ fnv1a(from).rotate_left(31);
             out.extend_from_slice(format!(";tag=se{tag:016x}").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
@@ -426,6 +464,16 @@ pub fn response_with_body(
         None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
     }
     Some(out)
+}
+
+/// [`response`] to a request whose header block has not fully arrived (the header
+/// timeout): only the complete lines are read, so a truncated Via or CSeq is never echoed.
+pub fn response_to_partial(raw: &[u8], status: u16, reason: &str) -> Option<Vec<u8>> {
+    let end = raw.windows(2).rposition(|w| w == b"\r\n")? + 2;
+    let mut complete = raw.get(..end)?.to_vec();
+    // A head that stops after a full line: close it so that the scan ends there.
+    complete.extend_from_slice(b"\r\n");
+    response(&complete, status, reason, b"")
 }
 
 /// Physical lines joined with their continuation lines, each without its final CRLF.
@@ -479,12 +527,11 @@ fn header_name_of(line: &[u8]) -> HeaderName {
     HeaderName::from_bytes(name.get(..trimmed_len).unwrap_or_default())
 }
 
-/// A line is safe to echo if every byte is HTAB, visible ASCII, SP, UTF-8, or the CR LF of a
-/// fold (CR LF followed by SP or HTAB).
+/// A line is safe to echo if every byte is HTAB, visible ASCII, SP, a byte above 0x7f, or
+/// the CR LF of a fold (CR LF followed by SP or HTAB). Bytes that are not UTF-8 are echoed:
+/// the answer goes back only to the sender who wrote them, and refusing to answer would
+/// leave it without a status.
 fn is_echo_safe(line: &[u8]) -> bool {
-    if std::str::from_utf8(line).is_err() {
-        return false;
-    }
     let mut i = 0;
     while let Some(&b) = line.get(i) {
         match b {

@@ -80,14 +80,12 @@ pub fn roundtrip(data: &[u8]) {
         return;
     };
     let proxy = proxy();
-    let from = Flow {
-        id: FlowId(1),
-        side: Side::External,
-        remote: std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
-        token: proxy.keys().token(FlowId(1)),
-        partner: None,
-        certificate: None,
-    };
+    let from = Flow::new(
+        proxy.keys(),
+        FlowId(1),
+        Side::External,
+        std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
+    );
     match proxy.handle(&from, &msg) {
         Action::ToPool { bytes, .. } => {
             let again = match Message::parse(Bytes::from(bytes.clone()), &relaxed_limits()) {
@@ -148,14 +146,16 @@ fn federated_roundtrip(msg: &Message) {
     }]);
     federation.discovery = true;
     cfg.federation = federation;
-    let proxy = Proxy::new(cfg, FlowKeys::new(&[7; 32], Default::default()));
+    let proxy = Proxy::new(cfg, FlowKeys::new(&[7; 32]));
     let flow = |id: u64, side, partner, certificate: Option<&[&str]>| Flow {
-        id: FlowId(id),
-        side,
-        remote: std::net::SocketAddr::from(([198, 51, 100, 7], 5061)),
-        token: proxy.keys().token(FlowId(id)),
         partner,
         certificate: certificate.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        ..Flow::new(
+            proxy.keys(),
+            FlowId(id),
+            side,
+            std::net::SocketAddr::from(([198, 51, 100, 7], 5061)),
+        )
     };
     for from in [
         flow(
@@ -226,10 +226,13 @@ fn proxy() -> Proxy {
                 port: 5061,
             },
             own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
+            external_hosts: vec!["edge.example.com".into()],
             served_domains: vec!["example.com".into()],
             federation: Default::default(),
+            strip_headers: Vec::new(),
+            next_hops: Vec::new(),
         },
-        FlowKeys::new(&[7; 32], Default::default()),
+        FlowKeys::new(&[7; 32]),
     )
 }
 
@@ -282,212 +285,8 @@ pub fn topology(data: &[u8]) {
     }
 }
 
-/// The golden-file pipeline: exactly what a connection of the edge does with the bytes it
-/// reads (framing, validation, the proxy decision), on the default limits, with the loopback
-/// topology's names (`edge.sipedge.test`, internal `127.0.0.2:5061`, domain `sipedge.test`).
-/// Flows 1..=5 are remote users' connections (external), 6..=9 connections of the pool and
-/// internal servers; a message arrives on flow 1 from outside, on flow 6 from inside.
-pub mod golden {
-    use super::*;
-    use crate::topology::defaults;
-
-    /// What happened to one input, in the words of a `.expected` file.
-    #[derive(Debug, Default)]
-    pub struct Outcome {
-        /// One line per event: `forward`, `to-flow N`, `pong`, `NNN Reason`, `drop`,
-        /// and a final `close` when the edge would close the connection.
-        pub events: Vec<String>,
-        /// Bytes forwarded to the pool or a flow, in order.
-        pub forwarded: Vec<Vec<u8>>,
-        /// Bytes answered on the arriving connection.
-        pub answered: Vec<Vec<u8>>,
-    }
-
-    pub fn limits() -> FrameLimits {
-        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        FrameLimits {
-            head: HeadLimits {
-                max_headers: size(defaults::MAX_HEADERS),
-                max_line_bytes: size(defaults::MAX_LINE_BYTES),
-            },
-            max_header_bytes: size(defaults::MAX_HEADER_BYTES),
-            max_body_bytes: size(defaults::MAX_BODY_BYTES),
-        }
-    }
-
-    pub fn proxy() -> Proxy {
-        Proxy::new(
-            ProxyConfig {
-                external: SideAddr {
-                    host: "edge.sipedge.test".into(),
-                    port: 5061,
-                },
-                internal: SideAddr {
-                    host: "127.0.0.2".into(),
-                    port: 5061,
-                },
-                own_hosts: vec!["edge.sipedge.test".into(), "127.0.0.2".into()],
-                served_domains: vec!["sipedge.test".into()],
-                federation: Default::default(),
-            },
-            FlowKeys::new(&[7; 32], Default::default()),
-        )
-    }
-
-    /// The valid flow token of flow `n` under [`proxy`]'s keys (for `<FTOK:n>` markers).
-    pub fn token(n: u64) -> String {
-        proxy().keys().token(FlowId(n)).as_str().to_string()
-    }
-
-    /// The time the golden A/V authentication service runs at (Unix seconds).
-    pub const GOLDEN_NOW: u64 = 1_800_000_000;
-
-    /// The zone of golden flow `n`.
-    pub fn zone(n: u64) -> Option<Side> {
-        match n {
-            1..=5 => Some(Side::External),
-            6..=9 => Some(Side::Internal),
-            _ => None,
-        }
-    }
-
-    /// Runs `data`, arriving on flow 1 (from outside) or 6 (from inside), through the edge.
-    pub fn run(data: &[u8], side: Side) -> Outcome {
-        let proxy = proxy();
-        let limits = limits();
-        let arriving = match side {
-            Side::External => FlowId(1),
-            Side::Internal => FlowId(6),
-        };
-        let from = Flow {
-            id: arriving,
-            side,
-            remote: match side {
-                Side::External => std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
-                Side::Internal => std::net::SocketAddr::from(([127, 0, 0, 1], 5070)),
-            },
-            token: proxy.keys().token(arriving),
-            partner: None,
-            certificate: None,
-        };
-        let mut out = Outcome::default();
-        let mut framer = Framer::new();
-        let mut buf = data;
-        loop {
-            let frame = match framer.check(buf, &limits) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if !buf.is_empty() {
-                        // An incomplete message waits for more bytes (then header_timeout).
-                        out.events.push("incomplete".into());
-                    }
-                    break;
-                }
-                Err(why) => {
-                    let answer = proxy.answer(buf, why, None);
-                    push_answer(&mut out, why, answer);
-                    out.events.push("close".into());
-                    break;
-                }
-            };
-            match frame {
-                Frame::Ping => {
-                    buf = buf.get(4..).unwrap_or_default();
-                    out.events.push("pong".into());
-                }
-                Frame::Pong => {
-                    buf = buf.get(2..).unwrap_or_default();
-                }
-                Frame::Message { head, len } => {
-                    let raw = Bytes::copy_from_slice(buf.get(..len).unwrap_or_default());
-                    buf = buf.get(len..).unwrap_or_default();
-                    let msg = match Message::validate(raw.clone(), head) {
-                        Ok(msg) => msg,
-                        Err(why) => {
-                            let answer = proxy.answer(&raw, why, None);
-                            push_answer(&mut out, why, answer);
-                            continue;
-                        }
-                    };
-                    match proxy.handle(&from, &msg) {
-                        Action::ToPool { bytes, .. } => {
-                            out.events.push("forward".into());
-                            out.forwarded.push(bytes);
-                        }
-                        Action::ToFlow { flow, bytes, .. } => {
-                            use crate::core::sip::reject::Why;
-                            // What the shell's flow table does (`FlowTable::send_across`).
-                            let why = match zone(flow.0) {
-                                Some(z) if z != side => {
-                                    out.events.push(format!("to-flow {}", flow.0));
-                                    out.forwarded.push(bytes);
-                                    continue;
-                                }
-                                Some(_) if msg.is_request() => Why::InvalidFlowToken,
-                                Some(_) => Why::StrayResponse,
-                                None if msg.is_request() => Why::FlowFailed,
-                                None => Why::StrayResponse,
-                            };
-                            let answer = proxy.answer(&msg.raw, why, Some(&msg));
-                            push_answer(&mut out, why, answer);
-                        }
-                        Action::ToPartner { partner, bytes } => {
-                            out.events.push(format!("to-partner {}", partner.0));
-                            out.forwarded.push(bytes);
-                        }
-                        Action::ToDiscovered { target, bytes } => {
-                            out.events.push(format!("to-discovered {target:?}"));
-                            out.forwarded.push(bytes);
-                        }
-                        Action::Reject(why) => {
-                            let answer = proxy.answer(&msg.raw, why, Some(&msg));
-                            push_answer(&mut out, why, answer);
-                        }
-                        Action::Credentials => {
-                            // The A/V authentication service of the loopback default, at a
-                            // fixed time with a fixed ring: the answer is reproducible.
-                            let ring = crate::core::keyring::Ring::init([9; 32], GOLDEN_NOW);
-                            let relay = crate::core::avauth::RelayInfo {
-                                host: "av.sipedge.test".into(),
-                                udp_port: 3478,
-                                tcp_port: 443,
-                                max_lifetime_secs: 8 * 3600,
-                            };
-                            let (answer, _) = crate::core::avauth::answer(
-                                &msg,
-                                Some((&ring, &relay)),
-                                GOLDEN_NOW,
-                            );
-                            match answer {
-                                Some(bytes) => {
-                                    let line =
-                                        bytes.split(|&b| b == b'\r').next().unwrap_or_default();
-                                    let status =
-                                        String::from_utf8_lossy(line.get(8..).unwrap_or_default())
-                                            .to_string();
-                                    out.events.push(format!("credentials {status}"));
-                                    out.answered.push(bytes);
-                                }
-                                None => out.events.push("drop".into()),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn push_answer(out: &mut Outcome, why: crate::core::sip::reject::Why, answer: Option<Vec<u8>>) {
-        match (why.status(), answer) {
-            (Some((status, reason)), Some(bytes)) => {
-                out.events.push(format!("{status} {reason}"));
-                out.answered.push(bytes);
-            }
-            _ => out.events.push("drop".into()),
-        }
-    }
-}
+pub mod golden;
+pub mod sim;
 
 /// An A/V authentication request body: never panics; whatever parses answers with a
 /// response body that is well-formed XML carrying the request's ids.
