@@ -22,8 +22,8 @@ use criterion::{BatchSize, Criterion, Throughput};
 use sipedge::core::sip::frame::{Frame, FrameLimits, Framer};
 use sipedge::core::sip::message::Message;
 use sipedge::core::sip::parse::{Head, HeadLimits};
-use sipedge::core::sip::proxy::{Action, Flow, Proxy, ProxyConfig, Side, SideAddr};
-use sipedge::core::sip::token::{FlowId, FlowKeys};
+use sipedge::core::sip::proxy::{Action, Flow, Proxy, Side};
+use sipedge::core::sip::token::FlowId;
 
 /// The limits of the loopback default topology.
 const LIMITS: FrameLimits = FrameLimits {
@@ -39,25 +39,7 @@ const GROUP_INVITE: &str = "invite_external";
 const GROUP_OK: &str = "ok_internal";
 
 fn proxy() -> Proxy {
-    Proxy::new(
-        ProxyConfig {
-            external: SideAddr {
-                host: "edge.example.com".into(),
-                port: 5061,
-            },
-            internal: SideAddr {
-                host: "10.0.0.10".into(),
-                port: 5061,
-            },
-            own_hosts: vec!["edge.example.com".into(), "10.0.0.10".into()],
-            external_hosts: vec!["edge.example.com".into()],
-            served_domains: vec!["example.com".into()],
-            federation: Default::default(),
-            strip_headers: Vec::new(),
-            next_hops: Vec::new(),
-        },
-        FlowKeys::new(&[7; 32]),
-    )
+    sipedge::fuzz_logic::proxy()
 }
 
 fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {

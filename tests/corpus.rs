@@ -42,6 +42,15 @@ fn sip_corpora_replay_through_frame_validate_and_roundtrip() {
 }
 
 #[test]
+fn session_corpus_replays_through_the_outsider_world() {
+    let n = replay(
+        "fuzz/corpus/sip_session",
+        sipedge::fuzz_logic::outsider::run,
+    );
+    assert!(n > 0, "no corpus found");
+}
+
+#[test]
 fn topology_corpus_and_examples_replay() {
     let n = replay("fuzz/corpus/topology", sipedge::fuzz_logic::topology)
         + replay("topology/examples", sipedge::fuzz_logic::topology);

@@ -48,3 +48,6 @@ mod federation;
 
 /// The DMZ deployment in network namespaces (root only).
 mod netns;
+
+/// The outsider property test: generated message sequences against real sessions.
+mod outsider;

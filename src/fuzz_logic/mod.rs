@@ -214,7 +214,9 @@ fn relaxed_limits() -> HeadLimits {
     }
 }
 
-fn proxy() -> Proxy {
+/// The example.com edge the fuzz targets and the benches run (external `edge.example.com`,
+/// internal `10.0.0.10`, domain `example.com`, fixed keys).
+pub fn proxy() -> Proxy {
     Proxy::new(
         ProxyConfig {
             external: SideAddr {
@@ -286,6 +288,7 @@ pub fn topology(data: &[u8]) {
 }
 
 pub mod golden;
+pub mod outsider;
 pub mod sim;
 
 /// An A/V authentication request body: never panics; whatever parses answers with a

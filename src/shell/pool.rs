@@ -386,6 +386,23 @@ struct MemberHooks<'a> {
     outstanding: &'a mut Outstanding<TxKey, Bytes>,
 }
 
+impl<'a> MemberHooks<'a> {
+    fn new(
+        shared: &'a Shared,
+        member: &'a Member,
+        health: &'a mut Health,
+        outstanding: &'a mut Outstanding<TxKey, Bytes>,
+    ) -> MemberHooks<'a> {
+        MemberHooks {
+            shared,
+            member,
+            addr: member.addr,
+            health,
+            outstanding,
+        }
+    }
+}
+
 impl ConnHooks for MemberHooks<'_> {
     fn intercept_response(&mut self, msg: &Message) -> bool {
         match self.shared.proxy.probe_answer(msg) {
@@ -469,13 +486,7 @@ async fn serve_member(
             read = stream.read_buf(session.read_buf()) => match read {
                 Ok(0) => break Closed::PeerClosed,
                 Ok(_) => {
-                    let mut hooks = MemberHooks {
-                        shared,
-                        member,
-                        addr: member.addr,
-                        health: &mut *health,
-                        outstanding: &mut outstanding,
-                    };
+                    let mut hooks = MemberHooks::new(shared, member, health, &mut outstanding);
                     session.handle_read(
                         clock::now(),
                         &mut ShellEdge::new(shared, shared.limits(), &mut hooks),
@@ -500,13 +511,7 @@ async fn serve_member(
             }
             Some(bytes) = flow_rx.recv() => session.queue(&bytes),
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                let mut hooks = MemberHooks {
-                    shared,
-                    member,
-                    addr: member.addr,
-                    health: &mut *health,
-                    outstanding: &mut outstanding,
-                };
+                let mut hooks = MemberHooks::new(shared, member, health, &mut outstanding);
                 session.handle_timeout(
                     clock::now(),
                     &mut ShellEdge::new(shared, shared.limits(), &mut hooks),

@@ -830,7 +830,6 @@ impl Proxy {
             .branch
             .and_then(|b| parse_our_branch(msg.bytes(b)))
             .ok_or(Why::StrayResponse)?;
-        let federation = self.federation();
         let tx = sender_tx(msg, next);
         let minted = |target: FlowId| self.keys.branch(origin, target, tx) == branch;
         let answered_by_this_flow = match (from.side, from.partner) {
@@ -840,7 +839,7 @@ impl Proxy {
                 minted(from.id)
                     || msg
                         .uri_host(msg.to_uri)
-                        .filter(|to| self.discovered_edge(from, to, &federation).is_some())
+                        .filter(|to| self.discovered_edge(from, to, &self.federation()).is_some())
                         .is_some_and(|to| minted(FlowId::partner(discovered_key(to))))
             }
         };
@@ -852,6 +851,7 @@ impl Proxy {
         remove_top_via(msg, &mut splice);
         match from.side {
             Side::External => {
+                let federation = self.federation();
                 self.strip_from_outside(msg, &mut splice);
                 let partner = from.partner.and_then(|p| federation.get(p));
                 let stamp = match partner {
