@@ -5,6 +5,10 @@
 //! Binding request. The allocation and channel are set up once through real authenticated
 //! requests.
 //!
+//! `allocate_even_port/held_N`: an authenticated Allocate with EVEN-PORT (R bit: the next
+//! port reserved) and the client's departure, with N other allocations, each with its
+//! reservation, held: the cost must not grow with N (no scan of what is held).
+//!
 //! Run: `cargo bench --bench turn_path`.
 
 #![allow(
@@ -18,10 +22,18 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
+use sipedge::core::credentials;
+use sipedge::core::keyring::Ring;
+use sipedge::core::turn::auth::{long_term_key, AuthContext};
 use sipedge::core::turn::bandwidth::Budget;
 use sipedge::core::turn::encode::Writer;
+use sipedge::core::turn::nonce::Nonces;
+use sipedge::core::turn::policy::Origin;
 use sipedge::core::turn::policy::PeerPolicy;
-use sipedge::core::turn::server::{ToClient, TurnConfig};
+use sipedge::core::turn::server::{
+    Arrival, FiveTuple, Server, ToClient, Transport, TurnConfig, ALLOCATE,
+};
+use sipedge::core::turn::stun::attr;
 use sipedge::core::turn::stun::{self, Class};
 
 #[path = "../tests/turn_fixture.rs"]
@@ -92,5 +104,103 @@ fn main() {
         b.iter(|| black_box(stun::check(black_box(&binding)).unwrap()))
     });
     g.finish();
+
+    let mut g = c.benchmark_group("allocate_even_port");
+    g.throughput(Throughput::Elements(1));
+    for held in [0usize, 4000] {
+        let mut alloc = Allocating::new(held);
+        let (tuple, request) = alloc.request(u32::MAX);
+        g.bench_function(format!("held_{held}"), |b| {
+            b.iter(|| alloc.submit(tuple, black_box(&request), false))
+        });
+    }
+    g.finish();
     c.final_summary();
+}
+
+/// A server holding `held` allocations with reservations (one per user and source, so no
+/// quota binds), and signed EVEN-PORT Allocates from fresh clients.
+struct Allocating {
+    server: Server,
+    ring: Ring,
+    nonces: Nonces,
+    start: std::time::Instant,
+    out: Vec<sipedge::core::turn::server::Output>,
+}
+
+impl Allocating {
+    fn new(held: usize) -> Allocating {
+        let mut cfg = TurnConfig::new(
+            turn_fixture::REALM,
+            "192.0.2.10".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+            (10000, 59999),
+        );
+        cfg.max_allocations = 100_000;
+        let start = std::time::Instant::now();
+        let mut a = Allocating {
+            server: Server::new(cfg, 0, start),
+            ring: Ring::init([4; 32], turn_fixture::T0),
+            nonces: Nonces::new(&[5; 32], turn_fixture::REALM, 600),
+            start,
+            out: Vec::new(),
+        };
+        for i in 0..held {
+            let (tuple, request) = a.request(i as u32);
+            a.submit(tuple, &request, true);
+        }
+        assert_eq!(a.server.allocations(), held);
+        assert_eq!(a.server.reservations(), held);
+        a
+    }
+
+    fn tuple(n: u32) -> FiveTuple {
+        let [_, b, c, d] = n.to_be_bytes();
+        FiveTuple {
+            client: std::net::SocketAddr::new([198, b, c, d].into(), 40000),
+            server: "192.0.2.10:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        }
+    }
+
+    /// An Allocate with EVEN-PORT (R) by user `n` from client `n`.
+    fn request(&self, n: u32) -> (FiveTuple, Vec<u8>) {
+        let tuple = Self::tuple(n);
+        let user = format!("user{n}@example.com");
+        let c = credentials::mint(&self.ring, &user, 3600, turn_fixture::T0).unwrap();
+        let key = long_term_key(&c.username, turn_fixture::REALM, &c.password);
+        let nonce = self.nonces.issue(tuple.client.ip(), turn_fixture::T0);
+        let mut w = Writer::new(Class::Request, ALLOCATE, [7; 12]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::EVEN_PORT, &[0x80])
+            .attr(attr::USERNAME, c.username.as_bytes())
+            .attr(attr::REALM, turn_fixture::REALM.as_bytes())
+            .attr(attr::NONCE, nonce.as_bytes())
+            .integrity(&key);
+        (tuple, w.finish_with_fingerprint())
+    }
+
+    /// Submits an Allocate; unless `keep`, the client leaves at once (TCP close).
+    fn submit(&mut self, tuple: FiveTuple, request: &[u8], keep: bool) {
+        let auth = AuthContext {
+            ring: &self.ring,
+            nonces: &self.nonces,
+            realm: turn_fixture::REALM,
+            max_lifetime_secs: 8 * 3600,
+        };
+        let arrival = Arrival {
+            tuple,
+            origin: Origin::Internal,
+            now: self.start,
+            now_unix: turn_fixture::T0,
+        };
+        self.out.clear();
+        self.server
+            .client_packet(&auth, arrival, request, &mut self.out)
+            .unwrap();
+        assert!(self.server.has_allocation(&tuple), "allocated");
+        if !keep {
+            self.server.client_closed(tuple, &mut self.out);
+        }
+    }
 }

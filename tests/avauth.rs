@@ -4,7 +4,7 @@
 //! issue credentials that verify with either's keys; the same request from outside to the
 //! edge itself is refused.
 
-use sipedge::core::{credentials, keyring::Ring, mras};
+use sipedge::core::{credentials, mras};
 use sipedge::shell::{self, keyfile};
 use sipedge::topology::{KeysSource, Relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,16 +81,7 @@ pub(crate) fn element<'a>(xml: &'a str, name: &str) -> &'a str {
 #[tokio::test]
 async fn credentials_over_service_from_two_edges_sharing_one_ring() {
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
-    keyfile::store(
-        &ring_path,
-        &Ring::init(
-            keyfile::random_secret().unwrap(),
-            sipedge::shell::clock::now_unix(),
-        ),
-        true,
-    )
-    .unwrap();
+    let (ring_path, _) = ring_file(&pki);
     let director = Director::start(&pki).await;
     let start = |internal: &'static str| {
         let mut t = topology(&pki, &[director.addr]);
@@ -206,16 +197,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
 #[tokio::test]
 async fn the_turn_rest_endpoint_on_the_operations_listener() {
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
-    keyfile::store(
-        &ring_path,
-        &Ring::init(
-            keyfile::random_secret().unwrap(),
-            sipedge::shell::clock::now_unix(),
-        ),
-        true,
-    )
-    .unwrap();
+    let (ring_path, _) = ring_file(&pki);
     let director = Director::start(&pki).await;
     let mut t = topology(&pki, &[director.addr]);
     t.keys = Some(KeysSource::File(ring_path.clone()));

@@ -77,4 +77,10 @@ fn stun_and_channel_data_corpora_replay() {
 #[test]
 fn turn_server_corpus_replays() {
     assert!(replay("fuzz/corpus/turn_server", sipedge::fuzz_logic::turn_server) >= 1);
+    assert!(
+        replay(
+            "fuzz/corpus/turn_session",
+            sipedge::fuzz_logic::turn_session::run
+        ) >= 1
+    );
 }

@@ -37,6 +37,10 @@ mod coturn;
 /// The A/V authentication service (relay credentials over SIP SERVICE).
 mod avauth;
 
+/// The A/V Edge's bounds as an outsider tries them (reservations, quotas, TURN over TCP,
+/// the stranger budget, peer spellings, table caps).
+mod av_bounds;
+
 /// The TURN relay against coturn's client.
 mod turn;
 

@@ -8,13 +8,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sipedge::core::credentials;
 use sipedge::core::turn::auth::long_term_key;
 use sipedge::core::turn::encode::Writer;
 use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
 use sipedge::core::turn::stun::{attr, Class};
-use sipedge::core::{credentials, keyring::Ring};
+use sipedge::shell;
 use sipedge::shell::udp::{self, BatchSocket};
-use sipedge::shell::{self, keyfile};
 use sipedge::topology::{KeysSource, Relay};
 use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
@@ -57,15 +57,8 @@ struct Relayed {
 
 async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
+    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
-    keyfile::store(
-        &ring_path,
-        &Ring::init(keyfile::random_secret().unwrap(), now),
-        true,
-    )
-    .unwrap();
-    let ring = keyfile::load(&ring_path).unwrap();
     let director = Director::start(&pki).await;
     let mut t = topology(&pki, &[director.addr]);
     t.keys = Some(KeysSource::File(ring_path.clone()));

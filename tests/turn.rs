@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sipedge::core::{credentials, keyring::Ring};
-use sipedge::shell::{self, keyfile};
+use sipedge::core::credentials;
+use sipedge::shell;
 use sipedge::topology::{KeysSource, Relay};
 
 use crate::support::*;
@@ -27,15 +27,8 @@ fn uclient() -> Option<std::path::PathBuf> {
 fn turnutils_uclient_relays_media_through_the_edge() {
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
+    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
-    keyfile::store(
-        &ring_path,
-        &Ring::init(keyfile::random_secret().unwrap(), now),
-        true,
-    )
-    .unwrap();
-    let ring = keyfile::load(&ring_path).unwrap();
     let turn_port = free_udp_port("127.0.0.1");
     let base = 40_000 + (std::process::id() % 100) as u16 * 100;
 
@@ -117,16 +110,7 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
     use std::io::{BufRead, BufReader};
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
-    keyfile::store(
-        &ring_path,
-        &Ring::init(
-            keyfile::random_secret().unwrap(),
-            sipedge::shell::clock::now_unix(),
-        ),
-        true,
-    )
-    .unwrap();
+    let (ring_path, _) = ring_file(&pki);
     let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
     let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
     let director = free_tcp_port("127.0.0.1");
@@ -176,7 +160,8 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
         }
         (Reaped(child), internal.expect("the edge started"))
     };
-    let base = 30_000 + (std::process::id() % 50) as u16 * 200;
+    // 30000-31999: below the ephemeral ports, apart from av_bounds (32000-32699).
+    let base = 30_000 + (std::process::id() % 10) as u16 * 200;
     let (turn_a, turn_b) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
     let (_edge_a, internal_a) = start("edge-a", topology("edge-a", turn_a, base));
     let (_edge_b, _) = start("edge-b", topology("edge-b", turn_b, base + 100));
@@ -251,15 +236,8 @@ fn aioice_completes_ice_through_the_relay() {
         return;
     };
     let pki = Pki::new();
-    let ring_path = pki.dir.path().join("ring.toml");
+    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
-    keyfile::store(
-        &ring_path,
-        &Ring::init(keyfile::random_secret().unwrap(), now),
-        true,
-    )
-    .unwrap();
-    let ring = keyfile::load(&ring_path).unwrap();
     let base = 10_000 + (std::process::id() % 100) as u16 * 100;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let edge = rt.block_on(async {

@@ -45,7 +45,7 @@ pub(crate) fn establish(cfg: TurnConfig) -> Established {
         realm: REALM,
         max_lifetime_secs: 8 * 3600,
     };
-    let mut server = Server::new(cfg, 0);
+    let mut server = Server::new(cfg, 0, std::time::Instant::now());
     let tuple = FiveTuple {
         client: "198.51.100.20:40000".parse().unwrap(),
         server: "192.0.2.10:3478".parse().unwrap(),

@@ -290,6 +290,7 @@ pub fn topology(data: &[u8]) {
 pub mod golden;
 pub mod outsider;
 pub mod sim;
+pub mod turn_session;
 
 /// An A/V authentication request body: never panics; whatever parses answers with a
 /// response body that is well-formed XML carrying the request's ids.
@@ -375,9 +376,9 @@ pub fn turn_server(data: &[u8]) {
         [203, 0, 113, 10].into(),
         (50000, 50003),
     );
-    let mut server = Server::new(cfg, 1);
     #[allow(clippy::disallowed_methods)] // a fuzz harness starts simulated time somewhere
     let start = Instant::now();
+    let mut server = Server::new(cfg, 1, start);
     let tuple = FiveTuple {
         client: ([198, 51, 100, 20], 40000).into(),
         server: ([192, 0, 2, 10], 3478).into(),

@@ -69,7 +69,7 @@ pub struct Shared {
     /// Limits in force (a reload replaces them; read them through [`Shared::limits`]).
     limits: std::sync::RwLock<Arc<ConnLimits>>,
     /// Per-source limits and bans of the external zone.
-    pub guard: SourceGuard,
+    pub guard: Arc<SourceGuard>,
     /// The A/V authentication service (pool ring + relay), when configured.
     pub credentials: Option<CredentialService>,
     pub shutdown: watch::Receiver<bool>,
@@ -632,6 +632,11 @@ fn turn_config(
     cfg.max_allocations = relay.max_allocations;
     cfg.bandwidth_per_allocation = Budget::kbit(relay.max_kbps_per_allocation);
     cfg.bandwidth_per_user = Budget::kbit(relay.max_kbps_per_user);
+    cfg.max_permissions_per_allocation = relay.max_permissions_per_allocation;
+    cfg.max_channels_per_allocation = relay.max_channels_per_allocation;
+    cfg.strangers.bytes_per_sec = relay.unauthenticated_bytes_per_second;
+    // The stranger table is bounded like the firewall's source table.
+    cfg.strangers.max_sources = t.firewall.max_sources;
     let listen: Vec<SocketAddr> = if relay.listen_udp.is_empty() {
         vec![
             SocketAddr::new(ext.ip(), relay.udp_port),
@@ -640,11 +645,12 @@ fn turn_config(
     } else {
         relay.listen_udp.clone()
     };
+    // The interface the address is on; `check` refuses a topology where that is unclear,
+    // and anything that still is gets the strict (external) policy.
     let zone = |a: SocketAddr| {
-        let origin = if a.ip() == ext.ip() {
-            Origin::External
-        } else {
-            Origin::Internal
+        let origin = match t.listener_zone(a.ip()) {
+            Some(crate::topology::ListenerZone::Internal) => Origin::Internal,
+            Some(crate::topology::ListenerZone::External) | None => Origin::External,
         };
         (a, origin)
     };
@@ -881,7 +887,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         flows: FlowTable::default(),
         pool,
         limits: std::sync::RwLock::new(Arc::new(conn_limits(topology))),
-        guard: SourceGuard::new(source_policy(&topology.firewall)),
+        guard: Arc::new(SourceGuard::new(source_policy(&topology.firewall))),
         credentials,
         reject_log: LogLimiter::new(Rate {
             per_sec: 20,
@@ -962,6 +968,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 ring.clone(),
                 &listen,
                 &listen_tcp,
+                turn::TcpLimits {
+                    max_clients_per_zone: relay.max_tcp_clients,
+                    auth_timeout: relay.tcp_auth_timeout,
+                    max_queued_bytes: relay.max_queued_bytes_per_client,
+                },
+                shared.guard.clone(),
                 shared.shutdown.clone(),
                 seed_port,
             )

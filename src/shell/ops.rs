@@ -706,6 +706,30 @@ fn turn_metrics(e: &mut Exposition, turn: &super::turn::Turn) {
     )
     .sample("sipedge_turn_allocations", &[], turn.allocations() as u64);
     e.family(
+        "sipedge_turn_reservations",
+        Kind::Gauge,
+        "Relayed ports reserved (EVEN-PORT R=1) and not yet claimed; they count in the quotas.",
+    )
+    .sample("sipedge_turn_reservations", &[], turn.reservations() as u64);
+    e.family(
+        "sipedge_turn_tcp_clients",
+        Kind::Gauge,
+        "TURN-over-TCP connections up.",
+    )
+    .sample("sipedge_turn_tcp_clients", &[], load(&st.tcp_clients));
+    e.family(
+        "sipedge_turn_tcp_refused_total",
+        Kind::Counter,
+        "TURN-over-TCP connections refused at accept or closed before authenticating, by reason.",
+    );
+    for (reason, n) in super::turn::TCP_REFUSAL_LABELS.iter().zip(&st.tcp_refused) {
+        e.sample(
+            "sipedge_turn_tcp_refused_total",
+            &[("reason", reason)],
+            load(n),
+        );
+    }
+    e.family(
         "sipedge_turn_received_total",
         Kind::Counter,
         "Datagrams and frames received, from clients and from peers.",

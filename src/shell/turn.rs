@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use quinn_udp::RecvMeta;
 use super::clock;
 use super::udp::{self, BatchSocket, CLIENT_BATCH, MAX_DATAGRAM};
 use crate::core::keyring::Ring;
+use crate::core::limits::SourceGuard;
 use crate::core::turn::auth::AuthContext;
 use crate::core::turn::channel;
 use crate::core::turn::demux::{classify, PacketKind};
@@ -34,17 +35,33 @@ use crate::core::turn::stun::{self, Class};
 
 /// The ChannelData header the hot path writes in front of a peer's datagram.
 const HEADER: usize = crate::core::turn::channel::HEADER_LEN;
-/// Concurrent TURN-over-TCP clients per listener.
-const MAX_TCP_CLIENTS: usize = 4096;
-/// Packets queued for a TCP client before further ones are dropped.
+/// Packets queued for a TCP client before further ones are dropped (bytes are bounded
+/// apart, by [`TcpLimits::max_queued_bytes`]).
 const TCP_QUEUE: usize = 512;
 /// A TCP client silent this long is closed (longer than the longest allocation lifetime
 /// between Refreshes, which RFC 8656 clients send well before expiry).
 const TCP_IDLE: Duration = Duration::from_secs(3600);
 
-/// Packets a TCP client's writer may fall behind by before further ones are dropped is
-/// `TCP_QUEUE`; this counts those drops apart from the core's reasons.
+/// Drops beyond the core's reasons: a TCP client's queue full (packets or bytes).
 const QUEUE_FULL: usize = Dropped::ALL.len();
+
+/// The bounds of TURN over TCP (from `[relay]`).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// Connections per zone at once: the outside cannot starve the inside.
+    pub max_clients_per_zone: usize,
+    /// Time a connection has to authenticate (hold an allocation), else it is closed.
+    pub auth_timeout: Duration,
+    /// Bytes queued for one client that does not read.
+    pub max_queued_bytes: usize,
+}
+
+/// Why a TURN-over-TCP connection was refused or closed early, for `/metrics`.
+pub const TCP_REFUSAL_LABELS: [&str; 4] = ["zone_full", "source_limit", "banned", "auth_timeout"];
+const ZONE_FULL: usize = 0;
+const SOURCE_LIMIT: usize = 1;
+const BANNED: usize = 2;
+const AUTH_TIMEOUT: usize = 3;
 
 /// Counters of the relay (exported on `/metrics`, live).
 #[derive(Default)]
@@ -63,11 +80,21 @@ pub struct TurnStats {
     /// Sends the kernel refused (not counting a full buffer, which is waited out).
     pub send_errors: AtomicU64,
     dropped: [AtomicU64; QUEUE_FULL + 1],
+    /// TURN-over-TCP connections refused or closed early, by [`TCP_REFUSAL_LABELS`].
+    pub tcp_refused: [AtomicU64; 4],
+    /// TURN-over-TCP connections up now.
+    pub tcp_clients: AtomicU64,
 }
 
 impl TurnStats {
     fn drop(&self, why: Dropped) {
         self.count_drop(why.index());
+    }
+
+    fn tcp_refusal(&self, index: usize) {
+        if let Some(c) = self.tcp_refused.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn count_drop(&self, index: usize) {
@@ -119,14 +146,45 @@ pub struct Turn {
     nonces: Nonces,
     realm: String,
     max_credential_lifetime_secs: u64,
+    /// The firewall's per-source table, shared with the SIP listeners: TURN-over-TCP
+    /// connections count against the same per-source limits, and strangers who overdraw
+    /// their answer budget earn strikes under the same ban rules.
+    guard: Arc<SourceGuard>,
+    tcp_limits: TcpLimits,
+    /// TURN-over-TCP slots of each zone (external, internal).
+    tcp_slots: [Arc<Semaphore>; 2],
     /// Client-facing sockets by local address (a 5-tuple's server side).
     listeners: HashMap<SocketAddr, Arc<BatchSocket>>,
     /// Relayed sockets: read on every relayed packet, written only when one opens or closes.
     relays: std::sync::RwLock<HashMap<SocketAddr, (Arc<BatchSocket>, tokio::task::AbortHandle)>>,
     /// Writers of TURN-over-TCP clients, by 5-tuple.
-    tcp_clients: Mutex<HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>>,
+    tcp_clients: Mutex<HashMap<FiveTuple, TcpQueue>>,
     pub stats: TurnStats,
     tasks: Mutex<JoinSet<()>>,
+}
+
+/// The sending end of a TURN-over-TCP client's queue: bounded in packets by the channel
+/// and in bytes by a counter the writer gives back.
+#[derive(Clone)]
+struct TcpQueue {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl TcpQueue {
+    fn try_send(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(bytes).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// A run of relayed payloads with one destination and one size, gathered for one GSO send.
@@ -150,6 +208,11 @@ impl Turn {
 
     pub fn allocations(&self) -> usize {
         self.read_server().allocations()
+    }
+
+    /// Port reservations (EVEN-PORT R=1) waiting for their allocation.
+    pub fn reservations(&self) -> usize {
+        self.read_server().reservations()
     }
 
     fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<BatchSocket>> {
@@ -179,14 +242,25 @@ impl Turn {
             .get(tuple)
             .cloned();
         let len = bytes.len();
-        if tx.is_some_and(|tx| tx.try_send(bytes).is_ok()) {
+        if tx.is_some_and(|tx| tx.try_send(bytes)) {
             self.stats.relayed(false, 1, len);
         } else {
             self.stats.count_drop(QUEUE_FULL);
         }
     }
 
-    async fn execute(self: &Arc<Self>, outputs: Vec<Output>) {
+    /// Counts a packet the core dropped; a stranger who overdraws its answer budget from
+    /// outside earns a strike (its requests are spoofable amplification).
+    fn dropped(&self, why: Dropped, client: SocketAddr, origin: Origin) {
+        self.stats.drop(why);
+        if why == Dropped::StrangerBudget && origin == Origin::External {
+            self.guard.strike(client.ip(), clock::now());
+        }
+    }
+
+    /// Carries out the core's outputs; returns the clients whose relayed socket could not
+    /// be bound (their allocation is gone and their answer withheld).
+    async fn execute(self: &Arc<Self>, outputs: Vec<Output>) -> Vec<SocketAddr> {
         let mut failed: Vec<SocketAddr> = Vec::new();
         for o in outputs {
             match o {
@@ -242,6 +316,7 @@ impl Turn {
                 }
             }
         }
+        failed
     }
 
     /// A client-facing UDP socket. Datagrams are read in batches (recvmmsg, GRO trains
@@ -333,7 +408,7 @@ impl Turn {
                         self.lock_server()
                             .client_packet(&self.auth(), arrival, packet, &mut out);
                     if let Err(why) = result {
-                        self.stats.drop(why);
+                        self.dropped(why, meta.addr, origin);
                     }
                     self.execute(out).await;
                     next += 1;
@@ -403,13 +478,37 @@ impl Turn {
     }
 
     async fn tcp_accept_loop(self: Arc<Self>, listener: TcpListener, origin: Origin) {
-        let slots = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+        let [external, internal] = &self.tcp_slots;
+        let slots = match origin {
+            Origin::External => external.clone(),
+            Origin::Internal => internal.clone(),
+        };
         loop {
             let Ok((stream, client)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            // The firewall first, as for SIP: per-source connection rate and count, bans.
+            let ticket = if origin == Origin::External {
+                match self.guard.connect(client.ip(), clock::now()) {
+                    Ok(()) => Some(SourceTicket {
+                        guard: self.guard.clone(),
+                        ip: client.ip(),
+                    }),
+                    Err(refusal) => {
+                        let label = match refusal {
+                            crate::core::limits::Refusal::Banned { .. } => BANNED,
+                            _ => SOURCE_LIMIT,
+                        };
+                        self.stats.tcp_refusal(label);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.stats.tcp_refusal(ZONE_FULL);
                 continue;
             };
             let Ok(server) = stream.local_addr() else {
@@ -421,7 +520,7 @@ impl Turn {
                 transport: Transport::Tcp,
             };
             let this = self.clone();
-            let task = this.tcp_client(stream, tuple, origin, slot);
+            let task = this.tcp_client(stream, tuple, origin, (slot, ticket));
             self.tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -430,33 +529,57 @@ impl Turn {
     }
 
     /// One TURN-over-TCP client: STUN and ChannelData framed on the stream (RFC 8656 §12.5);
-    /// its allocation ends with the connection.
+    /// its allocation ends with the connection. Until it holds an allocation it has
+    /// `auth_timeout`, then it is closed: nobody holds a slot without authenticating.
     fn tcp_client(
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
         tuple: FiveTuple,
         origin: Origin,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        held: (tokio::sync::OwnedSemaphorePermit, Option<SourceTicket>),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
+            self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
             let (mut reader, mut writer) = stream.into_split();
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+            let queued = Arc::new(AtomicUsize::new(0));
             self.tcp_clients
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(tuple, tx);
+                .insert(
+                    tuple,
+                    TcpQueue {
+                        tx,
+                        queued: queued.clone(),
+                        max_bytes: self.tcp_limits.max_queued_bytes,
+                    },
+                );
             let write = tokio::spawn(async move {
                 while let Some(bytes) = rx.recv().await {
-                    if writer.write_all(&bytes).await.is_err() {
+                    let len = bytes.len();
+                    let ok = writer.write_all(&bytes).await.is_ok();
+                    queued.fetch_sub(len, Ordering::Relaxed);
+                    if !ok {
                         return;
                     }
                 }
             });
+            let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
+            let mut authenticated = false;
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 16 * 1024];
             'read: loop {
-                let n = match tokio::time::timeout(TCP_IDLE, reader.read(&mut chunk)).await {
+                let wait = if authenticated {
+                    TCP_IDLE
+                } else {
+                    auth_deadline.saturating_duration_since(clock::now())
+                };
+                let n = match tokio::time::timeout(wait, reader.read(&mut chunk)).await {
                     Ok(Ok(n)) if n > 0 => n,
+                    Err(_) if !authenticated => {
+                        self.stats.tcp_refusal(AUTH_TIMEOUT);
+                        break;
+                    }
                     _ => break,
                 };
                 buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
@@ -474,21 +597,34 @@ impl Turn {
                                 now: clock::now(),
                                 now_unix: clock::now_unix(),
                             };
-                            let mut out = Vec::new();
-                            let result = self.lock_server().client_packet(
-                                &self.auth(),
-                                arrival,
-                                &frame,
-                                &mut out,
-                            );
-                            if let Err(why) = result {
-                                self.stats.drop(why);
+                            // A relayed port another process holds costs the answer (the
+                            // allocation is dropped): a UDP client retransmits, a TCP
+                            // client does not, so the edge asks again for it (another port).
+                            for _attempt in 0..3 {
+                                let mut out = Vec::new();
+                                let result = self.lock_server().client_packet(
+                                    &self.auth(),
+                                    arrival,
+                                    &frame,
+                                    &mut out,
+                                );
+                                if let Err(why) = result {
+                                    self.dropped(why, tuple.client, origin);
+                                }
+                                if !self.execute(out).await.contains(&tuple.client) {
+                                    break;
+                                }
                             }
-                            self.execute(out).await;
+                            authenticated =
+                                authenticated || self.read_server().has_allocation(&tuple);
                         }
                         Ok(None) => break,
                         Err(_) => break 'read, // not TURN: close
                     }
+                }
+                if !authenticated && clock::now() >= auth_deadline {
+                    self.stats.tcp_refusal(AUTH_TIMEOUT);
+                    break;
                 }
             }
             self.tcp_clients
@@ -499,7 +635,8 @@ impl Turn {
             self.lock_server().client_closed(tuple, &mut out);
             self.execute(out).await;
             write.abort();
-            drop(slot);
+            self.stats.tcp_clients.fetch_sub(1, Ordering::Relaxed);
+            drop(held);
         })
     }
 
@@ -651,11 +788,17 @@ impl Turn {
         self.stats.sent(sent, false, count, bytes);
     }
 
+    /// The core's deadlines (allocation lifetimes, reservations): woken when the next one
+    /// is due, or within a second (a new, earlier one may have come since).
     async fn expiry_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            let now = clock::now();
+            let next = self.read_server().poll_timeout();
+            let wake = next.map_or(now + Duration::from_secs(1), |t| {
+                t.min(now + Duration::from_secs(1))
+            });
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                 _ = shutdown.changed() => {
                     self.tasks.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
                     return;
@@ -665,6 +808,18 @@ impl Turn {
             self.lock_server().expire(clock::now(), &mut out);
             self.execute(out).await;
         }
+    }
+}
+
+/// One TURN-over-TCP connection's place in its source's count, released on drop.
+struct SourceTicket {
+    guard: Arc<SourceGuard>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceTicket {
+    fn drop(&mut self) {
+        self.guard.disconnected(self.ip, clock::now());
     }
 }
 
@@ -684,11 +839,14 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// Binds the listeners and starts the relay. Returns it and the bound UDP and TCP listener
 /// addresses.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: TurnConfig,
     ring: Ring,
     listen: &[(SocketAddr, Origin)],
     listen_tcp: &[(SocketAddr, Origin)],
+    tcp_limits: TcpLimits,
+    guard: Arc<SourceGuard>,
     shutdown: watch::Receiver<bool>,
     seed: u16,
 ) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>)> {
@@ -716,7 +874,7 @@ pub async fn start(
         bound.push(local);
     }
     let turn = Arc::new(Turn {
-        server: std::sync::RwLock::new(Server::new(cfg, seed)),
+        server: std::sync::RwLock::new(Server::new(cfg, seed, clock::now())),
         ring,
         nonces: Nonces::new(
             &nonce_key,
@@ -725,6 +883,12 @@ pub async fn start(
         ),
         realm,
         max_credential_lifetime_secs: max,
+        guard,
+        tcp_limits,
+        tcp_slots: [
+            Arc::new(Semaphore::new(tcp_limits.max_clients_per_zone)),
+            Arc::new(Semaphore::new(tcp_limits.max_clients_per_zone)),
+        ],
         listeners,
         relays: std::sync::RwLock::new(HashMap::new()),
         tcp_clients: Mutex::new(HashMap::new()),

@@ -117,6 +117,56 @@ pub struct Relay {
     pub allow_peers: Vec<crate::core::limits::Prefix>,
     /// Peers no relay may reach.
     pub deny_peers: Vec<crate::core::limits::Prefix>,
+    /// Further addresses of the external and internal interfaces: a listener's zone is the
+    /// interface its address is on (never guessed).
+    pub external_addresses: Vec<std::net::IpAddr>,
+    pub internal_addresses: Vec<std::net::IpAddr>,
+    /// TURN-over-TCP connections per zone at once.
+    pub max_tcp_clients: usize,
+    /// Time a TURN-over-TCP client has to authenticate (an allocation), else it is closed.
+    pub tcp_auth_timeout: Duration,
+    /// Bytes queued for one TURN-over-TCP client that does not read, beyond which packets
+    /// for it are dropped.
+    pub max_queued_bytes_per_client: usize,
+    /// Answer bytes per second one source may draw without authenticating.
+    pub unauthenticated_bytes_per_second: u64,
+    /// Permissions and channels one allocation may hold.
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+}
+
+/// The zone a relay listener serves, from the interface its address is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerZone {
+    External,
+    Internal,
+}
+
+impl Topology {
+    /// The zone of a relay listener address: the interface it is on (the external
+    /// interface's SIP address, the relay and public addresses and
+    /// `relay.external_addresses`; the internal interface's SIP address and
+    /// `relay.internal_addresses`). `None` when it is on neither, or on both, or the
+    /// unspecified address: `check` refuses such a topology.
+    pub fn listener_zone(&self, ip: std::net::IpAddr) -> Option<ListenerZone> {
+        if ip.is_unspecified() {
+            return None;
+        }
+        let relay = self.relay.as_ref();
+        let external = ip == self.external.sip_bind.ip()
+            || relay.is_some_and(|r| {
+                r.relay_ip == Some(ip)
+                    || r.public_ip == Some(ip)
+                    || r.external_addresses.contains(&ip)
+            });
+        let internal = ip == self.internal.sip_bind.ip()
+            || relay.is_some_and(|r| r.internal_addresses.contains(&ip));
+        match (external, internal) {
+            (true, false) => Some(ListenerZone::External),
+            (false, true) => Some(ListenerZone::Internal),
+            _ => None,
+        }
+    }
 }
 
 impl Relay {
@@ -143,6 +193,14 @@ impl Relay {
             internal_ranges: Vec::new(),
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
+            external_addresses: Vec::new(),
+            internal_addresses: Vec::new(),
+            max_tcp_clients: 4096,
+            tcp_auth_timeout: Duration::from_secs(10),
+            max_queued_bytes_per_client: 256 * 1024,
+            unauthenticated_bytes_per_second: 8 * 1024,
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
         }
     }
 }

@@ -109,6 +109,14 @@ const RELAY_KEYS: &[&str] = &[
     "internal_ranges",
     "allow_peers",
     "deny_peers",
+    "external_addresses",
+    "internal_addresses",
+    "max_tcp_clients",
+    "tcp_auth_timeout",
+    "max_queued_bytes_per_client",
+    "unauthenticated_bytes_per_second",
+    "max_permissions_per_allocation",
+    "max_channels_per_allocation",
 ];
 const OPERATIONS_KEYS: &[&str] = &["listen"];
 const EDGE_KEYS: &[&str] = &["name", "pool_fqdn", "sip_domains"];
@@ -792,6 +800,28 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
     let internal_ranges = prefix_list(doc, s, "internal_ranges");
     let allow_peers = prefix_list(doc, s, "allow_peers");
     let deny_peers = prefix_list(doc, s, "deny_peers");
+    let external_addresses = ip_list(doc, s, "external_addresses");
+    let internal_addresses = ip_list(doc, s, "internal_addresses");
+    let max_tcp_clients = quota(doc, "max_tcp_clients", 4096);
+    let tcp_auth_timeout = doc.duration(s, "tcp_auth_timeout", (secs(1), secs(300)), secs(10));
+    let max_queued_bytes_per_client = usize::try_from(doc.integer(
+        s,
+        "max_queued_bytes_per_client",
+        (16 * 1024, 64 * 1024 * 1024),
+        256 * 1024,
+    ))
+    .unwrap_or(256 * 1024);
+    let unauthenticated_bytes_per_second = doc.integer(
+        s,
+        "unauthenticated_bytes_per_second",
+        (0, 100_000_000),
+        8 * 1024,
+    );
+    let max_permissions_per_allocation =
+        usize::try_from(doc.integer(s, "max_permissions_per_allocation", (1, 4096), 64))
+            .unwrap_or(64);
+    let max_channels_per_allocation =
+        usize::try_from(doc.integer(s, "max_channels_per_allocation", (1, 4096), 64)).unwrap_or(64);
     Some(Some(Relay {
         host: host?,
         udp_port,
@@ -813,7 +843,38 @@ fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>>
         internal_ranges: internal_ranges?,
         allow_peers: allow_peers?,
         deny_peers: deny_peers?,
+        external_addresses: external_addresses?,
+        internal_addresses: internal_addresses?,
+        max_tcp_clients,
+        tcp_auth_timeout,
+        max_queued_bytes_per_client,
+        unauthenticated_bytes_per_second,
+        max_permissions_per_allocation,
+        max_channels_per_allocation,
     }))
+}
+
+/// An optional list of specific IP addresses; `None` on a problem (reported).
+fn ip_list(doc: &mut Doc<'_>, s: Section<'_, '_>, key: &str) -> Option<Vec<std::net::IpAddr>> {
+    let Some((list, line)) = doc.string_list(s, key, false) else {
+        return (!s.has(key)).then(Vec::new);
+    };
+    let mut ips = Vec::new();
+    let mut ok = true;
+    for text in list {
+        match text.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => ips.push(ip),
+            _ => {
+                doc.problem(
+                    line,
+                    s.key(key),
+                    format!("\"{text}\" is not a specific IP address"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(ips)
 }
 
 /// An optional list of SIP header names (RFC 3261 `token`s), lower-cased; `None` on a
@@ -1124,6 +1185,7 @@ fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
             "relay credentials need the pool key ring: add [keys]",
         );
     }
+    check_relay_zones(doc, root, t);
     for member in &t.next_hop.members {
         if *member == t.internal.sip_bind || *member == t.external.sip_bind {
             let line = doc.line_of_key(next_hop, "members");
@@ -1131,6 +1193,44 @@ fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
                 line,
                 "next_hop.members",
                 format!("{member} is this edge's own listener (a loop)"),
+            );
+        }
+    }
+}
+
+/// Every relay listener's zone follows from the interface its address is on; an address
+/// on neither (a second public address, the external NIC's IPv6 address) or on both is
+/// refused: a zone is never guessed.
+fn check_relay_zones(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
+    let Some(relay) = &t.relay else { return };
+    let section = doc.peek(root, "relay");
+    for ip in &relay.external_addresses {
+        if relay.internal_addresses.contains(ip) || *ip == t.internal.sip_bind.ip() {
+            let line = doc.line_of_key(section, "external_addresses");
+            doc.problem(
+                line,
+                "relay.external_addresses",
+                format!("{ip} is an internal address too: one address, one zone"),
+            );
+        }
+    }
+    for (key, list) in [
+        ("listen_udp", &relay.listen_udp),
+        ("listen_tcp", &relay.listen_tcp),
+    ] {
+        for addr in list {
+            if t.listener_zone(addr.ip()).is_some() {
+                continue;
+            }
+            // (Wildcards are refused where the list is read.)
+            let line = doc.line_of_key(section, key);
+            doc.problem(
+                line,
+                format!("relay.{key}"),
+                format!(
+                    "{addr} is on neither interface (or on both): name its zone in \
+                     relay.external_addresses or relay.internal_addresses"
+                ),
             );
         }
     }

@@ -495,3 +495,79 @@ fn an_allowed_partner_domain_takes_no_static_addresses() {
     assert_eq!(found[0].0, line_of(&text, "addresses ="));
     assert!(found[0].2.contains("fqdn"));
 }
+
+#[test]
+fn a_relay_listener_serves_the_zone_of_its_interface_and_an_unclear_one_is_refused() {
+    let t = parse(TWO_NIC, Some(Path::new("/etc/sipedge/edge.toml")), &env()).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(
+        t.listener_zone(ip("203.0.113.10")),
+        Some(ListenerZone::External)
+    );
+    assert_eq!(
+        t.listener_zone(ip("2001:db8:10::10")),
+        Some(ListenerZone::External)
+    );
+    assert_eq!(
+        t.listener_zone(ip("10.20.0.10")),
+        Some(ListenerZone::Internal)
+    );
+    assert_eq!(t.listener_zone(ip("203.0.113.99")), None);
+    assert_eq!(t.listener_zone(ip("0.0.0.0")), None);
+
+    // A third address, the unspecified address and one claimed by both zones are refused,
+    // naming the key and its line.
+    for (listen, key, says) in [
+        (
+            "listen_udp = [\"203.0.113.99:3478\"]",
+            "relay.listen_udp",
+            "neither interface",
+        ),
+        (
+            "listen_tcp = [\"0.0.0.0:443\"]",
+            "relay.listen_tcp",
+            "wildcard",
+        ),
+        (
+            "listen_udp = [\"[::]:3478\"]",
+            "relay.listen_udp",
+            "wildcard",
+        ),
+    ] {
+        let text = TWO_NIC.replace("[relay]\n", &format!("[relay]\n{listen}\n"));
+        let text = match key {
+            "relay.listen_udp" => text.replacen("listen_udp = [\"203.0.113.10", "#", 1),
+            _ => text.replacen("listen_tcp = [\"203.0.113.10", "#", 1),
+        };
+        let found = problems(&text);
+        assert!(
+            found.iter().any(|(line, k, m)| k == key
+                && *line == line_of(&text, listen)
+                && m.contains(says)),
+            "{listen}: {found:?}"
+        );
+    }
+    let both = TWO_NIC.replace(
+        "[relay]\n",
+        "[relay]\ninternal_addresses = [\"2001:db8:10::10\"]\n",
+    );
+    let found = problems(&both);
+    assert!(
+        found
+            .iter()
+            .any(|(_, k, m)| k == "relay.external_addresses" && m.contains("one zone")),
+        "{found:?}"
+    );
+    // Not an address at all.
+    let junk = TWO_NIC.replace(
+        "[relay]\n",
+        "[relay]\ninternal_addresses = [\"10.20.0.0/24\"]\n",
+    );
+    let found = problems(&junk);
+    assert!(
+        found
+            .iter()
+            .any(|(_, k, m)| k == "relay.internal_addresses" && m.contains("specific IP")),
+        "{found:?}"
+    );
+}

@@ -783,3 +783,16 @@ pub fn attr_value(msg: &[u8], kind: u16) -> Option<Vec<u8>> {
     let a = c.get(kind)?;
     Some(msg[a.start..a.start + a.len].to_vec())
 }
+
+/// A fresh pool key ring in the PKI's directory, as `sipedge keys init` writes one: its
+/// path (for `[keys] ring`) and the ring as loaded back (to mint credentials).
+pub fn ring_file(pki: &Pki) -> (PathBuf, sipedge::core::keyring::Ring) {
+    use sipedge::shell::keyfile;
+    let path = pki.dir.path().join("ring.toml");
+    let ring = sipedge::core::keyring::Ring::init(
+        keyfile::random_secret().unwrap(),
+        sipedge::shell::clock::now_unix(),
+    );
+    keyfile::store(&path, &ring, true).unwrap();
+    (path.clone(), keyfile::load(&path).unwrap())
+}

@@ -21,6 +21,14 @@ pub struct Budget {
 pub const BURST: Duration = Duration::from_secs(1);
 
 impl Budget {
+    /// `bytes_per_sec` bytes per second with a burst of `burst` worth of it.
+    pub fn bytes(bytes_per_sec: u64, burst: Duration) -> Budget {
+        Budget {
+            bytes_per_sec,
+            burst,
+        }
+    }
+
     /// `kbit_per_sec` kilobits (1000 bits) per second; 0 means unlimited.
     pub fn kbit(kbit_per_sec: u64) -> Option<Budget> {
         (kbit_per_sec > 0).then_some(Budget {
@@ -51,6 +59,11 @@ impl Meter {
             epoch,
             tat_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the bucket is full again at `now`: the meter holds no history worth keeping.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.tat_ns.load(Ordering::Relaxed) <= nanos(now.saturating_duration_since(self.epoch))
     }
 
     /// Charges `bytes` at `now`: `true` when they fit the budget (and are counted), `false`

@@ -159,12 +159,12 @@ pub fn binding_response(checked: &Checked, source: SocketAddr) -> Option<Vec<u8>
             .collect();
         w.error_code(420, "Unknown Attribute")
             .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
-        w.attr(0x8022, SOFTWARE.as_bytes());
         return Some(w.finish_with_fingerprint());
     }
+    // No SOFTWARE: an answer anyone can draw carries nothing it need not (amplification,
+    // reconnaissance).
     let mut w = Writer::new(Class::Success, BINDING, checked.transaction_id);
-    w.xor_address(attr::XOR_MAPPED_ADDRESS, source)
-        .attr(0x8022, SOFTWARE.as_bytes());
+    w.xor_address(attr::XOR_MAPPED_ADDRESS, source);
     Some(w.finish_with_fingerprint())
 }
 

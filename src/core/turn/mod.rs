@@ -17,5 +17,7 @@ pub mod demux;
 pub mod encode;
 pub mod nonce;
 pub mod policy;
+pub mod ports;
 pub mod server;
+pub mod strangers;
 pub mod stun;

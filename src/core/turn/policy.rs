@@ -37,6 +37,9 @@ pub enum Denied {
     Own,
     /// The operator's deny list.
     Configured,
+    /// An address of the local-use NAT64 prefix (64:ff9b:1::/48): what it reaches depends
+    /// on the translator's layout, so it is refused unless the operator allows it.
+    Translated,
 }
 
 /// The operator's additions (topology).
@@ -56,36 +59,108 @@ pub struct PeerPolicy {
     pub allow_loopback: bool,
 }
 
-/// What an address really reaches: IPv6 forms that carry an IPv4 address become it.
-pub fn effective(ip: IpAddr) -> IpAddr {
-    let IpAddr::V6(v6) = ip else { return ip };
-    let s = v6.segments();
-    let o = v6.octets();
-    let v4 = |a: u8, b: u8, c: u8, d: u8| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
-    match s {
-        // ::ffff:a.b.c.d (mapped).
-        [0, 0, 0, 0, 0, 0xffff, _, _] => v4(o[12], o[13], o[14], o[15]),
-        // ::a.b.c.d (compatible, deprecated but routable by some), except :: and ::1.
-        [0, 0, 0, 0, 0, 0, hi, lo] if !(hi == 0 && lo <= 1) => v4(o[12], o[13], o[14], o[15]),
-        // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
-        [0x2002, _, _, ..] => v4(o[2], o[3], o[4], o[5]),
-        // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052) and the local-use 64:ff9b:1::/48.
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => v4(o[12], o[13], o[14], o[15]),
-        // Teredo 2001:0::/32: the client's IPv4 address is the last 32 bits inverted.
-        [0x2001, 0, ..] => v4(!o[12], !o[13], !o[14], !o[15]),
-        _ => ip,
+/// What an address may really reach: itself, and the IPv4 address an IPv6 form of it
+/// carries. The local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) may be cut by a translator
+/// into any RFC 6052 layout from /48 to /96, so which IPv4 address such an address reaches
+/// cannot be known: [`PeerPolicy::check`] refuses that prefix unless the operator allows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Reaches {
+    addrs: [Option<IpAddr>; 6],
+}
+
+impl Reaches {
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs.iter().flatten().copied()
     }
 }
 
+/// The address itself and the IPv4 addresses embedded in it.
+pub fn reaches(ip: IpAddr) -> Reaches {
+    let mut addrs = [None; 6];
+    addrs[0] = Some(ip);
+    let IpAddr::V6(v6) = ip else {
+        return Reaches { addrs };
+    };
+    let s = v6.segments();
+    let o = v6.octets();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+    let mut n = 1;
+    let mut push = |a: Option<IpAddr>| {
+        if let Some(slot) = addrs.get_mut(n) {
+            *slot = a;
+            n += 1;
+        }
+    };
+    match s {
+        // ::ffff:a.b.c.d (mapped).
+        [0, 0, 0, 0, 0, 0xffff, _, _] => push(v4(o[12], o[13], o[14], o[15])),
+        // ::ffff:0:a.b.c.d (SIIT IPv4-translated, RFC 6145).
+        [0, 0, 0, 0, 0xffff, 0, _, _] => push(v4(o[12], o[13], o[14], o[15])),
+        // ::a.b.c.d (compatible, deprecated but routable by some), except :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, lo] if !(hi == 0 && lo <= 1) => push(v4(o[12], o[13], o[14], o[15])),
+        // 6to4: 2002:AABB:CCDD::/48 embeds AA.BB.CC.DD.
+        [0x2002, _, _, ..] => push(v4(o[2], o[3], o[4], o[5])),
+        // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052).
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => push(v4(o[12], o[13], o[14], o[15])),
+        // The local-use 64:ff9b:1::/48 (RFC 8215): a translator may use it whole or any
+        // longer prefix in it, so every RFC 6052 layout from /48 on (the u octet, bits
+        // 64-71, is skipped) is a reading.
+        [0x64, 0xff9b, 1, ..] => {
+            push(v4(o[6], o[7], o[9], o[10])); // /48
+            push(v4(o[7], o[9], o[10], o[11])); // /56
+            push(v4(o[9], o[10], o[11], o[12])); // /64
+            push(v4(o[12], o[13], o[14], o[15])); // /96
+        }
+        // Teredo 2001:0::/32: the client's IPv4 address is the last 32 bits inverted.
+        [0x2001, 0, ..] => push(v4(!o[12], !o[13], !o[14], !o[15])),
+        _ => {}
+    }
+    Reaches { addrs }
+}
+
+/// Whether an address lies in the local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215).
+fn is_local_nat64(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[..3] == [0x64, 0xff9b, 1])
+}
+
+/// What an address really reaches, for its first reading (callers that need one address:
+/// the edge's own list; the policy itself reads them all).
+pub fn effective(ip: IpAddr) -> IpAddr {
+    reaches(ip).iter().nth(1).unwrap_or(ip)
+}
+
 impl PeerPolicy {
-    /// Whether a relay allocated from `origin` may reach `peer`.
+    /// Whether a relay allocated from `origin` may reach `peer`: every address the peer may
+    /// really reach must pass (the first refusal is the answer).
     pub fn check(&self, peer: IpAddr, origin: Origin) -> Result<(), Denied> {
-        let real = effective(peer);
-        for ip in [peer, real] {
+        let reaches = reaches(peer);
+        for ip in reaches.iter() {
             if self.deny.iter().any(|p| p.contains(ip)) {
                 return Err(Denied::Configured);
             }
         }
+        if is_local_nat64(peer) {
+            // Allowed by name, it is the operator's translator: its readings must still not
+            // reach what no relay may (loopback, link-local, the edge itself), but garbage
+            // readings of another layout (0.x, reserved) do not count against it.
+            if !self.allow_internal.iter().any(|p| p.contains(peer)) {
+                return Err(Denied::Translated);
+            }
+            for real in reaches.iter().skip(1) {
+                match self.check_one(peer, real, origin) {
+                    Err(Denied::Unspecified | Denied::Reserved | Denied::Internal) | Ok(()) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
+        for real in reaches.iter() {
+            self.check_one(peer, real, origin)?;
+        }
+        Ok(())
+    }
+
+    fn check_one(&self, peer: IpAddr, real: IpAddr, origin: Origin) -> Result<(), Denied> {
         let allowed_internal = self.allows_internal(peer, real);
         let verdict = match real {
             IpAddr::V4(a) => check_v4(a, origin, allowed_internal),
@@ -188,7 +263,16 @@ mod tests {
             ("::127.0.0.1", Denied::Loopback),
             ("2002:7f00:1::", Denied::Loopback),
             ("64:ff9b::7f00:1", Denied::Loopback),
-            ("64:ff9b:1::7f00:1", Denied::Loopback),
+            // 64:ff9b:1::/48, whatever the layout (the red team's form reached 127.0.0.1
+            // behind a /48 translator): refused unless allowed.
+            ("64:ff9b:1::7f00:1", Denied::Translated),
+            ("64:ff9b:1:7f00:0:100:808:808", Denied::Translated),
+            ("64:ff9b:1:7f:0:1::", Denied::Translated),
+            ("64:ff9b:1:0:7f:0:1:0", Denied::Translated),
+            ("64:ff9b:1:a9fe:a9:fe00::", Denied::Translated),
+            // SIIT IPv4-translated (RFC 6145).
+            ("::ffff:0:7f00:1", Denied::Loopback),
+            ("::ffff:0:a9fe:a9fe", Denied::LinkLocal),
             ("169.254.169.254", Denied::LinkLocal),
             ("::ffff:169.254.169.254", Denied::LinkLocal),
             ("fe80::1", Denied::LinkLocal),
@@ -221,6 +305,7 @@ mod tests {
             "fd00::1",
             "::ffff:10.0.0.1",
             "2002:a00:1::",
+            "::ffff:0:a00:1",
         ] {
             assert_eq!(
                 p.check(ip(internal), Origin::External),
@@ -290,6 +375,31 @@ mod tests {
             }
             .check(ip("127.0.0.1"), Origin::Internal),
             Err(Denied::Loopback)
+        );
+    }
+
+    #[test]
+    fn the_local_use_nat64_prefix_only_when_allowed_and_never_into_loopback() {
+        let p = PeerPolicy::default();
+        let public_v96 = ip("64:ff9b:1::c633:6407");
+        assert_eq!(
+            p.check(public_v96, Origin::Internal),
+            Err(Denied::Translated)
+        );
+        let allowing = PeerPolicy {
+            allow_internal: vec![Prefix::parse("64:ff9b:1::/48").unwrap()],
+            ..PeerPolicy::default()
+        };
+        assert_eq!(allowing.check(public_v96, Origin::External), Ok(()));
+        // Allowed by name, a reading that reaches loopback or the metadata service still
+        // does not pass.
+        assert_eq!(
+            allowing.check(ip("64:ff9b:1:7f00:0:100:808:808"), Origin::Internal),
+            Err(Denied::Loopback)
+        );
+        assert_eq!(
+            allowing.check(ip("64:ff9b:1::a9fe:a9fe"), Origin::Internal),
+            Err(Denied::LinkLocal)
         );
     }
 

@@ -2,9 +2,18 @@
 //! time in; packets to send and relay sockets to open or close out. Allocations are keyed by
 //! the client's 5-tuple; each holds its relayed address, lifetime, permissions (per peer
 //! IP) and channels. Requests are answered with the error codes RFC 8656 names for each
-//! case; unauthenticated requests create no state (stateless nonces).
+//! case; unauthenticated requests create no state (stateless nonces) and draw at most a
+//! per-source budget of answer bytes (`strangers`).
+//!
+//! Every resource a client can make the server hold has a bound and an owner: allocations
+//! and EVEN-PORT reservations count together against the user's (the name after the REST
+//! timestamp) and the source's (IPv4 address, IPv6 /64) quotas and the total; permissions
+//! and channels per allocation are capped; reservations die with their allocation or after
+//! 30 s. Nothing here does work proportional to the number of allocations or reservations:
+//! ports come from a bitmap (`ports`), deadlines from ordered queues, so the lock the shell
+//! holds around a call is held for a bounded time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +25,10 @@ use super::channel::{self, CHANNEL_MAX, CHANNEL_MIN};
 use super::demux::{classify, PacketKind};
 use super::encode::{binding_response, Writer, BINDING, SOFTWARE};
 use super::policy::{Origin, PeerPolicy};
+use super::ports::Ports;
+use super::strangers::{StrangerLimits, Strangers};
 use super::stun::{self, attr, Checked, Class};
+use crate::core::limits::SourceKey;
 
 pub const ALLOCATE: u16 = 0x003;
 pub const REFRESH: u16 = 0x004;
@@ -56,11 +68,13 @@ pub struct TurnConfig {
     pub max_lifetime: Duration,
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
+    /// Allocations and reservations per user (the name after the REST timestamp, whatever
+    /// the credential it came with).
     pub max_allocations_per_user: usize,
-    /// Allocations per client address (IPv4 address or IPv6 address): a flood of users
+    /// Allocations and reservations per source (IPv4 address, IPv6 /64): a flood of users
     /// from one source cannot take every relayed port.
     pub max_allocations_per_source: usize,
-    /// Allocations in all (508 beyond; the port range bounds it too).
+    /// Allocations and reservations in all (508 beyond; the port range bounds it too).
     pub max_allocations: usize,
     /// Relayed bandwidth per allocation and per user, each direction apart (`None`:
     /// unlimited); excess packets are dropped and counted.
@@ -68,6 +82,11 @@ pub struct TurnConfig {
     pub bandwidth_per_user: Option<Budget>,
     pub policy: PeerPolicy,
     pub max_credential_lifetime_secs: u64,
+    /// Permissions (peer addresses) and channels one allocation may hold.
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+    /// Answer bytes a source may draw without authenticating.
+    pub strangers: StrangerLimits,
 }
 
 impl TurnConfig {
@@ -95,6 +114,12 @@ impl TurnConfig {
             bandwidth_per_user: Budget::kbit(10_000),
             policy: PeerPolicy::default(),
             max_credential_lifetime_secs: 8 * 3600,
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
+            strangers: StrangerLimits {
+                bytes_per_sec: 8 * 1024,
+                max_sources: 100_000,
+            },
         }
     }
 }
@@ -168,11 +193,19 @@ pub enum Dropped {
     /// Over the allocation's or the user's bandwidth budget.
     OverBandwidth,
     Ignored,
+    /// The answer to a request that did not authenticate would exceed its source's budget
+    /// of such bytes (the shell also strikes the source).
+    StrangerBudget,
+    /// A Send indication with a comprehension-required attribute the server does not
+    /// support (RFC 8489 §7.3.2: indications are discarded).
+    UnknownAttribute,
+    /// A peer address no packet may go to (port 0).
+    BadPeer,
 }
 
 impl Dropped {
     /// Every reason, in the order of [`Dropped::index`].
-    pub const ALL: [Dropped; 9] = [
+    pub const ALL: [Dropped; 12] = [
         Dropped::NotStunOrChannelData,
         Dropped::MalformedStun,
         Dropped::MalformedChannelData,
@@ -182,6 +215,9 @@ impl Dropped {
         Dropped::UnauthenticatedIndication,
         Dropped::OverBandwidth,
         Dropped::Ignored,
+        Dropped::StrangerBudget,
+        Dropped::UnknownAttribute,
+        Dropped::BadPeer,
     ];
 
     /// A metrics label.
@@ -196,6 +232,9 @@ impl Dropped {
             Dropped::UnauthenticatedIndication => "unauthenticated_indication",
             Dropped::OverBandwidth => "bandwidth",
             Dropped::Ignored => "ignored",
+            Dropped::StrangerBudget => "unauthenticated_budget",
+            Dropped::UnknownAttribute => "unknown_attribute",
+            Dropped::BadPeer => "bad_peer",
         }
     }
 
@@ -205,23 +244,42 @@ impl Dropped {
 }
 
 struct Allocation {
+    id: u64,
     origin: Origin,
+    /// The credential's username (requests on the allocation must carry the same).
     username: String,
+    /// Who is charged: the user (after the REST timestamp) and the source.
+    user: Arc<str>,
+    source: SourceKey,
     key: [u8; 16],
     relay: SocketAddr,
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
+    /// The channel bound to each peer (the reverse of `channels`).
+    channel_of_peer: HashMap<SocketAddr, u16>,
     /// The Allocate's transaction id and answer, for retransmissions over UDP.
     allocate_tx: ([u8; 12], Vec<u8>),
     /// Bandwidth used by this allocation, and by all of its user's.
     meters: Meters,
     user_meters: Arc<Meters>,
+    /// The port this allocation reserved with EVEN-PORT (R), until claimed or expired.
+    reservation: Option<u16>,
 }
 
-/// What one user (credential) holds: its allocations and their shared bandwidth meters.
+/// A port reserved by an EVEN-PORT request with the R bit, waiting for its token.
+struct Reservation {
+    token: [u8; 8],
+    owner: u64,
+    user: Arc<str>,
+    source: SourceKey,
+    expires: Instant,
+}
+
+/// What one user holds: its allocations and reservations, and their shared bandwidth
+/// meters.
 struct UserShare {
-    allocations: usize,
+    holds: usize,
     meters: Arc<Meters>,
 }
 
@@ -229,45 +287,82 @@ struct UserShare {
 pub struct Server {
     cfg: TurnConfig,
     allocations: HashMap<FiveTuple, Allocation>,
+    by_id: HashMap<u64, FiveTuple>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    per_user: HashMap<String, UserShare>,
-    per_source: HashMap<IpAddr, usize>,
-    next_port: u16,
+    per_user: HashMap<Arc<str>, UserShare>,
+    per_source: HashMap<SourceKey, usize>,
+    /// Allocations and reservations together (what `max_allocations` bounds).
+    held: usize,
+    ports: Ports,
+    /// Allocation lifetimes, earliest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// Reservations by port, their tokens, and their expiry in order (all live 30 s).
+    reservations: HashMap<u16, Reservation>,
+    reservation_tokens: HashMap<[u8; 8], u16>,
+    reservation_queue: VecDeque<(Instant, u16)>,
+    strangers: Strangers,
+    next_id: u64,
     /// Transaction ids of Data indications (each needs a fresh one) and token counter.
     data_seq: AtomicU64,
-    /// Ports reserved by EVEN-PORT with the R bit: token -> (port, expiry).
-    reservations: HashMap<[u8; 8], (u16, Instant)>,
     token_hasher: std::collections::hash_map::RandomState,
 }
 
-/// How long a reserved port waits for its RESERVATION-TOKEN (RFC 8656 §7.2: about 30 s).
-const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a reserved port waits for its RESERVATION-TOKEN (RFC 8656 §7.1: 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An error answer: its code and reason phrase.
+type Refusal = (u16, &'static str);
+
+/// The user a REST username (`<expiry>:<user>`) names; the whole name otherwise.
+pub fn user_of(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((expiry, user)) if expiry.bytes().all(|b| b.is_ascii_digit()) => user,
+        _ => username,
+    }
+}
 
 impl Server {
-    /// `seed` spreads the first relayed port over the range (from the shell's randomness).
-    pub fn new(cfg: TurnConfig, seed: u16) -> Server {
-        let span = cfg
-            .ports
-            .1
-            .saturating_sub(cfg.ports.0)
-            .saturating_add(1)
-            .max(1);
-        let next_port = cfg.ports.0.saturating_add(seed % span);
+    /// `seed` spreads the first relayed port over the range (from the shell's randomness);
+    /// `now` is the epoch of its meters.
+    pub fn new(cfg: TurnConfig, seed: u16, now: Instant) -> Server {
+        let epoch = now;
         Server {
+            ports: Ports::new(cfg.ports.0, cfg.ports.1, seed),
+            strangers: Strangers::new(cfg.strangers, epoch),
             cfg,
             allocations: HashMap::new(),
+            by_id: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
             per_source: HashMap::new(),
-            next_port,
-            data_seq: AtomicU64::new(u64::from(seed) << 32),
+            held: 0,
+            deadlines: BTreeSet::new(),
             reservations: HashMap::new(),
+            reservation_tokens: HashMap::new(),
+            reservation_queue: VecDeque::new(),
+            next_id: 1,
+            data_seq: AtomicU64::new(u64::from(seed) << 32),
             token_hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
     pub fn allocations(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Allocations and reservations held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Reservations waiting for their token now.
+    pub fn reservations(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Whether this 5-tuple holds an allocation (a TCP client has authenticated).
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.allocations.contains_key(tuple)
     }
 
     /// A packet from a client.
@@ -290,8 +385,7 @@ impl Server {
                 let checked = stun::check(packet).map_err(|_| Dropped::MalformedStun)?;
                 match checked.class {
                     Class::Request => {
-                        self.request(auth, tuple, origin, packet, &checked, now, now_unix, out);
-                        Ok(())
+                        self.request(auth, tuple, origin, packet, &checked, now, now_unix, out)
                     }
                     Class::Indication if checked.method == SEND => {
                         self.send_indication(tuple, packet, &checked, now, out)
@@ -302,6 +396,22 @@ impl Server {
             }
             _ => Err(Dropped::NotStunOrChannelData),
         }
+    }
+
+    /// An answer to a request that has not authenticated: sent only within its source's
+    /// budget.
+    fn answer_stranger(
+        &mut self,
+        tuple: FiveTuple,
+        bytes: Vec<u8>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Dropped> {
+        if !self.strangers.allow(tuple.client.ip(), bytes.len(), now) {
+            return Err(Dropped::StrangerBudget);
+        }
+        out.push(Output::ToClient { tuple, bytes });
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -315,21 +425,18 @@ impl Server {
         now: Instant,
         now_unix: u64,
         out: &mut Vec<Output>,
-    ) {
-        let reply =
-            |bytes: Vec<u8>, out: &mut Vec<Output>| out.push(Output::ToClient { tuple, bytes });
+    ) -> Result<(), Dropped> {
         if c.method == BINDING {
-            if let Some(bytes) = binding_response(c, tuple.client) {
-                reply(bytes, out);
-            }
-            return;
+            return match binding_response(c, tuple.client) {
+                Some(bytes) => self.answer_stranger(tuple, bytes, now, out),
+                None => Ok(()),
+            };
         }
         if !matches!(
             c.method,
             ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
         ) {
-            reply(error(c, 400, "Unknown Method", None), out);
-            return;
+            return self.answer_stranger(tuple, error(c, 400, "Unknown Method", None), now, out);
         }
         if !c.unknown_required().is_empty() {
             let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
@@ -340,15 +447,17 @@ impl Server {
                 .collect();
             w.error_code(420, "Unknown Attribute")
                 .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
-            reply(w.finish_with_fingerprint(), out);
-            return;
+            return self.answer_stranger(tuple, w.finish_with_fingerprint(), now, out);
         }
         // A retransmitted Allocate over UDP gets the same answer (RFC 8656 §7.2).
         if c.method == ALLOCATE {
             if let Some(a) = self.allocations.get(&tuple) {
                 if a.allocate_tx.0 == c.transaction_id {
-                    reply(a.allocate_tx.1.clone(), out);
-                    return;
+                    out.push(Output::ToClient {
+                        tuple,
+                        bytes: a.allocate_tx.1.clone(),
+                    });
+                    return Ok(());
                 }
             }
         }
@@ -364,10 +473,8 @@ impl Server {
                 };
                 w.error_code(e.code(), reason)
                     .attr(attr::REALM, auth.realm.as_bytes())
-                    .attr(attr::NONCE, nonce.as_bytes())
-                    .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes());
-                reply(w.finish_with_fingerprint(), out);
-                return;
+                    .attr(attr::NONCE, nonce.as_bytes());
+                return self.answer_stranger(tuple, w.finish_with_fingerprint(), now, out);
             }
         };
         let key = who.key;
@@ -377,9 +484,59 @@ impl Server {
             CREATE_PERMISSION => self.create_permission(tuple, packet, c, &who.username, now),
             _ => self.channel_bind(tuple, packet, c, &who.username, now),
         };
-        match result {
-            Ok(bytes) => reply(bytes, out),
-            Err((code, reason)) => reply(error(c, code, reason, Some(&key)), out),
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err((code, reason)) => error(c, code, reason, Some(&key)),
+        };
+        out.push(Output::ToClient { tuple, bytes });
+        Ok(())
+    }
+
+    /// Whether `user` and `source` may hold `more` allocations or reservations beyond what
+    /// they hold, within the total too.
+    fn quota(&self, user: &str, source: SourceKey, more: usize) -> Result<(), Refusal> {
+        let of_user = self.per_user.get(user).map_or(0, |u| u.holds);
+        let of_source = self.per_source.get(&source).copied().unwrap_or(0);
+        if of_user + more > self.cfg.max_allocations_per_user
+            || of_source + more > self.cfg.max_allocations_per_source
+        {
+            return Err((486, "Allocation Quota Reached"));
+        }
+        if self.held + more > self.cfg.max_allocations {
+            return Err((508, "Insufficient Capacity"));
+        }
+        Ok(())
+    }
+
+    /// Counts one allocation or reservation for `user` and `source`; returns the user's
+    /// meters.
+    fn charge_hold(&mut self, user: &Arc<str>, source: SourceKey, now: Instant) -> Arc<Meters> {
+        self.held += 1;
+        *self.per_source.entry(source).or_insert(0) += 1;
+        let share = self
+            .per_user
+            .entry(user.clone())
+            .or_insert_with(|| UserShare {
+                holds: 0,
+                meters: Arc::new(Meters::new(now)),
+            });
+        share.holds += 1;
+        share.meters.clone()
+    }
+
+    fn release_hold(&mut self, user: &str, source: SourceKey) {
+        self.held = self.held.saturating_sub(1);
+        if let Some(share) = self.per_user.get_mut(user) {
+            share.holds = share.holds.saturating_sub(1);
+            if share.holds == 0 {
+                self.per_user.remove(user);
+            }
+        }
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
         }
     }
 
@@ -394,7 +551,7 @@ impl Server {
         key: [u8; 16],
         now: Instant,
         out: &mut Vec<Output>,
-    ) -> Result<Vec<u8>, (u16, &'static str)> {
+    ) -> Result<Vec<u8>, Refusal> {
         if self.allocations.contains_key(&tuple) {
             return Err((437, "Allocation Mismatch"));
         }
@@ -403,23 +560,11 @@ impl Server {
         if transport.first() != Some(&UDP) {
             return Err((442, "Unsupported Transport Protocol"));
         }
-        // RFC 8656 §7.2: a token claims a port reserved by an earlier EVEN-PORT with the R
-        // bit (the RTCP port next to an RTP relay); the two attributes exclude each other.
-        let reserved = match value(packet, c, attr::RESERVATION_TOKEN) {
-            Some(_) if c.get(attr::EVEN_PORT).is_some() => {
-                return Err((400, "EVEN-PORT With RESERVATION-TOKEN"))
-            }
-            Some(token) => {
-                let token: [u8; 8] = token
-                    .try_into()
-                    .map_err(|_| (400, "Bad RESERVATION-TOKEN"))?;
-                match self.reservations.remove(&token) {
-                    Some((port, expires)) if expires > now => Some(port),
-                    _ => return Err((508, "Insufficient Capacity")),
-                }
-            }
-            None => None,
-        };
+        let token = value(packet, c, attr::RESERVATION_TOKEN);
+        if token.is_some() && c.get(attr::EVEN_PORT).is_some() {
+            // RFC 8656 §7.2: the two attributes exclude each other.
+            return Err((400, "EVEN-PORT With RESERVATION-TOKEN"));
+        }
         // RFC 8656 §7.2: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY exclude each other; an
         // additional IPv6 relay is not offered (single-family relays): the IPv4 allocation
         // succeeds with ADDRESS-ERROR-CODE 440 for the family not granted.
@@ -442,31 +587,69 @@ impl Server {
                 return Err((440, "Address Family not Supported"));
             }
         }
-        let from_source = self.per_source.get(&tuple.client.ip()).copied();
-        if from_source.unwrap_or(0) >= self.cfg.max_allocations_per_source {
-            return Err((486, "Allocation Quota Reached"));
-        }
-        let of_user = self.per_user.get(&username).map(|u| u.allocations);
-        if of_user.unwrap_or(0) >= self.cfg.max_allocations_per_user {
-            return Err((486, "Allocation Quota Reached"));
-        }
-        if self.allocations.len() >= self.cfg.max_allocations {
-            return Err((508, "Insufficient Capacity"));
-        }
+        let user: Arc<str> = Arc::from(user_of(&username));
+        let source = SourceKey::of(tuple.client.ip());
         let even_port = value(packet, c, attr::EVEN_PORT);
         let reserve_next = even_port
             .and_then(|v| v.first())
             .is_some_and(|b| b & 0x80 != 0);
-        let port = match reserved {
-            Some(port) => port,
-            None => self
-                .free_port(even_port.is_some(), reserve_next, now)
-                .ok_or((508, "Insufficient Capacity"))?,
+        // RFC 8656 §7.2: a token claims a port reserved by an earlier EVEN-PORT with the R
+        // bit (the RTCP port next to an RTP relay). Its reservation ends here, whoever
+        // claims it; the new allocation is charged like any other.
+        let port = match token {
+            Some(token) => {
+                let token: [u8; 8] = token
+                    .try_into()
+                    .map_err(|_| (400, "Bad RESERVATION-TOKEN"))?;
+                let port = self
+                    .reservation_tokens
+                    .get(&token)
+                    .copied()
+                    .filter(|p| self.reservations.get(p).is_some_and(|r| r.expires > now))
+                    .ok_or((508, "Insufficient Capacity"))?;
+                self.quota(&user, source, 1)
+                    .or_else(|e| self.quota_after_claim(port, &user, source).ok_or(e))?;
+                self.end_reservation(port, false);
+                port
+            }
+            None => {
+                self.quota(&user, source, 1 + usize::from(reserve_next))?;
+                self.ports
+                    .take(even_port.is_some(), reserve_next)
+                    .ok_or((508, "Insufficient Capacity"))?
+            }
         };
-        let token = if reserve_next {
+        let id = self.next_id;
+        self.next_id += 1;
+        let reserved_token = if reserve_next {
             let token = self.new_token();
-            self.reservations
-                .insert(token, (port + 1, now + RESERVATION_LIFETIME));
+            let reserved = port + 1;
+            self.charge_hold(&user, source, now);
+            self.reservations.insert(
+                reserved,
+                Reservation {
+                    token,
+                    owner: id,
+                    user: user.clone(),
+                    source,
+                    expires: now + RESERVATION_LIFETIME,
+                },
+            );
+            self.reservation_tokens.insert(token, reserved);
+            self.reservation_queue
+                .push_back((now + RESERVATION_LIFETIME, reserved));
+            // Claimed and ended reservations linger in the queue until their deadline:
+            // keep it within a constant factor of the live ones whatever the churn
+            // (amortised O(1): a compaction follows at least as many pushes as it keeps).
+            if self.reservation_queue.len() > 2 * self.reservations.len() + 64 {
+                let live = &self.reservations;
+                // One entry per live reservation: a port reserved again at the same instant
+                // leaves entries identical to the live one's.
+                let mut kept = std::collections::HashSet::new();
+                self.reservation_queue.retain(|(t, p)| {
+                    live.get(p).is_some_and(|r| r.expires == *t) && kept.insert(*p)
+                });
+            }
             Some(token)
         } else {
             None
@@ -480,7 +663,7 @@ impl Server {
         )
         .attr(attr::LIFETIME, &secs32(lifetime))
         .xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client);
-        if let Some(token) = token {
+        if let Some(token) = reserved_token {
             w.attr(attr::RESERVATION_TOKEN, &token);
         }
         if let Some(family) = additional_refused {
@@ -492,34 +675,60 @@ impl Server {
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
             .sign(&key, sha256(c));
         let answer = w.finish_with_fingerprint();
-        let share = self
-            .per_user
-            .entry(username.clone())
-            .or_insert_with(|| UserShare {
-                allocations: 0,
-                meters: Arc::new(Meters::new(now)),
-            });
-        share.allocations += 1;
-        let user_meters = share.meters.clone();
-        *self.per_source.entry(tuple.client.ip()).or_insert(0) += 1;
+        let user_meters = self.charge_hold(&user, source, now);
         self.by_relay.insert(relay, tuple);
+        self.by_id.insert(id, tuple);
+        let expires = now + lifetime;
+        self.deadlines.insert((expires, id));
         self.allocations.insert(
             tuple,
             Allocation {
+                id,
                 origin,
                 username,
+                user,
+                source,
                 key,
                 relay,
-                expires: now + lifetime,
+                expires,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
+                channel_of_peer: HashMap::new(),
                 allocate_tx: (c.transaction_id, answer.clone()),
                 meters: Meters::new(now),
                 user_meters,
+                reservation: reserved_token.map(|_| port + 1),
             },
         );
         out.push(Output::OpenRelay { relay });
         Ok(answer)
+    }
+
+    /// When the quota refused a claim: it passes if the reservation being claimed is the
+    /// claimant's own hold (the reservation is given up for the allocation, one for one).
+    fn quota_after_claim(&self, port: u16, user: &str, source: SourceKey) -> Option<()> {
+        let r = self.reservations.get(&port)?;
+        (&*r.user == user && r.source == source).then_some(())
+    }
+
+    /// Ends the reservation of `port`: its hold is released, and its port too when
+    /// `free_port` (not when an Allocate claims it and takes the port over).
+    fn end_reservation(&mut self, port: u16, free_port: bool) {
+        if let Some(r) = self.reservations.remove(&port) {
+            self.reservation_tokens.remove(&r.token);
+            if let Some(owner) = self
+                .by_id
+                .get(&r.owner)
+                .and_then(|t| self.allocations.get_mut(t))
+            {
+                owner.reservation = None;
+            }
+            let user = r.user.clone();
+            self.release_hold(&user, r.source);
+            if free_port {
+                self.ports.release(port);
+            }
+        }
     }
 
     /// The lifetime asked for, clamped (RFC 8656 §7.2: at least the default, at most the max).
@@ -532,11 +741,7 @@ impl Server {
             .clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
     }
 
-    fn owned(
-        &mut self,
-        tuple: FiveTuple,
-        username: &str,
-    ) -> Result<&mut Allocation, (u16, &'static str)> {
+    fn owned(&mut self, tuple: FiveTuple, username: &str) -> Result<&mut Allocation, Refusal> {
         match self.allocations.get_mut(&tuple) {
             Some(a) if a.username == username => Ok(a),
             // RFC 8656 §7: a request for an allocation made with other credentials.
@@ -553,7 +758,7 @@ impl Server {
         username: &str,
         now: Instant,
         out: &mut Vec<Output>,
-    ) -> Result<Vec<u8>, (u16, &'static str)> {
+    ) -> Result<Vec<u8>, Refusal> {
         let asked = value(packet, c, attr::LIFETIME)
             .and_then(|v| v.first_chunk::<4>())
             .map(|b| u32::from_be_bytes(*b));
@@ -567,7 +772,10 @@ impl Server {
         if lifetime.is_zero() {
             self.remove(tuple, out);
         } else {
+            let (old, id) = (a.expires, a.id);
             a.expires = now + lifetime;
+            self.deadlines.remove(&(old, id));
+            self.deadlines.insert((now + lifetime, id));
         }
         let mut w = Writer::new(Class::Success, REFRESH, c.transaction_id);
         w.attr(attr::LIFETIME, &secs32(lifetime))
@@ -577,7 +785,7 @@ impl Server {
     }
 
     /// Every XOR-PEER-ADDRESS of a request (CreatePermission may carry several).
-    fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
+    fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, Refusal> {
         let mut peers = Vec::new();
         for a in c
             .attributes()
@@ -602,7 +810,7 @@ impl Server {
         a_relay: SocketAddr,
         origin: Origin,
         peer: SocketAddr,
-    ) -> Result<(), (u16, &'static str)> {
+    ) -> Result<(), Refusal> {
         if peer.is_ipv6() != a_relay.is_ipv6() {
             return Err((443, "Peer Address Family Mismatch"));
         }
@@ -619,7 +827,7 @@ impl Server {
         c: &Checked,
         username: &str,
         now: Instant,
-    ) -> Result<Vec<u8>, (u16, &'static str)> {
+    ) -> Result<Vec<u8>, Refusal> {
         let peers = self.peers(packet, c)?;
         let (relay, origin) = {
             let a = self.owned(tuple, username)?;
@@ -629,7 +837,18 @@ impl Server {
             self.check_peer(relay, origin, *peer)?;
         }
         let expires = now + self.cfg.permission_lifetime;
+        let max = self.cfg.max_permissions_per_allocation;
         let a = self.owned(tuple, username)?;
+        prune(a, now);
+        let new = peers
+            .iter()
+            .filter(|p| !a.permissions.contains_key(&p.ip()))
+            .map(|p| p.ip())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if a.permissions.len() + new > max {
+            return Err((508, "Insufficient Capacity"));
+        }
         for peer in peers {
             a.permissions.insert(peer.ip(), expires);
         }
@@ -646,7 +865,7 @@ impl Server {
         c: &Checked,
         username: &str,
         now: Instant,
-    ) -> Result<Vec<u8>, (u16, &'static str)> {
+    ) -> Result<Vec<u8>, Refusal> {
         let number = value(packet, c, attr::CHANNEL_NUMBER)
             .and_then(|v| v.first_chunk::<2>())
             .map(|b| u16::from_be_bytes(*b))
@@ -657,6 +876,9 @@ impl Server {
             return Err((400, "One XOR-PEER-ADDRESS"));
         };
         let peer = *peer;
+        if peer.port() == 0 {
+            return Err((400, "Bad Peer Port"));
+        }
         let (relay, origin) = {
             let a = self.owned(tuple, username)?;
             (a.relay, a.origin)
@@ -664,20 +886,30 @@ impl Server {
         self.check_peer(relay, origin, peer)?;
         let channel_lifetime = self.cfg.channel_lifetime;
         let permission_lifetime = self.cfg.permission_lifetime;
+        let (max_channels, max_permissions) = (
+            self.cfg.max_channels_per_allocation,
+            self.cfg.max_permissions_per_allocation,
+        );
         let a = self.owned(tuple, username)?;
+        prune(a, now);
         // RFC 8656 §12.2: a channel is bound to one peer and a peer to one channel.
         if let Some((bound, _)) = a.channels.get(&number) {
             if *bound != peer {
                 return Err((400, "Channel Bound To Another Peer"));
             }
         }
-        if a.channels
-            .iter()
-            .any(|(n, (p, _))| *p == peer && *n != number)
-        {
+        if a.channel_of_peer.get(&peer).is_some_and(|n| *n != number) {
             return Err((400, "Peer Bound To Another Channel"));
         }
+        let new_channel = !a.channels.contains_key(&number);
+        let new_permission = !a.permissions.contains_key(&peer.ip());
+        if (new_channel && a.channels.len() >= max_channels)
+            || (new_permission && a.permissions.len() >= max_permissions)
+        {
+            return Err((508, "Insufficient Capacity"));
+        }
         a.channels.insert(number, (peer, now + channel_lifetime));
+        a.channel_of_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), now + permission_lifetime);
         let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
@@ -710,6 +942,11 @@ impl Server {
         if c.class != Class::Indication || c.method != SEND {
             return Err(Dropped::Ignored);
         }
+        // RFC 8489 §7.3.2: an indication with an unknown comprehension-required attribute
+        // (DONT-FRAGMENT among them: the relay does not set DF per packet) is discarded.
+        if !c.unknown_required().is_empty() {
+            return Err(Dropped::UnknownAttribute);
+        }
         let a = self.allocations.get(tuple).ok_or(Dropped::NoAllocation)?;
         let mut peers = c
             .attributes()
@@ -723,6 +960,9 @@ impl Server {
             .and_then(|v| decode_xor_address(v, &c.transaction_id))
             .ok_or(Dropped::MalformedStun)?;
         let data = c.get(attr::DATA).ok_or(Dropped::MalformedStun)?;
+        if peer.port() == 0 {
+            return Err(Dropped::BadPeer);
+        }
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
@@ -792,10 +1032,10 @@ impl Server {
         let len = u16::try_from(data.len()).map_err(|_| Dropped::Ignored)?;
         self.charge(a, Direction::ToClient, data.len(), now)?;
         let bound = a
-            .channels
-            .iter()
-            .find(|(_, (p, e))| *p == peer && *e > now)
-            .map(|(n, _)| *n);
+            .channel_of_peer
+            .get(&peer)
+            .filter(|n| a.channels.get(n).is_some_and(|(_, e)| *e > now))
+            .copied();
         if let Some(number) = bound {
             let mut header = [0u8; channel::HEADER_LEN];
             channel::write_header(&mut header, number, len);
@@ -869,21 +1109,149 @@ impl Server {
         }
     }
 
-    /// Removes expired allocations, permissions and channels.
+    /// Removes what expired by `now`: allocations past their lifetime and reservations past
+    /// theirs (each in order of its deadline: the work is what expired, not what is held).
+    /// Expired permissions and channels are ignored where they are read and pruned when
+    /// their allocation is next touched.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let expired: Vec<FiveTuple> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| a.expires <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for tuple in expired {
-            self.remove(tuple, out);
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.remove(&(deadline, id));
+            if let Some(tuple) = self.by_id.get(&id).copied() {
+                self.remove(tuple, out);
+            }
         }
-        for a in self.allocations.values_mut() {
-            a.permissions.retain(|_, e| *e > now);
-            a.channels.retain(|_, (_, e)| *e > now);
+        while let Some(&(deadline, port)) = self.reservation_queue.front() {
+            if deadline > now {
+                break;
+            }
+            self.reservation_queue.pop_front();
+            // Claimed or ended reservations linger in the queue: only a live one that is
+            // due goes.
+            if self
+                .reservations
+                .get(&port)
+                .is_some_and(|r| r.expires <= now)
+            {
+                self.end_reservation(port, true);
+            }
         }
+    }
+
+    /// When [`Server::expire`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let allocation = self.deadlines.first().map(|(t, _)| *t);
+        let reservation = self.reservation_queue.front().map(|(t, _)| *t);
+        match (allocation, reservation) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    /// Every table agrees with every other and with the bounds: for tests and the fuzz
+    /// targets after each step (O(held): never on the packet path).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let cfg = &self.cfg;
+        let fail = |what: String| Err(what);
+        if self.held != self.allocations.len() + self.reservations.len() {
+            return fail(format!(
+                "held {} != {} allocations + {} reservations",
+                self.held,
+                self.allocations.len(),
+                self.reservations.len()
+            ));
+        }
+        if self.held > cfg.max_allocations {
+            return fail(format!("held {} > max {}", self.held, cfg.max_allocations));
+        }
+        if self.ports.taken() != self.held {
+            return fail(format!(
+                "{} ports taken, {} held",
+                self.ports.taken(),
+                self.held
+            ));
+        }
+        if self.by_id.len() != self.allocations.len()
+            || self.by_relay.len() != self.allocations.len()
+            || self.deadlines.len() != self.allocations.len()
+        {
+            return fail("allocation indexes disagree".into());
+        }
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        let mut per_source: HashMap<SourceKey, usize> = HashMap::new();
+        for (tuple, a) in &self.allocations {
+            if self.by_id.get(&a.id) != Some(tuple)
+                || self.by_relay.get(&a.relay) != Some(tuple)
+                || !self.deadlines.contains(&(a.expires, a.id))
+                || self.ports.is_free(a.relay.port())
+            {
+                return fail(format!("allocation {} not indexed", a.id));
+            }
+            if a.permissions.len() > cfg.max_permissions_per_allocation
+                || a.channels.len() > cfg.max_channels_per_allocation
+            {
+                return fail(format!("allocation {} over its caps", a.id));
+            }
+            if a.channel_of_peer.len() != a.channels.len()
+                || a.channels
+                    .iter()
+                    .any(|(n, (peer, _))| a.channel_of_peer.get(peer) != Some(n))
+            {
+                return fail(format!("allocation {} channel maps disagree", a.id));
+            }
+            if let Some(port) = a.reservation {
+                if self.reservations.get(&port).map(|r| r.owner) != Some(a.id) {
+                    return fail(format!("allocation {} lost its reservation", a.id));
+                }
+            }
+            *per_user.entry(&a.user).or_default() += 1;
+            *per_source.entry(a.source).or_default() += 1;
+        }
+        if self.reservation_tokens.len() != self.reservations.len() {
+            return fail("reservation tokens disagree".into());
+        }
+        for (port, r) in &self.reservations {
+            let owner = self
+                .by_id
+                .get(&r.owner)
+                .and_then(|t| self.allocations.get(t));
+            if owner.and_then(|a| a.reservation) != Some(*port)
+                || self.reservation_tokens.get(&r.token) != Some(port)
+                || self.ports.is_free(*port)
+                || !self
+                    .reservation_queue
+                    .iter()
+                    .any(|(t, p)| p == port && *t == r.expires)
+            {
+                return fail(format!("reservation of port {port} not indexed"));
+            }
+            *per_user.entry(&r.user).or_default() += 1;
+            *per_source.entry(r.source).or_default() += 1;
+        }
+        // Compacted on every push past 2 x live + 64: never past 2 x the most that can be
+        // held + 64, whatever the churn.
+        if self.reservation_queue.len() > 2 * cfg.max_allocations + 65 {
+            return fail(format!(
+                "reservation queue of {} past its bound ({} live)",
+                self.reservation_queue.len(),
+                self.reservations.len()
+            ));
+        }
+        let users: HashMap<&str, usize> =
+            self.per_user.iter().map(|(u, s)| (&**u, s.holds)).collect();
+        if users != per_user || per_source != self.per_source {
+            return fail("per-user or per-source counts disagree".into());
+        }
+        if per_user.values().any(|&n| n > cfg.max_allocations_per_user)
+            || per_source
+                .values()
+                .any(|&n| n > cfg.max_allocations_per_source)
+        {
+            return fail("a quota is exceeded".into());
+        }
+        Ok(())
     }
 
     /// The shell could not bind the relayed socket: the allocation is dropped. Returns the
@@ -901,50 +1269,19 @@ impl Server {
     }
 
     fn remove(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
-        if let Some(a) = self.allocations.remove(&tuple) {
-            self.by_relay.remove(&a.relay);
-            if let Some(share) = self.per_user.get_mut(&a.username) {
-                share.allocations = share.allocations.saturating_sub(1);
-                if share.allocations == 0 {
-                    self.per_user.remove(&a.username);
-                }
-            }
-            if let Some(n) = self.per_source.get_mut(&tuple.client.ip()) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_source.remove(&tuple.client.ip());
-                }
-            }
-            out.push(Output::CloseRelay { relay: a.relay });
+        let Some(a) = self.allocations.remove(&tuple) else {
+            return;
+        };
+        self.by_relay.remove(&a.relay);
+        self.by_id.remove(&a.id);
+        self.deadlines.remove(&(a.expires, a.id));
+        // Its reservation dies with it (RFC 8656 §7.1), port and all.
+        if let Some(port) = a.reservation {
+            self.end_reservation(port, true);
         }
-    }
-
-    /// A free port (even if asked; with the next one free too when it is to be reserved).
-    fn free_port(&mut self, even: bool, with_next: bool, now: Instant) -> Option<u16> {
-        self.reservations.retain(|_, (_, expires)| *expires > now);
-        let (lo, hi) = self.cfg.ports;
-        let span = u32::from(hi.saturating_sub(lo)) + 1;
-        for _ in 0..span {
-            let port = self.next_port;
-            self.next_port = if self.next_port >= hi {
-                lo
-            } else {
-                self.next_port + 1
-            };
-            if even && !port.is_multiple_of(2) {
-                continue;
-            }
-            let taken = |p: u16| {
-                self.by_relay
-                    .contains_key(&SocketAddr::new(self.cfg.relay_ip, p))
-                    || self.reservations.values().any(|(r, _)| *r == p)
-            };
-            if taken(port) || (with_next && (port >= hi || taken(port + 1))) {
-                continue;
-            }
-            return Some(port);
-        }
-        None
+        self.release_hold(&a.user, a.source);
+        self.ports.release(a.relay.port());
+        out.push(Output::CloseRelay { relay: a.relay });
     }
 
     /// An unguessable reservation token (a keyed hash of a counter).
@@ -953,6 +1290,14 @@ impl Server {
         let seq = self.data_seq.fetch_add(1, Ordering::Relaxed);
         self.token_hasher.hash_one(seq).to_be_bytes()
     }
+}
+
+/// Drops an allocation's expired permissions and channels (bounded by its caps).
+fn prune(a: &mut Allocation, now: Instant) {
+    a.permissions.retain(|_, e| *e > now);
+    a.channels.retain(|_, (_, e)| *e > now);
+    let channels = &a.channels;
+    a.channel_of_peer.retain(|_, n| channels.contains_key(n));
 }
 
 fn permitted(a: &Allocation, peer: IpAddr, now: Instant) -> bool {
@@ -975,10 +1320,10 @@ fn sha256(c: &Checked) -> bool {
     c.get(attr::MESSAGE_INTEGRITY_SHA256).is_some()
 }
 
+/// An error answer: no SOFTWARE (nothing an attacker needs, fewer bytes to draw).
 fn error(c: &Checked, code: u16, reason: &str, key: Option<&[u8; 16]>) -> Vec<u8> {
     let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
-    w.error_code(code, reason)
-        .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes());
+    w.error_code(code, reason);
     if let Some(key) = key {
         w.sign(key, sha256(c));
     }

@@ -49,6 +49,9 @@ pub mod attr {
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
 
     /// Comprehension-required attributes this server understands (RFC 8489, 8656, 8445).
+    /// DONT-FRAGMENT is not among them: the relay does not set DF per packet, so an
+    /// Allocate asking for it gets 420 (RFC 8656 §7.2 lets the client retry without) and a
+    /// Send indication carrying it is discarded.
     pub const KNOWN_REQUIRED: &[u16] = &[
         MAPPED_ADDRESS,
         USERNAME,
@@ -65,7 +68,6 @@ pub mod attr {
         REQUESTED_ADDRESS_FAMILY,
         EVEN_PORT,
         REQUESTED_TRANSPORT,
-        DONT_FRAGMENT,
         MESSAGE_INTEGRITY_SHA256,
         PASSWORD_ALGORITHM,
         USERHASH,

@@ -1,0 +1,702 @@
+//! The A/V Edge's bounds as an outsider tries them, over real sockets on loopback (the
+//! external listener on 127.0.0.1, the internal one on 127.0.0.2; each attacker its own
+//! loopback source): what a remote party can make the relay hold (allocations, port
+//! reservations, TURN-over-TCP connections, queued bytes, permissions, channels) is bounded
+//! and charged to it, what it can make the relay send without authenticating is bounded per
+//! source, and no peer address spelling reaches what the policy refuses.
+//!
+//! The expiry of reservations and allocations is tested on simulated time in
+//! `core::turn::server`; here the quotas they count in.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sipedge::core::turn::auth::long_term_key;
+use sipedge::core::turn::encode::Writer;
+use sipedge::core::turn::server::{
+    decode_xor_address, ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND,
+};
+use sipedge::core::turn::stun::{attr, Class};
+use sipedge::core::{credentials, keyring::Ring};
+use sipedge::shell;
+use sipedge::topology::{Firewall, KeysSource, Relay};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::support::*;
+
+/// An edge with a relay listening on both zones (UDP and TCP).
+struct Av {
+    _pki: Pki,
+    _director: Director,
+    edge: shell::RunningEdge,
+    ring: Ring,
+    ext_udp: SocketAddr,
+    int_udp: SocketAddr,
+    ext_tcp: SocketAddr,
+    int_tcp: SocketAddr,
+    /// The relayed port range.
+    ports: (u16, u16),
+}
+
+impl Av {
+    async fn start(firewall: impl FnOnce(&mut Firewall), tune: impl FnOnce(&mut Relay)) -> Av {
+        let pki = Pki::new();
+        let (ring_path, ring) = ring_file(&pki);
+        let director = Director::start(&pki).await;
+        let mut t = topology(&pki, &[director.addr]);
+        t.keys = Some(KeysSource::File(ring_path));
+        firewall(&mut t.firewall);
+        // Each edge of this file its own 100 ports, below the ephemeral ports (32768) and
+        // apart from the other relay tests' ranges: a relayed port taken by someone else
+        // costs a UDP client a retransmission and a TCP client its answer.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let base = 32_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 7 * 100;
+        let mut relay = Relay {
+            listen_udp: vec![
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.2:0".parse().unwrap(),
+            ],
+            listen_tcp: vec![
+                "127.0.0.1:0".parse().unwrap(),
+                "127.0.0.2:0".parse().unwrap(),
+            ],
+            relay_ip: Some("127.0.0.1".parse().unwrap()),
+            port_min: base,
+            port_max: base + 99,
+            allow_loopback_peers: true,
+            ..Relay::new("127.0.0.1")
+        };
+        tune(&mut relay);
+        let ports = (relay.port_min, relay.port_max);
+        t.relay = Some(relay);
+        let edge = shell::start(&t).await.expect("edge starts");
+        let (ext_udp, int_udp) = (edge.turn_udp[0], edge.turn_udp[1]);
+        let (ext_tcp, int_tcp) = (edge.turn_tcp[0], edge.turn_tcp[1]);
+        Av {
+            _pki: pki,
+            _director: director,
+            edge,
+            ring,
+            ext_udp,
+            int_udp,
+            ext_tcp,
+            int_tcp,
+            ports,
+        }
+    }
+
+    fn stats(&self) -> &sipedge::shell::turn::TurnStats {
+        &self.edge.turn.as_ref().unwrap().stats
+    }
+
+    fn dropped(&self, reason: &str) -> u64 {
+        self.stats()
+            .dropped()
+            .filter(|(r, _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn metrics(&self) -> String {
+        let text = sipedge::shell::ops::metrics(&self.edge.shared, sipedge::shell::clock::now());
+        prometheus_check(&text);
+        text
+    }
+
+    /// A credential for `user` valid `ttl` seconds.
+    fn credential(&self, user: &str, ttl: u64) -> Credential {
+        let c =
+            credentials::mint(&self.ring, user, ttl, sipedge::shell::clock::now_unix()).unwrap();
+        Credential {
+            key: long_term_key(&c.username, DOMAIN, &c.password).to_vec(),
+            username: c.username,
+        }
+    }
+}
+
+struct Credential {
+    username: String,
+    key: Vec<u8>,
+}
+
+/// A STUN request, signed with `auth` (credential and nonce) when given.
+fn request(
+    method: u16,
+    id: u8,
+    build: &dyn Fn(&mut Writer),
+    auth: Option<(&Credential, &[u8])>,
+) -> Vec<u8> {
+    let mut w = Writer::new(Class::Request, method, [id; 12]);
+    build(&mut w);
+    match auth {
+        Some((c, nonce)) => {
+            w.attr(attr::USERNAME, c.username.as_bytes())
+                .attr(attr::REALM, DOMAIN.as_bytes())
+                .attr(attr::NONCE, nonce)
+                .integrity(&c.key);
+            w.finish_with_fingerprint()
+        }
+        None => w.finish_with_fingerprint(),
+    }
+}
+
+/// The ERROR-CODE of an answer (class * 100 + number), `None` for a success.
+fn error_code(answer: &[u8]) -> Option<u16> {
+    let v = attr_value(answer, attr::ERROR_CODE)?;
+    Some(u16::from(v[2] & 7) * 100 + u16::from(v[3]))
+}
+
+fn allocate_udp(w: &mut Writer) {
+    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+}
+
+/// A STUN exchange over UDP as a client does it (RFC 8489 §6.2.1): retransmitted until
+/// answered (a relayed port the kernel refuses costs the edge's answer, not the client's
+/// allocation).
+async fn udp_exchange(sock: &UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..7 {
+        sock.send_to(request, to).await.unwrap();
+        if let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(1000), sock.recv_from(&mut buf)).await
+        {
+            let (n, _) = got.unwrap();
+            buf.truncate(n);
+            return buf;
+        }
+    }
+    panic!("no answer to 7 transmissions a second apart");
+}
+
+/// One TURN client over UDP from its own loopback address.
+struct UdpClient {
+    sock: UdpSocket,
+    turn: SocketAddr,
+    nonce: Vec<u8>,
+    next_id: u8,
+}
+
+impl UdpClient {
+    async fn new(source: &str, turn: SocketAddr) -> UdpClient {
+        let sock = UdpSocket::bind(format!("{source}:0")).await.unwrap();
+        let challenge = udp_exchange(&sock, turn, &request(ALLOCATE, 1, &allocate_udp, None)).await;
+        assert_eq!(error_code(&challenge), Some(401));
+        let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
+        UdpClient {
+            sock,
+            turn,
+            nonce,
+            next_id: 2,
+        }
+    }
+
+    async fn ask(&mut self, c: &Credential, method: u16, build: &dyn Fn(&mut Writer)) -> Vec<u8> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = request(method, id, build, Some((c, &self.nonce)));
+        udp_exchange(&self.sock, self.turn, &req).await
+    }
+
+    async fn allocate(&mut self, c: &Credential, build: &dyn Fn(&mut Writer)) -> Vec<u8> {
+        self.ask(c, ALLOCATE, &|w| {
+            allocate_udp(w);
+            build(w);
+        })
+        .await
+    }
+}
+
+fn relayed_of(answer: &[u8]) -> SocketAddr {
+    let id: [u8; 12] = answer[8..20].try_into().unwrap();
+    decode_xor_address(
+        &attr_value(answer, attr::XOR_RELAYED_ADDRESS).expect("allocated"),
+        &id,
+    )
+    .unwrap()
+}
+
+/// One STUN exchange over a TCP stream; `None` when the edge closed it.
+async fn tcp_exchange(stream: &mut TcpStream, req: &[u8]) -> Option<Vec<u8>> {
+    stream.write_all(req).await.ok()?;
+    tcp_read_message(stream).await
+}
+
+async fn tcp_read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; 20];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+        .await
+        .expect("the edge answered or closed")
+        .ok()?;
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut msg = head.to_vec();
+    msg.resize(20 + len, 0);
+    tokio::time::timeout(WAIT, stream.read_exact(&mut msg[20..]))
+        .await
+        .expect("the rest of the message")
+        .ok()?;
+    Some(msg)
+}
+
+/// Whether the edge closed the stream (EOF or reset) within `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn tcp_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+fn binding(id: u8) -> Vec<u8> {
+    request(0x001, id, &|_| {}, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_count_in_the_user_quota_across_credentials_and_die_with_their_allocation() {
+    let av = Av::start(|_| {}, |r| r.max_allocations_per_user = 2).await;
+    let first = av.credential("alice@sipedge.test", 3600);
+    // Another credential of the same user (another expiry: another TURN REST username).
+    let second = av.credential("alice@sipedge.test", 7200);
+    assert_ne!(first.username, second.username);
+
+    // An RTP relay with the next port reserved (EVEN-PORT, R bit): two of alice's two.
+    let mut rtp = UdpClient::new("127.0.0.21", av.ext_udp).await;
+    let answer = rtp
+        .allocate(&first, &|w| {
+            w.attr(attr::EVEN_PORT, &[0x80]);
+        })
+        .await;
+    assert_eq!(error_code(&answer), None, "allocated");
+    assert!(attr_value(&answer, attr::RESERVATION_TOKEN).is_some());
+    assert_eq!(relayed_of(&answer).port() % 2, 0, "an even port");
+    assert!(av.metrics().contains("sipedge_turn_reservations 1"));
+
+    // The quota holds across alice's credentials.
+    let mut other = UdpClient::new("127.0.0.22", av.ext_udp).await;
+    let refused = other.allocate(&second, &|_| {}).await;
+    assert_eq!(error_code(&refused), Some(486), "the reservation counts");
+    let bob = av.credential("bob@sipedge.test", 3600);
+    assert_eq!(error_code(&other.allocate(&bob, &|_| {}).await), None);
+
+    // Deleting the allocation ends its reservation: alice may allocate again.
+    let deleted = rtp
+        .ask(&first, REFRESH, &|w| {
+            w.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        })
+        .await;
+    assert_eq!(error_code(&deleted), None);
+    assert!(av.metrics().contains("sipedge_turn_reservations 0"));
+    let mut again = UdpClient::new("127.0.0.23", av.ext_udp).await;
+    assert_eq!(error_code(&again.allocate(&second, &|_| {}).await), None);
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_a_bounded_answer_budget_then_strikes_then_a_ban() {
+    // 1000 bytes/s: a burst of 2000 bytes of Binding responses.
+    let av = Av::start(
+        |f| {
+            f.allow_sources.clear();
+            f.ban_after = 5;
+        },
+        |r| r.unauthenticated_bytes_per_second = 1000,
+    )
+    .await;
+    let stranger = UdpSocket::bind("127.0.0.31:0").await.unwrap();
+    let sent = 200u8;
+    for id in 0..sent {
+        stranger.send_to(&binding(id), av.ext_udp).await.unwrap();
+    }
+    let mut answered = 0usize;
+    let mut answer_bytes = 0usize;
+    let mut buf = [0u8; 2048];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(500), stranger.recv_from(&mut buf)).await
+    {
+        answered += 1;
+        answer_bytes += n;
+    }
+    assert!(answered > 0, "a stranger gets some answers");
+    assert!(
+        answer_bytes <= 2000 + 1000,
+        "{answer_bytes} bytes answered to a stranger under a 1000 byte/s budget"
+    );
+    let over = av.dropped("unauthenticated_budget");
+    assert_eq!(
+        over as usize,
+        usize::from(sent) - answered,
+        "every drop counted"
+    );
+
+    // The overdraft earned strikes: the source is banned everywhere, TURN over TCP included.
+    let mut banned = tcp_from("127.0.0.31", av.ext_tcp).await;
+    assert!(
+        closed_within(&mut banned, WAIT).await,
+        "a banned source is closed"
+    );
+    eventually("the ban is counted", || {
+        av.stats()
+            .tcp_refused
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            >= 1
+    })
+    .await;
+    assert!(av
+        .metrics()
+        .contains("sipedge_turn_tcp_refused_total{reason=\"banned\"} 1"));
+
+    // Inside, the budget bounds what a spoofed source could draw, but nobody strikes:
+    // the same overdraft from an internal client bans nothing.
+    let inside = UdpSocket::bind("127.0.0.32:0").await.unwrap();
+    let before = av.dropped("unauthenticated_budget");
+    for id in 0..sent {
+        inside.send_to(&binding(id), av.int_udp).await.unwrap();
+    }
+    eventually("the internal overdraft is dropped", || {
+        av.dropped("unauthenticated_budget") > before
+    })
+    .await;
+    let mut not_banned = tcp_from("127.0.0.32", av.ext_tcp).await;
+    assert!(
+        !closed_within(&mut not_banned, Duration::from_millis(300)).await,
+        "an internal overdraft strikes nobody"
+    );
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tcp_is_bounded_per_zone_per_source_and_by_the_time_to_authenticate() {
+    let av = Av::start(
+        |f| {
+            f.allow_sources.clear();
+            f.connections_per_source = 2;
+            f.connect_rate = 1000;
+            f.connect_burst = 1000;
+        },
+        |r| {
+            r.max_tcp_clients = 4;
+            r.tcp_auth_timeout = Duration::from_secs(3);
+        },
+    )
+    .await;
+    // One client that authenticates (an allocation) and three that never do.
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut authenticated = tcp_from("127.0.0.41", av.ext_tcp).await;
+    let challenge = tcp_exchange(
+        &mut authenticated,
+        &request(ALLOCATE, 1, &allocate_udp, None),
+    )
+    .await
+    .unwrap();
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let allocated = tcp_exchange(
+        &mut authenticated,
+        &request(ALLOCATE, 2, &allocate_udp, Some((&alice, &nonce))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_code(&allocated), None);
+
+    let mut silent = Vec::new();
+    for source in ["127.0.0.41", "127.0.0.42", "127.0.0.42"] {
+        let mut s = tcp_from(source, av.ext_tcp).await;
+        assert!(
+            tcp_exchange(&mut s, &binding(3)).await.is_some(),
+            "accepted"
+        );
+        silent.push(s);
+    }
+    // A third connection from one source: the firewall's per-source count, shared with SIP.
+    let mut third = tcp_from("127.0.0.42", av.ext_tcp).await;
+    assert!(closed_within(&mut third, WAIT).await, "per-source limit");
+    // A fifth in the zone: full.
+    let mut fifth = tcp_from("127.0.0.43", av.ext_tcp).await;
+    assert!(closed_within(&mut fifth, WAIT).await, "zone full");
+    // The internal zone has its own slots.
+    let mut inside = tcp_from("127.0.0.2", av.int_tcp).await;
+    assert!(tcp_exchange(&mut inside, &binding(4)).await.is_some());
+
+    // Nobody holds a slot without authenticating: the silent ones are closed (inside
+    // too), the authenticated one stays, and the slots are free again.
+    for s in silent.iter_mut().chain([&mut inside]) {
+        assert!(closed_within(s, WAIT).await, "closed at the auth deadline");
+    }
+    let refreshed = tcp_exchange(
+        &mut authenticated,
+        &request(REFRESH, 5, &|_| {}, Some((&alice, &nonce))),
+    )
+    .await
+    .expect("the authenticated client stays");
+    assert_eq!(error_code(&refreshed), None);
+    let mut later = tcp_from("127.0.0.43", av.ext_tcp).await;
+    assert!(tcp_exchange(&mut later, &binding(6)).await.is_some());
+
+    let text = av.metrics();
+    for line in [
+        "sipedge_turn_tcp_refused_total{reason=\"zone_full\"} 1",
+        "sipedge_turn_tcp_refused_total{reason=\"source_limit\"} 1",
+        "sipedge_turn_tcp_refused_total{reason=\"auth_timeout\"} 4",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
+    let av = Av::start(|_| {}, |r| r.max_queued_bytes_per_client = 16 * 1024).await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    // A small receive window, so the kernel buffers little on the client's behalf.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.51:0".parse().unwrap()).unwrap();
+    let mut client = socket.connect(av.ext_tcp).await.unwrap();
+    let challenge = tcp_exchange(&mut client, &request(ALLOCATE, 1, &allocate_udp, None))
+        .await
+        .unwrap();
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
+        request(method, id, build, Some((&alice, &nonce)))
+    };
+    let allocated = tcp_exchange(&mut client, &signed(ALLOCATE, 2, &allocate_udp))
+        .await
+        .unwrap();
+    let relayed = relayed_of(&allocated);
+    let peer = UdpSocket::bind("127.0.0.52:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let permitted = tcp_exchange(
+        &mut client,
+        &signed(CREATE_PERMISSION, 3, &|w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_code(&permitted), None);
+
+    // The peer sends while the client reads nothing: bounded in count and time.
+    let payload = vec![0x5Au8; 1000];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while av.dropped("client_queue_full") == 0 && tokio::time::Instant::now() < deadline {
+        for _ in 0..200 {
+            peer.send_to(&payload, relayed).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(sent < 100_000, "no drop after {sent} packets");
+    }
+    assert!(
+        av.dropped("client_queue_full") > 0,
+        "packets beyond the client's queue are dropped"
+    );
+    // What the edge took for the client before dropping: its 16 KiB queue and what the
+    // kernel buffers (a few KiB here), not the 512 packets the queue's slot count allows.
+    let taken = av.stats().bytes_to_clients.load(Ordering::Relaxed);
+    assert!(
+        taken < 128 * 1024,
+        "{taken} bytes queued for a client that does not read"
+    );
+    // The client is still served once it reads: Data indications first, whole.
+    let first = tcp_read_message(&mut client).await.expect("data");
+    assert_eq!(attr_value(&first, attr::DATA).unwrap(), payload);
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_of_an_internal_peer_passes_the_external_policy() {
+    // An IPv6 relay, so IPv6 peer addresses reach the policy (an IPv4 relay answers 443).
+    let av = Av::start(
+        |_| {},
+        |r| {
+            r.relay_ip = Some("::1".parse().unwrap());
+            r.allow_loopback_peers = false;
+        },
+    )
+    .await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut outside = UdpClient::new("127.0.0.61", av.ext_udp).await;
+    let allocated = outside
+        .allocate(&alice, &|w| {
+            w.attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+        .await;
+    assert_eq!(error_code(&allocated), None, "an IPv6 relay");
+    for peer in [
+        "[64:ff9b:1::7f00:2]:5000",     // RFC 8215 local-use NAT64 of 127.0.0.2
+        "[64:ff9b:1:a14:0:a00::]:5000", // local-use /48, RFC 6052 /48 layout of 10.20.0.10
+        "[64:ff9b::a14:a]:5000",        // RFC 6052 well-known NAT64 of 10.20.0.10
+        "[::ffff:10.20.0.10]:5000",     // IPv4-mapped
+        "[::ffff:0:10.20.0.10]:5000",   // SIIT (RFC 2765)
+        "[2002:a14:a::1]:5000",         // 6to4 of 10.20.0.10
+        "[2001:0:4136:e378:8000:63bf:f5eb:fff5]:5000", // Teredo client 10.20.0.10
+        "[::1]:5000",
+        "[fd00::1]:5000",
+    ] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let answer = outside
+            .ask(&alice, CREATE_PERMISSION, &|w| {
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .await;
+        assert_eq!(error_code(&answer), Some(403), "{peer} from outside");
+    }
+    let public: SocketAddr = "[2606:4700:4700::1111]:3478".parse().unwrap();
+    let answer = outside
+        .ask(&alice, CREATE_PERMISSION, &|w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, public);
+        })
+        .await;
+    assert_eq!(error_code(&answer), None, "a public peer is permitted");
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_relay_cannot_honour_are_refused_and_tables_are_capped() {
+    let av = Av::start(
+        |_| {},
+        |r| {
+            r.max_permissions_per_allocation = 2;
+            r.max_channels_per_allocation = 1;
+        },
+    )
+    .await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut client = UdpClient::new("127.0.0.71", av.ext_udp).await;
+
+    // DONT-FRAGMENT is not honoured: 420 naming it, no allocation.
+    let df = client
+        .allocate(&alice, &|w| {
+            w.attr(attr::DONT_FRAGMENT, &[]);
+        })
+        .await;
+    assert_eq!(error_code(&df), Some(420));
+    let unknown = attr_value(&df, attr::UNKNOWN_ATTRIBUTES).unwrap();
+    assert_eq!(unknown, attr::DONT_FRAGMENT.to_be_bytes());
+    let allocated = client.allocate(&alice, &|_| {}).await;
+    assert_eq!(error_code(&allocated), None);
+    let relayed = relayed_of(&allocated);
+
+    let peers: Vec<UdpSocket> = futures_peers(3).await;
+    let addr = |i: usize| peers[i].local_addr().unwrap();
+    for i in 0..2 {
+        let answer = client
+            .ask(&alice, CREATE_PERMISSION, &|w| {
+                w.xor_address(attr::XOR_PEER_ADDRESS, addr(i));
+            })
+            .await;
+        assert_eq!(error_code(&answer), None);
+    }
+    let third = client
+        .ask(&alice, CREATE_PERMISSION, &|w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, addr(2));
+        })
+        .await;
+    assert_eq!(error_code(&third), Some(508), "permissions are capped");
+
+    // Channels: port 0 is no peer; one channel, then the cap.
+    let port_zero = client
+        .ask(&alice, CHANNEL_BIND, &|w| {
+            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(addr(0).ip(), 0));
+        })
+        .await;
+    assert_eq!(error_code(&port_zero), Some(400));
+    let bound = client
+        .ask(&alice, CHANNEL_BIND, &|w| {
+            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, addr(0));
+        })
+        .await;
+    assert_eq!(error_code(&bound), None);
+    let second = client
+        .ask(&alice, CHANNEL_BIND, &|w| {
+            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x02, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, addr(1));
+        })
+        .await;
+    assert_eq!(error_code(&second), Some(508), "channels are capped");
+
+    // A Send indication with a comprehension-required attribute the relay does not know
+    // (or DONT-FRAGMENT) is discarded; a plain one is relayed.
+    let send = |extra: Option<u16>| {
+        let mut w = Writer::new(Class::Indication, SEND, [9; 12]);
+        w.xor_address(attr::XOR_PEER_ADDRESS, addr(1))
+            .attr(attr::DATA, b"media");
+        if let Some(kind) = extra {
+            w.attr(kind, &[0, 0, 0, 0]);
+        }
+        w.finish()
+    };
+    for kind in [0x0031, attr::DONT_FRAGMENT] {
+        client
+            .sock
+            .send_to(&send(Some(kind)), client.turn)
+            .await
+            .unwrap();
+    }
+    client.sock.send_to(&send(None), client.turn).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(WAIT, peers[1].recv_from(&mut buf))
+        .await
+        .expect("the plain Send relayed")
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"media"[..], relayed));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), peers[1].recv_from(&mut buf))
+            .await
+            .is_err(),
+        "only the plain Send was relayed"
+    );
+    assert_eq!(av.dropped("unknown_attribute"), 2);
+    av.edge.stop().await;
+}
+
+async fn futures_peers(n: usize) -> Vec<UdpSocket> {
+    let mut peers = Vec::new();
+    for i in 0..n {
+        peers.push(
+            UdpSocket::bind(format!("127.0.0.{}:0", 80 + i))
+                .await
+                .unwrap(),
+        );
+    }
+    peers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_port_another_process_holds_costs_no_client_its_allocation() {
+    let av = Av::start(|_| {}, |r| r.port_max = r.port_min + 2).await;
+    // Two of the three relayed ports are held by someone else.
+    let (lo, _) = av.ports;
+    let _held: Vec<std::net::UdpSocket> = [lo, lo + 1]
+        .iter()
+        .map(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).unwrap())
+        .collect();
+    let alice = av.credential("alice@sipedge.test", 3600);
+    // A TCP client sends its Allocate once (no retransmission over TCP): the edge tries
+    // another port for it.
+    let mut client = tcp_from("127.0.0.91", av.ext_tcp).await;
+    let challenge = tcp_exchange(&mut client, &request(ALLOCATE, 1, &allocate_udp, None))
+        .await
+        .unwrap();
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let allocated = tcp_exchange(
+        &mut client,
+        &request(ALLOCATE, 2, &allocate_udp, Some((&alice, &nonce))),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(error_code(&allocated), None);
+    assert_eq!(relayed_of(&allocated).port(), lo + 2);
+    av.edge.stop().await;
+}
