@@ -121,8 +121,11 @@ fn main() {
             port_min: 20_000,
             port_max: 29_999,
             allow_loopback_peers: true,
-            // Every load client shares 127.0.0.2: the per-source quota is not measured.
+            // Every load client shares 127.0.0.2: neither the per-source quota nor the
+            // per-source budget of unauthenticated answers (each client's first Allocate
+            // draws a 401) is what is measured.
             max_allocations_per_source: 1_000_000,
+            unauthenticated_bytes_per_second: 100_000_000,
             ..Relay::new("127.0.0.1")
         });
         std::mem::forget(director);

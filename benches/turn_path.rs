@@ -107,7 +107,7 @@ fn main() {
 
     let mut g = c.benchmark_group("allocate_even_port");
     g.throughput(Throughput::Elements(1));
-    for held in [0usize, 4000] {
+    for held in [0usize, 4000, 20_000] {
         let mut alloc = Allocating::new(held);
         let (tuple, request) = alloc.request(u32::MAX);
         g.bench_function(format!("held_{held}"), |b| {

@@ -899,7 +899,7 @@ impl Proxy {
             .headers
             .get(index)
             .ok_or(Why::MissingHeader(HeaderName::MaxForwards))?;
-        splice.replace(header.value, (n - 1).to_string().as_bytes());
+        splice.replace_with(header.value, |out| push_decimal(out, u64::from(n - 1)));
         Ok(n - 1)
     }
 
@@ -1053,7 +1053,9 @@ impl Proxy {
     fn any_maddr(&self, msg: &Message) -> bool {
         let has = |span: Span| {
             let bytes = msg.bytes(span);
-            parse_uri(bytes).is_ok_and(|u| uri_has_param(bytes, &u, b"maddr"))
+            // Parsed only when the text holds the name at all (nearly never).
+            bytes.windows(5).any(|w| w.eq_ignore_ascii_case(b"maddr"))
+                && parse_uri(bytes).is_ok_and(|u| uri_has_param(bytes, &u, b"maddr"))
         };
         msg.request_uri().is_some_and(has) || msg.routes.iter().any(|r| has(r.uri))
     }
@@ -1096,9 +1098,11 @@ impl Proxy {
             match rport.value {
                 None => splice.insert_with(rport.name.end, |out| {
                     out.push(b'=');
-                    out.extend_from_slice(from.remote.port().to_string().as_bytes());
+                    push_decimal(out, u64::from(from.remote.port()));
                 }),
-                Some(v) => splice.replace(v, from.remote.port().to_string().as_bytes()),
+                Some(v) => {
+                    splice.replace_with(v, |out| push_decimal(out, u64::from(from.remote.port())))
+                }
             }
         }
         let written = msg.bytes(top.host);
@@ -1108,11 +1112,9 @@ impl Proxy {
             .and_then(|h| h.parse::<IpAddr>().ok())
             .is_some_and(|h| h == ip);
         match top.received {
-            Some(received) => splice.replace(received.whole, received_param(ip).as_bytes()),
+            Some(received) => splice.replace_with(received.whole, |out| push_received(out, ip)),
             None if !same || top.rport.is_some() => {
-                splice.insert_with(top.value.end, |out| {
-                    out.extend_from_slice(received_param(ip).as_bytes());
-                });
+                splice.insert_with(top.value.end, |out| push_received(out, ip));
             }
             None => {}
         }
@@ -1134,8 +1136,34 @@ impl Proxy {
 }
 
 /// `;received=<address>` (RFC 3261 §20.42: an IPv6 address without brackets).
-fn received_param(ip: IpAddr) -> String {
-    format!(";received={ip}")
+fn push_received(out: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, ";received={ip}");
+}
+
+/// `n` in decimal, without a temporary string.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+        start -= 1;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+/// `n` as 16 lower-case hex digits.
+fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        let nibble = ((n >> (shift * 4)) & 0xf) as usize;
+        out.push(HEX.get(nibble).copied().unwrap_or(b'0'));
+    }
 }
 
 /// The transaction a Via names: its branch if it has the RFC 3261 cookie, else (an RFC
@@ -1248,10 +1276,10 @@ fn write_via(out: &mut Vec<u8>, side: &SideAddr, branch: u64, token: &FlowToken)
     out.extend_from_slice(b"Via: SIP/2.0/TLS ");
     out.extend_from_slice(side.host.as_bytes());
     out.push(b':');
-    out.extend_from_slice(side.port.to_string().as_bytes());
+    push_decimal(out, u64::from(side.port));
     out.extend_from_slice(b";branch=");
     out.extend_from_slice(BRANCH_PREFIX);
-    out.extend_from_slice(format!("{branch:016x}").as_bytes());
+    push_hex16(out, branch);
     out.extend_from_slice(b";ftok=");
     out.extend_from_slice(token.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -1275,7 +1303,7 @@ fn write_route_uri(out: &mut Vec<u8>, side: &SideAddr, token: Option<&FlowToken>
     }
     out.extend_from_slice(side.host.as_bytes());
     out.push(b':');
-    out.extend_from_slice(side.port.to_string().as_bytes());
+    push_decimal(out, u64::from(side.port));
     out.extend_from_slice(b";transport=tls;lr>");
 }
 
@@ -1321,6 +1349,18 @@ fn remove_top_via(msg: &Message, splice: &mut Splice) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_std_formats_them() {
+        for n in [0u64, 1, 9, 10, 69, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+            out.clear();
+            push_hex16(&mut out, n);
+            assert_eq!(out, format!("{n:016x}").into_bytes());
+        }
+    }
     use crate::core::sip::parse::HeadLimits;
     use bytes::Bytes;
 

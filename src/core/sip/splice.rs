@@ -64,6 +64,17 @@ impl Splice {
         self.replace(span, b"");
     }
 
+    /// Replaces `span` with text produced by `write` (avoids a temporary string).
+    pub fn replace_with(&mut self, span: Span, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.text.len();
+        write(&mut self.text);
+        self.edits.push(Edit {
+            at: span,
+            text: Span::new(start, self.text.len()),
+            soft: false,
+        });
+    }
+
     pub fn replace(&mut self, span: Span, bytes: &[u8]) {
         let start = self.text.len();
         self.text.extend_from_slice(bytes);

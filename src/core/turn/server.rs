@@ -256,8 +256,6 @@ struct Allocation {
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
-    /// The channel bound to each peer (the reverse of `channels`).
-    channel_of_peer: HashMap<SocketAddr, u16>,
     /// The Allocate's transaction id and answer, for retransmissions over UDP.
     allocate_tx: ([u8; 12], Vec<u8>),
     /// Bandwidth used by this allocation, and by all of its user's.
@@ -693,7 +691,6 @@ impl Server {
                 expires,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
-                channel_of_peer: HashMap::new(),
                 allocate_tx: (c.transaction_id, answer.clone()),
                 meters: Meters::new(now),
                 user_meters,
@@ -898,7 +895,10 @@ impl Server {
                 return Err((400, "Channel Bound To Another Peer"));
             }
         }
-        if a.channel_of_peer.get(&peer).is_some_and(|n| *n != number) {
+        if a.channels
+            .iter()
+            .any(|(n, (p, _))| *p == peer && *n != number)
+        {
             return Err((400, "Peer Bound To Another Channel"));
         }
         let new_channel = !a.channels.contains_key(&number);
@@ -909,7 +909,6 @@ impl Server {
             return Err((508, "Insufficient Capacity"));
         }
         a.channels.insert(number, (peer, now + channel_lifetime));
-        a.channel_of_peer.insert(peer, number);
         a.permissions.insert(peer.ip(), now + permission_lifetime);
         let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
@@ -1031,11 +1030,13 @@ impl Server {
         }
         let len = u16::try_from(data.len()).map_err(|_| Dropped::Ignored)?;
         self.charge(a, Direction::ToClient, data.len(), now)?;
+        // At most `max_channels_per_allocation` entries, nearly always one or two: a scan
+        // costs less than hashing the peer's address.
         let bound = a
-            .channel_of_peer
-            .get(&peer)
-            .filter(|n| a.channels.get(n).is_some_and(|(_, e)| *e > now))
-            .copied();
+            .channels
+            .iter()
+            .find(|(_, (p, e))| *p == peer && *e > now)
+            .map(|(n, _)| *n);
         if let Some(number) = bound {
             let mut header = [0u8; channel::HEADER_LEN];
             channel::write_header(&mut header, number, len);
@@ -1194,12 +1195,12 @@ impl Server {
             {
                 return fail(format!("allocation {} over its caps", a.id));
             }
-            if a.channel_of_peer.len() != a.channels.len()
-                || a.channels
-                    .iter()
-                    .any(|(n, (peer, _))| a.channel_of_peer.get(peer) != Some(n))
-            {
-                return fail(format!("allocation {} channel maps disagree", a.id));
+            // RFC 8656 §12.2: one peer, one channel.
+            let mut peers: Vec<SocketAddr> = a.channels.values().map(|(p, _)| *p).collect();
+            peers.sort_unstable();
+            peers.dedup();
+            if peers.len() != a.channels.len() {
+                return fail(format!("allocation {} binds a peer twice", a.id));
             }
             if let Some(port) = a.reservation {
                 if self.reservations.get(&port).map(|r| r.owner) != Some(a.id) {
@@ -1296,8 +1297,6 @@ impl Server {
 fn prune(a: &mut Allocation, now: Instant) {
     a.permissions.retain(|_, e| *e > now);
     a.channels.retain(|_, (_, e)| *e > now);
-    let channels = &a.channels;
-    a.channel_of_peer.retain(|_, n| channels.contains_key(n));
 }
 
 fn permitted(a: &Allocation, peer: IpAddr, now: Instant) -> bool {
