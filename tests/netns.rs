@@ -213,6 +213,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
              [internal]\nsip = \"{INT_IP}:5061\"\n\
              [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
              [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
+             [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
              [keys]\nring = \"{ring}\"\n\
              [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n\
@@ -243,6 +244,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
              [internal]\nsip = \"{PARTNER_INT_IP}:5061\"\n\
              [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
              [next_hop]\nmembers = [\"{INET_IP}:5070\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
+             [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [federation]\nca = \"{our_ca}\"\n\
              [federation.partners.a]\nfqdn = \"{EDGE_FQDN}\"\ndomains = [\"{DOMAIN}\"]\naddresses = [\"{EXT_IP}:5061\"]\n",
             state = partner.dir.path().join("state").display(),
@@ -465,13 +467,13 @@ fn role_inside() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ops = format!("{INT_IP}:9095");
-        let mut health = String::new();
-        for _ in 0..50 {
-            health = http_get(&ops, "/healthz").await;
-            if health.starts_with("HTTP/1.1 200") {
-                break;
-            }
+        // Up once the Director answered `rise` probes (a second apart here): waited for
+        // by deadline, not by a count of polls that races the probe interval.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut health = http_get(&ops, "/healthz").await;
+        while !health.starts_with("HTTP/1.1 200") && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            health = http_get(&ops, "/healthz").await;
         }
         assert!(health.starts_with("HTTP/1.1 200"), "{health}");
         println!("PROVEN: the operations endpoints answer on the internal interface (/healthz 200)");
