@@ -10,11 +10,13 @@
 //! - [`shell`]: tokio. The only code with sockets, tasks and clocks; it moves bytes between
 //!   connections and the core.
 //! - [`obs`]: logging set-up and redaction.
+//! - [`sync`]: the policy on poisoned locks, in one place.
 
 pub mod core;
 #[doc(hidden)]
 pub mod fuzz_logic;
 pub mod obs;
 pub mod shell;
+pub mod sync;
 pub mod tls;
 pub mod topology;

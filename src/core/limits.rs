@@ -7,6 +7,7 @@
 //! after sweeping idle entries, new sources share one overflow entry, so a flood from many
 //! addresses degrades into one shared budget instead of unbounded memory.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -261,15 +262,12 @@ impl SourceGuard {
     /// Puts a new policy in force (reload): rates, bans and the allow-list apply from the
     /// next event; what each source has done so far is kept.
     pub fn set_policy(&self, policy: SourcePolicy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(policy);
+        *self.policy.write_unpoisoned() = std::sync::Arc::new(policy);
     }
 
     /// The policy in force (no lock is held while it is used).
     fn policy_now(&self) -> std::sync::Arc<SourcePolicy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.read_unpoisoned().clone()
     }
 
     pub fn allowed(&self, ip: IpAddr) -> bool {
@@ -313,12 +311,10 @@ impl SourceGuard {
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
-        // A panic while holding a shard cannot leave a torn entry (every update is a few
-        // field writes), so a poisoned lock is still usable.
-        match self.shards.get(i).unwrap_or_else(|| unreachable!()).lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.shards
+            .get(i)
+            .unwrap_or_else(|| unreachable!())
+            .lock_unpoisoned()
     }
 
     /// A new connection from `ip`. On `Ok` the caller must call [`Self::disconnected`] when

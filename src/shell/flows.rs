@@ -6,6 +6,7 @@
 //! shared by sender and receiver), so a peer that stops reading holds at most
 //! `limits.max_queued_bytes` of the edge's memory however large the messages are.
 
+use crate::sync::RwLockExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -116,23 +117,20 @@ impl FlowTable {
         if let Some(shard) = self.shard(id) {
             // A poisoned shard only means another task panicked mid-insert; the map itself
             // is still consistent (HashMap operations do not unwind half-way).
-            shard
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, handle);
+            shard.write_unpoisoned().insert(id, handle);
         }
     }
 
     pub fn remove(&self, id: FlowId) {
         if let Some(shard) = self.shard(id) {
-            shard.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            shard.write_unpoisoned().remove(&id);
         }
     }
 
     /// Queues bytes on a flow without waiting.
     pub fn send(&self, id: FlowId, bytes: Bytes) -> Result<(), SendError> {
         let shard = self.shard(id).ok_or(SendError::Gone)?;
-        let map = shard.read().unwrap_or_else(|e| e.into_inner());
+        let map = shard.read_unpoisoned();
         let handle = map.get(&id).ok_or(SendError::Gone)?;
         // try_send never waits, so holding the read lock across it is cheap.
         handle.try_send(bytes)
@@ -141,7 +139,7 @@ impl FlowTable {
     /// Queues bytes from a connection in zone `from` on a flow of the other zone.
     pub fn send_across(&self, id: FlowId, from: Side, bytes: Bytes) -> Result<(), SendError> {
         let shard = self.shard(id).ok_or(SendError::Gone)?;
-        let map = shard.read().unwrap_or_else(|e| e.into_inner());
+        let map = shard.read_unpoisoned();
         let handle = map.get(&id).ok_or(SendError::Gone)?;
         if handle.side == from {
             return Err(SendError::SameZone);
@@ -154,7 +152,7 @@ impl FlowTable {
         let mut external = 0;
         let mut internal = 0;
         for shard in &self.shards {
-            for handle in shard.read().unwrap_or_else(|e| e.into_inner()).values() {
+            for handle in shard.read_unpoisoned().values() {
                 match handle.side {
                     Side::External => external += 1,
                     Side::Internal => internal += 1,
@@ -165,10 +163,7 @@ impl FlowTable {
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.read_unpoisoned().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

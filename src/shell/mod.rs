@@ -19,6 +19,7 @@ pub mod pool;
 pub mod turn;
 pub mod udp;
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -307,10 +308,7 @@ pub struct Reloaded {
 impl Shared {
     /// The limits in force now.
     pub fn limits(&self) -> Arc<ConnLimits> {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.limits.read_unpoisoned().clone()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -321,7 +319,7 @@ impl Shared {
     pub fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         // A panic while holding it cannot leave a torn entry (each update is a few map
         // operations), so a poisoned lock is still usable.
-        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        self.calls.lock_unpoisoned()
     }
 
     /// Calls crossing the edge now (expired ones dropped first).
@@ -471,11 +469,7 @@ fn serving_certificates(t: &Topology, dev: Option<&DevPki>) -> Result<Serving, T
 impl RunningEdge {
     /// How long a drain may take, as the running topology says.
     pub fn drain_timeout(&self) -> Duration {
-        self.topology
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .limits
-            .drain_timeout
+        self.topology.lock_unpoisoned().limits.drain_timeout
     }
 
     /// Reloads from a new topology (SIGHUP): the certificates are read again and serve every
@@ -484,7 +478,7 @@ impl RunningEdge {
     /// differs needs a restart: the reload is then refused whole, naming what, and nothing
     /// changes. A certificate that does not load is refused the same way.
     pub fn reload(&self, new: &Topology) -> Result<Reloaded, ReloadError> {
-        let mut running = self.topology.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self.topology.lock_unpoisoned();
         let fixed = restart_only_changes(&running, new);
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed));
@@ -508,11 +502,7 @@ impl RunningEdge {
             || running.firewall.connection_request_rate != new.firewall.connection_request_rate
             || running.firewall.connection_request_burst != new.firewall.connection_request_burst
         {
-            *self
-                .shared
-                .limits
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = Arc::new(conn_limits(new));
+            *self.shared.limits.write_unpoisoned() = Arc::new(conn_limits(new));
             changed.push("limits");
         }
         if running.firewall != new.firewall {
@@ -549,11 +539,7 @@ impl RunningEdge {
                 .map(|(role, s)| (*role, s.sans.clone()))
                 .collect(),
         };
-        *self
-            .shared
-            .certificates
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = summaries;
+        *self.shared.certificates.write_unpoisoned() = summaries;
         *running = new.clone();
         tracing::info!(?reloaded, "reloaded");
         Ok(reloaded)

@@ -10,6 +10,7 @@
 //! Small and strict: a head of at most 8 KiB and a body of at most 4 KiB within 5 s,
 //! `Connection: close`; anything else gets a clear 4xx.
 
+use crate::sync::RwLockExt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -145,8 +146,7 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
             let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
             let expired = shared
                 .certificates
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+                .read_unpoisoned()
                 .iter()
                 .find(|(_, c)| c.not_after < now_unix)
                 .map(|(role, _)| *role);
@@ -313,8 +313,7 @@ pub fn status(shared: &Shared, now: Instant) -> String {
     let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
     let certificates: Vec<_> = shared
         .certificates
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
+        .read_unpoisoned()
         .iter()
         .map(|(role, c)| {
             let left = c.not_after - now_unix;

@@ -13,6 +13,7 @@
 //! domains from the inside cannot grow it without bound, nor can one from outside grow the
 //! per-domain rate table.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,24 +161,20 @@ impl Partners {
     pub fn reconfigure(&self, config: Config) {
         let keys: Vec<PartnerId> = config.federation.iter().map(|(id, _)| id).collect();
         {
-            let mut stats = self.stats.write().unwrap_or_else(|e| e.into_inner());
+            let mut stats = self.stats.write_unpoisoned();
             stats.retain(|id, _| keys.contains(id));
             for id in &keys {
                 stats.entry(*id).or_default();
             }
         }
         self.listed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .retain(|id, _| keys.contains(id));
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        *self.config.write_unpoisoned() = Arc::new(config);
     }
 
     fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read_unpoisoned().clone()
     }
 
     pub fn set_shared(&self, shared: &Arc<Shared>) {
@@ -194,11 +191,11 @@ impl Partners {
         match t {
             Target::Listed(p) => {
                 self.config().federation.get(*p)?;
-                let mut listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+                let mut listed = self.listed.lock_unpoisoned();
                 Some(f(listed.entry(*p).or_default()))
             }
             Target::Discovered(d) => {
-                let mut table = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+                let mut table = self.discovered.lock_unpoisoned();
                 if !table.contains_key(d) {
                     if table.len() >= MAX_DISCOVERED {
                         // Forget discovered partners with nothing going on.
@@ -216,12 +213,7 @@ impl Partners {
 
     fn stats(&self, t: &Target) -> Option<Arc<PartnerStats>> {
         match t {
-            Target::Listed(p) => self
-                .stats
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(p)
-                .cloned(),
+            Target::Listed(p) => self.stats.read_unpoisoned().get(p).cloned(),
             Target::Discovered(_) => None,
         }
     }
@@ -240,7 +232,7 @@ impl Partners {
 
     /// Counters of every listed partner, in the order of [`Partners::federation`].
     pub fn stats_by_partner(&self) -> Vec<(String, Arc<PartnerStats>)> {
-        let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        let stats = self.stats.read_unpoisoned();
         self.federation()
             .iter()
             .filter_map(|(id, p)| Some((p.label().to_string(), stats.get(&id)?.clone())))
@@ -280,10 +272,7 @@ impl Partners {
     pub fn admit_discovered(&self, domain: &[u8], now: Instant) -> Result<(), Duration> {
         let domain = String::from_utf8_lossy(domain).to_ascii_lowercase();
         let verdict = {
-            let mut rates = self
-                .discovered_rates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut rates = self.discovered_rates.lock_unpoisoned();
             if !rates.contains_key(&domain) && rates.len() >= MAX_DISCOVERED_RATES {
                 // Entries whose bucket has refilled carry no history worth keeping.
                 rates.retain(|_, g| !g.is_idle(now));
@@ -542,7 +531,7 @@ impl Partners {
 
     /// Connections up per listed partner (for `/metrics`).
     pub fn connections(&self) -> Vec<usize> {
-        let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let listed = self.listed.lock_unpoisoned();
         self.federation()
             .iter()
             .map(|(id, _)| listed.get(&id).map_or(0, |s| s.flows.len()))
@@ -552,8 +541,7 @@ impl Partners {
     /// Connections up to discovered partners (for `/metrics`).
     pub fn discovered_connections(&self) -> usize {
         self.discovered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .values()
             .map(|s| s.flows.len())
             .sum()

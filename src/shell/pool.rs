@@ -6,6 +6,7 @@
 //! Per message, picking a member reads a few atomics: no lock. Each member's transaction
 //! table and health belong to its own task.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,15 +68,15 @@ pub struct Probes {
 impl Member {
     /// The last probe answer: when (Unix seconds), status, round trip.
     pub fn last_probe(&self) -> Option<(u64, u16, Duration)> {
-        self.probes.lock().unwrap_or_else(|e| e.into_inner()).last
+        self.probes.lock_unpoisoned().last
     }
 
     fn probe_sent(&self, now: Instant) {
-        self.probes.lock().unwrap_or_else(|e| e.into_inner()).sent = Some(now);
+        self.probes.lock_unpoisoned().sent = Some(now);
     }
 
     fn probe_answered(&self, status: u16, now: Instant) {
-        let mut p = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.probes.lock_unpoisoned();
         if let Some(sent) = p.sent.take() {
             p.last = Some((
                 clock::now_unix(),
@@ -122,10 +123,7 @@ impl Pool {
 
     /// The members now (a snapshot).
     pub fn members(&self) -> Arc<[Arc<Member>]> {
-        self.members
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.members.read_unpoisoned().clone()
     }
 
     /// The member with this id, retiring ones included.
@@ -136,8 +134,7 @@ impl Pool {
             .cloned()
             .or_else(|| {
                 self.retiring
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .lock_unpoisoned()
                     .iter()
                     .find(|m| m.id == id)
                     .cloned()
@@ -169,13 +166,13 @@ impl Pool {
             list.push(member.clone());
             added.push((member, rx));
         }
-        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retiring = self.retiring.lock_unpoisoned();
         for m in old.iter().filter(|m| !addrs.contains(&m.addr)) {
             m.retired.store(true, Ordering::Relaxed);
             retiring.push(m.clone());
         }
         retiring.retain(|m| m.outstanding() > 0);
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(list);
+        *self.members.write_unpoisoned() = Arc::from(list);
         added
     }
 
@@ -184,8 +181,7 @@ impl Pool {
     pub fn outstanding(&self) -> usize {
         let retiring: usize = self
             .retiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .iter()
             .map(|m| m.outstanding())
             .sum();

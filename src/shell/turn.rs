@@ -4,6 +4,7 @@
 //! of established allocations reads, everything else writes; the packets it decides to send
 //! are sent after the lock is released. UDP goes through [`super::udp`]'s batched I/O.
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -199,11 +200,11 @@ impl Turn {
     fn lock_server(&self) -> std::sync::RwLockWriteGuard<'_, Server> {
         // A panic under the lock cannot leave the map half-updated in a way that matters
         // more than stopping the relay would.
-        self.server.write().unwrap_or_else(|e| e.into_inner())
+        self.server.write_unpoisoned()
     }
 
     fn read_server(&self) -> std::sync::RwLockReadGuard<'_, Server> {
-        self.server.read().unwrap_or_else(|e| e.into_inner())
+        self.server.read_unpoisoned()
     }
 
     pub fn allocations(&self) -> usize {
@@ -217,8 +218,7 @@ impl Turn {
 
     fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<BatchSocket>> {
         self.relays
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .get(&relay)
             .map(|(s, _)| s.clone())
     }
@@ -235,12 +235,7 @@ impl Turn {
     /// Queues bytes for a TCP client; a client that does not read loses packets, not the
     /// relay's memory.
     fn to_tcp_client(&self, tuple: &FiveTuple, bytes: Vec<u8>) {
-        let tx = self
-            .tcp_clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tuple)
-            .cloned();
+        let tx = self.tcp_clients.lock_unpoisoned().get(tuple).cloned();
         let len = bytes.len();
         if tx.is_some_and(|tx| tx.try_send(bytes)) {
             self.stats.relayed(false, 1, len);
@@ -288,13 +283,9 @@ impl Turn {
                         let reader = sock.clone();
                         let task = self
                             .tasks
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
+                            .lock_unpoisoned()
                             .spawn(this.relay_task(relay, reader));
-                        self.relays
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(relay, (sock, task));
+                        self.relays.write_unpoisoned().insert(relay, (sock, task));
                     }
                     Err(e) => {
                         tracing::warn!(%relay, error = %e, "cannot bind a relayed socket");
@@ -305,12 +296,7 @@ impl Turn {
                     }
                 },
                 Output::CloseRelay { relay } => {
-                    if let Some((_, task)) = self
-                        .relays
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&relay)
-                    {
+                    if let Some((_, task)) = self.relays.write_unpoisoned().remove(&relay) {
                         task.abort();
                     }
                 }
@@ -521,10 +507,7 @@ impl Turn {
             };
             let this = self.clone();
             let task = this.tcp_client(stream, tuple, origin, (slot, ticket));
-            self.tasks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .spawn(task);
+            self.tasks.lock_unpoisoned().spawn(task);
         }
     }
 
@@ -543,17 +526,14 @@ impl Turn {
             let (mut reader, mut writer) = stream.into_split();
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
             let queued = Arc::new(AtomicUsize::new(0));
-            self.tcp_clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    tuple,
-                    TcpQueue {
-                        tx,
-                        queued: queued.clone(),
-                        max_bytes: self.tcp_limits.max_queued_bytes,
-                    },
-                );
+            self.tcp_clients.lock_unpoisoned().insert(
+                tuple,
+                TcpQueue {
+                    tx,
+                    queued: queued.clone(),
+                    max_bytes: self.tcp_limits.max_queued_bytes,
+                },
+            );
             let write = tokio::spawn(async move {
                 while let Some(bytes) = rx.recv().await {
                     let len = bytes.len();
@@ -627,10 +607,7 @@ impl Turn {
                     break;
                 }
             }
-            self.tcp_clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&tuple);
+            self.tcp_clients.lock_unpoisoned().remove(&tuple);
             let mut out = Vec::new();
             self.lock_server().client_closed(tuple, &mut out);
             self.execute(out).await;
@@ -800,7 +777,7 @@ impl Turn {
             tokio::select! {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                 _ = shutdown.changed() => {
-                    self.tasks.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+                    self.tasks.lock_unpoisoned().abort_all();
                     return;
                 }
             }
@@ -896,7 +873,7 @@ pub async fn start(
         tasks: Mutex::new(JoinSet::new()),
     });
     {
-        let mut tasks = turn.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = turn.tasks.lock_unpoisoned();
         for (sock, origin) in sockets {
             tasks.spawn(turn.clone().client_loop(sock, origin));
         }
@@ -905,10 +882,7 @@ pub async fn start(
     for (listener, origin) in tcp {
         bound_tcp.push(listener.local_addr()?);
         let task = turn.clone().tcp_accept_loop(listener, origin);
-        turn.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .spawn(task);
+        turn.tasks.lock_unpoisoned().spawn(task);
     }
     tokio::spawn(turn.clone().expiry_loop(shutdown));
     Ok((turn, bound, bound_tcp))

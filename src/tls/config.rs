@@ -12,6 +12,7 @@
 //!
 //! Identity is subjectAltName only; the subject CN is never read.
 
+use crate::sync::RwLockExt;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::ClientConfig;
@@ -54,14 +55,11 @@ impl CertSlot {
 
     /// Installs what [`CertSlot::prepare`] checked: new handshakes use it from now on.
     pub fn install(&self, key: Arc<rustls::sign::CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        *self.current.write_unpoisoned() = key;
     }
 
     fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read_unpoisoned().clone()
     }
 }
 

@@ -18,6 +18,7 @@
 //!
 //! It does not own connections: it names flows by [`FlowId`] and the shell resolves them.
 
+use crate::sync::RwLockExt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
@@ -252,29 +253,23 @@ impl Proxy {
 
     /// Puts new next-hop members in force (reload).
     pub fn set_next_hops(&self, members: &[SocketAddr]) {
-        *self.next_hops.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(members.to_vec());
+        *self.next_hops.write_unpoisoned() = Arc::from(members.to_vec());
     }
 
     /// The partners in force now.
     pub fn federation(&self) -> Arc<Federation> {
-        self.federation
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.federation.read_unpoisoned().clone()
     }
 
     /// Puts new partners in force (reload): from the next message on.
     pub fn set_federation(&self, federation: Arc<Federation>) {
-        *self.federation.write().unwrap_or_else(|e| e.into_inner()) = federation;
+        *self.federation.write_unpoisoned() = federation;
     }
 
     /// Puts a new list of operator-named headers to strip from outside in force (reload).
     pub fn set_strip_headers(&self, names: &[String]) {
         let names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        *self
-            .strip_headers
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::from(names);
+        *self.strip_headers.write_unpoisoned() = Arc::from(names);
     }
 
     pub fn keys(&self) -> &FlowKeys {
@@ -995,11 +990,7 @@ impl Proxy {
         if port == self.cfg.external.port || port == self.cfg.internal.port {
             return false;
         }
-        let next_hops = self
-            .next_hops
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let next_hops = self.next_hops.read_unpoisoned().clone();
         let text = std::str::from_utf8(host).unwrap_or_default();
         let ip = text
             .trim_start_matches('[')
@@ -1070,11 +1061,7 @@ impl Proxy {
 
     /// Removes what only a trust domain may set: the built-in list and the operator's.
     fn strip_from_outside(&self, msg: &Message, splice: &mut Splice) {
-        let extra = self
-            .strip_headers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let extra = self.strip_headers.read_unpoisoned().clone();
         for h in &msg.head.headers {
             let strip = h.name.carries_trust()
                 || (h.name == HeaderName::Other
