@@ -144,6 +144,22 @@ impl Writer {
     }
 }
 
+/// The 420 answer to a request with comprehension-required attributes the relay does not
+/// honour, naming them in UNKNOWN-ATTRIBUTES (RFC 8489 §14.13). Unsigned: it answers before
+/// authentication.
+pub fn unknown_attributes_answer(checked: &Checked) -> Vec<u8> {
+    let refused = super::error::Refused::UnknownAttribute;
+    let unknown: Vec<u8> = checked
+        .unknown_required()
+        .iter()
+        .flat_map(|k| k.to_be_bytes())
+        .collect();
+    let mut w = Writer::new(Class::Error, checked.method, checked.transaction_id);
+    w.error_code(refused.code(), refused.reason())
+        .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
+    w.finish_with_fingerprint()
+}
+
 /// The answer to a Binding request from `source` (RFC 8489 §7.3.1): XOR-MAPPED-ADDRESS, or
 /// 420 with UNKNOWN-ATTRIBUTES. `None` for anything that is not a Binding request.
 pub fn binding_response(checked: &Checked, source: SocketAddr) -> Option<Vec<u8>> {
@@ -151,15 +167,7 @@ pub fn binding_response(checked: &Checked, source: SocketAddr) -> Option<Vec<u8>
         return None;
     }
     if !checked.unknown_required().is_empty() {
-        let mut w = Writer::new(Class::Error, BINDING, checked.transaction_id);
-        let unknown: Vec<u8> = checked
-            .unknown_required()
-            .iter()
-            .flat_map(|k| k.to_be_bytes())
-            .collect();
-        w.error_code(420, "Unknown Attribute")
-            .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
-        return Some(w.finish_with_fingerprint());
+        return Some(unknown_attributes_answer(checked));
     }
     // No SOFTWARE: an answer anyone can draw carries nothing it need not (amplification,
     // reconnaissance).

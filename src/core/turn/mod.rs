@@ -5,6 +5,7 @@
 //! - [`stun`]: the strict STUN message check that runs before any attribute is trusted;
 //! - [`auth`]: long-term credential authentication with REST usernames;
 //! - [`encode`]: writing STUN messages, and the Binding responder;
+//! - [`error`]: why a request is refused, mapped once to its code and reason;
 //! - [`policy`]: which peers a relay may reach;
 //! - [`bandwidth`]: byte-rate budgets per allocation and per user.
 //!
@@ -15,6 +16,7 @@ pub mod bandwidth;
 pub mod channel;
 pub mod demux;
 pub mod encode;
+pub mod error;
 pub mod nonce;
 pub mod policy;
 pub mod ports;

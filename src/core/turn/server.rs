@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::auth::{authenticate, AuthContext, AuthError};
+use super::auth::{authenticate, AuthContext};
 use super::bandwidth::{Budget, Direction, Meters};
 use super::channel::{self, CHANNEL_MAX, CHANNEL_MIN};
 use super::demux::{classify, PacketKind};
-use super::encode::{binding_response, Writer, BINDING, SOFTWARE};
+use super::encode::{binding_response, unknown_attributes_answer, Writer, BINDING, SOFTWARE};
+use super::error::{BadRequest, Refused};
 use super::policy::{Origin, PeerPolicy};
 use super::ports::Ports;
 use super::strangers::{StrangerLimits, Strangers};
@@ -308,9 +309,6 @@ pub struct Server {
 /// How long a reserved port waits for its RESERVATION-TOKEN (RFC 8656 §7.1: 30 s).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// An error answer: its code and reason phrase.
-type Refusal = (u16, &'static str);
-
 /// The user a REST username (`<expiry>:<user>`) names; the whole name otherwise.
 pub fn user_of(username: &str) -> &str {
     match username.split_once(':') {
@@ -434,18 +432,11 @@ impl Server {
             c.method,
             ALLOCATE | REFRESH | CREATE_PERMISSION | CHANNEL_BIND
         ) {
-            return self.answer_stranger(tuple, error(c, 400, "Unknown Method", None), now, out);
+            let refused = Refused::BadRequest(BadRequest::UnknownMethod);
+            return self.answer_stranger(tuple, error(c, refused, None), now, out);
         }
         if !c.unknown_required().is_empty() {
-            let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
-            let unknown: Vec<u8> = c
-                .unknown_required()
-                .iter()
-                .flat_map(|k| k.to_be_bytes())
-                .collect();
-            w.error_code(420, "Unknown Attribute")
-                .attr(attr::UNKNOWN_ATTRIBUTES, &unknown);
-            return self.answer_stranger(tuple, w.finish_with_fingerprint(), now, out);
+            return self.answer_stranger(tuple, unknown_attributes_answer(c), now, out);
         }
         // A retransmitted Allocate over UDP gets the same answer (RFC 8656 §7.2).
         if c.method == ALLOCATE {
@@ -464,12 +455,8 @@ impl Server {
             Err(e) => {
                 let nonce = auth.nonces.issue(tuple.client.ip(), now_unix);
                 let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
-                let reason = match e {
-                    AuthError::Unauthorized => "Unauthorized",
-                    AuthError::StaleNonce => "Stale Nonce",
-                    AuthError::BadRequest => "Bad Request",
-                };
-                w.error_code(e.code(), reason)
+                let refused = Refused::from(e);
+                w.error_code(refused.code(), refused.reason())
                     .attr(attr::REALM, auth.realm.as_bytes())
                     .attr(attr::NONCE, nonce.as_bytes());
                 return self.answer_stranger(tuple, w.finish_with_fingerprint(), now, out);
@@ -484,7 +471,7 @@ impl Server {
         };
         let bytes = match result {
             Ok(bytes) => bytes,
-            Err((code, reason)) => error(c, code, reason, Some(&key)),
+            Err(refused) => error(c, refused, Some(&key)),
         };
         out.push(Output::ToClient { tuple, bytes });
         Ok(())
@@ -492,16 +479,16 @@ impl Server {
 
     /// Whether `user` and `source` may hold `more` allocations or reservations beyond what
     /// they hold, within the total too.
-    fn quota(&self, user: &str, source: SourceKey, more: usize) -> Result<(), Refusal> {
+    fn quota(&self, user: &str, source: SourceKey, more: usize) -> Result<(), Refused> {
         let of_user = self.per_user.get(user).map_or(0, |u| u.holds);
         let of_source = self.per_source.get(&source).copied().unwrap_or(0);
         if of_user + more > self.cfg.max_allocations_per_user
             || of_source + more > self.cfg.max_allocations_per_source
         {
-            return Err((486, "Allocation Quota Reached"));
+            return Err(Refused::AllocationQuotaReached);
         }
         if self.held + more > self.cfg.max_allocations {
-            return Err((508, "Insufficient Capacity"));
+            return Err(Refused::InsufficientCapacity);
         }
         Ok(())
     }
@@ -549,40 +536,42 @@ impl Server {
         key: [u8; 16],
         now: Instant,
         out: &mut Vec<Output>,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Vec<u8>, Refused> {
         if self.allocations.contains_key(&tuple) {
-            return Err((437, "Allocation Mismatch"));
+            return Err(Refused::AllocationMismatch);
         }
         let transport = value(packet, c, attr::REQUESTED_TRANSPORT)
-            .ok_or((400, "Missing REQUESTED-TRANSPORT"))?;
+            .ok_or(Refused::BadRequest(BadRequest::MissingRequestedTransport))?;
         if transport.first() != Some(&UDP) {
-            return Err((442, "Unsupported Transport Protocol"));
+            return Err(Refused::UnsupportedTransportProtocol);
         }
         let token = value(packet, c, attr::RESERVATION_TOKEN);
         if token.is_some() && c.get(attr::EVEN_PORT).is_some() {
             // RFC 8656 §7.2: the two attributes exclude each other.
-            return Err((400, "EVEN-PORT With RESERVATION-TOKEN"));
+            return Err(Refused::BadRequest(
+                BadRequest::EvenPortWithReservationToken,
+            ));
         }
         // RFC 8656 §7.2: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY exclude each other; an
         // additional IPv6 relay is not offered (single-family relays): the IPv4 allocation
         // succeeds with ADDRESS-ERROR-CODE 440 for the family not granted.
         let additional = value(packet, c, attr::ADDITIONAL_ADDRESS_FAMILY);
         if additional.is_some() && c.get(attr::REQUESTED_ADDRESS_FAMILY).is_some() {
-            return Err((400, "Both Address Family Attributes"));
+            return Err(Refused::BadRequest(BadRequest::BothAddressFamilyAttributes));
         }
         let additional_refused = match additional.and_then(|v| v.first().copied()) {
             None => None,
             Some(0x02) => Some(0x02u8),
-            Some(_) => return Err((400, "Bad ADDITIONAL-ADDRESS-FAMILY")),
+            Some(_) => return Err(Refused::BadRequest(BadRequest::BadAdditionalAddressFamily)),
         };
         if let Some(family) = value(packet, c, attr::REQUESTED_ADDRESS_FAMILY) {
             let wanted_v6 = match family.first() {
                 Some(0x01) => false,
                 Some(0x02) => true,
-                _ => return Err((400, "Bad REQUESTED-ADDRESS-FAMILY")),
+                _ => return Err(Refused::BadRequest(BadRequest::BadRequestedAddressFamily)),
             };
             if wanted_v6 != self.cfg.relay_ip.is_ipv6() {
-                return Err((440, "Address Family not Supported"));
+                return Err(Refused::AddressFamilyNotSupported);
             }
         }
         let user: Arc<str> = Arc::from(user_of(&username));
@@ -598,13 +587,13 @@ impl Server {
             Some(token) => {
                 let token: [u8; 8] = token
                     .try_into()
-                    .map_err(|_| (400, "Bad RESERVATION-TOKEN"))?;
+                    .map_err(|_| Refused::BadRequest(BadRequest::BadReservationToken))?;
                 let port = self
                     .reservation_tokens
                     .get(&token)
                     .copied()
                     .filter(|p| self.reservations.get(p).is_some_and(|r| r.expires > now))
-                    .ok_or((508, "Insufficient Capacity"))?;
+                    .ok_or(Refused::InsufficientCapacity)?;
                 self.quota(&user, source, 1)
                     .or_else(|e| self.quota_after_claim(port, &user, source).ok_or(e))?;
                 self.end_reservation(port, false);
@@ -614,7 +603,7 @@ impl Server {
                 self.quota(&user, source, 1 + usize::from(reserve_next))?;
                 self.ports
                     .take(even_port.is_some(), reserve_next)
-                    .ok_or((508, "Insufficient Capacity"))?
+                    .ok_or(Refused::InsufficientCapacity)?
             }
         };
         let id = self.next_id;
@@ -738,12 +727,12 @@ impl Server {
             .clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
     }
 
-    fn owned(&mut self, tuple: FiveTuple, username: &str) -> Result<&mut Allocation, Refusal> {
+    fn owned(&mut self, tuple: FiveTuple, username: &str) -> Result<&mut Allocation, Refused> {
         match self.allocations.get_mut(&tuple) {
             Some(a) if a.username == username => Ok(a),
             // RFC 8656 §7: a request for an allocation made with other credentials.
-            Some(_) => Err((441, "Wrong Credentials")),
-            None => Err((437, "Allocation Mismatch")),
+            Some(_) => Err(Refused::WrongCredentials),
+            None => Err(Refused::AllocationMismatch),
         }
     }
 
@@ -755,7 +744,7 @@ impl Server {
         username: &str,
         now: Instant,
         out: &mut Vec<Output>,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Vec<u8>, Refused> {
         let asked = value(packet, c, attr::LIFETIME)
             .and_then(|v| v.first_chunk::<4>())
             .map(|b| u32::from_be_bytes(*b));
@@ -782,7 +771,7 @@ impl Server {
     }
 
     /// Every XOR-PEER-ADDRESS of a request (CreatePermission may carry several).
-    fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, Refusal> {
+    fn peers(&self, packet: &[u8], c: &Checked) -> Result<Vec<SocketAddr>, Refused> {
         let mut peers = Vec::new();
         for a in c
             .attributes()
@@ -791,13 +780,14 @@ impl Server {
         {
             let v = packet
                 .get(a.start..a.start + a.len)
-                .ok_or((400, "Bad XOR-PEER-ADDRESS"))?;
+                .ok_or(Refused::BadRequest(BadRequest::BadPeerAddress))?;
             peers.push(
-                decode_xor_address(v, &c.transaction_id).ok_or((400, "Bad XOR-PEER-ADDRESS"))?,
+                decode_xor_address(v, &c.transaction_id)
+                    .ok_or(Refused::BadRequest(BadRequest::BadPeerAddress))?,
             );
         }
         if peers.is_empty() {
-            return Err((400, "Missing XOR-PEER-ADDRESS"));
+            return Err(Refused::BadRequest(BadRequest::MissingPeerAddress));
         }
         Ok(peers)
     }
@@ -807,14 +797,14 @@ impl Server {
         a_relay: SocketAddr,
         origin: Origin,
         peer: SocketAddr,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Refused> {
         if peer.is_ipv6() != a_relay.is_ipv6() {
-            return Err((443, "Peer Address Family Mismatch"));
+            return Err(Refused::PeerAddressFamilyMismatch);
         }
         self.cfg
             .policy
             .check(peer.ip(), origin)
-            .map_err(|_| (403, "Forbidden"))
+            .map_err(|_| Refused::Forbidden)
     }
 
     fn create_permission(
@@ -824,7 +814,7 @@ impl Server {
         c: &Checked,
         username: &str,
         now: Instant,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Vec<u8>, Refused> {
         let peers = self.peers(packet, c)?;
         let (relay, origin) = {
             let a = self.owned(tuple, username)?;
@@ -844,7 +834,7 @@ impl Server {
             .collect::<std::collections::HashSet<_>>()
             .len();
         if a.permissions.len() + new > max {
-            return Err((508, "Insufficient Capacity"));
+            return Err(Refused::InsufficientCapacity);
         }
         for peer in peers {
             a.permissions.insert(peer.ip(), expires);
@@ -862,19 +852,19 @@ impl Server {
         c: &Checked,
         username: &str,
         now: Instant,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Vec<u8>, Refused> {
         let number = value(packet, c, attr::CHANNEL_NUMBER)
             .and_then(|v| v.first_chunk::<2>())
             .map(|b| u16::from_be_bytes(*b))
             .filter(|n| (CHANNEL_MIN..=CHANNEL_MAX).contains(n))
-            .ok_or((400, "Bad CHANNEL-NUMBER"))?;
+            .ok_or(Refused::BadRequest(BadRequest::BadChannelNumber))?;
         let peers = self.peers(packet, c)?;
         let [peer] = peers.as_slice() else {
-            return Err((400, "One XOR-PEER-ADDRESS"));
+            return Err(Refused::BadRequest(BadRequest::OnePeerAddress));
         };
         let peer = *peer;
         if peer.port() == 0 {
-            return Err((400, "Bad Peer Port"));
+            return Err(Refused::BadRequest(BadRequest::BadPeerPort));
         }
         let (relay, origin) = {
             let a = self.owned(tuple, username)?;
@@ -892,21 +882,21 @@ impl Server {
         // RFC 8656 §12.2: a channel is bound to one peer and a peer to one channel.
         if let Some((bound, _)) = a.channels.get(&number) {
             if *bound != peer {
-                return Err((400, "Channel Bound To Another Peer"));
+                return Err(Refused::BadRequest(BadRequest::ChannelBoundToAnotherPeer));
             }
         }
         if a.channels
             .iter()
             .any(|(n, (p, _))| *p == peer && *n != number)
         {
-            return Err((400, "Peer Bound To Another Channel"));
+            return Err(Refused::BadRequest(BadRequest::PeerBoundToAnotherChannel));
         }
         let new_channel = !a.channels.contains_key(&number);
         let new_permission = !a.permissions.contains_key(&peer.ip());
         if (new_channel && a.channels.len() >= max_channels)
             || (new_permission && a.permissions.len() >= max_permissions)
         {
-            return Err((508, "Insufficient Capacity"));
+            return Err(Refused::InsufficientCapacity);
         }
         a.channels.insert(number, (peer, now + channel_lifetime));
         a.permissions.insert(peer.ip(), now + permission_lifetime);
@@ -1320,9 +1310,9 @@ fn sha256(c: &Checked) -> bool {
 }
 
 /// An error answer: no SOFTWARE (nothing an attacker needs, fewer bytes to draw).
-fn error(c: &Checked, code: u16, reason: &str, key: Option<&[u8; 16]>) -> Vec<u8> {
+fn error(c: &Checked, refused: Refused, key: Option<&[u8; 16]>) -> Vec<u8> {
     let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
-    w.error_code(code, reason);
+    w.error_code(refused.code(), refused.reason());
     if let Some(key) = key {
         w.sign(key, sha256(c));
     }
