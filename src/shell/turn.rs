@@ -680,11 +680,7 @@ impl Turn {
             }
             ToClient::Channel(header) => {
                 // TCP: header, data and padding to 4, queued for the client's writer.
-                let mut bytes = Vec::with_capacity(HEADER + len + 3);
-                bytes.extend_from_slice(&header);
-                bytes.extend_from_slice(data);
-                bytes.resize(bytes.len() + channel::stream_padding(len), 0);
-                return self.to_tcp_client(&tuple, bytes);
+                return self.to_tcp_client(&tuple, channel::framed(&header, data, true));
             }
             ToClient::Indication if tuple.transport == Transport::Tcp => {
                 return self.to_tcp_client(&tuple, scratch.clone());
@@ -729,11 +725,7 @@ impl Turn {
                     bytes += data.len();
                 }
                 Ok((tuple, ToClient::Channel(header))) => {
-                    let mut frame = Vec::with_capacity(HEADER + data.len() + 3);
-                    frame.extend_from_slice(&header);
-                    frame.extend_from_slice(data);
-                    frame.resize(frame.len() + channel::stream_padding(data.len()), 0);
-                    self.to_tcp_client(&tuple, frame);
+                    self.to_tcp_client(&tuple, channel::framed(&header, data, true));
                 }
                 Ok((tuple, ToClient::Indication)) => {
                     if tuple.transport == Transport::Tcp {

@@ -82,6 +82,18 @@ pub fn stream_padding(len: usize) -> usize {
     (HEADER_LEN + len).next_multiple_of(4) - HEADER_LEN - len
 }
 
+/// A whole ChannelData message in a buffer of its own: `header`, `data`, and on a stream
+/// transport the padding to a multiple of 4 (RFC 8656 §12.5).
+pub fn framed(header: &[u8; HEADER_LEN], data: &[u8], stream: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + data.len() + 3);
+    out.extend_from_slice(header);
+    out.extend_from_slice(data);
+    if stream {
+        out.resize(out.len() + stream_padding(data.len()), 0);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +149,14 @@ mod tests {
         assert_eq!(stream_padding(5), 3);
         assert_eq!(stream_padding(4), 0);
         assert_eq!(stream_padding(172), 0);
+        let mut h = [0u8; HEADER_LEN];
+        write_header(&mut h, 0x4001, 5);
+        assert_eq!(framed(&h, b"hello", true).len(), 12);
+        assert_eq!(framed(&h, b"hello", false).len(), 9);
+        assert_eq!(
+            parse(&framed(&h, b"hello", true), true).map(|m| m.data),
+            Ok(&b"hello"[..])
+        );
     }
 }
 

@@ -1063,13 +1063,7 @@ impl Server {
         let (tuple, framing) = self.peer_to_client(relay, peer, data, now, &mut scratch)?;
         let bytes = match framing {
             ToClient::Channel(header) => {
-                let mut b = Vec::with_capacity(channel::HEADER_LEN + data.len() + 3);
-                b.extend_from_slice(&header);
-                b.extend_from_slice(data);
-                if tuple.transport == Transport::Tcp {
-                    b.resize(b.len() + channel::stream_padding(data.len()), 0);
-                }
-                b
+                channel::framed(&header, data, tuple.transport == Transport::Tcp)
             }
             ToClient::Indication => scratch,
         };
