@@ -6,8 +6,11 @@
 //!   [`RunningEdge`] that stops on demand. `sipedge run` and the integration tests both use it.
 //! - [`listen`]: accept loops (TLS handshake timeout, connection cap).
 //! - [`conn`]: one SIP connection. [`pool`]: the next-hop pool. [`flows`]: the flow table.
+//! - `config`: the topology translated into the core's and the shell's configurations;
+//!   `stats`: the Access Edge's counters ([`Stats`]).
 
 pub mod clock;
+mod config;
 pub mod conn;
 pub mod dns;
 pub mod flows;
@@ -16,6 +19,7 @@ pub mod listen;
 pub mod ops;
 pub mod partners;
 pub mod pool;
+mod stats;
 pub mod turn;
 pub mod udp;
 
@@ -45,8 +49,11 @@ use crate::obs::LogLimiter;
 use crate::tls::{self, DevNames, DevPki, DevRole, TlsError};
 use crate::topology::{CaSource, CertSource, KeysSource, Topology};
 
+pub use config::dev_names;
+use config::*;
 use flows::FlowTable;
 use pool::Pool;
+pub use stats::{Stats, REFUSAL_LABELS};
 
 /// Connection limits, resolved from the topology.
 #[derive(Clone, Debug)]
@@ -103,135 +110,6 @@ impl Shared {
     /// reveal how many connections the edge has seen.
     pub fn next_flow_id(&self) -> FlowId {
         FlowId(self.next_flow.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// Counters (exported by the operations work; read by tests now).
-pub struct Stats {
-    pub forwarded_from_external: AtomicU64,
-    pub forwarded_from_internal: AtomicU64,
-    pub rejected_external: AtomicU64,
-    pub rejected_internal: AtomicU64,
-    /// Rejects by reason ([`Why::index`]) and zone (0 external, 1 internal).
-    pub rejects_by_reason: Vec<[AtomicU64; 2]>,
-    pub dropped_responses: AtomicU64,
-    pub connections_accepted: AtomicU64,
-    /// Connections closed at accept: the listener's connection or handshake budget is spent.
-    pub connections_refused: AtomicU64,
-    /// Connections and requests refused by per-source limits, by [`Refusal::label`].
-    pub source_refusals: [AtomicU64; 4],
-    /// Connections closed because their source got banned (bans: `SourceGuard::bans_total`).
-    pub banned_closes: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-    /// Relay credentials issued by the A/V authentication service, and requests refused.
-    pub credentials_issued: AtomicU64,
-    pub credentials_refused: AtomicU64,
-    /// Forwarded messages by method (the last row: responses) and zone of origin.
-    pub by_method: [[AtomicU64; 2]; RESPONSES + 1],
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            forwarded_from_external: AtomicU64::new(0),
-            forwarded_from_internal: AtomicU64::new(0),
-            rejected_external: AtomicU64::new(0),
-            rejected_internal: AtomicU64::new(0),
-            rejects_by_reason: Why::LABELS.iter().map(|_| Default::default()).collect(),
-            dropped_responses: AtomicU64::new(0),
-            connections_accepted: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
-            source_refusals: Default::default(),
-            banned_closes: AtomicU64::new(0),
-            handshakes_failed: AtomicU64::new(0),
-            credentials_issued: AtomicU64::new(0),
-            credentials_refused: AtomicU64::new(0),
-            by_method: Default::default(),
-        }
-    }
-}
-
-/// The order of [`Stats::source_refusals`].
-pub const REFUSAL_LABELS: [&str; 4] = [
-    "banned",
-    "connect_rate",
-    "connections_per_source",
-    "request_rate",
-];
-
-impl Stats {
-    pub fn forwarded(&self, from: Side) {
-        match from {
-            Side::External => &self.forwarded_from_external,
-            Side::Internal => &self.forwarded_from_internal,
-        }
-        .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A message forwarded, counted by zone and by method (responses apart).
-    pub fn forwarded_message(&self, from: Side, msg: &crate::core::sip::message::Message) {
-        self.forwarded(from);
-        let row = msg.method().map_or(RESPONSES, |m| m.index());
-        let column = match from {
-            Side::External => 0,
-            Side::Internal => 1,
-        };
-        if let Some(c) = self.by_method.get(row).and_then(|r| r.get(column)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn reject(&self, why: Why, from: Side) {
-        let zone = match from {
-            Side::External => {
-                self.rejected_external.fetch_add(1, Ordering::Relaxed);
-                0
-            }
-            Side::Internal => {
-                self.rejected_internal.fetch_add(1, Ordering::Relaxed);
-                1
-            }
-        };
-        if let Some(by_zone) = self
-            .rejects_by_reason
-            .get(why.index())
-            .and_then(|z| z.get(zone))
-        {
-            by_zone.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Rejects of `label` from `side` so far.
-    pub fn rejects(&self, label: &str, side: Side) -> u64 {
-        let zone = usize::from(side == Side::Internal);
-        Why::LABELS
-            .iter()
-            .position(|l| *l == label)
-            .and_then(|i| self.rejects_by_reason.get(i))
-            .and_then(|z| z.get(zone))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    pub fn refused(&self, refusal: Refusal) {
-        let i = REFUSAL_LABELS
-            .iter()
-            .position(|l| *l == refusal.label())
-            .unwrap_or(0);
-        if let Some(c) = self.source_refusals.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn refusals(&self, label: &str) -> u64 {
-        REFUSAL_LABELS
-            .iter()
-            .position(|l| *l == label)
-            .and_then(|i| self.source_refusals.get(i))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    pub fn dropped_response(&self) {
-        self.dropped_responses.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -405,44 +283,6 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
     changed
 }
 
-/// The connection limits of a topology.
-fn conn_limits(topology: &Topology) -> ConnLimits {
-    let limits = &topology.limits;
-    ConnLimits {
-        session: SessionLimits {
-            frame: FrameLimits {
-                head: HeadLimits {
-                    max_headers: limits.max_headers,
-                    max_line_bytes: limits.max_line_bytes,
-                },
-                max_header_bytes: limits.max_header_bytes,
-                max_body_bytes: limits.max_body_bytes,
-            },
-            idle_timeout: limits.idle_timeout,
-            header_timeout: limits.header_timeout,
-            connection_requests: Rate {
-                per_sec: topology.firewall.connection_request_rate,
-                burst: topology.firewall.connection_request_burst,
-            },
-            max_outstanding: limits.max_outstanding,
-            max_calls_per_source: limits.max_calls_per_source,
-        },
-        handshake_timeout: limits.handshake_timeout,
-        max_connections: limits.max_connections,
-        max_handshakes: limits.max_handshakes,
-        write_timeout: limits.write_timeout,
-        max_queued_bytes: limits.max_queued_bytes,
-    }
-}
-
-/// The call table's bounds from a topology.
-fn call_limits(topology: &Topology) -> CallLimits {
-    CallLimits {
-        max_calls: topology.limits.max_calls,
-        max_duration: topology.limits.max_call_duration,
-    }
-}
-
 /// The row of responses in [`Stats::by_method`].
 pub const RESPONSES: usize = crate::core::sip::message::Method::ALL.len();
 
@@ -582,172 +422,11 @@ impl RunningEdge {
     }
 }
 
-/// The TURN server's settings and listeners from the topology: listeners default to both
-/// interfaces on the advertised UDP port; a listener's zone is that of its address.
-/// Listener addresses with the zone each serves.
-type ZonedListeners = Vec<(SocketAddr, crate::core::turn::policy::Origin)>;
-
-fn turn_config(
-    t: &Topology,
-    relay: &crate::topology::Relay,
-    ext: SocketAddr,
-    int: SocketAddr,
-) -> (
-    crate::core::turn::server::TurnConfig,
-    ZonedListeners,
-    ZonedListeners,
-) {
-    use crate::core::turn::bandwidth::Budget;
-    use crate::core::turn::policy::{Origin, PeerPolicy};
-    let relay_ip = relay.relay_ip.unwrap_or(ext.ip());
-    let public_ip = relay.public_ip.unwrap_or(relay_ip);
-    let realm = relay
-        .realm
-        .clone()
-        .or_else(|| t.edge.sip_domains.first().cloned())
-        .unwrap_or_else(|| t.edge.pool_fqdn.clone());
-    let mut cfg = crate::core::turn::server::TurnConfig::new(
-        &realm,
-        relay_ip,
-        public_ip,
-        (relay.port_min, relay.port_max),
-    );
-    cfg.max_credential_lifetime_secs = relay.credential_lifetime.as_secs();
-    cfg.max_allocations_per_user = relay.max_allocations_per_user;
-    cfg.max_allocations_per_source = relay.max_allocations_per_source;
-    cfg.max_allocations = relay.max_allocations;
-    cfg.bandwidth_per_allocation = Budget::kbit(relay.max_kbps_per_allocation);
-    cfg.bandwidth_per_user = Budget::kbit(relay.max_kbps_per_user);
-    cfg.max_permissions_per_allocation = relay.max_permissions_per_allocation;
-    cfg.max_channels_per_allocation = relay.max_channels_per_allocation;
-    cfg.strangers.bytes_per_sec = relay.unauthenticated_bytes_per_second;
-    // The stranger table is bounded like the firewall's source table.
-    cfg.strangers.max_sources = t.firewall.max_sources;
-    let listen: Vec<SocketAddr> = if relay.listen_udp.is_empty() {
-        vec![
-            SocketAddr::new(ext.ip(), relay.udp_port),
-            SocketAddr::new(int.ip(), relay.udp_port),
-        ]
-    } else {
-        relay.listen_udp.clone()
-    };
-    // The interface the address is on; `check` refuses a topology where that is unclear,
-    // and anything that still is gets the strict (external) policy.
-    let zone = |a: SocketAddr| {
-        let origin = match t.listener_zone(a.ip()) {
-            Some(crate::topology::ListenerZone::Internal) => Origin::Internal,
-            Some(crate::topology::ListenerZone::External) | None => Origin::External,
-        };
-        (a, origin)
-    };
-    let listen_tcp: Vec<SocketAddr> = if relay.listen_tcp.is_empty() {
-        vec![
-            SocketAddr::new(ext.ip(), relay.tcp_port),
-            SocketAddr::new(int.ip(), relay.tcp_port),
-        ]
-    } else {
-        relay.listen_tcp.clone()
-    };
-    // A relay must not loop into the edge itself: every address it owns is refused.
-    let mut own = vec![ext.ip(), int.ip(), relay_ip, public_ip];
-    own.extend(listen.iter().chain(&listen_tcp).map(|a| a.ip()));
-    own.sort();
-    own.dedup();
-    cfg.policy = PeerPolicy {
-        allow_loopback: relay.allow_loopback_peers,
-        allow_internal: relay.allow_peers.clone(),
-        internal: relay.internal_ranges.clone(),
-        deny: relay.deny_peers.clone(),
-        own,
-    };
-    (
-        cfg,
-        listen.into_iter().map(zone).collect(),
-        listen_tcp.into_iter().map(zone).collect(),
-    )
-}
-
 /// What the A/V authentication service issues from.
 #[derive(Clone, Debug)]
 pub struct CredentialService {
     pub ring: Ring,
     pub relay: crate::core::avauth::RelayInfo,
-}
-
-/// The pool key ring: the file the topology names, or a dev ring under `state_dir`
-/// generated on first start.
-fn load_ring(t: &Topology) -> Result<Option<Ring>, StartError> {
-    match &t.keys {
-        None => Ok(None),
-        Some(KeysSource::File(path)) => Ok(Some(keyfile::load(path)?)),
-        Some(KeysSource::Dev) => {
-            let path = t.state_dir.join("ring.toml");
-            if !path.exists() {
-                std::fs::create_dir_all(&t.state_dir).map_err(|source| {
-                    keyfile::KeyFileError::Io {
-                        path: t.state_dir.clone(),
-                        source,
-                    }
-                })?;
-                let ring = Ring::init(keyfile::random_secret()?, clock::now_unix());
-                keyfile::store(&path, &ring, true)?;
-                tracing::info!(path = %path.display(), "generated a dev key ring");
-            }
-            Ok(Some(keyfile::load(&path)?))
-        }
-    }
-}
-
-fn source_policy(f: &crate::topology::Firewall) -> SourcePolicy {
-    SourcePolicy {
-        connect_rate: Rate {
-            per_sec: f.connect_rate,
-            burst: f.connect_burst,
-        },
-        max_connections: f.connections_per_source,
-        request_rate: Rate {
-            per_sec: f.request_rate,
-            burst: f.request_burst,
-        },
-        ban_after: f.ban_after,
-        strike_window: f.strike_window,
-        ban_time: f.ban_time,
-        allow: f.allow_sources.clone(),
-        max_sources: f.max_sources,
-    }
-}
-
-/// The names the dev PKI must cover for this topology.
-pub fn dev_names(t: &Topology) -> DevNames {
-    let mut external = vec![t.edge.pool_fqdn.clone(), t.external.sip_host.clone()];
-    external.push(t.external.sip_bind.ip().to_string());
-    let mut internal = vec![
-        t.internal.sip_host.clone(),
-        t.internal.sip_bind.ip().to_string(),
-    ];
-    internal.push(format!("{}.internal", t.edge.name));
-    let director = vec![t.next_hop.server_name.clone()];
-    for v in [&mut external, &mut internal] {
-        for name in v.iter_mut() {
-            *name = name
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase();
-        }
-        v.sort();
-        v.dedup();
-    }
-    DevNames {
-        external,
-        internal,
-        director,
-    }
-}
-
-fn uses_dev_pki(t: &Topology) -> bool {
-    t.external.cert == CertSource::Dev
-        || t.internal.cert == CertSource::Dev
-        || t.internal.ca == CaSource::Dev
 }
 
 /// Starts an edge for `topology`. Ports given as 0 bind to free ports; the edge then names
@@ -1020,129 +699,5 @@ fn local_addr(l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartErr
         addr: asked,
         what: "local address",
         source,
-    })
-}
-
-fn proxy_config(t: &Topology, ext: SocketAddr, int: SocketAddr) -> ProxyConfig {
-    let host_of = |addr: SocketAddr| match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    let mut own_hosts = vec![
-        t.external.sip_host.to_ascii_lowercase(),
-        t.internal.sip_host.to_ascii_lowercase(),
-        t.edge.pool_fqdn.to_ascii_lowercase(),
-        host_of(ext),
-        host_of(int),
-    ];
-    own_hosts.sort();
-    own_hosts.dedup();
-    let mut external_hosts = vec![
-        t.external.sip_host.to_ascii_lowercase(),
-        t.edge.pool_fqdn.to_ascii_lowercase(),
-        host_of(ext),
-    ];
-    external_hosts.sort();
-    external_hosts.dedup();
-    ProxyConfig {
-        external_hosts,
-        strip_headers: t.firewall.strip_headers.clone(),
-        next_hops: t.next_hop.members.clone(),
-        external: SideAddr {
-            host: t.external.sip_host.clone(),
-            port: ext.port(),
-        },
-        internal: SideAddr {
-            host: t.internal.sip_host.clone(),
-            port: int.port(),
-        },
-        own_hosts,
-        served_domains: t
-            .edge
-            .sip_domains
-            .iter()
-            .map(|d| d.to_ascii_lowercase())
-            .collect(),
-        federation: federation_of(t),
-    }
-}
-
-/// The core's view of the topology's partners.
-fn federation_of(t: &Topology) -> Federation {
-    let partners = t.federation.iter().flat_map(|f| &f.partners);
-    let mut federation = Federation::new(
-        partners
-            .map(|p| Partner {
-                fqdn: p.fqdn.clone(),
-                domains: p.domains.clone(),
-                // A burst of two seconds' worth: a partner's traffic comes in waves.
-                rate: Rate {
-                    per_sec: p.rate,
-                    burst: p.rate.saturating_mul(2),
-                },
-                max_dialogs: p.max_dialogs,
-            })
-            .collect(),
-    );
-    federation.discovery = t.federation.as_ref().is_some_and(|f| f.discovery);
-    federation
-}
-
-/// A resolver when some partner has no static addresses.
-fn partner_dns(f: &crate::topology::FederationConfig) -> Result<Option<dns::Dns>, StartError> {
-    if !f.discovery && f.partners.iter().all(|p| !p.addresses.is_empty()) {
-        return Ok(None);
-    }
-    dns::Dns::new(&f.dns)
-        .map(Some)
-        .map_err(|e| StartError::Dns(e.to_string()))
-}
-
-/// Where each partner edge is reached, in the order of the federation's partners.
-fn partner_targets(
-    f: &crate::topology::FederationConfig,
-) -> Result<Vec<partners::StaticEdge>, StartError> {
-    f.partners
-        .iter()
-        .map(|p| {
-            let server_name = match &p.fqdn {
-                Some(fqdn) => Some(
-                    rustls_pki_types::ServerName::try_from(fqdn.clone())
-                        .map_err(|_| StartError::ServerName(fqdn.clone()))?,
-                ),
-                None => None,
-            };
-            Ok(partners::StaticEdge {
-                addresses: p.addresses.clone(),
-                server_name,
-            })
-        })
-        .collect()
-}
-
-/// Everything about partners that a reload may replace, from the topology.
-fn partner_config(
-    t: &Topology,
-    f: &crate::topology::FederationConfig,
-) -> Result<partners::Config, StartError> {
-    let federation = federation_of(t);
-    // federation_of keeps the topology's order: edges pair up with partners.
-    let edges = federation
-        .iter()
-        .map(|(id, _)| id)
-        .zip(partner_targets(f)?)
-        .collect();
-    Ok(partners::Config {
-        federation: Arc::new(federation),
-        dns: partner_dns(f)?,
-        edges,
-        // A burst of two seconds' worth, as for listed partners.
-        discovery: partners::DiscoveryLimits {
-            rate: Rate {
-                per_sec: f.discovery_rate,
-                burst: f.discovery_rate.saturating_mul(2),
-            },
-            max_dialogs: f.discovery_max_dialogs,
-        },
     })
 }
