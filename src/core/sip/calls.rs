@@ -109,8 +109,8 @@ impl Calls {
 
     /// An INVITE that starts a call for `owner`, which may hold `owner_limit` at once
     /// (`None`: only the total applies). `Ok(true)` when a new call is counted (the caller
-    /// must [`Calls::commit`] it once the next hop took the request, or
-    /// [`Calls::abort`] it), `Ok(false)` for a retransmission of one counted already.
+    /// must [`Calls::abort`] it if the next hop does not take the request), `Ok(false)`
+    /// for a retransmission of one counted already.
     pub fn begin(
         &mut self,
         key: CallKey,

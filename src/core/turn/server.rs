@@ -146,7 +146,7 @@ pub enum Output {
         peer: SocketAddr,
         bytes: Vec<u8>,
     },
-    /// Bind a relayed UDP socket here (if that fails, call [`Server::relay_failed`]).
+    /// Bind a relayed UDP socket here (if that fails, call [`Server::relay_failed_client`]).
     OpenRelay { relay: SocketAddr },
     /// Close a relayed socket.
     CloseRelay { relay: SocketAddr },
