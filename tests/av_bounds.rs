@@ -299,7 +299,7 @@ async fn reservations_count_in_the_user_quota_across_credentials_and_die_with_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stranger_gets_a_bounded_answer_budget_then_strikes_then_a_ban() {
+async fn a_stranger_gets_a_bounded_answer_budget_and_only_a_proven_one_strikes() {
     // 1000 bytes/s: a burst of 2000 bytes of Binding responses.
     let av = Av::start(
         |f| {
@@ -335,8 +335,34 @@ async fn a_stranger_gets_a_bounded_answer_budget_then_strikes_then_a_ban() {
         "every drop counted"
     );
 
-    // The overdraft earned strikes: the source is banned everywhere, TURN over TCP included.
-    let mut banned = tcp_from("127.0.0.31", av.ext_tcp).await;
+    // No strike over UDP: the "source" of a spoofed flood is its victim, and banning it
+    // would let anyone get any address banned.
+    let mut victim = tcp_from("127.0.0.31", av.ext_tcp).await;
+    assert!(
+        !closed_within(&mut victim, Duration::from_millis(300)).await,
+        "a UDP overdraft bans nobody"
+    );
+
+    // Over TCP the source is proven: its overdraft earns strikes, and the ban closes its
+    // next connection (TURN over TCP here; SIP shares the table).
+    let mut stranger = tcp_from("127.0.0.33", av.ext_tcp).await;
+    for id in 0..sent {
+        stranger.write_all(&binding(id)).await.unwrap();
+    }
+    let mut drained = 0usize;
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), stranger.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        drained += n;
+    }
+    assert!(
+        drained <= 2000 + 1000,
+        "{drained} bytes answered over TCP under a 1000 byte/s budget"
+    );
+    let mut banned = tcp_from("127.0.0.33", av.ext_tcp).await;
     assert!(
         closed_within(&mut banned, WAIT).await,
         "a banned source is closed"

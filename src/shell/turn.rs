@@ -149,7 +149,7 @@ pub struct Turn {
     max_credential_lifetime_secs: u64,
     /// The firewall's per-source table, shared with the SIP listeners: TURN-over-TCP
     /// connections count against the same per-source limits, and strangers who overdraw
-    /// their answer budget earn strikes under the same ban rules.
+    /// their answer budget over TCP earn strikes under the same ban rules.
     guard: Arc<SourceGuard>,
     tcp_limits: TcpLimits,
     /// TURN-over-TCP slots of each zone (external, internal).
@@ -245,10 +245,16 @@ impl Turn {
     }
 
     /// Counts a packet the core dropped; a stranger who overdraws its answer budget from
-    /// outside earns a strike (its requests are spoofable amplification).
-    fn dropped(&self, why: Dropped, client: SocketAddr, origin: Origin) {
+    /// outside over TCP earns a strike.
+    fn dropped(&self, why: Dropped, client: SocketAddr, origin: Origin, transport: Transport) {
         self.stats.drop(why);
-        if why == Dropped::StrangerBudget && origin == Origin::External {
+        // Only a source the transport proves: over UDP the overdrawing "source" of an
+        // amplification attack is its victim, and striking it would let anyone get any
+        // address banned by spoofing it. Over TCP the handshake proved it.
+        if why == Dropped::StrangerBudget
+            && origin == Origin::External
+            && transport == Transport::Tcp
+        {
             self.guard.strike(client.ip(), clock::now());
         }
     }
@@ -394,7 +400,7 @@ impl Turn {
                         self.lock_server()
                             .client_packet(&self.auth(), arrival, packet, &mut out);
                     if let Err(why) = result {
-                        self.dropped(why, meta.addr, origin);
+                        self.dropped(why, meta.addr, origin, Transport::Udp);
                     }
                     self.execute(out).await;
                     next += 1;
@@ -589,7 +595,7 @@ impl Turn {
                                     &mut out,
                                 );
                                 if let Err(why) = result {
-                                    self.dropped(why, tuple.client, origin);
+                                    self.dropped(why, tuple.client, origin, Transport::Tcp);
                                 }
                                 if !self.execute(out).await.contains(&tuple.client) {
                                     break;
