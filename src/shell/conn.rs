@@ -23,7 +23,7 @@ use crate::core::sip::proxy::{Flow, Proxy, Side, TxKey};
 use crate::core::sip::session::{
     CloseReason, Edge, FlowRefused, PartnerTarget, PoolRefused, Session, SessionLimits,
 };
-use crate::core::sip::token::{FlowId, TokenKind};
+use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
 
 /// Messages queued for one connection by others before further ones are dropped.
@@ -64,12 +64,9 @@ pub fn register(
     let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits().max_queued_bytes);
     shared.flows.insert(id, handle);
     let flow = Flow {
-        id,
-        side,
-        remote,
-        token: shared.proxy.keys().token(TokenKind::Via, id),
         partner,
         certificate,
+        ..Flow::new(shared.proxy.keys(), id, side, remote)
     };
     (Session::new(flow, clock::now()), rx)
 }
@@ -237,7 +234,7 @@ impl Edge for ShellEdge<'_> {
     }
 
     fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
-        self.shared.calls().key(call_id, initiator_tag)
+        self.shared.call_hasher.key(call_id, initiator_tag)
     }
 
     fn call_begin(

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 
 use crate::core::keyring::{Purpose, Ring};
 use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
-use crate::core::sip::calls::{CallLimits, Calls};
+use crate::core::sip::calls::{CallHasher, CallLimits, Calls};
 use crate::core::sip::federation::{Federation, Partner};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::health::ProbeConfig;
@@ -98,6 +98,8 @@ pub struct Shared {
     /// Calls (INVITE dialogs) crossing the edge, bounded per source, per partner and in
     /// total: what a drain waits for. Read through [`Shared::calls`].
     calls: std::sync::Mutex<Calls>,
+    /// The call table's key hash, computed without its lock.
+    pub call_hasher: CallHasher,
     /// Federation partners' connections and rates, when the topology has partners.
     pub partners: Option<Arc<partners::Partners>>,
     /// The TURN relay, once started (for metrics).
@@ -223,9 +225,8 @@ impl Shared {
         let Some(tag) = msg.from_tag else {
             return;
         };
-        let mut calls = self.calls();
-        let key = calls.key(msg.bytes(msg.call_id), msg.bytes(tag));
-        calls.answered(key, status, clock::now());
+        let key = self.call_hasher.key(msg.bytes(msg.call_id), msg.bytes(tag));
+        self.calls().answered(key, status, clock::now());
     }
 }
 
@@ -497,6 +498,9 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         .and_then(|()| random.fill(&mut seed))
         .and_then(|()| random.fill(&mut call_key_seed))
         .map_err(|e| StartError::Random(format!("{e:?}")))?;
+    let [k0, k1] = [&call_key_seed[..8], &call_key_seed[8..]]
+        .map(|half| u64::from_le_bytes(half.try_into().unwrap_or_default()));
+    let calls = Calls::new(call_limits(topology), (k0, k1));
     let ring = load_ring(topology)?;
     let keys = match &ring {
         // Flow tokens keyed by the pool ring: any member verifies any member's tokens, and
@@ -565,13 +569,8 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         started_unix: clock::now_unix(),
         certificates: std::sync::RwLock::new(certificates),
         cert_slots: [ext_slot.clone(), int_slot.clone()],
-        calls: std::sync::Mutex::new(Calls::new(
-            call_limits(topology),
-            (
-                u64::from_le_bytes(call_key_seed[..8].try_into().unwrap_or_default()),
-                u64::from_le_bytes(call_key_seed[8..].try_into().unwrap_or_default()),
-            ),
-        )),
+        call_hasher: calls.hasher(),
+        calls: std::sync::Mutex::new(calls),
         turn: std::sync::OnceLock::new(),
         shutdown: shutdown_rx,
         stats: Stats::default(),

@@ -2,8 +2,8 @@
 //! `/status` shows, and the bound on how many calls a source, a partner and the edge may
 //! hold at once.
 //!
-//! A call is counted once the next hop took its INVITE (the caller commits it after the
-//! send succeeded, or aborts it), until a final failure answers it, a BYE of the dialog
+//! A call is counted when its INVITE is about to go to the next hop (the caller aborts it
+//! if the send fails), until a final failure answers it, a BYE of the dialog
 //! crosses, or it outlives its bound on a timer: [`UNANSWERED`] without a final answer
 //! (RFC 3261 §16.6 Timer C), `max_duration` once answered (a peer that never sends BYE
 //! must not hold a slot for ever). Entries are keyed by a keyed hash of the Call-ID and the
@@ -67,11 +67,27 @@ struct Call {
     until: Instant,
 }
 
+/// How a call's key is made: a keyed hash of its Call-ID and initiator tag, fixed for the
+/// table's life, so callers compute keys without the table's lock.
+#[derive(Clone, Copy, Debug)]
+pub struct CallHasher((u64, u64));
+
+impl CallHasher {
+    /// The key of the call with this Call-ID and initiator tag.
+    pub fn key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
+        let mut h = SipHasher24::new_with_keys(self.0 .0, self.0 .1);
+        h.write_u64(call_id.len() as u64);
+        h.write(call_id);
+        h.write(initiator_tag);
+        CallKey(h.finish())
+    }
+}
+
 /// The calls, bounded and on timers.
 #[derive(Debug)]
 pub struct Calls {
     limits: CallLimits,
-    key: (u64, u64),
+    hasher: CallHasher,
     by_key: HashMap<CallKey, Call>,
     per_owner: HashMap<Owner, usize>,
     deadlines: BTreeSet<(Instant, CallKey)>,
@@ -82,7 +98,7 @@ impl Calls {
     pub fn new(limits: CallLimits, key: (u64, u64)) -> Calls {
         Calls {
             limits,
-            key,
+            hasher: CallHasher(key),
             by_key: HashMap::new(),
             per_owner: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -100,11 +116,12 @@ impl Calls {
 
     /// The key of the call with this Call-ID and initiator tag.
     pub fn key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
-        let mut h = SipHasher24::new_with_keys(self.key.0, self.key.1);
-        h.write_u64(call_id.len() as u64);
-        h.write(call_id);
-        h.write(initiator_tag);
-        CallKey(h.finish())
+        self.hasher.key(call_id, initiator_tag)
+    }
+
+    /// How this table's keys are made (for callers that hash outside its lock).
+    pub fn hasher(&self) -> CallHasher {
+        self.hasher
     }
 
     /// An INVITE that starts a call for `owner`, which may hold `owner_limit` at once

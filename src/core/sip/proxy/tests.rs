@@ -19,30 +19,15 @@ const LIMITS: HeadLimits = HeadLimits {
     max_line_bytes: 4096,
 };
 
+/// The fuzz targets' and benches' example.com edge, plus an external address, an
+/// operator-named header to strip and a next-hop member on the edge's own internal host.
 fn proxy() -> Proxy {
-    Proxy::new(
-        ProxyConfig {
-            external: SideAddr {
-                host: "edge.example.com".into(),
-                port: 5061,
-            },
-            internal: SideAddr {
-                host: "10.0.0.10".into(),
-                port: 5061,
-            },
-            own_hosts: vec![
-                "edge.example.com".into(),
-                "10.0.0.10".into(),
-                "203.0.113.1".into(),
-            ],
-            external_hosts: vec!["edge.example.com".into(), "203.0.113.1".into()],
-            served_domains: vec!["example.com".into()],
-            federation: Default::default(),
-            strip_headers: vec!["x-internal-auth".into()],
-            next_hops: vec!["10.0.0.10:5070".parse().unwrap()],
-        },
-        FlowKeys::new(&[7; 32]),
-    )
+    let mut cfg = crate::fuzz_logic::proxy().config().clone();
+    cfg.own_hosts.push("203.0.113.1".into());
+    cfg.external_hosts.push("203.0.113.1".into());
+    cfg.strip_headers = vec!["x-internal-auth".into()];
+    cfg.next_hops = vec!["10.0.0.10:5070".parse().unwrap()];
+    Proxy::new(cfg, FlowKeys::new(&[7; 32]))
 }
 
 fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
