@@ -52,6 +52,15 @@ pub trait Choices {
     fn bytes(&mut self, max: usize) -> Vec<u8>;
 }
 
+/// A header line's name, lower-cased.
+fn header_name(line: &str) -> String {
+    line.split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// One of `items`, as `c` picks (callers pass non-empty lists).
 fn one<T: Clone>(c: &mut dyn Choices, items: &[T]) -> T {
     let i = c.pick(items.len());
@@ -634,13 +643,7 @@ impl World {
         let status = one(c, &["200 OK", "180 Ringing", "481 Call Does Not Exist"]);
         let mut out = format!("SIP/2.0 {status}\r\n");
         for line in head.split("\r\n").skip(1) {
-            let name = line
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            match name.as_str() {
+            match header_name(line).as_str() {
                 "via" | "from" | "cseq" | "record-route" => {
                     out.push_str(line);
                     out.push_str("\r\n");
@@ -776,13 +779,7 @@ impl World {
         let mut rr = Vec::new();
         let (mut call_id, mut from_tag, mut conn) = (String::new(), String::new(), 0u64);
         for line in head.split("\r\n").skip(1) {
-            let name = line
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            match name.as_str() {
+            match header_name(line).as_str() {
                 "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {
                     out.push_str(line);
                     out.push_str("\r\n");

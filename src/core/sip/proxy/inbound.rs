@@ -310,7 +310,7 @@ impl Proxy {
 
     /// Removes what only a trust domain may set: the built-in list and the operator's.
     pub(super) fn strip_from_outside(&self, msg: &Message, splice: &mut Splice) {
-        let extra = self.strip_headers.read_unpoisoned().clone();
+        let extra = self.strip_headers.read_unpoisoned();
         for h in &msg.head.headers {
             let strip = h.name.carries_trust()
                 || (h.name == HeaderName::Other
