@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sipedge::core::limits::Prefix;
+use sipedge::core::net::Prefix;
 use sipedge::core::sip::proxy::Side;
 use sipedge::shell::{self, RunningEdge};
 use sipedge::topology::{Firewall, Topology};

@@ -3,9 +3,10 @@
 
 pub mod avauth;
 pub mod credentials;
+pub mod firewall;
 pub mod keyring;
-pub mod limits;
 pub mod mras;
+pub mod net;
 pub mod sip;
 pub mod toml_depth;
 pub mod turn;

@@ -6,7 +6,7 @@
 //! servers; a message arrives on flow 1 from outside, on flow 6 from inside.
 
 use super::sim::{SimEdge, SimEvent};
-use crate::core::limits::Rate;
+use crate::core::firewall::Rate;
 use crate::core::sip::calls::CallLimits;
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::parse::HeadLimits;

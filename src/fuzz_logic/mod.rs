@@ -138,7 +138,7 @@ fn federated_roundtrip(msg: &Message) {
     let mut federation = Federation::new(vec![Partner {
         fqdn: Some("sip.partner.example".into()),
         domains: vec!["partner.example".into()],
-        rate: crate::core::limits::Rate {
+        rate: crate::core::firewall::Rate {
             per_sec: 10,
             burst: 10,
         },

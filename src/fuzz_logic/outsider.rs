@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::sim::{SimEdge, SimEvent};
-use crate::core::limits::SourceKey;
+use crate::core::net::SourceKey;
 use crate::core::sip::calls::{CallLimits, Owner};
 use crate::core::sip::message::Message;
 use crate::core::sip::parse::{parse_uri, HeadLimits};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy, Strike};
+use crate::core::firewall::{Rate, Refusal, SourceGuard, SourcePolicy, Strike};
 use crate::core::sip::calls::{AtLimit, CallKey, CallLimits, Calls, Owner};
 use crate::core::sip::federation::{discovered_key, PartnerId};
 use crate::core::sip::frame::FrameLimits;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::core::limits::{Gcra, Rate};
+use crate::core::firewall::{Gcra, Rate};
 
 pub mod metrics;
 pub mod redact;

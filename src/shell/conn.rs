@@ -15,7 +15,7 @@ use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
 use super::{ConnLimits, Shared};
 use crate::core::avauth;
-use crate::core::limits::{Refusal, Strike};
+use crate::core::firewall::{Refusal, Strike};
 use crate::core::sip::calls::{AtLimit, CallKey, Owner};
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::message::{Message, Method};

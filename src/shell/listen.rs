@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::clock;
 use super::conn::{self, Accepted};
 use super::Shared;
-use crate::core::limits::Refusal;
+use crate::core::firewall::Refusal;
 use crate::core::sip::proxy::Side;
 
 /// Kernel accept queue length.

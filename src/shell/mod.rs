@@ -33,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::core::firewall::{Rate, Refusal, SourceGuard, SourcePolicy};
 use crate::core::keyring::{Purpose, Ring};
-use crate::core::limits::{Rate, Refusal, SourceGuard, SourcePolicy};
 use crate::core::sip::calls::{CallHasher, CallLimits, Calls};
 use crate::core::sip::federation::{Federation, Partner};
 use crate::core::sip::frame::FrameLimits;

@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use super::conn::{self, Accepted};
 use super::Shared;
-use crate::core::limits::{Gcra, Rate};
+use crate::core::firewall::{Gcra, Rate};
 use crate::core::sip::calls::{Calls, Owner};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
 use crate::core::sip::proxy::{DiscoveredTarget, Side};

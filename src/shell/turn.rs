@@ -22,8 +22,8 @@ use quinn_udp::RecvMeta;
 
 use super::clock;
 use super::udp::{self, BatchSocket, CLIENT_BATCH, MAX_DATAGRAM};
+use crate::core::firewall::SourceGuard;
 use crate::core::keyring::Ring;
-use crate::core::limits::SourceGuard;
 use crate::core::turn::auth::AuthContext;
 use crate::core::turn::channel;
 use crate::core::turn::demux::{classify, PacketKind};
@@ -489,7 +489,7 @@ impl Turn {
                     }),
                     Err(refusal) => {
                         let label = match refusal {
-                            crate::core::limits::Refusal::Banned { .. } => BANNED,
+                            crate::core::firewall::Refusal::Banned { .. } => BANNED,
                             _ => SOURCE_LIMIT,
                         };
                         self.stats.tcp_refusal(label);

@@ -112,11 +112,11 @@ pub struct Relay {
     pub max_kbps_per_allocation: u64,
     pub max_kbps_per_user: u64,
     /// Internal ranges beyond the private ones (refused to relays allocated from outside).
-    pub internal_ranges: Vec<crate::core::limits::Prefix>,
+    pub internal_ranges: Vec<crate::core::net::Prefix>,
     /// Internal ranges relays allocated from outside may reach anyway.
-    pub allow_peers: Vec<crate::core::limits::Prefix>,
+    pub allow_peers: Vec<crate::core::net::Prefix>,
     /// Peers no relay may reach.
-    pub deny_peers: Vec<crate::core::limits::Prefix>,
+    pub deny_peers: Vec<crate::core::net::Prefix>,
     /// Further addresses of the external and internal interfaces: a listener's zone is the
     /// interface its address is on (never guessed).
     pub external_addresses: Vec<std::net::IpAddr>,
@@ -339,7 +339,7 @@ pub struct Firewall {
     pub strike_window: Duration,
     pub ban_time: Duration,
     /// Sources never limited per source nor banned.
-    pub allow_sources: Vec<crate::core::limits::Prefix>,
+    pub allow_sources: Vec<crate::core::net::Prefix>,
     /// Sources tracked at once; beyond, new sources share one budget.
     pub max_sources: usize,
     /// Header names stripped from whatever arrives from outside, besides the built-in

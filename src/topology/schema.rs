@@ -906,14 +906,14 @@ fn prefix_list(
     doc: &mut Doc<'_>,
     s: Section<'_, '_>,
     key: &str,
-) -> Option<Vec<crate::core::limits::Prefix>> {
+) -> Option<Vec<crate::core::net::Prefix>> {
     let Some((list, line)) = doc.string_list(s, key, false) else {
         return (!s.has(key)).then(Vec::new);
     };
     let mut prefixes = Vec::new();
     let mut ok = true;
     for text in list {
-        match crate::core::limits::Prefix::parse(&text) {
+        match crate::core::net::Prefix::parse(&text) {
             Some(prefix) => prefixes.push(prefix),
             None => {
                 doc.problem(

@@ -81,7 +81,7 @@ fn two_nic_example_resolves_with_its_password_from_the_environment() {
         (relay.max_kbps_per_allocation, relay.max_kbps_per_user),
         (3000, 10_000)
     );
-    let prefix = |p: &str| crate::core::limits::Prefix::parse(p).unwrap();
+    let prefix = |p: &str| crate::core::net::Prefix::parse(p).unwrap();
     assert_eq!(relay.internal_ranges, [prefix("192.0.2.0/24")]);
     assert_eq!(relay.allow_peers, [prefix("192.0.2.128/28")]);
     assert_eq!(relay.deny_peers, [prefix("198.51.100.0/28")]);

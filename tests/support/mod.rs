@@ -128,7 +128,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
         // Loopback tests play many users from 127.0.0.1: exempt it from per-source limits
         // and lift the per-connection rate; the firewall tests set their own.
         firewall: Firewall {
-            allow_sources: vec![sipedge::core::limits::Prefix::parse("127.0.0.0/8").unwrap()],
+            allow_sources: vec![sipedge::core::net::Prefix::parse("127.0.0.0/8").unwrap()],
             connection_request_rate: 1_000_000,
             connection_request_burst: 1_000_000,
             ..Firewall::default()

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use siphasher::sip::SipHasher24;
 
-use crate::core::limits::SourceKey;
+use crate::core::net::SourceKey;
 
 /// How long an INVITE may wait for its final answer (RFC 3261 §16.6 Timer C: > 3 min).
 pub const UNANSWERED: Duration = Duration::from_secs(181);

@@ -6,7 +6,7 @@
 //! connection a request must come from one of that partner's domains and go to one of ours;
 //! elsewhere, a request claiming a partner's domain in From is refused (anti-spoofing).
 
-use crate::core::limits::Rate;
+use crate::core::firewall::Rate;
 
 /// A partner, by its stable key ([`Partner::key`]): a connection keeps naming the same
 /// partner across reloads that reorder, add or remove partners (a removed one is found no

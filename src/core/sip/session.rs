@@ -29,7 +29,8 @@ use super::parse::Head;
 use super::proxy::{Action, DiscoveredTarget, Flow, Proof, Proxy, Side, TxKey};
 use super::reject::{self, Why};
 use super::token::FlowId;
-use crate::core::limits::{Gcra, Rate, Refusal, SourceKey, Strike};
+use crate::core::firewall::{Gcra, Rate, Refusal, Strike};
+use crate::core::net::SourceKey;
 
 /// Largest read per call; TLS records are at most 16 KiB anyway.
 pub const READ_CHUNK: usize = 16 * 1024;

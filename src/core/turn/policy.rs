@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::core::limits::Prefix;
+use crate::core::net::Prefix;
 
 /// Where the allocation was made from: its client's zone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use super::policy::{Origin, PeerPolicy};
 use super::ports::Ports;
 use super::strangers::{StrangerLimits, Strangers};
 use super::stun::{self, attr, Checked, Class};
-use crate::core::limits::SourceKey;
+use crate::core::net::SourceKey;
 
 pub const ALLOCATE: u16 = 0x003;
 pub const REFRESH: u16 = 0x004;

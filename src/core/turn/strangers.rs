@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::bandwidth::{Budget, Meter};
-use crate::core::limits::SourceKey;
+use crate::core::net::SourceKey;
 
 /// The budget of unauthenticated answer bytes per source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

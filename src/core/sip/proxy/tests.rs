@@ -635,7 +635,7 @@ fn federated() -> Proxy {
     p.set_federation(std::sync::Arc::new(Federation::new(vec![Partner {
         fqdn: Some("sip.partner.example".into()),
         domains: vec!["partner.example".into()],
-        rate: crate::core::limits::Rate {
+        rate: crate::core::firewall::Rate {
             per_sec: 10,
             burst: 10,
         },
