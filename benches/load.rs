@@ -963,7 +963,7 @@ fn main() -> ExitCode {
         .block_on(sipedge::shell::start(&topo))
         .expect("edge starts");
     let up_by = Instant::now() + Duration::from_secs(10);
-    while !edge.shared.pool.any_up() {
+    while !edge.routes.pool.any_up() {
         if Instant::now() > up_by {
             eprintln!("the edge's next hop never came up");
             return ExitCode::FAILURE;

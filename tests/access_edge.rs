@@ -16,8 +16,8 @@ async fn edge_with(pki: &Pki, members: &[std::net::SocketAddr]) -> RunningEdge {
 
 async fn edge_up(pki: &Pki, members: &[std::net::SocketAddr]) -> RunningEdge {
     let edge = edge_with(pki, members).await;
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
     edge
 }
 
@@ -358,9 +358,9 @@ async fn failover_between_two_directors() {
     *d1.auto_answer.lock().unwrap() = Some(200);
     *d2.auto_answer.lock().unwrap() = Some(200);
     let edge = edge_with(&pki, &[d1.addr, d2.addr]).await;
-    let shared = edge.shared.clone();
+    let routes = edge.routes.clone();
     eventually("both next hops up", || {
-        shared.pool.members().iter().all(|m| m.is_up())
+        routes.pool.members().iter().all(|m| m.is_up())
     })
     .await;
     let mut client = Client::connect(&pki, edge.external).await;
@@ -383,7 +383,7 @@ async fn failover_between_two_directors() {
     // One Director dies: once the edge has seen it go, every request is answered by the other.
     d1.kill();
     eventually("the dead member marked down", || {
-        !shared.pool.members()[0].is_up()
+        !routes.pool.members()[0].is_up()
     })
     .await;
     for i in 100..110 {
@@ -395,7 +395,7 @@ async fn failover_between_two_directors() {
         );
     }
     assert!(
-        !shared.pool.members()[0].is_up(),
+        !routes.pool.members()[0].is_up(),
         "stays down while it cannot be reached"
     );
     edge.stop().await;
@@ -542,7 +542,8 @@ async fn an_external_connection_flood_cannot_use_up_the_internal_budget() {
     topology.limits.max_connections = 2;
     let edge = shell::start(&topology).await.expect("edge starts");
     let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
 
     // Two remote users fill the external budget; a third is closed at once.
     let mut users = Vec::new();

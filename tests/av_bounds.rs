@@ -100,7 +100,7 @@ impl Av {
     }
 
     fn metrics(&self) -> String {
-        let text = sipedge::shell::ops::metrics(&self.edge.shared, sipedge::shell::clock::now());
+        let text = sipedge::shell::ops::metrics(&self.edge.view, sipedge::shell::clock::now());
         prometheus_check(&text);
         text
     }

@@ -127,8 +127,8 @@ async fn federate_with(
     let edge_a = shell::start(&t_a).await.expect("edge A starts");
     let edge_b = shell::start(&t_b).await.expect("edge B starts");
     for edge in [&edge_a, &edge_b] {
-        let shared = edge.shared.clone();
-        eventually("the Director pool is up", || shared.pool.any_up()).await;
+        let routes = edge.routes.clone();
+        eventually("the Director pool is up", || routes.pool.any_up()).await;
     }
     let org = |pki, director, edge, plan: &Plan, topology| Org {
         pki,
@@ -268,10 +268,10 @@ async fn messages_and_calls_cross_both_edges_in_both_directions() {
     call(&mut b, &mut a, "c2").await;
     // Each edge opened one connection to the other and reused it.
     for org in [&a, &b] {
-        let partners = org.edge.shared.partners.as_ref().unwrap();
+        let partners = org.edge.routes.partners.as_ref().unwrap();
         assert_eq!(partners.connections(), [1], "{}", org.fqdn);
     }
-    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    let metrics = sipedge::shell::ops::metrics(&a.edge.view, sipedge::shell::clock::now());
     assert!(
         metrics
             .contains("sipedge_partner_messages_total{partner=\"edge.b.test\",direction=\"sent\"}"),
@@ -425,7 +425,7 @@ async fn a_partner_beyond_its_rate_gets_503_and_is_counted() {
         (9..=12).contains(&delivered),
         "{delivered} passed a burst of 10"
     );
-    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    let metrics = sipedge::shell::ops::metrics(&a.edge.view, sipedge::shell::clock::now());
     assert!(
         metrics.contains(&format!(
             "sipedge_partner_rate_limited_total{{partner=\"edge.b.test\"}} {limited}"
@@ -493,7 +493,7 @@ async fn an_unreachable_partner_gets_503() {
         "{back}"
     );
     assert_eq!(headers(&back, "Retry-After"), ["30"]);
-    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    let metrics = sipedge::shell::ops::metrics(&a.edge.view, sipedge::shell::clock::now());
     assert!(
         metrics.contains("sipedge_partner_connect_failures_total{partner=\"edge.b.test\"} 1"),
         "{metrics}"
@@ -596,8 +596,8 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
     let edge_a = shell::start(&t_a).await.expect("edge A starts");
     let edge_c = shell::start(&t_c).await.expect("edge C starts");
     for edge in [&edge_a, &edge_c] {
-        let shared = edge.shared.clone();
-        eventually("the Director pool is up", || shared.pool.any_up()).await;
+        let routes = edge.routes.clone();
+        eventually("the Director pool is up", || routes.pool.any_up()).await;
     }
     let mut a = Org {
         pki: pki_a,
@@ -698,7 +698,7 @@ async fn a_partner_at_its_dialog_limit_gets_503_until_a_dialog_ends() {
     // A failure answer frees the slot at once.
     let fourth = request("INVITE", ("bob", b.domain), ("dave", a.domain), "l5", 1);
     cross(&mut b, &mut a, &fourth, 200).await;
-    let metrics = sipedge::shell::ops::metrics(&a.edge.shared, sipedge::shell::clock::now());
+    let metrics = sipedge::shell::ops::metrics(&a.edge.view, sipedge::shell::clock::now());
     assert!(
         metrics.contains("sipedge_partner_dialogs{partner=\"edge.b.test\"} 1"),
         "{metrics}"

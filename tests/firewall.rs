@@ -52,8 +52,8 @@ async fn edge(pki: &Pki, director: &Director, adjust: impl FnOnce(&mut Topology)
     t.firewall = firewall();
     adjust(&mut t);
     let edge = shell::start(&t).await.expect("edge starts");
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
     edge
 }
 
@@ -406,8 +406,9 @@ async fn a_slow_pool_gets_new_dialogs_refused_while_dialogs_in_progress_continue
         first.get_or_insert(got);
     }
     let shared = edge.shared.clone();
+    let routes = edge.routes.clone();
     eventually("5 transactions outstanding", || {
-        shared.pool.outstanding() == 5
+        routes.pool.outstanding() == 5
     })
     .await;
 

@@ -200,10 +200,10 @@ fn sipp_calls_and_options_cross_the_edge_through_stunnel() {
         let edge = shell::start(&topology(&pki, &[director]))
             .await
             .expect("edge starts");
-        let shared = edge.shared.clone();
+        let routes = edge.routes.clone();
         eventually(
             "the SIPp Director up (probes answered through stunnel)",
-            || shared.pool.any_up(),
+            || routes.pool.any_up(),
         )
         .await;
         edge

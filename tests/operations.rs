@@ -18,8 +18,8 @@ async fn healthz_follows_the_pool_and_metrics_count_live() {
     });
     let edge = shell::start(&t).await.expect("edge starts");
     let ops = edge.operations.expect("operations listener").to_string();
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
 
     let health = http_get(&ops, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
@@ -66,7 +66,7 @@ async fn healthz_follows_the_pool_and_metrics_count_live() {
 
     // The Director goes away: health turns 503 (probes fail, or the connection is lost).
     director.kill();
-    eventually("the next hop down", || !shared.pool.any_up()).await;
+    eventually("the next hop down", || !routes.pool.any_up()).await;
     let health = http_get(&ops, "/healthz").await;
     assert!(
         health.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
@@ -134,7 +134,8 @@ async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
     let edge = std::sync::Arc::new(shell::start(&t).await.expect("edge starts"));
     let ops = edge.operations.expect("operations listener").to_string();
     let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
 
     // A call in progress (answered), and a second INVITE still unanswered.
     let mut c = Client::connect(&pki, edge.external).await;
@@ -210,8 +211,9 @@ async fn status_shows_certificates_next_hops_and_connections() {
     let edge = shell::start(&t).await.expect("edge starts");
     let ops = edge.operations.expect("operations listener").to_string();
     let shared = edge.shared.clone();
+    let routes = edge.routes.clone();
     eventually("a probe answered", || {
-        shared.pool.members()[0]
+        routes.pool.members()[0]
             .last_probe()
             .is_some_and(|(_, status, _)| status == 200)
     })
@@ -275,8 +277,8 @@ async fn an_expired_certificate_fails_the_health_check() {
     });
     let edge = shell::start(&t).await.expect("edge starts");
     let ops = edge.operations.expect("operations listener").to_string();
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
     let health = http_get(&ops, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
     assert!(
@@ -345,8 +347,8 @@ async fn reload_replaces_the_certificate_under_load_without_failing_anything() {
         key: key.clone(),
     };
     let edge = Arc::new(shell::start(&t).await.expect("edge starts"));
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
     let mut roots = old.roots();
     for anchor in new.roots().roots {
         roots.roots.push(anchor);
@@ -481,8 +483,8 @@ async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     *second.auto_answer.lock().unwrap() = Some(200);
     let t = topology(&pki, &[first.addr]);
     let edge = shell::start(&t).await.expect("edge starts");
-    let shared = edge.shared.clone();
-    eventually("the first next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("the first next hop up", || routes.pool.any_up()).await;
 
     // A transaction held by the first member across the reload.
     let mut c = Client::connect(&pki, edge.external).await;
@@ -494,7 +496,7 @@ async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     let r = edge.reload(&moved).expect("members change live");
     assert_eq!(r.changed, ["next_hop.members"]);
     eventually("the new next hop up", || {
-        let members = shared.pool.members();
+        let members = routes.pool.members();
         members.len() == 1 && members[0].addr == second.addr && members[0].is_up()
     })
     .await;
@@ -504,16 +506,16 @@ async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     assert!(fresh.contains("Call-ID: fresh"), "{fresh}");
     assert!(c.recv().await.starts_with("SIP/2.0 200"));
     // The old member's transaction completes, then it is let go.
-    assert!(shared.pool.outstanding() >= 1);
+    assert!(routes.pool.outstanding() >= 1);
     first.send(0, &response_to(&held, 200, "OK"));
     let answer = c.recv().await;
     assert!(
         answer.starts_with("SIP/2.0 200") && answer.contains("Call-ID: held"),
         "{answer}"
     );
-    eventually("nothing outstanding", || shared.pool.outstanding() == 0).await;
+    eventually("nothing outstanding", || routes.pool.outstanding() == 0).await;
     // What the status page shows is the new pool.
-    let status = sipedge::shell::ops::status(&shared, sipedge::shell::clock::now());
+    let status = sipedge::shell::ops::status(&edge.view, sipedge::shell::clock::now());
     assert!(status.contains(&second.addr.to_string()), "{status}");
     assert!(!status.contains(&format!("\"{}\"", first.addr)), "{status}");
     edge.stop().await;

@@ -323,7 +323,7 @@ async fn bandwidth_beyond_the_budget_is_dropped_and_counted() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(over as usize, sent.len() - got.len(), "every drop counted");
-    let text = sipedge::shell::ops::metrics(&r.edge.shared, sipedge::shell::clock::now());
+    let text = sipedge::shell::ops::metrics(&r.edge.view, sipedge::shell::clock::now());
     assert!(
         text.contains(&format!(
             "sipedge_turn_dropped_total{{reason=\"bandwidth\"}} {over}"

@@ -18,8 +18,8 @@ async fn edge_with(
     let mut t = topology(pki, &[director.addr]);
     adjust(&mut t);
     let edge = shell::start(&t).await.expect("edge starts");
-    let shared = edge.shared.clone();
-    eventually("a next hop up", || shared.pool.any_up()).await;
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
     edge
 }
 
@@ -407,7 +407,8 @@ async fn overload_shedding_and_drain_need_a_proven_dialog() {
     director.recv().await;
     director.recv().await;
     let shared = edge.shared.clone();
-    eventually("two outstanding", || shared.pool.outstanding() >= 2).await;
+    let routes = edge.routes.clone();
+    eventually("two outstanding", || routes.pool.outstanding() >= 2).await;
     // A claimed To tag is no dialog: shed.
     let claimed = in_dialog("INFO", "sip:bob@sipedge.test", "ov-fake", "");
     refused(&mut c, &mut director, &claimed, "503 Overloaded").await;
@@ -459,6 +460,7 @@ async fn the_call_table_is_bounded_and_truthful() {
         .await,
     );
     let shared = edge.shared.clone();
+    let routes = edge.routes.clone();
     let mut a = Client::connect_from(&pki, edge.external, "127.0.0.50").await;
     let mut forwarded = Vec::new();
     for n in 0..8 {
@@ -496,7 +498,7 @@ async fn the_call_table_is_bounded_and_truthful() {
 
     // With the pool down, INVITEs are refused and counted as no call at all.
     director.kill();
-    eventually("the pool down", || !shared.pool.any_up()).await;
+    eventually("the pool down", || !routes.pool.any_up()).await;
     let mut c = Client::connect_from(&pki, edge.external, "127.0.0.52").await;
     for n in 0..20 {
         c.send(&invite(&format!("v{n}"))).await;

@@ -17,6 +17,7 @@ use crate::core::sip::calls::{AtLimit, CallKey, CallLimits, Calls, Owner};
 use crate::core::sip::federation::{discovered_key, PartnerId};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::message::{Message, Method};
+use crate::core::sip::pool_link::{Answerable, PoolRequest};
 use crate::core::sip::proxy::{DiscoveredTarget, Flow, Proxy, Side, TxKey};
 use crate::core::sip::reject::Why;
 use crate::core::sip::session::{Edge, FlowRefused, PartnerTarget, PoolRefused, SessionLimits};
@@ -30,6 +31,8 @@ pub enum SimEvent {
         from: FlowId,
         bytes: Bytes,
         tx: Option<(TxKey, Method)>,
+        /// How the edge answers it should the member fail it.
+        answerable: Answerable,
     },
     /// Handed to a flow (a response back, a request from the inside).
     ToFlow {
@@ -41,6 +44,7 @@ pub enum SimEvent {
         from: FlowId,
         target: PartnerTarget,
         bytes: Bytes,
+        answerable: Answerable,
     },
     /// Refused; `answer` is what went back on the arriving connection.
     Rejected {
@@ -230,14 +234,15 @@ impl Edge for SimEdge {
         self.calls.ended(key);
     }
 
-    fn to_pool(&mut self, bytes: Bytes, tx: Option<(TxKey, Method)>) -> Result<(), PoolRefused> {
+    fn to_pool(&mut self, request: PoolRequest) -> Result<(), PoolRefused> {
         if !self.pool_up {
             return Err(PoolRefused);
         }
         self.events.push(SimEvent::ToPool {
             from: FlowId(u64::MAX),
-            bytes,
-            tx,
+            bytes: request.bytes,
+            tx: request.tx,
+            answerable: request.answerable,
         });
         Ok(())
     }
@@ -261,13 +266,13 @@ impl Edge for SimEdge {
         &mut self,
         target: PartnerTarget,
         bytes: Bytes,
-        _origin: FlowId,
-        _raw: Bytes,
+        answerable: Answerable,
     ) -> Result<(), Why> {
         self.events.push(SimEvent::ToPartner {
             from: FlowId(u64::MAX),
             target,
             bytes,
+            answerable,
         });
         Ok(())
     }

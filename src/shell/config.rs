@@ -3,6 +3,7 @@
 //! translation (and the ring file read); start-up and reload call it.
 
 use super::*;
+use std::net::SocketAddr;
 
 /// The connection limits of a topology.
 pub(super) fn conn_limits(topology: &Topology) -> ConnLimits {

@@ -10,16 +10,20 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
-use super::{ConnLimits, Shared};
+use super::pool::Member;
+use super::{ConnLimits, Routes, Shared};
 use crate::core::avauth;
 use crate::core::firewall::{Refusal, Strike};
 use crate::core::sip::calls::{AtLimit, CallKey, Owner};
 use crate::core::sip::federation::PartnerId;
-use crate::core::sip::message::{Message, Method};
-use crate::core::sip::proxy::{Flow, Proxy, Side, TxKey};
+use crate::core::sip::health::Transition;
+use crate::core::sip::message::Message;
+use crate::core::sip::pool_link::{Answerable, MemberEvent, PoolLink, PoolRequest};
+use crate::core::sip::proxy::{Flow, Proxy, Side};
 use crate::core::sip::session::{
     CloseReason, Edge, FlowRefused, PartnerTarget, PoolRefused, Session, SessionLimits,
 };
@@ -28,18 +32,6 @@ use crate::core::sip::Why;
 
 /// Messages queued for one connection by others before further ones are dropped.
 pub const QUEUE_LEN: usize = 256;
-
-/// What only a next-hop connection does with messages (see [`Edge::intercept_response`]).
-pub trait ConnHooks {
-    fn intercept_response(&mut self, _msg: &Message) -> bool {
-        false
-    }
-    fn completed(&mut self, _key: TxKey) {}
-}
-
-/// No hooks: an accepted connection, or one to a partner.
-pub struct Accepted;
-impl ConnHooks for Accepted {}
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -52,14 +44,21 @@ pub enum Closed {
     Shutdown,
 }
 
-/// A new session for a connection, its flow in the table, and the flow's queue.
-pub fn register(
+/// What a connection to a pool member reads besides its socket and flow queue: the
+/// requests the pool hands the member; and whose state it keeps current.
+pub struct MemberIo<'a> {
+    pub member: &'a Member,
+    pub requests: &'a mut mpsc::Receiver<PoolRequest>,
+}
+
+/// A new flow in the table for a connection, and the flow's queue.
+fn new_flow(
     shared: &Shared,
     side: Side,
     remote: SocketAddr,
     partner: Option<PartnerId>,
     certificate: Option<Arc<[String]>>,
-) -> (Session, FlowReceiver) {
+) -> (Flow, FlowReceiver) {
     let id = shared.next_flow_id();
     let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits().max_queued_bytes);
     shared.flows.insert(id, handle);
@@ -68,31 +67,60 @@ pub fn register(
         certificate,
         ..Flow::new(shared.proxy.keys(), id, side, remote)
     };
+    (flow, rx)
+}
+
+/// A new session for an accepted connection or one to a partner, its flow in the table,
+/// and the flow's queue.
+pub fn register(
+    shared: &Shared,
+    side: Side,
+    remote: SocketAddr,
+    partner: Option<PartnerId>,
+    certificate: Option<Arc<[String]>>,
+) -> (Session, FlowReceiver) {
+    let (flow, rx) = new_flow(shared, side, remote, partner, certificate);
     (Session::new(flow, clock::now()), rx)
 }
 
-/// Drives a session until its connection closes.
+/// A new session for a connection to a pool member (internal zone), carrying its link.
+pub fn register_member(shared: &Shared, link: PoolLink) -> (Session, FlowReceiver) {
+    let (flow, rx) = new_flow(shared, Side::Internal, link.addr, None, None);
+    (Session::to_member(flow, link, clock::now()), rx)
+}
+
+/// Drives a session until its connection closes, for every kind of connection: accepted,
+/// to a partner, or to a pool member (`member`). Returns why it closed and, for a pool
+/// member's connection, the member's link for the next connection.
 pub async fn run<S>(
     mut session: Session,
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
+    routes: &Arc<Routes>,
     mut stream: S,
     mut rx: FlowReceiver,
-    hooks: &mut (dyn ConnHooks + Send),
-) -> Closed
+    mut member: Option<MemberIo<'_>>,
+) -> (Closed, Option<PoolLink>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut shutdown = shared.shutdown.clone();
+    let member_ref = member.as_ref().map(|m| m.member);
     let closed = loop {
         let deadline =
             tokio::time::Instant::from_std(session.poll_timeout(&shared.limits().session));
+        let pool_request = async {
+            match member.as_mut() {
+                Some(m) => m.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             read = stream.read_buf(session.read_buf()) => match read {
                 Ok(0) => break Closed::PeerClosed,
                 // The limits in force when the bytes arrived (a reload applies at once).
                 Ok(_) => session.handle_read(
                     clock::now(),
-                    &mut ShellEdge::new(&shared, shared.limits(), &mut *hooks),
+                    &mut ShellEdge::new(shared, routes, member_ref),
                 ),
                 Err(e) => break Closed::Io(e),
             },
@@ -104,11 +132,28 @@ where
                     if session.pending_transmit() > 64 * 1024 { break; }
                 }
             }
+            Some(request) = pool_request => {
+                let now = clock::now();
+                session.handle_pool_request(now, &request);
+                if let Some(m) = member.as_mut() {
+                    while session.pending_transmit() < 64 * 1024 {
+                        let Ok(more) = m.requests.try_recv() else { break };
+                        session.handle_pool_request(now, &more);
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => session.handle_timeout(
                 clock::now(),
-                &mut ShellEdge::new(&shared, shared.limits(), &mut *hooks),
+                &mut ShellEdge::new(shared, routes, member_ref),
             ),
             _ = shutdown.changed() => break Closed::Shutdown,
+        }
+        if let (Some(m), Some(link)) = (member_ref, session.pool_link()) {
+            m.observe(link);
+            // Removed by a reload: once its transactions are done, the connection closes.
+            if m.is_retired() && link.outstanding() == 0 {
+                break Closed::Shutdown;
+            }
         }
         let write_timeout = shared.limits().write_timeout;
         if let Err(closed) = flush(&mut stream, session.transmit_buf(), write_timeout).await {
@@ -119,8 +164,12 @@ where
         }
     };
     shared.flows.remove(session.flow().id);
+    let link = session.finish(
+        clock::now(),
+        &mut ShellEdge::new(shared, routes, member_ref),
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-    closed
+    (closed, link)
 }
 
 /// Writes everything pending, with a deadline: a peer that stops reading is cut off.
@@ -146,24 +195,26 @@ pub async fn flush<S: AsyncWrite + Unpin>(
     }
 }
 
-/// The edge as one session sees it: the shared state, the limits in force when the event
-/// arrived, and the hooks of a next-hop connection.
+/// The edge as one session sees it: the shared state, the routes, the limits in force when
+/// the event arrived, and on a pool member's connection the member.
 pub struct ShellEdge<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
+    routes: &'a Arc<Routes>,
     limits: Arc<ConnLimits>,
-    hooks: &'a mut (dyn ConnHooks + Send),
+    member: Option<&'a Member>,
 }
 
 impl<'a> ShellEdge<'a> {
     pub fn new(
-        shared: &'a Shared,
-        limits: Arc<ConnLimits>,
-        hooks: &'a mut (dyn ConnHooks + Send),
+        shared: &'a Arc<Shared>,
+        routes: &'a Arc<Routes>,
+        member: Option<&'a Member>,
     ) -> ShellEdge<'a> {
         ShellEdge {
             shared,
-            limits,
-            hooks,
+            routes,
+            limits: shared.limits(),
+            member,
         }
     }
 
@@ -201,32 +252,32 @@ impl Edge for ShellEdge<'_> {
     }
 
     fn partner_admit(&mut self, p: PartnerId, now: Instant) -> Option<Result<(), Duration>> {
-        let partners = self.shared.partners.as_ref()?;
+        let partners = self.routes.partners.as_ref()?;
         partners.federation().get(p)?;
         Some(partners.admit(p, now))
     }
 
     fn discovered_admit(&mut self, domain: &[u8], now: Instant) -> Result<(), Duration> {
-        match &self.shared.partners {
+        match &self.routes.partners {
             Some(partners) => partners.admit_discovered(domain, now),
             None => Ok(()),
         }
     }
 
     fn partner_dialog_limit(&self, target: &PartnerTarget) -> Option<(u64, usize)> {
-        self.shared.partners.as_ref()?.dialog_limit(target)
+        self.routes.partners.as_ref()?.dialog_limit(target)
     }
 
     fn outstanding(&self) -> usize {
-        self.shared.pool.outstanding()
+        self.routes.pool.outstanding()
     }
 
     fn pool_any_up(&self) -> bool {
-        self.shared.pool.any_up()
+        self.routes.pool.any_up()
     }
 
     fn retry_after_secs(&self) -> u32 {
-        self.shared.pool.retry_after_secs
+        self.routes.pool.retry_after_secs
     }
 
     fn is_draining(&self) -> bool {
@@ -259,10 +310,10 @@ impl Edge for ShellEdge<'_> {
         self.shared.calls().ended(key);
     }
 
-    fn to_pool(&mut self, bytes: Bytes, tx: Option<(TxKey, Method)>) -> Result<(), PoolRefused> {
-        self.shared
+    fn to_pool(&mut self, request: PoolRequest) -> Result<(), PoolRefused> {
+        self.routes
             .pool
-            .send(bytes, tx, None)
+            .send(request, None)
             .map(|_| ())
             .map_err(|_| PoolRefused)
     }
@@ -282,11 +333,10 @@ impl Edge for ShellEdge<'_> {
         &mut self,
         target: PartnerTarget,
         bytes: Bytes,
-        origin: FlowId,
-        raw: Bytes,
+        answerable: Answerable,
     ) -> Result<(), Why> {
-        match &self.shared.partners {
-            Some(partners) => partners.send(self.shared, target, bytes, origin, raw),
+        match &self.routes.partners {
+            Some(partners) => partners.send(self.shared, self.routes, target, bytes, answerable),
             None => Err(Why::NoRoute),
         }
     }
@@ -324,12 +374,25 @@ impl Edge for ShellEdge<'_> {
         answer
     }
 
-    fn intercept_response(&mut self, msg: &Message) -> bool {
-        self.hooks.intercept_response(msg)
-    }
-
-    fn completed(&mut self, key: TxKey) {
-        self.hooks.completed(key);
+    fn member_event(&mut self, link: &PoolLink, event: MemberEvent, _now: Instant) {
+        let Some(member) = self.member else {
+            return;
+        };
+        match event {
+            MemberEvent::ProbeSent => {}
+            MemberEvent::ProbeAnswered { status, rtt } => member.probe_answered(status, rtt),
+            MemberEvent::Transition(Transition::WentUp) => {
+                tracing::info!(member = %link.addr, "next hop up")
+            }
+            MemberEvent::Transition(Transition::WentDown) => {
+                let why = if link.is_connected() {
+                    "probes failed"
+                } else {
+                    "connection lost"
+                };
+                tracing::warn!(member = %link.addr, why, "next hop down")
+            }
+        }
     }
 
     fn rejected(

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::clock;
-use super::conn::{self, Accepted};
-use super::Shared;
+use super::conn;
+use super::{Routes, Shared};
 use crate::core::firewall::Refusal;
 use crate::core::sip::proxy::Side;
 
@@ -41,6 +41,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts until shutdown.
 pub async fn accept_loop(
     shared: Arc<Shared>,
+    routes: Arc<Routes>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     side: Side,
@@ -106,6 +107,7 @@ pub async fn accept_loop(
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
+        let routes = routes.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let handshake =
@@ -132,18 +134,18 @@ pub async fn accept_loop(
             };
             // A verified certificate naming a partner edge (subjectAltName) makes a partner
             // flow; any other connection is a remote user's.
-            let certificate = match (side, &shared.partners) {
+            let certificate = match (side, &routes.partners) {
                 (Side::External, Some(_)) => crate::tls::peer_identity(stream.get_ref().1)
                     .map(|id| std::sync::Arc::<[String]>::from(id.dns_names)),
                 _ => None,
             };
-            let partner = match (&certificate, &shared.partners) {
+            let partner = match (&certificate, &routes.partners) {
                 (Some(names), Some(partners)) => partners.federation().by_certificate(names),
                 _ => None,
             };
             let (session, rx) = conn::register(&shared, side, remote, partner, certificate);
             let flow = session.flow().id;
-            let closed = conn::run(session, shared.clone(), stream, rx, &mut Accepted).await;
+            let (closed, _) = conn::run(session, &shared, &routes, stream, rx, None).await;
             tracing::debug!(%remote, flow = flow.0, reason = ?closed, "connection closed");
             drop(permit);
             drop(ticket);

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{clock, Shared, REFUSAL_LABELS};
+use super::{clock, EdgeView, REFUSAL_LABELS};
 use crate::core::sip::proxy::Side;
 use crate::core::sip::Why;
 use crate::obs::metrics::{Exposition, Kind};
@@ -31,8 +31,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONCURRENT: usize = 64;
 
 /// Serves until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let mut shutdown = shared.shutdown.clone();
+pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
+    let mut shutdown = view.shared.shutdown.clone();
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     loop {
         let accepted = tokio::select! {
@@ -46,7 +46,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // dropped: the monitoring system retries
         };
-        let shared = shared.clone();
+        let view = view.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -69,7 +69,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             })
             .await;
             if let Ok(true) = read {
-                let answer = respond(&buf, &shared, clock::now());
+                let answer = respond(&buf, &view, clock::now());
                 let _ = tokio::time::timeout(READ_TIMEOUT, tcp.write_all(&answer)).await;
                 let _ = tcp.shutdown().await;
             }
@@ -93,7 +93,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// The answer to one request head (pure: testable without sockets).
-pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
+pub fn respond(buf: &[u8], view: &EdgeView, now: Instant) -> Vec<u8> {
+    let shared = &*view.shared;
     let Some(end) = head_end(buf).filter(|&e| e <= MAX_HEAD) else {
         return http(
             431,
@@ -121,7 +122,7 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
         if content_length(head).is_some_and(|n| n > MAX_BODY) {
             return http(413, "Content Too Large", "text/plain", "body too large\n");
         }
-        return turn_credentials(shared, TurnAsk::from_json(body));
+        return turn_credentials(view, TurnAsk::from_json(body));
     }
     if method != b"GET" {
         let mut r = http(
@@ -139,12 +140,12 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
     if path == b"/turn"
         || (path == b"/" && query_param(query, "service").as_deref() == Some("turn"))
     {
-        return turn_credentials(shared, TurnAsk::from_query(query));
+        return turn_credentials(view, TurnAsk::from_query(query));
     }
     match path {
         b"/healthz" => {
             let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
-            let expired = shared
+            let expired = view
                 .certificates
                 .read_unpoisoned()
                 .iter()
@@ -155,19 +156,14 @@ pub fn respond(buf: &[u8], shared: &Shared, now: Instant) -> Vec<u8> {
             } else if let Some(role) = expired {
                 let why = format!("the {role} certificate has expired\n");
                 http(503, "Service Unavailable", "text/plain", &why)
-            } else if shared.pool.any_up() {
+            } else if view.routes.pool.any_up() {
                 http(200, "OK", "text/plain", "ok\n")
             } else {
                 http(503, "Service Unavailable", "text/plain", "no next hop up\n")
             }
         }
-        b"/status" => http(200, "OK", "application/json", &status(shared, now)),
-        b"/metrics" => http(
-            200,
-            "OK",
-            "text/plain; version=0.0.4",
-            &metrics(shared, now),
-        ),
+        b"/status" => http(200, "OK", "application/json", &status(view, now)),
+        b"/metrics" => http(200, "OK", "text/plain; version=0.0.4", &metrics(view, now)),
         _ => http(
             404,
             "Not Found",
@@ -241,7 +237,8 @@ fn percent_decode(s: &[u8]) -> Option<String> {
 }
 
 /// The TURN REST answer: `{username, password, ttl, uris}`.
-fn turn_credentials(shared: &Shared, ask: Result<TurnAsk, String>) -> Vec<u8> {
+fn turn_credentials(view: &EdgeView, ask: Result<TurnAsk, String>) -> Vec<u8> {
+    let shared = &*view.shared;
     let Some(service) = &shared.credentials else {
         return http(
             404,
@@ -308,10 +305,11 @@ const EXPIRING_SECS: i64 = 30 * 86_400;
 
 /// The instance's state as JSON: certificates, next hops, connections, calls, relay,
 /// partners, key ring, version and uptime.
-pub fn status(shared: &Shared, now: Instant) -> String {
+pub fn status(view: &EdgeView, now: Instant) -> String {
+    let shared = &*view.shared;
     use serde_json::json;
     let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
-    let certificates: Vec<_> = shared
+    let certificates: Vec<_> = view
         .certificates
         .read_unpoisoned()
         .iter()
@@ -334,7 +332,8 @@ pub fn status(shared: &Shared, now: Instant) -> String {
             })
         })
         .collect();
-    let next_hops: Vec<_> = shared
+    let next_hops: Vec<_> = view
+        .routes
         .pool
         .members()
         .iter()
@@ -355,7 +354,7 @@ pub fn status(shared: &Shared, now: Instant) -> String {
         })
         .collect();
     let (external, internal) = shared.flows.count_by_side();
-    let partners: Vec<_> = match &shared.partners {
+    let partners: Vec<_> = match &view.routes.partners {
         Some(p) => p
             .federation()
             .iter()
@@ -384,15 +383,15 @@ pub fn status(shared: &Shared, now: Instant) -> String {
             })
         })
         .collect();
-    let turn = shared
+    let turn = view
         .turn
-        .get()
+        .as_ref()
         .map(|t| json!({ "allocations": t.allocations() }));
     let body = json!({
-        "instance": shared.name,
+        "instance": view.name,
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": now.saturating_duration_since(shared.started).as_secs(),
-        "started": shared.started_unix,
+        "uptime_secs": now.saturating_duration_since(view.started).as_secs(),
+        "started": view.started_unix,
         "draining": shared.is_draining(),
         "certificates": certificates,
         "next_hops": next_hops,
@@ -408,7 +407,8 @@ pub fn status(shared: &Shared, now: Instant) -> String {
 }
 
 /// Every counter and gauge of the instance, live.
-pub fn metrics(shared: &Shared, now: Instant) -> String {
+pub fn metrics(view: &EdgeView, now: Instant) -> String {
+    let shared = &*view.shared;
     let st = &shared.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut e = Exposition::default();
@@ -586,13 +586,14 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         Kind::Gauge,
         "1 when the next-hop member is up.",
     );
-    let addrs: Vec<String> = shared
+    let addrs: Vec<String> = view
+        .routes
         .pool
         .members()
         .iter()
         .map(|m| m.addr.to_string())
         .collect();
-    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
+    for (m, addr) in view.routes.pool.members().iter().zip(&addrs) {
         e.sample(
             "sipedge_next_hop_up",
             &[("member", addr)],
@@ -604,7 +605,7 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         Kind::Gauge,
         "Transactions in flight toward the next-hop member.",
     );
-    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
+    for (m, addr) in view.routes.pool.members().iter().zip(&addrs) {
         e.sample(
             "sipedge_next_hop_outstanding",
             &[("member", addr)],
@@ -617,11 +618,11 @@ pub fn metrics(shared: &Shared, now: Instant) -> String {
         "Calls (INVITE dialogs) crossing the edge, against limits.max_calls.",
     )
     .sample("sipedge_calls", &[], shared.calls_in_progress() as u64);
-    if let Some(partners) = &shared.partners {
+    if let Some(partners) = &view.routes.partners {
         let dialogs = partners.dialogs(&shared.calls());
         partner_metrics(&mut e, partners, &dialogs);
     }
-    if let Some(turn) = shared.turn.get() {
+    if let Some(turn) = view.turn.as_ref() {
         turn_metrics(&mut e, turn);
     }
     e.finish()

@@ -17,18 +17,19 @@ use crate::sync::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use super::conn::{self, Accepted};
-use super::Shared;
+use super::conn;
+use super::{Routes, Shared};
 use crate::core::firewall::{Gcra, Rate};
 use crate::core::sip::calls::{Calls, Owner};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
+use crate::core::sip::pool_link::Answerable;
 use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
 pub use crate::core::sip::session::PartnerTarget as Target;
@@ -73,9 +74,8 @@ enum Sent {
 /// A request waiting for a connection, with what it takes to refuse it.
 struct Waiting {
     bytes: Bytes,
-    /// The flow it came from and its original bytes, for a 503.
-    origin: FlowId,
-    raw: Bytes,
+    /// Whom to answer 503 if no connection can be made.
+    answerable: Answerable,
 }
 
 #[derive(Default)]
@@ -113,8 +113,6 @@ pub struct Partners {
     stats: std::sync::RwLock<HashMap<PartnerId, Arc<PartnerStats>>>,
     /// All discovered partners together.
     pub discovered_stats: PartnerStats,
-    /// The edge's shared state, set once it exists (connections need it to run).
-    shared: std::sync::OnceLock<Weak<Shared>>,
 }
 
 /// What a reload may replace.
@@ -149,7 +147,6 @@ impl Partners {
             discovered_rates: Mutex::new(HashMap::new()),
             stats: std::sync::RwLock::new(HashMap::new()),
             discovered_stats: PartnerStats::default(),
-            shared: std::sync::OnceLock::new(),
         };
         partners.reconfigure(config);
         partners
@@ -175,10 +172,6 @@ impl Partners {
 
     fn config(&self) -> Arc<Config> {
         self.config.read_unpoisoned().clone()
-    }
-
-    pub fn set_shared(&self, shared: &Arc<Shared>) {
-        let _ = self.shared.set(Arc::downgrade(shared));
     }
 
     /// The partners in force now.
@@ -294,11 +287,11 @@ impl Partners {
     /// `Err` when it cannot even wait: the caller answers with it.
     pub fn send(
         self: &Arc<Self>,
-        shared: &Shared,
+        shared: &Arc<Shared>,
+        routes: &Arc<Routes>,
         target: Target,
         bytes: Bytes,
-        origin: FlowId,
-        raw: Bytes,
+        answerable: Answerable,
     ) -> Result<(), Why> {
         let unavailable = Why::PartnerUnavailable {
             retry_after_secs: RETRY_AFTER_SECS,
@@ -322,8 +315,7 @@ impl Partners {
             }
             st.waiting.push(Waiting {
                 bytes: bytes.clone(),
-                origin,
-                raw: raw.clone(),
+                answerable: answerable.clone(),
             });
             let connect = st.connecting == 0 && st.flows.len() < max;
             if connect {
@@ -340,8 +332,10 @@ impl Partners {
             }
             Some(Ok(Sent::Waiting { connect })) => {
                 if connect {
-                    let this = self.clone();
-                    tokio::spawn(async move { this.connect_and_serve(target).await });
+                    let (this, shared, routes) = (self.clone(), shared.clone(), routes.clone());
+                    tokio::spawn(
+                        async move { this.connect_and_serve(&shared, &routes, target).await },
+                    );
                 }
                 Ok(())
             }
@@ -356,13 +350,15 @@ impl Partners {
 
     /// Opens a connection to the partner, hands it the waiting requests and runs it until
     /// it closes; if none can be opened, the waiting requests get 503.
-    async fn connect_and_serve(self: Arc<Self>, target: Target) {
-        let Some(shared) = self.shared.get().and_then(Weak::upgrade) else {
-            return;
-        };
+    async fn connect_and_serve(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        routes: &Arc<Routes>,
+        target: Target,
+    ) {
         let (stream, remote) = match self.connect(&target).await {
             Ok(c) => c,
-            Err(e) => return self.connect_failed(&shared, &target, &e),
+            Err(e) => return self.connect_failed(shared, &target, &e),
         };
         // What the partner proved itself with: a discovered partner's requests are held to
         // the domain its certificate names.
@@ -372,10 +368,10 @@ impl Partners {
             Target::Listed(p) => Some(p),
             Target::Discovered(_) => None,
         };
-        let (session, rx) = conn::register(&shared, Side::External, remote, partner, certificate);
+        let (session, rx) = conn::register(shared, Side::External, remote, partner, certificate);
         let flow = session.flow().id;
-        self.connected(&shared, &target, flow);
-        let closed = conn::run(session, shared.clone(), stream, rx, &mut Accepted).await;
+        self.connected(shared, &target, flow);
+        let (closed, _) = conn::run(session, shared, routes, stream, rx, None).await;
         tracing::debug!(%remote, flow = flow.0, reason = ?closed, "partner connection closed");
         self.with_state(&target, |st| st.flows.retain(|f| *f != flow));
     }
@@ -414,10 +410,7 @@ impl Partners {
         };
         for w in waiting {
             shared.stats.reject(why, Side::Internal);
-            if let Some(answer) = shared.proxy.answer(&w.raw, why, None) {
-                let _ = shared.flows.send(w.origin, Bytes::from(answer));
-            }
-            shared.answered_by_edge(&w.raw, 503);
+            shared.answer_in_place_of(&w.answerable, why);
         }
     }
 

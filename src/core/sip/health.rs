@@ -57,6 +57,11 @@ impl Health {
         self.up && self.connected
     }
 
+    /// Whether the connection to the member is up (whatever the probes say).
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Instant {
         match self.pending {

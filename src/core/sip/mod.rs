@@ -14,6 +14,7 @@ pub mod health;
 pub mod message;
 pub mod outstanding;
 pub mod parse;
+pub mod pool_link;
 pub mod proxy;
 pub mod reject;
 pub mod session;

@@ -320,28 +320,11 @@ impl Proxy {
 
     /// The answer to a refused message, or `None` when silence is the answer.
     pub fn answer(&self, raw: &[u8], why: Why, msg: Option<&Message>) -> Option<Vec<u8>> {
-        let (status, reason) = why.status()?;
-        let extra = match why {
-            Why::PoolUnavailable { retry_after_secs }
-            | Why::PartnerUnavailable { retry_after_secs }
-            | Why::PartnerDialogs { retry_after_secs }
-            | Why::Draining { retry_after_secs }
-            | Why::Overloaded { retry_after_secs }
-            | Why::CallLimit { retry_after_secs }
-            | Why::RateLimited { retry_after_secs } => {
-                format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
-            }
-            Why::BadExtension => {
-                // RFC 3261 §8.2.2.3: list what is not supported.
-                let tags = msg.and_then(|m| m.proxy_require.map(|s| m.bytes(s).to_vec()));
-                let mut line = b"Unsupported: ".to_vec();
-                line.extend_from_slice(tags.as_deref().unwrap_or_default());
-                line.extend_from_slice(b"\r\n");
-                line
-            }
-            _ => Vec::new(),
-        };
-        reject::response(raw, status, reason, &extra)
+        reject::answer(
+            raw,
+            why,
+            msg.and_then(|m| m.proxy_require.map(|s| m.bytes(s))),
+        )
     }
 
     /// An OPTIONS health probe for next-hop member `member` (RFC 3261 §11). Max-Forwards 1:

@@ -350,6 +350,33 @@ fn malformed_phrase(h: HeaderName) -> &'static str {
     }
 }
 
+/// The edge's whole answer to a refused request (`raw`, as it arrived): the status and
+/// reason of `why`, a `Retry-After` for every refusal that is only for now, and for an
+/// unsupported extension the `Unsupported` list (RFC 3261 §8.2.2.3) from the request's
+/// `Proxy-Require` value. `None` when silence is the answer (see [`response`]).
+pub fn answer(raw: &[u8], why: Why, proxy_require: Option<&[u8]>) -> Option<Vec<u8>> {
+    let (status, reason) = why.status()?;
+    let extra = match why {
+        Why::PoolUnavailable { retry_after_secs }
+        | Why::PartnerUnavailable { retry_after_secs }
+        | Why::PartnerDialogs { retry_after_secs }
+        | Why::Draining { retry_after_secs }
+        | Why::Overloaded { retry_after_secs }
+        | Why::CallLimit { retry_after_secs }
+        | Why::RateLimited { retry_after_secs } => {
+            format!("Retry-After: {retry_after_secs}\r\n").into_bytes()
+        }
+        Why::BadExtension => {
+            let mut line = b"Unsupported: ".to_vec();
+            line.extend_from_slice(proxy_require.unwrap_or_default());
+            line.extend_from_slice(b"\r\n");
+            line
+        }
+        _ => Vec::new(),
+    };
+    response(raw, status, reason, &extra)
+}
+
 /// Builds the response to a refused request from the request's raw bytes, or `None` when no
 /// response can be formed: the message is a response or an ACK (RFC 3261 §17.2.1: ACKs are
 /// never answered), or a line the response must echo (Via, From, To, Call-ID, CSeq) is

@@ -8,7 +8,12 @@
 //! the firewall's per-source table, the pool, the flow table, the partners, the call table,
 //! counters — it asks of the [`Edge`] it is driven with; the session takes no lock and reads
 //! no clock itself. The same session serves connections accepted on either listener and
-//! those the edge opens to the pool and to partners.
+//! those the edge opens to the pool and to partners; on a connection to a pool member it
+//! also owns the member's probes and transaction timers ([`PoolLink`]) and answers 408 or
+//! 503 in the member's place (`pool`).
+//!
+//! Submodules: `edge` (the [`Edge`] trait), `admission` (firewall, shedding, drain, calls),
+//! `pool` (what only a pool member's session does).
 //!
 //! The shell's loop: read into [`Session::read_buf`] and call [`Session::handle_read`] (or
 //! hand bytes to [`Session::handle_input`]); give it what other connections queue for this
@@ -26,11 +31,20 @@ use super::federation::{discovered_key, PartnerId};
 use super::frame::{Frame, FrameLimits, Framer};
 use super::message::{Kind, Message, Method};
 use super::parse::Head;
-use super::proxy::{Action, DiscoveredTarget, Flow, Proof, Proxy, Side, TxKey};
+use super::pool_link::{Answerable, MemberEvent, PoolLink, PoolRequest};
+use super::proxy::{Action, DiscoveredTarget, Flow, Proof, Proxy, Side};
 use super::reject::{self, Why};
 use super::token::FlowId;
 use crate::core::firewall::{Gcra, Rate, Refusal, Strike};
 use crate::core::net::SourceKey;
+
+mod admission;
+mod edge;
+mod pool;
+
+use admission::initial_invite;
+pub use edge::{Edge, FlowRefused, PartnerTarget, PoolRefused};
+pub use pool::answer_in_place_of;
 
 /// Largest read per call; TLS records are at most 16 KiB anyway.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -50,116 +64,6 @@ pub struct SessionLimits {
     pub max_outstanding: usize,
     /// Calls one external source may hold at once (allow-listed sources: the total only).
     pub max_calls_per_source: usize,
-}
-
-/// Where a request for a partner goes (as the shell's partner table knows it).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum PartnerTarget {
-    Listed(PartnerId),
-    Discovered(DiscoveredTarget),
-}
-
-/// Why the pool did not take a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolRefused;
-
-/// Why a flow did not take a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowRefused {
-    /// No such flow: the connection is gone (430 Flow Failed for requests).
-    Gone,
-    /// Its queue is full: its peer does not read.
-    Full,
-    /// The flow is in the sender's own zone: no legitimate route does that.
-    SameZone,
-}
-
-/// What a session asks of the edge around it. Every call returns at once: nothing here
-/// waits for the network.
-pub trait Edge {
-    fn proxy(&self) -> &Proxy;
-    /// The limits in force.
-    fn limits(&self) -> &SessionLimits;
-
-    // --- the firewall (external sources) ---
-    /// One message from `ip`: the source's rate, or its ban.
-    fn source_request(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal>;
-    /// An offence by `ip`.
-    fn strike(&mut self, ip: IpAddr, now: Instant) -> Strike;
-    fn is_banned(&mut self, ip: IpAddr, now: Instant) -> bool;
-    /// Exempt from per-source limits (`firewall.allow_sources`).
-    fn is_allowed(&self, ip: IpAddr) -> bool;
-
-    // --- partners ---
-    /// A message from listed partner `p`: its rate; `None` when `p` is no partner any more.
-    fn partner_admit(&mut self, p: PartnerId, now: Instant) -> Option<Result<(), Duration>>;
-    /// A message from a discovered partner's `domain`: the discovery rate.
-    fn discovered_admit(&mut self, domain: &[u8], now: Instant) -> Result<(), Duration>;
-    /// The dialog limit of a partner: its key and how many dialogs it may hold.
-    fn partner_dialog_limit(&self, target: &PartnerTarget) -> Option<(u64, usize)>;
-
-    // --- the pool and the edge's state ---
-    fn outstanding(&self) -> usize;
-    fn pool_any_up(&self) -> bool;
-    /// Retry-After of the pool's 503s.
-    fn retry_after_secs(&self) -> u32;
-    fn is_draining(&self) -> bool;
-
-    // --- calls ---
-    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey;
-    fn call_begin(
-        &mut self,
-        key: CallKey,
-        owner: Owner,
-        owner_limit: Option<usize>,
-        now: Instant,
-    ) -> Result<bool, AtLimit>;
-    fn call_abort(&mut self, key: CallKey);
-    fn call_answered(&mut self, key: CallKey, status: u16, now: Instant);
-    fn call_ended(&mut self, key: CallKey);
-
-    // --- sending (queues; never waits) ---
-    fn to_pool(&mut self, bytes: Bytes, tx: Option<(TxKey, Method)>) -> Result<(), PoolRefused>;
-    fn to_flow(&mut self, flow: FlowId, from: Side, bytes: Bytes) -> Result<(), FlowRefused>;
-    /// To a partner's edge (waiting, bounded, while a connection opens); `origin` and `raw`
-    /// let the edge answer 503 later if none can be opened.
-    fn to_partner(
-        &mut self,
-        target: PartnerTarget,
-        bytes: Bytes,
-        origin: FlowId,
-        raw: Bytes,
-    ) -> Result<(), Why>;
-    /// The A/V authentication service's answer to a credentials request from the inside.
-    fn credentials(&mut self, flow: &Flow, msg: &Message) -> Option<Vec<u8>>;
-
-    // --- what only a connection to a pool member does ---
-    /// A response before the proxy sees it; `true` consumes it (an answer to a probe).
-    fn intercept_response(&mut self, _msg: &Message) -> bool {
-        false
-    }
-    /// A final response to a pool transaction passed through this connection.
-    fn completed(&mut self, _key: TxKey) {}
-
-    // --- counters and logs ---
-    /// A message (or the stream) was refused; `answer` is what the session wrote back, if
-    /// an answer could be formed.
-    fn rejected(
-        &mut self,
-        flow: &Flow,
-        why: Why,
-        msg: Option<&Message>,
-        answer: Option<&[u8]>,
-        now: Instant,
-    );
-    /// A CRLF CRLF keep-alive was answered (RFC 5626 §3.5.1).
-    fn keepalive(&mut self, _flow: &Flow) {}
-    fn forwarded(&mut self, flow: &Flow, msg: &Message);
-    fn refused(&mut self, refusal: Refusal);
-    /// The connection closes because its source is banned.
-    fn banned_close(&mut self, flow: &Flow, now: Instant);
-    /// A response nobody could take (its flow gone or full).
-    fn dropped_response(&mut self, flow: &Flow, target: FlowId);
 }
 
 /// Why a session ended.
@@ -188,6 +92,8 @@ pub struct Session {
     /// This connection's own budget (external connections only).
     requests: Gcra,
     closed: Option<CloseReason>,
+    /// A connection to a pool member: the member's health and transactions.
+    pool: Option<Box<PoolLink>>,
 }
 
 impl Session {
@@ -201,7 +107,51 @@ impl Session {
             message_started: None,
             requests: Gcra::default(),
             closed: None,
+            pool: None,
         }
+    }
+
+    /// A session on a new connection to a pool member: it probes the member at once, and
+    /// answers for the requests it hands over if the member fails them.
+    pub fn to_member(flow: Flow, mut link: PoolLink, now: Instant) -> Session {
+        link.health.handle_connected(now);
+        link.probe_sent = None;
+        Session {
+            pool: Some(Box::new(link)),
+            ..Session::new(flow, now)
+        }
+    }
+
+    /// The pool member this session is connected to, if it is one.
+    pub fn pool_link(&self) -> Option<&PoolLink> {
+        self.pool.as_deref()
+    }
+
+    /// A request for the pool member at the other end (the shell's pool picked it): written,
+    /// and its transaction timed.
+    pub fn handle_pool_request(&mut self, now: Instant, request: &PoolRequest) {
+        if let Some(link) = &mut self.pool {
+            link.record(now, request);
+        }
+        self.out.extend_from_slice(&request.bytes);
+    }
+
+    /// The connection is over (whatever closed it): a pool member's transactions in flight
+    /// are answered 503 in its place (RFC 3261 §16.9: whether it processed them is unknown,
+    /// so they are not retried elsewhere), and the member is down. Returns the member's link
+    /// for the next connection.
+    pub fn finish<E: Edge>(&mut self, now: Instant, edge: &mut E) -> Option<PoolLink> {
+        let mut link = *self.pool.take()?;
+        let why = Why::PoolUnavailable {
+            retry_after_secs: edge.retry_after_secs(),
+        };
+        for answerable in link.outstanding.drain().collect::<Vec<_>>() {
+            answer_in_place_of(edge, &answerable, why, now);
+        }
+        if let Some(t) = link.disconnected() {
+            edge.member_event(&link, MemberEvent::Transition(t), now);
+        }
+        Some(link)
     }
 
     pub fn flow(&self) -> &Flow {
@@ -256,9 +206,13 @@ impl Session {
     /// When [`Session::handle_timeout`] must be called next, under `limits`.
     pub fn poll_timeout(&self, limits: &SessionLimits) -> Instant {
         let idle = self.last_read + limits.idle_timeout;
-        match self.message_started {
+        let own = match self.message_started {
             Some(t) => idle.min(t + limits.header_timeout),
             None => idle,
+        };
+        match &self.pool {
+            Some(link) => own.min(link.next_deadline()),
+            None => own,
         }
     }
 
@@ -268,6 +222,7 @@ impl Session {
         if self.closed.is_some() {
             return;
         }
+        self.pool_timers(edge, now);
         let limits = edge.limits();
         let (header_timeout, idle_timeout) = (limits.header_timeout, limits.idle_timeout);
         if let Some(t) = self.message_started {
@@ -342,7 +297,7 @@ impl Session {
                 return;
             }
         };
-        if !msg.is_request() && edge.intercept_response(&msg) {
+        if !msg.is_request() && self.probe_answered(edge, &msg, now) {
             return;
         }
         if self.flow.side == Side::External {
@@ -358,15 +313,23 @@ impl Session {
             self.reject(edge, &msg.raw, why, Some(&msg), now);
             return;
         }
-        let new_call = match self.begin_call(edge, &msg, &action, now) {
-            Ok(call) => call,
-            Err(why) => {
+        let call =
+            initial_invite(&msg, &action).map(|tag| edge.call_key(msg.bytes(msg.call_id), tag));
+        let new_call = match call.map(|key| self.begin_call(edge, key, &msg, &action, now)) {
+            Some(Ok(true)) => call,
+            None | Some(Ok(false)) => None,
+            Some(Err(why)) => {
                 self.reject(edge, &msg.raw, why, Some(&msg), now);
                 return;
             }
         };
         let proof = action.proof();
-        let sent = self.send(edge, &msg, action, now);
+        let answerable = Answerable {
+            origin: self.flow.id,
+            raw: msg.raw.clone(),
+            call,
+        };
+        let sent = self.send(edge, &msg, action, answerable, now);
         match new_call {
             // Counted only once the next hop took it.
             Some(key) if !sent => edge.call_abort(key),
@@ -377,184 +340,22 @@ impl Session {
         }
     }
 
-    /// The firewall's say on a message from outside (requests and responses alike): a
-    /// partner's rate, or the connection's and the source's rates (503 + Retry-After) and
-    /// the source's ban (close).
-    fn admit<E: Edge>(&mut self, edge: &mut E, msg: &Message, now: Instant) -> Result<(), Why> {
-        // A partner edge carries many users over few connections: its own rate applies,
-        // not the per-connection and per-source ones (nor their strikes and bans).
-        let partner_verdict = match self.flow.partner {
-            Some(p) => edge.partner_admit(p, now),
-            None => edge
-                .proxy()
-                .discovered_sender(&self.flow, msg)
-                .map(|domain| domain.to_vec())
-                .map(|domain| edge.discovered_admit(&domain, now)),
-        };
-        // (A partner a reload removed falls through: its connection is held to everyone's
-        // limits, and the proxy refuses its requests.)
-        if let Some(verdict) = partner_verdict {
-            return verdict.map_err(|wait| Why::RateLimited {
-                retry_after_secs: secs_at_least_1(wait),
-            });
-        }
-        let ip = self.flow.remote.ip();
-        if let Err(wait) = self.requests.take(edge.limits().connection_requests, now) {
-            edge.refused(Refusal::RequestRate { retry_after: wait });
-            self.strike(edge, now);
-            return Err(Why::RateLimited {
-                retry_after_secs: secs_at_least_1(wait),
-            });
-        }
-        match edge.source_request(ip, now) {
-            Ok(()) => Ok(()),
-            Err(refusal @ Refusal::Banned { .. }) => {
-                edge.refused(refusal);
-                edge.banned_close(&self.flow, now);
-                self.closed = Some(CloseReason::Banned);
-                Err(Why::RateLimited {
-                    retry_after_secs: refusal.retry_after_secs(),
-                })
-            }
-            Err(refusal) => {
-                edge.refused(refusal);
-                Err(Why::RateLimited {
-                    retry_after_secs: refusal.retry_after_secs(),
-                })
-            }
-        }
-    }
-
-    /// Overload shedding and drain, for a request about to be forwarded that proves no
-    /// dialog the edge recorded (a To tag proves nothing): while draining, new calls either
-    /// way and any new request from outside get 503 so clients take their work to another
-    /// pool member; above `max_outstanding`, new work from outside gets 503. ACK and CANCEL
-    /// start nothing and always pass.
-    fn shed<E: Edge>(&self, edge: &E, msg: &Message, action: &Action) -> Option<Why> {
-        let method = msg.method()?;
-        if matches!(action, Action::Reject(_) | Action::Credentials)
-            || action.proof() == Proof::Dialog
-            || matches!(method, Method::Ack | Method::Cancel)
-        {
-            return None;
-        }
-        let outside = self.flow.side == Side::External;
-        if edge.is_draining() && (method == Method::Invite || outside) {
-            return Some(Why::Draining {
-                retry_after_secs: 1,
-            });
-        }
-        if outside && edge.outstanding() >= edge.limits().max_outstanding {
-            return Some(Why::Overloaded {
-                retry_after_secs: edge.retry_after_secs(),
-            });
-        }
-        None
-    }
-
-    /// An INVITE that starts a call (no To tag) about to be forwarded: counted against its
-    /// owner's bound and the edge's. `Ok(Some(key))` for a new call, to be aborted if the
-    /// send fails.
-    fn begin_call<E: Edge>(
-        &self,
+    /// Carries out the proxy's decision; whether the message went on.
+    fn send<E: Edge>(
+        &mut self,
         edge: &mut E,
         msg: &Message,
-        action: &Action,
+        action: Action,
+        answerable: Answerable,
         now: Instant,
-    ) -> Result<Option<CallKey>, Why> {
-        if msg.method() != Some(Method::Invite)
-            || msg.to_tag.is_some()
-            || matches!(action, Action::Reject(_) | Action::Credentials)
-        {
-            return Ok(None);
-        }
-        let Some(tag) = msg.from_tag else {
-            return Ok(None);
-        };
-        let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag));
-        let (owner, limit) = self.call_owner(edge, msg, action);
-        let partner = matches!(owner, Owner::Partner(_));
-        match edge.call_begin(key, owner, limit, now) {
-            Ok(true) => Ok(Some(key)),
-            Ok(false) => Ok(None),
-            Err(AtLimit::Owner | AtLimit::Taken) if partner => Err(Why::PartnerDialogs {
-                retry_after_secs: PARTNER_RETRY_AFTER_SECS,
-            }),
-            Err(_) => Err(Why::CallLimit {
-                retry_after_secs: edge.retry_after_secs(),
-            }),
-        }
-    }
-
-    /// Who a new call is charged to, and how many that owner may hold.
-    fn call_owner<E: Edge>(
-        &self,
-        edge: &E,
-        msg: &Message,
-        action: &Action,
-    ) -> (Owner, Option<usize>) {
-        let partner = |target: PartnerTarget| match edge.partner_dialog_limit(&target) {
-            Some((key, max)) => (Owner::Partner(key), Some(max)),
-            None => (Owner::Inside, None),
-        };
-        match (self.flow.side, action) {
-            (Side::Internal, Action::ToPartner { partner: p, .. }) => {
-                partner(PartnerTarget::Listed(*p))
-            }
-            (Side::Internal, Action::ToDiscovered { target, .. }) => {
-                partner(PartnerTarget::Discovered(target.clone()))
-            }
-            (Side::Internal, _) => (Owner::Inside, None),
-            (Side::External, _) => {
-                if let Some(p) = self.flow.partner {
-                    return partner(PartnerTarget::Listed(p));
-                }
-                if let Some(domain) = edge.proxy().discovered_sender(&self.flow, msg) {
-                    let domain = String::from_utf8_lossy(domain).to_ascii_lowercase();
-                    return match edge.partner_dialog_limit(&PartnerTarget::Discovered(
-                        DiscoveredTarget::Domain(domain.clone()),
-                    )) {
-                        Some((key, max)) => (Owner::Partner(key), Some(max)),
-                        None => (Owner::Partner(discovered_key(domain.as_bytes())), Some(0)),
-                    };
-                }
-                let ip = self.flow.remote.ip();
-                let limit = (!edge.is_allowed(ip)).then_some(edge.limits().max_calls_per_source);
-                (Owner::Source(SourceKey::of(ip)), limit)
-            }
-        }
-    }
-
-    /// What a forwarded message does to a call: a final answer to an INVITE answers it,
-    /// a BYE of a dialog the edge recorded (or from the inside) ends it.
-    fn track_call<E: Edge>(&self, edge: &mut E, msg: &Message, proof: Proof, now: Instant) {
-        match msg.kind {
-            Kind::Response { status }
-                if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" =>
-            {
-                if let Some(tag) = msg.from_tag {
-                    let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag));
-                    edge.call_answered(key, status, now);
-                }
-            }
-            Kind::Request {
-                method: Method::Bye,
-                ..
-            } if proof == Proof::Dialog || self.flow.side == Side::Internal => {
-                for tag in [msg.from_tag, msg.to_tag].into_iter().flatten() {
-                    let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag));
-                    edge.call_ended(key);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Carries out the proxy's decision; whether the message went on.
-    fn send<E: Edge>(&mut self, edge: &mut E, msg: &Message, action: Action, now: Instant) -> bool {
+    ) -> bool {
         let side = self.flow.side;
         match action {
-            Action::ToPool { bytes, tx, .. } => match edge.to_pool(Bytes::from(bytes), tx) {
+            Action::ToPool { bytes, tx, .. } => match edge.to_pool(PoolRequest {
+                bytes: Bytes::from(bytes),
+                tx,
+                answerable,
+            }) {
                 Ok(()) => {
                     edge.forwarded(&self.flow, msg);
                     true
@@ -577,8 +378,8 @@ impl Session {
                 completes,
                 ..
             } => {
-                if let Some(key) = completes {
-                    edge.completed(key);
+                if let (Some(key), Some(link)) = (completes, &mut self.pool) {
+                    link.outstanding.complete(&key);
                 }
                 match edge.to_flow(flow, side, Bytes::from(bytes)) {
                     Ok(()) => {
@@ -620,10 +421,12 @@ impl Session {
                 false
             }
             Action::ToPartner { partner, bytes, .. } => {
-                self.send_to_partner(edge, msg, PartnerTarget::Listed(partner), bytes, now)
+                let target = PartnerTarget::Listed(partner);
+                self.send_to_partner(edge, msg, target, bytes, answerable, now)
             }
             Action::ToDiscovered { target, bytes, .. } => {
-                self.send_to_partner(edge, msg, PartnerTarget::Discovered(target), bytes, now)
+                let target = PartnerTarget::Discovered(target);
+                self.send_to_partner(edge, msg, target, bytes, answerable, now)
             }
             Action::Credentials => {
                 if let Some(answer) = edge.credentials(&self.flow, msg) {
@@ -640,9 +443,10 @@ impl Session {
         msg: &Message,
         target: PartnerTarget,
         bytes: Vec<u8>,
+        answerable: Answerable,
         now: Instant,
     ) -> bool {
-        match edge.to_partner(target, Bytes::from(bytes), self.flow.id, msg.raw.clone()) {
+        match edge.to_partner(target, Bytes::from(bytes), answerable) {
             Ok(()) => {
                 edge.forwarded(&self.flow, msg);
                 true
@@ -687,8 +491,4 @@ impl Session {
             self.closed = Some(CloseReason::Banned);
         }
     }
-}
-
-fn secs_at_least_1(d: Duration) -> u32 {
-    u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX)
 }
