@@ -289,6 +289,7 @@ pub fn topology(data: &[u8]) {
 
 pub mod golden;
 pub mod outsider;
+pub mod pair;
 pub mod sim;
 pub mod turn_session;
 

@@ -1,0 +1,306 @@
+//! The connection's behaviour end to end on simulated time: a remote user, the edge and a
+//! pool member's Director, no sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::core::sip::outstanding::{INVITE_TIMEOUT, NON_INVITE_TIMEOUT};
+
+const CALL_ID: &str = "pair-call-1@198.51.100.20";
+
+fn invite(call_id: &str, branch: &str) -> String {
+    format!(
+        "INVITE sip:bob@sipedge.test SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 198.51.100.20:50123;branch=z9hG4bK{branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@sipedge.test>;tag=alice1\r\n\
+         To: Bob <sip:bob@sipedge.test>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@198.51.100.20:50123;transport=tls>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn message(call_id: &str) -> String {
+    format!(
+        "MESSAGE sip:bob@sipedge.test SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 198.51.100.20:50123;branch=z9hG4bKm{call_id};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@sipedge.test>;tag=alice1\r\n\
+         To: <sip:bob@sipedge.test>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The user's in-dialog request of `method` for the dialog the 2xx `answer` set up: Route
+/// from its Record-Route (reversed, RFC 3261 §12.1.2), To with the Director's tag.
+fn in_dialog(answer: &str, method: &str, cseq: u32) -> String {
+    let mut routes: Vec<&str> = answer
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .flat_map(|v| v.split(", "))
+        .collect();
+    routes.reverse();
+    let to = answer
+        .split("\r\n")
+        .find(|l| l.starts_with("To: "))
+        .unwrap();
+    let route_lines: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+    format!(
+        "{method} sip:bob@10.0.0.5:5061;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 198.51.100.20:50123;branch=z9hG4bKd{method}{cseq};rport\r\n\
+         {route_lines}\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@sipedge.test>;tag=alice1\r\n\
+         {to}\r\n\
+         Call-ID: {CALL_ID}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn status_of(msg: &str) -> u16 {
+    msg.strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sets up a call; returns the 200 OK as the user got it.
+fn call(pair: &mut Pair) -> String {
+    pair.user_sends(invite(CALL_ID, "inv1").as_bytes());
+    let at_director = pair.director_received();
+    assert_eq!(at_director.len(), 1, "{at_director:?}");
+    let ok = director_answer(&at_director[0], 200, "OK");
+    pair.director_sends(&ok);
+    let got = pair.user_received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(status_of(&got[0]), 200, "{}", got[0]);
+    got[0].clone()
+}
+
+#[test]
+fn the_member_comes_up_on_answered_probes_and_goes_down_when_they_stop() {
+    let mut pair = Pair::new();
+    assert!(!pair.edge.pool_up, "a member starts down");
+    pair.advance(PROBE.interval);
+    assert!(pair.edge.pool_up, "up after {} answered probes", PROBE.rise);
+    assert!(pair.probes_answered >= 2);
+    // Nothing of the probes reaches anyone else.
+    assert!(pair.user_received().is_empty());
+    assert!(pair.director_received().is_empty());
+
+    pair.director_alive = false;
+    pair.advance(PROBE.interval * (PROBE.fall + 1));
+    assert!(
+        !pair.edge.pool_up,
+        "down after {} missed probes",
+        PROBE.fall
+    );
+    // With the pool down, the user's new work is refused at once, 503 with Retry-After.
+    pair.user_sends(message("while-down").as_bytes());
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 503, "{got:?}");
+    assert!(got[0].contains("Retry-After: 30"), "{}", got[0]);
+    assert!(pair.director_received().is_empty());
+}
+
+#[test]
+fn a_call_crosses_with_the_edges_tokens_and_its_bye_ends_it() {
+    let mut pair = Pair::up();
+    pair.user_sends(invite(CALL_ID, "inv1").as_bytes());
+    let at_director = pair.director_received();
+    let forwarded = &at_director[0];
+    assert!(forwarded.starts_with("INVITE sip:bob@sipedge.test"));
+    assert!(
+        forwarded.contains("Via: SIP/2.0/TLS 127.0.0.2:5061;branch=z9hG4bKse"),
+        "{forwarded}"
+    );
+    assert!(forwarded.contains("Record-Route: <sip:"), "{forwarded}");
+    assert!(forwarded.contains("received=203.0.113.7"), "{forwarded}");
+    assert_eq!(pair.edge.calls.len(), 1, "the call is counted");
+    assert_eq!(pair.edge.outstanding, 1, "one transaction at the member");
+
+    pair.director_sends(&director_answer(forwarded, 200, "OK"));
+    let ok = pair.user_received().remove(0);
+    assert_eq!(status_of(&ok), 200);
+    assert!(
+        !ok.contains("Via: SIP/2.0/TLS 127.0.0.2"),
+        "the edge's Via came off: {ok}"
+    );
+    assert_eq!(pair.edge.outstanding, 0, "the final answer completed it");
+
+    pair.user_sends(in_dialog(&ok, "BYE", 2).as_bytes());
+    let bye = pair.director_received();
+    assert_eq!(bye.len(), 1, "the BYE proved its dialog: {bye:?}");
+    assert!(bye[0].starts_with("BYE "));
+    assert_eq!(pair.edge.calls.len(), 0, "the BYE ended the call");
+}
+
+#[test]
+fn a_member_that_does_not_answer_is_answered_for_with_408_at_the_transaction_timeout() {
+    let mut pair = Pair::up();
+    pair.user_sends(message("silent-1").as_bytes());
+    assert_eq!(pair.director_received().len(), 1);
+    assert_eq!(pair.edge.outstanding, 1);
+    pair.advance(NON_INVITE_TIMEOUT - Duration::from_secs(1));
+    assert!(pair.user_received().is_empty(), "not before Timer F");
+    pair.advance(Duration::from_secs(2));
+    let got = pair.user_received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(status_of(&got[0]), 408, "{}", got[0]);
+    assert!(got[0].contains("Call-ID: silent-1"));
+    assert!(
+        got[0].contains("branch=z9hG4bKmsilent-1"),
+        "answers the user's own transaction: {}",
+        got[0]
+    );
+    assert_eq!(pair.edge.outstanding, 0);
+
+    // An INVITE waits for Timer C, and its call ends with the 408.
+    pair.user_sends(invite("silent-call", "inv2").as_bytes());
+    assert_eq!(pair.edge.calls.len(), 1);
+    pair.advance(INVITE_TIMEOUT + Duration::from_secs(1));
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 408, "{got:?}");
+    assert_eq!(pair.edge.calls.len(), 0, "the 408 ended the call");
+}
+
+#[test]
+fn a_lost_member_connection_answers_503_for_what_it_held_and_takes_nothing_more() {
+    let mut pair = Pair::up();
+    pair.user_sends(invite("held-call", "inv3").as_bytes());
+    pair.user_sends(message("held-message").as_bytes());
+    assert_eq!(pair.director_received().len(), 2);
+    assert_eq!(pair.edge.calls.len(), 1);
+
+    pair.member_connection_lost();
+    let mut got = pair.user_received();
+    got.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for answer in &got {
+        assert_eq!(status_of(answer), 503, "{answer}");
+        assert!(answer.contains("Retry-After: 30"), "{answer}");
+    }
+    assert_eq!(pair.edge.calls.len(), 0, "the 503 ended the call");
+    let link = pair
+        .link
+        .as_ref()
+        .expect("the link comes back for the next connection");
+    assert!(!link.is_up() && link.outstanding() == 0);
+    assert!(!pair.edge.pool_up);
+
+    // Nothing waits for a member that is gone.
+    pair.user_sends(message("after-loss").as_bytes());
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 503, "{got:?}");
+}
+
+#[test]
+fn draining_refuses_new_work_but_lets_a_recorded_dialog_finish() {
+    let mut pair = Pair::up();
+    let ok = call(&mut pair);
+    pair.edge.draining = true;
+
+    pair.user_sends(invite("new-while-draining", "inv4").as_bytes());
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 503, "{got:?}");
+    assert!(got[0].contains("Retry-After: 1"), "{}", got[0]);
+    pair.user_sends(message("new-message").as_bytes());
+    assert_eq!(status_of(&pair.user_received()[0]), 503);
+    assert!(pair.director_received().is_empty(), "nothing new went in");
+
+    // The dialog the edge recorded proves itself with its Record-Route token.
+    pair.user_sends(in_dialog(&ok, "BYE", 2).as_bytes());
+    assert_eq!(pair.director_received().len(), 1, "the BYE goes through");
+    assert_eq!(pair.edge.calls.len(), 0);
+}
+
+#[test]
+fn a_claimed_dialog_without_the_edges_token_is_new_work_and_is_shed() {
+    let mut pair = Pair::up();
+    let ok = call(&mut pair);
+    pair.edge.draining = true;
+    // The same dialog's To tag and Call-ID, but a Route the edge did not mint: it proves
+    // nothing, so it is new work from outside — refused while draining.
+    let forged = in_dialog(&ok, "INFO", 3).replace("sip:", "sip:x").replacen(
+        "INFO sip:xbob",
+        "INFO sip:bob",
+        1,
+    );
+    pair.user_sends(forged.as_bytes());
+    let got = pair.user_received();
+    assert!(
+        matches!(status_of(&got[0]), 403 | 503),
+        "refused, never forwarded: {got:?}"
+    );
+    assert!(pair.director_received().is_empty());
+}
+
+#[test]
+fn overload_sheds_new_work_from_outside_with_the_pools_retry_after() {
+    let mut pair = Pair::up();
+    pair.edge.limits.max_outstanding = 2;
+    pair.user_sends(message("load-1").as_bytes());
+    pair.user_sends(message("load-2").as_bytes());
+    assert_eq!(pair.director_received().len(), 2);
+    assert_eq!(pair.edge.outstanding, 2);
+    pair.user_sends(message("load-3").as_bytes());
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 503, "{got:?}");
+    assert!(got[0].contains("Call-ID: load-3"));
+    assert!(pair.director_received().is_empty());
+    // Answers free the room again.
+    let answer = crate::core::sip::reject::response(
+        message("load-1")
+            .replace(
+                "Via: ",
+                "Via: SIP/2.0/TLS 127.0.0.2:5061;branch=z9hG4bKsebad;ftok=x\r\nVia: ",
+            )
+            .as_bytes(),
+        200,
+        "OK",
+        b"",
+    )
+    .unwrap();
+    // A response whose edge Via the edge did not mint is dropped and frees nothing.
+    pair.director_sends(&answer);
+    assert!(
+        pair.user_received().is_empty(),
+        "a forged response goes nowhere"
+    );
+    assert_eq!(pair.edge.outstanding, 2);
+}
+
+#[test]
+fn a_header_block_that_does_not_complete_gets_408_and_the_connection_closes() {
+    let mut pair = Pair::up();
+    let header_timeout = pair.edge.limits.header_timeout;
+    // Everything but the Content-Length line and the blank line.
+    let whole = message("slow");
+    let partial = &whole[..whole.find("Content-Length").unwrap()];
+    pair.user_sends(partial.as_bytes());
+    pair.advance(header_timeout - Duration::from_millis(1));
+    assert!(pair.user_closed().is_none());
+    pair.advance(Duration::from_millis(2));
+    assert_eq!(pair.user_closed(), Some(CloseReason::HeaderTimeout));
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 408, "{got:?}");
+    assert!(pair.director_received().is_empty());
+}
+
+#[test]
+fn an_idle_connection_closes_and_the_members_keeps_probing() {
+    let mut pair = Pair::up();
+    let idle = pair.edge.limits.idle_timeout;
+    pair.advance(idle + Duration::from_secs(1));
+    assert_eq!(pair.user_closed(), Some(CloseReason::Idle));
+    assert!(
+        pair.edge.pool_up,
+        "answered probes keep the member's connection alive"
+    );
+    assert!(pair.member.as_ref().unwrap().closed().is_none());
+}
