@@ -2,8 +2,22 @@
 //! the proxy's, the relay's and the partners' configurations, the key ring. Pure
 //! translation (and the ring file read); start-up and reload call it.
 
-use super::*;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::error::StartError;
+use super::shared::ConnLimits;
+use super::{clock, dns, keyfile, partners};
+use crate::core::firewall::{Rate, SourcePolicy};
+use crate::core::keyring::Ring;
+use crate::core::sip::calls::CallLimits;
+use crate::core::sip::federation::{Federation, Partner};
+use crate::core::sip::frame::FrameLimits;
+use crate::core::sip::parse::HeadLimits;
+use crate::core::sip::proxy::{ProxyConfig, SideAddr};
+use crate::core::sip::session::SessionLimits;
+use crate::tls::DevNames;
+use crate::topology::{CaSource, CertSource, KeysSource, Topology};
 
 /// The connection limits of a topology.
 pub(super) fn conn_limits(topology: &Topology) -> ConnLimits {

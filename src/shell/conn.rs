@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 
 use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
-use super::pool::Member;
-use super::{ConnLimits, Routes, Shared};
+use super::shared::{ConnLimits, Shared};
 use crate::core::avauth;
 use crate::core::firewall::{Refusal, Strike};
 use crate::core::sip::calls::{AtLimit, CallKey, Owner};
@@ -44,10 +43,49 @@ pub enum Closed {
     Shutdown,
 }
 
+/// Where messages go beyond the connection they arrived on — the next-hop pool and the
+/// federation partners — as a connection sees it. The edge's `Routes` implements it; the
+/// pool's members and the partners' connections run connections that take it, so this
+/// trait is what keeps the connection loop from depending on them.
+pub trait Routing: Send + Sync {
+    /// Hands a request to the least loaded pool member that is up (not `exclude`): the
+    /// member it went to, or the request back when none took it.
+    fn to_pool(&self, request: PoolRequest, exclude: Option<usize>) -> Result<usize, PoolRequest>;
+    /// Transactions in flight toward the pool.
+    fn pool_outstanding(&self) -> usize;
+    fn pool_any_up(&self) -> bool;
+    /// The Retry-After of the pool's 503s.
+    fn pool_retry_after_secs(&self) -> u32;
+    /// A message from listed partner `p`: its rate (`None`: no such partner any more).
+    fn partner_admit(&self, p: PartnerId, now: Instant) -> Option<Result<(), Duration>>;
+    /// A message from a discovered partner's domain: the discovery rate.
+    fn discovered_admit(&self, domain: &[u8], now: Instant) -> Result<(), Duration>;
+    fn partner_dialog_limit(&self, target: &PartnerTarget) -> Option<(u64, usize)>;
+    /// To a partner's edge, on a connection that is up or once one is opened (which runs
+    /// with `routes`, these routes).
+    fn to_partner(
+        &self,
+        shared: &Arc<Shared>,
+        routes: &Arc<dyn Routing>,
+        target: PartnerTarget,
+        bytes: Bytes,
+        answerable: Answerable,
+    ) -> Result<(), Why>;
+}
+
+/// What the pool keeps of a member whose connection this loop runs.
+pub trait MemberState: Sync {
+    /// The member's session changed: its health and outstanding transactions.
+    fn observe(&self, link: &PoolLink);
+    /// Removed by a reload: the connection closes once its transactions are done.
+    fn is_retired(&self) -> bool;
+    fn probe_answered(&self, status: u16, rtt: Duration);
+}
+
 /// What a connection to a pool member reads besides its socket and flow queue: the
 /// requests the pool hands the member; and whose state it keeps current.
 pub struct MemberIo<'a> {
-    pub member: &'a Member,
+    pub member: &'a dyn MemberState,
     pub requests: &'a mut mpsc::Receiver<PoolRequest>,
 }
 
@@ -95,7 +133,7 @@ pub fn register_member(shared: &Shared, link: PoolLink) -> (Session, FlowReceive
 pub async fn run<S>(
     mut session: Session,
     shared: &Arc<Shared>,
-    routes: &Arc<Routes>,
+    routes: &Arc<dyn Routing>,
     mut stream: S,
     mut rx: FlowReceiver,
     mut member: Option<MemberIo<'_>>,
@@ -199,16 +237,16 @@ pub async fn flush<S: AsyncWrite + Unpin>(
 /// the event arrived, and on a pool member's connection the member.
 pub struct ShellEdge<'a> {
     shared: &'a Arc<Shared>,
-    routes: &'a Arc<Routes>,
+    routes: &'a Arc<dyn Routing>,
     limits: Arc<ConnLimits>,
-    member: Option<&'a Member>,
+    member: Option<&'a dyn MemberState>,
 }
 
 impl<'a> ShellEdge<'a> {
     pub fn new(
         shared: &'a Arc<Shared>,
-        routes: &'a Arc<Routes>,
-        member: Option<&'a Member>,
+        routes: &'a Arc<dyn Routing>,
+        member: Option<&'a dyn MemberState>,
     ) -> ShellEdge<'a> {
         ShellEdge {
             shared,
@@ -252,32 +290,27 @@ impl Edge for ShellEdge<'_> {
     }
 
     fn partner_admit(&mut self, p: PartnerId, now: Instant) -> Option<Result<(), Duration>> {
-        let partners = self.routes.partners.as_ref()?;
-        partners.federation().get(p)?;
-        Some(partners.admit(p, now))
+        self.routes.partner_admit(p, now)
     }
 
     fn discovered_admit(&mut self, domain: &[u8], now: Instant) -> Result<(), Duration> {
-        match &self.routes.partners {
-            Some(partners) => partners.admit_discovered(domain, now),
-            None => Ok(()),
-        }
+        self.routes.discovered_admit(domain, now)
     }
 
     fn partner_dialog_limit(&self, target: &PartnerTarget) -> Option<(u64, usize)> {
-        self.routes.partners.as_ref()?.dialog_limit(target)
+        self.routes.partner_dialog_limit(target)
     }
 
     fn outstanding(&self) -> usize {
-        self.routes.pool.outstanding()
+        self.routes.pool_outstanding()
     }
 
     fn pool_any_up(&self) -> bool {
-        self.routes.pool.any_up()
+        self.routes.pool_any_up()
     }
 
     fn retry_after_secs(&self) -> u32 {
-        self.routes.pool.retry_after_secs
+        self.routes.pool_retry_after_secs()
     }
 
     fn is_draining(&self) -> bool {
@@ -312,8 +345,7 @@ impl Edge for ShellEdge<'_> {
 
     fn to_pool(&mut self, request: PoolRequest) -> Result<(), PoolRefused> {
         self.routes
-            .pool
-            .send(request, None)
+            .to_pool(request, None)
             .map(|_| ())
             .map_err(|_| PoolRefused)
     }
@@ -335,10 +367,8 @@ impl Edge for ShellEdge<'_> {
         bytes: Bytes,
         answerable: Answerable,
     ) -> Result<(), Why> {
-        match &self.routes.partners {
-            Some(partners) => partners.send(self.shared, self.routes, target, bytes, answerable),
-            None => Err(Why::NoRoute),
-        }
+        self.routes
+            .to_partner(self.shared, self.routes, target, bytes, answerable)
     }
 
     fn credentials(&mut self, flow: &Flow, msg: &Message) -> Option<Vec<u8>> {

@@ -5,9 +5,29 @@
 //! binds the listeners, builds the [`Shared`] state and the [`Routes`], spawns the pool
 //! members, accept loops, relay and operations listener, and returns a [`RunningEdge`].
 
-use super::config::*;
-use super::*;
+use crate::sync::{MutexExt, RwLockExt};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::config::*;
+use super::error::StartError;
+use super::flows::FlowTable;
+use super::pool::{self, Pool};
+use super::routes::Routes;
+use super::shared::{CredentialService, Shared};
+use super::stats::Stats;
+use super::view::EdgeView;
+use super::{clock, listen, ops, partners, turn};
+use crate::core::firewall::{Rate, SourceGuard};
+use crate::core::sip::calls::Calls;
+use crate::core::sip::proxy::{Proxy, Side};
+use crate::obs::LogLimiter;
+use crate::tls::{DevPki, DevRole, TlsError};
+use crate::topology::{CaSource, Topology};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -16,42 +36,6 @@ use crate::core::keyring::Purpose;
 use crate::core::sip::health::ProbeConfig;
 use crate::core::sip::token::FlowKeys;
 use crate::tls;
-
-/// What the operations endpoints (`/healthz`, `/status`, `/metrics`, TURN REST) read: the
-/// shared state, the routes, the relay, and who this instance is.
-pub struct EdgeView {
-    pub shared: Arc<Shared>,
-    pub routes: Arc<Routes>,
-    /// The TURN relay, when configured.
-    pub turn: Option<Arc<turn::Turn>>,
-    /// Instance name, and when it started (monotonic and Unix), for `/status`.
-    pub name: String,
-    pub started: std::time::Instant,
-    pub started_unix: u64,
-    /// The serving certificates (`external`, `internal`) as loaded (and reloaded).
-    pub certificates: std::sync::RwLock<Vec<(&'static str, tls::CertSummary)>>,
-}
-
-/// Why the edge could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("certificates: {0}")]
-    Tls(#[from] TlsError),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("next_hop.server_name {0:?} is not a valid TLS server name")]
-    ServerName(String),
-    #[error("DNS resolver for federation: {0}")]
-    Dns(String),
-    #[error("no secure random numbers: {0}")]
-    Random(String),
-    #[error("key ring: {0}")]
-    Keys(#[from] keyfile::KeyFileError),
-}
 
 /// A started edge.
 pub struct RunningEdge {

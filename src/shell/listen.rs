@@ -17,7 +17,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::clock;
 use super::conn;
-use super::{Routes, Shared};
+use super::conn::Routing;
+use super::shared::Shared;
 use crate::core::firewall::Refusal;
 use crate::core::sip::proxy::Side;
 
@@ -41,7 +42,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts until shutdown.
 pub async fn accept_loop(
     shared: Arc<Shared>,
-    routes: Arc<Routes>,
+    routes: Arc<dyn Routing>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     side: Side,
@@ -134,15 +135,14 @@ pub async fn accept_loop(
             };
             // A verified certificate naming a partner edge (subjectAltName) makes a partner
             // flow; any other connection is a remote user's.
-            let certificate = match (side, &routes.partners) {
-                (Side::External, Some(_)) => crate::tls::peer_identity(stream.get_ref().1)
+            let certificate = match side {
+                Side::External => crate::tls::peer_identity(stream.get_ref().1)
                     .map(|id| std::sync::Arc::<[String]>::from(id.dns_names)),
-                _ => None,
+                Side::Internal => None,
             };
-            let partner = match (&certificate, &routes.partners) {
-                (Some(names), Some(partners)) => partners.federation().by_certificate(names),
-                _ => None,
-            };
+            let partner = certificate
+                .as_ref()
+                .and_then(|names| shared.proxy.federation().by_certificate(names));
             let (session, rx) = conn::register(&shared, side, remote, partner, certificate);
             let flow = session.flow().id;
             let (closed, _) = conn::run(session, &shared, &routes, stream, rx, None).await;

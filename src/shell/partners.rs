@@ -25,7 +25,8 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::conn;
-use super::{Routes, Shared};
+use super::conn::Routing;
+use super::shared::Shared;
 use crate::core::firewall::{Gcra, Rate};
 use crate::core::sip::calls::{Calls, Owner};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
@@ -288,7 +289,7 @@ impl Partners {
     pub fn send(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
-        routes: &Arc<Routes>,
+        routes: &Arc<dyn Routing>,
         target: Target,
         bytes: Bytes,
         answerable: Answerable,
@@ -353,7 +354,7 @@ impl Partners {
     async fn connect_and_serve(
         self: Arc<Self>,
         shared: &Arc<Shared>,
-        routes: &Arc<Routes>,
+        routes: &Arc<dyn Routing>,
         target: Target,
     ) {
         let (stream, remote) = match self.connect(&target).await {

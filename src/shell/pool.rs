@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::clock;
-use super::conn::{self, Closed, MemberIo, QUEUE_LEN};
-use super::{Routes, Shared};
+use super::conn::{self, Closed, MemberIo, MemberState, Routing, QUEUE_LEN};
+use super::shared::Shared;
 use crate::core::sip::health::{ProbeConfig, Transition};
 use crate::core::sip::pool_link::{PoolLink, PoolRequest};
 use crate::core::sip::Why;
@@ -52,12 +52,22 @@ impl Member {
         *self.last_probe.lock_unpoisoned()
     }
 
-    pub(super) fn probe_answered(&self, status: u16, rtt: Duration) {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+impl MemberState for Member {
+    fn probe_answered(&self, status: u16, rtt: Duration) {
         *self.last_probe.lock_unpoisoned() = Some((clock::now_unix(), status, rtt));
     }
 
     /// The state of the member's session, made visible to the pool's picks.
-    pub(super) fn observe(&self, link: &PoolLink) {
+    fn observe(&self, link: &PoolLink) {
         self.up.store(link.is_up(), Ordering::Relaxed);
         // Exact from here on: the pool's optimistic increments are replaced.
         self.outstanding
@@ -65,16 +75,8 @@ impl Member {
     }
 
     /// Removed by a reload.
-    pub(super) fn is_retired(&self) -> bool {
+    fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
     }
 }
 
@@ -234,7 +236,7 @@ pub struct Connector {
 /// done: connect, serve, reconnect with back-off.
 pub async fn run_member(
     shared: Arc<Shared>,
-    routes: Arc<Routes>,
+    routes: Arc<dyn Routing>,
     member: Arc<Member>,
     connector: Connector,
     mut rx: mpsc::Receiver<PoolRequest>,
@@ -254,7 +256,7 @@ pub async fn run_member(
             member.up.store(false, Ordering::Relaxed);
             // Whatever reached its queue meanwhile goes to the members that stay.
             while let Ok(request) = rx.try_recv() {
-                fail_over(&shared, &routes, &member, request);
+                fail_over(&shared, &*routes, &member, request);
             }
             return;
         }
@@ -264,7 +266,7 @@ pub async fn run_member(
                 tracing::info!(member = %addr, "connected to next hop");
                 let (session, flow_rx) = conn::register_member(&shared, link);
                 let io = MemberIo {
-                    member: &member,
+                    member: &*member,
                     requests: &mut rx,
                 };
                 let (closed, back) =
@@ -298,7 +300,7 @@ pub async fn run_member(
         let deadline = tokio::time::Instant::from_std(clock::now() + backoff);
         loop {
             tokio::select! {
-                Some(request) = rx.recv() => fail_over(&shared, &routes, &member, request),
+                Some(request) = rx.recv() => fail_over(&shared, &*routes, &member, request),
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.changed() => return,
             }
@@ -332,16 +334,16 @@ async fn connect(
 
 /// Sends a request that cannot go to `member` to another one, or answers 503 in the pool's
 /// place.
-fn fail_over(shared: &Shared, routes: &Routes, member: &Member, request: PoolRequest) {
+fn fail_over(shared: &Shared, routes: &dyn Routing, member: &Member, request: PoolRequest) {
     // Saturating: the member's count may have been reset when its connection closed.
     let _ = member
         .outstanding
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             Some(n.saturating_sub(1))
         });
-    if let Err(request) = routes.pool.send(request, Some(member.id)) {
+    if let Err(request) = routes.to_pool(request, Some(member.id)) {
         let why = Why::PoolUnavailable {
-            retry_after_secs: routes.pool.retry_after_secs,
+            retry_after_secs: routes.pool_retry_after_secs(),
         };
         shared.answer_in_place_of(&request.answerable, why);
     }

@@ -1,7 +1,14 @@
 //! The Access Edge's counters (exported on `/metrics`, live): forwarded messages, rejects
 //! by reason and side, firewall refusals.
 
-use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::core::firewall::Refusal;
+use crate::core::sip::proxy::Side;
+use crate::core::sip::Why;
+
+/// The row of responses in [`Stats::by_method`].
+pub const RESPONSES: usize = crate::core::sip::message::Method::ALL.len();
 
 /// Counters (exported by the operations work; read by tests now).
 pub struct Stats {
