@@ -9,10 +9,13 @@
 //!
 //! Small and strict: a head of at most 8 KiB and a body of at most 4 KiB within 5 s,
 //! `Connection: close`; anything else gets a clear 4xx.
+//!
+//! [`snapshot`] is the one place that reads the live state for `/metrics` and `/status`;
+//! metric names and the rendering belong to [`crate::obs::render`].
 
 use crate::sync::RwLockExt;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +24,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::{clock, Shared, REFUSAL_LABELS};
-use crate::core::sip::proxy::Side;
+use crate::core::sip::message::Method as SipMethod;
 use crate::core::sip::Why;
-use crate::obs::metrics::{Exposition, Kind};
+use crate::obs::render;
+use crate::obs::snapshot::{
+    AccessEdge, ByZone, Certificate, EdgeSnapshot, NextHop, Partner, PartnerCounters, Probe, Relay,
+    RingKey,
+};
 
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 4 * 1024;
@@ -303,500 +310,162 @@ fn http(status: u16, reason: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Certificates closer than this to their end are reported `expiring`.
-const EXPIRING_SECS: i64 = 30 * 86_400;
-
-/// The instance's state as JSON: certificates, next hops, connections, calls, relay,
-/// partners, key ring, version and uptime.
+/// The instance's state as JSON (`/status`).
 pub fn status(shared: &Shared, now: Instant) -> String {
-    use serde_json::json;
-    let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
-    let certificates: Vec<_> = shared
-        .certificates
-        .read_unpoisoned()
-        .iter()
-        .map(|(role, c)| {
-            let left = c.not_after - now_unix;
-            let state = if left <= 0 {
-                "expired"
-            } else if left < EXPIRING_SECS {
-                "expiring"
-            } else {
-                "ok"
-            };
-            json!({
-                "role": role,
-                "subject": c.subject,
-                "sans": c.sans,
-                "not_after": c.not_after,
-                "days_left": left.div_euclid(86_400),
-                "status": state,
-            })
-        })
-        .collect();
-    let next_hops: Vec<_> = shared
-        .pool
-        .members()
-        .iter()
-        .map(|m| {
-            let probe = m.last_probe().map(|(at, status, rtt)| {
-                json!({
-                    "at": at,
-                    "status": status,
-                    "latency_ms": rtt.as_secs_f64() * 1000.0,
-                })
-            });
-            json!({
-                "address": m.addr.to_string(),
-                "up": m.is_up(),
-                "outstanding": m.outstanding(),
-                "last_probe": probe,
-            })
-        })
-        .collect();
-    let (external, internal) = shared.flows.count_by_side();
-    let partners: Vec<_> = match &shared.partners {
-        Some(p) => p
-            .federation()
-            .iter()
-            .zip(p.connections())
-            .zip(p.dialogs(&shared.calls()))
-            .map(|(((_, partner), connections), dialogs)| {
-                json!({
-                    "partner": partner.label(),
-                    "domains": partner.domains,
-                    "connections": connections,
-                    "dialogs": dialogs,
-                })
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let ring: Vec<_> = shared
-        .credentials
-        .iter()
-        .flat_map(|c| c.ring.keys())
-        .map(|k| {
-            json!({
-                "id": k.id,
-                "age_days": (now_unix - i64::try_from(k.created).unwrap_or(0)).div_euclid(86_400),
-                "signs_from": k.signs_from,
-            })
-        })
-        .collect();
-    let turn = shared
-        .turn
-        .get()
-        .map(|t| json!({ "allocations": t.allocations() }));
-    let body = json!({
-        "instance": shared.name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": now.saturating_duration_since(shared.started).as_secs(),
-        "started": shared.started_unix,
-        "draining": shared.is_draining(),
-        "certificates": certificates,
-        "next_hops": next_hops,
-        "connections": { "external": external, "internal": internal },
-        "calls": shared.calls_in_progress(),
-        "relay": turn,
-        "partners": partners,
-        "key_ring": ring,
-    });
-    let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
-    text.push('\n');
-    text
+    render::status(&snapshot(shared, now))
 }
 
-/// Every counter and gauge of the instance, live.
+/// Every counter and gauge of the instance, live (`/metrics`).
 pub fn metrics(shared: &Shared, now: Instant) -> String {
+    render::metrics(&snapshot(shared, now))
+}
+
+/// Everything `/metrics` and `/status` show, read from the live state: the one place that
+/// does.
+pub fn snapshot(shared: &Shared, now: Instant) -> EdgeSnapshot {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let zones = |[external, internal]: &[AtomicU64; 2]| ByZone {
+        external: load(external),
+        internal: load(internal),
+    };
     let st = &shared.stats;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let mut e = Exposition::default();
-    e.family("sipedge_build_info", Kind::Gauge, "Build information.")
-        .sample(
-            "sipedge_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
-    e.family(
-        "sipedge_messages_forwarded_total",
-        Kind::Counter,
-        "SIP messages forwarded, by the zone they came from.",
-    )
-    .sample(
-        "sipedge_messages_forwarded_total",
-        &[("zone", "external")],
-        load(&st.forwarded_from_external),
-    )
-    .sample(
-        "sipedge_messages_forwarded_total",
-        &[("zone", "internal")],
-        load(&st.forwarded_from_internal),
-    );
-    e.family(
-        "sipedge_messages_total",
-        Kind::Counter,
-        "SIP messages forwarded, by method (responses as \"response\"), direction and the zone they came from.",
-    );
-    for (row, method) in crate::core::sip::message::Method::ALL
-        .iter()
-        .map(|m| m.label())
-        .chain(["response"])
-        .enumerate()
-    {
-        for (column, (zone, direction)) in [("external", "inbound"), ("internal", "outbound")]
+    let (external, internal) = shared.flows.count_by_side();
+    let access = AccessEdge {
+        forwarded: ByZone {
+            external: load(&st.forwarded_from_external),
+            internal: load(&st.forwarded_from_internal),
+        },
+        by_method: SipMethod::ALL
+            .iter()
+            .map(|m| m.label())
+            .chain(["response"])
+            .enumerate()
+            .map(|(row, m)| (m, st.by_method.get(row).map_or_else(ByZone::default, zones)))
+            .collect(),
+        rejects: Why::LABELS
             .iter()
             .enumerate()
-        {
-            let n = st
-                .by_method
-                .get(row)
-                .and_then(|r| r.get(column))
-                .map_or(0, load);
-            e.sample(
-                "sipedge_messages_total",
-                &[("method", method), ("direction", direction), ("zone", zone)],
-                n,
-            );
-        }
-    }
-    e.family(
-        "sipedge_rejects_total",
-        Kind::Counter,
-        "SIP messages refused, by reason and by the zone they came from.",
-    );
-    for (i, label) in Why::LABELS.iter().enumerate() {
-        for (z, zone) in [Side::External, Side::Internal].into_iter().enumerate() {
-            let n = st
-                .rejects_by_reason
-                .get(i)
-                .and_then(|c| c.get(z))
-                .map_or(0, load);
-            e.sample(
-                "sipedge_rejects_total",
-                &[("reason", label), ("zone", zone.label())],
-                n,
-            );
-        }
-    }
-    e.family(
-        "sipedge_source_refusals_total",
-        Kind::Counter,
-        "Connections and requests refused by per-source limits on the external zone, by reason.",
-    );
-    for (label, c) in REFUSAL_LABELS.iter().zip(st.source_refusals.iter()) {
-        e.sample(
-            "sipedge_source_refusals_total",
-            &[("reason", label)],
-            load(c),
-        );
-    }
-    e.family("sipedge_bans_total", Kind::Counter, "Sources banned.")
-        .sample("sipedge_bans_total", &[], shared.guard.bans_total());
-    e.family("sipedge_banned_sources", Kind::Gauge, "Sources banned now.")
-        .sample(
-            "sipedge_banned_sources",
-            &[],
-            shared.guard.banned_count(now) as u64,
-        );
-    e.family(
-        "sipedge_tracked_sources",
-        Kind::Gauge,
-        "Sources in the per-source table.",
-    )
-    .sample(
-        "sipedge_tracked_sources",
-        &[],
-        shared.guard.tracked() as u64,
-    );
-    e.family(
-        "sipedge_banned_connection_closes_total",
-        Kind::Counter,
-        "Connections closed because their source was banned.",
-    )
-    .sample(
-        "sipedge_banned_connection_closes_total",
-        &[],
-        load(&st.banned_closes),
-    );
-    e.family(
-        "sipedge_connections_accepted_total",
-        Kind::Counter,
-        "TCP connections accepted.",
-    )
-    .sample(
-        "sipedge_connections_accepted_total",
-        &[],
-        load(&st.connections_accepted),
-    );
-    e.family(
-        "sipedge_connections_refused_total",
-        Kind::Counter,
-        "Connections closed at accept: connection or handshake budget spent.",
-    )
-    .sample(
-        "sipedge_connections_refused_total",
-        &[],
-        load(&st.connections_refused),
-    );
-    e.family(
-        "sipedge_handshakes_failed_total",
-        Kind::Counter,
-        "TLS handshakes failed or timed out.",
-    )
-    .sample(
-        "sipedge_handshakes_failed_total",
-        &[],
-        load(&st.handshakes_failed),
-    );
-    e.family(
-        "sipedge_responses_dropped_total",
-        Kind::Counter,
-        "Responses dropped: their flow is gone or its queue is full.",
-    )
-    .sample(
-        "sipedge_responses_dropped_total",
-        &[],
-        load(&st.dropped_responses),
-    );
-    e.family(
-        "sipedge_flows",
-        Kind::Gauge,
-        "Live connections (flows), both zones and the pool.",
-    )
-    .sample("sipedge_flows", &[], shared.flows.len() as u64);
-    let (external, internal) = shared.flows.count_by_side();
-    e.family(
-        "sipedge_connections",
-        Kind::Gauge,
-        "Live connections by zone (remote users and partners; the pool and internal clients).",
-    )
-    .sample(
-        "sipedge_connections",
-        &[("zone", "external")],
-        external as u64,
-    )
-    .sample(
-        "sipedge_connections",
-        &[("zone", "internal")],
-        internal as u64,
-    );
-    e.family(
-        "sipedge_next_hop_up",
-        Kind::Gauge,
-        "1 when the next-hop member is up.",
-    );
-    let addrs: Vec<String> = shared
+            .map(|(i, why)| {
+                let n = st.rejects_by_reason.get(i);
+                (*why, n.map_or_else(ByZone::default, zones))
+            })
+            .collect(),
+        source_refusals: REFUSAL_LABELS
+            .iter()
+            .zip(&st.source_refusals)
+            .map(|(why, n)| (*why, load(n)))
+            .collect(),
+        bans_total: shared.guard.bans_total(),
+        banned_sources: shared.guard.banned_count(now) as u64,
+        tracked_sources: shared.guard.tracked() as u64,
+        banned_closes: load(&st.banned_closes),
+        connections_accepted: load(&st.connections_accepted),
+        connections_refused: load(&st.connections_refused),
+        handshakes_failed: load(&st.handshakes_failed),
+        dropped_responses: load(&st.dropped_responses),
+        flows: shared.flows.len() as u64,
+        connections: ByZone {
+            external: external as u64,
+            internal: internal as u64,
+        },
+    };
+    let next_hops = shared
         .pool
         .members()
         .iter()
-        .map(|m| m.addr.to_string())
+        .map(|m| NextHop {
+            address: m.addr.to_string(),
+            up: m.is_up(),
+            outstanding: m.outstanding() as u64,
+            last_probe: m.last_probe().map(|(at, status, latency)| Probe {
+                at,
+                status,
+                latency,
+            }),
+        })
         .collect();
-    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
-        e.sample(
-            "sipedge_next_hop_up",
-            &[("member", addr)],
-            u64::from(m.is_up()),
-        );
+    let partners = shared.partners.as_ref().map(|p| {
+        let dialogs = p.dialogs(&shared.calls());
+        // Counters in the partner list's order, for the partners that have them.
+        let mut counters = p.stats_by_partner().into_iter().peekable();
+        p.federation()
+            .iter()
+            .zip(p.connections())
+            .zip(dialogs)
+            .map(|(((_, partner), connections), dialogs)| {
+                let name = partner.label().to_string();
+                let counted = counters.next_if(|(n, _)| *n == name);
+                Partner {
+                    domains: partner.domains.clone(),
+                    connections: connections as u64,
+                    dialogs: dialogs as u64,
+                    counters: counted.map(|(_, s)| PartnerCounters {
+                        sent: load(&s.sent),
+                        received: load(&s.received),
+                        rate_limited: load(&s.rate_limited),
+                        connect_failures: load(&s.connect_failures),
+                    }),
+                    name,
+                }
+            })
+            .collect()
+    });
+    let relay = shared.turn.get().map(|t| {
+        let st = &t.stats;
+        Relay {
+            allocations: t.allocations() as u64,
+            reservations: t.reservations() as u64,
+            tcp_clients: load(&st.tcp_clients),
+            tcp_refused: super::turn::TCP_REFUSAL_LABELS
+                .iter()
+                .zip(&st.tcp_refused)
+                .map(|(why, n)| (*why, load(n)))
+                .collect(),
+            client_packets: load(&st.client_packets),
+            peer_packets: load(&st.peer_packets),
+            receive_calls: load(&st.receive_calls),
+            relayed_to_peers: load(&st.relayed_to_peers),
+            relayed_to_clients: load(&st.relayed_to_clients),
+            bytes_to_peers: load(&st.bytes_to_peers),
+            bytes_to_clients: load(&st.bytes_to_clients),
+            dropped: st.dropped().collect(),
+            send_errors: load(&st.send_errors),
+        }
+    });
+    EdgeSnapshot {
+        instance: shared.name.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: now.saturating_duration_since(shared.started).as_secs(),
+        started_unix: shared.started_unix,
+        now_unix: i64::try_from(clock::now_unix()).unwrap_or(i64::MAX),
+        draining: shared.is_draining(),
+        certificates: shared
+            .certificates
+            .read_unpoisoned()
+            .iter()
+            .map(|(role, c)| Certificate {
+                role,
+                subject: c.subject.clone(),
+                sans: c.sans.clone(),
+                not_after: c.not_after,
+            })
+            .collect(),
+        access,
+        next_hops,
+        calls: shared.calls_in_progress() as u64,
+        partners,
+        key_ring: shared
+            .credentials
+            .iter()
+            .flat_map(|c| c.ring.keys())
+            .map(|k| RingKey {
+                id: k.id.clone(),
+                created: k.created,
+                signs_from: k.signs_from,
+            })
+            .collect(),
+        relay,
     }
-    e.family(
-        "sipedge_next_hop_outstanding",
-        Kind::Gauge,
-        "Transactions in flight toward the next-hop member.",
-    );
-    for (m, addr) in shared.pool.members().iter().zip(&addrs) {
-        e.sample(
-            "sipedge_next_hop_outstanding",
-            &[("member", addr)],
-            m.outstanding() as u64,
-        );
-    }
-    e.family(
-        "sipedge_calls",
-        Kind::Gauge,
-        "Calls (INVITE dialogs) crossing the edge, against limits.max_calls.",
-    )
-    .sample("sipedge_calls", &[], shared.calls_in_progress() as u64);
-    if let Some(partners) = &shared.partners {
-        let dialogs = partners.dialogs(&shared.calls());
-        partner_metrics(&mut e, partners, &dialogs);
-    }
-    if let Some(turn) = shared.turn.get() {
-        turn_metrics(&mut e, turn);
-    }
-    e.finish()
-}
-
-/// Federation's counters, by partner edge.
-fn partner_metrics(e: &mut Exposition, partners: &super::partners::Partners, dialogs: &[usize]) {
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let names = partners.stats_by_partner();
-    e.family(
-        "sipedge_partner_messages_total",
-        Kind::Counter,
-        "Messages sent to and accepted from each partner edge.",
-    );
-    for (name, st) in &names {
-        e.sample(
-            "sipedge_partner_messages_total",
-            &[("partner", name), ("direction", "sent")],
-            load(&st.sent),
-        )
-        .sample(
-            "sipedge_partner_messages_total",
-            &[("partner", name), ("direction", "received")],
-            load(&st.received),
-        );
-    }
-    e.family(
-        "sipedge_partner_rate_limited_total",
-        Kind::Counter,
-        "Requests from a partner edge refused for its rate (503).",
-    );
-    for (name, st) in &names {
-        e.sample(
-            "sipedge_partner_rate_limited_total",
-            &[("partner", name)],
-            load(&st.rate_limited),
-        );
-    }
-    e.family(
-        "sipedge_partner_connect_failures_total",
-        Kind::Counter,
-        "Connections to a partner edge that could not be opened.",
-    );
-    for (name, st) in &names {
-        e.sample(
-            "sipedge_partner_connect_failures_total",
-            &[("partner", name)],
-            load(&st.connect_failures),
-        );
-    }
-    e.family(
-        "sipedge_partner_dialogs",
-        Kind::Gauge,
-        "Dialogs counted with a partner (both directions), against its max_dialogs.",
-    );
-    for ((name, _), n) in names.iter().zip(dialogs) {
-        e.sample("sipedge_partner_dialogs", &[("partner", name)], *n as u64);
-    }
-    e.family(
-        "sipedge_partner_connections",
-        Kind::Gauge,
-        "Connections this edge opened to a partner edge, up.",
-    );
-    for ((name, _), n) in names.iter().zip(partners.connections()) {
-        e.sample(
-            "sipedge_partner_connections",
-            &[("partner", name)],
-            n as u64,
-        );
-    }
-}
-
-/// The A/V Edge's counters.
-fn turn_metrics(e: &mut Exposition, turn: &super::turn::Turn) {
-    let st = &turn.stats;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    e.family(
-        "sipedge_turn_allocations",
-        Kind::Gauge,
-        "TURN allocations held.",
-    )
-    .sample("sipedge_turn_allocations", &[], turn.allocations() as u64);
-    e.family(
-        "sipedge_turn_reservations",
-        Kind::Gauge,
-        "Relayed ports reserved (EVEN-PORT R=1) and not yet claimed; they count in the quotas.",
-    )
-    .sample("sipedge_turn_reservations", &[], turn.reservations() as u64);
-    e.family(
-        "sipedge_turn_tcp_clients",
-        Kind::Gauge,
-        "TURN-over-TCP connections up.",
-    )
-    .sample("sipedge_turn_tcp_clients", &[], load(&st.tcp_clients));
-    e.family(
-        "sipedge_turn_tcp_refused_total",
-        Kind::Counter,
-        "TURN-over-TCP connections refused at accept or closed before authenticating, by reason.",
-    );
-    for (reason, n) in super::turn::TCP_REFUSAL_LABELS.iter().zip(&st.tcp_refused) {
-        e.sample(
-            "sipedge_turn_tcp_refused_total",
-            &[("reason", reason)],
-            load(n),
-        );
-    }
-    e.family(
-        "sipedge_turn_received_total",
-        Kind::Counter,
-        "Datagrams and frames received, from clients and from peers.",
-    )
-    .sample(
-        "sipedge_turn_received_total",
-        &[("from", "client")],
-        load(&st.client_packets),
-    )
-    .sample(
-        "sipedge_turn_received_total",
-        &[("from", "peer")],
-        load(&st.peer_packets),
-    );
-    e.family(
-        "sipedge_turn_receive_calls_total",
-        Kind::Counter,
-        "System calls that received datagrams (batched: fewer than the datagrams).",
-    )
-    .sample(
-        "sipedge_turn_receive_calls_total",
-        &[],
-        load(&st.receive_calls),
-    );
-    e.family(
-        "sipedge_turn_relayed_packets_total",
-        Kind::Counter,
-        "Packets relayed (and answers sent), by direction.",
-    )
-    .sample(
-        "sipedge_turn_relayed_packets_total",
-        &[("direction", "to_peer")],
-        load(&st.relayed_to_peers),
-    )
-    .sample(
-        "sipedge_turn_relayed_packets_total",
-        &[("direction", "to_client")],
-        load(&st.relayed_to_clients),
-    );
-    e.family(
-        "sipedge_turn_relayed_bytes_total",
-        Kind::Counter,
-        "Payload bytes relayed, by direction.",
-    )
-    .sample(
-        "sipedge_turn_relayed_bytes_total",
-        &[("direction", "to_peer")],
-        load(&st.bytes_to_peers),
-    )
-    .sample(
-        "sipedge_turn_relayed_bytes_total",
-        &[("direction", "to_client")],
-        load(&st.bytes_to_clients),
-    );
-    e.family(
-        "sipedge_turn_dropped_total",
-        Kind::Counter,
-        "Packets dropped without an answer, by reason.",
-    );
-    for (reason, n) in st.dropped() {
-        e.sample("sipedge_turn_dropped_total", &[("reason", reason)], n);
-    }
-    e.family(
-        "sipedge_turn_send_errors_total",
-        Kind::Counter,
-        "Sends the kernel refused.",
-    )
-    .sample("sipedge_turn_send_errors_total", &[], load(&st.send_errors));
 }
 
 /// Binds the operations listener.
