@@ -9,7 +9,8 @@
 //!   and the dev PKI for the loopback default.
 //! - [`shell`]: tokio. The only code with sockets, tasks and clocks; it moves bytes between
 //!   connections and the core.
-//! - [`obs`]: logging set-up and redaction.
+//! - [`obs`]: logging set-up, redaction, and the metric names and rendering of `/metrics` and
+//!   `/status` (from a plain-data snapshot the shell fills).
 //! - [`sync`]: the policy on poisoned locks, in one place.
 
 pub mod core;

@@ -1,6 +1,7 @@
 //! The Prometheus text exposition format (version 0.0.4), written by hand: a few families
 //! of counters and gauges do not need a metrics framework. Owns formatting and label
-//! escaping only; what is measured lives with the code that measures it.
+//! escaping only; the edge's families are named in [`super::render`], and what is measured
+//! lives with the code that measures it.
 
 use std::fmt::Write as _;
 

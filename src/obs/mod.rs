@@ -1,4 +1,6 @@
-//! Observability: logging set-up, log rate limiting and the redaction of personal data.
+//! Observability: logging set-up, log rate limiting, the redaction of personal data, and
+//! what the operations listener shows: the edge's [`snapshot`] as plain numbers, rendered by
+//! [`render`] into `/metrics` (every metric name and label set) and `/status`.
 //! Levels from `RUST_LOG` (default `info`), per module as `tracing`'s env filter reads
 //! them, e.g. `RUST_LOG=info,sipedge::shell::conn=debug`.
 
@@ -10,6 +12,8 @@ use crate::core::firewall::{Gcra, Rate};
 
 pub mod metrics;
 pub mod redact;
+pub mod render;
+pub mod snapshot;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,611 @@
+//! What the operations listener shows, from an [`EdgeSnapshot`]: the Prometheus families
+//! of `/metrics` (every metric name, HELP text and label set of the edge is here) and the
+//! JSON document of `/status`. Pure: no clock, no locks; the shell feeds the numbers.
+
+use super::metrics::{Exposition, Kind};
+use super::snapshot::{AccessEdge, EdgeSnapshot, Partner, Relay};
+
+/// Certificates closer than this to their end are reported `expiring`.
+const EXPIRING_SECS: i64 = 30 * 86_400;
+
+/// The Prometheus text exposition (0.0.4) of every counter and gauge of the instance.
+pub fn metrics(s: &EdgeSnapshot) -> String {
+    let mut e = Exposition::default();
+    e.family("sipedge_build_info", Kind::Gauge, "Build information.")
+        .sample("sipedge_build_info", &[("version", s.version)], 1);
+    access_edge(&mut e, &s.access);
+    e.family(
+        "sipedge_next_hop_up",
+        Kind::Gauge,
+        "1 when the next-hop member is up.",
+    );
+    for m in &s.next_hops {
+        let up = u64::from(m.up);
+        e.sample("sipedge_next_hop_up", &[("member", &m.address)], up);
+    }
+    e.family(
+        "sipedge_next_hop_outstanding",
+        Kind::Gauge,
+        "Transactions in flight toward the next-hop member.",
+    );
+    for m in &s.next_hops {
+        let n = m.outstanding;
+        e.sample("sipedge_next_hop_outstanding", &[("member", &m.address)], n);
+    }
+    single(
+        &mut e,
+        "sipedge_calls",
+        Kind::Gauge,
+        "Calls (INVITE dialogs) crossing the edge, against limits.max_calls.",
+        s.calls,
+    );
+    if let Some(partners) = &s.partners {
+        partner_metrics(&mut e, partners);
+    }
+    if let Some(relay) = &s.relay {
+        relay_metrics(&mut e, relay);
+    }
+    e.finish()
+}
+
+/// A family of one unlabelled sample.
+fn single(e: &mut Exposition, name: &str, kind: Kind, help: &str, value: u64) {
+    e.family(name, kind, help).sample(name, &[], value);
+}
+
+/// The Access Edge's counters: messages, rejects, the firewall, connections.
+fn access_edge(e: &mut Exposition, a: &AccessEdge) {
+    const FORWARDED: &str = "sipedge_messages_forwarded_total";
+    e.family(
+        FORWARDED,
+        Kind::Counter,
+        "SIP messages forwarded, by the zone they came from.",
+    )
+    .sample(FORWARDED, &[("zone", "external")], a.forwarded.external)
+    .sample(FORWARDED, &[("zone", "internal")], a.forwarded.internal);
+    const MESSAGES: &str = "sipedge_messages_total";
+    e.family(
+        MESSAGES,
+        Kind::Counter,
+        "SIP messages forwarded, by method (responses as \"response\"), direction and the zone they came from.",
+    );
+    for (method, n) in &a.by_method {
+        e.sample(
+            MESSAGES,
+            &[
+                ("method", method),
+                ("direction", "inbound"),
+                ("zone", "external"),
+            ],
+            n.external,
+        )
+        .sample(
+            MESSAGES,
+            &[
+                ("method", method),
+                ("direction", "outbound"),
+                ("zone", "internal"),
+            ],
+            n.internal,
+        );
+    }
+    const REJECTS: &str = "sipedge_rejects_total";
+    e.family(
+        REJECTS,
+        Kind::Counter,
+        "SIP messages refused, by reason and by the zone they came from.",
+    );
+    for (reason, n) in &a.rejects {
+        e.sample(
+            REJECTS,
+            &[("reason", reason), ("zone", "external")],
+            n.external,
+        )
+        .sample(
+            REJECTS,
+            &[("reason", reason), ("zone", "internal")],
+            n.internal,
+        );
+    }
+    const REFUSALS: &str = "sipedge_source_refusals_total";
+    e.family(
+        REFUSALS,
+        Kind::Counter,
+        "Connections and requests refused by per-source limits on the external zone, by reason.",
+    );
+    for (reason, n) in &a.source_refusals {
+        e.sample(REFUSALS, &[("reason", reason)], *n);
+    }
+    for (name, kind, help, value) in [
+        (
+            "sipedge_bans_total",
+            Kind::Counter,
+            "Sources banned.",
+            a.bans_total,
+        ),
+        (
+            "sipedge_banned_sources",
+            Kind::Gauge,
+            "Sources banned now.",
+            a.banned_sources,
+        ),
+        (
+            "sipedge_tracked_sources",
+            Kind::Gauge,
+            "Sources in the per-source table.",
+            a.tracked_sources,
+        ),
+        (
+            "sipedge_banned_connection_closes_total",
+            Kind::Counter,
+            "Connections closed because their source was banned.",
+            a.banned_closes,
+        ),
+        (
+            "sipedge_connections_accepted_total",
+            Kind::Counter,
+            "TCP connections accepted.",
+            a.connections_accepted,
+        ),
+        (
+            "sipedge_connections_refused_total",
+            Kind::Counter,
+            "Connections closed at accept: connection or handshake budget spent.",
+            a.connections_refused,
+        ),
+        (
+            "sipedge_handshakes_failed_total",
+            Kind::Counter,
+            "TLS handshakes failed or timed out.",
+            a.handshakes_failed,
+        ),
+        (
+            "sipedge_responses_dropped_total",
+            Kind::Counter,
+            "Responses dropped: their flow is gone or its queue is full.",
+            a.dropped_responses,
+        ),
+        (
+            "sipedge_flows",
+            Kind::Gauge,
+            "Live connections (flows), both zones and the pool.",
+            a.flows,
+        ),
+    ] {
+        single(e, name, kind, help, value);
+    }
+    const CONNECTIONS: &str = "sipedge_connections";
+    e.family(
+        CONNECTIONS,
+        Kind::Gauge,
+        "Live connections by zone (remote users and partners; the pool and internal clients).",
+    )
+    .sample(CONNECTIONS, &[("zone", "external")], a.connections.external)
+    .sample(CONNECTIONS, &[("zone", "internal")], a.connections.internal);
+}
+
+/// Federation's counters, by partner edge (those whose counters exist).
+fn partner_metrics(e: &mut Exposition, partners: &[Partner]) {
+    let counted: Vec<_> = partners
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.counters?, p)))
+        .collect();
+    const MESSAGES: &str = "sipedge_partner_messages_total";
+    e.family(
+        MESSAGES,
+        Kind::Counter,
+        "Messages sent to and accepted from each partner edge.",
+    );
+    for (name, c, _) in &counted {
+        e.sample(
+            MESSAGES,
+            &[("partner", name), ("direction", "sent")],
+            c.sent,
+        )
+        .sample(
+            MESSAGES,
+            &[("partner", name), ("direction", "received")],
+            c.received,
+        );
+    }
+    const RATE_LIMITED: &str = "sipedge_partner_rate_limited_total";
+    e.family(
+        RATE_LIMITED,
+        Kind::Counter,
+        "Requests from a partner edge refused for its rate (503).",
+    );
+    for (name, c, _) in &counted {
+        e.sample(RATE_LIMITED, &[("partner", name)], c.rate_limited);
+    }
+    const CONNECT_FAILURES: &str = "sipedge_partner_connect_failures_total";
+    e.family(
+        CONNECT_FAILURES,
+        Kind::Counter,
+        "Connections to a partner edge that could not be opened.",
+    );
+    for (name, c, _) in &counted {
+        e.sample(CONNECT_FAILURES, &[("partner", name)], c.connect_failures);
+    }
+    const DIALOGS: &str = "sipedge_partner_dialogs";
+    e.family(
+        DIALOGS,
+        Kind::Gauge,
+        "Dialogs counted with a partner (both directions), against its max_dialogs.",
+    );
+    for (name, _, p) in &counted {
+        e.sample(DIALOGS, &[("partner", name)], p.dialogs);
+    }
+    const CONNECTIONS: &str = "sipedge_partner_connections";
+    e.family(
+        CONNECTIONS,
+        Kind::Gauge,
+        "Connections this edge opened to a partner edge, up.",
+    );
+    for (name, _, p) in &counted {
+        e.sample(CONNECTIONS, &[("partner", name)], p.connections);
+    }
+}
+
+/// The A/V Edge's counters.
+fn relay_metrics(e: &mut Exposition, r: &Relay) {
+    single(
+        e,
+        "sipedge_turn_allocations",
+        Kind::Gauge,
+        "TURN allocations held.",
+        r.allocations,
+    );
+    single(
+        e,
+        "sipedge_turn_reservations",
+        Kind::Gauge,
+        "Relayed ports reserved (EVEN-PORT R=1) and not yet claimed; they count in the quotas.",
+        r.reservations,
+    );
+    single(
+        e,
+        "sipedge_turn_tcp_clients",
+        Kind::Gauge,
+        "TURN-over-TCP connections up.",
+        r.tcp_clients,
+    );
+    const TCP_REFUSED: &str = "sipedge_turn_tcp_refused_total";
+    e.family(
+        TCP_REFUSED,
+        Kind::Counter,
+        "TURN-over-TCP connections refused at accept or closed before authenticating, by reason.",
+    );
+    for (reason, n) in &r.tcp_refused {
+        e.sample(TCP_REFUSED, &[("reason", reason)], *n);
+    }
+    const RECEIVED: &str = "sipedge_turn_received_total";
+    e.family(
+        RECEIVED,
+        Kind::Counter,
+        "Datagrams and frames received, from clients and from peers.",
+    )
+    .sample(RECEIVED, &[("from", "client")], r.client_packets)
+    .sample(RECEIVED, &[("from", "peer")], r.peer_packets);
+    single(
+        e,
+        "sipedge_turn_receive_calls_total",
+        Kind::Counter,
+        "System calls that received datagrams (batched: fewer than the datagrams).",
+        r.receive_calls,
+    );
+    const PACKETS: &str = "sipedge_turn_relayed_packets_total";
+    e.family(
+        PACKETS,
+        Kind::Counter,
+        "Packets relayed (and answers sent), by direction.",
+    )
+    .sample(PACKETS, &[("direction", "to_peer")], r.relayed_to_peers)
+    .sample(PACKETS, &[("direction", "to_client")], r.relayed_to_clients);
+    const BYTES: &str = "sipedge_turn_relayed_bytes_total";
+    e.family(BYTES, Kind::Counter, "Payload bytes relayed, by direction.")
+        .sample(BYTES, &[("direction", "to_peer")], r.bytes_to_peers)
+        .sample(BYTES, &[("direction", "to_client")], r.bytes_to_clients);
+    const DROPPED: &str = "sipedge_turn_dropped_total";
+    e.family(
+        DROPPED,
+        Kind::Counter,
+        "Packets dropped without an answer, by reason.",
+    );
+    for (reason, n) in &r.dropped {
+        e.sample(DROPPED, &[("reason", reason)], *n);
+    }
+    single(
+        e,
+        "sipedge_turn_send_errors_total",
+        Kind::Counter,
+        "Sends the kernel refused.",
+        r.send_errors,
+    );
+}
+
+/// The instance's state as pretty JSON: certificates, next hops, connections, calls,
+/// relay, partners, key ring, version and uptime.
+pub fn status(s: &EdgeSnapshot) -> String {
+    use serde_json::json;
+    let certificates: Vec<_> = s
+        .certificates
+        .iter()
+        .map(|c| {
+            let left = c.not_after - s.now_unix;
+            let state = if left <= 0 {
+                "expired"
+            } else if left < EXPIRING_SECS {
+                "expiring"
+            } else {
+                "ok"
+            };
+            json!({
+                "role": c.role,
+                "subject": c.subject,
+                "sans": c.sans,
+                "not_after": c.not_after,
+                "days_left": left.div_euclid(86_400),
+                "status": state,
+            })
+        })
+        .collect();
+    let next_hops: Vec<_> = s
+        .next_hops
+        .iter()
+        .map(|m| {
+            let probe = m.last_probe.map(|p| {
+                json!({
+                    "at": p.at,
+                    "status": p.status,
+                    "latency_ms": p.latency.as_secs_f64() * 1000.0,
+                })
+            });
+            json!({
+                "address": m.address,
+                "up": m.up,
+                "outstanding": m.outstanding,
+                "last_probe": probe,
+            })
+        })
+        .collect();
+    let partners: Vec<_> = s
+        .partners
+        .iter()
+        .flatten()
+        .map(|p| {
+            json!({
+                "partner": p.name,
+                "domains": p.domains,
+                "connections": p.connections,
+                "dialogs": p.dialogs,
+            })
+        })
+        .collect();
+    let ring: Vec<_> = s
+        .key_ring
+        .iter()
+        .map(|k| {
+            let created = i64::try_from(k.created).unwrap_or(0);
+            json!({
+                "id": k.id,
+                "age_days": (s.now_unix - created).div_euclid(86_400),
+                "signs_from": k.signs_from,
+            })
+        })
+        .collect();
+    let relay = s
+        .relay
+        .as_ref()
+        .map(|r| json!({ "allocations": r.allocations }));
+    let body = json!({
+        "instance": s.instance,
+        "version": s.version,
+        "uptime_secs": s.uptime_secs,
+        "started": s.started_unix,
+        "draining": s.draining,
+        "certificates": certificates,
+        "next_hops": next_hops,
+        "connections": {
+            "external": s.access.connections.external,
+            "internal": s.access.connections.internal,
+        },
+        "calls": s.calls,
+        "relay": relay,
+        "partners": partners,
+        "key_ring": ring,
+    });
+    let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::obs::snapshot::*;
+    use std::time::Duration;
+
+    fn edge() -> EdgeSnapshot {
+        EdgeSnapshot {
+            instance: "edge-1".into(),
+            version: "9.9.9",
+            uptime_secs: 42,
+            started_unix: 1_700_000_000,
+            now_unix: 1_700_000_042,
+            certificates: vec![Certificate {
+                role: "external",
+                subject: "CN=edge".into(),
+                sans: vec!["edge.example".into()],
+                not_after: 1_700_000_042 + 10 * 86_400,
+            }],
+            access: AccessEdge {
+                forwarded: ByZone {
+                    external: 7,
+                    internal: 5,
+                },
+                by_method: vec![
+                    (
+                        "INVITE",
+                        ByZone {
+                            external: 2,
+                            internal: 1,
+                        },
+                    ),
+                    (
+                        "response",
+                        ByZone {
+                            external: 3,
+                            internal: 4,
+                        },
+                    ),
+                ],
+                rejects: vec![(
+                    "domain_not_served",
+                    ByZone {
+                        external: 1,
+                        internal: 0,
+                    },
+                )],
+                source_refusals: vec![("banned", 0), ("request_rate", 6)],
+                bans_total: 2,
+                flows: 3,
+                connections: ByZone {
+                    external: 2,
+                    internal: 1,
+                },
+                ..AccessEdge::default()
+            },
+            next_hops: vec![NextHop {
+                address: "192.0.2.7:5061".into(),
+                up: true,
+                outstanding: 4,
+                last_probe: Some(Probe {
+                    at: 1_700_000_040,
+                    status: 200,
+                    latency: Duration::from_millis(3),
+                }),
+            }],
+            calls: 1,
+            partners: Some(vec![
+                Partner {
+                    name: "edge.partner.example".into(),
+                    domains: vec!["partner.example".into()],
+                    connections: 1,
+                    dialogs: 2,
+                    counters: Some(PartnerCounters {
+                        sent: 10,
+                        received: 11,
+                        rate_limited: 1,
+                        connect_failures: 0,
+                    }),
+                },
+                Partner {
+                    name: "uncounted.example".into(),
+                    ..Partner::default()
+                },
+            ]),
+            key_ring: vec![RingKey {
+                id: "k1".into(),
+                created: 1_700_000_042 - 3 * 86_400,
+                signs_from: 1_700_000_000,
+            }],
+            relay: Some(Relay {
+                allocations: 5,
+                tcp_refused: vec![("zone_full", 1)],
+                dropped: vec![("no_permission", 9)],
+                bytes_to_peers: 1200,
+                ..Relay::default()
+            }),
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn metrics_render_families_from_a_snapshot() {
+        let text = metrics(&edge());
+        for expected in [
+            "# HELP sipedge_build_info Build information.\n# TYPE sipedge_build_info gauge\n\
+             sipedge_build_info{version=\"9.9.9\"} 1\n",
+            "# TYPE sipedge_messages_forwarded_total counter\n\
+             sipedge_messages_forwarded_total{zone=\"external\"} 7\n\
+             sipedge_messages_forwarded_total{zone=\"internal\"} 5\n",
+            "sipedge_messages_total{method=\"INVITE\",direction=\"inbound\",zone=\"external\"} 2\n\
+             sipedge_messages_total{method=\"INVITE\",direction=\"outbound\",zone=\"internal\"} 1\n\
+             sipedge_messages_total{method=\"response\",direction=\"inbound\",zone=\"external\"} 3\n",
+            "sipedge_rejects_total{reason=\"domain_not_served\",zone=\"external\"} 1\n\
+             sipedge_rejects_total{reason=\"domain_not_served\",zone=\"internal\"} 0\n",
+            "sipedge_source_refusals_total{reason=\"request_rate\"} 6\n",
+            "# HELP sipedge_bans_total Sources banned.\n# TYPE sipedge_bans_total counter\n\
+             sipedge_bans_total 2\n",
+            "# TYPE sipedge_flows gauge\nsipedge_flows 3\n",
+            "sipedge_connections{zone=\"external\"} 2\nsipedge_connections{zone=\"internal\"} 1\n",
+            "sipedge_next_hop_up{member=\"192.0.2.7:5061\"} 1\n",
+            "sipedge_next_hop_outstanding{member=\"192.0.2.7:5061\"} 4\n",
+            "sipedge_calls 1\n",
+            "sipedge_partner_messages_total{partner=\"edge.partner.example\",direction=\"sent\"} 10\n\
+             sipedge_partner_messages_total{partner=\"edge.partner.example\",direction=\"received\"} 11\n",
+            "sipedge_partner_dialogs{partner=\"edge.partner.example\"} 2\n",
+            "sipedge_turn_allocations 5\n",
+            "sipedge_turn_tcp_refused_total{reason=\"zone_full\"} 1\n",
+            "sipedge_turn_relayed_bytes_total{direction=\"to_peer\"} 1200\n",
+            "sipedge_turn_dropped_total{reason=\"no_permission\"} 9\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        // A partner without counters is not shown; every family is typed once.
+        assert!(!text.contains("uncounted.example"), "{text}");
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!(types, helps);
+        assert_eq!(types, 33, "{text}");
+    }
+
+    #[test]
+    fn without_federation_or_relay_their_families_are_absent() {
+        let mut s = edge();
+        s.partners = None;
+        s.relay = None;
+        let text = metrics(&s);
+        assert!(!text.contains("sipedge_partner_"), "{text}");
+        assert!(!text.contains("sipedge_turn_"), "{text}");
+        // With federation but no partner listed, the families are there, empty.
+        s.partners = Some(Vec::new());
+        let text = metrics(&s);
+        assert!(text.contains("# TYPE sipedge_partner_dialogs gauge\n"));
+        assert!(!text.contains("sipedge_partner_dialogs{"));
+    }
+
+    #[test]
+    fn status_renders_json_from_a_snapshot() {
+        let text = status(&edge());
+        assert!(text.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["instance"], "edge-1");
+        assert_eq!(v["version"], "9.9.9");
+        assert_eq!(v["uptime_secs"], 42);
+        assert_eq!(v["started"], 1_700_000_000u64);
+        assert_eq!(v["draining"], false);
+        assert_eq!(v["certificates"][0]["status"], "expiring");
+        assert_eq!(v["certificates"][0]["days_left"], 10);
+        assert_eq!(v["certificates"][0]["sans"][0], "edge.example");
+        assert_eq!(v["next_hops"][0]["last_probe"]["status"], 200);
+        assert_eq!(v["next_hops"][0]["last_probe"]["latency_ms"], 3.0);
+        assert_eq!(v["connections"]["external"], 2);
+        assert_eq!(v["calls"], 1);
+        assert_eq!(v["relay"]["allocations"], 5);
+        assert_eq!(v["partners"][0]["partner"], "edge.partner.example");
+        assert_eq!(v["partners"][0]["dialogs"], 2);
+        assert_eq!(v["partners"].as_array().unwrap().len(), 2);
+        assert_eq!(v["key_ring"][0]["age_days"], 3);
+
+        let mut s = edge();
+        s.certificates[0].not_after = s.now_unix;
+        s.relay = None;
+        s.partners = None;
+        let v: serde_json::Value = serde_json::from_str(&status(&s)).unwrap();
+        assert_eq!(v["certificates"][0]["status"], "expired");
+        assert_eq!(v["relay"], serde_json::Value::Null);
+        assert_eq!(v["partners"], serde_json::json!([]));
+    }
+}
