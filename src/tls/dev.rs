@@ -27,7 +27,7 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::tls::error::TlsError;
 use crate::tls::load::{load_cert, load_roots, subject_alt_names, SanEntry};
-use crate::topology::{CaSource, CertSource};
+pub use crate::tls::roles::{DevPki, DevRole};
 
 /// The subjectAltNames of the dev certificates; each entry a DNS name or an IP literal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,28 +38,6 @@ pub struct DevNames {
     pub internal: Vec<String>,
     /// A Director stub's certificate (tests and the loopback default's next hop).
     pub director: Vec<String>,
-}
-
-/// Where the dev PKI's files are: PEM, `(certificate, key)` for each leaf.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DevPki {
-    pub dir: PathBuf,
-    /// The dev CA's certificate: the trust anchor for all of the leaves below.
-    pub ca_cert: PathBuf,
-    pub external: (PathBuf, PathBuf),
-    pub internal: (PathBuf, PathBuf),
-    pub director: (PathBuf, PathBuf),
-    /// A test client certificate ([`CLIENT_NAME`]) for internal test peers.
-    pub client: (PathBuf, PathBuf),
-}
-
-/// Which dev certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DevRole {
-    External,
-    Internal,
-    Director,
-    Client,
 }
 
 /// The test client certificate's only name (CN and SAN).
@@ -117,77 +95,6 @@ pub fn generate_at(dir: &Path, names: &DevNames, now: SystemTime) -> Result<DevP
     let files = make_pki(&pki, names, now)?;
     write_all_or_nothing(dir, &files)?;
     Ok(pki)
-}
-
-// === impl DevPki ===
-
-impl DevPki {
-    /// The file layout of a dev PKI in `dir` (whether or not the files exist).
-    pub fn at(dir: &Path) -> Self {
-        let pair = |role: DevRole| {
-            (
-                dir.join(format!("{role}.pem")),
-                dir.join(format!("{role}.key")),
-            )
-        };
-        Self {
-            dir: dir.to_path_buf(),
-            ca_cert: dir.join("ca.pem"),
-            external: pair(DevRole::External),
-            internal: pair(DevRole::Internal),
-            director: pair(DevRole::Director),
-            client: pair(DevRole::Client),
-        }
-    }
-
-    /// The `(certificate, key)` files of `role`.
-    pub fn files(&self, role: DevRole) -> (&Path, &Path) {
-        let (cert, key) = match role {
-            DevRole::External => &self.external,
-            DevRole::Internal => &self.internal,
-            DevRole::Director => &self.director,
-            DevRole::Client => &self.client,
-        };
-        (cert, key)
-    }
-
-    /// `role`'s files as a topology certificate source (what tests hand to `load_cert`).
-    pub fn source(&self, role: DevRole) -> CertSource {
-        let (cert, key) = self.files(role);
-        CertSource::Pem {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-        }
-    }
-
-    /// The dev CA as a topology trust-anchor source.
-    pub fn ca_source(&self) -> CaSource {
-        CaSource::Pem(self.ca_cert.clone())
-    }
-}
-
-impl DevRole {
-    pub const ALL: [DevRole; 4] = [
-        DevRole::External,
-        DevRole::Internal,
-        DevRole::Director,
-        DevRole::Client,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            DevRole::External => "external",
-            DevRole::Internal => "internal",
-            DevRole::Director => "director",
-            DevRole::Client => "client",
-        }
-    }
-}
-
-impl fmt::Display for DevRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 // === names ===

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::tls::dev::DevRole;
+use crate::tls::roles::DevRole;
 
 /// A certificate, key, trust store, rustls configuration or dev PKI problem.
 #[derive(Debug, thiserror::Error)]

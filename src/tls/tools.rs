@@ -15,9 +15,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{ServerName, UnixTime};
 use rustls::RootCertStore;
 
-use crate::tls::dev::{DevPki, DevRole};
 use crate::tls::error::TlsError;
 use crate::tls::load::{load_cert, load_roots, summarize, system_roots};
+use crate::tls::roles::{DevPki, DevRole};
 use crate::topology::{CaSource, CertSource, Topology};
 
 /// Certificates this close to their end are reported (yellow, still passing).

@@ -1,7 +1,8 @@
 //! Topology: the deployment described as TOML, resolved into a typed [`Topology`].
 //!
-//! Owns: the schema (`schema`), the strict spanned reader (`reader`), problem reporting
-//! (`error`) and the embedded loopback default. Reading is all-or-nothing: every problem in
+//! Owns: the resolved model ([`model`]), the schema (`schema`: keys, defaults and checks,
+//! one file per table), the strict spanned reader (`reader`), problem reporting (`error`)
+//! and the embedded loopback default. Reading is all-or-nothing: every problem in
 //! a file is reported at once with its line and dotted key, and a file with any problem
 //! yields no topology. The rest of the program only sees [`Topology`].
 

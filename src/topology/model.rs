@@ -1,5 +1,12 @@
-//! The resolved topology: typed, defaulted and cross-checked. The rest of the program only
-//! ever sees this; `raw` is what operators write.
+//! The resolved topology: a deployment as the rest of the program sees it, typed, defaulted
+//! and cross-checked. A [`Topology`] holds who the edge is ([`Edge`]), its two zones' SIP
+//! listeners and certificates ([`ExternalIface`], [`InternalIface`]), the Director pool it
+//! forwards to ([`NextHopPool`]), message and connection [`Limits`], the per-source
+//! [`Firewall`], and, when configured, the [`Operations`] listener, the pool key ring
+//! ([`KeysSource`]), the media [`Relay`] and [`FederationConfig`]. The schema builds these
+//! from the TOML operators write and checks them against each other; this module only holds
+//! them, says which zone a relay listener is in ([`Topology::listener_zone`]), and keeps
+//! passwords out of `Debug` ([`Secret`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,379 @@
+//! The bounds on what a client can make the server hold: quotas per user, per source and
+//! in all, reservations, per-allocation caps, the strangers' answer budget, and expiry
+//! that follows deadlines.
+
+use super::*;
+
+#[test]
+fn quota_and_capacity() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 2;
+    for i in 0..3u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 40000 + i);
+        let req = w.request(
+            ALLOCATE,
+            20 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        let expect = if i < 2 { 0 } else { 486 };
+        assert_eq!(World::code(&w.send(&req, Duration::ZERO).0), expect);
+    }
+    // Ports run out (10 in the range) before the quota of a generous user does.
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 100;
+    let mut codes = Vec::new();
+    for i in 0..11u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 41000 + i);
+        let req = w.request(
+            ALLOCATE,
+            40 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 10);
+    assert_eq!(codes.last(), Some(&508));
+}
+
+#[test]
+fn quota_per_source_address() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_source = 2;
+    let mut codes = Vec::new();
+    for i in 0..3u16 {
+        // Three different users from the same address.
+        let c = credentials::mint(&w.ring, &format!("user{i}"), 3600, T0).unwrap();
+        w.user = c.username;
+        w.pass = c.password;
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
+        let req = w.request(
+            ALLOCATE,
+            110 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, vec![0, 0, 486]);
+}
+
+#[test]
+fn total_allocations_are_capped_with_508() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations = 3;
+    let mut codes = Vec::new();
+    for i in 0..4u16 {
+        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
+        let req = w.request(
+            ALLOCATE,
+            70 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, [0, 0, 0, 508]);
+}
+
+/// An Allocate with EVEN-PORT and the R bit from `client`; the answer's code and token.
+fn reserve(w: &mut World, client: &str, id: u8, after: Duration) -> (u16, Option<Vec<u8>>) {
+    w.tuple.client = addr(client);
+    let req = w.request(
+        ALLOCATE,
+        id,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::EVEN_PORT, vec![0x80]),
+        ],
+        false,
+    );
+    let (out, _) = w.send(&req, after);
+    let code = World::code(&out);
+    let token = out.iter().find_map(|o| match o {
+        Output::ToClient { bytes, .. } => {
+            let c = stun::check(bytes).ok()?;
+            let t = c.get(attr::RESERVATION_TOKEN)?;
+            Some(bytes[t.start..t.start + 8].to_vec())
+        }
+        _ => None,
+    });
+    (code, token)
+}
+
+#[test]
+fn reservations_count_against_the_quotas_expire_and_die_with_their_allocation() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 5;
+    w.server.cfg.max_allocations_per_source = 100;
+    // Each EVEN-PORT with R holds two: its allocation and the reserved port.
+    let (code, token) = reserve(&mut w, "198.51.100.20:40000", 1, Duration::ZERO);
+    assert_eq!((code, token.is_some()), (0, true));
+    let (code, _) = reserve(&mut w, "198.51.100.20:40001", 2, Duration::ZERO);
+    assert_eq!(code, 0);
+    assert_eq!(w.server.held(), 4);
+    assert_eq!(w.server.reservations(), 2);
+    // A fifth hold fits, a sixth (an allocation with a reservation) does not.
+    let (code, _) = reserve(&mut w, "198.51.100.20:40002", 3, Duration::ZERO);
+    assert_eq!(code, 486, "the quota counts reservations");
+    // Reservations expire after 30 s, on their own deadline.
+    assert_eq!(
+        w.server.poll_timeout(),
+        Some(w.start + RESERVATION_LIFETIME)
+    );
+    let mut out = Vec::new();
+    w.server.expire(w.start + RESERVATION_LIFETIME, &mut out);
+    assert_eq!(w.server.reservations(), 0);
+    assert_eq!(w.server.held(), 2);
+    // ... and die with their allocation (Refresh 0).
+    let (code, _) = reserve(&mut w, "198.51.100.20:40003", 4, Duration::from_secs(31));
+    assert_eq!(code, 0);
+    assert_eq!(w.server.reservations(), 1);
+    let refresh = w.request(REFRESH, 5, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
+    assert_eq!(World::code(&w.send(&refresh, Duration::from_secs(32)).0), 0);
+    assert_eq!(w.server.reservations(), 0);
+    assert_eq!(w.server.held(), 2);
+    // A claimed token ends its reservation: the claim is the hold now.
+    let (code, token) = reserve(&mut w, "198.51.100.20:40004", 6, Duration::from_secs(33));
+    assert_eq!(code, 0);
+    w.tuple.client = addr("198.51.100.20:40005");
+    let claim = w.request(
+        ALLOCATE,
+        7,
+        &[
+            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
+            (attr::RESERVATION_TOKEN, token.unwrap()),
+        ],
+        false,
+    );
+    assert_eq!(World::code(&w.send(&claim, Duration::from_secs(34)).0), 0);
+    assert_eq!((w.server.reservations(), w.server.held()), (0, 4));
+}
+
+#[test]
+fn one_user_is_one_quota_whatever_the_credentials_and_a_v6_source_is_its_64() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 2;
+    let mut codes = Vec::new();
+    for (i, ttl) in [3600u64, 7200, 1800].iter().enumerate() {
+        // Three credentials of the same user (other expiries, other strings).
+        let c = credentials::mint(&w.ring, "alice", *ttl, T0).unwrap();
+        w.user = c.username;
+        w.pass = c.password;
+        w.tuple.client = addr(&format!("198.51.100.{}:40000", 30 + i));
+        let req = w.request(
+            ALLOCATE,
+            10 + i as u8,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, vec![0, 0, 486]);
+    assert_eq!(user_of("1800000000:alice"), "alice");
+    assert_eq!(user_of("alice"), "alice");
+
+    // IPv6: one /64 is one source.
+    let cfg = TurnConfig {
+        max_allocations_per_source: 2,
+        ..TurnConfig::new(
+            REALM,
+            "2001:db8::10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+            (50000, 50009),
+        )
+    };
+    let mut w = World::new();
+    w.server = Server::new(cfg, 0, w.start);
+    let mut codes = Vec::new();
+    for i in 0..3u8 {
+        let c = credentials::mint(&w.ring, &format!("v6user{i}"), 3600, T0).unwrap();
+        w.user = c.username;
+        w.pass = c.password;
+        w.tuple = FiveTuple {
+            client: addr(&format!("[2001:db8:1:2::{}]:40000", i + 1)),
+            server: addr("[2001:db8::10]:3478"),
+            transport: Transport::Udp,
+        };
+        let req = w.request(
+            ALLOCATE,
+            20 + i,
+            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            false,
+        );
+        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+    }
+    assert_eq!(codes, vec![0, 0, 486]);
+}
+
+#[test]
+fn strangers_draw_a_bounded_number_of_answer_bytes() {
+    let mut w = World::new();
+    w.server.cfg.strangers.bytes_per_sec = 1000;
+    w.server = Server::new(w.server.cfg.clone(), 0, w.start);
+    let anonymous = w.request(
+        ALLOCATE,
+        1,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        true,
+    );
+    let mut answered = 0;
+    let mut refused = 0;
+    let mut bytes = 0;
+    for _ in 0..100 {
+        match w.send(&anonymous, Duration::ZERO) {
+            (out, Ok(())) => {
+                answered += 1;
+                for o in out {
+                    if let Output::ToClient { bytes: b, .. } = o {
+                        assert!(
+                            stun::check(&b).unwrap().get(0x8022).is_none(),
+                            "no SOFTWARE"
+                        );
+                        bytes += b.len();
+                    }
+                }
+            }
+            (out, Err(Dropped::StrangerBudget)) => {
+                assert!(out.is_empty());
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(bytes <= 2000, "two seconds' worth at once: {bytes}");
+    assert!(
+        answered > 0 && refused >= 80,
+        "{answered} answered, {refused} refused"
+    );
+    // Bindings draw from the same budget; a second later there is room again.
+    let binding = Writer::new(Class::Request, BINDING, [9; 12]).finish();
+    assert_eq!(
+        w.send(&binding, Duration::ZERO).1,
+        Err(Dropped::StrangerBudget)
+    );
+    assert_eq!(w.send(&binding, Duration::from_secs(1)).1, Ok(()));
+    // Authenticated work is not a stranger's: it is answered whatever the budget.
+    assert_eq!(
+        World::code(
+            &w.send(
+                &w.request(
+                    ALLOCATE,
+                    2,
+                    &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+                    false
+                ),
+                Duration::from_secs(1)
+            )
+            .0
+        ),
+        0
+    );
+}
+
+#[test]
+fn permissions_and_channels_per_allocation_are_capped() {
+    let mut w = World::new();
+    w.server.cfg.max_permissions_per_allocation = 3;
+    w.server.cfg.max_channels_per_allocation = 2;
+    w.allocate();
+    let perm = |w: &World, peer: &str, id: u8| {
+        w.request(
+            CREATE_PERMISSION,
+            id,
+            &[World::peer_attr(addr(peer), id)],
+            false,
+        )
+    };
+    for (i, peer) in ["198.51.100.1:1", "198.51.100.2:1", "198.51.100.3:1"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            World::code(&w.send(&perm(&w, peer, 10 + i as u8), Duration::ZERO).0),
+            0
+        );
+    }
+    assert_eq!(
+        World::code(&w.send(&perm(&w, "198.51.100.4:1", 20), Duration::ZERO).0),
+        508
+    );
+    // Renewing one it has is fine; once they expire there is room again.
+    assert_eq!(
+        World::code(&w.send(&perm(&w, "198.51.100.1:9", 21), Duration::ZERO).0),
+        0
+    );
+    assert_eq!(
+        World::code(
+            &w.send(&perm(&w, "198.51.100.4:1", 22), Duration::from_secs(301))
+                .0
+        ),
+        0
+    );
+    let bind = |w: &World, n: u16, peer: &str, id: u8| {
+        w.request(
+            CHANNEL_BIND,
+            id,
+            &[
+                (attr::CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]),
+                World::peer_attr(addr(peer), id),
+            ],
+            false,
+        )
+    };
+    let t = Duration::from_secs(302);
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4000, "198.51.100.4:7", 30), t).0),
+        0
+    );
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4001, "198.51.100.1:7", 31), t).0),
+        0
+    );
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4002, "198.51.100.2:7", 32), t).0),
+        508
+    );
+    // Port 0 is no peer.
+    assert_eq!(
+        World::code(&w.send(&bind(&w, 0x4001, "198.51.100.1:0", 33), t).0),
+        400
+    );
+}
+
+#[test]
+fn expiry_follows_deadlines_not_a_sweep() {
+    let mut w = World::new();
+    w.allocate();
+    assert_eq!(
+        w.server.poll_timeout(),
+        Some(w.start + Duration::from_secs(600))
+    );
+    let mut out = Vec::new();
+    w.server
+        .expire(w.start + Duration::from_secs(599), &mut out);
+    assert!(out.is_empty());
+    w.server
+        .expire(w.start + Duration::from_secs(600), &mut out);
+    assert!(matches!(out.as_slice(), [Output::CloseRelay { .. }]));
+    assert_eq!(w.server.poll_timeout(), None);
+    assert_eq!(w.server.held(), 0);
+}
+
+#[test]
+fn reservation_churn_keeps_the_expiry_queue_bounded() {
+    // Reserve and delete again and again within one reservation lifetime: each ended
+    // reservation leaves a queue entry until its deadline unless the queue is compacted
+    // (check_invariants, run after every send, bounds it by 2 x max_allocations + 65).
+    let mut w = World::new();
+    w.server.cfg.max_allocations = 50;
+    for i in 0..1000u32 {
+        let id = (i % 200) as u8 + 10;
+        let (code, token) = reserve(&mut w, "198.51.100.20:40000", id, Duration::ZERO);
+        assert_eq!((code, token.is_some()), (0, true), "round {i}");
+        let refresh = w.request(REFRESH, id, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
+        assert_eq!(World::code(&w.send(&refresh, Duration::ZERO).0), 0);
+    }
+    assert_eq!((w.server.held(), w.server.reservations()), (0, 0));
+}

@@ -1,0 +1,333 @@
+//! The UDP paths of the relay: client-facing sockets read in batches, their relay-path
+//! packets (ChannelData, Send indications) routed under one read lock and sent to peers
+//! straight from the receive buffers (equal-sized runs as one GSO send), the rest through
+//! the general path; and each relayed socket's loop, which frames what peers send for
+//! their client in place (GRO trains out as one GSO send).
+
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use quinn_udp::RecvMeta;
+
+use super::Turn;
+use crate::core::turn::channel;
+use crate::core::turn::demux::{classify, PacketKind};
+use crate::core::turn::policy::Origin;
+use crate::core::turn::server::{Arrival, Dropped, FiveTuple, Route, ToClient, Transport, SEND};
+use crate::core::turn::stun::{self, Class};
+use crate::shell::clock;
+use crate::shell::udp::{self, BatchSocket, CLIENT_BATCH, MAX_DATAGRAM};
+
+/// The ChannelData header the hot path writes in front of a peer's datagram.
+const HEADER: usize = crate::core::turn::channel::HEADER_LEN;
+
+/// A run of relayed payloads with one destination and one size, gathered for one GSO send.
+struct Run {
+    relay: SocketAddr,
+    peer: SocketAddr,
+    size: usize,
+    count: usize,
+}
+
+impl Turn {
+    /// A client-facing UDP socket. Datagrams are read in batches (recvmmsg, GRO trains
+    /// split); a run of relay-path packets (ChannelData, Send indications) is routed
+    /// under one read lock and sent straight from the receive buffers, equal-sized payloads
+    /// to one peer gathered into one GSO send; anything else takes the general path in
+    /// arrival order.
+    pub(super) async fn client_loop(self: Arc<Self>, sock: Arc<BatchSocket>, origin: Origin) {
+        let local = sock.local_addr();
+        let mut storage = vec![0u8; CLIENT_BATCH * MAX_DATAGRAM];
+        let mut bufs: Vec<IoSliceMut<'_>> = storage
+            .chunks_mut(MAX_DATAGRAM)
+            .map(IoSliceMut::new)
+            .collect();
+        let mut metas = vec![RecvMeta::default(); bufs.len()];
+        // Reused from batch to batch: the relay path allocates nothing per packet.
+        let mut datagrams: Vec<(usize, Range<usize>)> = Vec::with_capacity(4 * CLIENT_BATCH);
+        let mut routes: Vec<(usize, Route)> = Vec::with_capacity(4 * CLIENT_BATCH);
+        let mut gather: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
+        loop {
+            let n = match sock.recv(&mut bufs, &mut metas).await {
+                Ok(n) => n,
+                Err(_) => continue, // ICMP errors surface here on some kernels
+            };
+            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+            datagrams.clear();
+            for (i, (buf, meta)) in bufs.iter().zip(&metas).take(n).enumerate() {
+                datagrams.extend(udp::datagrams(buf, meta).map(|r| (i, r)));
+            }
+            self.stats
+                .client_packets
+                .fetch_add(datagrams.len() as u64, Ordering::Relaxed);
+            let mut next = 0;
+            while next < datagrams.len() {
+                // Route the relay-path packets up to the next other one, under one read lock.
+                routes.clear();
+                {
+                    let server = self.read_server();
+                    let now = clock::now();
+                    while let Some((i, r)) = datagrams.get(next) {
+                        let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
+                            break;
+                        };
+                        let packet = buf.get(r.clone()).unwrap_or_default();
+                        let tuple = FiveTuple {
+                            client: meta.addr,
+                            server: local,
+                            transport: Transport::Udp,
+                        };
+                        let routed = match classify(packet) {
+                            PacketKind::ChannelData => server.channel_to_peer(&tuple, packet, now),
+                            PacketKind::Stun => match stun::check(packet) {
+                                Ok(c) if c.class == Class::Indication && c.method == SEND => {
+                                    server.send_to_peer(&tuple, packet, &c, now)
+                                }
+                                _ => break,
+                            },
+                            _ => break,
+                        };
+                        match routed {
+                            Ok(mut route) => {
+                                route.data = route.data.start + r.start..route.data.end + r.start;
+                                routes.push((*i, route));
+                            }
+                            Err(why) => self.stats.drop(why),
+                        }
+                        next += 1;
+                    }
+                }
+                self.send_to_peers(&bufs, &routes, &mut gather).await;
+                // The general path for the packet that stopped the run.
+                if let Some((i, r)) = datagrams.get(next) {
+                    let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
+                        break;
+                    };
+                    let packet = buf.get(r.clone()).unwrap_or_default();
+                    let arrival = Arrival {
+                        tuple: FiveTuple {
+                            client: meta.addr,
+                            server: local,
+                            transport: Transport::Udp,
+                        },
+                        origin,
+                        now: clock::now(),
+                        now_unix: clock::now_unix(),
+                    };
+                    let mut out = Vec::new();
+                    let result =
+                        self.lock_server()
+                            .client_packet(&self.auth(), arrival, packet, &mut out);
+                    if let Err(why) = result {
+                        self.dropped(why, meta.addr, origin, Transport::Udp);
+                    }
+                    self.execute(out).await;
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends routed payloads to their peers: a run of equal-sized payloads to one peer as
+    /// one GSO send (gathered), anything else straight from the receive buffer.
+    async fn send_to_peers(
+        &self,
+        bufs: &[IoSliceMut<'_>],
+        routes: &[(usize, Route)],
+        gather: &mut Vec<u8>,
+    ) {
+        let payload = |(i, route): &(usize, Route)| -> &[u8] {
+            bufs.get(*i)
+                .and_then(|b| b.get(route.data.clone()))
+                .unwrap_or_default()
+        };
+        let mut k = 0;
+        while let Some(first) = routes.get(k) {
+            let (_, head) = first;
+            let Some(sock) = self.relay_socket(head.relay) else {
+                self.stats.drop(Dropped::NoAllocation);
+                k += 1;
+                continue;
+            };
+            let mut run = Run {
+                relay: head.relay,
+                peer: head.peer,
+                size: head.data.len(),
+                count: 1,
+            };
+            let limit = sock.max_segments().min(MAX_DATAGRAM / run.size.max(1));
+            while run.count < limit
+                && routes.get(k + run.count).is_some_and(|(_, r)| {
+                    r.relay == run.relay && r.peer == run.peer && r.data.len() == run.size
+                })
+            {
+                run.count += 1;
+            }
+            let bytes = run.size * run.count;
+            let sent = if run.count == 1 {
+                sock.send(run.peer, payload(first), None).await
+            } else {
+                gather.clear();
+                for r in routes.iter().skip(k).take(run.count) {
+                    gather.extend_from_slice(payload(r));
+                }
+                sock.send(run.peer, gather, Some(run.size)).await
+            };
+            self.stats.sent(sent, true, run.count, bytes);
+            k += run.count;
+        }
+    }
+
+    /// The relay loop, boxed with an explicit `Send`: it and `execute` call each other, and
+    /// naming the type here ends the cycle the compiler cannot see through.
+    pub(super) fn relay_task(
+        self: Arc<Self>,
+        relay: SocketAddr,
+        sock: Arc<BatchSocket>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(self.relay_loop(relay, sock))
+    }
+
+    /// A relayed socket: what its peers send goes to the client. One buffer per read
+    /// (an allocation has few peers; batching pays on the client-facing sockets), received
+    /// `HEADER` bytes in so a ChannelData header is written in front in place; a GRO train
+    /// goes out as one GSO send.
+    async fn relay_loop(self: Arc<Self>, relay: SocketAddr, sock: Arc<BatchSocket>) {
+        let mut storage = vec![0u8; HEADER + MAX_DATAGRAM];
+        let mut meta = [RecvMeta::default()];
+        let mut scratch: Vec<u8> = Vec::with_capacity(256);
+        let mut gather: Vec<u8> = Vec::new();
+        loop {
+            let received = {
+                let mut bufs = [IoSliceMut::new(
+                    storage.get_mut(HEADER..).unwrap_or_default(),
+                )];
+                sock.recv(&mut bufs, &mut meta).await
+            };
+            if !matches!(received, Ok(1)) {
+                continue;
+            }
+            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+            let [meta] = meta;
+            let peer = meta.addr;
+            let body = storage.get(HEADER..).unwrap_or_default();
+            let segments = udp::datagrams(body, &meta).count();
+            self.stats
+                .peer_packets
+                .fetch_add(segments as u64, Ordering::Relaxed);
+            if segments == 1 {
+                self.one_to_client(relay, peer, meta.len, &mut storage, &mut scratch)
+                    .await;
+            } else {
+                self.train_to_client(relay, peer, &storage, &meta, &mut scratch, &mut gather)
+                    .await;
+            }
+        }
+    }
+
+    /// One datagram from a peer (at `storage[HEADER..HEADER + len]`) to its client.
+    async fn one_to_client(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        len: usize,
+        storage: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) {
+        let data = storage.get(HEADER..HEADER + len).unwrap_or_default();
+        let decided = self
+            .read_server()
+            .peer_to_client(relay, peer, data, clock::now(), scratch);
+        let (tuple, framing) = match decided {
+            Ok(d) => d,
+            Err(why) => return self.stats.drop(why),
+        };
+        let frame: &[u8] = match framing {
+            ToClient::Channel(header) if tuple.transport == Transport::Udp => {
+                if let Some(head) = storage.get_mut(..HEADER) {
+                    head.copy_from_slice(&header);
+                }
+                storage.get(..HEADER + len).unwrap_or_default()
+            }
+            ToClient::Channel(header) => {
+                // TCP: header, data and padding to 4, queued for the client's writer.
+                return self.to_tcp_client(&tuple, channel::framed(&header, data, true));
+            }
+            ToClient::Indication if tuple.transport == Transport::Tcp => {
+                return self.to_tcp_client(&tuple, scratch.clone());
+            }
+            ToClient::Indication => scratch,
+        };
+        if let Some(sock) = self.listeners.get(&tuple.server) {
+            let sent = sock.send(tuple.client, frame, None).await;
+            self.stats.sent(sent, false, 1, len);
+        }
+    }
+
+    /// A GRO train from one peer (equal-sized datagrams, the last maybe shorter) to its
+    /// client: each framed into `gather`, sent as one GSO send when every one went on a
+    /// channel to a UDP client, one by one otherwise.
+    async fn train_to_client(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        storage: &[u8],
+        meta: &RecvMeta,
+        scratch: &mut Vec<u8>,
+        gather: &mut Vec<u8>,
+    ) {
+        let body = storage.get(HEADER..).unwrap_or_default();
+        gather.clear();
+        let mut target: Option<FiveTuple> = None;
+        let mut count = 0;
+        let mut bytes = 0;
+        for r in udp::datagrams(body, meta) {
+            let data = body.get(r).unwrap_or_default();
+            let decided =
+                self.read_server()
+                    .peer_to_client(relay, peer, data, clock::now(), scratch);
+            match decided {
+                Err(why) => self.stats.drop(why),
+                Ok((tuple, ToClient::Channel(header))) if tuple.transport == Transport::Udp => {
+                    gather.extend_from_slice(&header);
+                    gather.extend_from_slice(data);
+                    target = Some(tuple);
+                    count += 1;
+                    bytes += data.len();
+                }
+                Ok((tuple, ToClient::Channel(header))) => {
+                    self.to_tcp_client(&tuple, channel::framed(&header, data, true));
+                }
+                Ok((tuple, ToClient::Indication)) => {
+                    if tuple.transport == Transport::Tcp {
+                        self.to_tcp_client(&tuple, scratch.clone());
+                    } else if let Some(sock) = self.listeners.get(&tuple.server) {
+                        let sent = sock.send(tuple.client, scratch, None).await;
+                        self.stats.sent(sent, false, 1, data.len());
+                    }
+                }
+            }
+        }
+        let Some(tuple) = target else { return };
+        let Some(sock) = self.listeners.get(&tuple.server) else {
+            return;
+        };
+        // Equal segments but maybe the last: GSO takes exactly that shape. A train with a
+        // drop in the middle is still equal-sized, as every framed datagram but the last
+        // has the stride's size.
+        let segment = HEADER + meta.stride.max(1);
+        let sent = if count > 1 && count <= sock.max_segments() {
+            sock.send(tuple.client, gather, Some(segment)).await
+        } else {
+            let mut result = Ok(());
+            for frame in gather.chunks(segment) {
+                result = result.and(sock.send(tuple.client, frame, None).await);
+            }
+            result
+        };
+        self.stats.sent(sent, false, count, bytes);
+    }
+}

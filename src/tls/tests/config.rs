@@ -1,0 +1,282 @@
+//! `config`'s tests: handshakes between the rustls configurations each side of the edge
+//! builds (no sockets), on certificates the dev PKI makes; above `dev` for the same reason
+//! as `load`'s.
+
+use std::sync::Arc;
+
+use rustls::client::ClientConfig;
+use rustls::server::ServerConfig;
+use rustls::version::TLS12;
+use rustls::RootCertStore;
+
+use crate::tls::config::*;
+use crate::tls::dev::{self, DevNames, DevPki, DevRole, CLIENT_NAME};
+use crate::tls::error::TlsError;
+use crate::tls::load::CertifiedKeyMaterial;
+use crate::tls::load::{load_cert, load_roots};
+use rustls::pki_types::ServerName;
+use rustls::{
+    CertificateError, ClientConnection, Error, HandshakeKind, ProtocolVersion, ServerConnection,
+};
+use std::io::{Read, Write};
+
+fn names() -> DevNames {
+    DevNames {
+        external: vec!["sip.example.test".into(), "127.0.0.1".into()],
+        internal: vec!["edge-int.example.test".into()],
+        director: vec!["director.example.test".into()],
+    }
+}
+
+fn new_pki() -> (tempfile::TempDir, DevPki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev::generate(dir.path(), &names()).unwrap();
+    (dir, pki)
+}
+
+fn material(pki: &DevPki, role: DevRole) -> CertifiedKeyMaterial {
+    load_cert(&pki.source(role), None, role).unwrap()
+}
+
+fn roots(pki: &DevPki) -> RootCertStore {
+    load_roots(&pki.ca_source(), None).unwrap()
+}
+
+#[derive(Debug)]
+enum Failed {
+    Client(Error),
+    Server(Error),
+}
+
+/// Moves bytes both ways until neither side has anything to say, surfacing the first
+/// side that fails. No sockets.
+fn pump(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<(), Failed> {
+    for _ in 0..32 {
+        let mut progressed = false;
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            progressed = true;
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+                s.process_new_packets().map_err(Failed::Server)?;
+            }
+        }
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            progressed = true;
+            let mut rd = buf.as_slice();
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                c.process_new_packets().map_err(Failed::Client)?;
+            }
+        }
+        if !progressed {
+            return Ok(());
+        }
+    }
+    panic!("handshake did not settle");
+}
+
+fn connect(
+    ccfg: &Arc<ClientConfig>,
+    scfg: &Arc<ServerConfig>,
+    name: &str,
+) -> (ClientConnection, ServerConnection, Result<(), Failed>) {
+    let server_name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut c = ClientConnection::new(ccfg.clone(), server_name).unwrap();
+    let mut s = ServerConnection::new(scfg.clone()).unwrap();
+    let r = pump(&mut c, &mut s);
+    (c, s, r)
+}
+
+/// Sends a line client → server through the TLS session and reads it back.
+fn exchange(c: &mut ClientConnection, s: &mut ServerConnection) {
+    let msg = b"OPTIONS sip:edge SIP/2.0\r\n\r\n";
+    c.writer().write_all(msg).unwrap();
+    pump(c, s).unwrap();
+    let mut got = vec![0; msg.len()];
+    s.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, msg);
+}
+
+#[test]
+fn external_serves_clients_trusting_the_dev_ca() {
+    let (_d, pki) = new_pki();
+    let scfg = external_server_config(material(&pki, DevRole::External), None).unwrap();
+    let ccfg = client_config_trusting(roots(&pki), None).unwrap();
+
+    let (mut c, mut s, r) = connect(&ccfg, &scfg, "sip.example.test");
+    r.unwrap();
+    assert_eq!(c.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+    exchange(&mut c, &mut s);
+    // No client certificate on this side, and the server's SANs are what the client sees.
+    assert_eq!(peer_identity(&s), None);
+    let id = peer_identity(&c).unwrap();
+    assert_eq!(id.dns_names, vec!["sip.example.test".to_owned()]);
+    assert!(id.has_dns_name("SIP.example.test"));
+
+    // An IP SAN verifies too (the loopback default dials 127.0.0.1).
+    connect(&ccfg, &scfg, "127.0.0.1").2.unwrap();
+
+    // A name the certificate does not carry is refused by the client.
+    let r = connect(&ccfg, &scfg, "other.example.test").2;
+    assert!(
+        matches!(
+            r,
+            Err(Failed::Client(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            )))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn external_speaks_tls12_and_resumes_both_versions() {
+    let (_d, pki) = new_pki();
+    let scfg = external_server_config(material(&pki, DevRole::External), None).unwrap();
+
+    // TLS 1.3: tickets.
+    let ccfg = client_config_trusting(roots(&pki), None).unwrap();
+    let (_, _, r) = connect(&ccfg, &scfg, "sip.example.test");
+    r.unwrap();
+    let (c, _, r) = connect(&ccfg, &scfg, "sip.example.test");
+    r.unwrap();
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+
+    // TLS 1.2 only client.
+    let tls12 = Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&TLS12])
+            .unwrap()
+            .with_root_certificates(roots(&pki))
+            .with_no_client_auth(),
+    );
+    let (mut c, mut s, r) = connect(&tls12, &scfg, "sip.example.test");
+    r.unwrap();
+    assert_eq!(c.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Full));
+    exchange(&mut c, &mut s);
+    let (c, _, r) = connect(&tls12, &scfg, "sip.example.test");
+    r.unwrap();
+    assert_eq!(c.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
+#[test]
+fn internal_requires_a_client_certificate_from_the_ca() {
+    let (_d, pki) = new_pki();
+    let scfg = internal_server_config(material(&pki, DevRole::Internal), roots(&pki)).unwrap();
+
+    // No certificate: the server refuses. In TLS 1.3 the client's side of the handshake
+    // has already finished; it learns of the rejection only when it next reads.
+    let anon = client_config_trusting(roots(&pki), None).unwrap();
+    let mut c = ClientConnection::new(
+        anon.clone(),
+        ServerName::try_from("edge-int.example.test").unwrap(),
+    )
+    .unwrap();
+    let mut s = ServerConnection::new(scfg.clone()).unwrap();
+    let r = pump(&mut c, &mut s);
+    assert!(
+        matches!(r, Err(Failed::Server(Error::NoCertificatesPresented))),
+        "{r:?}"
+    );
+    assert!(!c.is_handshaking());
+    let mut alert = Vec::new();
+    while s.wants_write() {
+        s.write_tls(&mut alert).unwrap();
+    }
+    c.read_tls(&mut alert.as_slice()).unwrap();
+    assert!(matches!(
+        c.process_new_packets(),
+        Err(Error::AlertReceived(_))
+    ));
+
+    // A certificate from another CA (same names, different PKI): refused. Both dev CAs
+    // share a subject, so webpki finds the wrong issuer and reports a bad signature.
+    let (_d2, other) = new_pki();
+    let stranger =
+        client_config_trusting(roots(&pki), Some(material(&other, DevRole::Client))).unwrap();
+    let r = connect(&stranger, &scfg, "edge-int.example.test").2;
+    assert!(
+        matches!(
+            r,
+            Err(Failed::Server(Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature
+            )))
+        ),
+        "{r:?}"
+    );
+
+    // The dev client certificate: accepted, and its SAN is the peer identity.
+    let client =
+        client_config_trusting(roots(&pki), Some(material(&pki, DevRole::Client))).unwrap();
+    let (mut c, mut s, r) = connect(&client, &scfg, "edge-int.example.test");
+    r.unwrap();
+    exchange(&mut c, &mut s);
+    assert_eq!(
+        peer_identity(&s),
+        Some(PeerIdentity {
+            dns_names: vec![CLIENT_NAME.to_owned()]
+        })
+    );
+    assert_eq!(
+        peer_identity(&c).unwrap().dns_names,
+        vec!["edge-int.example.test".to_owned()]
+    );
+}
+
+#[test]
+fn pool_client_reaches_a_director_stub() {
+    let (_d, pki) = new_pki();
+    let director =
+        server_config_requiring_client(material(&pki, DevRole::Director), roots(&pki)).unwrap();
+    let edge = pool_client_config(material(&pki, DevRole::Internal), roots(&pki)).unwrap();
+    let (mut c, mut s, r) = connect(&edge, &director, "director.example.test");
+    r.unwrap();
+    exchange(&mut c, &mut s);
+    assert!(peer_identity(&s)
+        .unwrap()
+        .has_dns_name("edge-int.example.test"));
+    assert!(peer_identity(&c)
+        .unwrap()
+        .has_dns_name("director.example.test"));
+
+    // The Director is verified by name: the edge's own internal name is not the pool's.
+    let r = connect(&edge, &director, "edge-int.example.test").2;
+    assert!(
+        matches!(r, Err(Failed::Client(Error::InvalidCertificate(_)))),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn empty_trust_stores_are_refused() {
+    let (_d, pki) = new_pki();
+    assert!(matches!(
+        internal_server_config(material(&pki, DevRole::Internal), RootCertStore::empty()),
+        Err(TlsError::NoTrustAnchors)
+    ));
+    assert!(matches!(
+        client_config_trusting(RootCertStore::empty(), None),
+        Err(TlsError::NoTrustAnchors)
+    ));
+}
+
+#[test]
+fn mismatched_material_is_a_config_error() {
+    let (_d, pki) = new_pki();
+    let mut m = material(&pki, DevRole::External);
+    m.key = material(&pki, DevRole::Internal).key;
+    assert!(matches!(
+        external_server_config(m, None),
+        Err(TlsError::Config { .. })
+    ));
+}

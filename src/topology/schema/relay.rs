@@ -1,0 +1,208 @@
+//! The `[relay]` table: the TURN relay's listeners and their zones, relayed addresses and
+//! ports, credentials, quotas, bandwidth, peer policy and TCP client bounds; and the check
+//! that every relay listener's zone follows from an interface.
+
+use super::fields::{ip_list, prefix_list, secs, valid_dns_name};
+use crate::topology::model::{Relay, Topology};
+use crate::topology::reader::{Doc, Section};
+
+pub(super) const RELAY_KEYS: &[&str] = &[
+    "host",
+    "udp_port",
+    "tcp_port",
+    "credential_lifetime",
+    "listen_udp",
+    "listen_tcp",
+    "relay_ip",
+    "public_ip",
+    "port_min",
+    "port_max",
+    "allow_loopback_peers",
+    "realm",
+    "max_allocations_per_user",
+    "max_allocations_per_source",
+    "max_allocations",
+    "max_kbps_per_allocation",
+    "max_kbps_per_user",
+    "internal_ranges",
+    "allow_peers",
+    "deny_peers",
+    "external_addresses",
+    "internal_addresses",
+    "max_tcp_clients",
+    "tcp_auth_timeout",
+    "max_queued_bytes_per_client",
+    "unauthenticated_bytes_per_second",
+    "max_permissions_per_allocation",
+    "max_channels_per_allocation",
+];
+
+/// `Some(None)` without a `[relay]` table; `None` on a problem.
+pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Option<Relay>> {
+    let s = doc.table(root, "relay", RELAY_KEYS, false);
+    if !s.present() {
+        return Some(None);
+    }
+    let host = doc.string(s, "host", true).and_then(|(host, line)| {
+        let host = host.to_ascii_lowercase();
+        if valid_dns_name(&host) || host.parse::<std::net::IpAddr>().is_ok() {
+            Some(host)
+        } else {
+            doc.problem(
+                line,
+                s.key("host"),
+                format!("\"{host}\" is neither a DNS name nor an IP address"),
+            );
+            None
+        }
+    });
+    let port = |doc: &mut Doc<'_>, key, default| {
+        u16::try_from(doc.integer(s, key, (1, 65_535), default)).unwrap_or(1)
+    };
+    let udp_port = port(doc, "udp_port", 3478);
+    let tcp_port = port(doc, "tcp_port", 443);
+    let credential_lifetime = doc.duration(
+        s,
+        "credential_lifetime",
+        (
+            secs(60),
+            secs(crate::core::keyring::MAX_CREDENTIAL_LIFETIME_SECS),
+        ),
+        secs(crate::core::credentials::DEFAULT_LIFETIME_SECS),
+    );
+    let listen_udp = doc.socket_addr_list(s, "listen_udp", false).map(|(l, _)| l);
+    let listen_tcp = doc.socket_addr_list(s, "listen_tcp", false).map(|(l, _)| l);
+    let ip = |doc: &mut Doc<'_>, key: &str| -> Option<Option<std::net::IpAddr>> {
+        match doc.string(s, key, false) {
+            None if s.has(key) => None,
+            None => Some(None),
+            Some((text, line)) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(Some(ip)),
+                _ => {
+                    doc.problem(
+                        line,
+                        s.key(key),
+                        format!("\"{text}\" is not a specific IP address"),
+                    );
+                    None
+                }
+            },
+        }
+    };
+    let relay_ip = ip(doc, "relay_ip");
+    let public_ip = ip(doc, "public_ip");
+    let port_min = port(doc, "port_min", 50_000);
+    let port_max = port(doc, "port_max", 59_999);
+    if port_min > port_max {
+        let line = doc.line_of_key(s, "port_max");
+        doc.problem(line, s.key("port_max"), "must be at least relay.port_min");
+    }
+    let allow_loopback_peers = doc
+        .boolean(s, "allow_loopback_peers")
+        .is_some_and(|(b, _)| b);
+    let realm = doc
+        .string(s, "realm", false)
+        .map(|(r, _)| r.to_ascii_lowercase());
+    let quota = |doc: &mut Doc<'_>, key, default| {
+        usize::try_from(doc.integer(s, key, (1, 1_000_000), default)).unwrap_or(1)
+    };
+    let max_allocations_per_user = quota(doc, "max_allocations_per_user", 10);
+    let max_allocations_per_source = quota(doc, "max_allocations_per_source", 50);
+    let max_allocations = quota(doc, "max_allocations", 10_000);
+    let kbps = |doc: &mut Doc<'_>, key, default| doc.integer(s, key, (0, 100_000_000), default);
+    let max_kbps_per_allocation = kbps(doc, "max_kbps_per_allocation", 3000);
+    let max_kbps_per_user = kbps(doc, "max_kbps_per_user", 10_000);
+    let internal_ranges = prefix_list(doc, s, "internal_ranges");
+    let allow_peers = prefix_list(doc, s, "allow_peers");
+    let deny_peers = prefix_list(doc, s, "deny_peers");
+    let external_addresses = ip_list(doc, s, "external_addresses");
+    let internal_addresses = ip_list(doc, s, "internal_addresses");
+    let max_tcp_clients = quota(doc, "max_tcp_clients", 4096);
+    let tcp_auth_timeout = doc.duration(s, "tcp_auth_timeout", (secs(1), secs(300)), secs(10));
+    let max_queued_bytes_per_client = usize::try_from(doc.integer(
+        s,
+        "max_queued_bytes_per_client",
+        (16 * 1024, 64 * 1024 * 1024),
+        256 * 1024,
+    ))
+    .unwrap_or(256 * 1024);
+    let unauthenticated_bytes_per_second = doc.integer(
+        s,
+        "unauthenticated_bytes_per_second",
+        (0, 100_000_000),
+        8 * 1024,
+    );
+    let max_permissions_per_allocation =
+        usize::try_from(doc.integer(s, "max_permissions_per_allocation", (1, 4096), 64))
+            .unwrap_or(64);
+    let max_channels_per_allocation =
+        usize::try_from(doc.integer(s, "max_channels_per_allocation", (1, 4096), 64)).unwrap_or(64);
+    Some(Some(Relay {
+        host: host?,
+        udp_port,
+        tcp_port,
+        credential_lifetime,
+        listen_udp: listen_udp.unwrap_or_default(),
+        listen_tcp: listen_tcp.unwrap_or_default(),
+        relay_ip: relay_ip?,
+        public_ip: public_ip?,
+        port_min,
+        port_max,
+        allow_loopback_peers,
+        realm,
+        max_allocations_per_user,
+        max_allocations_per_source,
+        max_allocations,
+        max_kbps_per_allocation,
+        max_kbps_per_user,
+        internal_ranges: internal_ranges?,
+        allow_peers: allow_peers?,
+        deny_peers: deny_peers?,
+        external_addresses: external_addresses?,
+        internal_addresses: internal_addresses?,
+        max_tcp_clients,
+        tcp_auth_timeout,
+        max_queued_bytes_per_client,
+        unauthenticated_bytes_per_second,
+        max_permissions_per_allocation,
+        max_channels_per_allocation,
+    }))
+}
+
+/// Every relay listener's zone follows from the interface its address is on; an address
+/// on neither (a second public address, the external NIC's IPv6 address) or on both is
+/// refused: a zone is never guessed.
+pub(super) fn check_relay_zones(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
+    let Some(relay) = &t.relay else { return };
+    let section = doc.peek(root, "relay");
+    for ip in &relay.external_addresses {
+        if relay.internal_addresses.contains(ip) || *ip == t.internal.sip_bind.ip() {
+            let line = doc.line_of_key(section, "external_addresses");
+            doc.problem(
+                line,
+                "relay.external_addresses",
+                format!("{ip} is an internal address too: one address, one zone"),
+            );
+        }
+    }
+    for (key, list) in [
+        ("listen_udp", &relay.listen_udp),
+        ("listen_tcp", &relay.listen_tcp),
+    ] {
+        for addr in list {
+            if t.listener_zone(addr.ip()).is_some() {
+                continue;
+            }
+            // (Wildcards are refused where the list is read.)
+            let line = doc.line_of_key(section, key);
+            doc.problem(
+                line,
+                format!("relay.{key}"),
+                format!(
+                    "{addr} is on neither interface (or on both): name its zone in \
+                     relay.external_addresses or relay.internal_addresses"
+                ),
+            );
+        }
+    }
+}
