@@ -51,6 +51,12 @@ fn session_corpus_replays_through_the_outsider_world() {
 }
 
 #[test]
+fn pair_corpus_replays_through_the_simulated_pair() {
+    let n = replay("fuzz/corpus/sip_pair", sipedge::fuzz_logic::pair::run);
+    assert!(n > 0, "no corpus found");
+}
+
+#[test]
 fn topology_corpus_and_examples_replay() {
     let n = replay("fuzz/corpus/topology", sipedge::fuzz_logic::topology)
         + replay("topology/examples", sipedge::fuzz_logic::topology);

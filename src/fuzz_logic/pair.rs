@@ -22,9 +22,9 @@ use crate::core::sip::proxy::{Flow, Side};
 use crate::core::sip::session::{CloseReason, Session};
 use crate::core::sip::token::FlowId;
 
-/// The remote user's flow and the pool member's.
+/// The remote user's first flow (a reconnection gets the next) and the pool member's.
 pub const USER: FlowId = FlowId(1);
-pub const MEMBER: FlowId = FlowId(6);
+pub const MEMBER: FlowId = FlowId(1000);
 
 /// How the edge probes the simulated Director.
 pub const PROBE: ProbeConfig = ProbeConfig {
@@ -39,6 +39,8 @@ pub struct Pair {
     pub edge: SimEdge,
     pub now: Instant,
     pub user: Session,
+    /// The user's connection's flow now.
+    pub user_flow: FlowId,
     /// The session to the pool member; `None` after [`Pair::member_connection_lost`].
     pub member: Option<Session>,
     /// The member's link while no connection is up.
@@ -71,14 +73,7 @@ impl Pair {
         );
         edge.flows.insert(USER, Side::External);
         edge.flows.insert(MEMBER, Side::Internal);
-        let user_flow = Flow::new(
-            edge.proxy.keys(),
-            USER,
-            Side::External,
-            "203.0.113.7:40000"
-                .parse()
-                .unwrap_or(std::net::SocketAddr::from(([0; 4], 0))),
-        );
+        let user_flow = user_flow(&edge, USER);
         let member_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 5070));
         let member_flow = Flow::new(edge.proxy.keys(), MEMBER, Side::Internal, member_addr);
         let link = PoolLink::new(0, member_addr, "sipedge.test".into(), PROBE, now);
@@ -86,6 +81,7 @@ impl Pair {
             edge,
             now,
             user: Session::new(user_flow, now),
+            user_flow: USER,
             member: Some(Session::to_member(member_flow, link, now)),
             link: None,
             to_user: Vec::new(),
@@ -137,10 +133,19 @@ impl Pair {
                 .as_ref()
                 .filter(|s| open(s))
                 .map(|s| s.poll_timeout(&self.edge.limits));
-            let Some(next) = user.into_iter().chain(member).min().filter(|t| *t <= until) else {
+            let calls = self.edge.calls.poll_timeout();
+            let Some(next) = user
+                .into_iter()
+                .chain(member)
+                .chain(calls)
+                .min()
+                .filter(|t| *t <= until)
+            else {
                 break;
             };
             self.now = self.now.max(next);
+            // The shell's call-table timer.
+            self.edge.calls.expire(self.now);
             if user.is_some_and(|t| t <= self.now) {
                 self.user.handle_timeout(self.now, &mut self.edge);
             }
@@ -161,6 +166,26 @@ impl Pair {
             self.link = member.finish(self.now, &mut self.edge);
         }
         self.drive();
+    }
+
+    /// The connection to the member is made again, with the member's link.
+    pub fn member_reconnects(&mut self) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        self.edge.flows.insert(MEMBER, Side::Internal);
+        let flow = Flow::new(self.edge.proxy.keys(), MEMBER, Side::Internal, link.addr);
+        self.member = Some(Session::to_member(flow, link, self.now));
+        self.drive();
+    }
+
+    /// The user connects again (the old connection's flow is gone): a new flow.
+    pub fn user_reconnects(&mut self) {
+        self.edge.flows.remove(&self.user_flow);
+        self.user_flow = FlowId(self.user_flow.0 + 1);
+        self.edge.flows.insert(self.user_flow, Side::External);
+        self.user = Session::new(user_flow(&self.edge, self.user_flow), self.now);
+        self.to_user.clear();
     }
 
     /// Why the user's connection closed, if it did.
@@ -193,6 +218,14 @@ impl Pair {
                 moved |= self.director_reads(&bytes);
             }
             self.observe_member();
+            // A member session that closed (idle, framing) ends like a lost connection.
+            if self.member.as_ref().is_some_and(|m| m.closed().is_some()) {
+                if let Some(mut member) = self.member.take() {
+                    self.edge.flows.remove(&MEMBER);
+                    self.link = member.finish(self.now, &mut self.edge);
+                }
+                moved = true;
+            }
             if !moved {
                 break;
             }
@@ -225,7 +258,9 @@ impl Pair {
                     ),
                 }
             }
-            SimEvent::ToFlow { flow, bytes, .. } if flow == USER => self.user.queue(&bytes),
+            SimEvent::ToFlow { flow, bytes, .. } if flow == self.user_flow => {
+                self.user.queue(&bytes)
+            }
             SimEvent::ToFlow { flow, bytes, .. } if flow == MEMBER => {
                 if let Some(member) = &mut self.member {
                     member.queue(&bytes);
@@ -271,6 +306,12 @@ impl Default for Pair {
     fn default() -> Self {
         Pair::new()
     }
+}
+
+/// The remote user's connection `id`, from a fixed address.
+fn user_flow(edge: &SimEdge, id: FlowId) -> Flow {
+    let remote = std::net::SocketAddr::from(([203, 0, 113, 7], 40000));
+    Flow::new(edge.proxy.keys(), id, Side::External, remote)
 }
 
 /// Splits a byte stream into whole messages (text), as the framer does.
@@ -328,6 +369,9 @@ pub fn director_answer(request: &str, status: u16, reason: &str) -> Bytes {
     out.push_str("Contact: <sip:bob@10.0.0.5:5061;transport=tls>\r\nContent-Length: 0\r\n\r\n");
     Bytes::from(out)
 }
+
+mod walk;
+pub use walk::{run, walk};
 
 #[cfg(test)]
 mod tests;

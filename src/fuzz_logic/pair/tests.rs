@@ -304,3 +304,15 @@ fn an_idle_connection_closes_and_the_members_keeps_probing() {
     );
     assert!(pair.member.as_ref().unwrap().closed().is_none());
 }
+
+/// The walk's properties (every request answered once timers run out, nothing outstanding,
+/// no call past the longest) over seeded walks; the fuzz target `sip_pair` runs the same.
+#[test]
+fn seeded_walks_leave_nothing_unanswered_or_outstanding() {
+    for seed in 0..64 {
+        walk(
+            &mut crate::fuzz_logic::outsider::Seeded::new(seed, 200),
+            200,
+        );
+    }
+}
