@@ -1,0 +1,295 @@
+//! Load tool and smoke test for the Access Edge: many remote users, each on its own TLS
+//! connection from loopback sources 127.0.0.10.., run REGISTER, OPTIONS, MESSAGE and an INVITE
+//! dialog (INVITE → 200 → ACK → BYE → 200) through an in-process edge to a Director stub that
+//! answers everything but ACK with 200. The same workload then runs straight against a second
+//! stub (mutual TLS, no edge) as the baseline, so the latency the edge adds can be reported.
+//!
+//! Run: `cargo bench --bench load -- [--users N] [--seconds S] [--dialogs-per-user K]
+//! [--no-baseline]`. Exits non-zero if any request got no answer or a non-2xx answer, or if the
+//! Director did not see exactly what the users sent. See benches/README.md.
+//!
+//! Threads: the edge runs on its own runtime (threads `edge-worker`), the two stubs on
+//! another (`stub`), the users on a third (`load-gen`); CPU time per runtime is read from
+//! `/proc/self/task/*/stat`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    unreachable_pub
+)]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod cpu;
+mod report;
+mod workload;
+
+use cpu::*;
+use report::*;
+use workload::*;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use sipedge::tls::{self, DevRole};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use support::{headers, split_message, topology, Director, Pki, DIRECTOR_NAME, EDGE_FQDN};
+
+/// A request without a final answer within this is a failure (and ends that user's loop).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Users connect from 127.0.0.10 .. 127.0.0.(10 + SOURCE_IPS - 1).
+const SOURCE_IPS: u8 = 16;
+/// Thread names, by runtime.
+const EDGE_THREADS: &str = "edge-worker";
+const STUB_THREADS: &str = "stub";
+const LOAD_THREADS: &str = "load-gen";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+struct Args {
+    users: usize,
+    seconds: f64,
+    dialogs_per_user: usize,
+    /// Rounds per second per user; 0 = closed loop, each user as fast as it is answered.
+    rate: f64,
+    baseline: bool,
+}
+
+const USAGE: &str = "usage: cargo bench --bench load -- [--users N (100)] [--seconds S (10)] \
+                     [--dialogs-per-user K (10000)] [--rate R (0 = closed loop)] [--no-baseline]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        users: 100,
+        seconds: 10.0,
+        dialogs_per_user: 10_000,
+        rate: 0.0,
+        baseline: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--users" => {
+                args.users = value("--users")?
+                    .parse()
+                    .map_err(|e| format!("--users: {e}"))?
+            }
+            "--seconds" => {
+                args.seconds = value("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--dialogs-per-user" => {
+                args.dialogs_per_user = value("--dialogs-per-user")?
+                    .parse()
+                    .map_err(|e| format!("--dialogs-per-user: {e}"))?
+            }
+            "--rate" => {
+                args.rate = value("--rate")?
+                    .parse()
+                    .map_err(|e| format!("--rate: {e}"))?
+            }
+            "--no-baseline" => args.baseline = false,
+            // cargo passes --bench to harness = false targets.
+            "--bench" => {}
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.users == 0
+        || args.dialogs_per_user == 0
+        || !(args.seconds > 0.0 && args.seconds <= 3600.0)
+    {
+        return Err("--users and --dialogs-per-user must be > 0, --seconds in (0, 3600]".into());
+    }
+    if !(args.rate >= 0.0 && args.rate <= 1e6) {
+        return Err("--rate must be in [0, 1e6]".into());
+    }
+    Ok(args)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phases
+
+/// Where a phase's users connect.
+struct Target {
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+struct PhaseResult {
+    users: usize,
+    connected: usize,
+    connect_secs: f64,
+    elapsed_secs: f64,
+    sent: [u64; 6],
+    latency_us: [Vec<u32>; 6],
+    failures: Failures,
+    /// CPU during the connect (TLS handshakes) and the message phases.
+    connect_cpu: CpuSecs,
+    cpu: CpuSecs,
+}
+
+impl PhaseResult {
+    fn messages(&self) -> u64 {
+        (0..6).map(|t| self.sent[t] * messages_per_request(t)).sum()
+    }
+
+    fn all_latencies(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self.latency_us.iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+fn source_ip(i: usize) -> IpAddr {
+    let last = 10 + (i % usize::from(SOURCE_IPS)) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn run_phase(
+    load: &tokio::runtime::Runtime,
+    target: &Target,
+    args: &Args,
+    tck: f64,
+) -> PhaseResult {
+    let cpu0 = Cpu::now();
+    let t0 = Instant::now();
+    // Connect everybody first, so handshakes are not mixed into the message figures.
+    let mut connecting = JoinSet::new();
+    for i in 0..args.users {
+        let (tls, name, addr) = (target.tls.clone(), target.name.clone(), target.addr);
+        connecting.spawn_on(
+            async move { (i, SipConn::connect(tls, name, addr, source_ip(i)).await) },
+            load.handle(),
+        );
+    }
+    let mut conns = Vec::with_capacity(args.users);
+    let mut failures = Failures::default();
+    load.block_on(async {
+        while let Some(joined) = connecting.join_next().await {
+            match joined {
+                Ok((i, Ok(c))) => conns.push((i, c)),
+                Ok((i, Err(e))) => failures.push(format!("user {i}: connect: {e}")),
+                Err(e) => failures.push(format!("connect task: {e}")),
+            }
+        }
+    });
+    let connect_secs = t0.elapsed().as_secs_f64();
+    let connected = conns.len();
+
+    let cpu1 = Cpu::now();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.seconds);
+    let mut users = JoinSet::new();
+    for (i, conn) in conns {
+        let pace = Pace {
+            start,
+            deadline,
+            rate: args.rate,
+            users: args.users,
+        };
+        users.spawn_on(
+            run_user(conn, i, args.dialogs_per_user, pace),
+            load.handle(),
+        );
+    }
+    let mut result = PhaseResult {
+        users: args.users,
+        connected,
+        connect_secs,
+        elapsed_secs: 0.0,
+        sent: [0; 6],
+        latency_us: Default::default(),
+        failures,
+        connect_cpu: cpu1.since(&cpu0, tck),
+        cpu: CpuSecs::default(),
+    };
+    load.block_on(async {
+        while let Some(joined) = users.join_next().await {
+            match joined {
+                Ok(r) => {
+                    for t in 0..6 {
+                        result.sent[t] += r.sent[t];
+                        result.latency_us[t].extend_from_slice(&r.latency_us[t]);
+                    }
+                    result.failures.absorb(r.failures, "");
+                }
+                Err(e) => result.failures.push(format!("user task: {e}")),
+            }
+        }
+    });
+    result.elapsed_secs = start.elapsed().as_secs_f64();
+    result.cpu = Cpu::now().since(&cpu1, tck);
+    for l in &mut result.latency_us {
+        l.sort_unstable();
+    }
+    result
+}
+
+/// Starts a Director stub answering 200, and a task that counts (and drops) what it receives.
+fn start_stub(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    stop: &Arc<AtomicBool>,
+) -> (SocketAddr, Arc<MethodCounts>) {
+    let mut director = rt.block_on(Director::start(pki));
+    *director.auto_answer.lock().unwrap() = Some(200);
+    let addr = director.addr;
+    let counts = Arc::new(MethodCounts::default());
+    let (c, stop) = (counts.clone(), stop.clone());
+    rt.spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(r) = director.try_recv(Duration::from_millis(100)).await {
+                c.add(&r.text);
+            }
+        }
+        director.kill();
+    });
+    (addr, counts)
+}
+
+/// Waits (bounded) until a stub has received what the users sent; the mismatches if not.
+fn check_stub(counts: &MethodCounts, sent: &[u64; 6]) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    while counts.get() != *sent && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = counts.get();
+    (0..6)
+        .filter(|&t| got[t] != sent[t])
+        .map(|t| {
+            format!(
+                "Director received {} {} requests, users sent {}",
+                got[t], TYPES[t], sent[t]
+            )
+        })
+        .collect()
+}
+
+fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
