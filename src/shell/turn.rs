@@ -12,10 +12,10 @@ use crate::sync::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::clock;
@@ -25,7 +25,9 @@ use crate::core::keyring::Ring;
 use crate::core::turn::auth::AuthContext;
 use crate::core::turn::nonce::Nonces;
 use crate::core::turn::policy::Origin;
-use crate::core::turn::server::{Dropped, FiveTuple, Output, Server, Transport, TurnConfig};
+use crate::core::turn::server::{
+    Arrival, Dropped, FiveTuple, Output, Server, Transport, TurnConfig,
+};
 
 mod relay;
 mod stats;
@@ -60,6 +62,10 @@ pub struct Turn {
     tcp_clients: Mutex<HashMap<FiveTuple, TcpQueue>>,
     pub stats: TurnStats,
     tasks: Mutex<JoinSet<()>>,
+    /// The deadline the expiry loop sleeps to, and its wake-up when a control message sets
+    /// an earlier one (no periodic tick: the loop wakes for a deadline or for news).
+    armed: Mutex<Option<Instant>>,
+    earlier_deadline: Notify,
 }
 
 impl Turn {
@@ -165,17 +171,51 @@ impl Turn {
         failed
     }
 
-    /// The core's deadlines (allocation lifetimes, reservations): woken when the next one
-    /// is due, or within a second (a new, earlier one may have come since).
+    /// A client's control message (anything but the hot path) through the core, under the
+    /// write lock; wakes the expiry loop if it set a deadline earlier than the armed one.
+    fn client_control(
+        &self,
+        arrival: Arrival,
+        packet: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Result<(), Dropped> {
+        let (result, next) = {
+            let mut server = self.lock_server();
+            let result = server.client_packet(&self.auth(), arrival, packet, out);
+            (result, server.poll_timeout())
+        };
+        // Read after the server lock is released; the loop arms under this lock while it
+        // reads the server, so a deadline is either seen by the loop or compared here.
+        if let Some(next) = next {
+            if self
+                .armed
+                .lock_unpoisoned()
+                .is_none_or(|armed| next < armed)
+            {
+                self.earlier_deadline.notify_one();
+            }
+        }
+        result
+    }
+
+    /// The core's deadlines (allocation lifetimes, reservations): the loop sleeps until the
+    /// next one is due, or until a control message sets an earlier one.
     async fn expiry_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let now = clock::now();
-            let next = self.read_server().poll_timeout();
-            let wake = next.map_or(now + Duration::from_secs(1), |t| {
-                t.min(now + Duration::from_secs(1))
-            });
+            let next = {
+                let mut armed = self.armed.lock_unpoisoned();
+                *armed = self.read_server().poll_timeout();
+                *armed
+            };
+            let due = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                _ = due => {}
+                _ = self.earlier_deadline.notified() => continue,
                 _ = shutdown.changed() => {
                     self.tasks.lock_unpoisoned().abort_all();
                     return;
@@ -259,6 +299,8 @@ pub async fn start(
         tcp_clients: Mutex::new(HashMap::new()),
         stats: TurnStats::default(),
         tasks: Mutex::new(JoinSet::new()),
+        armed: Mutex::new(None),
+        earlier_deadline: Notify::new(),
     });
     {
         let mut tasks = turn.tasks.lock_unpoisoned();

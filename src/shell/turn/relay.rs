@@ -118,9 +118,7 @@ impl Turn {
                         now_unix: clock::now_unix(),
                     };
                     let mut out = Vec::new();
-                    let result =
-                        self.lock_server()
-                            .client_packet(&self.auth(), arrival, packet, &mut out);
+                    let result = self.client_control(arrival, packet, &mut out);
                     if let Err(why) = result {
                         self.dropped(why, meta.addr, origin, Transport::Udp);
                     }

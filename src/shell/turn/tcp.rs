@@ -205,12 +205,7 @@ impl Turn {
                             // client does not, so the edge asks again for it (another port).
                             for _attempt in 0..3 {
                                 let mut out = Vec::new();
-                                let result = self.lock_server().client_packet(
-                                    &self.auth(),
-                                    arrival,
-                                    &frame,
-                                    &mut out,
-                                );
+                                let result = self.client_control(arrival, &frame, &mut out);
                                 if let Err(why) = result {
                                     self.dropped(why, tuple.client, origin, Transport::Tcp);
                                 }
