@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    secs32, sha256, user_of, value, Allocation, FiveTuple, Output, Reservation, Server, ALLOCATE,
-    REFRESH, RESERVATION_LIFETIME, SOFTWARE_ATTR, UDP,
+    secs32, sha256, user_of, value, Allocation, FiveTuple, OnAllocation, Output, Reservation,
+    Server, ALLOCATE, REFRESH, RESERVATION_LIFETIME, SOFTWARE_ATTR, UDP,
 };
 use crate::core::net::SourceKey;
 use crate::core::turn::bandwidth::Meters;
@@ -205,13 +205,16 @@ impl Server {
 
     pub(super) fn refresh(
         &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
+        on: OnAllocation<'_>,
         out: &mut Vec<Output>,
     ) -> Result<Vec<u8>, Refused> {
+        let OnAllocation {
+            tuple,
+            packet,
+            c,
+            username,
+            now,
+        } = on;
         let asked = value(packet, c, attr::LIFETIME)
             .and_then(|v| v.first_chunk::<4>())
             .map(|b| u32::from_be_bytes(*b));

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    decode_xor_address, sha256, value, Allocation, FiveTuple, Server, CHANNEL_BIND,
+    decode_xor_address, sha256, value, Allocation, OnAllocation, Server, CHANNEL_BIND,
     CREATE_PERMISSION, SOFTWARE_ATTR,
 };
 use crate::core::turn::channel::{CHANNEL_MAX, CHANNEL_MIN};
@@ -54,14 +54,14 @@ impl Server {
             .map_err(|_| Refused::Forbidden)
     }
 
-    pub(super) fn create_permission(
-        &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
-    ) -> Result<Vec<u8>, Refused> {
+    pub(super) fn create_permission(&mut self, on: OnAllocation<'_>) -> Result<Vec<u8>, Refused> {
+        let OnAllocation {
+            tuple,
+            packet,
+            c,
+            username,
+            now,
+        } = on;
         let peers = self.peers(packet, c)?;
         let (relay, origin) = {
             let a = self.owned(tuple, username)?;
@@ -86,20 +86,17 @@ impl Server {
         for peer in peers {
             a.permissions.insert(peer.ip(), expires);
         }
-        let mut w = Writer::new(Class::Success, CREATE_PERMISSION, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&a.key, sha256(c));
-        Ok(w.finish_with_fingerprint())
+        Ok(signed_success(CREATE_PERMISSION, c, &a.key))
     }
 
-    pub(super) fn channel_bind(
-        &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
-    ) -> Result<Vec<u8>, Refused> {
+    pub(super) fn channel_bind(&mut self, on: OnAllocation<'_>) -> Result<Vec<u8>, Refused> {
+        let OnAllocation {
+            tuple,
+            packet,
+            c,
+            username,
+            now,
+        } = on;
         let number = value(packet, c, attr::CHANNEL_NUMBER)
             .and_then(|v| v.first_chunk::<2>())
             .map(|b| u16::from_be_bytes(*b))
@@ -147,11 +144,16 @@ impl Server {
         }
         a.channels.insert(number, (peer, now + channel_lifetime));
         a.permissions.insert(peer.ip(), now + permission_lifetime);
-        let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&a.key, sha256(c));
-        Ok(w.finish_with_fingerprint())
+        Ok(signed_success(CHANNEL_BIND, c, &a.key))
     }
+}
+
+/// The success answer of `method`, which carries nothing but its signature.
+fn signed_success(method: u16, c: &Checked, key: &[u8; 16]) -> Vec<u8> {
+    let mut w = Writer::new(Class::Success, method, c.transaction_id);
+    w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+        .sign(key, sha256(c));
+    w.finish_with_fingerprint()
 }
 
 /// Drops an allocation's expired permissions and channels (bounded by its caps).
