@@ -12,14 +12,6 @@ use crate::topology::reader::{Doc, Section};
 use crate::topology::StateEnv;
 
 pub(super) const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
-pub(super) const EXTERNAL_TLS_KEYS: &[&str] = &[
-    "cert",
-    "key",
-    "pkcs12",
-    "password_env",
-    "password_file",
-    "dev",
-];
 pub(super) const INTERNAL_TLS_KEYS: &[&str] = &[
     "cert",
     "key",
@@ -29,6 +21,11 @@ pub(super) const INTERNAL_TLS_KEYS: &[&str] = &[
     "dev",
     "ca",
 ];
+/// The same but the last, `ca`: outside, the CA that partners chain to is `[federation]`'s.
+pub(super) const EXTERNAL_TLS_KEYS: &[&str] = match INTERNAL_TLS_KEYS.split_last() {
+    Some((_ca, rest)) => rest,
+    None => &[],
+};
 
 pub(super) fn read_external(
     doc: &mut Doc<'_>,
