@@ -487,19 +487,11 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         + "\n[firewall]\nban_after = 0\n";
     let file = state.path().join("edge.toml");
     std::fs::write(&file, topology).unwrap();
-    let mut edge = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["run", "--topology"])
-        .arg(&file)
-        .env("SIPEDGE_STATE_DIR", state.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = edge.id();
-    let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
-    let edge = Reaped(edge);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));
+    cmd.env("SIPEDGE_STATE_DIR", state.path());
+    let mut edge = run_topology(cmd, &file, Stdio::null());
+    let pid = edge.0.id();
+    let mut lines = BufReader::new(edge.0.stdout.take().unwrap()).lines();
     while let Some(Ok(line)) = lines.next() {
         if line.contains("external TLS SIP on") {
             break;

@@ -200,8 +200,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
         sipedge::core::keyring::Ring::init(sipedge::shell::keyfile::random_secret().unwrap(), now);
     sipedge::shell::keyfile::store(&ring_path, &ring, true).unwrap();
     let cred = sipedge::core::credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
-    let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
+    let (ext_tls, int_tls) = pki.tls_tables();
     let topology = pki.dir.path().join("edge.toml");
     std::fs::write(
         &topology,
@@ -209,9 +208,9 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
             "state_dir = \"{state}\"\n\
              [edge]\nname = \"dmz\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
              [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"{EDGE_FQDN}\"\n\
-             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             {ext_tls}\
              [internal]\nsip = \"{INT_IP}:5061\"\n\
-             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             {int_tls}\
              [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
@@ -220,19 +219,13 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
              [federation]\nca = \"{partner_ca}\"\n\
              [federation.partners.b]\nfqdn = \"{PARTNER_FQDN}\"\ndomains = [\"{PARTNER_DOMAIN}\"]\naddresses = [\"{PARTNER_EDGE_IP}:5061\"]\n",
             state = pki.dir.path().join("state").display(),
-            ec = ext_cert.display(),
-            ek = ext_key.display(),
-            ic = int_cert.display(),
-            ik = int_key.display(),
-            ca = pki.pki.ca_cert.display(),
             ring = ring_path.display(),
             partner_ca = partner.pki.ca_cert.display(),
         ),
     )
     .unwrap();
     // The partner's edge, federating with ours through its external interface.
-    let (pec, pek) = partner.pki.files(sipedge::tls::DevRole::External);
-    let (pic, pik) = partner.pki.files(sipedge::tls::DevRole::Internal);
+    let (ext_tls, int_tls) = partner.tls_tables();
     let partner_topology = partner.dir.path().join("edge.toml");
     std::fs::write(
         &partner_topology,
@@ -240,19 +233,14 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
             "state_dir = \"{state}\"\n\
              [edge]\nname = \"b\"\npool_fqdn = \"{PARTNER_FQDN}\"\nsip_domains = [\"{PARTNER_DOMAIN}\"]\n\
              [external]\nsip = \"{PARTNER_EDGE_IP}:5061\"\nsip_host = \"{PARTNER_FQDN}\"\n\
-             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             {ext_tls}\
              [internal]\nsip = \"{PARTNER_INT_IP}:5061\"\n\
-             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             {int_tls}\
              [next_hop]\nmembers = [\"{INET_IP}:5070\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [federation]\nca = \"{our_ca}\"\n\
              [federation.partners.a]\nfqdn = \"{EDGE_FQDN}\"\ndomains = [\"{DOMAIN}\"]\naddresses = [\"{EXT_IP}:5061\"]\n",
             state = partner.dir.path().join("state").display(),
-            ec = pec.display(),
-            ek = pek.display(),
-            ic = pic.display(),
-            ik = pik.display(),
-            ca = partner.pki.ca_cert.display(),
             our_ca = pki.pki.ca_cert.display(),
         ),
     )
@@ -318,17 +306,9 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
 
 /// The sipedge binary in `ns` with `topology`, once it says it listens.
 fn start_edge(bed: &Bed, ns: &str, topology: &std::path::Path) -> Reaped {
-    let mut edge = Reaped(
-        bed.exec(ns)
-            .args([BIN, "run", "--topology"])
-            .arg(topology)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = bed.exec(ns);
+    cmd.arg(BIN);
+    let mut edge = run_topology(cmd, topology, Stdio::inherit());
     let out = edge.0.stdout.as_mut().unwrap();
     let started = BufReader::new(out)
         .lines()
