@@ -89,6 +89,14 @@ pub(crate) fn issuing_relay(host: &str, udp: u16, tcp: u16) -> Relay {
     }
 }
 
+/// Credentials `edge` has issued so far.
+fn issued(edge: &shell::RunningEdge) -> u64 {
+    edge.shared
+        .stats
+        .credentials_issued
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn element<'a>(xml: &'a str, name: &str) -> &'a str {
     let open = format!("<{name}>");
     let start = xml
@@ -153,14 +161,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
             Ok("sip:alice@sipedge.test")
         );
     }
-    assert_eq!(
-        edge_a
-            .shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(issued(&edge_a), 1);
 
     // Malformed XML: 400 with the reason, nothing issued.
     let bad = ask(
@@ -178,14 +179,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         "{bad}"
     );
     assert!(bad.contains("Warning: 399 sipedge \""), "{bad}");
-    assert_eq!(
-        edge_a
-            .shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(issued(&edge_a), 1);
 
     // From outside, addressed to the edge itself: refused.
     let mut remote = Client::connect(&pki, edge_a.external).await;
@@ -300,12 +294,6 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
     assert!(http_raw(&ops, huge.as_bytes())
         .await
         .starts_with("HTTP/1.1 413 "));
-    assert_eq!(
-        edge.shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(issued(&edge), 2);
     edge.stop().await;
 }

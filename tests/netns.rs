@@ -200,48 +200,44 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
         sipedge::core::keyring::Ring::init(sipedge::shell::keyfile::random_secret().unwrap(), now);
     sipedge::shell::keyfile::store(&ring_path, &ring, true).unwrap();
     let cred = sipedge::core::credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let (ext_tls, int_tls) = pki.tls_tables();
     let topology = pki.dir.path().join("edge.toml");
     std::fs::write(
         &topology,
         format!(
-            "state_dir = \"{state}\"\n\
-             [edge]\nname = \"dmz\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
-             [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"{EDGE_FQDN}\"\n\
-             {ext_tls}\
-             [internal]\nsip = \"{INT_IP}:5061\"\n\
-             {int_tls}\
+            "{head}\
              [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
              [keys]\nring = \"{ring}\"\n\
              [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n\
-             [federation]\nca = \"{partner_ca}\"\n\
-             [federation.partners.b]\nfqdn = \"{PARTNER_FQDN}\"\ndomains = [\"{PARTNER_DOMAIN}\"]\naddresses = [\"{PARTNER_EDGE_IP}:5061\"]\n",
-            state = pki.dir.path().join("state").display(),
+             {federation}",
+            head = edge_toml(&pki, "dmz", (EDGE_FQDN, DOMAIN), (EXT_IP, INT_IP)),
             ring = ring_path.display(),
-            partner_ca = partner.pki.ca_cert.display(),
+            federation = federation_toml(
+                &partner,
+                "b",
+                (PARTNER_FQDN, PARTNER_DOMAIN),
+                PARTNER_EDGE_IP
+            ),
         ),
     )
     .unwrap();
     // The partner's edge, federating with ours through its external interface.
-    let (ext_tls, int_tls) = partner.tls_tables();
     let partner_topology = partner.dir.path().join("edge.toml");
     std::fs::write(
         &partner_topology,
         format!(
-            "state_dir = \"{state}\"\n\
-             [edge]\nname = \"b\"\npool_fqdn = \"{PARTNER_FQDN}\"\nsip_domains = [\"{PARTNER_DOMAIN}\"]\n\
-             [external]\nsip = \"{PARTNER_EDGE_IP}:5061\"\nsip_host = \"{PARTNER_FQDN}\"\n\
-             {ext_tls}\
-             [internal]\nsip = \"{PARTNER_INT_IP}:5061\"\n\
-             {int_tls}\
+            "{head}\
              [next_hop]\nmembers = [\"{INET_IP}:5070\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
-             [federation]\nca = \"{our_ca}\"\n\
-             [federation.partners.a]\nfqdn = \"{EDGE_FQDN}\"\ndomains = [\"{DOMAIN}\"]\naddresses = [\"{EXT_IP}:5061\"]\n",
-            state = partner.dir.path().join("state").display(),
-            our_ca = pki.pki.ca_cert.display(),
+             {federation}",
+            head = edge_toml(
+                &partner,
+                "b",
+                (PARTNER_FQDN, PARTNER_DOMAIN),
+                (PARTNER_EDGE_IP, PARTNER_INT_IP)
+            ),
+            federation = federation_toml(&pki, "a", (EDGE_FQDN, DOMAIN), EXT_IP),
         ),
     )
     .unwrap();
@@ -302,6 +298,42 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
         println!("  - {p}");
     }
     assert_eq!(proven.len(), 11, "{proven:?}");
+}
+
+/// The start of an edge's topology file: its state in the PKI's folder, the edge `name`
+/// serving `domain` as `fqdn`, SIP on port 5061 of `ext_ip` and `int_ip` with the PKI's
+/// certificates.
+fn edge_toml(
+    pki: &Pki,
+    name: &str,
+    (fqdn, domain): (&str, &str),
+    (ext_ip, int_ip): (&str, &str),
+) -> String {
+    let (ext_tls, int_tls) = pki.tls_tables();
+    format!(
+        "state_dir = \"{state}\"\n\
+         [edge]\nname = \"{name}\"\npool_fqdn = \"{fqdn}\"\nsip_domains = [\"{domain}\"]\n\
+         [external]\nsip = \"{ext_ip}:5061\"\nsip_host = \"{fqdn}\"\n\
+         {ext_tls}\
+         [internal]\nsip = \"{int_ip}:5061\"\n\
+         {int_tls}",
+        state = pki.dir.path().join("state").display(),
+    )
+}
+
+/// `[federation]` with one partner, `key`: its edge `fqdn` at `edge_ip`, for `domain`, with a
+/// certificate from `partner`'s PKI.
+fn federation_toml(
+    partner: &Pki,
+    key: &str,
+    (fqdn, domain): (&str, &str),
+    edge_ip: &str,
+) -> String {
+    format!(
+        "[federation]\nca = \"{ca}\"\n\
+         [federation.partners.{key}]\nfqdn = \"{fqdn}\"\ndomains = [\"{domain}\"]\naddresses = [\"{edge_ip}:5061\"]\n",
+        ca = partner.pki.ca_cert.display(),
+    )
 }
 
 /// The sipedge binary in `ns` with `topology`, once it says it listens.

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sipedge::core::credentials;
+use sipedge::core::keyring::Ring;
 use sipedge::shell;
 use sipedge::topology::KeysSource;
 
@@ -20,25 +21,37 @@ fn uclient() -> Option<std::path::PathBuf> {
     )
 }
 
+/// An edge whose relay listens on `listen` and relays on ports `base` to `base` + 99 (its
+/// Director left running for the rest of the test): the edge, and the ring its relay
+/// credentials verify with.
+fn relay_edge(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    listen: &str,
+    base: u16,
+) -> (shell::RunningEdge, Ring) {
+    let (ring_path, ring) = ring_file(pki);
+    let edge = rt.block_on(async {
+        let director = Director::start(pki).await;
+        let mut t = topology(pki, &[director.addr]);
+        t.keys = Some(KeysSource::File(ring_path));
+        t.relay = Some(loopback_relay(&[listen], base));
+        std::mem::forget(director);
+        shell::start(&t).await.expect("edge starts")
+    });
+    (edge, ring)
+}
+
 #[test]
 fn turnutils_uclient_relays_media_through_the_edge() {
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
-    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
     let turn_port = free_udp_port("127.0.0.1");
     let base = 40_000 + (std::process::id() % 100) as u16 * 100;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let edge = rt.block_on(async {
-        let director = Director::start(&pki).await;
-        let mut t = topology(&pki, &[director.addr]);
-        t.keys = Some(KeysSource::File(ring_path.clone()));
-        t.relay = Some(loopback_relay(&[&format!("127.0.0.1:{turn_port}")], base));
-        let edge = shell::start(&t).await.expect("edge starts");
-        std::mem::forget(director);
-        edge
-    });
+    let (edge, ring) = relay_edge(&rt, &pki, &format!("127.0.0.1:{turn_port}"), base);
     assert_eq!(
         edge.turn_udp,
         vec![format!("127.0.0.1:{turn_port}").parse().unwrap()]
@@ -153,18 +166,10 @@ fn aioice_completes_ice_through_the_relay() {
         return;
     };
     let pki = Pki::new();
-    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
     let base = 10_000 + (std::process::id() % 100) as u16 * 100;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let edge = rt.block_on(async {
-        let director = Director::start(&pki).await;
-        let mut t = topology(&pki, &[director.addr]);
-        t.keys = Some(KeysSource::File(ring_path.clone()));
-        t.relay = Some(loopback_relay(&["127.0.0.2:0"], base));
-        std::mem::forget(director);
-        shell::start(&t).await.expect("edge starts")
-    });
+    let (edge, ring) = relay_edge(&rt, &pki, "127.0.0.2:0", base);
     let turn = edge.turn_udp[0];
     let c = credentials::mint(&ring, "ice@sipedge.test", 3600, now).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/relay_ice.py");
