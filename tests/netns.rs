@@ -363,8 +363,8 @@ fn role_partner_director() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut d =
-            Director::start_with(material, roots, format!("{INET_IP}:5070").parse().unwrap()).await;
-        *d.auto_answer.lock().unwrap() = Some(200);
+            Director::start_with(material, roots, format!("{INET_IP}:5070").parse().unwrap()).await
+        .answering_ok();
         println!("READY");
         std::io::stdout().flush().unwrap();
         let got = d
@@ -413,9 +413,9 @@ fn role_director() {
     let (material, roots) = director_identity(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut director = rt.block_on(async {
-        let d =
-            Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap()).await;
-        *d.auto_answer.lock().unwrap() = Some(200);
+        let d = Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap())
+            .await
+            .answering_ok();
         d
     });
     println!("READY");

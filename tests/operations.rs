@@ -310,8 +310,7 @@ async fn reload_replaces_the_certificate_under_load_without_failing_anything() {
         std::fs::copy(k, &key).unwrap();
     };
     install(&old);
-    let director = Director::start(&old).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&old).await.answering_ok();
     let mut t = topology(&old, &[director.addr]);
     t.external.cert = sipedge::topology::CertSource::Pem {
         cert: cert.clone(),
@@ -450,8 +449,9 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
 async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     let pki = Pki::new();
     let mut first = Director::start(&pki).await;
-    let mut second = Director::start_at(&pki, "127.0.0.4:0".parse().unwrap()).await;
-    *second.auto_answer.lock().unwrap() = Some(200);
+    let mut second = Director::start_at(&pki, "127.0.0.4:0".parse().unwrap())
+        .await
+        .answering_ok();
     let t = topology(&pki, &[first.addr]);
     let edge = shell::start(&t).await.expect("edge starts");
     let routes = edge.routes.clone();
