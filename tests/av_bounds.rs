@@ -53,21 +53,7 @@ impl Av {
         // costs a UDP client a retransmission and a TCP client its answer.
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let base = 32_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 7 * 100;
-        let mut relay = Relay {
-            listen_udp: vec![
-                "127.0.0.1:0".parse().unwrap(),
-                "127.0.0.2:0".parse().unwrap(),
-            ],
-            listen_tcp: vec![
-                "127.0.0.1:0".parse().unwrap(),
-                "127.0.0.2:0".parse().unwrap(),
-            ],
-            relay_ip: Some("127.0.0.1".parse().unwrap()),
-            port_min: base,
-            port_max: base + 99,
-            allow_loopback_peers: true,
-            ..Relay::new("127.0.0.1")
-        };
+        let mut relay = loopback_relay(&["127.0.0.1:0", "127.0.0.2:0"], base);
         tune(&mut relay);
         let ports = (relay.port_min, relay.port_max);
         t.relay = Some(relay);

@@ -68,6 +68,35 @@ pub(crate) async fn ask(
     }
 }
 
+/// The username and password of a credentialsResponse body.
+pub(crate) fn credential(body: &str) -> (String, String) {
+    (
+        element(body, "username").to_string(),
+        element(body, "password").to_string(),
+    )
+}
+
+/// A `[relay]` that issues credentials (valid 8 hours) naming `host` and the ports `udp` and
+/// `tcp`; its own listeners on ephemeral ports, since tests run side by side.
+pub(crate) fn issuing_relay(host: &str, udp: u16, tcp: u16) -> Relay {
+    Relay {
+        udp_port: udp,
+        tcp_port: tcp,
+        credential_lifetime: std::time::Duration::from_secs(8 * 3600),
+        listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..Relay::new(host)
+    }
+}
+
+/// Credentials `edge` has issued so far.
+fn issued(edge: &shell::RunningEdge) -> u64 {
+    edge.shared
+        .stats
+        .credentials_issued
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn element<'a>(xml: &'a str, name: &str) -> &'a str {
     let open = format!("<{name}>");
     let start = xml
@@ -87,15 +116,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         let mut t = topology(&pki, &[director.addr]);
         t.internal.sip_bind = internal.parse().unwrap();
         t.keys = Some(KeysSource::File(ring_path.clone()));
-        t.relay = Some(Relay {
-            udp_port: 3478,
-            tcp_port: 443,
-            credential_lifetime: std::time::Duration::from_secs(8 * 3600),
-            // An ephemeral TURN port: tests run side by side.
-            listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
-            listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
-            ..Relay::new("av.sipedge.test")
-        });
+        t.relay = Some(issuing_relay("av.sipedge.test", 3478, 443));
         t
     };
     let edge_a = shell::start(&start("127.0.0.2:0")).await.expect("edge A");
@@ -108,7 +129,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         answer.contains("Content-Type: application/msrtc-media-relay-auth+xml\r\n"),
         "{answer}"
     );
-    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let body = body_of(&answer);
     // The structure SIPE and Lync read (MS-AVEDGEA): response@reasonPhrase, credentials,
     // mediaRelayList/mediaRelay.
     assert!(body.contains(
@@ -121,17 +142,14 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
     assert_eq!(element(body, "udpPort"), "3478");
     assert_eq!(element(body, "tcpPort"), "443");
     assert_eq!(element(body, "location"), "internet");
-    let (user, pass) = (
-        element(body, "username").to_string(),
-        element(body, "password").to_string(),
-    );
+    let (user, pass) = credential(body);
     assert!(user.ends_with(":sip:alice@sipedge.test"), "{user}");
 
     // Edge B, started from the same ring, issues credentials too; each edge's credential
     // verifies with the ring both hold.
     let mut fe_b = front_end(&pki, edge_b.internal).await;
     let answer_b = ask(&mut fe_b, &service(LYNC_BODY, "b1")).await;
-    let body_b = &answer_b[answer_b.find("\r\n\r\n").unwrap() + 4..];
+    let body_b = body_of(&answer_b);
     let ring = keyfile::load(&ring_path).unwrap();
     let now = sipedge::shell::clock::now_unix();
     for (u, p) in [
@@ -143,14 +161,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
             Ok("sip:alice@sipedge.test")
         );
     }
-    assert_eq!(
-        edge_a
-            .shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(issued(&edge_a), 1);
 
     // Malformed XML: 400 with the reason, nothing issued.
     let bad = ask(
@@ -168,14 +179,7 @@ async fn credentials_over_service_from_two_edges_sharing_one_ring() {
         "{bad}"
     );
     assert!(bad.contains("Warning: 399 sipedge \""), "{bad}");
-    assert_eq!(
-        edge_a
-            .shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(issued(&edge_a), 1);
 
     // From outside, addressed to the edge itself: refused.
     let mut remote = Client::connect(&pki, edge_a.external).await;
@@ -201,20 +205,8 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
     let director = Director::start(&pki).await;
     let mut t = topology(&pki, &[director.addr]);
     t.keys = Some(KeysSource::File(ring_path.clone()));
-    t.relay = Some(Relay {
-        udp_port: 3478,
-        tcp_port: 443,
-        credential_lifetime: std::time::Duration::from_secs(8 * 3600),
-        // An ephemeral TURN port: tests run side by side.
-        listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
-        listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
-        ..Relay::new("av.sipedge.test")
-    });
-    t.operations = Some(sipedge::topology::Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.unwrap().to_string();
+    t.relay = Some(issuing_relay("av.sipedge.test", 3478, 443));
+    let (edge, ops) = start_with_operations(t).await;
     let ring = keyfile::load(&ring_path).unwrap();
     let json_of = |answer: &str| -> serde_json::Value {
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
@@ -222,7 +214,7 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
             answer.contains("Content-Type: application/json\r\n"),
             "{answer}"
         );
-        serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+        serde_json::from_str(body_of(answer)).unwrap()
     };
 
     // The draft's form.
@@ -302,12 +294,6 @@ async fn the_turn_rest_endpoint_on_the_operations_listener() {
     assert!(http_raw(&ops, huge.as_bytes())
         .await
         .starts_with("HTTP/1.1 413 "));
-    assert_eq!(
-        edge.shared
-            .stats
-            .credentials_issued
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(issued(&edge), 2);
     edge.stop().await;
 }

@@ -13,6 +13,37 @@ fn example(name: &str) -> String {
     format!("{}/topology/examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `sipedge ARGS PATH`: a command whose last argument is a file or a folder.
+fn sipedge_on(args: &[&str], path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN).args(args).arg(path).output().unwrap()
+}
+
+/// Sends `signal` to the process `pid`.
+fn signal(name: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
+/// SIGTERM to `child`, then its exit status once it has drained and exited (within
+/// [`WAIT`]).
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal("TERM", child.id());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn check_accepts_the_loopback_example() {
     let out = Command::new(BIN)
@@ -42,11 +73,7 @@ fn check_reports_every_problem_with_file_line_and_key_and_exits_64() {
             "[\"127.0.0.1:5070\", \"director:5061\"]",
         );
     std::fs::write(&file, &text).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--topology"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = sipedge_on(&["check", "--topology"], &file);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let f = file.display();
@@ -128,7 +155,6 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     // The last start-up line names the listeners.
@@ -174,22 +200,8 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
         assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
     });
 
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sipedge did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = Reaped(child);
+    let exit = terminate(&mut child.0);
     assert!(exit.success(), "exit status {exit}");
 }
 
@@ -303,19 +315,18 @@ fn keys_and_tokens_from_the_command_line() {
 fn cert_request_dev_and_check() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args([
+    let out = sipedge_on(
+        &[
             "cert",
             "request",
             "--san",
             "sip.corp.example",
             "--san",
             "av.corp.example",
-        ])
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+            "--out",
+        ],
+        dir.path(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -331,11 +342,10 @@ fn cert_request_dev_and_check() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let again = Command::new(BIN)
-        .args(["cert", "request", "--san", "sip.corp.example", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let again = sipedge_on(
+        &["cert", "request", "--san", "sip.corp.example", "--out"],
+        dir.path(),
+    );
     assert!(!again.status.success(), "an existing key was replaced");
 
     let topology = dir.path().join("edge.toml");
@@ -345,21 +355,13 @@ fn cert_request_dev_and_check() {
         sipedge::topology::EMBEDDED_DEFAULT
     );
     std::fs::write(&topology, &text).unwrap();
-    let dev = Command::new(BIN)
-        .args(["cert", "dev", "--topology"])
-        .arg(&topology)
-        .output()
-        .unwrap();
+    let dev = sipedge_on(&["cert", "dev", "--topology"], &topology);
     assert!(
         dev.status.success(),
         "{}",
         String::from_utf8_lossy(&dev.stderr)
     );
-    let check = Command::new(BIN)
-        .args(["cert", "check", "--topology"])
-        .arg(&topology)
-        .output()
-        .unwrap();
+    let check = sipedge_on(&["cert", "check", "--topology"], &topology);
     let table = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{table}");
     assert_eq!(table.matches("GREEN").count(), 2, "{table}");
@@ -374,11 +376,7 @@ fn cert_request_dev_and_check() {
         ),
     )
     .unwrap();
-    let check = Command::new(BIN)
-        .args(["cert", "check", "--topology"])
-        .arg(&topology)
-        .output()
-        .unwrap();
+    let check = sipedge_on(&["cert", "check", "--topology"], &topology);
     let table = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{table}");
     assert!(table.contains("RED"), "{table}");
@@ -406,18 +404,8 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
         state = dir.path().join("state").display()
     );
     std::fs::write(&file, &text).unwrap();
-    let mut child = Reaped(
-        Command::new(BIN)
-            .args(["run", "--topology"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = child.0.id().to_string();
+    let mut child = run_topology(Command::new(BIN), &file, Stdio::piped());
+    let pid = child.0.id();
     let mut out = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut err = BufReader::new(child.0.stderr.take().unwrap()).lines();
     let wait_for = |lines: &mut dyn Iterator<Item = std::io::Result<String>>, what: &str| {
@@ -430,13 +418,7 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
         panic!("no line with {what:?}");
     };
     wait_for(&mut out, "external TLS SIP on");
-    let hup = || {
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
+    let hup = || signal("HUP", pid);
     hup();
     let line = wait_for(&mut out, "reloaded: external certificate");
     assert!(line.contains("edge.sipedge.test"), "{line}");
@@ -460,22 +442,7 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
 
     // Still serving; SIGTERM drains (nothing in flight) and exits 0.
     assert!(std::net::TcpStream::connect(("127.0.0.1", ext)).is_ok());
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = std::time::Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = child.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = terminate(&mut child.0);
     assert!(exit.success(), "exit status {exit}");
 }
 
@@ -484,11 +451,11 @@ fn sighup_reloads_and_refuses_what_needs_a_restart() {
 /// reloads with SIGHUP and drains on SIGTERM.
 #[test]
 fn the_systemd_unit_verifies() {
-    let Some(analyze) = tool_on_path("systemd-analyze") else {
-        if std::env::var_os("CI").is_some() {
-            panic!("systemd-analyze is required under CI (apt-get install systemd)");
-        }
-        eprintln!("SKIPPED: needs systemd-analyze (Debian package systemd)");
+    let Some(analyze) = required(
+        tool_on_path("systemd-analyze"),
+        "systemd-analyze",
+        "apt-get install systemd",
+    ) else {
         return;
     };
     let unit = std::fs::read_to_string(format!(

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::support::{free_tcp_port, tool_on_path, Reaped};
+use crate::support::{body_of, free_tcp_port, required, tool_on_path, uclient_relays, Reaped};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -27,32 +27,7 @@ fn sipedge(args: &[&str]) -> String {
 
 /// Runs turnutils_uclient against the server with a credential; its exit status and output.
 fn allocate(uclient: &Path, port: u16, user: &str, pass: &str) -> (bool, String) {
-    let out = Command::new(uclient)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-u",
-            user,
-            "-w",
-            pass,
-            "-n",
-            "5",
-            "-m",
-            "1",
-            "-l",
-            "100",
-            "-y",
-        ])
-        .arg("127.0.0.1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    uclient_relays(uclient, port, (user, pass), 5, 100)
 }
 
 /// Starts turnserver on 127.0.0.1 with `use-auth-secret`; returns it and its port once it
@@ -108,19 +83,12 @@ fn start_coturn(turnserver: &Path, dir: &Path, secret: &str) -> (Reaped, u16) {
 }
 
 fn coturn_tools() -> Option<(PathBuf, PathBuf)> {
-    match (
-        tool_on_path("turnserver"),
-        tool_on_path("turnutils_uclient"),
-    ) {
-        (Some(s), Some(c)) => Some((s, c)),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("coturn is required under CI (apt-get install coturn)")
-        }
-        _ => {
-            eprintln!("SKIPPED: coturn interop needs turnserver and turnutils_uclient (apt-get install coturn)");
-            None
-        }
-    }
+    let tools = tool_on_path("turnserver").zip(tool_on_path("turnutils_uclient"));
+    required(
+        tools,
+        "coturn (turnserver and turnutils_uclient)",
+        "apt-get install coturn",
+    )
 }
 
 /// The whole chain: a Front End asks the edge for relay credentials over SIP SERVICE
@@ -144,15 +112,7 @@ fn coturn_accepts_credentials_issued_over_sip_service() {
         let director = crate::support::Director::start(&pki).await;
         let mut t = crate::support::topology(&pki, &[director.addr]);
         t.keys = Some(sipedge::topology::KeysSource::File(ring_path.clone()));
-        t.relay = Some(sipedge::topology::Relay {
-            udp_port: port,
-            tcp_port: port,
-            credential_lifetime: Duration::from_secs(8 * 3600),
-            // An ephemeral TURN port: tests run side by side.
-            listen_udp: vec!["127.0.0.1:0".parse().unwrap()],
-            listen_tcp: vec!["127.0.0.1:0".parse().unwrap()],
-            ..sipedge::topology::Relay::new("127.0.0.1")
-        });
+        t.relay = Some(crate::avauth::issuing_relay("127.0.0.1", port, port));
         let edge = sipedge::shell::start(&t).await.expect("edge starts");
         let mut fe = crate::avauth::front_end(&pki, edge.internal).await;
         let answer = crate::avauth::ask(
@@ -161,13 +121,10 @@ fn coturn_accepts_credentials_issued_over_sip_service() {
         )
         .await;
         assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
-        let body = answer[answer.find("\r\n\r\n").unwrap() + 4..].to_string();
-        assert_eq!(crate::avauth::element(&body, "udpPort"), port.to_string());
+        let body = body_of(&answer);
+        assert_eq!(crate::avauth::element(body, "udpPort"), port.to_string());
         edge.stop().await;
-        (
-            crate::avauth::element(&body, "username").to_string(),
-            crate::avauth::element(&body, "password").to_string(),
-        )
+        crate::avauth::credential(body)
     });
     let (ok, out) = allocate(&uclient, port, &user, &pass);
     assert!(

@@ -109,8 +109,7 @@ fn peak_rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_is_rate_limited_then_banned_while_a_polite_user_is_served() {
     let pki = Pki::new();
-    let mut director = Director::start(&pki).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let mut director = Director::start(&pki).await.answering_ok();
     let edge = edge(&pki, &director, |_| {}).await;
     let shared = edge.shared.clone();
 
@@ -205,8 +204,7 @@ async fn a_request_flood_is_rate_limited_then_banned_while_a_polite_user_is_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allow_listed_source_is_never_banned() {
     let pki = Pki::new();
-    let director = Director::start(&pki).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&pki).await.answering_ok();
     let edge = edge(&pki, &director, |t| {
         t.firewall.allow_sources = vec![Prefix::parse("127.0.0.7").unwrap()];
     })
@@ -243,8 +241,7 @@ async fn an_allow_listed_source_is_never_banned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
     let pki = Pki::new();
-    let director = Director::start(&pki).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&pki).await.answering_ok();
     let edge = edge(&pki, &director, |t| {
         t.limits.header_timeout = Duration::from_secs(1)
     })
@@ -280,8 +277,7 @@ async fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_bounded_and_cut_off() {
     let pki = Pki::new();
-    let director = Director::start(&pki).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&pki).await.answering_ok();
     let edge = edge(&pki, &director, |t| {
         t.limits.write_timeout = Duration::from_secs(1);
         t.firewall.request_rate = 100_000;
@@ -352,8 +348,7 @@ async fn a_client_that_never_reads_is_bounded_and_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_is_refused_before_tls_and_others_connect() {
     let pki = Pki::new();
-    let director = Director::start(&pki).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&pki).await.answering_ok();
     let edge = edge(&pki, &director, |t| {
         t.limits.handshake_timeout = Duration::from_secs(1)
     })
@@ -487,19 +482,11 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         + "\n[firewall]\nban_after = 0\n";
     let file = state.path().join("edge.toml");
     std::fs::write(&file, topology).unwrap();
-    let mut edge = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["run", "--topology"])
-        .arg(&file)
-        .env("SIPEDGE_STATE_DIR", state.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = edge.id();
-    let mut lines = BufReader::new(edge.stdout.take().unwrap()).lines();
-    let edge = Reaped(edge);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));
+    cmd.env("SIPEDGE_STATE_DIR", state.path());
+    let mut edge = run_topology(cmd, &file, Stdio::null());
+    let pid = edge.0.id();
+    let mut lines = BufReader::new(edge.0.stdout.take().unwrap()).lines();
     while let Some(Ok(line)) = lines.next() {
         if line.contains("external TLS SIP on") {
             break;
@@ -520,13 +507,13 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .build()
         .unwrap();
     let (before, ok, refused, hwm) = rt.block_on(async {
-        let director = Director::start_with(
+        let _director = Director::start_with(
             material,
             roots.clone(),
             format!("127.0.0.1:{dir}").parse().unwrap(),
         )
-        .await;
-        *director.auto_answer.lock().unwrap() = Some(200);
+        .await
+        .answering_ok();
         // The probes bring the Director up.
         let (up, _) = polite_user(roots.clone(), edge_addr, "127.0.0.40", 1, Duration::ZERO).await;
         let mut tries = 0;

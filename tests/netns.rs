@@ -200,60 +200,44 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
         sipedge::core::keyring::Ring::init(sipedge::shell::keyfile::random_secret().unwrap(), now);
     sipedge::shell::keyfile::store(&ring_path, &ring, true).unwrap();
     let cred = sipedge::core::credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
-    let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
     let topology = pki.dir.path().join("edge.toml");
     std::fs::write(
         &topology,
         format!(
-            "state_dir = \"{state}\"\n\
-             [edge]\nname = \"dmz\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
-             [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"{EDGE_FQDN}\"\n\
-             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
-             [internal]\nsip = \"{INT_IP}:5061\"\n\
-             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+            "{head}\
              [next_hop]\nmembers = [\"{LAN_IP}:5061\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
              [keys]\nring = \"{ring}\"\n\
              [relay]\nhost = \"{EXT_IP}\"\ninternal_ranges = [\"198.51.100.0/24\"]\n\
-             [federation]\nca = \"{partner_ca}\"\n\
-             [federation.partners.b]\nfqdn = \"{PARTNER_FQDN}\"\ndomains = [\"{PARTNER_DOMAIN}\"]\naddresses = [\"{PARTNER_EDGE_IP}:5061\"]\n",
-            state = pki.dir.path().join("state").display(),
-            ec = ext_cert.display(),
-            ek = ext_key.display(),
-            ic = int_cert.display(),
-            ik = int_key.display(),
-            ca = pki.pki.ca_cert.display(),
+             {federation}",
+            head = edge_toml(&pki, "dmz", (EDGE_FQDN, DOMAIN), (EXT_IP, INT_IP)),
             ring = ring_path.display(),
-            partner_ca = partner.pki.ca_cert.display(),
+            federation = federation_toml(
+                &partner,
+                "b",
+                (PARTNER_FQDN, PARTNER_DOMAIN),
+                PARTNER_EDGE_IP
+            ),
         ),
     )
     .unwrap();
     // The partner's edge, federating with ours through its external interface.
-    let (pec, pek) = partner.pki.files(sipedge::tls::DevRole::External);
-    let (pic, pik) = partner.pki.files(sipedge::tls::DevRole::Internal);
     let partner_topology = partner.dir.path().join("edge.toml");
     std::fs::write(
         &partner_topology,
         format!(
-            "state_dir = \"{state}\"\n\
-             [edge]\nname = \"b\"\npool_fqdn = \"{PARTNER_FQDN}\"\nsip_domains = [\"{PARTNER_DOMAIN}\"]\n\
-             [external]\nsip = \"{PARTNER_EDGE_IP}:5061\"\nsip_host = \"{PARTNER_FQDN}\"\n\
-             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
-             [internal]\nsip = \"{PARTNER_INT_IP}:5061\"\n\
-             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+            "{head}\
              [next_hop]\nmembers = [\"{INET_IP}:5070\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [next_hop.probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
-             [federation]\nca = \"{our_ca}\"\n\
-             [federation.partners.a]\nfqdn = \"{EDGE_FQDN}\"\ndomains = [\"{DOMAIN}\"]\naddresses = [\"{EXT_IP}:5061\"]\n",
-            state = partner.dir.path().join("state").display(),
-            ec = pec.display(),
-            ek = pek.display(),
-            ic = pic.display(),
-            ik = pik.display(),
-            ca = partner.pki.ca_cert.display(),
-            our_ca = pki.pki.ca_cert.display(),
+             {federation}",
+            head = edge_toml(
+                &partner,
+                "b",
+                (PARTNER_FQDN, PARTNER_DOMAIN),
+                (PARTNER_EDGE_IP, PARTNER_INT_IP)
+            ),
+            federation = federation_toml(&pki, "a", (EDGE_FQDN, DOMAIN), EXT_IP),
         ),
     )
     .unwrap();
@@ -316,19 +300,47 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
     assert_eq!(proven.len(), 11, "{proven:?}");
 }
 
+/// The start of an edge's topology file: its state in the PKI's folder, the edge `name`
+/// serving `domain` as `fqdn`, SIP on port 5061 of `ext_ip` and `int_ip` with the PKI's
+/// certificates.
+fn edge_toml(
+    pki: &Pki,
+    name: &str,
+    (fqdn, domain): (&str, &str),
+    (ext_ip, int_ip): (&str, &str),
+) -> String {
+    let (ext_tls, int_tls) = pki.tls_tables();
+    format!(
+        "state_dir = \"{state}\"\n\
+         [edge]\nname = \"{name}\"\npool_fqdn = \"{fqdn}\"\nsip_domains = [\"{domain}\"]\n\
+         [external]\nsip = \"{ext_ip}:5061\"\nsip_host = \"{fqdn}\"\n\
+         {ext_tls}\
+         [internal]\nsip = \"{int_ip}:5061\"\n\
+         {int_tls}",
+        state = pki.dir.path().join("state").display(),
+    )
+}
+
+/// `[federation]` with one partner, `key`: its edge `fqdn` at `edge_ip`, for `domain`, with a
+/// certificate from `partner`'s PKI.
+fn federation_toml(
+    partner: &Pki,
+    key: &str,
+    (fqdn, domain): (&str, &str),
+    edge_ip: &str,
+) -> String {
+    format!(
+        "[federation]\nca = \"{ca}\"\n\
+         [federation.partners.{key}]\nfqdn = \"{fqdn}\"\ndomains = [\"{domain}\"]\naddresses = [\"{edge_ip}:5061\"]\n",
+        ca = partner.pki.ca_cert.display(),
+    )
+}
+
 /// The sipedge binary in `ns` with `topology`, once it says it listens.
 fn start_edge(bed: &Bed, ns: &str, topology: &std::path::Path) -> Reaped {
-    let mut edge = Reaped(
-        bed.exec(ns)
-            .args([BIN, "run", "--topology"])
-            .arg(topology)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = bed.exec(ns);
+    cmd.arg(BIN);
+    let mut edge = run_topology(cmd, topology, Stdio::inherit());
     let out = edge.0.stdout.as_mut().unwrap();
     let started = BufReader::new(out)
         .lines()
@@ -351,8 +363,8 @@ fn role_partner_director() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut d =
-            Director::start_with(material, roots, format!("{INET_IP}:5070").parse().unwrap()).await;
-        *d.auto_answer.lock().unwrap() = Some(200);
+            Director::start_with(material, roots, format!("{INET_IP}:5070").parse().unwrap()).await
+        .answering_ok();
         println!("READY");
         std::io::stdout().flush().unwrap();
         let got = d
@@ -401,9 +413,9 @@ fn role_director() {
     let (material, roots) = director_identity(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut director = rt.block_on(async {
-        let d =
-            Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap()).await;
-        *d.auto_answer.lock().unwrap() = Some(200);
+        let d = Director::start_with(material, roots, format!("{LAN_IP}:5061").parse().unwrap())
+            .await
+            .answering_ok();
         d
     });
     println!("READY");

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use sipedge::shell;
-use sipedge::topology::Operations;
 
 use crate::support::*;
 
@@ -12,12 +11,7 @@ use crate::support::*;
 async fn healthz_follows_the_pool_and_metrics_count_live() {
     let pki = Pki::new();
     let mut director = Director::start(&pki).await;
-    let mut t = topology(&pki, &[director.addr]);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.expect("operations listener").to_string();
+    let (edge, ops) = start_with_operations(topology(&pki, &[director.addr])).await;
     let routes = edge.routes.clone();
     eventually("a next hop up", || routes.pool.any_up()).await;
 
@@ -79,12 +73,7 @@ async fn healthz_follows_the_pool_and_metrics_count_live() {
 async fn the_operations_listener_refuses_what_it_does_not_serve() {
     let pki = Pki::new();
     let director = Director::start(&pki).await;
-    let mut t = topology(&pki, &[director.addr]);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.unwrap().to_string();
+    let (edge, ops) = start_with_operations(topology(&pki, &[director.addr])).await;
     assert!(http_get(&ops, "/nope").await.starts_with("HTTP/1.1 404 "));
     // No [keys]/[relay]: no credential endpoint.
     assert!(http_get(&ops, "/turn?username=alice")
@@ -127,12 +116,8 @@ fn invite(call: &str) -> String {
 async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
     let pki = Pki::new();
     let mut director = Director::start(&pki).await;
-    let mut t = topology(&pki, &[director.addr]);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = std::sync::Arc::new(shell::start(&t).await.expect("edge starts"));
-    let ops = edge.operations.expect("operations listener").to_string();
+    let (edge, ops) = start_with_operations(topology(&pki, &[director.addr])).await;
+    let edge = std::sync::Arc::new(edge);
     let shared = edge.shared.clone();
     let routes = edge.routes.clone();
     eventually("a next hop up", || routes.pool.any_up()).await;
@@ -204,12 +189,7 @@ async fn a_drain_lets_calls_and_transactions_in_flight_finish() {
 async fn status_shows_certificates_next_hops_and_connections() {
     let pki = Pki::new();
     let director = Director::start(&pki).await;
-    let mut t = topology(&pki, &[director.addr]);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.expect("operations listener").to_string();
+    let (edge, ops) = start_with_operations(topology(&pki, &[director.addr])).await;
     let shared = edge.shared.clone();
     let routes = edge.routes.clone();
     eventually("a probe answered", || {
@@ -272,11 +252,7 @@ async fn an_expired_certificate_fails_the_health_check() {
     let director = Director::start(&pki).await;
     let mut t = topology(&pki, &[director.addr]);
     t.external.cert = expired.source(sipedge::tls::DevRole::External);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.expect("operations listener").to_string();
+    let (edge, ops) = start_with_operations(t).await;
     let routes = edge.routes.clone();
     eventually("a next hop up", || routes.pool.any_up()).await;
     let health = http_get(&ops, "/healthz").await;
@@ -299,12 +275,7 @@ async fn metrics_parse_with_the_prometheus_parser() {
     }
     let pki = Pki::new();
     let director = Director::start(&pki).await;
-    let mut t = topology(&pki, &[director.addr]);
-    t.operations = Some(Operations {
-        listen: "127.0.0.2:0".parse().unwrap(),
-    });
-    let edge = shell::start(&t).await.expect("edge starts");
-    let ops = edge.operations.expect("operations listener").to_string();
+    let (edge, ops) = start_with_operations(topology(&pki, &[director.addr])).await;
     let answer = http_get(&ops, "/metrics").await;
     let text = answer.split("\r\n\r\n").nth(1).unwrap().to_string();
     let counts = prometheus_check(&text).expect("prometheus_client installed");
@@ -339,8 +310,7 @@ async fn reload_replaces_the_certificate_under_load_without_failing_anything() {
         std::fs::copy(k, &key).unwrap();
     };
     install(&old);
-    let director = Director::start(&old).await;
-    *director.auto_answer.lock().unwrap() = Some(200);
+    let director = Director::start(&old).await.answering_ok();
     let mut t = topology(&old, &[director.addr]);
     t.external.cert = sipedge::topology::CertSource::Pem {
         cert: cert.clone(),
@@ -479,8 +449,9 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
 async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     let pki = Pki::new();
     let mut first = Director::start(&pki).await;
-    let mut second = Director::start_at(&pki, "127.0.0.4:0".parse().unwrap()).await;
-    *second.auto_answer.lock().unwrap() = Some(200);
+    let mut second = Director::start_at(&pki, "127.0.0.4:0".parse().unwrap())
+        .await
+        .answering_ok();
     let t = topology(&pki, &[first.addr]);
     let edge = shell::start(&t).await.expect("edge starts");
     let routes = edge.routes.clone();

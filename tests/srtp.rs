@@ -63,16 +63,8 @@ async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
     let mut t = topology(&pki, &[director.addr]);
     t.keys = Some(KeysSource::File(ring_path.clone()));
     let base = 20_000 + (std::process::id() % 100) as u16 * 100;
-    let mut relay = Relay {
-        // The internal listener (an internal client); relays on the external address.
-        listen_udp: vec!["127.0.0.2:0".parse().unwrap()],
-        listen_tcp: vec!["127.0.0.2:0".parse().unwrap()],
-        relay_ip: Some("127.0.0.1".parse().unwrap()),
-        port_min: base,
-        port_max: base + 99,
-        allow_loopback_peers: true,
-        ..Relay::new("127.0.0.1")
-    };
+    // The internal listener (an internal client); relays on the external address.
+    let mut relay = loopback_relay(&["127.0.0.2:0"], base);
     tune(&mut relay);
     t.relay = Some(relay);
     let edge = shell::start(&t).await.expect("edge starts");

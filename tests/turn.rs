@@ -7,83 +7,58 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sipedge::core::credentials;
+use sipedge::core::keyring::Ring;
 use sipedge::shell;
-use sipedge::topology::{KeysSource, Relay};
+use sipedge::topology::KeysSource;
 
 use crate::support::*;
 
 fn uclient() -> Option<std::path::PathBuf> {
-    let found = tool_on_path("turnutils_uclient");
-    if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("turnutils_uclient is required under CI (apt-get install coturn)");
-        }
-        eprintln!("SKIPPED: TURN interop needs turnutils_uclient (apt-get install coturn)");
-    }
-    found
+    required(
+        tool_on_path("turnutils_uclient"),
+        "turnutils_uclient",
+        "apt-get install coturn",
+    )
+}
+
+/// An edge whose relay listens on `listen` and relays on ports `base` to `base` + 99 (its
+/// Director left running for the rest of the test): the edge, and the ring its relay
+/// credentials verify with.
+fn relay_edge(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    listen: &str,
+    base: u16,
+) -> (shell::RunningEdge, Ring) {
+    let (ring_path, ring) = ring_file(pki);
+    let edge = rt.block_on(async {
+        let director = Director::start(pki).await;
+        let mut t = topology(pki, &[director.addr]);
+        t.keys = Some(KeysSource::File(ring_path));
+        t.relay = Some(loopback_relay(&[listen], base));
+        std::mem::forget(director);
+        shell::start(&t).await.expect("edge starts")
+    });
+    (edge, ring)
 }
 
 #[test]
 fn turnutils_uclient_relays_media_through_the_edge() {
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
-    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
     let turn_port = free_udp_port("127.0.0.1");
     let base = 40_000 + (std::process::id() % 100) as u16 * 100;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let edge = rt.block_on(async {
-        let director = Director::start(&pki).await;
-        let mut t = topology(&pki, &[director.addr]);
-        t.keys = Some(KeysSource::File(ring_path.clone()));
-        t.relay = Some(Relay {
-            listen_udp: vec![format!("127.0.0.1:{turn_port}").parse().unwrap()],
-            listen_tcp: vec![format!("127.0.0.1:{turn_port}").parse().unwrap()],
-            relay_ip: Some("127.0.0.1".parse().unwrap()),
-            port_min: base,
-            port_max: base + 99,
-            allow_loopback_peers: true,
-            ..Relay::new("127.0.0.1")
-        });
-        let edge = shell::start(&t).await.expect("edge starts");
-        std::mem::forget(director);
-        edge
-    });
+    let (edge, ring) = relay_edge(&rt, &pki, &format!("127.0.0.1:{turn_port}"), base);
     assert_eq!(
         edge.turn_udp,
         vec![format!("127.0.0.1:{turn_port}").parse().unwrap()]
     );
 
     let c = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let run = |user: &str, pass: &str| {
-        let out = Command::new(&uclient)
-            .args([
-                "-p",
-                &turn_port.to_string(),
-                "-u",
-                user,
-                "-w",
-                pass,
-                "-n",
-                "20",
-                "-m",
-                "1",
-                "-l",
-                "172",
-                "-y",
-            ])
-            .arg("127.0.0.1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |user: &str, pass: &str| uclient_relays(&uclient, turn_port, (user, pass), 20, 172);
     let (ok, out) = run(&c.username, &c.password);
     let turn = edge.turn.clone().unwrap();
     assert!(ok, "turnutils_uclient failed through the edge:\n{out}");
@@ -111,17 +86,16 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
     let (ring_path, _) = ring_file(&pki);
-    let (ext_cert, ext_key) = pki.pki.files(sipedge::tls::DevRole::External);
-    let (int_cert, int_key) = pki.pki.files(sipedge::tls::DevRole::Internal);
+    let (ext_tls, int_tls) = pki.tls_tables();
     let director = free_tcp_port("127.0.0.1");
     let topology = |name: &str, turn: u16, relay_base: u16| {
         format!(
             "state_dir = \"{state}\"\n\
              [edge]\nname = \"{name}\"\npool_fqdn = \"{EDGE_FQDN}\"\nsip_domains = [\"{DOMAIN}\"]\n\
              [external]\nsip = \"127.0.0.1:{ext}\"\nsip_host = \"{EDGE_FQDN}\"\n\
-             [external.tls]\ncert = \"{ec}\"\nkey = \"{ek}\"\n\
+             {ext_tls}\
              [internal]\nsip = \"127.0.0.2:{int}\"\n\
-             [internal.tls]\ncert = \"{ic}\"\nkey = \"{ik}\"\nca = \"{ca}\"\n\
+             {int_tls}\
              [next_hop]\nmembers = [\"127.0.0.1:{director}\"]\nserver_name = \"{DIRECTOR_NAME}\"\n\
              [keys]\nring = \"{ring}\"\n\
              [relay]\nhost = \"127.0.0.1\"\nlisten_udp = [\"127.0.0.1:{turn}\"]\nlisten_tcp = [\"127.0.0.1:{turn}\"]\nrelay_ip = \"127.0.0.1\"\n\
@@ -130,35 +104,26 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
             state = pki.dir.path().join(name).display(),
             ext = free_tcp_port("127.0.0.1"),
             int = free_tcp_port("127.0.0.2"),
-            ec = ext_cert.display(),
-            ek = ext_key.display(),
-            ic = int_cert.display(),
-            ik = int_key.display(),
-            ca = pki.pki.ca_cert.display(),
             ring = ring_path.display(),
         )
     };
     let start = |name: &str, text: String| -> (Reaped, std::net::SocketAddr) {
         let file = pki.dir.path().join(format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-            .args(["run", "--topology"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut edge = run_topology(
+            Command::new(env!("CARGO_BIN_EXE_sipedge")),
+            &file,
+            Stdio::null(),
+        );
         let mut internal = None;
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        for line in BufReader::new(edge.0.stdout.take().unwrap()).lines() {
             let line = line.unwrap();
             if let Some(rest) = line.split("internal mutual-TLS SIP on ").nth(1) {
                 internal = rest.split(',').next().map(|a| a.parse().unwrap());
                 break;
             }
         }
-        (Reaped(child), internal.expect("the edge started"))
+        (edge, internal.expect("the edge started"))
     };
     // 30000-31999: below the ephemeral ports, apart from av_bounds (32000-32699).
     let base = 30_000 + (std::process::id() % 10) as u16 * 200;
@@ -176,42 +141,11 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
         )
         .await;
         assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
-        let body = answer[answer.find("\r\n\r\n").unwrap() + 4..].to_string();
-        (
-            crate::avauth::element(&body, "username").to_string(),
-            crate::avauth::element(&body, "password").to_string(),
-        )
+        crate::avauth::credential(body_of(&answer))
     });
     // Edge B's relay accepts them.
-    let out = Command::new(&uclient)
-        .args([
-            "-p",
-            &turn_b.to_string(),
-            "-u",
-            &user,
-            "-w",
-            &pass,
-            "-n",
-            "10",
-            "-m",
-            "1",
-            "-l",
-            "172",
-            "-y",
-        ])
-        .arg("127.0.0.1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "edge B refused edge A's credential:\n{text}"
-    );
+    let (ok, text) = uclient_relays(&uclient, turn_b, (&user, &pass), 10, 172);
+    assert!(ok, "edge B refused edge A's credential:\n{text}");
     assert!(text.contains("Total lost packets 0"), "{text}");
 }
 
@@ -228,34 +162,14 @@ fn aioice_completes_ice_through_the_relay() {
             .success();
         ok.then_some(*p)
     });
-    let Some(python) = python else {
-        if std::env::var_os("CI").is_some() {
-            panic!("aioice is required under CI (pip install aioice)");
-        }
-        eprintln!("SKIPPED: aioice interop needs `pip install aioice`");
+    let Some(python) = required(python, "aioice", "pip install aioice") else {
         return;
     };
     let pki = Pki::new();
-    let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
     let base = 10_000 + (std::process::id() % 100) as u16 * 100;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let edge = rt.block_on(async {
-        let director = Director::start(&pki).await;
-        let mut t = topology(&pki, &[director.addr]);
-        t.keys = Some(KeysSource::File(ring_path.clone()));
-        t.relay = Some(Relay {
-            listen_udp: vec!["127.0.0.2:0".parse().unwrap()],
-            listen_tcp: vec!["127.0.0.2:0".parse().unwrap()],
-            relay_ip: Some("127.0.0.1".parse().unwrap()),
-            port_min: base,
-            port_max: base + 99,
-            allow_loopback_peers: true,
-            ..Relay::new("127.0.0.1")
-        });
-        std::mem::forget(director);
-        shell::start(&t).await.expect("edge starts")
-    });
+    let (edge, ring) = relay_edge(&rt, &pki, "127.0.0.2:0", base);
     let turn = edge.turn_udp[0];
     let c = credentials::mint(&ring, "ice@sipedge.test", 3600, now).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/relay_ice.py");
@@ -270,11 +184,7 @@ fn aioice_completes_ice_through_the_relay() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert!(out.status.success(), "aioice through the edge:\n{text}");
     assert!(
         text.contains("20 round trips of 172 bytes intact"),

@@ -247,13 +247,7 @@ impl SourceGuard {
     /// A new connection from `ip`. On `Ok` the caller must call [`Self::disconnected`] when
     /// it ends. Refusals count as strikes.
     pub fn connect(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        if self.allowed(ip) {
-            return Ok(());
-        }
-        let refusal = self.with(ip, now, |s, p| {
-            if let Some(remaining) = s.ban_remaining(now) {
-                return Some(Refusal::Banned { remaining });
-            }
+        self.admit(ip, now, |s, p| {
             if s.connections >= p.max_connections {
                 return Some(Refusal::TooManyConnections);
             }
@@ -262,16 +256,7 @@ impl SourceGuard {
             }
             s.connections += 1;
             None
-        });
-        match refusal {
-            None => Ok(()),
-            Some(r) => {
-                if !matches!(r, Refusal::Banned { .. }) {
-                    self.strike(ip, now);
-                }
-                Err(r)
-            }
-        }
+        })
     }
 
     pub fn disconnected(&self, ip: IpAddr, now: Instant) {
@@ -285,17 +270,28 @@ impl SourceGuard {
 
     /// A SIP request from `ip`. Refusals count as strikes.
     pub fn request(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        if self.allowed(ip) {
-            return Ok(());
-        }
-        let refusal = self.with(ip, now, |s, p| {
-            if let Some(remaining) = s.ban_remaining(now) {
-                return Some(Refusal::Banned { remaining });
-            }
+        self.admit(ip, now, |s, p| {
             s.requests
                 .take(p.request_rate, now)
                 .err()
                 .map(|retry_after| Refusal::RequestRate { retry_after })
+        })
+    }
+
+    /// What [`Self::connect`] and [`Self::request`] share: allow-listed sources pass, banned
+    /// ones are refused, the others by `limit`; a refusal other than the ban is a strike.
+    fn admit(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        limit: impl FnOnce(&mut Source, &SourcePolicy) -> Option<Refusal>,
+    ) -> Result<(), Refusal> {
+        if self.allowed(ip) {
+            return Ok(());
+        }
+        let refusal = self.with(ip, now, |s, p| match s.ban_remaining(now) {
+            Some(remaining) => Some(Refusal::Banned { remaining }),
+            None => limit(s, p),
         });
         match refusal {
             None => Ok(()),

@@ -3,7 +3,7 @@
 //! JSON document of `/status`. Pure: no clock, no locks; the shell feeds the numbers.
 
 use super::metrics::{Exposition, Kind};
-use super::snapshot::{AccessEdge, EdgeSnapshot, Partner, Relay};
+use super::snapshot::{AccessEdge, ByZone, EdgeSnapshot, Partner, Relay};
 
 /// Certificates closer than this to their end are reported `expiring`.
 const EXPIRING_SECS: i64 = 30 * 86_400;
@@ -14,24 +14,26 @@ pub fn metrics(s: &EdgeSnapshot) -> String {
     e.family("sipedge_build_info", Kind::Gauge, "Build information.")
         .sample("sipedge_build_info", &[("version", s.version)], 1);
     access_edge(&mut e, &s.access);
-    e.family(
+    by_label(
+        &mut e,
         "sipedge_next_hop_up",
         Kind::Gauge,
         "1 when the next-hop member is up.",
+        "member",
+        s.next_hops
+            .iter()
+            .map(|m| (m.address.as_str(), u64::from(m.up))),
     );
-    for m in &s.next_hops {
-        let up = u64::from(m.up);
-        e.sample("sipedge_next_hop_up", &[("member", &m.address)], up);
-    }
-    e.family(
+    by_label(
+        &mut e,
         "sipedge_next_hop_outstanding",
         Kind::Gauge,
         "Transactions in flight toward the next-hop member.",
+        "member",
+        s.next_hops
+            .iter()
+            .map(|m| (m.address.as_str(), m.outstanding)),
     );
-    for m in &s.next_hops {
-        let n = m.outstanding;
-        e.sample("sipedge_next_hop_outstanding", &[("member", &m.address)], n);
-    }
     single(
         &mut e,
         "sipedge_calls",
@@ -53,16 +55,41 @@ fn single(e: &mut Exposition, name: &str, kind: Kind, help: &str, value: u64) {
     e.family(name, kind, help).sample(name, &[], value);
 }
 
+/// A family with one label: a sample for each of `samples`' (label value, value).
+fn by_label<'a>(
+    e: &mut Exposition,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    e.family(name, kind, help);
+    for (label_value, value) in samples {
+        e.sample(name, &[(label, label_value)], value);
+    }
+}
+
+/// The `zone` label's samples of a count kept by zone.
+fn zones(n: &ByZone) -> [(&'static str, u64); 2] {
+    [("external", n.external), ("internal", n.internal)]
+}
+
+/// The `direction` label's samples of a count kept each way through the relay.
+fn directions(to_peer: u64, to_client: u64) -> [(&'static str, u64); 2] {
+    [("to_peer", to_peer), ("to_client", to_client)]
+}
+
 /// The Access Edge's counters: messages, rejects, the firewall, connections.
 fn access_edge(e: &mut Exposition, a: &AccessEdge) {
-    const FORWARDED: &str = "sipedge_messages_forwarded_total";
-    e.family(
-        FORWARDED,
+    by_label(
+        e,
+        "sipedge_messages_forwarded_total",
         Kind::Counter,
         "SIP messages forwarded, by the zone they came from.",
-    )
-    .sample(FORWARDED, &[("zone", "external")], a.forwarded.external)
-    .sample(FORWARDED, &[("zone", "internal")], a.forwarded.internal);
+        "zone",
+        zones(&a.forwarded),
+    );
     const MESSAGES: &str = "sipedge_messages_total";
     e.family(
         MESSAGES,
@@ -107,15 +134,14 @@ fn access_edge(e: &mut Exposition, a: &AccessEdge) {
             n.internal,
         );
     }
-    const REFUSALS: &str = "sipedge_source_refusals_total";
-    e.family(
-        REFUSALS,
+    by_label(
+        e,
+        "sipedge_source_refusals_total",
         Kind::Counter,
         "Connections and requests refused by per-source limits on the external zone, by reason.",
+        "reason",
+        a.source_refusals.iter().copied(),
     );
-    for (reason, n) in &a.source_refusals {
-        e.sample(REFUSALS, &[("reason", reason)], *n);
-    }
     for (name, kind, help, value) in [
         (
             "sipedge_bans_total",
@@ -174,14 +200,14 @@ fn access_edge(e: &mut Exposition, a: &AccessEdge) {
     ] {
         single(e, name, kind, help, value);
     }
-    const CONNECTIONS: &str = "sipedge_connections";
-    e.family(
-        CONNECTIONS,
+    by_label(
+        e,
+        "sipedge_connections",
         Kind::Gauge,
         "Live connections by zone (remote users and partners; the pool and internal clients).",
-    )
-    .sample(CONNECTIONS, &[("zone", "external")], a.connections.external)
-    .sample(CONNECTIONS, &[("zone", "internal")], a.connections.internal);
+        "zone",
+        zones(&a.connections),
+    );
 }
 
 /// Federation's counters, by partner edge (those whose counters exist).
@@ -208,42 +234,44 @@ fn partner_metrics(e: &mut Exposition, partners: &[Partner]) {
             c.received,
         );
     }
-    const RATE_LIMITED: &str = "sipedge_partner_rate_limited_total";
-    e.family(
-        RATE_LIMITED,
+    by_label(
+        e,
+        "sipedge_partner_rate_limited_total",
         Kind::Counter,
         "Requests from a partner edge refused for its rate (503).",
+        "partner",
+        counted
+            .iter()
+            .map(|(partner, c, _)| (*partner, c.rate_limited)),
     );
-    for (name, c, _) in &counted {
-        e.sample(RATE_LIMITED, &[("partner", name)], c.rate_limited);
-    }
-    const CONNECT_FAILURES: &str = "sipedge_partner_connect_failures_total";
-    e.family(
-        CONNECT_FAILURES,
+    by_label(
+        e,
+        "sipedge_partner_connect_failures_total",
         Kind::Counter,
         "Connections to a partner edge that could not be opened.",
+        "partner",
+        counted
+            .iter()
+            .map(|(partner, c, _)| (*partner, c.connect_failures)),
     );
-    for (name, c, _) in &counted {
-        e.sample(CONNECT_FAILURES, &[("partner", name)], c.connect_failures);
-    }
-    const DIALOGS: &str = "sipedge_partner_dialogs";
-    e.family(
-        DIALOGS,
+    by_label(
+        e,
+        "sipedge_partner_dialogs",
         Kind::Gauge,
         "Dialogs counted with a partner (both directions), against its max_dialogs.",
+        "partner",
+        counted.iter().map(|(partner, _, p)| (*partner, p.dialogs)),
     );
-    for (name, _, p) in &counted {
-        e.sample(DIALOGS, &[("partner", name)], p.dialogs);
-    }
-    const CONNECTIONS: &str = "sipedge_partner_connections";
-    e.family(
-        CONNECTIONS,
+    by_label(
+        e,
+        "sipedge_partner_connections",
         Kind::Gauge,
         "Connections this edge opened to a partner edge, up.",
+        "partner",
+        counted
+            .iter()
+            .map(|(partner, _, p)| (*partner, p.connections)),
     );
-    for (name, _, p) in &counted {
-        e.sample(CONNECTIONS, &[("partner", name)], p.connections);
-    }
 }
 
 /// The A/V Edge's counters.
@@ -269,23 +297,22 @@ fn relay_metrics(e: &mut Exposition, r: &Relay) {
         "TURN-over-TCP connections up.",
         r.tcp_clients,
     );
-    const TCP_REFUSED: &str = "sipedge_turn_tcp_refused_total";
-    e.family(
-        TCP_REFUSED,
+    by_label(
+        e,
+        "sipedge_turn_tcp_refused_total",
         Kind::Counter,
         "TURN-over-TCP connections refused at accept or closed before authenticating, by reason.",
+        "reason",
+        r.tcp_refused.iter().copied(),
     );
-    for (reason, n) in &r.tcp_refused {
-        e.sample(TCP_REFUSED, &[("reason", reason)], *n);
-    }
-    const RECEIVED: &str = "sipedge_turn_received_total";
-    e.family(
-        RECEIVED,
+    by_label(
+        e,
+        "sipedge_turn_received_total",
         Kind::Counter,
         "Datagrams and frames received, from clients and from peers.",
-    )
-    .sample(RECEIVED, &[("from", "client")], r.client_packets)
-    .sample(RECEIVED, &[("from", "peer")], r.peer_packets);
+        "from",
+        [("client", r.client_packets), ("peer", r.peer_packets)],
+    );
     single(
         e,
         "sipedge_turn_receive_calls_total",
@@ -293,27 +320,30 @@ fn relay_metrics(e: &mut Exposition, r: &Relay) {
         "System calls that received datagrams (batched: fewer than the datagrams).",
         r.receive_calls,
     );
-    const PACKETS: &str = "sipedge_turn_relayed_packets_total";
-    e.family(
-        PACKETS,
+    by_label(
+        e,
+        "sipedge_turn_relayed_packets_total",
         Kind::Counter,
         "Packets relayed (and answers sent), by direction.",
-    )
-    .sample(PACKETS, &[("direction", "to_peer")], r.relayed_to_peers)
-    .sample(PACKETS, &[("direction", "to_client")], r.relayed_to_clients);
-    const BYTES: &str = "sipedge_turn_relayed_bytes_total";
-    e.family(BYTES, Kind::Counter, "Payload bytes relayed, by direction.")
-        .sample(BYTES, &[("direction", "to_peer")], r.bytes_to_peers)
-        .sample(BYTES, &[("direction", "to_client")], r.bytes_to_clients);
-    const DROPPED: &str = "sipedge_turn_dropped_total";
-    e.family(
-        DROPPED,
+        "direction",
+        directions(r.relayed_to_peers, r.relayed_to_clients),
+    );
+    by_label(
+        e,
+        "sipedge_turn_relayed_bytes_total",
+        Kind::Counter,
+        "Payload bytes relayed, by direction.",
+        "direction",
+        directions(r.bytes_to_peers, r.bytes_to_clients),
+    );
+    by_label(
+        e,
+        "sipedge_turn_dropped_total",
         Kind::Counter,
         "Packets dropped without an answer, by reason.",
+        "reason",
+        r.dropped.iter().copied(),
     );
-    for (reason, n) in &r.dropped {
-        e.sample(DROPPED, &[("reason", reason)], *n);
-    }
     single(
         e,
         "sipedge_turn_send_errors_total",

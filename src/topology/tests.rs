@@ -27,6 +27,12 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The problems `found` name these keys, in this order.
+fn assert_keys(found: &[(usize, String, String)], keys: &[&str]) {
+    let named: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(named, keys, "{found:?}");
+}
+
 /// The line number (1-based) of the first line containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
     text.lines().position(|l| l.contains(needle)).unwrap() + 1
@@ -94,15 +100,13 @@ fn relay_limits_and_peer_ranges_are_checked() {
         .replace("\"192.0.2.128/28\"", "\"192.0.2.128/33\"")
         .replace("max_allocations = 10000", "max_allocations = 0");
     let found = problems(&text);
-    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
+    assert_keys(
+        &found,
+        &[
             "relay.max_allocations",
             "relay.max_kbps_per_user",
-            "relay.allow_peers"
+            "relay.allow_peers",
         ],
-        "{found:?}"
     );
     assert_eq!(found[2].0, line_of(&text, "allow_peers"));
     assert!(found[2].2.contains("192.0.2.128/33"));
@@ -219,17 +223,15 @@ fn wrong_types_and_ranges_name_the_key() {
         .replace("name = \"loopback\"", "name = 7")
         + "\n[limits]\nmax_headers = 100000\nidle_timeout = \"5 fortnights\"\nmax_line_bytes = 200000\n";
     let found = problems(&text);
-    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
+    assert_keys(
+        &found,
+        &[
             "edge.name",
             "next_hop.retry_after",
             "limits.max_headers",
             "limits.idle_timeout",
-            "limits.max_line_bytes"
+            "limits.max_line_bytes",
         ],
-        "{found:?}"
     );
     assert!(found[0].2.contains("expected a string, found an integer"));
     assert!(found[2].2.contains("out of range"));
@@ -446,15 +448,13 @@ fn federation_partners_are_read_and_every_domain_has_one_owner() {
         &format!("domains = [\"fabrikam.example\", \"{ours}\"]"),
     ) + "\n[federation.partners.northwind]\nfqdn = \"SIP.Fabrikam.example\"\ndomains = [\"fabrikam.test\"]\ncolour = \"blue\"\n";
     let found = problems(&text);
-    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
+    assert_keys(
+        &found,
+        &[
             "federation.partners.fabrikam.domains",
             "federation.partners.northwind.fqdn",
             "federation.partners.northwind.colour",
         ],
-        "{found:?}"
     );
     assert!(found[0].2.contains("this edge"), "{found:?}");
     // Partners are read by name: fabrikam claimed the FQDN first.
@@ -474,14 +474,12 @@ fn federation_needs_partners_with_fqdn_and_domains() {
     assert_eq!(found[0].1, "federation.partners");
     let found =
         problems(&(base + "\n[federation.partners.x]\nfqdn = \"not a name\"\ndomains = []\n"));
-    let keys: Vec<_> = found.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
+    assert_keys(
+        &found,
+        &[
             "federation.partners.x.fqdn",
-            "federation.partners.x.domains"
+            "federation.partners.x.domains",
         ],
-        "{found:?}"
     );
 }
 
@@ -547,27 +545,23 @@ fn a_relay_listener_serves_the_zone_of_its_interface_and_an_unclear_one_is_refus
             "{listen}: {found:?}"
         );
     }
-    let both = TWO_NIC.replace(
-        "[relay]\n",
-        "[relay]\ninternal_addresses = [\"2001:db8:10::10\"]\n",
-    );
-    let found = problems(&both);
-    assert!(
-        found
-            .iter()
-            .any(|(_, k, m)| k == "relay.external_addresses" && m.contains("one zone")),
-        "{found:?}"
-    );
-    // Not an address at all.
-    let junk = TWO_NIC.replace(
-        "[relay]\n",
-        "[relay]\ninternal_addresses = [\"10.20.0.0/24\"]\n",
-    );
-    let found = problems(&junk);
-    assert!(
-        found
-            .iter()
-            .any(|(_, k, m)| k == "relay.internal_addresses" && m.contains("specific IP")),
-        "{found:?}"
-    );
+    // The same addresses in both zones, or not an address at all.
+    for (line, key, says) in [
+        (
+            "internal_addresses = [\"2001:db8:10::10\"]",
+            "relay.external_addresses",
+            "one zone",
+        ),
+        (
+            "internal_addresses = [\"10.20.0.0/24\"]",
+            "relay.internal_addresses",
+            "specific IP",
+        ),
+    ] {
+        let found = problems(&TWO_NIC.replace("[relay]\n", &format!("[relay]\n{line}\n")));
+        assert!(
+            found.iter().any(|(_, k, m)| k == key && m.contains(says)),
+            "{line}: {found:?}"
+        );
+    }
 }

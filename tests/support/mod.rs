@@ -34,15 +34,9 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// The loopback edge's: [`EDGE_FQDN`] on 127.0.0.1, 127.0.0.2 inside.
     pub fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let names = DevNames {
-            external: vec![EDGE_FQDN.into(), "127.0.0.1".into()],
-            internal: vec!["127.0.0.2".into(), "edge.internal".into()],
-            director: vec![DIRECTOR_NAME.into()],
-        };
-        let pki = tls::dev::generate(dir.path(), &names).expect("generate PKI");
-        Pki { dir, pki }
+        Pki::for_org(EDGE_FQDN, "127.0.0.1", "127.0.0.2")
     }
 
     /// A PKI of its own for another organisation's edge: external names `pool_fqdn` and
@@ -72,6 +66,26 @@ impl Pki {
 
     pub fn material(&self, role: DevRole) -> tls::CertifiedKeyMaterial {
         tls::load_cert(&self.source(role), None, role).expect("material")
+    }
+
+    /// The `[external.tls]` and `[internal.tls]` tables of a topology file for this PKI's
+    /// PEM files (inside, with its CA).
+    pub fn tls_tables(&self) -> (String, String) {
+        let (ec, ek) = self.pki.files(DevRole::External);
+        let (ic, ik) = self.pki.files(DevRole::Internal);
+        (
+            format!(
+                "[external.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                ec.display(),
+                ek.display()
+            ),
+            format!(
+                "[internal.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+                ic.display(),
+                ik.display(),
+                self.pki.ca_cert.display()
+            ),
+        )
     }
 }
 
@@ -348,6 +362,12 @@ pub struct Director {
 }
 
 impl Director {
+    /// From now on answers every request 200 OK itself (and still passes it on).
+    pub fn answering_ok(self) -> Director {
+        *self.auto_answer.lock().unwrap() = Some(200);
+        self
+    }
+
     pub async fn start(pki: &Pki) -> Director {
         Self::start_at(pki, "127.0.0.1:0".parse().unwrap()).await
     }
@@ -557,6 +577,38 @@ pub fn state_dir(p: &Path) -> PathBuf {
     p.to_path_buf()
 }
 
+/// Starts the edge of `t` with an operations listener on 127.0.0.2: the edge, and the
+/// listener's address for [`http_get`].
+pub async fn start_with_operations(mut t: Topology) -> (sipedge::shell::RunningEdge, String) {
+    t.operations = Some(sipedge::topology::Operations {
+        listen: "127.0.0.2:0".parse().unwrap(),
+    });
+    let edge = sipedge::shell::start(&t).await.expect("edge starts");
+    let ops = edge.operations.expect("operations listener").to_string();
+    (edge, ops)
+}
+
+/// The body of a SIP or HTTP message: what follows the blank line.
+pub fn body_of(message: &str) -> &str {
+    let blank = message.find("\r\n\r\n").expect("a blank line");
+    &message[blank + 4..]
+}
+
+/// A TURN relay for tests on loopback: listening on `listen` (UDP and TCP), relaying from
+/// 127.0.0.1 on ports `base` to `base` + 99, loopback peers allowed.
+pub fn loopback_relay(listen: &[&str], base: u16) -> sipedge::topology::Relay {
+    let listen: Vec<SocketAddr> = listen.iter().map(|a| a.parse().unwrap()).collect();
+    sipedge::topology::Relay {
+        listen_udp: listen.clone(),
+        listen_tcp: listen,
+        relay_ip: Some("127.0.0.1".parse().unwrap()),
+        port_min: base,
+        port_max: base + 99,
+        allow_loopback_peers: true,
+        ..sipedge::topology::Relay::new("127.0.0.1")
+    }
+}
+
 /// One plain HTTP GET (the operations listener); the whole answer as text.
 pub async fn http_get(addr: &str, path: &str) -> String {
     http_raw(
@@ -605,6 +657,67 @@ pub fn tool_on_path(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(name))
         .find(|p| p.is_file())
+}
+
+/// A tool some tests need, if found. Without it a test skips on a developer machine
+/// (saying so) and fails under CI, where `.ci/run` installs it.
+pub fn required<T>(found: Option<T>, what: &str, install: &str) -> Option<T> {
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{what} is required under CI ({install})");
+        }
+        eprintln!("SKIPPED: needs {what} ({install})");
+    }
+    found
+}
+
+/// What a finished process printed: its stdout, then its stderr.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// coturn's `turnutils_uclient` allocates a relay on the TURN server at 127.0.0.1:`port`
+/// with the credential and sends `messages` messages of `length` bytes through it:
+/// whether it succeeded, and what it printed.
+pub fn uclient_relays(
+    uclient: &Path,
+    port: u16,
+    (user, pass): (&str, &str),
+    messages: u32,
+    length: u32,
+) -> (bool, String) {
+    let out = std::process::Command::new(uclient)
+        .args(["-p", &port.to_string(), "-u", user, "-w", pass])
+        .args(["-n", &messages.to_string(), "-m", "1"])
+        .args(["-l", &length.to_string(), "-y", "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.success(), printed(&out))
+}
+
+/// `sipedge run --topology FILE` started by `cmd` (the binary, or the binary inside a
+/// network namespace), logging warnings, its stdout piped for the start-up lines.
+pub fn run_topology(
+    mut cmd: std::process::Command,
+    topology: &Path,
+    stderr: std::process::Stdio,
+) -> Reaped {
+    use std::process::Stdio;
+    Reaped(
+        cmd.args(["run", "--topology"])
+            .arg(topology)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A child process killed (by its own PID) and reaped when dropped, pass or fail.

@@ -185,6 +185,18 @@ struct Allocation {
     reservation: Option<u16>,
 }
 
+/// An authenticated request on an allocation (Refresh, CreatePermission, ChannelBind), as
+/// its method's handler sees it.
+#[derive(Clone, Copy)]
+struct OnAllocation<'a> {
+    tuple: FiveTuple,
+    packet: &'a [u8],
+    c: &'a Checked,
+    /// The credential's: only its allocation's own may act on it.
+    username: &'a str,
+    now: Instant,
+}
+
 /// A port reserved by an EVEN-PORT request with the R bit, waiting for its token.
 struct Reservation {
     token: [u8; 8],
@@ -382,11 +394,18 @@ impl Server {
             }
         };
         let key = who.key;
+        let on = OnAllocation {
+            tuple,
+            packet,
+            c,
+            username: &who.username,
+            now,
+        };
         let result = match c.method {
             ALLOCATE => self.allocate(tuple, origin, packet, c, who.username, key, now, out),
-            REFRESH => self.refresh(tuple, packet, c, &who.username, now, out),
-            CREATE_PERMISSION => self.create_permission(tuple, packet, c, &who.username, now),
-            _ => self.channel_bind(tuple, packet, c, &who.username, now),
+            REFRESH => self.refresh(on, out),
+            CREATE_PERMISSION => self.create_permission(on),
+            _ => self.channel_bind(on),
         };
         let bytes = match result {
             Ok(bytes) => bytes,

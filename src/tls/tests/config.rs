@@ -16,7 +16,8 @@ use crate::tls::load::CertifiedKeyMaterial;
 use crate::tls::load::{load_cert, load_roots};
 use rustls::pki_types::ServerName;
 use rustls::{
-    CertificateError, ClientConnection, Error, HandshakeKind, ProtocolVersion, ServerConnection,
+    CertificateError, ClientConnection, ConnectionCommon, Error, HandshakeKind, ProtocolVersion,
+    ServerConnection,
 };
 use std::io::{Read, Write};
 
@@ -52,36 +53,31 @@ enum Failed {
 /// side that fails. No sockets.
 fn pump(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<(), Failed> {
     for _ in 0..32 {
-        let mut progressed = false;
-        let mut buf = Vec::new();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            progressed = true;
-            let mut rd = buf.as_slice();
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).unwrap();
-                s.process_new_packets().map_err(Failed::Server)?;
-            }
-        }
-        let mut buf = Vec::new();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            progressed = true;
-            let mut rd = buf.as_slice();
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).unwrap();
-                c.process_new_packets().map_err(Failed::Client)?;
-            }
-        }
-        if !progressed {
+        let to_server = deliver(c, s).map_err(Failed::Server)?;
+        let to_client = deliver(s, c).map_err(Failed::Client)?;
+        if !to_server && !to_client {
             return Ok(());
         }
     }
     panic!("handshake did not settle");
+}
+
+/// Everything `from` has to send, read and processed by `to`: whether there was anything,
+/// or `to`'s error.
+fn deliver<A, B>(
+    from: &mut ConnectionCommon<A>,
+    to: &mut ConnectionCommon<B>,
+) -> Result<bool, Error> {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    let mut rd = buf.as_slice();
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+        to.process_new_packets()?;
+    }
+    Ok(!buf.is_empty())
 }
 
 fn connect(

@@ -22,6 +22,18 @@ fn names() -> DevNames {
     }
 }
 
+/// A PEM pair loaded as the external certificate.
+fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKeyMaterial, TlsError> {
+    load_cert(
+        &CertSource::Pem {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        None,
+        DevRole::External,
+    )
+}
+
 fn pki() -> (tempfile::TempDir, DevPki) {
     let dir = tempfile::tempdir().unwrap();
     let pki = dev::generate(dir.path(), &names()).unwrap();
@@ -81,11 +93,7 @@ fn dev_source_picks_the_role_files() {
 #[test]
 fn key_that_does_not_match_is_rejected() {
     let (_dir, pki) = pki();
-    let src = CertSource::Pem {
-        cert: pki.external.0.clone(),
-        key: pki.internal.1.clone(),
-    };
-    match load_cert(&src, None, DevRole::External) {
+    match load_pem(&pki.external.0, &pki.internal.1) {
         Err(TlsError::KeyMismatch { cert, key }) => {
             assert_eq!(cert, pki.external.0);
             assert_eq!(key, pki.internal.1);
@@ -98,36 +106,15 @@ fn key_that_does_not_match_is_rejected() {
 fn missing_empty_and_encrypted_files_are_named() {
     let (dir, pki) = pki();
     let missing = dir.path().join("nope.pem");
-    let r = load_cert(
-        &CertSource::Pem {
-            cert: missing.clone(),
-            key: pki.external.1.clone(),
-        },
-        None,
-        DevRole::External,
-    );
+    let r = load_pem(&missing, &pki.external.1);
     assert!(matches!(r, Err(TlsError::Read { path, .. }) if path == missing));
 
     // A key file given as the certificate: no CERTIFICATE section.
-    let r = load_cert(
-        &CertSource::Pem {
-            cert: pki.external.1.clone(),
-            key: pki.external.1.clone(),
-        },
-        None,
-        DevRole::External,
-    );
+    let r = load_pem(&pki.external.1, &pki.external.1);
     assert!(matches!(r, Err(TlsError::NoCertificate { .. })), "{r:?}");
 
     // A certificate given as the key: no key section.
-    let r = load_cert(
-        &CertSource::Pem {
-            cert: pki.external.0.clone(),
-            key: pki.external.0.clone(),
-        },
-        None,
-        DevRole::External,
-    );
+    let r = load_pem(&pki.external.0, &pki.external.0);
     assert!(matches!(r, Err(TlsError::NoKey { .. })), "{r:?}");
 
     let enc = dir.path().join("enc.key");
@@ -136,14 +123,7 @@ fn missing_empty_and_encrypted_files_are_named() {
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAECAwQFBgc=\n-----END ENCRYPTED PRIVATE KEY-----\n",
         )
         .unwrap();
-    let r = load_cert(
-        &CertSource::Pem {
-            cert: pki.external.0.clone(),
-            key: enc,
-        },
-        None,
-        DevRole::External,
-    );
+    let r = load_pem(&pki.external.0, &enc);
     assert!(matches!(r, Err(TlsError::EncryptedKey { .. })), "{r:?}");
 
     let garbage = dir.path().join("garbage.pem");
@@ -338,15 +318,7 @@ fn sec1_and_pkcs1_keys() {
     assert!(std::fs::read_to_string(&sec1)
         .unwrap()
         .contains("BEGIN EC PRIVATE KEY"));
-    let m = load_cert(
-        &CertSource::Pem {
-            cert: pki.external.0.clone(),
-            key: sec1,
-        },
-        None,
-        DevRole::External,
-    )
-    .unwrap();
+    let m = load_pem(&pki.external.0, &sec1).unwrap();
     assert!(matches!(m.key, PrivateKeyDer::Sec1(_)));
 
     let rsa_key = dir.path().join("rsa.key");
@@ -373,24 +345,9 @@ fn sec1_and_pkcs1_keys() {
         "-addext",
         "subjectAltName=DNS:rsa.example.test",
     ]);
-    let m = load_cert(
-        &CertSource::Pem {
-            cert: rsa_cert.clone(),
-            key: rsa_key,
-        },
-        None,
-        DevRole::External,
-    )
-    .unwrap();
+    let m = load_pem(&rsa_cert, &rsa_key).unwrap();
     assert!(matches!(m.key, PrivateKeyDer::Pkcs1(_)));
     // And an RSA key against the EC certificate is a mismatch, not a crash.
-    let r = load_cert(
-        &CertSource::Pem {
-            cert: pki.external.0.clone(),
-            key: dir.path().join("rsa.key"),
-        },
-        None,
-        DevRole::External,
-    );
+    let r = load_pem(&pki.external.0, &dir.path().join("rsa.key"));
     assert!(matches!(r, Err(TlsError::KeyMismatch { .. })), "{r:?}");
 }

@@ -28,27 +28,18 @@ pub(super) fn read_firewall(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<
     let n = |doc: &mut Doc<'_>, key, range, default| {
         u32::try_from(doc.integer(s, key, range, default)).unwrap_or(u32::MAX)
     };
+    // Rates, bursts and connection counts: at least 1.
+    let positive = |doc: &mut Doc<'_>, key, default| n(doc, key, (1, 1_000_000), default);
     let mut firewall = Firewall {
-        connect_rate: n(doc, "connect_rate", (1, 1_000_000), CONNECT_RATE),
-        connect_burst: n(doc, "connect_burst", (1, 1_000_000), CONNECT_BURST),
-        connections_per_source: n(
-            doc,
-            "connections_per_source",
-            (1, 1_000_000),
-            CONNECTIONS_PER_SOURCE,
-        ),
-        request_rate: n(doc, "request_rate", (1, 1_000_000), REQUEST_RATE),
-        request_burst: n(doc, "request_burst", (1, 1_000_000), REQUEST_BURST),
-        connection_request_rate: n(
-            doc,
-            "connection_request_rate",
-            (1, 1_000_000),
-            CONNECTION_REQUEST_RATE,
-        ),
-        connection_request_burst: n(
+        connect_rate: positive(doc, "connect_rate", CONNECT_RATE),
+        connect_burst: positive(doc, "connect_burst", CONNECT_BURST),
+        connections_per_source: positive(doc, "connections_per_source", CONNECTIONS_PER_SOURCE),
+        request_rate: positive(doc, "request_rate", REQUEST_RATE),
+        request_burst: positive(doc, "request_burst", REQUEST_BURST),
+        connection_request_rate: positive(doc, "connection_request_rate", CONNECTION_REQUEST_RATE),
+        connection_request_burst: positive(
             doc,
             "connection_request_burst",
-            (1, 1_000_000),
             CONNECTION_REQUEST_BURST,
         ),
         ban_after: n(doc, "ban_after", (0, 1_000_000), BAN_AFTER),

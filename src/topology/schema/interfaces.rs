@@ -12,14 +12,6 @@ use crate::topology::reader::{Doc, Section};
 use crate::topology::StateEnv;
 
 pub(super) const IFACE_KEYS: &[&str] = &["sip", "sip_host", "tls"];
-pub(super) const EXTERNAL_TLS_KEYS: &[&str] = &[
-    "cert",
-    "key",
-    "pkcs12",
-    "password_env",
-    "password_file",
-    "dev",
-];
 pub(super) const INTERNAL_TLS_KEYS: &[&str] = &[
     "cert",
     "key",
@@ -29,6 +21,11 @@ pub(super) const INTERNAL_TLS_KEYS: &[&str] = &[
     "dev",
     "ca",
 ];
+/// The same but the last, `ca`: outside, the CA that partners chain to is `[federation]`'s.
+pub(super) const EXTERNAL_TLS_KEYS: &[&str] = match INTERNAL_TLS_KEYS.split_last() {
+    Some((_ca, rest)) => rest,
+    None => &[],
+};
 
 pub(super) fn read_external(
     doc: &mut Doc<'_>,
@@ -37,20 +34,15 @@ pub(super) fn read_external(
     env: &StateEnv,
     edge: Option<&Edge>,
 ) -> Option<ExternalIface> {
-    let s = doc.table(root, "external", IFACE_KEYS, true);
-    let bind = doc.socket_addr(s, "sip", true);
-    let host = read_host(doc, s);
-    let tls = doc.table(s, "external.tls", EXTERNAL_TLS_KEYS, true);
-    let (cert, _) = read_tls(doc, tls, base, env, false);
-    let (sip_bind, _) = bind?;
-    let sip_host = match host? {
+    let zone = read_zone(doc, root, base, env, false)?;
+    let sip_host = match zone.sip_host {
         Some(host) => host,
         None => edge?.pool_fqdn.clone(),
     };
     Some(ExternalIface {
-        sip_bind,
+        sip_bind: zone.sip_bind,
         sip_host,
-        cert: cert?,
+        cert: zone.cert,
     })
 }
 
@@ -60,21 +52,53 @@ pub(super) fn read_internal(
     base: &Path,
     env: &StateEnv,
 ) -> Option<InternalIface> {
-    let s = doc.table(root, "internal", IFACE_KEYS, true);
-    let bind = doc.socket_addr(s, "sip", true);
-    let host = read_host(doc, s);
-    let tls = doc.table(s, "internal.tls", INTERNAL_TLS_KEYS, true);
-    let (cert, ca) = read_tls(doc, tls, base, env, true);
-    let (sip_bind, _) = bind?;
-    let sip_host = match host? {
+    let zone = read_zone(doc, root, base, env, true)?;
+    let sip_host = match zone.sip_host {
         Some(host) => host,
-        None => host_of(sip_bind),
+        None => host_of(zone.sip_bind),
     };
     Some(InternalIface {
-        sip_bind,
+        sip_bind: zone.sip_bind,
         sip_host,
+        cert: zone.cert,
+        ca: zone.ca?,
+    })
+}
+
+/// What both zones' tables hold alike. `sip_host` is `None` when absent: each zone
+/// defaults it its own way.
+struct Zone {
+    sip_bind: SocketAddr,
+    sip_host: Option<String>,
+    cert: CertSource,
+    ca: Option<CaSource>,
+}
+
+/// `[internal]` (whose `tls` names the CA peers chain to) or `[external]`. Every part is
+/// read before any is required, so that one run reports all of the table's problems.
+fn read_zone(
+    doc: &mut Doc<'_>,
+    root: Section<'_, '_>,
+    base: &Path,
+    env: &StateEnv,
+    internal: bool,
+) -> Option<Zone> {
+    let (name, tls_name, tls_keys) = if internal {
+        ("internal", "internal.tls", INTERNAL_TLS_KEYS)
+    } else {
+        ("external", "external.tls", EXTERNAL_TLS_KEYS)
+    };
+    let s = doc.table(root, name, IFACE_KEYS, true);
+    let bind = doc.socket_addr(s, "sip", true);
+    let host = read_host(doc, s);
+    let tls = doc.table(s, tls_name, tls_keys, true);
+    let (cert, ca) = read_tls(doc, tls, base, env, internal);
+    let (sip_bind, _) = bind?;
+    Some(Zone {
+        sip_bind,
+        sip_host: host?,
         cert: cert?,
-        ca: ca?,
+        ca,
     })
 }
 

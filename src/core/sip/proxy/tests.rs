@@ -29,6 +29,11 @@ fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
     Flow::new(p.keys(), FlowId(id), side, remote.parse().unwrap())
 }
 
+/// The Director's connection to the internal listener (flow 2).
+fn director(p: &Proxy) -> Flow {
+    flow(p, 2, Side::Internal, "10.0.0.20:5061")
+}
+
 fn msg(s: &str) -> Message {
     Message::parse(Bytes::copy_from_slice(s.as_bytes()), &LIMITS).unwrap()
 }
@@ -50,6 +55,14 @@ fn assert_reject(p: &Proxy, f: &Flow, text: &str, why: Why) {
         Action::Reject(w) => assert_eq!(w, why, "{text}"),
         other => panic!("{other:?} for {text}"),
     }
+}
+
+/// The Via lines of a sent request, each with its CRLF: what an answer to it carries.
+fn vias_of(sent: &str) -> String {
+    sent.lines()
+        .filter(|l| l.starts_with("Via:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect()
 }
 
 fn forwarded(p: &Proxy, f: &Flow, text: &str) -> (String, Proof) {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    secs32, sha256, user_of, value, Allocation, FiveTuple, Output, Reservation, Server, ALLOCATE,
-    REFRESH, RESERVATION_LIFETIME, SOFTWARE_ATTR, UDP,
+    secs32, sha256, user_of, value, Allocation, FiveTuple, OnAllocation, Output, Reservation,
+    Server, ALLOCATE, REFRESH, RESERVATION_LIFETIME, SOFTWARE_ATTR, UDP,
 };
 use crate::core::net::SourceKey;
 use crate::core::turn::bandwidth::Meters;
@@ -205,35 +205,31 @@ impl Server {
 
     pub(super) fn refresh(
         &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
+        on: OnAllocation<'_>,
         out: &mut Vec<Output>,
     ) -> Result<Vec<u8>, Refused> {
-        let asked = value(packet, c, attr::LIFETIME)
+        let asked = value(on.packet, on.c, attr::LIFETIME)
             .and_then(|v| v.first_chunk::<4>())
             .map(|b| u32::from_be_bytes(*b));
         let lifetime = if asked == Some(0) {
             Duration::ZERO
         } else {
-            self.lifetime(packet, c)
+            self.lifetime(on.packet, on.c)
         };
-        let a = self.owned(tuple, username)?;
+        let a = self.owned(on.tuple, on.username)?;
         let key = a.key;
         if lifetime.is_zero() {
-            self.remove(tuple, out);
+            self.remove(on.tuple, out);
         } else {
             let (old, id) = (a.expires, a.id);
-            a.expires = now + lifetime;
+            a.expires = on.now + lifetime;
             self.deadlines.remove(&(old, id));
-            self.deadlines.insert((now + lifetime, id));
+            self.deadlines.insert((on.now + lifetime, id));
         }
-        let mut w = Writer::new(Class::Success, REFRESH, c.transaction_id);
+        let mut w = Writer::new(Class::Success, REFRESH, on.c.transaction_id);
         w.attr(attr::LIFETIME, &secs32(lifetime))
             .attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&key, sha256(c));
+            .sign(&key, sha256(on.c));
         Ok(w.finish_with_fingerprint())
     }
 

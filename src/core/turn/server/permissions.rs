@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    decode_xor_address, sha256, value, Allocation, FiveTuple, Server, CHANNEL_BIND,
+    decode_xor_address, sha256, value, Allocation, OnAllocation, Server, CHANNEL_BIND,
     CREATE_PERMISSION, SOFTWARE_ATTR,
 };
 use crate::core::turn::channel::{CHANNEL_MAX, CHANNEL_MIN};
 use crate::core::turn::encode::{Writer, SOFTWARE};
 use crate::core::turn::error::{BadRequest, Refused};
-use crate::core::turn::policy::Origin;
 use crate::core::turn::stun::{attr, Checked, Class};
 
 impl Server {
@@ -39,41 +38,30 @@ impl Server {
         Ok(peers)
     }
 
-    fn check_peer(
-        &self,
-        a_relay: SocketAddr,
-        origin: Origin,
-        peer: SocketAddr,
-    ) -> Result<(), Refused> {
-        if peer.is_ipv6() != a_relay.is_ipv6() {
-            return Err(Refused::PeerAddressFamilyMismatch);
+    /// Whether the allocation `on` names may exchange data with `peers`: of its relay's
+    /// address family, and allowed by the peer policy for where its client is.
+    fn check_peers(&mut self, on: OnAllocation<'_>, peers: &[SocketAddr]) -> Result<(), Refused> {
+        let a = self.owned(on.tuple, on.username)?;
+        let (relay, origin) = (a.relay, a.origin);
+        for peer in peers {
+            if peer.is_ipv6() != relay.is_ipv6() {
+                return Err(Refused::PeerAddressFamilyMismatch);
+            }
+            self.cfg
+                .policy
+                .check(peer.ip(), origin)
+                .map_err(|_| Refused::Forbidden)?;
         }
-        self.cfg
-            .policy
-            .check(peer.ip(), origin)
-            .map_err(|_| Refused::Forbidden)
+        Ok(())
     }
 
-    pub(super) fn create_permission(
-        &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
-    ) -> Result<Vec<u8>, Refused> {
-        let peers = self.peers(packet, c)?;
-        let (relay, origin) = {
-            let a = self.owned(tuple, username)?;
-            (a.relay, a.origin)
-        };
-        for peer in &peers {
-            self.check_peer(relay, origin, *peer)?;
-        }
-        let expires = now + self.cfg.permission_lifetime;
+    pub(super) fn create_permission(&mut self, on: OnAllocation<'_>) -> Result<Vec<u8>, Refused> {
+        let peers = self.peers(on.packet, on.c)?;
+        self.check_peers(on, &peers)?;
+        let expires = on.now + self.cfg.permission_lifetime;
         let max = self.cfg.max_permissions_per_allocation;
-        let a = self.owned(tuple, username)?;
-        prune(a, now);
+        let a = self.owned(on.tuple, on.username)?;
+        prune(a, on.now);
         let new = peers
             .iter()
             .filter(|p| !a.permissions.contains_key(&p.ip()))
@@ -86,26 +74,16 @@ impl Server {
         for peer in peers {
             a.permissions.insert(peer.ip(), expires);
         }
-        let mut w = Writer::new(Class::Success, CREATE_PERMISSION, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&a.key, sha256(c));
-        Ok(w.finish_with_fingerprint())
+        Ok(signed_success(CREATE_PERMISSION, on.c, &a.key))
     }
 
-    pub(super) fn channel_bind(
-        &mut self,
-        tuple: FiveTuple,
-        packet: &[u8],
-        c: &Checked,
-        username: &str,
-        now: Instant,
-    ) -> Result<Vec<u8>, Refused> {
-        let number = value(packet, c, attr::CHANNEL_NUMBER)
+    pub(super) fn channel_bind(&mut self, on: OnAllocation<'_>) -> Result<Vec<u8>, Refused> {
+        let number = value(on.packet, on.c, attr::CHANNEL_NUMBER)
             .and_then(|v| v.first_chunk::<2>())
             .map(|b| u16::from_be_bytes(*b))
             .filter(|n| (CHANNEL_MIN..=CHANNEL_MAX).contains(n))
             .ok_or(Refused::BadRequest(BadRequest::BadChannelNumber))?;
-        let peers = self.peers(packet, c)?;
+        let peers = self.peers(on.packet, on.c)?;
         let [peer] = peers.as_slice() else {
             return Err(Refused::BadRequest(BadRequest::OnePeerAddress));
         };
@@ -113,19 +91,15 @@ impl Server {
         if peer.port() == 0 {
             return Err(Refused::BadRequest(BadRequest::BadPeerPort));
         }
-        let (relay, origin) = {
-            let a = self.owned(tuple, username)?;
-            (a.relay, a.origin)
-        };
-        self.check_peer(relay, origin, peer)?;
+        self.check_peers(on, &[peer])?;
         let channel_lifetime = self.cfg.channel_lifetime;
         let permission_lifetime = self.cfg.permission_lifetime;
         let (max_channels, max_permissions) = (
             self.cfg.max_channels_per_allocation,
             self.cfg.max_permissions_per_allocation,
         );
-        let a = self.owned(tuple, username)?;
-        prune(a, now);
+        let a = self.owned(on.tuple, on.username)?;
+        prune(a, on.now);
         // RFC 8656 §12.2: a channel is bound to one peer and a peer to one channel.
         if let Some((bound, _)) = a.channels.get(&number) {
             if *bound != peer {
@@ -145,13 +119,19 @@ impl Server {
         {
             return Err(Refused::InsufficientCapacity);
         }
-        a.channels.insert(number, (peer, now + channel_lifetime));
-        a.permissions.insert(peer.ip(), now + permission_lifetime);
-        let mut w = Writer::new(Class::Success, CHANNEL_BIND, c.transaction_id);
-        w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&a.key, sha256(c));
-        Ok(w.finish_with_fingerprint())
+        a.channels.insert(number, (peer, on.now + channel_lifetime));
+        a.permissions
+            .insert(peer.ip(), on.now + permission_lifetime);
+        Ok(signed_success(CHANNEL_BIND, on.c, &a.key))
     }
+}
+
+/// The success answer of `method`, which carries nothing but its signature.
+fn signed_success(method: u16, c: &Checked, key: &[u8; 16]) -> Vec<u8> {
+    let mut w = Writer::new(Class::Success, method, c.transaction_id);
+    w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
+        .sign(key, sha256(c));
+    w.finish_with_fingerprint()
 }
 
 /// Drops an allocation's expired permissions and channels (bounded by its caps).

@@ -40,6 +40,44 @@ const FROM_PARTNER: &str = "MESSAGE sip:alice@example.com SIP/2.0\r\n\
     ms-edge-proxy-message-trust: ms-source-type=InternalUser;forged=yes\r\n\
     Content-Length: 2\r\n\r\nhi";
 
+/// The Director's request to `to` outside, opening dialog `call_id` (tag a1).
+fn from_director(method: &str, to: &str, call_id: &str) -> String {
+    format!(
+        "{method} sip:{to} SIP/2.0\r\n\
+        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@example.com>;tag=a1\r\n\
+        To: <sip:{to}>\r\n\
+        Call-ID: {call_id}\r\n\
+        CSeq: 1 {method}\r\n\
+        Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The Director's BYE in the dialog [`from_director`] opened, answered with `to_tag`: routed
+/// through both of the edge's Record-Routes (`token`), then to `next_hop`.
+fn director_bye(
+    to: &str,
+    to_tag: &str,
+    call_id: &str,
+    token: &FlowToken,
+    next_hop: &str,
+) -> String {
+    let user = to.split('@').next().unwrap();
+    format!(
+        "BYE sip:{user}@198.51.100.60:5061;transport=tls SIP/2.0\r\n\
+        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir2\r\n\
+        Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, <sip:{next_hop};transport=tls;lr>\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@example.com>;tag=a1\r\n\
+        To: <sip:{to}>;tag={to_tag}\r\n\
+        Call-ID: {call_id}\r\n\
+        CSeq: 2 BYE\r\n\
+        Content-Length: 0\r\n\r\n",
+        t = token.as_str()
+    )
+}
+
 #[test]
 fn a_partner_request_is_stamped_for_the_inside_and_its_own_stamp_removed() {
     let p = federated();
@@ -79,16 +117,9 @@ fn partner_spoofing_is_refused() {
 #[test]
 fn requests_for_a_partner_domain_go_to_the_partner_and_dialogs_come_back() {
     let p = federated();
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
-    let invite = "INVITE sip:bob@partner.example SIP/2.0\r\n\
-        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:alice@example.com>;tag=a1\r\n\
-        To: <sip:bob@partner.example>\r\n\
-        Call-ID: out1\r\n\
-        CSeq: 1 INVITE\r\n\
-        Content-Length: 0\r\n\r\n";
-    let Action::ToPartner { partner, bytes, .. } = p.handle(&director, &msg(invite)) else {
+    let director = director(&p);
+    let invite = from_director("INVITE", "bob@partner.example", "out1");
+    let Action::ToPartner { partner, bytes, .. } = p.handle(&director, &msg(&invite)) else {
         panic!("not sent to the partner")
     };
     assert_eq!(partner, the_partner(&p));
@@ -110,17 +141,12 @@ fn requests_for_a_partner_domain_go_to_the_partner_and_dialogs_come_back() {
         )),
         "{text}"
     );
-    let bye = format!(
-        "BYE sip:bob@198.51.100.60:5061;transport=tls SIP/2.0\r\n\
-        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir2\r\n\
-        Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, <sip:sip.partner.example:5061;transport=tls;lr>\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:alice@example.com>;tag=a1\r\n\
-        To: <sip:bob@partner.example>;tag=b9\r\n\
-        Call-ID: out1\r\n\
-        CSeq: 2 BYE\r\n\
-        Content-Length: 0\r\n\r\n",
-        t = partner_token.as_str()
+    let bye = director_bye(
+        "bob@partner.example",
+        "b9",
+        "out1",
+        &partner_token,
+        "sip.partner.example:5061",
     );
     let Action::ToPartner { partner, proof, .. } = p.handle(&director, &msg(&bye)) else {
         panic!("in-dialog request not sent to the partner")
@@ -161,25 +187,14 @@ fn requests_for_a_partner_domain_go_to_the_partner_and_dialogs_come_back() {
 #[test]
 fn a_partner_response_is_stamped_and_goes_to_the_inside() {
     let p = federated();
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+    let director = director(&p);
     let partner = partner_flow(&p, 5);
-    let message = "MESSAGE sip:bob@partner.example SIP/2.0\r\n\
-        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:alice@example.com>;tag=a1\r\n\
-        To: <sip:bob@partner.example>\r\n\
-        Call-ID: out1\r\n\
-        CSeq: 1 MESSAGE\r\n\
-        Content-Length: 0\r\n\r\n";
-    let Action::ToPartner { bytes, .. } = p.handle(&director, &msg(message)) else {
+    let message = from_director("MESSAGE", "bob@partner.example", "out1");
+    let Action::ToPartner { bytes, .. } = p.handle(&director, &msg(&message)) else {
         panic!()
     };
     let sent = String::from_utf8(bytes).unwrap();
-    let vias: String = sent
-        .lines()
-        .filter(|l| l.starts_with("Via:"))
-        .map(|l| format!("{l}\r\n"))
-        .collect();
+    let vias = vias_of(&sent);
     let ok = format!(
         "SIP/2.0 200 OK\r\n{vias}\
         From: <sip:alice@example.com>;tag=a1\r\n\
@@ -263,16 +278,9 @@ fn open_federation_accepts_an_edge_proven_by_a_name_within_its_domain() {
 #[test]
 fn open_federation_sends_foreign_domains_by_srv_and_dialogs_by_the_recorded_edge() {
     let p = discovering();
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
-    let invite = "INVITE sip:carol@c.example SIP/2.0\r\n\
-        Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir1\r\n\
-        Max-Forwards: 70\r\n\
-        From: <sip:alice@example.com>;tag=a1\r\n\
-        To: <sip:carol@c.example>\r\n\
-        Call-ID: disc1\r\n\
-        CSeq: 1 INVITE\r\n\
-        Content-Length: 0\r\n\r\n";
-    let Action::ToDiscovered { target, bytes, .. } = p.handle(&director, &msg(invite)) else {
+    let director = director(&p);
+    let invite = from_director("INVITE", "carol@c.example", "disc1");
+    let Action::ToDiscovered { target, bytes, .. } = p.handle(&director, &msg(&invite)) else {
         panic!("not sent to the discovered domain")
     };
     assert_eq!(target, DiscoveredTarget::Domain("c.example".into()));
@@ -285,17 +293,12 @@ fn open_federation_sends_foreign_domains_by_srv_and_dialogs_by_the_recorded_edge
     );
     assert!(String::from_utf8(bytes).unwrap().contains(token.as_str()));
     let bye = |route_host: &str| {
-        format!(
-            "BYE sip:carol@198.51.100.60:5061;transport=tls SIP/2.0\r\n\
-            Via: SIP/2.0/TLS 10.0.0.20:5061;branch=z9hG4bKdir2\r\n\
-            Route: <sip:{t}@10.0.0.10:5061;transport=tls;lr>, <sip:{t}@edge.example.com:5061;transport=tls;lr>, <sip:{route_host}:5062;transport=tls;lr>\r\n\
-            Max-Forwards: 70\r\n\
-            From: <sip:alice@example.com>;tag=a1\r\n\
-            To: <sip:carol@c.example>;tag=c9\r\n\
-            Call-ID: disc1\r\n\
-            CSeq: 2 BYE\r\n\
-            Content-Length: 0\r\n\r\n",
-            t = token.as_str()
+        director_bye(
+            "carol@c.example",
+            "c9",
+            "disc1",
+            &token,
+            &format!("{route_host}:5062"),
         )
     };
     let Action::ToDiscovered { target, .. } = p.handle(&director, &msg(&bye("sip.c.example")))
@@ -320,5 +323,5 @@ fn open_federation_sends_foreign_domains_by_srv_and_dialogs_by_the_recorded_edge
             "{uri}"
         );
     }
-    assert_reject(&federated(), &director, invite, Why::NoRoute);
+    assert_reject(&federated(), &director, &invite, Why::NoRoute);
 }

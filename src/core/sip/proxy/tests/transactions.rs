@@ -51,11 +51,7 @@ fn inbound_invite_gets_via_record_route_and_edits() {
 
 /// What the Director answers to a forwarded request: all Vias, To tag added.
 fn answer_to(fwd: &str, status: &str, call_id: &str) -> String {
-    let vias: String = fwd
-        .lines()
-        .filter(|l| l.starts_with("Via:"))
-        .map(|l| format!("{l}\r\n"))
-        .collect();
+    let vias = vias_of(fwd);
     format!(
         "SIP/2.0 {status}\r\n{vias}From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b2\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
@@ -65,7 +61,7 @@ fn answer_to(fwd: &str, status: &str, call_id: &str) -> String {
 fn response_from_inside_goes_back_to_the_client_flow() {
     let p = proxy();
     let client = flow(&p, 1, Side::External, "203.0.113.7:40000");
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+    let director = director(&p);
     let (fwd, _) = forwarded(&p, &client, INVITE);
     let Action::ToPool { tx, .. } = p.handle(&client, &msg(INVITE)) else {
         panic!()
@@ -89,7 +85,7 @@ fn response_from_inside_goes_back_to_the_client_flow() {
 #[test]
 fn only_responses_to_what_the_edge_forwarded_go_back() {
     let p = proxy();
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+    let director = director(&p);
     // A request from the inside to the remote user on flow 1 (by its Path token).
     let path = p.keys().token(TokenKind::Path, FlowId(1));
     let options = format!(
@@ -108,11 +104,7 @@ fn only_responses_to_what_the_edge_forwarded_go_back() {
     };
     assert_eq!(to, FlowId(1));
     let sent = String::from_utf8(bytes).unwrap();
-    let vias: String = sent
-        .lines()
-        .filter(|l| l.starts_with("Via:"))
-        .map(|l| format!("{l}\r\n"))
-        .collect();
+    let vias = vias_of(&sent);
     let response = |call_id: &str, vias: &str| {
         format!(
             "SIP/2.0 200 OK\r\n{vias}From: <sip:bob@example.com>;tag=b2\r\nTo: <sip:alice@example.com>;tag=x\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
@@ -170,7 +162,7 @@ fn only_responses_to_what_the_edge_forwarded_go_back() {
 fn an_rfc_2543_transaction_is_keyed_by_via_call_id_from_tag_and_cseq() {
     let p = proxy();
     let client = flow(&p, 1, Side::External, "203.0.113.7:40000");
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+    let director = director(&p);
     for branch in [";branch=390skdjuw", ""] {
         let old = INVITE.replace(";branch=z9hG4bKclient1", branch);
         let (fwd, _) = forwarded(&p, &client, &old);
@@ -225,7 +217,7 @@ fn tidy_ups_content_length_and_mras_detection() {
             &mras(ct, "sip:edge.example.com"),
             Why::CredentialsFromOutside,
         );
-        let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+        let director = director(&p);
         assert!(matches!(
             p.handle(&director, &msg(&mras(ct, "sip:10.0.0.10"))),
             Action::Credentials

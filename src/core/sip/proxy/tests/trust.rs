@@ -77,7 +77,7 @@ fn a_token_from_outside_proves_only_its_dialog_direction_and_flow() {
 #[test]
 fn from_the_inside_a_dialog_token_routes_only_its_dialog() {
     let p = proxy();
-    let director = flow(&p, 2, Side::Internal, "10.0.0.20:5061");
+    let director = director(&p);
     let tok = rr(&p, TokenKind::DialogFromOutside, FlowId(1), "call1", "a1");
     let bye = |t: &str| {
         format!(

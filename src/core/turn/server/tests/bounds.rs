@@ -9,30 +9,15 @@ fn quota_and_capacity() {
     let mut w = World::new();
     w.server.cfg.max_allocations_per_user = 2;
     for i in 0..3u16 {
-        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 40000 + i);
-        let req = w.request(
-            ALLOCATE,
-            20 + i as u8,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
         let expect = if i < 2 { 0 } else { 486 };
-        assert_eq!(World::code(&w.send(&req, Duration::ZERO).0), expect);
+        assert_eq!(w.allocate_from_port(40000 + i, 20 + i as u8), expect);
     }
     // Ports run out (10 in the range) before the quota of a generous user does.
     let mut w = World::new();
     w.server.cfg.max_allocations_per_user = 100;
-    let mut codes = Vec::new();
-    for i in 0..11u16 {
-        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 41000 + i);
-        let req = w.request(
-            ALLOCATE,
-            40 + i as u8,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
-        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
-    }
+    let codes: Vec<u16> = (0..11u16)
+        .map(|i| w.allocate_from_port(41000 + i, 40 + i as u8))
+        .collect();
     assert_eq!(codes.iter().filter(|&&c| c == 0).count(), 10);
     assert_eq!(codes.last(), Some(&508));
 }
@@ -44,17 +29,8 @@ fn quota_per_source_address() {
     let mut codes = Vec::new();
     for i in 0..3u16 {
         // Three different users from the same address.
-        let c = credentials::mint(&w.ring, &format!("user{i}"), 3600, T0).unwrap();
-        w.user = c.username;
-        w.pass = c.password;
-        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
-        let req = w.request(
-            ALLOCATE,
-            110 + i as u8,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
-        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+        w.sign_in(&format!("user{i}"), 3600);
+        codes.push(w.allocate_from_port(42000 + i, 110 + i as u8));
     }
     assert_eq!(codes, vec![0, 0, 486]);
 }
@@ -63,32 +39,16 @@ fn quota_per_source_address() {
 fn total_allocations_are_capped_with_508() {
     let mut w = World::new();
     w.server.cfg.max_allocations = 3;
-    let mut codes = Vec::new();
-    for i in 0..4u16 {
-        w.tuple.client = SocketAddr::new(w.tuple.client.ip(), 42000 + i);
-        let req = w.request(
-            ALLOCATE,
-            70 + i as u8,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
-        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
-    }
+    let codes: Vec<u16> = (0..4u16)
+        .map(|i| w.allocate_from_port(42000 + i, 70 + i as u8))
+        .collect();
     assert_eq!(codes, [0, 0, 0, 508]);
 }
 
 /// An Allocate with EVEN-PORT and the R bit from `client`; the answer's code and token.
 fn reserve(w: &mut World, client: &str, id: u8, after: Duration) -> (u16, Option<Vec<u8>>) {
     w.tuple.client = addr(client);
-    let req = w.request(
-        ALLOCATE,
-        id,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::EVEN_PORT, vec![0x80]),
-        ],
-        false,
-    );
+    let req = w.allocate_request(id, &[(attr::EVEN_PORT, vec![0x80])]);
     let (out, _) = w.send(&req, after);
     let code = World::code(&out);
     let token = out.iter().find_map(|o| match o {
@@ -122,8 +82,7 @@ fn reservations_count_against_the_quotas_expire_and_die_with_their_allocation() 
         w.server.poll_timeout(),
         Some(w.start + RESERVATION_LIFETIME)
     );
-    let mut out = Vec::new();
-    w.server.expire(w.start + RESERVATION_LIFETIME, &mut out);
+    w.expire(RESERVATION_LIFETIME);
     assert_eq!(w.server.reservations(), 0);
     assert_eq!(w.server.held(), 2);
     // ... and die with their allocation (Refresh 0).
@@ -131,23 +90,15 @@ fn reservations_count_against_the_quotas_expire_and_die_with_their_allocation() 
     assert_eq!(code, 0);
     assert_eq!(w.server.reservations(), 1);
     let refresh = w.request(REFRESH, 5, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
-    assert_eq!(World::code(&w.send(&refresh, Duration::from_secs(32)).0), 0);
+    assert_eq!(w.answer_code(&refresh, Duration::from_secs(32)), 0);
     assert_eq!(w.server.reservations(), 0);
     assert_eq!(w.server.held(), 2);
     // A claimed token ends its reservation: the claim is the hold now.
     let (code, token) = reserve(&mut w, "198.51.100.20:40004", 6, Duration::from_secs(33));
     assert_eq!(code, 0);
     w.tuple.client = addr("198.51.100.20:40005");
-    let claim = w.request(
-        ALLOCATE,
-        7,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::RESERVATION_TOKEN, token.unwrap()),
-        ],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&claim, Duration::from_secs(34)).0), 0);
+    let claim = w.allocate_request(7, &[(attr::RESERVATION_TOKEN, token.unwrap())]);
+    assert_eq!(w.answer_code(&claim, Duration::from_secs(34)), 0);
     assert_eq!((w.server.reservations(), w.server.held()), (0, 4));
 }
 
@@ -158,51 +109,24 @@ fn one_user_is_one_quota_whatever_the_credentials_and_a_v6_source_is_its_64() {
     let mut codes = Vec::new();
     for (i, ttl) in [3600u64, 7200, 1800].iter().enumerate() {
         // Three credentials of the same user (other expiries, other strings).
-        let c = credentials::mint(&w.ring, "alice", *ttl, T0).unwrap();
-        w.user = c.username;
-        w.pass = c.password;
+        w.sign_in("alice", *ttl);
         w.tuple.client = addr(&format!("198.51.100.{}:40000", 30 + i));
-        let req = w.request(
-            ALLOCATE,
-            10 + i as u8,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
-        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+        let req = w.allocate_request(10 + i as u8, &[]);
+        codes.push(w.answer_code(&req, Duration::ZERO));
     }
     assert_eq!(codes, vec![0, 0, 486]);
     assert_eq!(user_of("1800000000:alice"), "alice");
     assert_eq!(user_of("alice"), "alice");
 
     // IPv6: one /64 is one source.
-    let cfg = TurnConfig {
-        max_allocations_per_source: 2,
-        ..TurnConfig::new(
-            REALM,
-            "2001:db8::10".parse().unwrap(),
-            "2001:db8::10".parse().unwrap(),
-            (50000, 50009),
-        )
-    };
-    let mut w = World::new();
-    w.server = Server::new(cfg, 0, w.start);
+    let mut w = World::ipv6("[2001:db8:1:2::1]:40000");
+    w.server.cfg.max_allocations_per_source = 2;
     let mut codes = Vec::new();
     for i in 0..3u8 {
-        let c = credentials::mint(&w.ring, &format!("v6user{i}"), 3600, T0).unwrap();
-        w.user = c.username;
-        w.pass = c.password;
-        w.tuple = FiveTuple {
-            client: addr(&format!("[2001:db8:1:2::{}]:40000", i + 1)),
-            server: addr("[2001:db8::10]:3478"),
-            transport: Transport::Udp,
-        };
-        let req = w.request(
-            ALLOCATE,
-            20 + i,
-            &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-            false,
-        );
-        codes.push(World::code(&w.send(&req, Duration::ZERO).0));
+        w.sign_in(&format!("v6user{i}"), 3600);
+        w.tuple.client = addr(&format!("[2001:db8:1:2::{}]:40000", i + 1));
+        let req = w.allocate_request(20 + i, &[]);
+        codes.push(w.answer_code(&req, Duration::ZERO));
     }
     assert_eq!(codes, vec![0, 0, 486]);
 }
@@ -212,12 +136,7 @@ fn strangers_draw_a_bounded_number_of_answer_bytes() {
     let mut w = World::new();
     w.server.cfg.strangers.bytes_per_sec = 1000;
     w.server = Server::new(w.server.cfg.clone(), 0, w.start);
-    let anonymous = w.request(
-        ALLOCATE,
-        1,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        true,
-    );
+    let anonymous = w.request(ALLOCATE, 1, &[udp()], true);
     let mut answered = 0;
     let mut refused = 0;
     let mut bytes = 0;
@@ -255,21 +174,8 @@ fn strangers_draw_a_bounded_number_of_answer_bytes() {
     );
     assert_eq!(w.send(&binding, Duration::from_secs(1)).1, Ok(()));
     // Authenticated work is not a stranger's: it is answered whatever the budget.
-    assert_eq!(
-        World::code(
-            &w.send(
-                &w.request(
-                    ALLOCATE,
-                    2,
-                    &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-                    false
-                ),
-                Duration::from_secs(1)
-            )
-            .0
-        ),
-        0
-    );
+    let authenticated = w.allocate_request(2, &[]);
+    assert_eq!(w.answer_code(&authenticated, Duration::from_secs(1)), 0);
 }
 
 #[test]
@@ -278,68 +184,30 @@ fn permissions_and_channels_per_allocation_are_capped() {
     w.server.cfg.max_permissions_per_allocation = 3;
     w.server.cfg.max_channels_per_allocation = 2;
     w.allocate();
-    let perm = |w: &World, peer: &str, id: u8| {
-        w.request(
-            CREATE_PERMISSION,
-            id,
-            &[World::peer_attr(addr(peer), id)],
-            false,
-        )
+    let mut permit = |peer: &str, id: u8, after: Duration| {
+        let req = w.permission_request(addr(peer), id);
+        w.answer_code(&req, after)
     };
     for (i, peer) in ["198.51.100.1:1", "198.51.100.2:1", "198.51.100.3:1"]
         .iter()
         .enumerate()
     {
-        assert_eq!(
-            World::code(&w.send(&perm(&w, peer, 10 + i as u8), Duration::ZERO).0),
-            0
-        );
+        assert_eq!(permit(peer, 10 + i as u8, Duration::ZERO), 0);
     }
-    assert_eq!(
-        World::code(&w.send(&perm(&w, "198.51.100.4:1", 20), Duration::ZERO).0),
-        508
-    );
+    assert_eq!(permit("198.51.100.4:1", 20, Duration::ZERO), 508);
     // Renewing one it has is fine; once they expire there is room again.
-    assert_eq!(
-        World::code(&w.send(&perm(&w, "198.51.100.1:9", 21), Duration::ZERO).0),
-        0
-    );
-    assert_eq!(
-        World::code(
-            &w.send(&perm(&w, "198.51.100.4:1", 22), Duration::from_secs(301))
-                .0
-        ),
-        0
-    );
-    let bind = |w: &World, n: u16, peer: &str, id: u8| {
-        w.request(
-            CHANNEL_BIND,
-            id,
-            &[
-                (attr::CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]),
-                World::peer_attr(addr(peer), id),
-            ],
-            false,
-        )
-    };
+    assert_eq!(permit("198.51.100.1:9", 21, Duration::ZERO), 0);
+    assert_eq!(permit("198.51.100.4:1", 22, Duration::from_secs(301)), 0);
     let t = Duration::from_secs(302);
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4000, "198.51.100.4:7", 30), t).0),
-        0
-    );
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4001, "198.51.100.1:7", 31), t).0),
-        0
-    );
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4002, "198.51.100.2:7", 32), t).0),
-        508
-    );
+    let mut bind = |n: u16, peer: &str, id: u8| {
+        let req = w.bind_request(n, addr(peer), id);
+        w.answer_code(&req, t)
+    };
+    assert_eq!(bind(0x4000, "198.51.100.4:7", 30), 0);
+    assert_eq!(bind(0x4001, "198.51.100.1:7", 31), 0);
+    assert_eq!(bind(0x4002, "198.51.100.2:7", 32), 508);
     // Port 0 is no peer.
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4001, "198.51.100.1:0", 33), t).0),
-        400
-    );
+    assert_eq!(bind(0x4001, "198.51.100.1:0", 33), 400);
 }
 
 #[test]
@@ -350,13 +218,11 @@ fn expiry_follows_deadlines_not_a_sweep() {
         w.server.poll_timeout(),
         Some(w.start + Duration::from_secs(600))
     );
-    let mut out = Vec::new();
-    w.server
-        .expire(w.start + Duration::from_secs(599), &mut out);
-    assert!(out.is_empty());
-    w.server
-        .expire(w.start + Duration::from_secs(600), &mut out);
-    assert!(matches!(out.as_slice(), [Output::CloseRelay { .. }]));
+    assert!(w.expire(Duration::from_secs(599)).is_empty());
+    assert!(matches!(
+        w.expire(Duration::from_secs(600)).as_slice(),
+        [Output::CloseRelay { .. }]
+    ));
     assert_eq!(w.server.poll_timeout(), None);
     assert_eq!(w.server.held(), 0);
 }
@@ -373,7 +239,7 @@ fn reservation_churn_keeps_the_expiry_queue_bounded() {
         let (code, token) = reserve(&mut w, "198.51.100.20:40000", id, Duration::ZERO);
         assert_eq!((code, token.is_some()), (0, true), "round {i}");
         let refresh = w.request(REFRESH, id, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
-        assert_eq!(World::code(&w.send(&refresh, Duration::ZERO).0), 0);
+        assert_eq!(w.answer_code(&refresh, Duration::ZERO), 0);
     }
     assert_eq!((w.server.held(), w.server.reservations()), (0, 0));
 }

@@ -9,12 +9,7 @@ fn permissions_send_data_and_policy() {
     let relay = w.allocate();
     let peer = addr("198.51.100.99:5000");
     // No permission yet: a Send indication is dropped, and so is the peer's traffic.
-    let send = {
-        let mut m = Writer::new(Class::Indication, SEND, [7; 12]);
-        m.xor_address(attr::XOR_PEER_ADDRESS, peer)
-            .attr(attr::DATA, b"rtp");
-        m.finish()
-    };
+    let send = send_indication(peer, 7, b"rtp");
     assert_eq!(w.send(&send, Duration::ZERO).1, Err(Dropped::NoPermission));
     assert_eq!(
         w.server.peer_packet(relay, peer, b"x", w.start),
@@ -28,42 +23,18 @@ fn permissions_send_data_and_policy() {
         "10.0.0.5:5000",
         "[::ffff:127.0.0.1]:1",
     ] {
-        let req = w.request(
-            CREATE_PERMISSION,
-            50,
-            &[World::peer_attr(addr(denied), 50)],
-            false,
-        );
-        let code = World::code(&w.send(&req, Duration::ZERO).0);
+        let req = w.permission_request(addr(denied), 50);
+        let code = w.answer_code(&req, Duration::ZERO);
         assert!(code == 403 || code == 443, "{denied}: {code}");
     }
-    let v6 = w.request(
-        CREATE_PERMISSION,
-        51,
-        &[World::peer_attr(addr("[2001:db8::1]:1"), 51)],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&v6, Duration::ZERO).0), 443);
+    let v6 = w.permission_request(addr("[2001:db8::1]:1"), 51);
+    assert_eq!(w.answer_code(&v6, Duration::ZERO), 443);
 
-    let ok = w.request(CREATE_PERMISSION, 52, &[World::peer_attr(peer, 52)], false);
-    assert_eq!(World::code(&w.send(&ok, Duration::ZERO).0), 0);
-    let (out, r) = w.send(&send, Duration::from_secs(1));
-    assert_eq!(r, Ok(()));
-    assert_eq!(
-        out,
-        vec![Output::ToPeer {
-            relay,
-            peer,
-            bytes: b"rtp".to_vec()
-        }]
-    );
+    let ok = w.permission_request(peer, 52);
+    assert_eq!(w.answer_code(&ok, Duration::ZERO), 0);
+    w.relays_to_peer(&send, relay, peer, b"rtp");
     // The peer answers: a Data indication to the client.
-    let Ok(Output::ToClient { bytes, .. }) =
-        w.server
-            .peer_packet(relay, peer, b"back", w.start + Duration::from_secs(2))
-    else {
-        panic!()
-    };
+    let bytes = w.peer_sends(relay, peer, b"back", Duration::from_secs(2));
     let c = stun::check(&bytes).unwrap();
     assert_eq!((c.class, c.method), (Class::Indication, DATA));
     let d = c.get(attr::DATA).unwrap();
@@ -86,62 +57,20 @@ fn channels_carry_channel_data_both_ways() {
     let mut w = World::new();
     let relay = w.allocate();
     let peer = addr("198.51.100.99:5000");
-    let bind = |w: &World, number: u16, peer: SocketAddr, id: u8| {
-        w.request(
-            CHANNEL_BIND,
-            id,
-            &[
-                (
-                    attr::CHANNEL_NUMBER,
-                    [number.to_be_bytes().to_vec(), vec![0, 0]].concat(),
-                ),
-                World::peer_attr(peer, id),
-            ],
-            false,
-        )
+    let mut bind = |number: u16, peer: SocketAddr, id: u8| {
+        let req = w.bind_request(number, peer, id);
+        w.answer_code(&req, Duration::ZERO)
     };
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x3fff, peer, 60), Duration::ZERO).0),
-        400
-    );
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4001, peer, 61), Duration::ZERO).0),
-        0
-    );
+    assert_eq!(bind(0x3fff, peer, 60), 400);
+    assert_eq!(bind(0x4001, peer, 61), 0);
     // The same channel to another peer, or the same peer on another channel: 400.
-    assert_eq!(
-        World::code(
-            &w.send(
-                &bind(&w, 0x4001, addr("198.51.100.98:5000"), 62),
-                Duration::ZERO
-            )
-            .0
-        ),
-        400
-    );
-    assert_eq!(
-        World::code(&w.send(&bind(&w, 0x4002, peer, 63), Duration::ZERO).0),
-        400
-    );
+    assert_eq!(bind(0x4001, addr("198.51.100.98:5000"), 62), 400);
+    assert_eq!(bind(0x4002, peer, 63), 400);
 
     let mut frame = vec![0x40, 0x01, 0x00, 0x03];
     frame.extend_from_slice(b"abc");
-    let (out, r) = w.send(&frame, Duration::from_secs(1));
-    assert_eq!(r, Ok(()));
-    assert_eq!(
-        out,
-        vec![Output::ToPeer {
-            relay,
-            peer,
-            bytes: b"abc".to_vec()
-        }]
-    );
-    let Ok(Output::ToClient { bytes, .. }) =
-        w.server
-            .peer_packet(relay, peer, b"xyz", w.start + Duration::from_secs(1))
-    else {
-        panic!()
-    };
+    w.relays_to_peer(&frame, relay, peer, b"abc");
+    let bytes = w.peer_sends(relay, peer, b"xyz", Duration::from_secs(1));
     assert_eq!(bytes, [0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z']);
     let unbound = [0x40, 0x09, 0x00, 0x00];
     assert_eq!(
@@ -154,31 +83,9 @@ fn channels_carry_channel_data_both_ways() {
 /// `peer`: its relayed address.
 fn allocate_with_channel(w: &mut World, port: u16, peer: SocketAddr, id: u8) -> SocketAddr {
     w.tuple.client = SocketAddr::new(w.tuple.client.ip(), port);
-    let req = w.request(
-        ALLOCATE,
-        id,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        false,
-    );
-    let (out, _) = w.send(&req, Duration::ZERO);
-    assert_eq!(World::code(&out), 0);
-    let relay = out
-        .iter()
-        .find_map(|o| match o {
-            Output::OpenRelay { relay } => Some(*relay),
-            _ => None,
-        })
-        .unwrap();
-    let bind = w.request(
-        CHANNEL_BIND,
-        id + 1,
-        &[
-            (attr::CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]),
-            World::peer_attr(peer, id + 1),
-        ],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&bind, Duration::ZERO).0), 0);
+    let relay = w.allocate_as(id);
+    let bind = w.bind_request(0x4001, peer, id + 1);
+    assert_eq!(w.answer_code(&bind, Duration::ZERO), 0);
     relay
 }
 
@@ -224,12 +131,7 @@ fn bandwidth_per_allocation_drops_the_excess_in_each_direction_apart() {
     );
     assert!(w.server.peer_packet(relay, peer, &[0; 172], at(t)).is_ok());
     // Send indications and Data indications count against the same budgets.
-    let send = {
-        let mut m = Writer::new(Class::Indication, SEND, [90; 12]);
-        m.xor_address(attr::XOR_PEER_ADDRESS, peer)
-            .attr(attr::DATA, &[0u8; 172]);
-        m.finish()
-    };
+    let send = send_indication(peer, 90, &[0u8; 172]);
     assert_eq!(
         w.send(&send, Duration::from_millis(t)).1,
         Err(Dropped::OverBandwidth)
@@ -270,9 +172,7 @@ fn bandwidth_per_user_is_shared_by_all_of_its_allocations() {
     }
     assert!((95..=100).contains(&to_clients), "{to_clients}");
     // Another user is not affected.
-    let c = credentials::mint(&w.ring, "bob", 8 * 3600, T0).unwrap();
-    w.user = c.username;
-    w.pass = c.password;
+    w.sign_in("bob", 8 * 3600);
     allocate_with_channel(&mut w, 40002, peer, 120);
     let tuple_c = w.tuple;
     assert!(w.server.channel_to_peer(&tuple_c, &frame, t).is_ok());
@@ -288,8 +188,8 @@ fn send_indications_with_unknown_required_attributes_or_port_zero_are_discarded(
     let mut w = World::new();
     w.allocate();
     let peer = addr("198.51.100.9:7000");
-    let perm = w.request(CREATE_PERMISSION, 2, &[World::peer_attr(peer, 2)], false);
-    assert_eq!(World::code(&w.send(&perm, Duration::ZERO).0), 0);
+    let perm = w.permission_request(peer, 2);
+    assert_eq!(w.answer_code(&perm, Duration::ZERO), 0);
     let send = |to: SocketAddr, extra: Option<(u16, Vec<u8>)>| {
         let mut msg = Writer::new(Class::Indication, SEND, [3; 12]);
         msg.xor_address(attr::XOR_PEER_ADDRESS, to)
@@ -326,14 +226,6 @@ fn send_indications_with_unknown_required_attributes_or_port_zero_are_discarded(
     );
     // An Allocate asking for DONT-FRAGMENT: 420 naming it (RFC 8656 §7.2).
     w.tuple.client = addr("198.51.100.20:40010");
-    let df = w.request(
-        ALLOCATE,
-        9,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::DONT_FRAGMENT, vec![]),
-        ],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&df, Duration::ZERO).0), 420);
+    let df = w.allocate_request(9, &[(attr::DONT_FRAGMENT, vec![])]);
+    assert_eq!(w.answer_code(&df, Duration::ZERO), 420);
 }

@@ -6,12 +6,7 @@ use super::*;
 #[test]
 fn allocate_needs_credentials_then_succeeds_and_is_signed() {
     let mut w = World::new();
-    let anonymous = w.request(
-        ALLOCATE,
-        1,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        true,
-    );
+    let anonymous = w.request(ALLOCATE, 1, &[udp()], true);
     let (out, _) = w.send(&anonymous, Duration::ZERO);
     assert_eq!(World::code(&out), 401);
     let Output::ToClient { bytes, .. } = &out[0] else {
@@ -25,12 +20,7 @@ fn allocate_needs_credentials_then_succeeds_and_is_signed() {
         "no state for unauthenticated requests"
     );
 
-    let req = w.request(
-        ALLOCATE,
-        2,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        false,
-    );
+    let req = w.allocate_request(2, &[]);
     let (out, _) = w.send(&req, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
     assert_eq!(
@@ -90,13 +80,8 @@ fn allocate_needs_credentials_then_succeeds_and_is_signed() {
             bytes: bytes.clone()
         }]
     );
-    let other = w.request(
-        ALLOCATE,
-        3,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&other, Duration::ZERO).0), 437);
+    let other = w.allocate_request(3, &[]);
+    assert_eq!(w.answer_code(&other, Duration::ZERO), 437);
 }
 
 #[test]
@@ -107,34 +92,15 @@ fn allocate_error_codes() {
         (vec![], 400),
         (vec![(attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])], 442),
         (
-            vec![
-                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-                (attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
-            ],
+            vec![udp(), (attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
             440,
         ),
-        (
-            vec![
-                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-                (attr::RESERVATION_TOKEN, vec![0; 8]),
-            ],
-            508,
-        ),
-        (
-            vec![
-                (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-                (0x7000, vec![1]),
-            ],
-            420,
-        ),
+        (vec![udp(), (attr::RESERVATION_TOKEN, vec![0; 8])], 508),
+        (vec![udp(), (0x7000, vec![1])], 420),
     ];
     for (i, (attrs, code)) in cases.into_iter().enumerate() {
         let req = w.request(ALLOCATE, 10 + i as u8, &attrs, false);
-        assert_eq!(
-            World::code(&w.send(&req, Duration::ZERO).0),
-            code,
-            "case {i}"
-        );
+        assert_eq!(w.answer_code(&req, Duration::ZERO), code, "case {i}");
     }
     assert_eq!(w.server.allocations(), 0);
 }
@@ -150,14 +116,12 @@ fn refresh_expiry_and_wrong_credentials() {
         &[(attr::LIFETIME, 1200u32.to_be_bytes().to_vec())],
         false,
     );
-    assert_eq!(World::code(&w.send(&refresh, Duration::from_secs(10)).0), 0);
-    let mut out = Vec::new();
-    w.server
-        .expire(w.start + Duration::from_secs(700), &mut out);
-    assert!(out.is_empty());
-    w.server
-        .expire(w.start + Duration::from_secs(1211), &mut out);
-    assert_eq!(out, vec![Output::CloseRelay { relay }]);
+    assert_eq!(w.answer_code(&refresh, Duration::from_secs(10)), 0);
+    assert!(w.expire(Duration::from_secs(700)).is_empty());
+    assert_eq!(
+        w.expire(Duration::from_secs(1211)),
+        vec![Output::CloseRelay { relay }]
+    );
     assert_eq!(w.server.allocations(), 0);
 
     // Refresh with LIFETIME 0 deletes at once; then Refresh is 437.
@@ -165,27 +129,20 @@ fn refresh_expiry_and_wrong_credentials() {
     let zero = w.request(REFRESH, 71, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
     let (out, _) = w.send(&zero, Duration::ZERO);
     assert!(out.contains(&Output::CloseRelay { relay }));
-    assert_eq!(World::code(&w.send(&zero, Duration::ZERO).0), 437);
+    assert_eq!(w.answer_code(&zero, Duration::ZERO), 437);
 
     // Another user's request on this 5-tuple's allocation: 441.
     w.allocate();
-    let bob = credentials::mint(&w.ring, "bob", 3600, T0).unwrap();
-    w.user = bob.username;
-    w.pass = bob.password;
+    w.sign_in("bob", 3600);
     let refresh = w.request(REFRESH, 72, &[], false);
-    assert_eq!(World::code(&w.send(&refresh, Duration::ZERO).0), 441);
+    assert_eq!(w.answer_code(&refresh, Duration::ZERO), 441);
 }
 
 #[test]
 fn stale_nonces_get_438_and_garbage_is_dropped() {
     let mut w = World::new();
-    let req = w.request(
-        ALLOCATE,
-        80,
-        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&req, Duration::from_secs(601)).0), 438);
+    let req = w.allocate_request(80, &[]);
+    assert_eq!(w.answer_code(&req, Duration::from_secs(601)), 438);
     assert_eq!(
         w.send(&[0xc5, b'g'], Duration::ZERO).1,
         Err(Dropped::NotStunOrChannelData)
@@ -198,7 +155,7 @@ fn stale_nonces_get_438_and_garbage_is_dropped() {
     );
     let unknown_method = w.request(0x00A, 81, &[], true);
     assert_eq!(
-        World::code(&w.send(&unknown_method, Duration::from_secs(601)).0),
+        w.answer_code(&unknown_method, Duration::from_secs(601)),
         400
     );
 }
@@ -214,15 +171,7 @@ fn binding_is_answered_without_credentials() {
 #[test]
 fn even_port_with_reservation_then_the_token_claims_the_next_port() {
     let mut w = World::new();
-    let req = w.request(
-        ALLOCATE,
-        90,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::EVEN_PORT, vec![0x80]),
-        ],
-        false,
-    );
+    let req = w.allocate_request(90, &[(attr::EVEN_PORT, vec![0x80])]);
     let (out, _) = w.send(&req, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
     let Output::OpenRelay { relay } = out[0] else {
@@ -238,15 +187,7 @@ fn even_port_with_reservation_then_the_token_claims_the_next_port() {
 
     // Another client (another 5-tuple) claims the reserved port with the token, once.
     w.tuple.client = addr("198.51.100.20:40002");
-    let claim = w.request(
-        ALLOCATE,
-        91,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::RESERVATION_TOKEN, token.clone()),
-        ],
-        false,
-    );
+    let claim = w.allocate_request(91, &[(attr::RESERVATION_TOKEN, token.clone())]);
     let (out, _) = w.send(&claim, Duration::from_secs(1));
     assert_eq!(
         out[0],
@@ -255,41 +196,22 @@ fn even_port_with_reservation_then_the_token_claims_the_next_port() {
         }
     );
     w.tuple.client = addr("198.51.100.20:40004");
-    let again = w.request(
-        ALLOCATE,
-        92,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::RESERVATION_TOKEN, token),
-        ],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&again, Duration::from_secs(2)).0), 508);
+    let again = w.allocate_request(92, &[(attr::RESERVATION_TOKEN, token)]);
+    assert_eq!(w.answer_code(&again, Duration::from_secs(2)), 508);
 }
 
 #[test]
 fn additional_address_family_is_answered_not_crashed_on() {
     let mut w = World::new();
-    let both = w.request(
-        ALLOCATE,
+    let both = w.allocate_request(
         100,
         &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
             (attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
             (attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]),
         ],
-        false,
     );
-    assert_eq!(World::code(&w.send(&both, Duration::ZERO).0), 400);
-    let dual = w.request(
-        ALLOCATE,
-        101,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
-        ],
-        false,
-    );
+    assert_eq!(w.answer_code(&both, Duration::ZERO), 400);
+    let dual = w.allocate_request(101, &[(attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])]);
     let (out, _) = w.send(&dual, Duration::ZERO);
     assert_eq!(World::code(&out), 0, "the IPv4 relay is granted");
     let Output::ToClient { bytes, .. } = &out[1] else {
@@ -306,44 +228,12 @@ fn additional_address_family_is_answered_not_crashed_on() {
 
 #[test]
 fn ipv6_relays() {
-    let ring = Ring::init([4; 32], T0);
-    let c = credentials::mint(&ring, "alice", 3600, T0).unwrap();
-    let cfg = TurnConfig::new(
-        REALM,
-        "2001:db8::10".parse().unwrap(),
-        "2001:db8::10".parse().unwrap(),
-        (50000, 50009),
-    );
-    let mut w = World::new();
-    w.ring = ring;
-    w.user = c.username;
-    w.pass = c.password;
-    w.server = Server::new(cfg, 0, w.start);
-    w.tuple = FiveTuple {
-        client: addr("[2001:db8::20]:40000"),
-        server: addr("[2001:db8::10]:3478"),
-        transport: Transport::Udp,
-    };
+    let mut w = World::ipv6("[2001:db8::20]:40000");
+    w.sign_in("alice", 3600);
     // An IPv4 relay is asked of an IPv6-only server: 440.
-    let v4 = w.request(
-        ALLOCATE,
-        120,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]),
-        ],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&v4, Duration::ZERO).0), 440);
-    let v6 = w.request(
-        ALLOCATE,
-        121,
-        &[
-            (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]),
-            (attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0]),
-        ],
-        false,
-    );
+    let v4 = w.allocate_request(120, &[(attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0])]);
+    assert_eq!(w.answer_code(&v4, Duration::ZERO), 440);
+    let v6 = w.allocate_request(121, &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])]);
     let (out, _) = w.send(&v6, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
     let Output::ToClient { bytes, .. } = &out[1] else {
@@ -356,18 +246,8 @@ fn ipv6_relays() {
         Some(addr("[2001:db8::10]:50000"))
     );
     // An IPv4 peer on an IPv6 relay: 443.
-    let p4 = w.request(
-        CREATE_PERMISSION,
-        122,
-        &[World::peer_attr(addr("198.51.100.9:1"), 122)],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&p4, Duration::ZERO).0), 443);
-    let p6 = w.request(
-        CREATE_PERMISSION,
-        123,
-        &[World::peer_attr(addr("[2001:db8::99]:1"), 123)],
-        false,
-    );
-    assert_eq!(World::code(&w.send(&p6, Duration::ZERO).0), 0);
+    let p4 = w.permission_request(addr("198.51.100.9:1"), 122);
+    assert_eq!(w.answer_code(&p4, Duration::ZERO), 443);
+    let p6 = w.permission_request(addr("[2001:db8::99]:1"), 123);
+    assert_eq!(w.answer_code(&p6, Duration::ZERO), 0);
 }
