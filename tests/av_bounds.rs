@@ -284,6 +284,39 @@ async fn reservations_count_in_the_user_quota_across_credentials_and_die_with_th
     av.edge.stop().await;
 }
 
+/// The relay's timers run on the core's deadlines with no periodic tick: a reservation made
+/// while nothing else was due (the expiry loop asleep without a deadline) must still end at
+/// its 30 s (RFC 8656 §7.2), woken by the control message that set it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_made_while_the_relay_sleeps_ends_on_time() {
+    let av = Av::start(|_| {}, |_| {}).await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut rtp = UdpClient::new("127.0.0.24", av.ext_udp).await;
+    let answer = rtp
+        .allocate(&alice, &|w| {
+            w.attr(attr::EVEN_PORT, &[0x80]);
+        })
+        .await;
+    assert_eq!(error_code(&answer), None, "allocated");
+    assert!(av.metrics().contains("sipedge_turn_reservations 1"));
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(
+        av.metrics().contains("sipedge_turn_reservations 1"),
+        "not before its 30 s"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while !av.metrics().contains("sipedge_turn_reservations 0") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the reservation ended within 5 s of its 30 s"
+    );
+    av.edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_gets_a_bounded_answer_budget_and_only_a_proven_one_strikes() {
     // 1000 bytes/s: a burst of 2000 bytes of Binding responses.
