@@ -43,7 +43,7 @@ fn proxy() -> Proxy {
 }
 
 fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
-    Flow::new(p.keys(), FlowId(id), side, remote.parse().unwrap())
+    Flow::new(&p.keys(), FlowId(id), side, remote.parse().unwrap())
 }
 
 /// A typical INVITE from a remote user behind NAT (about 800 bytes): SDP offer with SRTP.

@@ -28,7 +28,7 @@ use crate::support::*;
 
 /// An edge with a relay listening on both zones (UDP and TCP).
 struct Av {
-    _pki: Pki,
+    pki: Pki,
     _director: Director,
     edge: shell::RunningEdge,
     ring: Ring,
@@ -61,7 +61,7 @@ impl Av {
         let (ext_udp, int_udp) = (edge.turn_udp[0], edge.turn_udp[1]);
         let (ext_tcp, int_tcp) = (edge.turn_tcp[0], edge.turn_tcp[1]);
         Av {
-            _pki: pki,
+            pki,
             _director: director,
             edge,
             ring,
@@ -93,12 +93,16 @@ impl Av {
 
     /// A credential for `user` valid `ttl` seconds.
     fn credential(&self, user: &str, ttl: u64) -> Credential {
-        let c =
-            credentials::mint(&self.ring, user, ttl, sipedge::shell::clock::now_unix()).unwrap();
-        Credential {
-            key: long_term_key(&c.username, DOMAIN, &c.password).to_vec(),
-            username: c.username,
-        }
+        credential_of(&self.ring, user, ttl)
+    }
+}
+
+/// A credential for `user` valid `ttl` seconds, signed by `ring`'s signing key.
+fn credential_of(ring: &Ring, user: &str, ttl: u64) -> Credential {
+    let c = credentials::mint(ring, user, ttl, sipedge::shell::clock::now_unix()).unwrap();
+    Credential {
+        key: long_term_key(&c.username, DOMAIN, &c.password).to_vec(),
+        username: c.username,
     }
 }
 
@@ -281,6 +285,48 @@ async fn reservations_count_in_the_user_quota_across_credentials_and_die_with_th
     assert!(av.metrics().contains("sipedge_turn_reservations 0"));
     let mut again = UdpClient::new("127.0.0.23", av.ext_udp).await;
     assert_eq!(error_code(&again.allocate(&second, &|_| {}).await), None);
+    av.edge.stop().await;
+}
+
+/// A key added to the ring file of a running edge (`sipedge keys rotate`, copied to every
+/// member by the operator's tooling) is in force within seconds, without a signal or a
+/// restart: the relay takes credentials the new key signed, the flow tokens are signed
+/// with it, and credentials signed before the rotation still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_in_the_ring_file_is_taken_without_a_restart() {
+    use sipedge::core::sip::token::{FlowId, TokenKind};
+    use sipedge::shell::{keyfile, ring};
+    let av = Av::start(|_| {}, |_| {}).await;
+    let before = av.credential("alice@sipedge.test", 3600);
+    let path = av.pki.dir.path().join("ring.toml");
+    let mut rotated = keyfile::load(&path).unwrap();
+    let now = sipedge::shell::clock::now_unix();
+    rotated
+        .rotate(keyfile::random_secret().unwrap(), now, 0)
+        .unwrap();
+    keyfile::store(&path, &rotated, false).unwrap();
+    let after = credential_of(&rotated, "bob@sipedge.test", 3600);
+
+    let token = |keys: &sipedge::core::sip::token::FlowKeys| {
+        keys.token(TokenKind::Via, FlowId(5)).as_str().to_string()
+    };
+    let expected = token(&ring::flow_keys(&rotated, now, &[0; 32]));
+    eventually("the new key signs the flow tokens", || {
+        token(&av.edge.shared.proxy.keys()) == expected
+    })
+    .await;
+    let mut new_key = UdpClient::new("127.0.0.25", av.ext_udp).await;
+    assert_eq!(
+        error_code(&new_key.allocate(&after, &|_| {}).await),
+        None,
+        "the relay takes the new key's credential"
+    );
+    let mut old_key = UdpClient::new("127.0.0.26", av.ext_udp).await;
+    assert_eq!(
+        error_code(&old_key.allocate(&before, &|_| {}).await),
+        None,
+        "and still the old key's"
+    );
     av.edge.stop().await;
 }
 

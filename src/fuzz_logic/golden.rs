@@ -150,7 +150,7 @@ pub fn run(data: &[u8], side: Side) -> Outcome {
             std::net::SocketAddr::from(([127, 0, 0, 1], 5070)),
         ),
     };
-    let flow = Flow::new(edge.proxy.keys(), arriving, side, remote);
+    let flow = Flow::new(&edge.proxy.keys(), arriving, side, remote);
     #[allow(clippy::disallowed_methods)] // golden runs start simulated time somewhere
     let now = std::time::Instant::now();
     let mut session = Session::new(flow, now);

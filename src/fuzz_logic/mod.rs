@@ -81,7 +81,7 @@ pub fn roundtrip(data: &[u8]) {
     };
     let proxy = proxy();
     let from = Flow::new(
-        proxy.keys(),
+        &proxy.keys(),
         FlowId(1),
         Side::External,
         std::net::SocketAddr::from(([203, 0, 113, 7], 40000)),
@@ -151,7 +151,7 @@ fn federated_roundtrip(msg: &Message) {
         partner,
         certificate: certificate.map(|c| c.iter().map(|s| s.to_string()).collect()),
         ..Flow::new(
-            proxy.keys(),
+            &proxy.keys(),
             FlowId(id),
             side,
             std::net::SocketAddr::from(([198, 51, 100, 7], 5061)),

@@ -149,7 +149,7 @@ impl World {
         for conn in 1..=CLIENTS {
             edge.flows.insert(FlowId(conn), Side::External);
             let flow = Flow::new(
-                edge.proxy.keys(),
+                &edge.proxy.keys(),
                 FlowId(conn),
                 Side::External,
                 client_addr(conn),
@@ -158,7 +158,7 @@ impl World {
         }
         edge.flows.insert(DIRECTOR, Side::Internal);
         let flow = Flow::new(
-            edge.proxy.keys(),
+            &edge.proxy.keys(),
             DIRECTOR,
             Side::Internal,
             SocketAddr::from(([127, 0, 0, 1], 5070)),
@@ -279,7 +279,7 @@ impl World {
         let id = FlowId(self.next_flow);
         self.edge.flows.insert(id, Side::External);
         let flow = Flow::new(
-            self.edge.proxy.keys(),
+            &self.edge.proxy.keys(),
             id,
             Side::External,
             client_addr(conn),

@@ -75,7 +75,7 @@ impl Pair {
         edge.flows.insert(MEMBER, Side::Internal);
         let user_flow = user_flow(&edge, USER);
         let member_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 5070));
-        let member_flow = Flow::new(edge.proxy.keys(), MEMBER, Side::Internal, member_addr);
+        let member_flow = Flow::new(&edge.proxy.keys(), MEMBER, Side::Internal, member_addr);
         let link = PoolLink::new(0, member_addr, "sipedge.test".into(), PROBE, now);
         let mut pair = Pair {
             edge,
@@ -174,7 +174,7 @@ impl Pair {
             return;
         };
         self.edge.flows.insert(MEMBER, Side::Internal);
-        let flow = Flow::new(self.edge.proxy.keys(), MEMBER, Side::Internal, link.addr);
+        let flow = Flow::new(&self.edge.proxy.keys(), MEMBER, Side::Internal, link.addr);
         self.member = Some(Session::to_member(flow, link, self.now));
         self.drive();
     }
@@ -311,7 +311,7 @@ impl Default for Pair {
 /// The remote user's connection `id`, from a fixed address.
 fn user_flow(edge: &SimEdge, id: FlowId) -> Flow {
     let remote = std::net::SocketAddr::from(([203, 0, 113, 7], 40000));
-    Flow::new(edge.proxy.keys(), id, Side::External, remote)
+    Flow::new(&edge.proxy.keys(), id, Side::External, remote)
 }
 
 /// Splits a byte stream into whole messages (text), as the framer does.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::error::StartError;
+use super::ring::LiveRing;
 use super::shared::ConnLimits;
 use super::{clock, dns, keyfile, partners};
 use crate::core::firewall::{Rate, SourcePolicy};
@@ -142,12 +143,12 @@ pub(super) fn turn_config(
     )
 }
 
-/// The pool key ring: the file the topology names, or a dev ring under `state_dir`
+/// The pool key ring, live: the file the topology names, or a dev ring under `state_dir`
 /// generated on first start.
-pub(super) fn load_ring(t: &Topology) -> Result<Option<Ring>, StartError> {
+pub(super) fn load_ring(t: &Topology) -> Result<Option<LiveRing>, StartError> {
     match &t.keys {
         None => Ok(None),
-        Some(KeysSource::File(path)) => Ok(Some(keyfile::load(path)?)),
+        Some(KeysSource::File(path)) => Ok(Some(LiveRing::new(keyfile::load(path)?, path.clone()))),
         Some(KeysSource::Dev) => {
             let path = t.state_dir.join("ring.toml");
             if !path.exists() {
@@ -161,7 +162,7 @@ pub(super) fn load_ring(t: &Topology) -> Result<Option<Ring>, StartError> {
                 keyfile::store(&path, &ring, true)?;
                 tracing::info!(path = %path.display(), "generated a dev key ring");
             }
-            Ok(Some(keyfile::load(&path)?))
+            Ok(Some(LiveRing::new(keyfile::load(&path)?, path)))
         }
     }
 }

@@ -103,7 +103,7 @@ fn new_flow(
     let flow = Flow {
         partner,
         certificate,
-        ..Flow::new(shared.proxy.keys(), id, side, remote)
+        ..Flow::new(&shared.proxy.keys(), id, side, remote)
     };
     (flow, rx)
 }
@@ -373,7 +373,12 @@ impl Edge for ShellEdge<'_> {
 
     fn credentials(&mut self, flow: &Flow, msg: &Message) -> Option<Vec<u8>> {
         let shared = self.shared;
-        let service = shared.credentials.as_ref().map(|c| (&c.ring, &c.relay));
+        let ring = shared.credentials.as_ref().map(|c| c.ring.get());
+        let service = shared
+            .credentials
+            .as_ref()
+            .zip(ring.as_deref())
+            .map(|(c, ring)| (ring, &c.relay));
         let (answer, outcome) = avauth::answer(msg, service, clock::now_unix());
         match &outcome {
             avauth::Outcome::Issued {

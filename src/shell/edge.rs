@@ -17,11 +17,12 @@ use super::config::*;
 use super::error::StartError;
 use super::flows::FlowTable;
 use super::pool::{self, Pool};
+use super::ring::{self, RingWatch};
 use super::routes::Routes;
 use super::shared::{CredentialService, Shared};
 use super::stats::Stats;
 use super::view::EdgeView;
-use super::{clock, listen, ops, partners, turn};
+use super::{clock, keyfile, listen, ops, partners, turn};
 use crate::core::firewall::{Rate, SourceGuard};
 use crate::core::sip::calls::Calls;
 use crate::core::sip::proxy::{Proxy, Side};
@@ -32,7 +33,6 @@ use crate::topology::{CaSource, Topology};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::core::keyring::Purpose;
 use crate::core::sip::health::ProbeConfig;
 use crate::core::sip::token::FlowKeys;
 use crate::tls;
@@ -66,6 +66,8 @@ pub struct RunningEdge {
     topology: std::sync::Mutex<Topology>,
     /// How next-hop members are reached (for members a reload adds).
     connector: pool::Connector,
+    /// The pool key ring and the flow-token keys that follow it, when the topology has keys.
+    ring: Option<Arc<RingWatch>>,
 }
 
 /// Why a reload changed nothing.
@@ -80,6 +82,9 @@ pub enum ReloadError {
     /// The new partners could not be set up (a name, the DNS resolver); the old ones stay.
     #[error("federation: {0}; the running configuration stays")]
     Federation(String),
+    /// The key ring file could not be read again; the running ring stays.
+    #[error("key ring: {0}; the running configuration stays")]
+    Keys(#[from] keyfile::KeyFileError),
 }
 
 /// What a reload did.
@@ -186,6 +191,11 @@ impl RunningEdge {
         // Everything checked before anything is installed: all or nothing.
         let ext = tls::CertSlot::prepare(ext)?;
         let int = tls::CertSlot::prepare(int)?;
+        // The ring file is read again (SIGHUP is how an operator says "now").
+        let ring = match self.ring.as_ref().and_then(|w| w.ring.path()) {
+            Some(path) => Some(keyfile::load(path)?),
+            None => None,
+        };
         let partners = match (&new.federation, &self.routes.partners) {
             (Some(f), Some(_)) if running.federation != new.federation => {
                 Some(partner_config(new, f).map_err(|e| ReloadError::Federation(e.to_string()))?)
@@ -231,6 +241,13 @@ impl RunningEdge {
                 ));
             }
             changed.push("next_hop.members");
+        }
+        if let (Some(watch), Some(ring)) = (&self.ring, ring) {
+            let ring_changed = watch.ring.replace(ring);
+            watch.follow(&self.shared.proxy, ring_changed, clock::now_unix());
+            if ring_changed {
+                changed.push("keys");
+            }
         }
         let reloaded = Reloaded {
             changed,
@@ -353,26 +370,16 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let [k0, k1] = [&call_key_seed[..8], &call_key_seed[8..]]
         .map(|half| u64::from_le_bytes(half.try_into().unwrap_or_default()));
     let calls = Calls::new(call_limits(topology), (k0, k1));
-    let ring = load_ring(topology)?;
+    let ring = load_ring(topology)?.map(Arc::new);
     let keys = match &ring {
         // Flow tokens keyed by the pool ring: any member verifies any member's tokens, and
         // tokens signed before a rotation still verify after it.
-        Some(ring) => {
-            let now = clock::now_unix();
-            let signing = ring
-                .signing_key(now)
-                .map(|k| k.derive(Purpose::FlowToken))
-                .unwrap_or(secret);
-            let older: Vec<[u8; 32]> = ring
-                .keys()
-                .iter()
-                .map(|k| k.derive(Purpose::FlowToken))
-                .filter(|k| *k != signing)
-                .collect();
-            FlowKeys::with_older(&signing, &older)
-        }
+        Some(ring) => ring::flow_keys(&ring.get(), clock::now_unix(), &secret),
         None => FlowKeys::new(&secret),
     };
+    let ring_watch = ring
+        .clone()
+        .map(|ring| Arc::new(RingWatch::new(ring, secret, clock::now_unix())));
     let credentials = match (&ring, &topology.relay) {
         (Some(ring), Some(relay)) => Some(CredentialService {
             ring: ring.clone(),
@@ -465,6 +472,9 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         budget(),
     ));
     tasks.spawn(expire_calls(shared.clone()));
+    if let Some(watch) = &ring_watch {
+        tasks.spawn(watch_ring(shared.clone(), watch.clone()));
+    }
     let (turn, turn_udp, turn_tcp) = match (&ring, &topology.relay) {
         (Some(ring), Some(relay)) => {
             let (cfg, listen, listen_tcp) = turn_config(topology, relay, ext_addr, int_addr);
@@ -524,7 +534,22 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         tasks,
         topology: std::sync::Mutex::new(topology.clone()),
         connector,
+        ring: ring_watch,
     })
+}
+
+/// The pool ring's watch: every [`ring::CHECK_EVERY`], a ring file that changed is read
+/// again, and the flow-token keys follow the ring and the clock (a new key signs from its
+/// `signs_from`, with no signal and no restart).
+async fn watch_ring(shared: Arc<Shared>, watch: Arc<RingWatch>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ring::CHECK_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        watch.check(&shared.proxy, clock::now_unix());
+    }
 }
 
 /// The call table's timers: calls whose bound passed (Timer C, the longest call) are

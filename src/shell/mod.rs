@@ -34,6 +34,7 @@ pub mod listen;
 pub mod ops;
 pub mod partners;
 pub mod pool;
+pub mod ring;
 mod routes;
 mod shared;
 mod stats;

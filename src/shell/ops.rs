@@ -291,7 +291,8 @@ fn turn_credentials(
     if !(crate::core::credentials::MIN_LIFETIME_SECS..=max).contains(&ttl) {
         return bad(format!("ttl: 60 to {max} seconds"));
     }
-    let c = match crate::core::credentials::mint(&service.ring, &ask.username, ttl, now_unix) {
+    let c = match crate::core::credentials::mint(&service.ring.get(), &ask.username, ttl, now_unix)
+    {
         Ok(c) => c,
         Err(e) => return bad(format!("username: {e}")),
     };
@@ -470,7 +471,7 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
         key_ring: shared
             .credentials
             .iter()
-            .flat_map(|c| c.ring.keys())
+            .flat_map(|c| c.ring.get().keys().to_vec())
             .map(|k| RingKey {
                 id: k.id.clone(),
                 created: k.created,
@@ -559,7 +560,10 @@ mod tests {
     fn turn_credentials_within_the_lifetime_bounds() {
         const NOW: u64 = 1_800_000_000;
         let service = CredentialService {
-            ring: Ring::init([7; 32], NOW - 10),
+            ring: std::sync::Arc::new(crate::shell::ring::LiveRing::fixed(Ring::init(
+                [7; 32],
+                NOW - 10,
+            ))),
             relay: RelayInfo {
                 host: "av.example".into(),
                 udp_port: 3478,

@@ -13,7 +13,6 @@ use super::clock;
 use super::flows::FlowTable;
 use super::stats::Stats;
 use crate::core::firewall::SourceGuard;
-use crate::core::keyring::Ring;
 use crate::core::sip::calls::{CallHasher, Calls};
 use crate::core::sip::pool_link::Answerable;
 use crate::core::sip::proxy::Proxy;
@@ -64,7 +63,8 @@ pub struct Shared {
 /// What the A/V authentication service issues from.
 #[derive(Clone, Debug)]
 pub struct CredentialService {
-    pub ring: Ring,
+    /// The pool ring, live (a rotation reaches new credentials at once).
+    pub ring: super::ring::SharedRing,
     pub relay: crate::core::avauth::RelayInfo,
 }
 

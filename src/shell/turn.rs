@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::clock;
+use super::ring::SharedRing;
 use super::udp::BatchSocket;
 use crate::core::firewall::SourceGuard;
 use crate::core::keyring::Ring;
@@ -43,7 +44,8 @@ pub struct Turn {
     /// established allocations), write-locked for the rest: relayed media never waits
     /// behind other media.
     server: std::sync::RwLock<Server>,
-    ring: Ring,
+    /// The pool ring, live: credentials are checked against the keys in force.
+    ring: SharedRing,
     nonces: Nonces,
     realm: String,
     max_credential_lifetime_secs: u64,
@@ -95,9 +97,9 @@ impl Turn {
             .map(|(s, _)| s.clone())
     }
 
-    fn auth(&self) -> AuthContext<'_> {
+    fn auth<'a>(&'a self, ring: &'a Ring) -> AuthContext<'a> {
         AuthContext {
-            ring: &self.ring,
+            ring,
             nonces: &self.nonces,
             realm: &self.realm,
             max_lifetime_secs: self.max_credential_lifetime_secs,
@@ -181,7 +183,8 @@ impl Turn {
     ) -> Result<(), Dropped> {
         let (result, next) = {
             let mut server = self.lock_server();
-            let result = server.client_packet(&self.auth(), arrival, packet, out);
+            let ring = self.ring.get();
+            let result = server.client_packet(&self.auth(&ring), arrival, packet, out);
             (result, server.poll_timeout())
         };
         // Read after the server lock is released; the loop arms under this lock while it
@@ -247,7 +250,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: TurnConfig,
-    ring: Ring,
+    ring: SharedRing,
     listen: &[(SocketAddr, Origin)],
     listen_tcp: &[(SocketAddr, Origin)],
     tcp_limits: TcpLimits,
@@ -265,7 +268,10 @@ pub async fn start(
         sockets.push((sock, origin));
     }
     let now_unix = clock::now_unix();
+    // The nonce key stays for the life of the process: a nonce outliving a rotation on
+    // another member costs its client one 438 and a retry, no more.
     let nonce_key = ring
+        .get()
         .signing_key(now_unix)
         .map(|k| k.derive(crate::core::keyring::Purpose::TurnNonce))
         .unwrap_or([0; 32]);

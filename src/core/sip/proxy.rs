@@ -238,7 +238,8 @@ enum Sender<'a> {
 /// The proxy: configuration and keys, shared read-only by every connection.
 pub struct Proxy {
     cfg: ProxyConfig,
-    keys: FlowKeys,
+    /// The flow-token keys in force (a rotation of the pool ring replaces them).
+    keys: RwLock<Arc<FlowKeys>>,
     /// The partners in force: `cfg.federation` at first, replaced whole by a reload.
     federation: RwLock<Arc<Federation>>,
     /// `cfg.strip_headers` at first, replaced whole by a reload.
@@ -257,7 +258,7 @@ impl Proxy {
         let next_hops = RwLock::new(Arc::from(cfg.next_hops.clone()));
         Proxy {
             cfg,
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
             federation,
             strip_headers,
             next_hops,
@@ -285,8 +286,14 @@ impl Proxy {
         *self.strip_headers.write_unpoisoned() = Arc::from(names);
     }
 
-    pub fn keys(&self) -> &FlowKeys {
-        &self.keys
+    /// Replaces the flow-token keys (the pool ring changed, or a new key started signing):
+    /// from the next message on.
+    pub fn set_keys(&self, keys: FlowKeys) {
+        *self.keys.write_unpoisoned() = Arc::new(keys);
+    }
+
+    pub fn keys(&self) -> Arc<FlowKeys> {
+        self.keys.read_unpoisoned().clone()
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -511,8 +518,8 @@ impl Proxy {
 
     fn our_branch(&self, from: FlowId, target: FlowId, msg: &Message) -> u64 {
         match msg.top_via() {
-            Some(top) => self.keys.branch(from, target, sender_tx(msg, top)),
-            None => self.keys.branch(
+            Some(top) => self.keys().branch(from, target, sender_tx(msg, top)),
+            None => self.keys().branch(
                 from,
                 target,
                 SenderTx::Branch {

@@ -178,6 +178,9 @@ pub struct FlowKeys {
     older: Vec<TokenKey>,
     /// SipHash-2-4 key of the edge's branches.
     branch: (u64, u64),
+    /// The branch keys of `older`: a response to a request forwarded before a rotation
+    /// still matches its transaction.
+    older_branch: Vec<(u64, u64)>,
 }
 
 fn hmac_key(secret: &[u8; 32]) -> Hmac<Sha256> {
@@ -251,6 +254,7 @@ impl FlowKeys {
             mac: token_key(signing),
             older: older.iter().map(token_key).collect(),
             branch: branch_key(signing),
+            older_branch: older.iter().map(branch_key).collect(),
         }
     }
 
@@ -355,7 +359,25 @@ impl FlowKeys {
     /// The hash in the edge's branch for a request that arrived on `from`, goes to
     /// `target`, and was sent as transaction `tx`.
     pub fn branch(&self, from: FlowId, target: FlowId, tx: SenderTx<'_>) -> u64 {
-        let mut h = SipHasher24::new_with_keys(self.branch.0, self.branch.1);
+        Self::branch_with(self.branch, from, target, tx)
+    }
+
+    /// Whether `branch` is the edge's for that request under the signing key or an older
+    /// one (a response to a request forwarded before a rotation).
+    pub fn branch_matches(
+        &self,
+        from: FlowId,
+        target: FlowId,
+        tx: SenderTx<'_>,
+        branch: u64,
+    ) -> bool {
+        std::iter::once(&self.branch)
+            .chain(&self.older_branch)
+            .any(|key| Self::branch_with(*key, from, target, tx) == branch)
+    }
+
+    fn branch_with(key: (u64, u64), from: FlowId, target: FlowId, tx: SenderTx<'_>) -> u64 {
+        let mut h = SipHasher24::new_with_keys(key.0, key.1);
         h.write_u64(from.0);
         h.write_u64(target.0);
         let mut field = |bytes: &[u8]| {

@@ -84,7 +84,7 @@ impl Proxy {
         });
         if let Some(binding) = self.new_dialog(msg, method) {
             let token = self
-                .keys
+                .keys()
                 .dialog_token(TokenKind::DialogFromOutside, route_flow, binding);
             // RFC 5658: one entry per interface; the top one faces the next hop.
             let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
@@ -98,7 +98,7 @@ impl Proxy {
         }
         if method == Method::Register {
             // RFC 3327: requests for this contact come back through the edge, to this flow.
-            let token = self.keys.token(TokenKind::Path, from.id);
+            let token = self.keys().token(TokenKind::Path, from.id);
             let at = first_line_of(msg, HeaderName::Path).min(insert_at);
             splice.insert_with(at, |out| {
                 out.extend_from_slice(b"Path: ");
@@ -163,7 +163,7 @@ impl Proxy {
             call_id: msg.bytes(msg.call_id),
             initiator_tag: msg.bytes(tag),
         };
-        self.keys
+        self.keys()
             .check(claimed, Some(binding))
             .map_err(|_| Why::InvalidFlowToken)
     }

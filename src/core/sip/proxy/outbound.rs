@@ -25,7 +25,7 @@ impl Proxy {
                 let (flow, proof) = match claimed.kind {
                     TokenKind::Via => return Err(Why::InvalidFlowToken),
                     TokenKind::Path => (
-                        self.keys
+                        self.keys()
                             .check(&claimed, None)
                             .map_err(|_| Why::InvalidFlowToken)?,
                         Proof::None,
@@ -83,7 +83,7 @@ impl Proxy {
         });
         if let Some(binding) = self.new_dialog(msg, method) {
             let token = self
-                .keys
+                .keys()
                 .dialog_token(TokenKind::DialogFromInside, target, binding);
             let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
             splice.insert_with(at, |out| {

@@ -25,8 +25,8 @@ impl Proxy {
         // forward a response without any Via.
         let next = msg.vias.get(1).ok_or(Why::StrayResponse)?;
         let token = find_ftok(msg, top.value).ok_or(Why::StrayResponse)?;
-        let origin = self
-            .keys
+        let keys = self.keys();
+        let origin = keys
             .verify(TokenKind::Via, token)
             .map_err(|_| Why::StrayResponse)?;
         let branch = top
@@ -34,7 +34,7 @@ impl Proxy {
             .and_then(|b| parse_our_branch(msg.bytes(b)))
             .ok_or(Why::StrayResponse)?;
         let tx = sender_tx(msg, next);
-        let minted = |target: FlowId| self.keys.branch(origin, target, tx) == branch;
+        let minted = |target: FlowId| keys.branch_matches(origin, target, tx, branch);
         let answered_by_this_flow = match (from.side, from.partner) {
             (Side::Internal, _) => minted(FlowId::POOL),
             (Side::External, Some(p)) => minted(FlowId::partner(p.0)),

@@ -26,7 +26,7 @@ fn proxy() -> Proxy {
 }
 
 fn flow(p: &Proxy, id: u64, side: Side, remote: &str) -> Flow {
-    Flow::new(p.keys(), FlowId(id), side, remote.parse().unwrap())
+    Flow::new(&p.keys(), FlowId(id), side, remote.parse().unwrap())
 }
 
 /// The Director's connection to the internal listener (flow 2).
