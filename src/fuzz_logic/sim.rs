@@ -20,7 +20,9 @@ use crate::core::sip::message::{Message, Method};
 use crate::core::sip::pool_link::{Answerable, PoolRequest};
 use crate::core::sip::proxy::{DiscoveredTarget, Flow, Proxy, Side, TxKey};
 use crate::core::sip::reject::Why;
-use crate::core::sip::session::{Edge, FlowRefused, PartnerTarget, PoolRefused, SessionLimits};
+use crate::core::sip::session::{
+    Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, SessionLimits,
+};
 use crate::core::sip::token::FlowId;
 
 /// One thing the simulated edge did, in order.
@@ -262,17 +264,12 @@ impl Edge for SimEdge {
         }
     }
 
-    fn to_partner(
-        &mut self,
-        target: PartnerTarget,
-        bytes: Bytes,
-        answerable: Answerable,
-    ) -> Result<(), Why> {
+    fn to_partner(&mut self, request: PartnerRequest) -> Result<(), Why> {
         self.events.push(SimEvent::ToPartner {
             from: FlowId(u64::MAX),
-            target,
-            bytes,
-            answerable,
+            target: request.target,
+            bytes: request.bytes,
+            answerable: request.answerable,
         });
         Ok(())
     }

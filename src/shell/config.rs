@@ -99,14 +99,18 @@ pub(super) fn turn_config(
     cfg.strangers.bytes_per_sec = relay.unauthenticated_bytes_per_second;
     // The stranger table is bounded like the firewall's source table.
     cfg.strangers.max_sources = t.firewall.max_sources;
-    let listen: Vec<SocketAddr> = if relay.listen_udp.is_empty() {
-        vec![
-            SocketAddr::new(ext.ip(), relay.udp_port),
-            SocketAddr::new(int.ip(), relay.udp_port),
-        ]
-    } else {
-        relay.listen_udp.clone()
+    // Listeners default to both interfaces on the advertised port.
+    let or_both = |given: &[SocketAddr], port: u16| -> Vec<SocketAddr> {
+        if given.is_empty() {
+            vec![
+                SocketAddr::new(ext.ip(), port),
+                SocketAddr::new(int.ip(), port),
+            ]
+        } else {
+            given.to_vec()
+        }
     };
+    let listen = or_both(&relay.listen_udp, relay.udp_port);
     // The interface the address is on; `check` refuses a topology where that is unclear,
     // and anything that still is gets the strict (external) policy.
     let zone = |a: SocketAddr| {
@@ -116,14 +120,7 @@ pub(super) fn turn_config(
         };
         (a, origin)
     };
-    let listen_tcp: Vec<SocketAddr> = if relay.listen_tcp.is_empty() {
-        vec![
-            SocketAddr::new(ext.ip(), relay.tcp_port),
-            SocketAddr::new(int.ip(), relay.tcp_port),
-        ]
-    } else {
-        relay.listen_tcp.clone()
-    };
+    let listen_tcp = or_both(&relay.listen_tcp, relay.tcp_port);
     // A relay must not loop into the edge itself: every address it owns is refused.
     let mut own = vec![ext.ip(), int.ip(), relay_ip, public_ip];
     own.extend(listen.iter().chain(&listen_tcp).map(|a| a.ip()));

@@ -21,10 +21,11 @@ use crate::core::sip::calls::{AtLimit, CallKey, Owner};
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::health::Transition;
 use crate::core::sip::message::Message;
-use crate::core::sip::pool_link::{Answerable, MemberEvent, PoolLink, PoolRequest};
+use crate::core::sip::pool_link::{MemberEvent, PoolLink, PoolRequest};
 use crate::core::sip::proxy::{Flow, Proxy, Side};
 use crate::core::sip::session::{
-    CloseReason, Edge, FlowRefused, PartnerTarget, PoolRefused, Session, SessionLimits,
+    CloseReason, Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, Session,
+    SessionLimits,
 };
 use crate::core::sip::token::FlowId;
 use crate::core::sip::Why;
@@ -67,9 +68,7 @@ pub trait Routing: Send + Sync {
         &self,
         shared: &Arc<Shared>,
         routes: &Arc<dyn Routing>,
-        target: PartnerTarget,
-        bytes: Bytes,
-        answerable: Answerable,
+        request: PartnerRequest,
     ) -> Result<(), Why>;
 }
 
@@ -361,14 +360,8 @@ impl Edge for ShellEdge<'_> {
             })
     }
 
-    fn to_partner(
-        &mut self,
-        target: PartnerTarget,
-        bytes: Bytes,
-        answerable: Answerable,
-    ) -> Result<(), Why> {
-        self.routes
-            .to_partner(self.shared, self.routes, target, bytes, answerable)
+    fn to_partner(&mut self, request: PartnerRequest) -> Result<(), Why> {
+        self.routes.to_partner(self.shared, self.routes, request)
     }
 
     fn credentials(&mut self, flow: &Flow, msg: &Message) -> Option<Vec<u8>> {

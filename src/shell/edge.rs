@@ -454,23 +454,20 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     }
     // One connection budget per zone: a flood from the Internet must never use up the
     // connections the Directors need to reach remote users.
-    let budget = || Arc::new(tokio::sync::Semaphore::new(shared.limits().max_connections));
-    tasks.spawn(listen::accept_loop(
-        shared.clone(),
-        routes.clone(),
-        external,
-        tokio_rustls::TlsAcceptor::from(ext_tls),
-        Side::External,
-        budget(),
-    ));
-    tasks.spawn(listen::accept_loop(
-        shared.clone(),
-        routes.clone(),
-        internal,
-        tokio_rustls::TlsAcceptor::from(int_tls),
-        Side::Internal,
-        budget(),
-    ));
+    for (listener, tls, side) in [
+        (external, ext_tls, Side::External),
+        (internal, int_tls, Side::Internal),
+    ] {
+        let budget = Arc::new(tokio::sync::Semaphore::new(shared.limits().max_connections));
+        tasks.spawn(listen::accept_loop(
+            shared.clone(),
+            routes.clone(),
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls),
+            side,
+            budget,
+        ));
+    }
     tasks.spawn(expire_calls(shared.clone()));
     if let Some(watch) = &ring_watch {
         tasks.spawn(watch_ring(shared.clone(), watch.clone()));

@@ -86,15 +86,13 @@ pub async fn accept_loop(
         } else {
             None
         };
-        let Ok(handshake_slot) = handshakes.clone().try_acquire_owned() else {
-            shared
-                .stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            drop(tcp);
-            continue;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        // A handshake slot, then a connection permit: over either budget, closed at once.
+        let slots = handshakes
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(connections.clone().try_acquire_owned().ok());
+        let Some((handshake_slot, permit)) = slots else {
             shared
                 .stats
                 .connections_refused

@@ -33,6 +33,7 @@ use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
 use crate::core::sip::pool_link::Answerable;
 use crate::core::sip::proxy::{DiscoveredTarget, Side};
 use crate::core::sip::reject::Why;
+use crate::core::sip::session::PartnerRequest;
 pub use crate::core::sip::session::PartnerTarget as Target;
 use crate::core::sip::token::FlowId;
 
@@ -290,10 +291,13 @@ impl Partners {
         self: &Arc<Self>,
         shared: &Arc<Shared>,
         routes: &Arc<dyn Routing>,
-        target: Target,
-        bytes: Bytes,
-        answerable: Answerable,
+        request: PartnerRequest,
     ) -> Result<(), Why> {
+        let PartnerRequest {
+            target,
+            bytes,
+            answerable,
+        } = request;
         let unavailable = Why::PartnerUnavailable {
             retry_after_secs: RETRY_AFTER_SECS,
         };

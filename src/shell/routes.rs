@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::conn::Routing;
 use super::partners::Partners;
 use super::pool::Pool;
 use super::shared::Shared;
 use crate::core::sip::federation::PartnerId;
-use crate::core::sip::pool_link::{Answerable, PoolRequest};
-use crate::core::sip::session::PartnerTarget;
+use crate::core::sip::pool_link::PoolRequest;
+use crate::core::sip::session::{PartnerRequest, PartnerTarget};
 use crate::core::sip::Why;
 
 /// Where messages go beyond the connection they arrived on.
@@ -61,12 +59,10 @@ impl Routing for Routes {
         &self,
         shared: &Arc<Shared>,
         routes: &Arc<dyn Routing>,
-        target: PartnerTarget,
-        bytes: Bytes,
-        answerable: Answerable,
+        request: PartnerRequest,
     ) -> Result<(), Why> {
         match &self.partners {
-            Some(partners) => partners.send(shared, routes, target, bytes, answerable),
+            Some(partners) => partners.send(shared, routes, request),
             None => Err(Why::NoRoute),
         }
     }

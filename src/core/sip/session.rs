@@ -43,7 +43,7 @@ mod edge;
 mod pool;
 
 use admission::initial_invite;
-pub use edge::{Edge, FlowRefused, PartnerTarget, PoolRefused};
+pub use edge::{Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused};
 pub use pool::answer_in_place_of;
 
 /// Largest read per call; TLS records are at most 16 KiB anyway.
@@ -446,7 +446,12 @@ impl Session {
         answerable: Answerable,
         now: Instant,
     ) -> bool {
-        match edge.to_partner(target, Bytes::from(bytes), answerable) {
+        let request = PartnerRequest {
+            target,
+            bytes: Bytes::from(bytes),
+            answerable,
+        };
+        match edge.to_partner(request) {
             Ok(()) => {
                 edge.forwarded(&self.flow, msg);
                 true

@@ -11,6 +11,15 @@ pub enum PartnerTarget {
     Discovered(DiscoveredTarget),
 }
 
+/// A request on its way to a partner's edge: where, the bytes to write, and how to answer
+/// it (503) if no connection to the partner can be made.
+#[derive(Clone, Debug)]
+pub struct PartnerRequest {
+    pub target: PartnerTarget,
+    pub bytes: Bytes,
+    pub answerable: Answerable,
+}
+
 /// Why the pool did not take a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolRefused;
@@ -73,14 +82,8 @@ pub trait Edge {
     // --- sending (queues; never waits) ---
     fn to_pool(&mut self, request: PoolRequest) -> Result<(), PoolRefused>;
     fn to_flow(&mut self, flow: FlowId, from: Side, bytes: Bytes) -> Result<(), FlowRefused>;
-    /// To a partner's edge (waiting, bounded, while a connection opens); `answerable` lets
-    /// the edge answer 503 later if none can be opened.
-    fn to_partner(
-        &mut self,
-        target: PartnerTarget,
-        bytes: Bytes,
-        answerable: Answerable,
-    ) -> Result<(), Why>;
+    /// To a partner's edge (waiting, bounded, while a connection opens).
+    fn to_partner(&mut self, request: PartnerRequest) -> Result<(), Why>;
     /// The A/V authentication service's answer to a credentials request from the inside.
     fn credentials(&mut self, flow: &Flow, msg: &Message) -> Option<Vec<u8>>;
 
