@@ -50,6 +50,9 @@ mod srtp;
 /// Federation: two organisations' edges over mutual TLS.
 mod federation;
 
+/// A pool of edges sharing bans on a real redis-server; Redis away and back.
+mod pool;
+
 /// The DMZ deployment in network namespaces (root only).
 mod netns;
 

@@ -105,6 +105,18 @@ impl Refusal {
     }
 }
 
+/// A ban the pool hears of: whom, and for how much longer. Members publish the bans their
+/// strikes cause and take the ones others publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanNotice {
+    pub key: SourceKey,
+    pub remaining: Duration,
+}
+
+/// Bans waiting for the pool's task to publish them; past this many the oldest go (a
+/// member that reconnects publishes every ban still in force anyway).
+const OUTBOX: usize = 1024;
+
 /// What happened when a strike was recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strike {
@@ -169,6 +181,11 @@ pub struct SourceGuard {
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     bans: AtomicU64,
+    /// Bans to publish to the pool, once a pool is there to hear them.
+    outbox: Mutex<std::collections::VecDeque<BanNotice>>,
+    publishing: std::sync::atomic::AtomicBool,
+    /// Bans taken from other members.
+    pool_bans: AtomicU64,
 }
 
 impl SourceGuard {
@@ -178,6 +195,9 @@ impl SourceGuard {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             bans: AtomicU64::new(0),
+            outbox: Mutex::new(std::collections::VecDeque::new()),
+            publishing: std::sync::atomic::AtomicBool::new(false),
+            pool_bans: AtomicU64::new(0),
         }
     }
 
@@ -338,8 +358,79 @@ impl SourceGuard {
         });
         if matches!(strike, Strike::Banned { .. }) {
             self.bans.fetch_add(1, Ordering::Relaxed);
+            if self.publishing.load(Ordering::Relaxed) {
+                let notice = BanNotice {
+                    key: SourceKey::of(ip),
+                    remaining: self.policy_now().ban_time,
+                };
+                let mut outbox = self.outbox.lock_unpoisoned();
+                if outbox.len() >= OUTBOX {
+                    outbox.pop_front();
+                }
+                outbox.push_back(notice);
+            }
         }
         strike
+    }
+
+    /// From now on, bans are kept for the pool's task ([`Self::take_bans`]).
+    pub fn publish_bans(&self) {
+        self.publishing.store(true, Ordering::Relaxed);
+    }
+
+    /// The bans this member's strikes caused since the last call, to publish.
+    pub fn take_bans(&self) -> Vec<BanNotice> {
+        self.outbox.lock_unpoisoned().drain(..).collect()
+    }
+
+    /// A ban another member published: the source is refused here too until it ends (a
+    /// longer ban already in force stays). Allow-listed sources are not tracked by key, so
+    /// the allow-list still wins when they connect. `false` when the table is full even
+    /// after sweeping (the ban is then not kept here; the member that banned still holds it).
+    pub fn ban_from_pool(&self, notice: BanNotice, now: Instant) -> bool {
+        if notice.key == SourceKey::Overflow || notice.remaining.is_zero() {
+            return false;
+        }
+        let policy = self.policy_now();
+        let per_shard = (policy.max_sources / SHARDS).max(1);
+        let mut shard = self.lock((self.hasher.hash_one(notice.key) as usize) % SHARDS);
+        if !shard.map.contains_key(&notice.key) && shard.map.len() >= per_shard {
+            shard.map.retain(|_, s| !s.idle(now));
+            shard.last_sweep = Some(now);
+            if shard.map.len() >= per_shard {
+                return false;
+            }
+        }
+        let source = shard
+            .map
+            .entry(notice.key)
+            .or_insert_with(|| Source::new(now));
+        let until = now + notice.remaining;
+        source.banned_until = Some(source.banned_until.map_or(until, |t| t.max(until)));
+        self.pool_bans.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Every ban in force at `now` (what a member publishes when it joins the pool again).
+    pub fn active_bans(&self, now: Instant) -> Vec<BanNotice> {
+        (0..SHARDS)
+            .flat_map(|i| {
+                self.lock(i)
+                    .map
+                    .iter()
+                    .filter(|(k, _)| **k != SourceKey::Overflow)
+                    .filter_map(|(k, s)| {
+                        s.ban_remaining(now)
+                            .map(|remaining| BanNotice { key: *k, remaining })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Bans taken from other members so far (metrics).
+    pub fn pool_bans_total(&self) -> u64 {
+        self.pool_bans.load(Ordering::Relaxed)
     }
 
     /// Bans so far (metrics).
@@ -402,6 +493,59 @@ mod tests {
             ],
             max_sources: 64,
         }
+    }
+
+    #[test]
+    fn bans_go_to_the_pool_and_come_from_it() {
+        let here = SourceGuard::new(policy());
+        let there = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.1");
+        // Nothing is kept for a pool until one listens.
+        for _ in 0..5 {
+            here.strike(a, t0);
+        }
+        assert!(here.take_bans().is_empty());
+        let b = ip("203.0.113.2");
+        here.publish_bans();
+        for _ in 0..5 {
+            here.strike(b, t0);
+        }
+        let notices = here.take_bans();
+        assert_eq!(
+            notices,
+            [BanNotice {
+                key: SourceKey::of(b),
+                remaining: Duration::from_secs(60)
+            }]
+        );
+        assert!(here.take_bans().is_empty(), "taken once");
+
+        // Another member takes it: the source is refused there at once, until it ends.
+        assert_eq!(there.request(b, t0), Ok(()));
+        assert!(there.ban_from_pool(notices[0], t0));
+        assert!(matches!(there.request(b, t0), Err(Refusal::Banned { .. })));
+        assert!(matches!(there.connect(b, t0), Err(Refusal::Banned { .. })));
+        assert_eq!(there.pool_bans_total(), 1);
+        assert_eq!(there.bans_total(), 0, "not this member's own ban");
+        assert_eq!(there.active_bans(t0).len(), 1);
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(there.request(b, later), Ok(()));
+        assert!(there.active_bans(later).is_empty());
+        // A shorter ban from the pool does not cut a longer one short.
+        assert!(there.ban_from_pool(notices[0], t0));
+        let short = BanNotice {
+            remaining: Duration::from_secs(1),
+            ..notices[0]
+        };
+        assert!(there.ban_from_pool(short, t0));
+        assert!(there.banned(b, t0 + Duration::from_secs(30)).is_some());
+        // The overflow entry is nobody: it never crosses the pool.
+        let overflow = BanNotice {
+            key: SourceKey::Overflow,
+            remaining: Duration::from_secs(60),
+        };
+        assert!(!there.ban_from_pool(overflow, t0));
     }
 
     #[test]

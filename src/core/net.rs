@@ -76,6 +76,29 @@ impl SourceKey {
             IpAddr::V6(v6) => SourceKey::V6((u128::from(v6) >> 64) as u64),
         }
     }
+
+    /// The key as pool members exchange it (`4:c0000201`, `6:20010db800010002`); the
+    /// overflow entry has none (it is no one source, and never leaves the process).
+    pub fn to_wire(self) -> Option<String> {
+        match self {
+            SourceKey::V4(a) => Some(format!("4:{a:08x}")),
+            SourceKey::V6(p) => Some(format!("6:{p:016x}")),
+            SourceKey::Overflow => None,
+        }
+    }
+
+    /// A key as [`SourceKey::to_wire`] writes it; `None` for anything else.
+    pub fn from_wire(text: &str) -> Option<SourceKey> {
+        let (family, hex) = text.split_once(':')?;
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        match (family, hex.len()) {
+            ("4", 8) => u32::from_str_radix(hex, 16).ok().map(SourceKey::V4),
+            ("6", 16) => u64::from_str_radix(hex, 16).ok().map(SourceKey::V6),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +129,32 @@ mod tests {
             .contains(ip("203.0.113.8")));
         for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "x", "10.0.0.0/", "/8"] {
             assert!(Prefix::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_cross_the_pool_as_text_and_nothing_else_parses() {
+        for text in ["192.0.2.1", "2001:db8:1:2::1", "::ffff:198.51.100.9"] {
+            let key = SourceKey::of(ip(text));
+            let wire = key.to_wire().unwrap();
+            assert_eq!(SourceKey::from_wire(&wire), Some(key), "{wire}");
+        }
+        assert_eq!(
+            SourceKey::of(ip("192.0.2.1")).to_wire().unwrap(),
+            "4:c0000201"
+        );
+        assert_eq!(SourceKey::Overflow.to_wire(), None);
+        for bad in [
+            "",
+            "4:",
+            "4:c00002",
+            "4:c000020100",
+            "6:zz",
+            "5:c0000201",
+            "4:+0000201",
+            "overflow",
+        ] {
+            assert_eq!(SourceKey::from_wire(bad), None, "{bad}");
         }
     }
 

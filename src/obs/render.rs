@@ -3,7 +3,7 @@
 //! JSON document of `/status`. Pure: no clock, no locks; the shell feeds the numbers.
 
 use super::metrics::{Exposition, Kind};
-use super::snapshot::{AccessEdge, ByZone, EdgeSnapshot, Partner, Relay};
+use super::snapshot::{AccessEdge, ByZone, EdgeSnapshot, Partner, Pool, Relay};
 
 /// Certificates closer than this to their end are reported `expiring`.
 const EXPIRING_SECS: i64 = 30 * 86_400;
@@ -46,6 +46,9 @@ pub fn metrics(s: &EdgeSnapshot) -> String {
     }
     if let Some(relay) = &s.relay {
         relay_metrics(&mut e, relay);
+    }
+    if let Some(pool) = &s.pool {
+        pool_metrics(&mut e, pool);
     }
     e.finish()
 }
@@ -275,6 +278,37 @@ fn partner_metrics(e: &mut Exposition, partners: &[Partner]) {
 }
 
 /// The A/V Edge's counters.
+fn pool_metrics(e: &mut Exposition, p: &Pool) {
+    single(
+        e,
+        "sipedge_pool_degraded",
+        Kind::Gauge,
+        "1 while Redis is away (or not reached yet): this member enforces alone.",
+        u64::from(p.status != "up"),
+    );
+    single(
+        e,
+        "sipedge_pool_bans_published_total",
+        Kind::Counter,
+        "Bans this member published to the pool (its own, and those in force when it joined).",
+        p.bans_published,
+    );
+    single(
+        e,
+        "sipedge_pool_bans_received_total",
+        Kind::Counter,
+        "Bans taken from other members of the pool.",
+        p.bans_received,
+    );
+    single(
+        e,
+        "sipedge_pool_messages_ignored_total",
+        Kind::Counter,
+        "Messages on the pool's channel that were not a ban notice.",
+        p.garbage,
+    );
+}
+
 fn relay_metrics(e: &mut Exposition, r: &Relay) {
     single(
         e,
@@ -427,6 +461,14 @@ pub fn status(s: &EdgeSnapshot) -> String {
         .relay
         .as_ref()
         .map(|r| json!({ "allocations": r.allocations }));
+    let pool = s.pool.as_ref().map(|p| {
+        json!({
+            "redis": p.status,
+            "member": p.member,
+            "bans_published": p.bans_published,
+            "bans_received": p.bans_received,
+        })
+    });
     let body = json!({
         "instance": s.instance,
         "version": s.version,
@@ -443,6 +485,7 @@ pub fn status(s: &EdgeSnapshot) -> String {
         "relay": relay,
         "partners": partners,
         "key_ring": ring,
+        "pool": pool,
     });
     let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
     text.push('\n');
@@ -547,6 +590,13 @@ mod tests {
                 bytes_to_peers: 1200,
                 ..Relay::default()
             }),
+            pool: Some(Pool {
+                status: "degraded",
+                member: "edge1/00ff".into(),
+                bans_published: 3,
+                bans_received: 4,
+                garbage: 0,
+            }),
             draining: false,
         }
     }
@@ -555,6 +605,8 @@ mod tests {
     fn metrics_render_families_from_a_snapshot() {
         let text = metrics(&edge());
         for expected in [
+            "sipedge_pool_degraded 1\n",
+            "sipedge_pool_bans_received_total 4\n",
             "# HELP sipedge_build_info Build information.\n# TYPE sipedge_build_info gauge\n\
              sipedge_build_info{version=\"9.9.9\"} 1\n",
             "# TYPE sipedge_messages_forwarded_total counter\n\
@@ -588,7 +640,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 33, "{text}");
+        assert_eq!(types, 37, "{text}");
     }
 
     #[test]
@@ -596,9 +648,11 @@ mod tests {
         let mut s = edge();
         s.partners = None;
         s.relay = None;
+        s.pool = None;
         let text = metrics(&s);
         assert!(!text.contains("sipedge_partner_"), "{text}");
         assert!(!text.contains("sipedge_turn_"), "{text}");
+        assert!(!text.contains("sipedge_pool_"), "{text}");
         // With federation but no partner listed, the families are there, empty.
         s.partners = Some(Vec::new());
         let text = metrics(&s);

@@ -36,6 +36,8 @@ pub struct EdgeSnapshot {
     pub key_ring: Vec<RingKey>,
     /// The TURN relay, once started.
     pub relay: Option<Relay>,
+    /// With `[pool]`: the shared state's standing.
+    pub pool: Option<Pool>,
 }
 
 /// A serving certificate.
@@ -131,6 +133,19 @@ pub struct RingKey {
     pub created: u64,
     /// Unix seconds from which it signs.
     pub signs_from: u64,
+}
+
+/// Pool-wide state on Redis (`[pool]`).
+#[derive(Clone, Debug, Default)]
+pub struct Pool {
+    /// `connecting`, `up` or `degraded` (Redis away: this member enforces alone).
+    pub status: &'static str,
+    pub member: String,
+    pub bans_published: u64,
+    pub bans_received: u64,
+    /// Bans taken from other members and in force here now come from `bans_received`;
+    /// messages that were not a ban notice.
+    pub garbage: u64,
 }
 
 /// The TURN relay (A/V Edge).

@@ -22,7 +22,7 @@ use super::routes::Routes;
 use super::shared::{CredentialService, Shared};
 use super::stats::Stats;
 use super::view::EdgeView;
-use super::{clock, keyfile, listen, ops, partners, turn};
+use super::{clock, keyfile, listen, ops, partners, pool_state, turn};
 use crate::core::firewall::{Rate, SourceGuard};
 use crate::core::sip::calls::Calls;
 use crate::core::sip::proxy::{Proxy, Side};
@@ -137,6 +137,7 @@ fn restart_only_changes(old: &Topology, new: &Topology) -> Vec<&'static str> {
     check("operations", old.operations != new.operations);
     check("keys", old.keys != new.keys);
     check("relay", old.relay != new.relay);
+    check("pool", old.pool != new.pool);
     // Partners, DNS and discovery change live; trust roots and connection counts do not
     // (they shape the TLS configurations), nor does federating at all.
     let fixed = |f: &Option<crate::topology::FederationConfig>| {
@@ -500,10 +501,27 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         }
         _ => (None, Vec::new(), Vec::new()),
     };
+    // Pool-wide state: bans shared through Redis (never on the per-message path).
+    let pool_state = topology.pool.as_ref().map(|cfg| {
+        let member = format!(
+            "{}/{:04x}",
+            topology.edge.name,
+            u16::from_be_bytes([seed[2], seed[3]])
+        );
+        let state = Arc::new(pool_state::PoolState::new(member));
+        tasks.spawn(pool_state::run(
+            cfg.clone(),
+            shared.guard.clone(),
+            state.clone(),
+            shared.shutdown.clone(),
+        ));
+        state
+    });
     let view = Arc::new(EdgeView {
         shared: shared.clone(),
         routes: routes.clone(),
         turn: turn.clone(),
+        pool: pool_state,
         name: topology.edge.name.clone(),
         started: clock::now(),
         started_unix: clock::now_unix(),

@@ -34,6 +34,7 @@ pub mod listen;
 pub mod ops;
 pub mod partners;
 pub mod pool;
+pub mod pool_state;
 pub mod ring;
 mod routes;
 mod shared;

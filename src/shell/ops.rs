@@ -479,6 +479,13 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
             })
             .collect(),
         relay,
+        pool: view.pool.as_ref().map(|p| crate::obs::snapshot::Pool {
+            status: p.status().label(),
+            member: p.member.clone(),
+            bans_published: p.bans_published.load(Ordering::Relaxed),
+            bans_received: p.bans_received.load(Ordering::Relaxed),
+            garbage: p.garbage.load(Ordering::Relaxed),
+        }),
     }
 }
 

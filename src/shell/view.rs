@@ -14,6 +14,8 @@ pub struct EdgeView {
     pub routes: Arc<Routes>,
     /// The TURN relay, when configured.
     pub turn: Option<Arc<Turn>>,
+    /// Pool-wide state on Redis, when `[pool]` is configured.
+    pub pool: Option<Arc<super::pool_state::PoolState>>,
     /// Instance name, and when it started (monotonic and Unix), for `/status`.
     pub name: String,
     pub started: std::time::Instant,

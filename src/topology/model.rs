@@ -34,6 +34,23 @@ pub struct Topology {
     pub relay: Option<Relay>,
     /// Federation with partner edges, if any.
     pub federation: Option<FederationConfig>,
+    /// Pool-wide state on Redis, if any; without it every member enforces alone.
+    pub pool: Option<PoolConfig>,
+}
+
+/// `[pool]`: where the pool's shared state lives (Redis or Valkey).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// `redis://host:port[/db]`, or `rediss://…` for TLS.
+    pub redis: String,
+    /// Every key and channel the edge uses starts with this.
+    pub key_prefix: String,
+    /// The ACL user, if any.
+    pub username: Option<String>,
+    /// From `password_env` or `password_file`, never the topology itself.
+    pub password: Option<Secret>,
+    /// How long a Redis command may take before the member counts Redis as down.
+    pub timeout: std::time::Duration,
 }
 
 /// Federation: the partner edges and how they are trusted.

@@ -2,7 +2,7 @@
 //! between them. `topology/README.md` documents the same keys; keep the two in step.
 //!
 //! One file per table (`edge`, `interfaces` for `[external]` and `[internal]`, `next_hop`,
-//! `limits`, `firewall`, `keys`, `operations`, `relay`, `federation`), each with its keys,
+//! `limits`, `firewall`, `keys`, `operations`, `relay`, `federation`, `pool`), each with its keys,
 //! ranges and defaults; `fields` has the readers they share. Here: the root table, the
 //! order tables are read in, and the checks that span tables.
 
@@ -24,6 +24,7 @@ mod keys;
 mod limits;
 mod next_hop;
 mod operations;
+mod pool;
 mod relay;
 
 const ROOT_KEYS: &[&str] = &[
@@ -38,6 +39,7 @@ const ROOT_KEYS: &[&str] = &[
     "keys",
     "relay",
     "federation",
+    "pool",
 ];
 
 /// Reads the whole document; `None` when any problem was recorded in `doc`.
@@ -68,6 +70,7 @@ pub(super) fn resolve(
     let keys = keys::read_keys(doc, root, &base);
     let relay = relay::read_relay(doc, root);
     let federation = federation::read_federation(doc, root, &base);
+    let pool = pool::read_pool(doc, root, &base, env);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -87,6 +90,7 @@ pub(super) fn resolve(
         keys: keys?,
         relay: relay?,
         federation: federation?,
+        pool: pool?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -160,5 +164,6 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("relay", relay::RELAY_KEYS),
         ("federation", federation::FEDERATION_KEYS),
         ("federation.partners.NAME", federation::PARTNER_KEYS),
+        ("pool", pool::POOL_KEYS),
     ]
 }

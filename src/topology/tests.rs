@@ -565,3 +565,44 @@ fn a_relay_listener_serves_the_zone_of_its_interface_and_an_unclear_one_is_refus
         );
     }
 }
+
+#[test]
+fn the_pool_table_keeps_credentials_out_of_the_topology() {
+    let t = parse(TWO_NIC, Some(Path::new("t.toml")), &env()).unwrap();
+    let pool = t.pool.unwrap();
+    assert_eq!(pool.redis, "rediss://redis.corp.example:6380/0");
+    assert_eq!(pool.key_prefix, "sipedge-edge-pool");
+    assert_eq!(pool.timeout, std::time::Duration::from_millis(500));
+    assert!(pool.password.is_none());
+
+    let with = |redis: &str| {
+        TWO_NIC.replace(
+            "redis = \"rediss://redis.corp.example:6380/0\"",
+            &format!("redis = \"{redis}\""),
+        )
+    };
+    for (redis, says) in [
+        (
+            "rediss://edge:pw@redis.corp.example:6380/0",
+            "no user or password in the URL",
+        ),
+        ("http://redis.corp.example:6379", "expected redis://"),
+    ] {
+        let text = with(redis);
+        let found = problems(&text);
+        assert_keys(&found, &["pool.redis"]);
+        assert_eq!(found[0].0, line_of(&text, "redis = "));
+        assert!(found[0].2.contains(says), "{found:?}");
+    }
+    // The password from the environment, never the file itself.
+    let text = TWO_NIC.replace(
+        "key_prefix = \"sipedge-edge-pool\"",
+        "key_prefix = \"sipedge-edge-pool\"\nusername = \"edge\"\npassword_env = \"SIPEDGE_EXTERNAL_PFX_PASSWORD\"",
+    );
+    let t = parse(&text, Some(Path::new("t.toml")), &env()).unwrap();
+    let pool = t.pool.unwrap();
+    assert_eq!(pool.username.as_deref(), Some("edge"));
+    assert_eq!(pool.password.as_deref(), Some("pfx-pass"));
+    let text = TWO_NIC.replace("timeout = \"500ms\"", "timeout = \"5ms\"");
+    assert_keys(&problems(&text), &["pool.timeout"]);
+}

@@ -151,6 +151,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
         keys: None,
         relay: None,
         federation: None,
+        pool: None,
     }
 }
 

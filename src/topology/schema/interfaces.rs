@@ -234,7 +234,7 @@ fn read_tls(
 
 /// The PKCS#12 password: from an environment variable or a file, never from the topology
 /// itself (topologies get copied into tickets and repositories).
-fn read_password(
+pub(super) fn read_password(
     doc: &mut Doc<'_>,
     s: Section<'_, '_>,
     base: &Path,

@@ -1,0 +1,381 @@
+//! Pool-wide state on Redis (`[pool]` in the topology; Valkey speaks the same protocol):
+//! the bans each member's strikes cause are published, so that a source banned on one
+//! member is refused by every member within a second, for what is left of its ban.
+//!
+//! Nothing on the per-message or per-packet path waits for Redis: a strike that bans puts a
+//! [`BanNotice`] in the firewall's bounded outbox and goes on; this task publishes the
+//! outbox every 100 ms and applies what other members publish. Each ban is also kept in
+//! Redis as a key that expires with it (`<prefix>:ban:<source>`), so a member that joins,
+//! or comes back after Redis was away, takes the bans in force (`SCAN`) and publishes its
+//! own. Redis down, slow (a PING a second, bounded by `pool.timeout`) or answering garbage
+//! is not an outage: members enforce alone, `/status` says `degraded`, it is logged once,
+//! and the task reconnects with back-off and resynchronises.
+//!
+//! What crosses Redis is a source's key (an IPv4 address or an IPv6 /64, as hex), a member
+//! id and a remaining time: no secret, no personal data beyond the address the ban is about.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+
+use super::clock;
+use crate::core::firewall::{BanNotice, SourceGuard};
+use crate::core::net::SourceKey;
+use crate::topology::PoolConfig;
+
+/// How often the outbox is published.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often Redis is asked whether it is there.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Reconnect back-off bounds.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Bans taken in one resynchronisation, at most (a bounded walk of the key space).
+const RESYNC_MAX: usize = 100_000;
+
+/// Where the pool's state stands, for `/status` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolStatus {
+    /// Not connected yet since start.
+    Connecting,
+    Up,
+    /// Redis is away: this member enforces alone.
+    Degraded,
+}
+
+impl PoolStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolStatus::Connecting => "connecting",
+            PoolStatus::Up => "up",
+            PoolStatus::Degraded => "degraded",
+        }
+    }
+}
+
+/// The pool's state as the rest of the edge reads it.
+pub struct PoolState {
+    /// This member's id in the pool (its own messages come back to it and are skipped).
+    pub member: String,
+    status: AtomicU8,
+    pub bans_published: AtomicU64,
+    pub bans_received: AtomicU64,
+    /// Messages from Redis that were not a ban notice (ignored).
+    pub garbage: AtomicU64,
+}
+
+impl PoolState {
+    pub fn new(member: String) -> PoolState {
+        PoolState {
+            member,
+            status: AtomicU8::new(0),
+            bans_published: AtomicU64::new(0),
+            bans_received: AtomicU64::new(0),
+            garbage: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        match self.status.load(Ordering::Relaxed) {
+            0 => PoolStatus::Connecting,
+            1 => PoolStatus::Up,
+            _ => PoolStatus::Degraded,
+        }
+    }
+
+    fn set(&self, status: PoolStatus) -> PoolStatus {
+        let code = match status {
+            PoolStatus::Connecting => 0,
+            PoolStatus::Up => 1,
+            PoolStatus::Degraded => 2,
+        };
+        match self.status.swap(code, Ordering::Relaxed) {
+            0 => PoolStatus::Connecting,
+            1 => PoolStatus::Up,
+            _ => PoolStatus::Degraded,
+        }
+    }
+}
+
+/// Keeps the pool's state until shutdown: connect, resynchronise, publish and apply bans;
+/// on any failure, degrade, reconnect with back-off.
+pub async fn run(
+    cfg: PoolConfig,
+    guard: Arc<SourceGuard>,
+    state: Arc<PoolState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    guard.publish_bans();
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let failed = tokio::select! {
+            r = serve(&cfg, &guard, &state) => r.err().unwrap_or_default(),
+            _ = shutdown.changed() => return,
+        };
+        if state.set(PoolStatus::Degraded) == PoolStatus::Degraded {
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        } else {
+            // Once per outage, not once per attempt.
+            tracing::warn!(error = %failed, "pool: Redis unavailable; enforcing locally until it returns");
+            backoff = RECONNECT_MIN;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One connection to Redis, until it fails. Returns why.
+async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Result<(), String> {
+    let client = redis::Client::open(connection_url(cfg)?).map_err(|e| e.to_string())?;
+    let bounded = |what: &'static str| move |_| format!("{what}: no answer within the timeout");
+    let mut conn = tokio::time::timeout(cfg.timeout, client.get_multiplexed_async_connection())
+        .await
+        .map_err(bounded("connect"))?
+        .map_err(|e| e.to_string())?;
+    let mut pubsub = tokio::time::timeout(cfg.timeout, client.get_async_pubsub())
+        .await
+        .map_err(bounded("subscribe"))?
+        .map_err(|e| e.to_string())?;
+    let channel = format!("{}:bans", cfg.key_prefix);
+    tokio::time::timeout(cfg.timeout, pubsub.subscribe(&channel))
+        .await
+        .map_err(bounded("subscribe"))?
+        .map_err(|e| e.to_string())?;
+    let mut messages = pubsub.into_on_message();
+
+    // Resynchronise: the bans in force in the pool, then this member's own.
+    resync(cfg, &mut conn, guard, state).await?;
+    for notice in guard.active_bans(clock::now()) {
+        publish(cfg, &mut conn, &channel, &state.member, notice).await?;
+        state.bans_published.fetch_add(1, Ordering::Relaxed);
+    }
+    if state.set(PoolStatus::Up) != PoolStatus::Up {
+        tracing::info!(redis = %redacted(&cfg.redis), member = %state.member, "pool: connected to Redis; bans are shared");
+    }
+
+    let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
+    let mut ping_tick = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else {
+                    return Err("the subscription ended".into());
+                };
+                match parse_notice(msg.get_payload_bytes()) {
+                    Some((member, _)) if member == state.member => {}
+                    Some((_, notice)) => {
+                        if guard.ban_from_pool(notice, clock::now()) {
+                            state.bans_received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        state.garbage.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = publish_tick.tick() => {
+                for notice in guard.take_bans() {
+                    publish(cfg, &mut conn, &channel, &state.member, notice).await?;
+                    state.bans_published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ = ping_tick.tick() => {
+                let pong = tokio::time::timeout(
+                    cfg.timeout,
+                    redis::cmd("PING").query_async::<String>(&mut conn),
+                )
+                .await
+                .map_err(bounded("PING"))?
+                .map_err(|e| e.to_string())?;
+                if pong != "PONG" {
+                    return Err(format!("PING answered {pong:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// Takes the bans kept in Redis (keys that expire with their ban).
+async fn resync(
+    cfg: &PoolConfig,
+    conn: &mut redis::aio::MultiplexedConnection,
+    guard: &SourceGuard,
+    state: &PoolState,
+) -> Result<(), String> {
+    let prefix = format!("{}:ban:", cfg.key_prefix);
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    let mut seen = 0usize;
+    loop {
+        let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+            cfg.timeout,
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| "SCAN: no answer within the timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+        for key in keys {
+            seen += 1;
+            let Some(source) = key.strip_prefix(&prefix).and_then(SourceKey::from_wire) else {
+                continue;
+            };
+            let ttl: i64 =
+                tokio::time::timeout(cfg.timeout, redis::cmd("PTTL").arg(&key).query_async(conn))
+                    .await
+                    .map_err(|_| "PTTL: no answer within the timeout".to_string())?
+                    .map_err(|e| e.to_string())?;
+            let Ok(ms) = u64::try_from(ttl) else {
+                continue; // gone meanwhile, or no expiry (not ours)
+            };
+            let notice = BanNotice {
+                key: source,
+                remaining: Duration::from_millis(ms),
+            };
+            if guard.ban_from_pool(notice, clock::now()) {
+                state.bans_received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        cursor = next;
+        if cursor == 0 || seen >= RESYNC_MAX {
+            return Ok(());
+        }
+    }
+}
+
+/// Keeps a ban in Redis for as long as it lasts, and tells the members now.
+async fn publish(
+    cfg: &PoolConfig,
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    member: &str,
+    notice: BanNotice,
+) -> Result<(), String> {
+    let Some(key) = notice.key.to_wire() else {
+        return Ok(());
+    };
+    let ms = u64::try_from(notice.remaining.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(format!("{}:ban:{key}", cfg.key_prefix))
+        .arg(member)
+        .arg("PX")
+        .arg(ms)
+        .ignore()
+        .cmd("PUBLISH")
+        .arg(channel)
+        .arg(format!("{member} {key} {ms}"))
+        .ignore();
+    tokio::time::timeout(cfg.timeout, pipe.query_async::<()>(conn))
+        .await
+        .map_err(|_| "PUBLISH: no answer within the timeout".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// A ban notice as members publish it: `<member> <source key> <remaining ms>`.
+fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(' ');
+    let (Some(member), Some(key), Some(ms), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let ms: u64 = ms.parse().ok()?;
+    // A ban longer than a day from the pool is not one this edge's policies would write.
+    if ms == 0 || ms > 86_400_000 || member.is_empty() {
+        return None;
+    }
+    Some((
+        member,
+        BanNotice {
+            key: SourceKey::from_wire(key)?,
+            remaining: Duration::from_millis(ms),
+        },
+    ))
+}
+
+/// The URL with the ACL user and password put in (they never sit in the topology).
+fn connection_url(cfg: &PoolConfig) -> Result<String, String> {
+    let mut url = url::Url::parse(&cfg.redis).map_err(|e| format!("pool.redis: {e}"))?;
+    if let Some(user) = &cfg.username {
+        url.set_username(user)
+            .map_err(|()| "pool.username cannot go in this URL".to_string())?;
+    }
+    if let Some(password) = &cfg.password {
+        url.set_password(Some(&**password))
+            .map_err(|()| "pool password cannot go in this URL".to_string())?;
+    }
+    Ok(url.into())
+}
+
+/// The URL as logged: host, port and database only.
+fn redacted(redis: &str) -> String {
+    url::Url::parse(redis)
+        .map(|u| {
+            format!(
+                "{}://{}:{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(6379),
+                u.path()
+            )
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_parse_strictly() {
+        let (member, n) = parse_notice(b"edge1/3fa2 4:c0000201 60000").unwrap();
+        assert_eq!(member, "edge1/3fa2");
+        assert_eq!(n.key, SourceKey::from_wire("4:c0000201").unwrap());
+        assert_eq!(n.remaining, Duration::from_secs(60));
+        for bad in [
+            &b""[..],
+            b"edge1 4:c0000201",
+            b"edge1 4:c0000201 60000 extra",
+            b"edge1 4:zz 60000",
+            b"edge1 4:c0000201 0",
+            b"edge1 4:c0000201 -5",
+            b"edge1 4:c0000201 999999999999",
+            b" 4:c0000201 60000",
+            b"\xff\xfe 4:c0000201 60000",
+        ] {
+            assert!(parse_notice(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_into_the_url_and_never_into_the_log() {
+        let cfg = PoolConfig {
+            redis: "rediss://redis.internal:6380/2".into(),
+            key_prefix: "sipedge".into(),
+            username: Some("edge".into()),
+            password: Some("s3cr:t@/".into()),
+            timeout: Duration::from_millis(500),
+        };
+        let url = connection_url(&cfg).unwrap();
+        assert!(
+            url.starts_with("rediss://edge:s3cr%3At%40%2F@redis.internal:6380/2"),
+            "{url}"
+        );
+        assert_eq!(redacted(&url), "rediss://redis.internal:6380/2");
+    }
+}

@@ -1,0 +1,258 @@
+//! A pool of edges on a real `redis-server` (`[pool]`): a source banned on one member is
+//! refused by the others; Redis going away is not an outage (members serve on, enforce
+//! alone and say `degraded`); when it returns they resynchronise, and a member that joins
+//! takes the bans in force.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sipedge::shell::pool_state::PoolStatus;
+use sipedge::shell::{self, RunningEdge};
+use sipedge::topology::{Firewall, PoolConfig};
+
+use crate::support::*;
+
+/// A redis-server of this test's own on a loopback port, stopped (by PID) when dropped.
+struct Redis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(port: u16) -> Option<Redis> {
+        let server = required(
+            tool_on_path("redis-server"),
+            "redis-server",
+            "apt-get install redis-server",
+        )?;
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(server)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = Redis { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn firewall() -> Firewall {
+    Firewall {
+        connect_rate: 50,
+        connect_burst: 50,
+        connections_per_source: 20,
+        request_rate: 5,
+        request_burst: 5,
+        connection_request_rate: 1000,
+        connection_request_burst: 1000,
+        ban_after: 5,
+        strike_window: Duration::from_secs(10),
+        ban_time: Duration::from_secs(120),
+        allow_sources: Vec::new(),
+        max_sources: 1024,
+        strip_headers: Vec::new(),
+    }
+}
+
+async fn member(pki: &Pki, director: &Director, name: &str, redis_port: u16) -> RunningEdge {
+    let mut t = topology(pki, &[director.addr]);
+    t.edge.name = name.into();
+    t.firewall = firewall();
+    t.pool = Some(PoolConfig {
+        redis: format!("redis://127.0.0.1:{redis_port}/0"),
+        key_prefix: "pooltest".into(),
+        username: None,
+        password: None,
+        timeout: Duration::from_millis(300),
+    });
+    let edge = shell::start(&t)
+        .await
+        .expect("a member starts, whatever Redis does");
+    let routes = edge.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
+    edge
+}
+
+fn status(edge: &RunningEdge) -> PoolStatus {
+    edge.view.pool.as_ref().expect("[pool] configured").status()
+}
+
+fn banned(edge: &RunningEdge, ip: &str) -> bool {
+    let ip: IpAddr = ip.parse().unwrap();
+    edge.shared
+        .guard
+        .banned(ip, sipedge::shell::clock::now())
+        .is_some()
+}
+
+/// Pipelines OPTIONS from `source` until `edge` bans it.
+async fn get_banned(pki: &Pki, edge: &RunningEdge, source: &str) {
+    let mut flooder = Client::connect_from(pki, edge.external, source).await;
+    let mut burst = String::new();
+    for n in 0..200 {
+        burst.push_str(&format!(
+            "OPTIONS sip:sipedge.test SIP/2.0\r\n\
+             Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-flood-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:f@sipedge.test>;tag=f\r\nTo: <sip:sipedge.test>\r\n\
+             Call-ID: flood-{source}-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+    let _ = tokio::time::timeout(WAIT, flooder.stream_write(burst.as_bytes())).await;
+    eventually("the flooder banned", || banned(edge, source)).await;
+}
+
+/// Whether a TLS connection from `source` to `edge` is refused (a banned source is closed
+/// before TLS).
+async fn refused(pki: &Pki, edge: SocketAddr, source: &str) -> bool {
+    let cfg = sipedge::tls::client_config_trusting(pki.roots(), None).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(edge).await.unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+            tcp,
+        )
+        .await
+        .is_err()
+}
+
+/// One OPTIONS from `source` answered 200: the member serves.
+async fn serves(pki: &Pki, edge: &RunningEdge, source: &str) -> bool {
+    let mut c = Client::connect_from(pki, edge.external, source).await;
+    c.send(
+        "OPTIONS sip:sipedge.test SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 192.0.2.11:5061;branch=z9hG4bK-polite\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:p@sipedge.test>;tag=p\r\nTo: <sip:sipedge.test>\r\n\
+         Call-ID: polite\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    c.recv().await.starts_with("SIP/2.0 200")
+}
+
+/// How long until `edge` holds `source` banned (polling every 10 ms, up to `WAIT`).
+async fn time_until_banned(edge: &RunningEdge, source: &str) -> Duration {
+    let start = Instant::now();
+    eventually("the ban reaches the other member", || banned(edge, source)).await;
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_cross_the_pool_and_redis_away_is_not_an_outage() {
+    let port = free_tcp_port("127.0.0.1");
+    let Some(mut redis) = Redis::start(port) else {
+        return;
+    };
+    let pki = Pki::new();
+    let director = Director::start(&pki).await.answering_ok();
+    let a = member(&pki, &director, "edge-a", port).await;
+    let b = member(&pki, &director, "edge-b", port).await;
+    eventually("both members on Redis", || {
+        status(&a) == PoolStatus::Up && status(&b) == PoolStatus::Up
+    })
+    .await;
+
+    // Banned on A: refused by B too, within a second (the outbox is published every 100 ms).
+    get_banned(&pki, &a, "127.0.0.40").await;
+    let took = time_until_banned(&b, "127.0.0.40").await;
+    eprintln!("a ban on A reached B in {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(
+        refused(&pki, b.external, "127.0.0.40").await,
+        "B refuses it"
+    );
+    assert!(
+        serves(&pki, &b, "127.0.0.41").await,
+        "and serves everyone else"
+    );
+    assert!(shell::ops::metrics(&b.view, shell::clock::now())
+        .contains("sipedge_pool_bans_received_total 1\n"));
+
+    // Redis away: both serve on, alone, and say so.
+    redis.stop();
+    eventually("both members degraded", || {
+        status(&a) == PoolStatus::Degraded && status(&b) == PoolStatus::Degraded
+    })
+    .await;
+    assert!(
+        serves(&pki, &a, "127.0.0.42").await,
+        "A serves without Redis"
+    );
+    assert!(shell::ops::metrics(&a.view, shell::clock::now()).contains("sipedge_pool_degraded 1\n"));
+    assert!(shell::ops::status(&a.view, shell::clock::now()).contains("\"redis\": \"degraded\""));
+    // A ban while Redis is away holds where it happened.
+    get_banned(&pki, &b, "127.0.0.43").await;
+    assert!(!banned(&a, "127.0.0.43"));
+
+    // Redis back (empty): the members resynchronise, each publishing the bans in force.
+    let _redis = Redis::start(port).expect("redis-server again");
+    eventually("both members back on Redis", || {
+        status(&a) == PoolStatus::Up && status(&b) == PoolStatus::Up
+    })
+    .await;
+    eventually("B's ban from the outage reaches A", || {
+        banned(&a, "127.0.0.43")
+    })
+    .await;
+    // A member that joins now takes every ban in force.
+    let c = member(&pki, &director, "edge-c", port).await;
+    eventually("C on Redis", || status(&c) == PoolStatus::Up).await;
+    eventually("C holds both bans", || {
+        banned(&c, "127.0.0.40") && banned(&c, "127.0.0.43")
+    })
+    .await;
+    assert!(refused(&pki, c.external, "127.0.0.40").await);
+    for edge in [a, b, c] {
+        edge.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_starts_and_serves_with_redis_unreachable_or_answering_garbage() {
+    // Nothing listens on this port.
+    let pki = Pki::new();
+    let director = Director::start(&pki).await.answering_ok();
+    let port = free_tcp_port("127.0.0.1");
+    let lone = member(&pki, &director, "edge-lone", port).await;
+    eventually("degraded", || status(&lone) == PoolStatus::Degraded).await;
+    assert!(serves(&pki, &lone, "127.0.0.44").await);
+    lone.stop().await;
+
+    // Something that is not Redis: it answers every line with garbage.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let garbage = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\xff")
+                .await;
+        }
+    });
+    let confused = member(&pki, &director, "edge-confused", port).await;
+    eventually("degraded", || status(&confused) == PoolStatus::Degraded).await;
+    assert!(serves(&pki, &confused, "127.0.0.45").await);
+    confused.stop().await;
+    garbage.abort();
+}
