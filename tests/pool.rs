@@ -256,3 +256,50 @@ async fn a_member_starts_and_serves_with_redis_unreachable_or_answering_garbage(
     confused.stop().await;
     garbage.abort();
 }
+
+/// TLS session tickets are sealed with the pool ring: a remote user who reconnects to
+/// another member resumes its session instead of a full handshake (TLS 1.3 tickets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_its_tls_session_on_another_member() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (ring_path, _) = ring_file(&pki);
+    let director = Director::start(&pki).await.answering_ok();
+    let start = || {
+        let mut t = topology(&pki, &[director.addr]);
+        t.keys = Some(sipedge::topology::KeysSource::File(ring_path.clone()));
+        t
+    };
+    let a = shell::start(&start()).await.expect("member A");
+    let b = shell::start(&start()).await.expect("member B");
+    let routes = a.routes.clone();
+    eventually("a next hop up", || routes.pool.any_up()).await;
+    // One client configuration, so one session store, for both connections.
+    let cfg = sipedge::tls::client_config_trusting(pki.roots(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let name = rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap();
+    let connect = |edge: SocketAddr| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+            connector.connect(name, tcp).await.expect("TLS")
+        }
+    };
+    let mut first = connect(a.external).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // A keep-alive exchange lets the client read the tickets A sent after the handshake.
+    first.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    first.read_exact(&mut pong).await.unwrap();
+    let second = connect(b.external).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "B opened A's ticket"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -35,6 +35,8 @@ pub enum Purpose {
     FlowToken,
     /// TURN stateless nonces.
     TurnNonce,
+    /// TLS session tickets (any member resumes any member's sessions).
+    TlsTicket,
 }
 
 impl Purpose {
@@ -42,6 +44,7 @@ impl Purpose {
         match self {
             Purpose::FlowToken => b"sipedge/v1/sip-flow-token",
             Purpose::TurnNonce => b"sipedge/v1/turn-nonce",
+            Purpose::TlsTicket => b"sipedge/v1/tls-ticket",
         }
     }
 }

@@ -328,7 +328,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         Some(roots) => Some(tls::client_config_with(roots.clone(), ext_slot.clone())?),
         None => None,
     };
-    let ext_tls = tls::external_server_config_with(ext_slot.clone(), partner_roots)?;
+    // TLS session tickets sealed with the pool ring: a client resumes on any member.
+    let ring = load_ring(topology)?.map(Arc::new);
+    let ticketer = ring.clone().map(|ring| {
+        Arc::new(ring::RingTicketer::new(ring)) as Arc<dyn rustls::server::ProducesTickets>
+    });
+    let ext_tls = tls::external_server_config_with(ext_slot.clone(), partner_roots, ticketer)?;
     let int_tls = tls::internal_server_config_with(int_slot.clone(), int_roots.clone())?;
     let pool_tls = tls::client_config_with(int_roots, int_slot.clone())?;
     let server_name = rustls_pki_types::ServerName::try_from(topology.next_hop.server_name.clone())
@@ -371,7 +376,6 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let [k0, k1] = [&call_key_seed[..8], &call_key_seed[8..]]
         .map(|half| u64::from_le_bytes(half.try_into().unwrap_or_default()));
     let calls = Calls::new(call_limits(topology), (k0, k1));
-    let ring = load_ring(topology)?.map(Arc::new);
     let keys = match &ring {
         // Flow tokens keyed by the pool ring: any member verifies any member's tokens, and
         // tokens signed before a rotation still verify after it.

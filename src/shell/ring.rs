@@ -195,6 +195,96 @@ pub fn signing_id(ring: &Ring, now: u64) -> Option<String> {
 /// A shared handle.
 pub type SharedRing = Arc<LiveRing>;
 
+/// TLS session tickets (TLS 1.3 and 1.2) sealed with AES-256-GCM under a key derived from
+/// the pool ring's signing key, so that a client that reconnects to another member of the
+/// pool resumes without a full handshake. A ticket names its key by a 4-byte id (a hash of
+/// the derived key, not the key); any key still in the ring opens it, so tickets survive a
+/// rotation for as long as their key stays in the ring.
+pub struct RingTicketer {
+    ring: SharedRing,
+    random: ring::rand::SystemRandom,
+}
+
+/// How long a ticket may be used (what rustls's own ticketer gives).
+const TICKET_LIFETIME_SECS: u32 = 6 * 3600;
+const TICKET_ID: usize = 4;
+const TICKET_NONCE: usize = 12;
+
+impl RingTicketer {
+    pub fn new(ring: SharedRing) -> RingTicketer {
+        RingTicketer {
+            ring,
+            random: ring::rand::SystemRandom::new(),
+        }
+    }
+
+    /// The sealing key of a ring key, and the id a ticket names it by.
+    fn key_of(key: &crate::core::keyring::Key) -> Option<(ring::aead::LessSafeKey, [u8; 4])> {
+        let secret = key.derive(Purpose::TlsTicket);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &secret);
+        let id: [u8; TICKET_ID] = digest.as_ref().get(..TICKET_ID)?.try_into().ok()?;
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &secret).ok()?;
+        Some((ring::aead::LessSafeKey::new(unbound), id))
+    }
+}
+
+impl std::fmt::Debug for RingTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingTicketer")
+    }
+}
+
+impl rustls::server::ProducesTickets for RingTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        TICKET_LIFETIME_SECS
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom as _;
+        let ring = self.ring.get();
+        let (key, id) = Self::key_of(ring.signing_key(super::clock::now_unix())?)?;
+        let mut nonce = [0u8; TICKET_NONCE];
+        self.random.fill(&mut nonce).ok()?;
+        let mut out = Vec::with_capacity(TICKET_ID + TICKET_NONCE + plain.len() + 16);
+        out.extend_from_slice(&id);
+        out.extend_from_slice(&nonce);
+        let mut sealed = plain.to_vec();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(id),
+            &mut sealed,
+        )
+        .ok()?;
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let (id, rest) = cipher.split_at_checked(TICKET_ID)?;
+        let (nonce, sealed) = rest.split_at_checked(TICKET_NONCE)?;
+        let ring = self.ring.get();
+        let (key, id) = ring
+            .keys()
+            .iter()
+            .filter_map(Self::key_of)
+            .find(|(_, kid)| kid[..] == *id)?;
+        let nonce: [u8; TICKET_NONCE] = nonce.try_into().ok()?;
+        let mut buf = sealed.to_vec();
+        let plain = key
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(id),
+                &mut buf,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -225,6 +315,38 @@ mod tests {
         assert_eq!(*live.get(), rotated, "the running ring stays");
         // Forced (SIGHUP): read again whatever the stamp says.
         assert!(live.refresh(true).is_err());
+    }
+
+    #[test]
+    fn tickets_open_on_any_member_of_the_ring_and_survive_a_rotation() {
+        use rustls::server::ProducesTickets as _;
+        let ring = Ring::init([1; 32], NOW);
+        let a = RingTicketer::new(Arc::new(LiveRing::fixed(ring.clone())));
+        let b = RingTicketer::new(Arc::new(LiveRing::fixed(ring.clone())));
+        let ticket = a.encrypt(b"session state").unwrap();
+        assert_eq!(
+            b.decrypt(&ticket).unwrap(),
+            b"session state",
+            "another member opens it"
+        );
+        assert_ne!(
+            a.encrypt(b"session state").unwrap(),
+            ticket,
+            "a fresh nonce each time"
+        );
+        let mut forged = ticket.clone();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        assert!(b.decrypt(&forged).is_none(), "tampered");
+        assert!(b.decrypt(&ticket[..10]).is_none(), "truncated");
+        let other = RingTicketer::new(Arc::new(LiveRing::fixed(Ring::init([9; 32], NOW))));
+        assert!(other.decrypt(&ticket).is_none(), "another pool's ring");
+        // After a rotation the old key still opens its tickets.
+        let mut rotated = ring;
+        rotated.rotate([2; 32], NOW, 0).unwrap();
+        let c = RingTicketer::new(Arc::new(LiveRing::fixed(rotated)));
+        assert_eq!(c.decrypt(&ticket).unwrap(), b"session state");
     }
 
     #[test]

@@ -118,13 +118,14 @@ pub fn external_server_config(
     m: CertifiedKeyMaterial,
     partner_roots: Option<RootCertStore>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    external_server_config_with(CertSlot::new(m)?, partner_roots)
+    external_server_config_with(CertSlot::new(m)?, partner_roots, None)
 }
 
 /// [`external_server_config`] serving from a [`CertSlot`] (reloadable).
 pub fn external_server_config_with(
     slot: Arc<CertSlot>,
     partner_roots: Option<RootCertStore>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     const WHAT: &str = "external server";
     let builder = ServerConfig::builder_with_provider(provider())
@@ -145,8 +146,12 @@ pub fn external_server_config_with(
     };
     let mut cfg = builder.with_cert_resolver(slot);
     cfg.session_storage = ServerSessionMemoryCache::new(EXTERNAL_SESSION_CACHE);
-    // Stateless TLS 1.3 (and 1.2) tickets; ring's ticketer rotates its key every few hours.
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err(WHAT))?;
+    // Stateless TLS 1.3 (and 1.2) tickets: sealed with keys from the pool ring when there is
+    // one (a client resumes on any member), else ring's ticketer (rotating its own key).
+    cfg.ticketer = match ticketer {
+        Some(t) => t,
+        None => rustls::crypto::ring::Ticketer::new().map_err(config_err(WHAT))?,
+    };
     Ok(Arc::new(cfg))
 }
 
