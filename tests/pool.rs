@@ -303,3 +303,104 @@ async fn a_client_resumes_its_tls_session_on_another_member() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Sends OPTIONS from one source alternately to members `a` and `b` for `secs` seconds
+/// (each waiting for its answer); how many got 200, and how long it took.
+async fn spread_over(pki: &Pki, a: &RunningEdge, b: &RunningEdge, secs: u64) -> (u32, Duration) {
+    let mut clients = [
+        Client::connect_from(pki, a.external, "127.0.0.60").await,
+        Client::connect_from(pki, b.external, "127.0.0.60").await,
+    ];
+    let start = Instant::now();
+    let (mut ok, mut n) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(secs) {
+        for c in clients.iter_mut() {
+            n += 1;
+            c.send(&format!(
+                "OPTIONS sip:sipedge.test SIP/2.0\r\n\
+                 Via: SIP/2.0/TLS 192.0.2.60:5061;branch=z9hG4bK-spread-{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:s@sipedge.test>;tag=s\r\n\
+                 To: <sip:sipedge.test>\r\nCall-ID: spread-{n}\r\nCSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n"
+            ))
+            .await;
+            if c.recv().await.starts_with("SIP/2.0 200") {
+                ok += 1;
+            }
+        }
+    }
+    (ok, start.elapsed())
+}
+
+/// Per-source request rates shared approximately by counter exchange: a source spread
+/// over two members gets about its rate pool-wide, within the bound the pool module states
+/// (`N * burst + rate * t * (1 + (N - 1) * 0.3)`), where without the pool it gets it on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_spread_over_members_is_held_to_its_rate_within_the_bound() {
+    let port = free_tcp_port("127.0.0.1");
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let pki = Pki::new();
+    let director = Director::start(&pki).await.answering_ok();
+    let (rate, burst) = (20u32, 5u32);
+    let tune = |t: &mut sipedge::topology::Topology| {
+        t.firewall.request_rate = rate;
+        t.firewall.request_burst = burst;
+        t.firewall.ban_after = 0; // refusals only: no ban to end the measurement
+    };
+    let start = |name: &'static str, pool: bool| {
+        let mut t = topology(&pki, &[director.addr]);
+        t.edge.name = name.into();
+        t.firewall = firewall();
+        tune(&mut t);
+        if pool {
+            t.pool = Some(PoolConfig {
+                redis: format!("redis://127.0.0.1:{port}/0"),
+                key_prefix: "ratetest".into(),
+                username: None,
+                password: None,
+                timeout: Duration::from_millis(300),
+            });
+        }
+        t
+    };
+    let secs = 3;
+    let bound = |t: Duration| 2.0 * f64::from(burst) + f64::from(rate) * t.as_secs_f64() * 1.3;
+
+    // Alone: each member grants the source its rate.
+    let a = shell::start(&start("alone-a", false)).await.unwrap();
+    let b = shell::start(&start("alone-b", false)).await.unwrap();
+    let (alone, t_alone) = spread_over(&pki, &a, &b, secs).await;
+    a.stop().await;
+    b.stop().await;
+
+    // Pooled: the members charge each other's admitted requests.
+    let a = shell::start(&start("pool-a", true)).await.unwrap();
+    let b = shell::start(&start("pool-b", true)).await.unwrap();
+    eventually("both on Redis", || {
+        status(&a) == PoolStatus::Up && status(&b) == PoolStatus::Up
+    })
+    .await;
+    let (pooled, t_pooled) = spread_over(&pki, &a, &b, secs).await;
+    eprintln!(
+        "one source over two members for {secs} s at {rate}/s (burst {burst}): alone {alone} in {t_alone:?}, \
+         pooled {pooled} in {t_pooled:?} (bound {:.0})",
+        bound(t_pooled)
+    );
+    assert!(
+        f64::from(alone) > bound(t_alone),
+        "without the pool each member grants the rate: {alone}"
+    );
+    assert!(
+        f64::from(pooled) <= bound(t_pooled),
+        "pooled {pooled} above the bound {:.0}",
+        bound(t_pooled)
+    );
+    assert!(
+        f64::from(pooled) >= f64::from(rate) * t_pooled.as_secs_f64() * 0.7,
+        "the source still gets its rate: {pooled}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

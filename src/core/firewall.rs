@@ -37,6 +37,17 @@ impl Gcra {
         self.tat.is_none_or(|t| t <= now)
     }
 
+    /// Charges `n` events that happened elsewhere (other pool members admitted them) as if
+    /// they had been taken here at `now`: the bucket fills up to a minute's debt at most.
+    pub fn charge(&mut self, rate: Rate, n: u32, now: Instant) {
+        if rate.per_sec == 0 || n == 0 {
+            return;
+        }
+        let interval = Duration::from_secs(1) / rate.per_sec;
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        self.tat = Some((tat + interval.saturating_mul(n)).min(now + Duration::from_secs(60)));
+    }
+
     /// Takes one token if the rate allows it at `now`; otherwise returns how long until it would.
     pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
         if rate.per_sec == 0 {
@@ -138,6 +149,8 @@ struct Source {
     window_start: Instant,
     banned_until: Option<Instant>,
     last_seen: Instant,
+    /// Requests admitted since the pool's task last asked (only counted with a pool).
+    admitted: u32,
 }
 
 impl Source {
@@ -150,6 +163,7 @@ impl Source {
             window_start: now,
             banned_until: None,
             last_seen: now,
+            admitted: 0,
         }
     }
 
@@ -290,11 +304,17 @@ impl SourceGuard {
 
     /// A SIP request from `ip`. Refusals count as strikes.
     pub fn request(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let counting = self.publishing.load(Ordering::Relaxed);
         self.admit(ip, now, |s, p| {
-            s.requests
+            let refusal = s
+                .requests
                 .take(p.request_rate, now)
                 .err()
-                .map(|retry_after| Refusal::RequestRate { retry_after })
+                .map(|retry_after| Refusal::RequestRate { retry_after });
+            if refusal.is_none() && counting {
+                s.admitted = s.admitted.saturating_add(1);
+            }
+            refusal
         })
     }
 
@@ -428,6 +448,36 @@ impl SourceGuard {
             .collect()
     }
 
+    /// The requests each source had admitted here since the last call (sources that had
+    /// none are left out; the overflow entry is nobody and stays here): what this member
+    /// tells the pool, so that every member charges them to the source's request rate.
+    pub fn take_request_counts(&self) -> Vec<(SourceKey, u32)> {
+        let mut out = Vec::new();
+        for i in 0..SHARDS {
+            for (key, source) in self.lock(i).map.iter_mut() {
+                if source.admitted > 0 && *key != SourceKey::Overflow {
+                    out.push((*key, source.admitted));
+                }
+                source.admitted = 0;
+            }
+        }
+        out
+    }
+
+    /// Requests another member admitted for `key`: charged to the source's request rate
+    /// here, if this member knows the source (one it has never seen has nothing here to
+    /// charge, and an entry is not made for it: the table stays this member's).
+    pub fn charge_from_pool(&self, key: SourceKey, requests: u32, now: Instant) {
+        if key == SourceKey::Overflow {
+            return;
+        }
+        let policy = self.policy_now();
+        let mut shard = self.lock((self.hasher.hash_one(key) as usize) % SHARDS);
+        if let Some(source) = shard.map.get_mut(&key) {
+            source.requests.charge(policy.request_rate, requests, now);
+        }
+    }
+
     /// Bans taken from other members so far (metrics).
     pub fn pool_bans_total(&self) -> u64 {
         self.pool_bans.load(Ordering::Relaxed)
@@ -493,6 +543,35 @@ mod tests {
             ],
             max_sources: 64,
         }
+    }
+
+    #[test]
+    fn request_counts_cross_the_pool_and_charge_the_rate_there() {
+        let here = SourceGuard::new(policy());
+        let there = SourceGuard::new(policy());
+        let t0 = Instant::now();
+        let a = ip("203.0.113.9");
+        here.request(a, t0).unwrap();
+        assert!(
+            here.take_request_counts().is_empty(),
+            "counted only with a pool"
+        );
+        here.publish_bans();
+        for _ in 0..4 {
+            here.request(a, t0).unwrap();
+        }
+        let counts = here.take_request_counts();
+        assert_eq!(counts, [(SourceKey::of(a), 4)]);
+        assert!(here.take_request_counts().is_empty(), "taken once");
+
+        // Unknown there: nothing to charge, and no entry is made.
+        there.charge_from_pool(SourceKey::of(a), 4, t0);
+        assert_eq!(there.tracked(), 0);
+        // Known there: its burst (10) shrinks by what the other member admitted.
+        there.request(a, t0).unwrap();
+        there.charge_from_pool(SourceKey::of(a), 4, t0);
+        let admitted = (0..20).filter(|_| there.request(a, t0).is_ok()).count();
+        assert_eq!(admitted, 10 - 1 - 4);
     }
 
     #[test]

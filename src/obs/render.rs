@@ -302,9 +302,16 @@ fn pool_metrics(e: &mut Exposition, p: &Pool) {
     );
     single(
         e,
+        "sipedge_pool_requests_charged_total",
+        Kind::Counter,
+        "Requests other members admitted, charged here to their sources' request rates.",
+        p.requests_charged,
+    );
+    single(
+        e,
         "sipedge_pool_messages_ignored_total",
         Kind::Counter,
-        "Messages on the pool's channel that were not a ban notice.",
+        "Messages on the pool's channels that were neither a ban notice nor a rate report.",
         p.garbage,
     );
 }
@@ -595,6 +602,7 @@ mod tests {
                 member: "edge1/00ff".into(),
                 bans_published: 3,
                 bans_received: 4,
+                requests_charged: 0,
                 garbage: 0,
             }),
             draining: false,
@@ -640,7 +648,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 37, "{text}");
+        assert_eq!(types, 38, "{text}");
     }
 
     #[test]

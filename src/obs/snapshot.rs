@@ -143,8 +143,9 @@ pub struct Pool {
     pub member: String,
     pub bans_published: u64,
     pub bans_received: u64,
-    /// Bans taken from other members and in force here now come from `bans_received`;
-    /// messages that were not a ban notice.
+    /// Requests other members admitted, charged to their sources' rates here.
+    pub requests_charged: u64,
+    /// Messages on the pool's channels that were neither a ban notice nor a rate report.
     pub garbage: u64,
 }
 

@@ -11,6 +11,16 @@
 //! is not an outage: members enforce alone, `/status` says `degraded`, it is logged once,
 //! and the task reconnects with back-off and resynchronises.
 //!
+//! Per-source request rates are shared approximately by counter exchange: every
+//! [`RATES_EVERY`] each member publishes how many requests it admitted from each source
+//! since the last report, and every other member charges them to that source's request
+//! budget (the token bucket of `firewall.request_rate`), if it knows the source. The error
+//! bound: with N members, a source spread over all of them gets at most its burst on each
+//! member, plus, each second, the rate once and, from every other member, what that member
+//! admitted before its report arrived (a report period and the Redis round trip, ~0.3 s of
+//! the rate): at most `N * burst + rate * t * (1 + (N - 1) * 0.3)` requests in `t` seconds,
+//! against `N * (burst + rate * t)` without the pool.
+//!
 //! What crosses Redis is a source's key (an IPv4 address or an IPv6 /64, as hex), a member
 //! id and a remaining time: no secret, no personal data beyond the address the ban is about.
 
@@ -28,6 +38,10 @@ use crate::topology::PoolConfig;
 
 /// How often the outbox is published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often request counts are exchanged.
+pub const RATES_EVERY: Duration = Duration::from_millis(250);
+/// Sources in one report, at most (the busiest first).
+const RATES_MAX: usize = 5000;
 /// How often Redis is asked whether it is there.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Reconnect back-off bounds.
@@ -63,7 +77,9 @@ pub struct PoolState {
     status: AtomicU8,
     pub bans_published: AtomicU64,
     pub bans_received: AtomicU64,
-    /// Messages from Redis that were not a ban notice (ignored).
+    /// Requests other members admitted, charged here (the sum of the counts received).
+    pub requests_charged: AtomicU64,
+    /// Messages from Redis that were not a ban notice or a rate report (ignored).
     pub garbage: AtomicU64,
 }
 
@@ -74,6 +90,7 @@ impl PoolState {
             status: AtomicU8::new(0),
             bans_published: AtomicU64::new(0),
             bans_received: AtomicU64::new(0),
+            requests_charged: AtomicU64::new(0),
             garbage: AtomicU64::new(0),
         }
     }
@@ -142,7 +159,8 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
         .map_err(bounded("subscribe"))?
         .map_err(|e| e.to_string())?;
     let channel = format!("{}:bans", cfg.key_prefix);
-    tokio::time::timeout(cfg.timeout, pubsub.subscribe(&channel))
+    let rates = format!("{}:rates", cfg.key_prefix);
+    tokio::time::timeout(cfg.timeout, pubsub.subscribe(&[&channel, &rates]))
         .await
         .map_err(bounded("subscribe"))?
         .map_err(|e| e.to_string())?;
@@ -159,6 +177,9 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
     }
 
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
+    let mut rates_tick = tokio::time::interval(RATES_EVERY);
+    // What was admitted while Redis was away is old news.
+    let _ = guard.take_request_counts();
     let mut ping_tick = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
@@ -166,6 +187,22 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
                 let Some(msg) = msg else {
                     return Err("the subscription ended".into());
                 };
+                if msg.get_channel_name() == rates {
+                    match parse_rates(msg.get_payload_bytes()) {
+                        Some((member, _)) if member == state.member => {}
+                        Some((_, counts)) => {
+                            let now = clock::now();
+                            for (key, n) in counts {
+                                guard.charge_from_pool(key, n, now);
+                                state.requests_charged.fetch_add(u64::from(n), Ordering::Relaxed);
+                            }
+                        }
+                        None => {
+                            state.garbage.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 match parse_notice(msg.get_payload_bytes()) {
                     Some((member, _)) if member == state.member => {}
                     Some((_, notice)) => {
@@ -183,6 +220,27 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
                     publish(cfg, &mut conn, &channel, &state.member, notice).await?;
                     state.bans_published.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            _ = rates_tick.tick() => {
+                let mut counts = guard.take_request_counts();
+                if counts.is_empty() {
+                    continue;
+                }
+                counts.sort_unstable_by_key(|c| std::cmp::Reverse(c.1));
+                counts.truncate(RATES_MAX);
+                let mut report = state.member.clone();
+                for (key, n) in counts {
+                    if let Some(key) = key.to_wire() {
+                        report.push_str(&format!(" {key}={n}"));
+                    }
+                }
+                tokio::time::timeout(
+                    cfg.timeout,
+                    redis::cmd("PUBLISH").arg(&rates).arg(report).query_async::<i64>(&mut conn),
+                )
+                .await
+                .map_err(bounded("PUBLISH"))?
+                .map_err(|e| e.to_string())?;
             }
             _ = ping_tick.tick() => {
                 let pong = tokio::time::timeout(
@@ -307,6 +365,23 @@ fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
     ))
 }
 
+/// A rate report as members publish it: `<member> <source key>=<count> ...`.
+fn parse_rates(payload: &[u8]) -> Option<(&str, Vec<(SourceKey, u32)>)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(' ');
+    let member = parts.next().filter(|m| !m.is_empty())?;
+    let mut counts = Vec::new();
+    for part in parts {
+        let (key, n) = part.split_once('=')?;
+        let n: u32 = n.parse().ok().filter(|n| *n > 0)?;
+        counts.push((SourceKey::from_wire(key)?, n));
+        if counts.len() > RATES_MAX {
+            return None;
+        }
+    }
+    (!counts.is_empty()).then_some((member, counts))
+}
+
 /// The URL with the ACL user and password put in (they never sit in the topology).
 fn connection_url(cfg: &PoolConfig) -> Result<String, String> {
     let mut url = url::Url::parse(&cfg.redis).map_err(|e| format!("pool.redis: {e}"))?;
@@ -359,6 +434,26 @@ mod tests {
             b"\xff\xfe 4:c0000201 60000",
         ] {
             assert!(parse_notice(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rate_reports_parse_strictly() {
+        let (member, counts) =
+            parse_rates(b"edge1/3fa2 4:c0000201=7 6:20010db800010002=1").unwrap();
+        assert_eq!(member, "edge1/3fa2");
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts[0], (SourceKey::from_wire("4:c0000201").unwrap(), 7));
+        for bad in [
+            &b"edge1"[..],
+            b"edge1 4:c0000201",
+            b"edge1 4:c0000201=0",
+            b"edge1 4:c0000201=-1",
+            b"edge1 4:zz=3",
+            b"edge1 4:c0000201=3 junk",
+            b" 4:c0000201=3",
+        ] {
+            assert!(parse_rates(bad).is_none(), "{bad:?}");
         }
     }
 
