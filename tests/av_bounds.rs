@@ -42,12 +42,24 @@ struct Av {
 
 impl Av {
     async fn start(firewall: impl FnOnce(&mut Firewall), tune: impl FnOnce(&mut Relay)) -> Av {
+        Av::start_with(firewall, tune, |_| {}, None).await
+    }
+
+    /// An edge with a relay; `ring`: another member's ring file (one pool), else its own;
+    /// `adjust`: the rest of the topology.
+    async fn start_with(
+        firewall: impl FnOnce(&mut Firewall),
+        tune: impl FnOnce(&mut Relay),
+        adjust: impl FnOnce(&mut sipedge::topology::Topology),
+        ring: Option<(std::path::PathBuf, Ring)>,
+    ) -> Av {
         let pki = Pki::new();
-        let (ring_path, ring) = ring_file(&pki);
+        let (ring_path, ring) = ring.unwrap_or_else(|| ring_file(&pki));
         let director = Director::start(&pki).await;
         let mut t = topology(&pki, &[director.addr]);
         t.keys = Some(KeysSource::File(ring_path));
         firewall(&mut t.firewall);
+        adjust(&mut t);
         // Each edge of this file its own 100 ports, below the ephemeral ports (32768) and
         // apart from the other relay tests' ranges: a relayed port taken by someone else
         // costs a UDP client a retransmission and a TCP client its answer.
@@ -328,6 +340,52 @@ async fn a_key_rotated_in_the_ring_file_is_taken_without_a_restart() {
         "and still the old key's"
     );
     av.edge.stop().await;
+}
+
+/// `relay.max_allocations_per_user` counts what the user holds on every member of the
+/// pool: once the members' reports are in (a second), a user at its quota on one member is
+/// refused on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_quota_holds_across_the_members_of_a_pool() {
+    let port = free_tcp_port("127.0.0.1");
+    let Some(_redis) = crate::pool::Redis::start(port) else {
+        return;
+    };
+    let pool = sipedge::topology::PoolConfig {
+        redis: format!("redis://127.0.0.1:{port}/0"),
+        key_prefix: "quotatest".into(),
+        username: None,
+        password: None,
+        timeout: Duration::from_millis(300),
+    };
+    let quota = |r: &mut Relay| r.max_allocations_per_user = 2;
+    let a = Av::start_with(|_| {}, quota, |t| t.pool = Some(pool.clone()), None).await;
+    let ring = (a.pki.dir.path().join("ring.toml"), a.ring.clone());
+    let b = Av::start_with(|_| {}, quota, |t| t.pool = Some(pool.clone()), Some(ring)).await;
+    let alice = a.credential("alice@sipedge.test", 3600);
+
+    let mut on_a = UdpClient::new("127.0.0.31", a.ext_udp).await;
+    assert_eq!(error_code(&on_a.allocate(&alice, &|_| {}).await), None);
+    let mut on_b = UdpClient::new("127.0.0.32", b.ext_udp).await;
+    assert_eq!(error_code(&on_b.allocate(&alice, &|_| {}).await), None);
+    // Two held in the pool: each member learns of the other's within its next report.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut third = UdpClient::new("127.0.0.33", b.ext_udp).await;
+    assert_eq!(
+        error_code(&third.allocate(&alice, &|_| {}).await),
+        Some(486),
+        "the quota counts what alice holds on A"
+    );
+    let mut fourth = UdpClient::new("127.0.0.34", a.ext_udp).await;
+    assert_eq!(
+        error_code(&fourth.allocate(&alice, &|_| {}).await),
+        Some(486)
+    );
+    // Another user is not touched.
+    let bob = a.credential("bob@sipedge.test", 3600);
+    assert_eq!(error_code(&fourth.allocate(&bob, &|_| {}).await), None);
+    a.edge.stop().await;
+    b.edge.stop().await;
 }
 
 /// The relay's timers run on the core's deadlines with no periodic tick: a reservation made

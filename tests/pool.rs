@@ -14,13 +14,13 @@ use sipedge::topology::{Firewall, PoolConfig};
 use crate::support::*;
 
 /// A redis-server of this test's own on a loopback port, stopped (by PID) when dropped.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
-    fn start(port: u16) -> Option<Redis> {
+    pub(crate) fn start(port: u16) -> Option<Redis> {
         let server = required(
             tool_on_path("redis-server"),
             "redis-server",

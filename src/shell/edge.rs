@@ -516,6 +516,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         tasks.spawn(pool_state::run(
             cfg.clone(),
             shared.guard.clone(),
+            turn.clone(),
             state.clone(),
             shared.shutdown.clone(),
         ));

@@ -21,6 +21,13 @@
 //! the rate): at most `N * burst + rate * t * (1 + (N - 1) * 0.3)` requests in `t` seconds,
 //! against `N * (burst + rate * t)` without the pool.
 //!
+//! Per-user relay quotas (`relay.max_allocations_per_user`) count what the user holds on
+//! every member: each member publishes what each user holds on it every [`HOLDS_EVERY`],
+//! and counts the others' reports (members silent for three periods are forgotten) at its
+//! next Allocate. The error bound: a user allocating on several members at once may exceed
+//! the quota by what the other members admitted in one period and a round trip before their
+//! report arrived; once the reports are in, no member admits more.
+//!
 //! What crosses Redis is a source's key (an IPv4 address or an IPv6 /64, as hex), a member
 //! id and a remaining time: no secret, no personal data beyond the address the ban is about.
 
@@ -31,13 +38,20 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
+use std::collections::HashMap;
+
 use super::clock;
+use super::turn::Turn;
 use crate::core::firewall::{BanNotice, SourceGuard};
 use crate::core::net::SourceKey;
 use crate::topology::PoolConfig;
 
 /// How often the outbox is published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// How often each member tells what each user holds on its relay.
+pub const HOLDS_EVERY: Duration = Duration::from_secs(1);
+/// Users in one report, at most.
+const HOLDS_MAX: usize = 20_000;
 /// How often request counts are exchanged.
 pub const RATES_EVERY: Duration = Duration::from_millis(250);
 /// Sources in one report, at most (the busiest first).
@@ -122,6 +136,7 @@ impl PoolState {
 pub async fn run(
     cfg: PoolConfig,
     guard: Arc<SourceGuard>,
+    turn: Option<Arc<Turn>>,
     state: Arc<PoolState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -129,9 +144,13 @@ pub async fn run(
     let mut backoff = RECONNECT_MIN;
     loop {
         let failed = tokio::select! {
-            r = serve(&cfg, &guard, &state) => r.err().unwrap_or_default(),
+            r = serve(&cfg, &guard, turn.as_deref(), &state) => r.err().unwrap_or_default(),
             _ = shutdown.changed() => return,
         };
+        // Alone again: only what this member holds counts.
+        if let Some(turn) = &turn {
+            turn.set_pool_holds([]);
+        }
         if state.set(PoolStatus::Degraded) == PoolStatus::Degraded {
             backoff = (backoff * 2).min(RECONNECT_MAX);
         } else {
@@ -147,7 +166,12 @@ pub async fn run(
 }
 
 /// One connection to Redis, until it fails. Returns why.
-async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Result<(), String> {
+async fn serve(
+    cfg: &PoolConfig,
+    guard: &SourceGuard,
+    turn: Option<&Turn>,
+    state: &PoolState,
+) -> Result<(), String> {
     let client = redis::Client::open(connection_url(cfg)?).map_err(|e| e.to_string())?;
     let bounded = |what: &'static str| move |_| format!("{what}: no answer within the timeout");
     let mut conn = tokio::time::timeout(cfg.timeout, client.get_multiplexed_async_connection())
@@ -160,10 +184,14 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
         .map_err(|e| e.to_string())?;
     let channel = format!("{}:bans", cfg.key_prefix);
     let rates = format!("{}:rates", cfg.key_prefix);
-    tokio::time::timeout(cfg.timeout, pubsub.subscribe(&[&channel, &rates]))
-        .await
-        .map_err(bounded("subscribe"))?
-        .map_err(|e| e.to_string())?;
+    let holds_channel = format!("{}:holds", cfg.key_prefix);
+    tokio::time::timeout(
+        cfg.timeout,
+        pubsub.subscribe(&[&channel, &rates, &holds_channel]),
+    )
+    .await
+    .map_err(bounded("subscribe"))?
+    .map_err(|e| e.to_string())?;
     let mut messages = pubsub.into_on_message();
 
     // Resynchronise: the bans in force in the pool, then this member's own.
@@ -178,6 +206,9 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
 
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
     let mut rates_tick = tokio::time::interval(RATES_EVERY);
+    let mut holds_tick = tokio::time::interval(HOLDS_EVERY);
+    // The other members' reports: when each last spoke, and what it holds per user.
+    let mut holds: HashMap<String, (std::time::Instant, HashMap<Box<str>, usize>)> = HashMap::new();
     // What was admitted while Redis was away is old news.
     let _ = guard.take_request_counts();
     let mut ping_tick = tokio::time::interval(PING_EVERY);
@@ -187,6 +218,18 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
                 let Some(msg) = msg else {
                     return Err("the subscription ended".into());
                 };
+                if msg.get_channel_name() == holds_channel {
+                    match parse_holds(msg.get_payload_bytes()) {
+                        Some((member, _)) if member == state.member => {}
+                        Some((member, report)) => {
+                            holds.insert(member, (clock::now(), report));
+                        }
+                        None => {
+                            state.garbage.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 if msg.get_channel_name() == rates {
                     match parse_rates(msg.get_payload_bytes()) {
                         Some((member, _)) if member == state.member => {}
@@ -220,6 +263,38 @@ async fn serve(cfg: &PoolConfig, guard: &SourceGuard, state: &PoolState) -> Resu
                     publish(cfg, &mut conn, &channel, &state.member, notice).await?;
                     state.bans_published.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            _ = holds_tick.tick(), if turn.is_some() => {
+                let Some(turn) = turn else { continue };
+                // Tell what is held here; count what the members that still speak hold.
+                let mut mine = turn.holds_by_user();
+                mine.truncate(HOLDS_MAX);
+                let report = serde_json::json!({
+                    "member": state.member,
+                    "holds": mine
+                        .iter()
+                        .map(|(user, n)| (user.to_string(), *n))
+                        .collect::<HashMap<String, usize>>(),
+                });
+                tokio::time::timeout(
+                    cfg.timeout,
+                    redis::cmd("PUBLISH")
+                        .arg(&holds_channel)
+                        .arg(report.to_string())
+                        .query_async::<i64>(&mut conn),
+                )
+                .await
+                .map_err(bounded("PUBLISH"))?
+                .map_err(|e| e.to_string())?;
+                let now = clock::now();
+                holds.retain(|_, (at, _)| now.saturating_duration_since(*at) < HOLDS_EVERY * 3);
+                let mut total: HashMap<Box<str>, usize> = HashMap::new();
+                for (_, report) in holds.values() {
+                    for (user, n) in report {
+                        *total.entry(user.clone()).or_insert(0) += n;
+                    }
+                }
+                turn.set_pool_holds(total);
             }
             _ = rates_tick.tick() => {
                 let mut counts = guard.take_request_counts();
@@ -363,6 +438,26 @@ fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
             remaining: Duration::from_millis(ms),
         },
     ))
+}
+
+/// A holdings report as members publish it: `{"member": M, "holds": {user: count}}`.
+fn parse_holds(payload: &[u8]) -> Option<(String, HashMap<Box<str>, usize>)> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        member: String,
+        holds: HashMap<String, usize>,
+    }
+    let report: Report = serde_json::from_slice(payload).ok()?;
+    if report.member.is_empty() || report.holds.len() > HOLDS_MAX {
+        return None;
+    }
+    let holds = report
+        .holds
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(user, n)| (user.into_boxed_str(), n))
+        .collect();
+    Some((report.member, holds))
 }
 
 /// A rate report as members publish it: `<member> <source key>=<count> ...`.

@@ -81,6 +81,16 @@ impl Turn {
         self.server.read_unpoisoned()
     }
 
+    /// What each user holds on this member (for the pool).
+    pub fn holds_by_user(&self) -> Vec<(Arc<str>, usize)> {
+        self.read_server().holds_by_user()
+    }
+
+    /// What the other members of the pool hold per user (counted in the user quota here).
+    pub fn set_pool_holds(&self, holds: impl IntoIterator<Item = (Box<str>, usize)>) {
+        self.lock_server().set_pool_holds(holds);
+    }
+
     pub fn allocations(&self) -> usize {
         self.read_server().allocations()
     }

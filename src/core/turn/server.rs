@@ -220,6 +220,9 @@ pub struct Server {
     by_id: HashMap<u64, FiveTuple>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
     per_user: HashMap<Arc<str>, UserShare>,
+    /// What the other members of the pool report each user holding there (the shell feeds
+    /// it from the pool's exchange): counted against `max_allocations_per_user` here.
+    pool_holds: HashMap<Box<str>, usize>,
     per_source: HashMap<SourceKey, usize>,
     /// Allocations and reservations together (what `max_allocations` bounds).
     held: usize,
@@ -261,6 +264,7 @@ impl Server {
             by_id: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
+            pool_holds: HashMap::new(),
             per_source: HashMap::new(),
             held: 0,
             deadlines: BTreeSet::new(),
@@ -280,6 +284,27 @@ impl Server {
     /// Allocations and reservations held now.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// What each user holds here (allocations and reservations): what this member tells
+    /// the pool.
+    pub fn holds_by_user(&self) -> Vec<(Arc<str>, usize)> {
+        self.per_user
+            .iter()
+            .map(|(user, share)| (user.clone(), share.holds))
+            .collect()
+    }
+
+    /// What the other members hold per user, replacing what they held before. Bounded: at
+    /// most as many users as this server may hold allocations (the rest are not counted
+    /// here; their members still enforce them).
+    pub fn set_pool_holds(&mut self, holds: impl IntoIterator<Item = (Box<str>, usize)>) {
+        let cap = self.cfg.max_allocations;
+        self.pool_holds = holds
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .take(cap)
+            .collect();
     }
 
     /// Reservations waiting for their token now.

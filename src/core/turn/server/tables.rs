@@ -15,7 +15,8 @@ impl Server {
     /// Whether `user` and `source` may hold `more` allocations or reservations beyond what
     /// they hold, within the total too.
     pub(super) fn quota(&self, user: &str, source: SourceKey, more: usize) -> Result<(), Refused> {
-        let of_user = self.per_user.get(user).map_or(0, |u| u.holds);
+        let of_user = self.per_user.get(user).map_or(0, |u| u.holds)
+            + self.pool_holds.get(user).copied().unwrap_or(0);
         let of_source = self.per_source.get(&source).copied().unwrap_or(0);
         if of_user + more > self.cfg.max_allocations_per_user
             || of_source + more > self.cfg.max_allocations_per_source

@@ -23,6 +23,31 @@ fn quota_and_capacity() {
 }
 
 #[test]
+fn what_other_members_hold_counts_against_the_user_quota() {
+    let mut w = World::new();
+    w.server.cfg.max_allocations_per_user = 2;
+    w.sign_in("carol@sipedge.test", 3600);
+    // The pool says carol holds one relay on another member: one is left here.
+    w.server.set_pool_holds([
+        ("carol@sipedge.test".into(), 1),
+        ("dave@sipedge.test".into(), 9),
+    ]);
+    assert_eq!(w.allocate_from_port(43000, 150), 0);
+    assert_eq!(w.allocate_from_port(43001, 151), 486);
+    let held: Vec<_> = w.server.holds_by_user();
+    assert_eq!(
+        held.len(),
+        1,
+        "only what this member holds is told to the pool"
+    );
+    assert_eq!(&*held[0].0, "carol@sipedge.test");
+    assert_eq!(held[0].1, 1);
+    // The other member let go: the quota is this member's again.
+    w.server.set_pool_holds([]);
+    assert_eq!(w.allocate_from_port(43002, 152), 0);
+}
+
+#[test]
 fn quota_per_source_address() {
     let mut w = World::new();
     w.server.cfg.max_allocations_per_source = 2;
