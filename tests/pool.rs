@@ -404,3 +404,123 @@ async fn a_source_spread_over_members_is_held_to_its_rate_within_the_bound() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two real `sipedge run` processes of one pool (one state directory: the dev PKI and the
+/// dev key ring; one Redis): a source banned by the first is refused by the second, and
+/// each says on `/status` that it is on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sipedge_processes_share_a_ban() {
+    use std::io::BufRead as _;
+    let port = free_tcp_port("127.0.0.1");
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // One edge name: the dev PKI covers `<name>.internal`, and both share it.
+    let toml = |_member: &str, ext: u16, int: u16, ops: u16| {
+        format!(
+            "state_dir = \"{state}\"\n\
+             [edge]\nname = \"pool-edge\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"sipedge.test\"]\n\
+             [external]\nsip = \"127.0.0.1:{ext}\"\nsip_host = \"edge.sipedge.test\"\n[external.tls]\ndev = true\n\
+             [internal]\nsip = \"127.0.0.2:{int}\"\n[internal.tls]\ndev = true\n\
+             [next_hop]\nmembers = [\"127.0.0.1:9\"]\nserver_name = \"director.sipedge.test\"\n\
+             [firewall]\nrequest_rate = 5\nrequest_burst = 5\nban_after = 3\n\
+             [operations]\nlisten = \"127.0.0.2:{ops}\"\n\
+             [keys]\ndev = true\n\
+             [pool]\nredis = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"processes\"\n",
+            state = state.display()
+        )
+    };
+    let mut members = Vec::new();
+    for name in ["proc-a", "proc-b"] {
+        let (ext, int, ops) = (
+            free_tcp_port("127.0.0.1"),
+            free_tcp_port("127.0.0.2"),
+            free_tcp_port("127.0.0.2"),
+        );
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, toml(name, ext, int, ops)).unwrap();
+        let mut child = run_topology(
+            Command::new(env!("CARGO_BIN_EXE_sipedge")),
+            &file,
+            Stdio::null(),
+        );
+        // Started (the first one generates the dev PKI and ring the second reads).
+        let out = child.0.stdout.take().unwrap();
+        let started = std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("external TLS SIP on"));
+        assert!(started, "{name} started");
+        members.push((child, ext, format!("127.0.0.2:{ops}")));
+    }
+    for (_, _, ops) in &members {
+        let deadline = Instant::now() + WAIT;
+        while !http_get(ops, "/status").await.contains("\"redis\": \"up\"") {
+            assert!(Instant::now() < deadline, "{ops} never on Redis");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let roots = {
+        let ca = state.join("dev-pki/ca.pem");
+        sipedge::tls::load_roots(&sipedge::topology::CaSource::Pem(ca), None).unwrap()
+    };
+    let tls = tokio_rustls::TlsConnector::from(
+        sipedge::tls::client_config_trusting(roots, None).unwrap(),
+    );
+    let name = rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap();
+    let connect = |ext: u16| {
+        let (tls, name) = (tls.clone(), name.clone());
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.70:0".parse().unwrap()).unwrap();
+            let tcp = socket.connect(([127, 0, 0, 1], ext).into()).await.ok()?;
+            tls.connect(name, tcp).await.ok()
+        }
+    };
+
+    // Flood the first until it bans the source (its connection is closed).
+    let (ext_a, ext_b) = (members[0].1, members[1].1);
+    let mut flood = connect(ext_a).await.expect("A takes the connection");
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut burst = String::new();
+        for n in 0..100 {
+            burst.push_str(&format!(
+                "OPTIONS sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.70:5061;branch=z9hG4bK-p{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:f@sipedge.test>;tag=f\r\nTo: <sip:sipedge.test>\r\n\
+                 Call-ID: proc-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            ));
+        }
+        let _ = flood.write_all(burst.as_bytes()).await;
+        let mut sink = vec![0u8; 65536];
+        let closed = tokio::time::timeout(WAIT, async {
+            while flood.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "A closes the banned source's connection");
+    }
+    let banned_at = Instant::now();
+    // The second refuses it (closed before TLS) within a second.
+    loop {
+        if connect(ext_b).await.is_none() {
+            break;
+        }
+        assert!(
+            banned_at.elapsed() < Duration::from_secs(1),
+            "B still takes the banned source after {:?}",
+            banned_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "B refused the source {:?} after A closed it",
+        banned_at.elapsed()
+    );
+    let metrics_b = http_get(&members[1].2, "/metrics").await;
+    assert!(
+        metrics_b.contains("sipedge_pool_bans_received_total 1"),
+        "{metrics_b}"
+    );
+}

@@ -69,10 +69,14 @@ struct Args {
     /// Rounds per second per user; 0 = closed loop, each user as fast as it is answered.
     rate: f64,
     baseline: bool,
+    /// `[pool]` on this Redis (`redis://127.0.0.1:PORT/0`): the pool's exchange runs beside
+    /// the load (what `benches/pool_soak.sh` uses, restarting Redis during the run).
+    pool_redis: Option<String>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--users N (100)] [--seconds S (10)] \
-                     [--dialogs-per-user K (10000)] [--rate R (0 = closed loop)] [--no-baseline]";
+                     [--dialogs-per-user K (10000)] [--rate R (0 = closed loop)] [--no-baseline] \
+                     [--pool-redis redis://HOST:PORT/DB]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -81,6 +85,7 @@ fn parse_args() -> Result<Args, String> {
         dialogs_per_user: 10_000,
         rate: 0.0,
         baseline: true,
+        pool_redis: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -107,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--rate: {e}"))?
             }
             "--no-baseline" => args.baseline = false,
+            "--pool-redis" => args.pool_redis = Some(value("--pool-redis")?),
             // cargo passes --bench to harness = false targets.
             "--bench" => {}
             "-h" | "--help" => return Err(String::new()),
@@ -292,4 +298,105 @@ fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let tck = clock_ticks_per_second();
+    let edge_rt = runtime(EDGE_THREADS, 2);
+    let stub_rt = runtime(STUB_THREADS, 2);
+    let load_rt = runtime(LOAD_THREADS, 2);
+
+    let pki = Pki::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (director, director_counts) = start_stub(&stub_rt, &pki, &stop);
+    let mut topo = topology(&pki, &[director]);
+    topo.limits.max_connections = topo.limits.max_connections.max(args.users + 64);
+    // With Redis: the pool's exchange runs beside the load (bans, rate reports, holdings).
+    topo.pool = args
+        .pool_redis
+        .as_ref()
+        .map(|url| sipedge::topology::PoolConfig {
+            redis: url.clone(),
+            key_prefix: "sipedge-load".into(),
+            username: None,
+            password: None,
+            timeout: Duration::from_millis(500),
+        });
+    let edge = edge_rt
+        .block_on(sipedge::shell::start(&topo))
+        .expect("edge starts");
+    let up_by = Instant::now() + Duration::from_secs(10);
+    while !edge.routes.pool.any_up() {
+        if Instant::now() > up_by {
+            eprintln!("the edge's next hop never came up");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // With the edge: remote users (server-authenticated TLS) to the external listener.
+    let to_edge = Target {
+        addr: edge.external,
+        tls: tls::client_config_trusting(pki.roots(), None).expect("client TLS"),
+        name: ServerName::try_from(EDGE_FQDN).expect("name"),
+    };
+    let before = edge_counters(&edge.shared);
+    let with_edge = run_phase(&load_rt, &to_edge, &args, tck);
+    let after = edge_counters(&edge.shared);
+    let mut failures = with_edge.failures.clone();
+    for f in check_stub(&director_counts, &with_edge.sent) {
+        failures.push(f);
+    }
+    let forwarded = after.forwarded - before.forwarded;
+    if after.rejected > before.rejected || after.dropped > before.dropped {
+        failures.push(format!(
+            "edge rejected {} and dropped {} messages",
+            after.rejected - before.rejected,
+            after.dropped - before.dropped
+        ));
+    }
+
+    // Baseline: the same users straight to a stub (mutual TLS, as the edge would be).
+    let baseline = args.baseline.then(|| {
+        let (stub, counts) = start_stub(&stub_rt, &pki, &stop);
+        let to_stub = Target {
+            addr: stub,
+            tls: tls::client_config_trusting(pki.roots(), Some(pki.material(DevRole::Client)))
+                .expect("client TLS"),
+            name: ServerName::try_from(DIRECTOR_NAME).expect("name"),
+        };
+        let b = run_phase(&load_rt, &to_stub, &args, tck);
+        failures.absorb(b.failures.clone(), "baseline: ");
+        for f in check_stub(&counts, &b.sent) {
+            failures.push(format!("baseline: {f}"));
+        }
+        b
+    });
+
+    report(&args, &with_edge, baseline.as_ref(), forwarded, &failures);
+
+    stop.store(true, Ordering::Relaxed);
+    edge_rt.block_on(edge.stop());
+    drop(load_rt);
+    drop(stub_rt);
+    drop(edge_rt);
+    if failures.count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
