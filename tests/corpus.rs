@@ -71,6 +71,12 @@ fn mras_and_keyring_corpora_replay() {
 }
 
 #[test]
+fn pool_messages_corpus_replays() {
+    let n = replay("fuzz/corpus/pool_messages", sipedge::fuzz_logic::pool_messages);
+    assert!(n >= 4, "no corpus found");
+}
+
+#[test]
 fn stun_and_channel_data_corpora_replay() {
     let n = replay("fuzz/corpus/stun", sipedge::fuzz_logic::stun)
         + replay(

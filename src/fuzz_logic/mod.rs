@@ -331,6 +331,34 @@ pub fn keyring(data: &[u8]) {
     }
 }
 
+/// What other pool members send through Redis (ban notices, rate reports, holdings) and a
+/// TLS session ticket presented by a client: never panics; a notice or report that parses
+/// names only sources that write back to the same text, and a ticket this pool did not seal
+/// never opens.
+pub fn pool_messages(data: &[u8]) {
+    use crate::shell::pool_state::parse;
+    if let Some((_, notice)) = parse::notice(data) {
+        let wire = notice.key.to_wire();
+        assert!(wire.is_some_and(|w| crate::core::net::SourceKey::from_wire(&w) == Some(notice.key)));
+    }
+    if let Some((_, counts)) = parse::rates(data) {
+        assert!(counts.iter().all(|(k, n)| *n > 0 && k.to_wire().is_some()));
+    }
+    let _ = parse::holds(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(key) = crate::core::net::SourceKey::from_wire(text) {
+            assert_eq!(key.to_wire().as_deref(), Some(text));
+        }
+    }
+    // A ticket of arbitrary bytes: never opens under a ring that did not seal it.
+    use rustls::server::ProducesTickets as _;
+    let ring = crate::core::keyring::Ring::init([3; 32], 1_800_000_000);
+    let ticketer = crate::shell::ring::RingTicketer::new(std::sync::Arc::new(
+        crate::shell::ring::LiveRing::fixed(ring),
+    ));
+    assert!(ticketer.decrypt(data).is_none(), "a forged ticket opened");
+}
+
 /// A STUN message through the strict check: never panics; what passes has every attribute
 /// inside the message and the integrity offset before its end.
 pub fn stun(data: &[u8]) {

@@ -417,8 +417,15 @@ async fn publish(
         .map_err(|e| e.to_string())
 }
 
+/// The parsers of what members publish, for the fuzz target.
+pub mod parse {
+    pub use super::parse_holds as holds;
+    pub use super::parse_notice as notice;
+    pub use super::parse_rates as rates;
+}
+
 /// A ban notice as members publish it: `<member> <source key> <remaining ms>`.
-fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
+pub fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split(' ');
     let (Some(member), Some(key), Some(ms), None) =
@@ -441,7 +448,7 @@ fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
 }
 
 /// A holdings report as members publish it: `{"member": M, "holds": {user: count}}`.
-fn parse_holds(payload: &[u8]) -> Option<(String, HashMap<Box<str>, usize>)> {
+pub fn parse_holds(payload: &[u8]) -> Option<(String, HashMap<Box<str>, usize>)> {
     #[derive(serde::Deserialize)]
     struct Report {
         member: String,
@@ -461,7 +468,7 @@ fn parse_holds(payload: &[u8]) -> Option<(String, HashMap<Box<str>, usize>)> {
 }
 
 /// A rate report as members publish it: `<member> <source key>=<count> ...`.
-fn parse_rates(payload: &[u8]) -> Option<(&str, Vec<(SourceKey, u32)>)> {
+pub fn parse_rates(payload: &[u8]) -> Option<(&str, Vec<(SourceKey, u32)>)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split(' ');
     let member = parts.next().filter(|m| !m.is_empty())?;
