@@ -25,6 +25,7 @@ trap 'stop_redis; rm -rf "$dir"' EXIT
 cargo bench --no-run --bench load >/dev/null 2>&1
 start_redis
 cargo bench --bench load -- --users "$users" --seconds "$secs" --no-baseline \
+  --dialogs-per-user 100000000 \
   --pool-redis "redis://127.0.0.1:$port/0" > "$dir/load.out" 2>&1 &
 load=$!
 third=$((secs / 3))
