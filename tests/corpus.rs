@@ -72,7 +72,10 @@ fn mras_and_keyring_corpora_replay() {
 
 #[test]
 fn pool_messages_corpus_replays() {
-    let n = replay("fuzz/corpus/pool_messages", sipedge::fuzz_logic::pool_messages);
+    let n = replay(
+        "fuzz/corpus/pool_messages",
+        sipedge::fuzz_logic::pool_messages,
+    );
     assert!(n >= 4, "no corpus found");
 }
 

@@ -357,6 +357,18 @@ fn main() -> ExitCode {
     let before = edge_counters(&edge.shared);
     let with_edge = run_phase(&load_rt, &to_edge, &args, tck);
     let after = edge_counters(&edge.shared);
+    if let Some(pool) = &edge.view.pool {
+        use std::sync::atomic::Ordering::Relaxed;
+        println!(
+            "pool: Redis {} at the end; {} outage(s); bans published {}, received {}; \
+             requests charged from other members {}",
+            pool.status().label(),
+            pool.outages.load(Relaxed),
+            pool.bans_published.load(Relaxed),
+            pool.bans_received.load(Relaxed),
+            pool.requests_charged.load(Relaxed),
+        );
+    }
     let mut failures = with_edge.failures.clone();
     for f in check_stub(&director_counts, &with_edge.sent) {
         failures.push(f);

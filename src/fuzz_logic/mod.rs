@@ -339,7 +339,9 @@ pub fn pool_messages(data: &[u8]) {
     use crate::shell::pool_state::parse;
     if let Some((_, notice)) = parse::notice(data) {
         let wire = notice.key.to_wire();
-        assert!(wire.is_some_and(|w| crate::core::net::SourceKey::from_wire(&w) == Some(notice.key)));
+        assert!(
+            wire.is_some_and(|w| crate::core::net::SourceKey::from_wire(&w) == Some(notice.key))
+        );
     }
     if let Some((_, counts)) = parse::rates(data) {
         assert!(counts.iter().all(|(k, n)| *n > 0 && k.to_wire().is_some()));

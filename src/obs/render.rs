@@ -302,6 +302,13 @@ fn pool_metrics(e: &mut Exposition, p: &Pool) {
     );
     single(
         e,
+        "sipedge_pool_outages_total",
+        Kind::Counter,
+        "Times Redis went away (or could not be reached at start).",
+        p.outages,
+    );
+    single(
+        e,
         "sipedge_pool_requests_charged_total",
         Kind::Counter,
         "Requests other members admitted, charged here to their sources' request rates.",
@@ -603,6 +610,7 @@ mod tests {
                 bans_published: 3,
                 bans_received: 4,
                 requests_charged: 0,
+                outages: 1,
                 garbage: 0,
             }),
             draining: false,
@@ -648,7 +656,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 38, "{text}");
+        assert_eq!(types, 39, "{text}");
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct Pool {
     pub bans_received: u64,
     /// Requests other members admitted, charged to their sources' rates here.
     pub requests_charged: u64,
+    /// Times Redis went away.
+    pub outages: u64,
     /// Messages on the pool's channels that were neither a ban notice nor a rate report.
     pub garbage: u64,
 }

@@ -485,6 +485,7 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
             bans_published: p.bans_published.load(Ordering::Relaxed),
             bans_received: p.bans_received.load(Ordering::Relaxed),
             requests_charged: p.requests_charged.load(Ordering::Relaxed),
+            outages: p.outages.load(Ordering::Relaxed),
             garbage: p.garbage.load(Ordering::Relaxed),
         }),
     }

@@ -93,6 +93,8 @@ pub struct PoolState {
     pub bans_received: AtomicU64,
     /// Requests other members admitted, charged here (the sum of the counts received).
     pub requests_charged: AtomicU64,
+    /// Times Redis went away (or could not be reached at start).
+    pub outages: AtomicU64,
     /// Messages from Redis that were not a ban notice or a rate report (ignored).
     pub garbage: AtomicU64,
 }
@@ -105,6 +107,7 @@ impl PoolState {
             bans_published: AtomicU64::new(0),
             bans_received: AtomicU64::new(0),
             requests_charged: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
             garbage: AtomicU64::new(0),
         }
     }
@@ -155,6 +158,7 @@ pub async fn run(
             backoff = (backoff * 2).min(RECONNECT_MAX);
         } else {
             // Once per outage, not once per attempt.
+            state.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %failed, "pool: Redis unavailable; enforcing locally until it returns");
             backoff = RECONNECT_MIN;
         }
