@@ -73,6 +73,24 @@ fn by_label<'a>(
     }
 }
 
+/// A family with two labels: for each of `rows`' (first label's value, samples), a sample
+/// for each of the samples' (second label's value, value).
+fn by_two_labels<'a>(
+    e: &mut Exposition,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    (first, second): (&str, &str),
+    rows: impl IntoIterator<Item = (&'a str, [(&'static str, u64); 2])>,
+) {
+    e.family(name, kind, help);
+    for (first_value, samples) in rows {
+        for (second_value, value) in samples {
+            e.sample(name, &[(first, first_value), (second, second_value)], value);
+        }
+    }
+}
+
 /// The `zone` label's samples of a count kept by zone.
 fn zones(n: &ByZone) -> [(&'static str, u64); 2] {
     [("external", n.external), ("internal", n.internal)]
@@ -119,24 +137,14 @@ fn access_edge(e: &mut Exposition, a: &AccessEdge) {
             n.internal,
         );
     }
-    const REJECTS: &str = "sipedge_rejects_total";
-    e.family(
-        REJECTS,
+    by_two_labels(
+        e,
+        "sipedge_rejects_total",
         Kind::Counter,
         "SIP messages refused, by reason and by the zone they came from.",
+        ("reason", "zone"),
+        a.rejects.iter().map(|(reason, n)| (*reason, zones(n))),
     );
-    for (reason, n) in &a.rejects {
-        e.sample(
-            REJECTS,
-            &[("reason", reason), ("zone", "external")],
-            n.external,
-        )
-        .sample(
-            REJECTS,
-            &[("reason", reason), ("zone", "internal")],
-            n.internal,
-        );
-    }
     by_label(
         e,
         "sipedge_source_refusals_total",
@@ -219,24 +227,16 @@ fn partner_metrics(e: &mut Exposition, partners: &[Partner]) {
         .iter()
         .filter_map(|p| Some((p.name.as_str(), p.counters?, p)))
         .collect();
-    const MESSAGES: &str = "sipedge_partner_messages_total";
-    e.family(
-        MESSAGES,
+    by_two_labels(
+        e,
+        "sipedge_partner_messages_total",
         Kind::Counter,
         "Messages sent to and accepted from each partner edge.",
+        ("partner", "direction"),
+        counted
+            .iter()
+            .map(|(name, c, _)| (*name, [("sent", c.sent), ("received", c.received)])),
     );
-    for (name, c, _) in &counted {
-        e.sample(
-            MESSAGES,
-            &[("partner", name), ("direction", "sent")],
-            c.sent,
-        )
-        .sample(
-            MESSAGES,
-            &[("partner", name), ("direction", "received")],
-            c.received,
-        );
-    }
     by_label(
         e,
         "sipedge_partner_rate_limited_total",

@@ -209,15 +209,7 @@ pub fn client_config_with(
     roots: RootCertStore,
     slot: Arc<CertSlot>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    const WHAT: &str = "client";
-    if roots.is_empty() {
-        return Err(TlsError::NoTrustAnchors);
-    }
-    let cfg = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        .map_err(config_err(WHAT))?
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(slot);
+    let cfg = client_trusting(roots)?.with_client_cert_resolver(slot);
     Ok(Arc::new(cfg))
 }
 
@@ -227,21 +219,30 @@ pub fn client_config_trusting(
     roots: RootCertStore,
     client: Option<CertifiedKeyMaterial>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    const WHAT: &str = "client";
+    let builder = client_trusting(roots)?;
+    let cfg = match client {
+        Some(m) => builder
+            .with_client_auth_cert(m.chain, m.key)
+            .map_err(config_err(CLIENT))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+const CLIENT: &str = "client";
+
+/// A client verifying servers against `roots` (refused when empty), its own certificate yet
+/// to be chosen.
+fn client_trusting(
+    roots: RootCertStore,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoTrustAnchors);
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(config_err(WHAT))?
-        .with_root_certificates(roots);
-    let cfg = match client {
-        Some(m) => builder
-            .with_client_auth_cert(m.chain, m.key)
-            .map_err(config_err(WHAT))?,
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(cfg))
+        .map_err(config_err(CLIENT))?;
+    Ok(builder.with_root_certificates(roots))
 }
 
 /// The peer's identity from its leaf certificate's subjectAltName DNS names. `None` when the

@@ -333,12 +333,24 @@ impl<'t> Doc<'t> {
         key: &str,
         required: bool,
     ) -> Option<(Vec<SocketAddr>, usize)> {
+        self.parsed_list(s, key, required, parse_socket_addr)
+    }
+
+    /// A list of strings, each read by `parse` (whose `Err` is the problem to report: every
+    /// bad item is reported); `None` on a problem.
+    pub(super) fn parsed_list<T>(
+        &mut self,
+        s: Section<'_, '_>,
+        key: &str,
+        required: bool,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<(Vec<T>, usize)> {
         let (items, line) = self.string_list(s, key, required)?;
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for text in &items {
-            match parse_socket_addr(text) {
-                Ok(addr) => out.push(addr),
+            match parse(text) {
+                Ok(item) => out.push(item),
                 Err(why) => {
                     self.problem(line, s.key(key), why);
                     ok = false;
@@ -346,6 +358,19 @@ impl<'t> Doc<'t> {
             }
         }
         ok.then_some((out, line))
+    }
+
+    /// An optional [`Doc::parsed_list`]: empty when absent, `None` on a problem (reported).
+    pub(super) fn optional_list<T>(
+        &mut self,
+        s: Section<'_, '_>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        match self.parsed_list(s, key, false, parse) {
+            Some((items, _)) => Some(items),
+            None => (!s.has(key)).then(Vec::new),
+        }
     }
 
     /// The line of `key` if present, else of its table (for cross-checks).
@@ -389,7 +414,7 @@ fn describe(v: &DeValue<'_>) -> &'static str {
     }
 }
 
-fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+pub(super) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() == 0 => Err(format!("\"{text}\": port 0 is not allowed")),
         Ok(addr) if addr.ip().is_unspecified() => Err(format!(

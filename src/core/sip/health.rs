@@ -152,6 +152,20 @@ mod tests {
         fall: 3,
     };
 
+    /// The sequence number of the probe `h` sends at `t` (one must be due).
+    fn probe(h: &mut Health, t: Instant) -> u32 {
+        let (Some(seq), _) = h.handle_timeout(t) else {
+            panic!("no probe at {t:?}")
+        };
+        seq
+    }
+
+    /// What `h` makes of the probe it sends at `t` answered with `status`.
+    fn answered(h: &mut Health, t: Instant, status: u16) -> Option<Transition> {
+        let seq = probe(h, t);
+        h.handle_answer(seq, status)
+    }
+
     #[test]
     fn rise_and_fall_on_simulated_time() {
         let t0 = Instant::now();
@@ -173,18 +187,13 @@ mod tests {
         assert!(!h.is_up());
         let t5 = t0 + Duration::from_secs(5);
         assert_eq!(h.poll_timeout(), t5);
-        let (Some(s2), _) = h.handle_timeout(t5) else {
-            panic!()
-        };
-        assert_eq!(h.handle_answer(s2, 404), Some(Transition::WentUp));
+        assert_eq!(answered(&mut h, t5, 404), Some(Transition::WentUp));
         assert!(h.is_up());
         // Three misses in a row: down on the third.
         let mut t = t5;
         for i in 0..3 {
             t += Duration::from_secs(5);
-            let (Some(_), _) = h.handle_timeout(t) else {
-                panic!()
-            };
+            probe(&mut h, t);
             let (_, tr) = h.handle_timeout(t + Duration::from_secs(2));
             assert_eq!(tr, (i == 2).then_some(Transition::WentDown), "miss {i}");
         }
@@ -201,9 +210,7 @@ mod tests {
         };
         let mut h = Health::new(t0, cfg);
         h.handle_connected(t0);
-        let (Some(s), _) = h.handle_timeout(t0) else {
-            panic!()
-        };
+        let s = probe(&mut h, t0);
         assert_eq!(
             h.handle_answer(s, 100),
             None,
@@ -216,15 +223,9 @@ mod tests {
         );
         assert_eq!(h.handle_answer(s, 200), Some(Transition::WentUp));
         let t5 = t0 + Duration::from_secs(5);
-        let (Some(s), _) = h.handle_timeout(t5) else {
-            panic!()
-        };
-        assert_eq!(h.handle_answer(s, 503), Some(Transition::WentDown));
+        assert_eq!(answered(&mut h, t5, 503), Some(Transition::WentDown));
         h.handle_connected(t5);
-        let (Some(s), _) = h.handle_timeout(t5) else {
-            panic!()
-        };
-        assert_eq!(h.handle_answer(s, 200), Some(Transition::WentUp));
+        assert_eq!(answered(&mut h, t5, 200), Some(Transition::WentUp));
         assert_eq!(h.handle_disconnected(), Some(Transition::WentDown));
         assert!(!h.is_up());
     }

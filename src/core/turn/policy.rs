@@ -250,6 +250,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// `p`'s verdict on each peer from its origin.
+    fn assert_verdicts(p: &PeerPolicy, cases: &[(&str, Origin, Result<(), Denied>)]) {
+        for &(peer, origin, verdict) in cases {
+            assert_eq!(p.check(ip(peer), origin), verdict, "{peer} from {origin:?}");
+        }
+    }
+
     #[test]
     fn every_bypass_form_is_denied() {
         let p = PeerPolicy::default();
@@ -323,18 +330,18 @@ mod tests {
             deny: vec![Prefix::parse("203.0.113.66").unwrap()],
             ..PeerPolicy::default()
         };
-        assert_eq!(allowing.check(ip("10.20.5.5"), Origin::External), Ok(()));
-        assert_eq!(
-            allowing.check(ip("10.21.5.5"), Origin::External),
-            Err(Denied::Internal)
-        );
-        assert_eq!(
-            allowing.check(ip("203.0.113.66"), Origin::Internal),
-            Err(Denied::Configured)
-        );
-        assert_eq!(
-            allowing.check(ip("::ffff:203.0.113.66"), Origin::Internal),
-            Err(Denied::Configured)
+        assert_verdicts(
+            &allowing,
+            &[
+                ("10.20.5.5", Origin::External, Ok(())),
+                ("10.21.5.5", Origin::External, Err(Denied::Internal)),
+                ("203.0.113.66", Origin::Internal, Err(Denied::Configured)),
+                (
+                    "::ffff:203.0.113.66",
+                    Origin::Internal,
+                    Err(Denied::Configured),
+                ),
+            ],
         );
     }
 
@@ -346,21 +353,22 @@ mod tests {
             own: vec![ip("192.0.2.10"), ip("203.0.113.10"), ip("2001:db8::10")],
             ..PeerPolicy::default()
         };
-        for (peer, origin, verdict) in [
-            ("198.18.1.1", Origin::External, Err(Denied::Internal)),
-            ("::ffff:198.18.1.1", Origin::External, Err(Denied::Internal)),
-            ("2002:c612:101::", Origin::External, Err(Denied::Internal)),
-            ("198.18.1.1", Origin::Internal, Ok(())),
-            ("198.19.7.7", Origin::External, Ok(())),
-            ("192.0.2.10", Origin::Internal, Err(Denied::Own)),
-            ("203.0.113.10", Origin::External, Err(Denied::Own)),
-            ("::ffff:203.0.113.10", Origin::External, Err(Denied::Own)),
-            ("64:ff9b::c000:20a", Origin::Internal, Err(Denied::Own)),
-            ("2001:db8::10", Origin::External, Err(Denied::Own)),
-            ("203.0.113.11", Origin::External, Ok(())),
-        ] {
-            assert_eq!(p.check(ip(peer), origin), verdict, "{peer} from {origin:?}");
-        }
+        assert_verdicts(
+            &p,
+            &[
+                ("198.18.1.1", Origin::External, Err(Denied::Internal)),
+                ("::ffff:198.18.1.1", Origin::External, Err(Denied::Internal)),
+                ("2002:c612:101::", Origin::External, Err(Denied::Internal)),
+                ("198.18.1.1", Origin::Internal, Ok(())),
+                ("198.19.7.7", Origin::External, Ok(())),
+                ("192.0.2.10", Origin::Internal, Err(Denied::Own)),
+                ("203.0.113.10", Origin::External, Err(Denied::Own)),
+                ("::ffff:203.0.113.10", Origin::External, Err(Denied::Own)),
+                ("64:ff9b::c000:20a", Origin::Internal, Err(Denied::Own)),
+                ("2001:db8::10", Origin::External, Err(Denied::Own)),
+                ("203.0.113.11", Origin::External, Ok(())),
+            ],
+        );
         // Tests on one host: loopback peers are allowed even when the edge listens there.
         let one_host = PeerPolicy {
             own: vec![ip("127.0.0.1")],
@@ -393,13 +401,20 @@ mod tests {
         assert_eq!(allowing.check(public_v96, Origin::External), Ok(()));
         // Allowed by name, a reading that reaches loopback or the metadata service still
         // does not pass.
-        assert_eq!(
-            allowing.check(ip("64:ff9b:1:7f00:0:100:808:808"), Origin::Internal),
-            Err(Denied::Loopback)
-        );
-        assert_eq!(
-            allowing.check(ip("64:ff9b:1::a9fe:a9fe"), Origin::Internal),
-            Err(Denied::LinkLocal)
+        assert_verdicts(
+            &allowing,
+            &[
+                (
+                    "64:ff9b:1:7f00:0:100:808:808",
+                    Origin::Internal,
+                    Err(Denied::Loopback),
+                ),
+                (
+                    "64:ff9b:1::a9fe:a9fe",
+                    Origin::Internal,
+                    Err(Denied::LinkLocal),
+                ),
+            ],
         );
     }
 

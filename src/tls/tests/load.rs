@@ -3,7 +3,7 @@
 //! `dev` (which itself loads with `load`), so `load` depends on nothing that depends on it.
 
 use crate::tls::dev::{self, DevNames};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,6 +32,23 @@ fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKeyMaterial, TlsError> {
         None,
         DevRole::External,
     )
+}
+
+/// A PKCS#12 bundle loaded as the external certificate.
+fn load_p12(path: &Path, password: &str) -> Result<CertifiedKeyMaterial, TlsError> {
+    load_cert(
+        &CertSource::Pkcs12 {
+            path: path.to_path_buf(),
+            password: password.into(),
+        },
+        None,
+        DevRole::External,
+    )
+}
+
+/// The dev PKI's external certificate and key, loaded from its own files.
+fn external(pki: &DevPki) -> CertifiedKeyMaterial {
+    load_cert(&pki.source(DevRole::External), None, DevRole::External).unwrap()
 }
 
 fn pki() -> (tempfile::TempDir, DevPki) {
@@ -64,8 +81,7 @@ fn openssl(args: &[&str]) {
 #[test]
 fn pem_round_trip() {
     let (_dir, pki) = pki();
-    let src = pki.source(DevRole::External);
-    let m = load_cert(&src, None, DevRole::External).unwrap();
+    let m = external(&pki);
     assert_eq!(m.chain.len(), 1);
     let pem = std::fs::read(&pki.external.0).unwrap();
     let der = CertificateDer::from_pem_slice(&pem).unwrap();
@@ -102,6 +118,14 @@ fn key_that_does_not_match_is_rejected() {
     }
 }
 
+/// A PEM file `name` in `dir` with one `label` section of eight bytes that are nothing.
+fn write_pem(dir: &Path, name: &str, label: &str) -> PathBuf {
+    let path = dir.join(name);
+    let pem = format!("-----BEGIN {label}-----\nAAECAwQFBgc=\n-----END {label}-----\n");
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
 #[test]
 fn missing_empty_and_encrypted_files_are_named() {
     let (dir, pki) = pki();
@@ -117,21 +141,11 @@ fn missing_empty_and_encrypted_files_are_named() {
     let r = load_pem(&pki.external.0, &pki.external.0);
     assert!(matches!(r, Err(TlsError::NoKey { .. })), "{r:?}");
 
-    let enc = dir.path().join("enc.key");
-    std::fs::write(
-            &enc,
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAECAwQFBgc=\n-----END ENCRYPTED PRIVATE KEY-----\n",
-        )
-        .unwrap();
+    let enc = write_pem(dir.path(), "enc.key", "ENCRYPTED PRIVATE KEY");
     let r = load_pem(&pki.external.0, &enc);
     assert!(matches!(r, Err(TlsError::EncryptedKey { .. })), "{r:?}");
 
-    let garbage = dir.path().join("garbage.pem");
-    std::fs::write(
-        &garbage,
-        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgc=\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
+    let garbage = write_pem(dir.path(), "garbage.pem", "CERTIFICATE");
     let r = load_roots(&CaSource::Pem(garbage.clone()), None);
     assert!(
         matches!(&r, Err(TlsError::MalformedCertificate { path: Some(p), .. }) if *p == garbage),
@@ -159,7 +173,7 @@ fn roots_from_pem_and_dev() {
 #[test]
 fn sans_are_dns_names_and_ips() {
     let (_dir, pki) = pki();
-    let m = load_cert(&pki.source(DevRole::External), None, DevRole::External).unwrap();
+    let m = external(&pki);
     let sans = subject_alt_names(m.leaf().unwrap()).unwrap();
     assert_eq!(
         sans,
@@ -180,7 +194,7 @@ fn sans_are_dns_names_and_ips() {
 /// p12-keystore's own writer.
 fn write_p12(pki: &DevPki, out: &Path, password: &str) -> CertifiedKeyMaterial {
     use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
-    let m = load_cert(&pki.source(DevRole::External), None, DevRole::External).unwrap();
+    let m = external(pki);
     let ca = CertificateDer::from_pem_file(&pki.ca_cert).unwrap();
     let chain = PrivateKeyChain::new(
         "edge-key-1",
@@ -202,30 +216,18 @@ fn pkcs12_load_and_wrong_password() {
     let path = dir.path().join("edge.pfx");
     let pem = write_p12(&pki, &path, "s3cret");
 
-    let src = CertSource::Pkcs12 {
-        path: path.clone(),
-        password: "s3cret".into(),
-    };
-    let m = load_cert(&src, None, DevRole::External).unwrap();
+    let m = load_p12(&path, "s3cret").unwrap();
     assert_eq!(m.leaf(), pem.leaf());
     assert_eq!(m.chain.len(), 2);
     assert_eq!(m.key.secret_der(), pem.key.secret_der());
 
-    let wrong = CertSource::Pkcs12 {
-        path: path.clone(),
-        password: "guess".into(),
-    };
-    let r = load_cert(&wrong, None, DevRole::External);
+    let r = load_p12(&path, "guess");
     assert!(
         matches!(&r, Err(TlsError::Pkcs12Password { path: p }) if *p == path),
         "{r:?}"
     );
 
-    let not_p12 = CertSource::Pkcs12 {
-        path: pki.ca_cert.clone(),
-        password: "x".into(),
-    };
-    let r = load_cert(&not_p12, None, DevRole::External);
+    let r = load_p12(&pki.ca_cert, "x");
     assert!(matches!(r, Err(TlsError::Pkcs12 { .. })), "{r:?}");
 }
 
@@ -239,7 +241,7 @@ fn pkcs12_from_openssl_legacy_and_modern() {
     let cert = pki.external.0.to_str().unwrap();
     let key = pki.external.1.to_str().unwrap();
     let ca = pki.ca_cert.to_str().unwrap();
-    let expected = load_cert(&pki.source(DevRole::External), None, DevRole::External).unwrap();
+    let expected = external(&pki);
     let variants: [(&str, &[&str]); 2] = [
         (
             "legacy.pfx",
@@ -275,24 +277,9 @@ fn pkcs12_from_openssl_legacy_and_modern() {
         ];
         args.extend_from_slice(extra);
         openssl(&args);
-        let m = load_cert(
-            &CertSource::Pkcs12 {
-                path: out.clone(),
-                password: "pfx-pass".into(),
-            },
-            None,
-            DevRole::External,
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = load_p12(&out, "pfx-pass").unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(m.leaf(), expected.leaf(), "{name}");
-        let r = load_cert(
-            &CertSource::Pkcs12 {
-                path: out,
-                password: "wrong".into(),
-            },
-            None,
-            DevRole::External,
-        );
+        let r = load_p12(&out, "wrong");
         assert!(
             matches!(r, Err(TlsError::Pkcs12Password { .. })),
             "{name}: {r:?}"

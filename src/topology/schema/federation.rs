@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::fields::valid_dns_name;
 use crate::topology::model::{FederationConfig, PartnerConfig, Topology};
-use crate::topology::reader::{Doc, Section};
+use crate::topology::reader::{parse_socket_addr, Doc, Section};
 
 pub(super) const FEDERATION_KEYS: &[&str] = &[
     "ca",
@@ -32,11 +32,7 @@ pub(super) fn read_federation(
     let ca = doc.string(s, "ca", false).map(|(path, _)| base.join(path));
     let max_connections_per_partner =
         usize::try_from(doc.integer(s, "max_connections_per_partner", (1, 64), 4)).unwrap_or(4);
-    let dns = match doc.socket_addr_list(s, "dns", false) {
-        Some((list, _)) => Some(list),
-        None if s.has("dns") => None,
-        None => Some(Vec::new()),
-    };
+    let dns = doc.optional_list(s, "dns", parse_socket_addr);
     let discovery = doc.boolean(s, "discovery").is_some_and(|(b, _)| b);
     let discovery_rate =
         u32::try_from(doc.integer(s, "discovery_rate", (1, 100_000), 20)).unwrap_or(20);
@@ -97,11 +93,7 @@ pub(super) fn read_federation(
                     None => Some(list),
                 }
             });
-        let addresses = match doc.socket_addr_list(p, "addresses", false) {
-            Some((list, _)) => Some(list),
-            None if p.has("addresses") => None,
-            None => Some(Vec::new()),
-        };
+        let addresses = doc.optional_list(p, "addresses", parse_socket_addr);
         let rate = u32::try_from(doc.integer(p, "rate", (1, 1_000_000), 500)).unwrap_or(500);
         let max_dialogs =
             usize::try_from(doc.integer(p, "max_dialogs", (1, 10_000_000), 1000)).unwrap_or(1000);

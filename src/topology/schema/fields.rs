@@ -9,31 +9,21 @@ pub(super) fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// A specific IP address (not the unspecified one).
+pub(super) fn specific_ip(text: &str) -> Result<std::net::IpAddr, String> {
+    match text.parse::<std::net::IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => Ok(ip),
+        _ => Err(format!("\"{text}\" is not a specific IP address")),
+    }
+}
+
 /// An optional list of specific IP addresses; `None` on a problem (reported).
 pub(super) fn ip_list(
     doc: &mut Doc<'_>,
     s: Section<'_, '_>,
     key: &str,
 ) -> Option<Vec<std::net::IpAddr>> {
-    let Some((list, line)) = doc.string_list(s, key, false) else {
-        return (!s.has(key)).then(Vec::new);
-    };
-    let mut ips = Vec::new();
-    let mut ok = true;
-    for text in list {
-        match text.parse::<std::net::IpAddr>() {
-            Ok(ip) if !ip.is_unspecified() => ips.push(ip),
-            _ => {
-                doc.problem(
-                    line,
-                    s.key(key),
-                    format!("\"{text}\" is not a specific IP address"),
-                );
-                ok = false;
-            }
-        }
-    }
-    ok.then_some(ips)
+    doc.optional_list(s, key, specific_ip)
 }
 
 /// An optional list of SIP header names (RFC 3261 `token`s), lower-cased; `None` on a
@@ -43,25 +33,16 @@ pub(super) fn header_names(
     s: Section<'_, '_>,
     key: &str,
 ) -> Option<Vec<String>> {
-    let Some((list, line)) = doc.string_list(s, key, false) else {
-        return (!s.has(key)).then(Vec::new);
-    };
-    let mut names = Vec::new();
-    let mut ok = true;
-    for text in list {
+    doc.optional_list(s, key, |text| {
         let token = !text.is_empty() && text.bytes().all(crate::core::sip::parse::is_token_char);
         if token {
-            names.push(text.to_ascii_lowercase());
+            Ok(text.to_ascii_lowercase())
         } else {
-            doc.problem(
-                line,
-                s.key(key),
-                format!("\"{text}\" is not a header name (letters, digits, -.!%*_+`'~)"),
-            );
-            ok = false;
+            Err(format!(
+                "\"{text}\" is not a header name (letters, digits, -.!%*_+`'~)"
+            ))
         }
-    }
-    ok.then_some(names)
+    })
 }
 
 /// An optional list of addresses and prefixes; `None` on a problem (reported).
@@ -70,25 +51,11 @@ pub(super) fn prefix_list(
     s: Section<'_, '_>,
     key: &str,
 ) -> Option<Vec<crate::core::net::Prefix>> {
-    let Some((list, line)) = doc.string_list(s, key, false) else {
-        return (!s.has(key)).then(Vec::new);
-    };
-    let mut prefixes = Vec::new();
-    let mut ok = true;
-    for text in list {
-        match crate::core::net::Prefix::parse(&text) {
-            Some(prefix) => prefixes.push(prefix),
-            None => {
-                doc.problem(
-                    line,
-                    s.key(key),
-                    format!("\"{text}\" is not an address or prefix (10.0.0.0/8, 2001:db8::/32)"),
-                );
-                ok = false;
-            }
-        }
-    }
-    ok.then_some(prefixes)
+    doc.optional_list(s, key, |text| {
+        crate::core::net::Prefix::parse(text).ok_or_else(|| {
+            format!("\"{text}\" is not an address or prefix (10.0.0.0/8, 2001:db8::/32)")
+        })
+    })
 }
 
 /// A host name per RFC 1123: dot-separated labels of letters, digits and inner hyphens.

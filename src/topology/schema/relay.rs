@@ -2,7 +2,7 @@
 //! ports, credentials, quotas, bandwidth, peer policy and TCP client bounds; and the check
 //! that every relay listener's zone follows from an interface.
 
-use super::fields::{ip_list, prefix_list, secs, valid_dns_name};
+use super::fields::{ip_list, prefix_list, secs, specific_ip, valid_dns_name};
 use crate::topology::model::{Relay, Topology};
 use crate::topology::reader::{Doc, Section};
 
@@ -76,14 +76,10 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
         match doc.string(s, key, false) {
             None if s.has(key) => None,
             None => Some(None),
-            Some((text, line)) => match text.parse::<std::net::IpAddr>() {
-                Ok(ip) if !ip.is_unspecified() => Some(Some(ip)),
-                _ => {
-                    doc.problem(
-                        line,
-                        s.key(key),
-                        format!("\"{text}\" is not a specific IP address"),
-                    );
+            Some((text, line)) => match specific_ip(&text) {
+                Ok(ip) => Some(Some(ip)),
+                Err(why) => {
+                    doc.problem(line, s.key(key), why);
                     None
                 }
             },

@@ -88,13 +88,7 @@ impl Proxy {
                 .dialog_token(TokenKind::DialogFromOutside, route_flow, binding);
             // RFC 5658: one entry per interface; the top one faces the next hop.
             let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
-            splice.insert_with(at, |out| {
-                out.extend_from_slice(b"Record-Route: ");
-                write_route_uri(out, int, Some(&token));
-                out.extend_from_slice(b", ");
-                write_route_uri(out, ext, Some(&token));
-                out.extend_from_slice(b"\r\n");
-            });
+            splice.insert_with(at, |out| write_record_route(out, int, ext, &token));
         }
         if method == Method::Register {
             // RFC 3327: requests for this contact come back through the edge, to this flow.

@@ -86,13 +86,7 @@ impl Proxy {
                 .keys()
                 .dialog_token(TokenKind::DialogFromInside, target, binding);
             let at = first_line_of(msg, HeaderName::RecordRoute).min(insert_at);
-            splice.insert_with(at, |out| {
-                out.extend_from_slice(b"Record-Route: ");
-                write_route_uri(out, ext, Some(&token));
-                out.extend_from_slice(b", ");
-                write_route_uri(out, int, Some(&token));
-                out.extend_from_slice(b"\r\n");
-            });
+            splice.insert_with(at, |out| write_record_route(out, ext, int, &token));
         }
         let bytes = splice.apply_tidy(msg).ok_or(Why::MalformedStartLine)?;
         Ok(match outside {

@@ -89,6 +89,21 @@ pub(super) fn write_trust(out: &mut Vec<u8>, kind: &str, edge: &[u8]) {
     out.extend_from_slice(b";ms-source-network=federation;ms-source-verified-user=verified\r\n");
 }
 
+/// `Record-Route: <first>, <second>` (RFC 5658: one entry per interface, the first facing
+/// the next hop), both carrying `token`.
+pub(super) fn write_record_route(
+    out: &mut Vec<u8>,
+    first: &SideAddr,
+    second: &SideAddr,
+    token: &FlowToken,
+) {
+    out.extend_from_slice(b"Record-Route: ");
+    write_route_uri(out, first, Some(token));
+    out.extend_from_slice(b", ");
+    write_route_uri(out, second, Some(token));
+    out.extend_from_slice(b"\r\n");
+}
+
 pub(super) fn write_route_uri(out: &mut Vec<u8>, side: &SideAddr, token: Option<&FlowToken>) {
     out.extend_from_slice(b"<sip:");
     if let Some(t) = token {
