@@ -90,7 +90,8 @@ impl SourceKey {
     /// A key as [`SourceKey::to_wire`] writes it; `None` for anything else.
     pub fn from_wire(text: &str) -> Option<SourceKey> {
         let (family, hex) = text.split_once(':')?;
-        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Lower-case hex only: one spelling per key, as `to_wire` writes it.
+        if hex.is_empty() || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
         match (family, hex.len()) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::firewall::{Rate, Refusal, SourceGuard, SourcePolicy, Strike};
-use crate::core::sip::calls::{AtLimit, CallKey, CallLimits, Calls, Owner};
+use crate::core::sip::calls::{AtLimit, CallKey, CallLimits, Calls, Charge};
 use crate::core::sip::federation::{discovered_key, PartnerId};
 use crate::core::sip::frame::FrameLimits;
 use crate::core::sip::message::{Message, Method};
@@ -214,14 +214,8 @@ impl Edge for SimEdge {
         self.calls.key(call_id, initiator_tag)
     }
 
-    fn call_begin(
-        &mut self,
-        key: CallKey,
-        owner: Owner,
-        owner_limit: Option<usize>,
-        now: Instant,
-    ) -> Result<bool, AtLimit> {
-        self.calls.begin(key, owner, owner_limit, now)
+    fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit> {
+        self.calls.begin_for(key, charge, now)
     }
 
     fn call_abort(&mut self, key: CallKey) {

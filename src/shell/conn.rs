@@ -17,7 +17,7 @@ use super::flows::{self, FlowReceiver, SendError};
 use super::shared::{ConnLimits, Shared};
 use crate::core::avauth;
 use crate::core::firewall::{Refusal, Strike};
-use crate::core::sip::calls::{AtLimit, CallKey, Owner};
+use crate::core::sip::calls::{AtLimit, CallKey, Charge};
 use crate::core::sip::federation::PartnerId;
 use crate::core::sip::health::Transition;
 use crate::core::sip::message::Message;
@@ -89,26 +89,15 @@ pub struct MemberIo<'a> {
 }
 
 /// A new flow in the table for a connection, and the flow's queue.
-fn new_flow(
-    shared: &Shared,
-    side: Side,
-    remote: SocketAddr,
-    partner: Option<PartnerId>,
-    certificate: Option<Arc<[String]>>,
-) -> (Flow, FlowReceiver) {
+fn new_flow(shared: &Shared, side: Side, remote: SocketAddr) -> (Flow, FlowReceiver) {
     let id = shared.next_flow_id();
     let (handle, rx) = flows::queue(side, QUEUE_LEN, shared.limits().max_queued_bytes);
     shared.flows.insert(id, handle);
-    let flow = Flow {
-        partner,
-        certificate,
-        ..Flow::new(&shared.proxy.keys(), id, side, remote)
-    };
-    (flow, rx)
+    (Flow::new(&shared.proxy.keys(), id, side, remote), rx)
 }
 
-/// A new session for an accepted connection or one to a partner, its flow in the table,
-/// and the flow's queue.
+/// A new session for an accepted connection or one to a partner (`partner`, proven by
+/// `certificate`), its flow in the table, and the flow's queue.
 pub fn register(
     shared: &Shared,
     side: Side,
@@ -116,13 +105,18 @@ pub fn register(
     partner: Option<PartnerId>,
     certificate: Option<Arc<[String]>>,
 ) -> (Session, FlowReceiver) {
-    let (flow, rx) = new_flow(shared, side, remote, partner, certificate);
+    let (flow, rx) = new_flow(shared, side, remote);
+    let flow = Flow {
+        partner,
+        certificate,
+        ..flow
+    };
     (Session::new(flow, clock::now()), rx)
 }
 
 /// A new session for a connection to a pool member (internal zone), carrying its link.
 pub fn register_member(shared: &Shared, link: PoolLink) -> (Session, FlowReceiver) {
-    let (flow, rx) = new_flow(shared, Side::Internal, link.addr, None, None);
+    let (flow, rx) = new_flow(shared, Side::Internal, link.addr);
     (Session::to_member(flow, link, clock::now()), rx)
 }
 
@@ -320,14 +314,8 @@ impl Edge for ShellEdge<'_> {
         self.shared.call_hasher.key(call_id, initiator_tag)
     }
 
-    fn call_begin(
-        &mut self,
-        key: CallKey,
-        owner: Owner,
-        owner_limit: Option<usize>,
-        now: Instant,
-    ) -> Result<bool, AtLimit> {
-        self.shared.calls().begin(key, owner, owner_limit, now)
+    fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit> {
+        self.shared.calls().begin_for(key, charge, now)
     }
 
     fn call_abort(&mut self, key: CallKey) {

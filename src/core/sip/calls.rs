@@ -36,6 +36,14 @@ pub enum Owner {
     Inside,
 }
 
+/// Who a new call is charged to, and how many calls that owner may hold at once (`None`:
+/// only the total applies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub owner: Owner,
+    pub limit: Option<usize>,
+}
+
 /// The bounds of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallLimits {
@@ -122,6 +130,16 @@ impl Calls {
     /// How this table's keys are made (for callers that hash outside its lock).
     pub fn hasher(&self) -> CallHasher {
         self.hasher
+    }
+
+    /// [`Calls::begin`] for `charge`'s owner and limit.
+    pub fn begin_for(
+        &mut self,
+        key: CallKey,
+        charge: Charge,
+        now: Instant,
+    ) -> Result<bool, AtLimit> {
+        self.begin(key, charge.owner, charge.limit, now)
     }
 
     /// An INVITE that starts a call for `owner`, which may hold `owner_limit` at once

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::calls::{AtLimit, CallKey, Owner};
+use super::calls::{AtLimit, CallKey, Charge, Owner};
 use super::federation::{discovered_key, PartnerId};
 use super::frame::{Frame, FrameLimits, Framer};
 use super::message::{Kind, Message, Method};

@@ -98,7 +98,7 @@ impl Session {
     ) -> Result<bool, Why> {
         let (owner, limit) = self.call_owner(edge, msg, action);
         let partner = matches!(owner, Owner::Partner(_));
-        match edge.call_begin(key, owner, limit, now) {
+        match edge.call_begin(key, Charge { owner, limit }, now) {
             Ok(fresh) => Ok(fresh),
             Err(AtLimit::Owner | AtLimit::Taken) if partner => Err(Why::PartnerDialogs {
                 retry_after_secs: PARTNER_RETRY_AFTER_SECS,

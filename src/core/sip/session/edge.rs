@@ -68,13 +68,7 @@ pub trait Edge {
 
     // --- calls ---
     fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey;
-    fn call_begin(
-        &mut self,
-        key: CallKey,
-        owner: Owner,
-        owner_limit: Option<usize>,
-        now: Instant,
-    ) -> Result<bool, AtLimit>;
+    fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit>;
     fn call_abort(&mut self, key: CallKey);
     fn call_answered(&mut self, key: CallKey, status: u16, now: Instant);
     fn call_ended(&mut self, key: CallKey);
