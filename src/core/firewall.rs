@@ -45,7 +45,11 @@ impl Gcra {
         }
         let interval = Duration::from_secs(1) / rate.per_sec;
         let tat = self.tat.map_or(now, |t| t.max(now));
-        self.tat = Some((tat + interval.saturating_mul(n)).min(now + Duration::from_secs(60)));
+        let most = now + Duration::from_secs(60);
+        self.tat = Some(
+            tat.checked_add(interval.saturating_mul(n))
+                .map_or(most, |t| t.min(most)),
+        );
     }
 
     /// Takes one token if the rate allows it at `now`; otherwise returns how long until it would.
@@ -123,6 +127,9 @@ pub struct BanNotice {
     pub key: SourceKey,
     pub remaining: Duration,
 }
+
+/// The longest ban taken from the pool (a day; `firewall.ban_time` is at most that).
+pub const MAX_POOL_BAN: Duration = Duration::from_secs(86_400);
 
 /// Bans waiting for the pool's task to publish them; past this many the oldest go (a
 /// member that reconnects publishes every ban still in force anyway).
@@ -425,7 +432,10 @@ impl SourceGuard {
             .map
             .entry(notice.key)
             .or_insert_with(|| Source::new(now));
-        let until = now + notice.remaining;
+        // What another member says is bounded here too: no ban from the pool outlasts the
+        // longest this edge's own policy could write, and no sum overflows the clock.
+        let remaining = notice.remaining.min(MAX_POOL_BAN);
+        let until = now.checked_add(remaining).unwrap_or(now);
         source.banned_until = Some(source.banned_until.map_or(until, |t| t.max(until)));
         self.pool_bans.fetch_add(1, Ordering::Relaxed);
         true
@@ -619,6 +629,19 @@ mod tests {
         };
         assert!(there.ban_from_pool(short, t0));
         assert!(there.banned(b, t0 + Duration::from_secs(30)).is_some());
+        // A ban from the pool is held to a day, and an absurd one cannot overflow the clock.
+        let c = ip("203.0.113.3");
+        let forever = BanNotice {
+            key: SourceKey::of(c),
+            remaining: Duration::MAX,
+        };
+        assert!(there.ban_from_pool(forever, t0));
+        assert!(there
+            .banned(c, t0 + MAX_POOL_BAN - Duration::from_secs(1))
+            .is_some());
+        assert!(there
+            .banned(c, t0 + MAX_POOL_BAN + Duration::from_secs(1))
+            .is_none());
         // The overflow entry is nobody: it never crosses the pool.
         let overflow = BanNotice {
             key: SourceKey::Overflow,

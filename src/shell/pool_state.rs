@@ -42,7 +42,7 @@ use std::collections::HashMap;
 
 use super::clock;
 use super::turn::Turn;
-use crate::core::firewall::{BanNotice, SourceGuard};
+use crate::core::firewall::{BanNotice, SourceGuard, MAX_POOL_BAN};
 use crate::core::net::SourceKey;
 use crate::topology::PoolConfig;
 
@@ -50,6 +50,8 @@ use crate::topology::PoolConfig;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// How often each member tells what each user holds on its relay.
 pub const HOLDS_EVERY: Duration = Duration::from_secs(1);
+/// Other members whose holdings are kept, at most.
+const MEMBERS_MAX: usize = 64;
 /// Users in one report, at most.
 const HOLDS_MAX: usize = 20_000;
 /// How often request counts are exchanged.
@@ -226,7 +228,11 @@ async fn serve(
                     match parse_holds(msg.get_payload_bytes()) {
                         Some((member, _)) if member == state.member => {}
                         Some((member, report)) => {
-                            holds.insert(member, (clock::now(), report));
+                            // Bounded: a pool has a handful of members; past MEMBERS_MAX
+                            // a report from one not heard before is not kept.
+                            if holds.len() < MEMBERS_MAX || holds.contains_key(&member) {
+                                holds.insert(member, (clock::now(), report));
+                            }
                         }
                         None => {
                             state.garbage.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +383,7 @@ async fn resync(
             };
             let notice = BanNotice {
                 key: source,
-                remaining: Duration::from_millis(ms),
+                remaining: Duration::from_millis(ms).min(MAX_POOL_BAN),
             };
             if guard.ban_from_pool(notice, clock::now()) {
                 state.bans_received.fetch_add(1, Ordering::Relaxed);

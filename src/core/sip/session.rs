@@ -324,12 +324,7 @@ impl Session {
             }
         };
         let proof = action.proof();
-        let answerable = Answerable {
-            origin: self.flow.id,
-            raw: msg.raw.clone(),
-            call,
-        };
-        let sent = self.send(edge, &msg, action, answerable, now);
+        let sent = self.send(edge, &msg, action, call, now);
         match new_call {
             // Counted only once the next hop took it.
             Some(key) if !sent => edge.call_abort(key),
@@ -346,15 +341,21 @@ impl Session {
         edge: &mut E,
         msg: &Message,
         action: Action,
-        answerable: Answerable,
+        call: Option<CallKey>,
         now: Instant,
     ) -> bool {
         let side = self.flow.side;
+        // Only what goes to the pool or a partner may have to be answered in their place.
+        let answerable = || Answerable {
+            origin: self.flow.id,
+            raw: msg.raw.clone(),
+            call,
+        };
         match action {
             Action::ToPool { bytes, tx, .. } => match edge.to_pool(PoolRequest {
                 bytes: Bytes::from(bytes),
                 tx,
-                answerable,
+                answerable: answerable(),
             }) {
                 Ok(()) => {
                     edge.forwarded(&self.flow, msg);
@@ -422,10 +423,12 @@ impl Session {
             }
             Action::ToPartner { partner, bytes, .. } => {
                 let target = PartnerTarget::Listed(partner);
+                let answerable = answerable();
                 self.send_to_partner(edge, msg, target, bytes, answerable, now)
             }
             Action::ToDiscovered { target, bytes, .. } => {
                 let target = PartnerTarget::Discovered(target);
+                let answerable = answerable();
                 self.send_to_partner(edge, msg, target, bytes, answerable, now)
             }
             Action::Credentials => {
