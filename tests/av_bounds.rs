@@ -8,6 +8,7 @@
 //! The expiry of reservations and allocations is tested on simulated time in
 //! `core::turn::server`; here the quotas they count in.
 
+use sipedge::shell::pool_state::PoolStatus;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -69,17 +70,25 @@ async fn reservations_count_in_the_user_quota_across_credentials_and_die_with_th
     av.edge.stop().await;
 }
 
-/// A key added to the ring file of a running edge (`sipedge keys rotate`, copied to every
-/// member by the operator's tooling) is in force within seconds, without a signal or a
-/// restart: the relay takes credentials the new key signed, the flow tokens are signed
-/// with it, and credentials signed before the rotation still work.
+/// A key added to the ring file of a running pool (`sipedge keys rotate`, the file copied to
+/// every member by the operator's tooling; here two members read one file) is in force on
+/// every member within seconds, without a signal or a restart: the relays take credentials
+/// the new key signed, the flow tokens are signed with it, and credentials signed before
+/// the rotation still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotated_in_the_ring_file_is_taken_without_a_restart() {
     use sipedge::core::sip::token::{FlowId, TokenKind};
     use sipedge::shell::{keyfile, ring};
     let av = Av::start(|_| {}, |_| {}).await;
-    let before = av.credential("alice@sipedge.test", 3600);
     let path = av.pki.dir.path().join("ring.toml");
+    let other = Av::start_with(
+        |_| {},
+        |_| {},
+        |_| {},
+        Some((path.clone(), av.ring.clone())),
+    )
+    .await;
+    let before = av.credential("alice@sipedge.test", 3600);
     let mut rotated = keyfile::load(&path).unwrap();
     let now = sipedge::shell::clock::now_unix();
     rotated
@@ -92,32 +101,40 @@ async fn a_key_rotated_in_the_ring_file_is_taken_without_a_restart() {
         keys.token(TokenKind::Via, FlowId(5)).as_str().to_string()
     };
     let expected = token(&ring::flow_keys(&rotated, now, &[0; 32]));
-    eventually("the new key signs the flow tokens", || {
+    eventually("the new key signs the flow tokens on both members", || {
         token(&av.edge.shared.proxy.keys()) == expected
+            && token(&other.edge.shared.proxy.keys()) == expected
     })
     .await;
-    let mut new_key = UdpClient::new("127.0.0.25", av.ext_udp).await;
-    assert_eq!(
-        error_code(&new_key.allocate(&after, &|_| {}).await),
-        None,
-        "the relay takes the new key's credential"
-    );
-    let mut old_key = UdpClient::new("127.0.0.26", av.ext_udp).await;
-    assert_eq!(
-        error_code(&old_key.allocate(&before, &|_| {}).await),
-        None,
-        "and still the old key's"
-    );
+    for (member, sources) in [
+        (&av, ["127.0.0.25", "127.0.0.26"]),
+        (&other, ["127.0.0.27", "127.0.0.28"]),
+    ] {
+        let mut new_key = UdpClient::new(sources[0], member.ext_udp).await;
+        assert_eq!(
+            error_code(&new_key.allocate(&after, &|_| {}).await),
+            None,
+            "the relay takes the new key's credential"
+        );
+        let mut old_key = UdpClient::new(sources[1], member.ext_udp).await;
+        assert_eq!(
+            error_code(&old_key.allocate(&before, &|_| {}).await),
+            None,
+            "and still the old key's"
+        );
+    }
+    other.edge.stop().await;
     av.edge.stop().await;
 }
 
 /// `relay.max_allocations_per_user` counts what the user holds on every member of the
-/// pool: once the members' reports are in (a second), a user at its quota on one member is
-/// refused on the other.
+/// pool, at allocation time: a user at its quota on one member is refused on the other at
+/// once, and allocations raced over both members at the same instant are granted exactly up
+/// to the quota. Redis slow or away: members decide alone, within the pool's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_quota_holds_across_the_members_of_a_pool() {
     let port = free_tcp_port("127.0.0.1");
-    let Some(_redis) = crate::pool::Redis::start(port) else {
+    let Some(redis) = crate::pool::Redis::start(port) else {
         return;
     };
     let pool = sipedge::topology::PoolConfig {
@@ -131,14 +148,20 @@ async fn the_user_quota_holds_across_the_members_of_a_pool() {
     let a = Av::start_with(|_| {}, quota, |t| t.pool = Some(pool.clone()), None).await;
     let ring = (a.pki.dir.path().join("ring.toml"), a.ring.clone());
     let b = Av::start_with(|_| {}, quota, |t| t.pool = Some(pool.clone()), Some(ring)).await;
+    let pool_is = |av: &Av, status: PoolStatus| {
+        av.edge.view.pool.as_ref().map(|p| p.status()) == Some(status)
+    };
+    eventually("both members joined the pool", || {
+        pool_is(&a, PoolStatus::Up) && pool_is(&b, PoolStatus::Up)
+    })
+    .await;
     let alice = a.credential("alice@sipedge.test", 3600);
 
     let mut on_a = UdpClient::new("127.0.0.31", a.ext_udp).await;
     assert_eq!(error_code(&on_a.allocate(&alice, &|_| {}).await), None);
     let mut on_b = UdpClient::new("127.0.0.32", b.ext_udp).await;
     assert_eq!(error_code(&on_b.allocate(&alice, &|_| {}).await), None);
-    // Two held in the pool: each member learns of the other's within its next report.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Two held in the pool: refused on either member at once, no report period to wait.
     let mut third = UdpClient::new("127.0.0.33", b.ext_udp).await;
     assert_eq!(
         error_code(&third.allocate(&alice, &|_| {}).await),
@@ -150,9 +173,56 @@ async fn the_user_quota_holds_across_the_members_of_a_pool() {
         error_code(&fourth.allocate(&alice, &|_| {}).await),
         Some(486)
     );
-    // Another user is not touched.
+
+    // Bob races six Allocates over both members at once: exactly his quota is granted.
     let bob = a.credential("bob@sipedge.test", 3600);
-    assert_eq!(error_code(&fourth.allocate(&bob, &|_| {}).await), None);
+    let mut racers = Vec::new();
+    for i in 0..6u8 {
+        let to = if i % 2 == 0 { a.ext_udp } else { b.ext_udp };
+        racers.push(UdpClient::new(&format!("127.0.1.{}", 40 + i), to).await);
+    }
+    let answers =
+        futures_util::future::join_all(racers.iter_mut().map(|c| c.allocate(&bob, &|_| {}))).await;
+    let codes: Vec<Option<u16>> = answers.iter().map(|a| error_code(a)).collect();
+    assert_eq!(
+        codes.iter().filter(|c| c.is_none()).count(),
+        2,
+        "granted exactly up to the quota across the pool: {codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| c.is_none() || *c == Some(486)),
+        "{codes:?}"
+    );
+
+    let decided = |av: &Av, how: &str| {
+        let turn = av.edge.turn.as_ref().unwrap();
+        turn.pool_asks_decided()
+            .iter()
+            .find(|(h, _)| *h == how)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(decided(&a, "local") + decided(&b, "local"), 0);
+    // Bob's race: two asks park on each member (the third is over what it alone knows),
+    // and Redis refuses two of the four.
+    assert!(decided(&a, "refused") + decided(&b, "refused") >= 2);
+    // Redis hangs (stopped, not gone): an Allocate is decided here at the timeout.
+    redis.pause();
+    let carol = a.credential("carol@sipedge.test", 3600);
+    let mut slow = UdpClient::new("127.0.0.35", a.ext_udp).await;
+    assert_eq!(error_code(&slow.allocate(&carol, &|_| {}).await), None);
+    assert_eq!(decided(&a, "local"), 1, "decided on what A knows");
+    assert!(a
+        .metrics()
+        .contains("sipedge_pool_quota_asks_total{answer=\"local\"} 1\n"));
+    redis.resume();
+    // Redis gone: the members serve on, alone, and say so.
+    drop(redis);
+    eventually("the member says it is alone", || {
+        pool_is(&a, PoolStatus::Degraded)
+    })
+    .await;
+    let mut alone = UdpClient::new("127.0.0.36", a.ext_udp).await;
+    assert_eq!(error_code(&alone.allocate(&carol, &|_| {}).await), None);
     a.edge.stop().await;
     b.edge.stop().await;
 }

@@ -45,6 +45,23 @@ impl Redis {
         Some(redis)
     }
 
+    /// Stops the server without closing its sockets (SIGSTOP): Redis slow, not gone.
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -522,5 +539,87 @@ async fn two_sipedge_processes_share_a_ban() {
     assert!(
         metrics_b.contains("sipedge_pool_bans_received_total 1"),
         "{metrics_b}"
+    );
+}
+
+/// The relay quota's scripts on a real Redis: an ask is granted while the other members'
+/// live counts and this member's fit the quota; a member's count from an older change
+/// never overwrites a newer one (a refresh overtaken by an ask); a count past its lease is
+/// forgotten; and a refresh returns what the others hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_scripts_count_members_in_order_and_forget_the_silent() {
+    let port = free_tcp_port("127.0.0.1");
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (ask, refresh) = sipedge::shell::pool_state::scripts();
+    let key = "t:holds:alice";
+    // ARGV: member, here, more, quota, lease ms, seq.
+    let asks = |member: &str, here: u64, lease: u64, seq: u64| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&ask)
+            .arg(1)
+            .arg(key)
+            .arg(member)
+            .arg(here)
+            .arg(1)
+            .arg(3)
+            .arg(lease)
+            .arg(seq);
+        cmd
+    };
+    let shared = conn.clone();
+    let answer = |cmd: redis::Cmd| {
+        let mut conn = shared.clone();
+        async move { cmd.query_async::<(i64, i64)>(&mut conn).await.unwrap() }
+    };
+    assert_eq!(answer(asks("a", 1, 60_000, 10)).await, (1, 0));
+    assert_eq!(answer(asks("b", 2, 60_000, 7)).await, (1, 1));
+    // Three held (a: 1, b: 2): a second on a is refused, and a keeps its one.
+    assert_eq!(answer(asks("a", 2, 60_000, 11)).await, (0, 2));
+    let a: String = redis::cmd("HGET")
+        .arg(key)
+        .arg("a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(a.starts_with("1 ") && a.ends_with(" 11"), "{a}");
+    // A refresh of a from before its last ask (seq 9 < 11) does not put back an older count.
+    let mut old = redis::cmd("EVAL");
+    old.arg(&refresh)
+        .arg(1)
+        .arg(key)
+        .arg("a")
+        .arg(60_000)
+        .arg(9)
+        .arg(0);
+    let others: Vec<i64> = old.query_async(&mut conn).await.unwrap();
+    assert_eq!(others, vec![2]);
+    let a: String = redis::cmd("HGET")
+        .arg(key)
+        .arg("a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(a.starts_with("1 "), "the newer count stands: {a}");
+    // A newer refresh lets go (0), and b falls silent: its lease (50 ms) ends.
+    let mut let_go = redis::cmd("EVAL");
+    let_go
+        .arg(&refresh)
+        .arg(1)
+        .arg(key)
+        .arg("a")
+        .arg(60_000)
+        .arg(12)
+        .arg(0);
+    let _: Vec<i64> = let_go.query_async(&mut conn).await.unwrap();
+    assert_eq!(answer(asks("b", 2, 50, 8)).await, (1, 0));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        answer(asks("a", 3, 60_000, 13)).await,
+        (1, 0),
+        "b silent past its lease holds nothing"
     );
 }

@@ -346,7 +346,16 @@ pub fn pool_messages(data: &[u8]) {
     if let Some((_, counts)) = parse::rates(data) {
         assert!(counts.iter().all(|(k, n)| *n > 0 && k.to_wire().is_some()));
     }
-    let _ = parse::holds(data);
+    if let (Some(&a), Some(&b)) = (data.first(), data.get(1)) {
+        // What an ask's script answers: granted or refused only from 1 or 0 and a count.
+        let verdict = crate::shell::pool_state::verdict(i64::from(a as i8), i64::from(b as i8));
+        use crate::core::turn::server::PoolVerdict;
+        assert!(match verdict {
+            PoolVerdict::Granted { elsewhere } => a == 1 && elsewhere == usize::from(b),
+            PoolVerdict::Refused { elsewhere } => a == 0 && elsewhere == usize::from(b),
+            PoolVerdict::Unknown => a > 1 || b >= 0x80,
+        });
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Some(key) = crate::core::net::SourceKey::from_wire(text) {
             assert_eq!(key.to_wire().as_deref(), Some(text));

@@ -23,8 +23,8 @@ use crate::core::turn::encode::Writer;
 use crate::core::turn::nonce::Nonces;
 use crate::core::turn::policy::{Origin, PeerPolicy};
 use crate::core::turn::server::{
-    Arrival, FiveTuple, Output, Server, Transport, TurnConfig, ALLOCATE, CHANNEL_BIND,
-    CREATE_PERMISSION, REFRESH, SEND,
+    Arrival, FiveTuple, Output, PoolAsk, PoolVerdict, Server, Transport, TurnConfig, ALLOCATE,
+    CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND,
 };
 use crate::core::turn::stun::{self, attr, Class};
 
@@ -54,6 +54,8 @@ struct World {
     /// Relays open now, and the client that holds each.
     relays: HashMap<SocketAddr, usize>,
     tokens: Vec<Vec<u8>>,
+    /// Asks for the pool seen (the newest few), to answer.
+    asks: Vec<PoolAsk>,
     start: Instant,
     elapsed: Duration,
     next_tx: u32,
@@ -70,13 +72,16 @@ pub fn run(data: &[u8]) {
         w.check();
         steps += 1;
     }
-    // Past every lifetime (and reservation), nothing is left.
-    w.elapsed += Duration::from_secs(24 * 3600);
-    let now = w.now();
-    w.out.clear();
-    w.server.expire(now, &mut w.out);
-    w.observe(0);
-    w.check();
+    // Past every lifetime (and reservation), nothing is left: asks still waiting for the
+    // pool are decided at their deadline, and what they grant expires in its turn.
+    for _ in 0..2 {
+        w.elapsed += Duration::from_secs(24 * 3600);
+        let now = w.now();
+        w.out.clear();
+        w.server.expire(now, &mut w.out);
+        w.observe(0);
+        w.check();
+    }
     assert_eq!(w.server.held(), 0, "something outlived every lifetime");
     assert_eq!(w.server.poll_timeout(), None, "a deadline for nothing");
 }
@@ -172,6 +177,7 @@ impl World {
             .collect(),
             relays: HashMap::new(),
             tokens: Vec::new(),
+            asks: Vec::new(),
             start,
             elapsed: Duration::ZERO,
             next_tx: 0,
@@ -188,7 +194,7 @@ impl World {
     }
 
     fn step(&mut self, input: &mut &[u8]) {
-        let op = take(input) % 12;
+        let op = take(input) % 13;
         let who = usize::from(take(input)) % self.clients.len();
         let cred = usize::from(take(input)) % (self.credentials.len() + 1);
         self.out.clear();
@@ -298,9 +304,46 @@ impl World {
                 let packet = packet.to_vec();
                 self.client_packet(who, &packet);
             }
+            11 => self.pool(input),
             _ => self.expire(),
         }
         self.observe(who);
+    }
+
+    /// The pool: it comes and goes, answers an ask (granted, refused or not at all), or
+    /// reports what users hold on other members.
+    fn pool(&mut self, input: &mut &[u8]) {
+        let now = self.now();
+        let choice = take(input);
+        let elsewhere = usize::from(take(input) % 6);
+        match choice % 4 {
+            0 => self
+                .server
+                .set_pool_asks(choice & 0x80 == 0, now, &mut self.out),
+            1 | 2 => {
+                let i = usize::from(take(input)) % self.asks.len().max(1);
+                if i < self.asks.len() {
+                    let ask = self.asks.remove(i);
+                    let verdict = match choice >> 2 & 3 {
+                        0 => PoolVerdict::Granted { elsewhere },
+                        1 => PoolVerdict::Refused { elsewhere },
+                        _ => PoolVerdict::Unknown,
+                    };
+                    self.server.pool_answer(ask.id, verdict, now, &mut self.out);
+                }
+            }
+            _ => {
+                let users: Vec<Box<str>> = ["alice@sipedge.test", "bob@sipedge.test", "carol"]
+                    .into_iter()
+                    .map(Box::from)
+                    .collect();
+                let holds =
+                    users
+                        .into_iter()
+                        .zip([elsewhere, usize::from(choice >> 4), usize::MAX]);
+                self.server.set_pool_holds(holds);
+            }
+        }
     }
 
     fn expire(&mut self) {
@@ -372,6 +415,14 @@ impl World {
                 }
                 Output::CloseRelay { relay } => {
                     self.relays.remove(relay);
+                }
+                Output::AskPool(ask) => {
+                    // Asked only within what this member knows of the quota.
+                    assert!(ask.more >= 1 && ask.here >= ask.more && ask.here <= ask.quota);
+                    self.asks.push(ask.clone());
+                    if self.asks.len() > 8 {
+                        self.asks.remove(0);
+                    }
                 }
                 Output::ToClient { bytes, .. } => {
                     let Ok(c) = stun::check(bytes) else {

@@ -321,6 +321,14 @@ fn pool_metrics(e: &mut Exposition, p: &Pool) {
         "Messages on the pool's channels that were neither a ban notice nor a rate report.",
         p.garbage,
     );
+    by_label(
+        e,
+        "sipedge_pool_quota_asks_total",
+        Kind::Counter,
+        "Relay allocations asked of the pool, by answer: granted, refused (the user is at its quota across the pool), or local (no answer within the timeout, or Redis away: decided on this member's counts).",
+        "answer",
+        p.quota_asks.iter().copied(),
+    );
 }
 
 fn relay_metrics(e: &mut Exposition, r: &Relay) {
@@ -612,6 +620,7 @@ mod tests {
                 requests_charged: 0,
                 outages: 1,
                 garbage: 0,
+                quota_asks: vec![("granted", 2), ("refused", 1), ("local", 0)],
             }),
             draining: false,
         }
@@ -623,6 +632,7 @@ mod tests {
         for expected in [
             "sipedge_pool_degraded 1\n",
             "sipedge_pool_bans_received_total 4\n",
+            "sipedge_pool_quota_asks_total{answer=\"refused\"} 1\n",
             "# HELP sipedge_build_info Build information.\n# TYPE sipedge_build_info gauge\n\
              sipedge_build_info{version=\"9.9.9\"} 1\n",
             "# TYPE sipedge_messages_forwarded_total counter\n\
@@ -656,7 +666,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 39, "{text}");
+        assert_eq!(types, 40, "{text}");
     }
 
     #[test]

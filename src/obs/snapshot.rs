@@ -149,6 +149,8 @@ pub struct Pool {
     pub outages: u64,
     /// Messages on the pool's channels that were neither a ban notice nor a rate report.
     pub garbage: u64,
+    /// Relay quota asks decided, by how (`granted`, `refused` by the pool, `local`).
+    pub quota_asks: Vec<(&'static str, u64)>,
 }
 
 /// The TURN relay (A/V Edge).

@@ -90,6 +90,11 @@ pub(super) fn turn_config(
     );
     cfg.max_credential_lifetime_secs = relay.credential_lifetime.as_secs();
     cfg.max_allocations_per_user = relay.max_allocations_per_user;
+    if let Some(pool) = &t.pool {
+        // The pool's task gives up on Redis at its timeout and says so; the core's own
+        // deadline a little later is the backstop.
+        cfg.pool_ask_timeout = pool.timeout + std::time::Duration::from_millis(100);
+    }
     cfg.max_allocations_per_source = relay.max_allocations_per_source;
     cfg.max_allocations = relay.max_allocations;
     cfg.bandwidth_per_allocation = Budget::kbit(relay.max_kbps_per_allocation);

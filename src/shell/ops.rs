@@ -487,6 +487,11 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
             requests_charged: p.requests_charged.load(Ordering::Relaxed),
             outages: p.outages.load(Ordering::Relaxed),
             garbage: p.garbage.load(Ordering::Relaxed),
+            quota_asks: view
+                .turn
+                .as_ref()
+                .map(|t| t.pool_asks_decided().to_vec())
+                .unwrap_or_default(),
         }),
     }
 }

@@ -21,39 +21,238 @@
 //! the rate): at most `N * burst + rate * t * (1 + (N - 1) * 0.3)` requests in `t` seconds,
 //! against `N * (burst + rate * t)` without the pool.
 //!
-//! Per-user relay quotas (`relay.max_allocations_per_user`) count what the user holds on
-//! every member: each member publishes what each user holds on it every [`HOLDS_EVERY`],
-//! and counts the others' reports (members silent for three periods are forgotten) at its
-//! next Allocate. The error bound: a user allocating on several members at once may exceed
-//! the quota by what the other members admitted in one period and a round trip before their
-//! report arrived; once the reports are in, no member admits more.
+//! Per-user relay quotas (`relay.max_allocations_per_user`) are counted pool-wide at
+//! allocation time, the one place the relay waits for the network: each user has a hash in
+//! Redis (`<prefix>:holds:<user>`, a field per member: its count and the end of its lease),
+//! and a new hold is granted by a script that sums the other members' live counts and
+//! takes this member's, atomically (`ASK_SCRIPT`). The wait is bounded by `pool.timeout`;
+//! an ask not answered by then is decided on what this member knows (its own holds and the
+//! others' counts from the last refresh), as is every ask while Redis is away. Each member
+//! refreshes its counts every [`HOLDS_EVERY`] (a lease of [`HOLDS_LEASE`], so a member
+//! that dies is forgotten), and learns the others' from the same script: that count also
+//! shares each user's bandwidth budget (`relay.max_kbps_per_user`) between the members in
+//! proportion to the relays the user holds on each. The error bound, Redis up: none for
+//! the quota (each grant is checked against every other member's count in one step); the
+//! bandwidth shares follow the counts within a refresh period.
 //!
 //! What crosses Redis is a source's key (an IPv4 address or an IPv6 /64, as hex), a member
-//! id and a remaining time: no secret, no personal data beyond the address the ban is about.
+//! id, a remaining time, and the names of users holding relays with their counts: no
+//! secret, no personal data beyond the address a ban is about and who holds a relay.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use super::clock;
 use super::turn::Turn;
 use crate::core::firewall::{BanNotice, SourceGuard, MAX_POOL_BAN};
 use crate::core::net::SourceKey;
+use crate::core::turn::server::{PoolAsk, PoolVerdict};
 use crate::topology::PoolConfig;
 
 /// How often the outbox is published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// How often each member tells what each user holds on its relay.
+/// How often each member refreshes what each user holds on its relay.
 pub const HOLDS_EVERY: Duration = Duration::from_secs(1);
-/// Other members whose holdings are kept, at most.
-const MEMBERS_MAX: usize = 64;
-/// Users in one report, at most.
-const HOLDS_MAX: usize = 20_000;
+/// How long a member's count stands without a refresh (then it is as if it held nothing).
+pub const HOLDS_LEASE: Duration = Duration::from_secs(3);
+/// Users refreshed in one script call (the hashes it touches).
+const HOLDS_BATCH: usize = 500;
+/// Users whose counts are kept here, at most (a refresh covers only the users held here).
+const HOLDS_MAX: usize = 100_000;
+
+/// The sum of the other members' live counts in the hash `KEYS[i]`, removing those whose
+/// lease ended; and this member's write, unless Redis holds a newer count of its own. A
+/// count is `"<n> <lease end, ms> <seq>"`: `seq` numbers the member's changes of its holds,
+/// so a refresh overtaken by an ask (or the other way round) cannot put back an older count.
+const OTHERS_LUA: &str = r"
+local function write(key, me, n, seq, now, lease)
+  local old = redis.call('HGET', key, me)
+  local old_seq = old and tonumber(string.match(old, '^%d+ %d+ (%d+)$'))
+  if old_seq and old_seq > seq then return end
+  redis.call('HSET', key, me, n .. ' ' .. (now + lease) .. ' ' .. seq)
+  redis.call('PEXPIRE', key, lease)
+end
+local function others(key, me, now)
+  local sum = 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    if all[i] ~= me then
+      local n, ends = string.match(all[i + 1], '^(%d+) (%d+) %d+$')
+      if n and tonumber(ends) > now then
+        sum = sum + tonumber(n)
+      else
+        redis.call('HDEL', key, all[i])
+      end
+    end
+  end
+  return sum
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// An ask: KEYS[1] the user's hash; ARGV member, here (with the new holds), more, quota,
+/// lease ms, seq. Returns {granted 1/0, the others' count}; this member's count is set to
+/// what it holds after the answer.
+const ASK_LUA: &str = r"
+local me, here, more, quota, lease, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local elsewhere = others(KEYS[1], me, now)
+local granted = elsewhere + here <= quota
+local mine = here
+if not granted then mine = here - more end
+write(KEYS[1], me, mine, seq, now, lease)
+if granted then return {1, elsewhere} end
+return {0, elsewhere}
+";
+
+/// A refresh: KEYS the users' hashes; ARGV member, lease ms, seq, then a count per key (0:
+/// this member holds none any more; the lease then clears it). Returns the others' count
+/// per key.
+const REFRESH_LUA: &str = r"
+local me, lease, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i, key in ipairs(KEYS) do
+  write(key, me, tonumber(ARGV[i + 3]), seq, now, lease)
+  out[i] = others(key, me, now)
+end
+return out
+";
+
+/// What this member holds per user, in Redis: the asks at allocation time and the
+/// refreshes.
+#[derive(Clone)]
+struct Holds {
+    prefix: Arc<str>,
+    member: Arc<str>,
+    timeout: Duration,
+    ask_script: Arc<str>,
+    refresh_script: Arc<str>,
+}
+
+impl Holds {
+    fn new(cfg: &PoolConfig, member: &str) -> Holds {
+        Holds {
+            prefix: format!("{}:holds:", cfg.key_prefix).into(),
+            member: member.into(),
+            timeout: cfg.timeout,
+            ask_script: scripts().0.into(),
+            refresh_script: scripts().1.into(),
+        }
+    }
+
+    fn key(&self, user: &str) -> String {
+        format!("{}{user}", self.prefix)
+    }
+
+    fn lease_ms() -> u64 {
+        u64::try_from(HOLDS_LEASE.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The pool's verdict on an ask: [`PoolVerdict::Unknown`] if Redis does not answer
+    /// in time or answers nonsense.
+    async fn ask(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        ask: &PoolAsk,
+    ) -> PoolVerdict {
+        let mut call = redis::cmd("EVAL");
+        call.arg(&*self.ask_script)
+            .arg(1)
+            .arg(self.key(&ask.user))
+            .arg(&*self.member)
+            .arg(ask.here)
+            .arg(ask.more)
+            .arg(ask.quota)
+            .arg(Holds::lease_ms())
+            .arg(ask.seq);
+        match tokio::time::timeout(self.timeout, call.query_async::<(i64, i64)>(conn)).await {
+            Ok(Ok((granted, elsewhere))) => verdict(granted, elsewhere),
+            _ => PoolVerdict::Unknown,
+        }
+    }
+
+    /// Tells Redis what each user holds here (and that those held before and not now hold
+    /// nothing), and gives the relay what they hold on the other members.
+    async fn refresh(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        turn: &Turn,
+        reported: &mut HashSet<Box<str>>,
+    ) -> Result<(), String> {
+        let report = turn.pool_report();
+        let seq = report.seq;
+        let mut counts: Vec<(Box<str>, usize)> = report
+            .holds
+            .into_iter()
+            .take(HOLDS_MAX)
+            .map(|(user, n)| (Box::from(&*user), n))
+            .collect();
+        // Users whose asks keep their count now are not written, but remembered: if they
+        // end up holding nothing here, the next refresh says so.
+        let mut held: HashSet<Box<str>> = counts.iter().map(|(user, _)| user.clone()).collect();
+        held.extend(report.asking.iter().map(|user| Box::from(&**user)));
+        counts.extend(
+            reported
+                .iter()
+                .filter(|user| !held.contains(*user))
+                .map(|user| (user.clone(), 0)),
+        );
+        let mut elsewhere = Vec::new();
+        for batch in counts.chunks(HOLDS_BATCH) {
+            let mut call = redis::cmd("EVAL");
+            call.arg(&*self.refresh_script).arg(batch.len());
+            for (user, _) in batch {
+                call.arg(self.key(user));
+            }
+            call.arg(&*self.member).arg(Holds::lease_ms()).arg(seq);
+            for (_, n) in batch {
+                call.arg(*n);
+            }
+            let others: Vec<i64> = tokio::time::timeout(self.timeout, call.query_async(conn))
+                .await
+                .map_err(|_| "EVAL: no answer within the timeout".to_string())?
+                .map_err(|e| e.to_string())?;
+            if others.len() != batch.len() {
+                return Err(format!(
+                    "EVAL answered {} counts for {}",
+                    others.len(),
+                    batch.len()
+                ));
+            }
+            for ((user, n), o) in batch.iter().zip(others) {
+                if let (true, Ok(o @ 1..)) = (*n > 0, usize::try_from(o)) {
+                    elsewhere.push((user.clone(), o));
+                }
+            }
+        }
+        *reported = held;
+        turn.set_pool_holds(elsewhere);
+        Ok(())
+    }
+}
+
+/// The ask and refresh scripts as sent to Redis (for the tests that run them).
+pub fn scripts() -> (String, String) {
+    (
+        format!("{OTHERS_LUA}{ASK_LUA}"),
+        format!("{OTHERS_LUA}{REFRESH_LUA}"),
+    )
+}
+
+/// What an ask's script answered, as a verdict (nonsense is no answer).
+pub fn verdict(granted: i64, elsewhere: i64) -> PoolVerdict {
+    match (granted, usize::try_from(elsewhere)) {
+        (1, Ok(elsewhere)) => PoolVerdict::Granted { elsewhere },
+        (0, Ok(elsewhere)) => PoolVerdict::Refused { elsewhere },
+        _ => PoolVerdict::Unknown,
+    }
+}
 /// How often request counts are exchanged.
 pub const RATES_EVERY: Duration = Duration::from_millis(250);
 /// Sources in one report, at most (the busiest first).
@@ -146,15 +345,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     guard.publish_bans();
+    let mut asks = turn.as_ref().map(|t| t.pool_asks());
     let mut backoff = RECONNECT_MIN;
     loop {
         let failed = tokio::select! {
-            r = serve(&cfg, &guard, turn.as_deref(), &state) => r.err().unwrap_or_default(),
+            r = serve(&cfg, &guard, turn.as_ref(), asks.as_mut(), &state) => r.err().unwrap_or_default(),
             _ = shutdown.changed() => return,
         };
-        // Alone again: only what this member holds counts.
+        // Alone again: only what this member holds counts, and nothing is asked.
         if let Some(turn) = &turn {
             turn.set_pool_holds([]);
+            turn.set_pool_up(false).await;
         }
         if state.set(PoolStatus::Degraded) == PoolStatus::Degraded {
             backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -175,7 +376,8 @@ pub async fn run(
 async fn serve(
     cfg: &PoolConfig,
     guard: &SourceGuard,
-    turn: Option<&Turn>,
+    turn: Option<&Arc<Turn>>,
+    mut asks: Option<&mut mpsc::Receiver<PoolAsk>>,
     state: &PoolState,
 ) -> Result<(), String> {
     let client = redis::Client::open(connection_url(cfg)?).map_err(|e| e.to_string())?;
@@ -190,14 +392,10 @@ async fn serve(
         .map_err(|e| e.to_string())?;
     let channel = format!("{}:bans", cfg.key_prefix);
     let rates = format!("{}:rates", cfg.key_prefix);
-    let holds_channel = format!("{}:holds", cfg.key_prefix);
-    tokio::time::timeout(
-        cfg.timeout,
-        pubsub.subscribe(&[&channel, &rates, &holds_channel]),
-    )
-    .await
-    .map_err(bounded("subscribe"))?
-    .map_err(|e| e.to_string())?;
+    tokio::time::timeout(cfg.timeout, pubsub.subscribe(&[&channel, &rates]))
+        .await
+        .map_err(bounded("subscribe"))?
+        .map_err(|e| e.to_string())?;
     let mut messages = pubsub.into_on_message();
 
     // Resynchronise: the bans in force in the pool, then this member's own.
@@ -209,12 +407,20 @@ async fn serve(
     if state.set(PoolStatus::Up) != PoolStatus::Up {
         tracing::info!(redis = %redacted(&cfg.redis), member = %state.member, "pool: connected to Redis; bans are shared");
     }
+    let holds = Holds::new(cfg, &state.member);
+    let mut reported = HashSet::new();
+    if let Some(turn) = turn {
+        // Asks waiting from before Redis went away were decided then: drain them.
+        if let Some(asks) = asks.as_deref_mut() {
+            while asks.try_recv().is_ok() {}
+        }
+        holds.refresh(&mut conn, turn, &mut reported).await?;
+        turn.set_pool_up(true).await;
+    }
 
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
     let mut rates_tick = tokio::time::interval(RATES_EVERY);
     let mut holds_tick = tokio::time::interval(HOLDS_EVERY);
-    // The other members' reports: when each last spoke, and what it holds per user.
-    let mut holds: HashMap<String, (std::time::Instant, HashMap<Box<str>, usize>)> = HashMap::new();
     // What was admitted while Redis was away is old news.
     let _ = guard.take_request_counts();
     let mut ping_tick = tokio::time::interval(PING_EVERY);
@@ -224,22 +430,6 @@ async fn serve(
                 let Some(msg) = msg else {
                     return Err("the subscription ended".into());
                 };
-                if msg.get_channel_name() == holds_channel {
-                    match parse_holds(msg.get_payload_bytes()) {
-                        Some((member, _)) if member == state.member => {}
-                        Some((member, report)) => {
-                            // Bounded: a pool has a handful of members; past MEMBERS_MAX
-                            // a report from one not heard before is not kept.
-                            if holds.len() < MEMBERS_MAX || holds.contains_key(&member) {
-                                holds.insert(member, (clock::now(), report));
-                            }
-                        }
-                        None => {
-                            state.garbage.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    continue;
-                }
                 if msg.get_channel_name() == rates {
                     match parse_rates(msg.get_payload_bytes()) {
                         Some((member, _)) if member == state.member => {}
@@ -274,37 +464,21 @@ async fn serve(
                     state.bans_published.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            _ = holds_tick.tick(), if turn.is_some() => {
-                let Some(turn) = turn else { continue };
-                // Tell what is held here; count what the members that still speak hold.
-                let mut mine = turn.holds_by_user();
-                mine.truncate(HOLDS_MAX);
-                let report = serde_json::json!({
-                    "member": state.member,
-                    "holds": mine
-                        .iter()
-                        .map(|(user, n)| (user.to_string(), *n))
-                        .collect::<HashMap<String, usize>>(),
-                });
-                tokio::time::timeout(
-                    cfg.timeout,
-                    redis::cmd("PUBLISH")
-                        .arg(&holds_channel)
-                        .arg(report.to_string())
-                        .query_async::<i64>(&mut conn),
-                )
-                .await
-                .map_err(bounded("PUBLISH"))?
-                .map_err(|e| e.to_string())?;
-                let now = clock::now();
-                holds.retain(|_, (at, _)| now.saturating_duration_since(*at) < HOLDS_EVERY * 3);
-                let mut total: HashMap<Box<str>, usize> = HashMap::new();
-                for (_, report) in holds.values() {
-                    for (user, n) in report {
-                        *total.entry(user.clone()).or_insert(0) += n;
-                    }
+            Some(ask) = async { asks.as_deref_mut()?.recv().await }, if asks.is_some() => {
+                // Each ask on its own: they go out together on the multiplexed connection,
+                // each bounded by the timeout, and the loop goes on meanwhile.
+                if let Some(turn) = turn {
+                    let (turn, holds, mut conn) = (turn.clone(), holds.clone(), conn.clone());
+                    tokio::spawn(async move {
+                        let verdict = holds.ask(&mut conn, &ask).await;
+                        turn.pool_answer(ask.id, verdict).await;
+                    });
                 }
-                turn.set_pool_holds(total);
+            }
+            _ = holds_tick.tick(), if turn.is_some() => {
+                if let Some(turn) = turn {
+                    holds.refresh(&mut conn, turn, &mut reported).await?;
+                }
             }
             _ = rates_tick.tick() => {
                 let mut counts = guard.take_request_counts();
@@ -429,7 +603,6 @@ async fn publish(
 
 /// The parsers of what members publish, for the fuzz target.
 pub mod parse {
-    pub use super::parse_holds as holds;
     pub use super::parse_notice as notice;
     pub use super::parse_rates as rates;
 }
@@ -455,26 +628,6 @@ pub fn parse_notice(payload: &[u8]) -> Option<(&str, BanNotice)> {
             remaining: Duration::from_millis(ms),
         },
     ))
-}
-
-/// A holdings report as members publish it: `{"member": M, "holds": {user: count}}`.
-pub fn parse_holds(payload: &[u8]) -> Option<(String, HashMap<Box<str>, usize>)> {
-    #[derive(serde::Deserialize)]
-    struct Report {
-        member: String,
-        holds: HashMap<String, usize>,
-    }
-    let report: Report = serde_json::from_slice(payload).ok()?;
-    if report.member.is_empty() || report.holds.len() > HOLDS_MAX {
-        return None;
-    }
-    let holds = report
-        .holds
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(user, n)| (user.into_boxed_str(), n))
-        .collect();
-    Some((report.member, holds))
 }
 
 /// A rate report as members publish it: `<member> <source key>=<count> ...`.

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::clock;
@@ -27,7 +27,8 @@ use crate::core::turn::auth::AuthContext;
 use crate::core::turn::nonce::Nonces;
 use crate::core::turn::policy::Origin;
 use crate::core::turn::server::{
-    Arrival, Dropped, FiveTuple, Output, Server, Transport, TurnConfig,
+    Arrival, Dropped, FiveTuple, Output, PoolAsk, PoolReport, PoolVerdict, Server, Transport,
+    TurnConfig, MAX_ASKS,
 };
 
 mod relay;
@@ -68,6 +69,8 @@ pub struct Turn {
     /// an earlier one (no periodic tick: the loop wakes for a deadline or for news).
     armed: Mutex<Option<Instant>>,
     earlier_deadline: Notify,
+    /// Where asks for the pool go (the pool's task), when there is a pool.
+    asks: Mutex<Option<mpsc::Sender<PoolAsk>>>,
 }
 
 impl Turn {
@@ -81,14 +84,48 @@ impl Turn {
         self.server.read_unpoisoned()
     }
 
-    /// What each user holds on this member (for the pool).
-    pub fn holds_by_user(&self) -> Vec<(Arc<str>, usize)> {
-        self.read_server().holds_by_user()
+    /// What this member tells the pool between asks (what users hold here).
+    pub fn pool_report(&self) -> PoolReport {
+        self.read_server().pool_report()
     }
 
-    /// What the other members of the pool hold per user (counted in the user quota here).
+    /// What the other members of the pool hold per user (counted in the user quota here,
+    /// and sharing the users' bandwidth budgets).
     pub fn set_pool_holds(&self, holds: impl IntoIterator<Item = (Box<str>, usize)>) {
         self.lock_server().set_pool_holds(holds);
+    }
+
+    /// The asks for the pool (new holds while the pool is up), for the pool's task.
+    pub fn pool_asks(&self) -> mpsc::Receiver<PoolAsk> {
+        let (tx, rx) = mpsc::channel(MAX_ASKS);
+        *self.asks.lock_unpoisoned() = Some(tx);
+        rx
+    }
+
+    /// The pool is up (new holds are asked of it) or away (decided here, and so are the
+    /// asks waiting).
+    pub async fn set_pool_up(self: &Arc<Self>, up: bool) {
+        let mut out = Vec::new();
+        self.lock_server().set_pool_asks(up, clock::now(), &mut out);
+        self.execute(out).await;
+    }
+
+    /// The pool's answer to an ask.
+    pub async fn pool_answer(self: &Arc<Self>, id: u64, verdict: PoolVerdict) {
+        let mut out = Vec::new();
+        self.lock_server()
+            .pool_answer(id, verdict, clock::now(), &mut out);
+        self.execute(out).await;
+    }
+
+    /// Asks waiting for the pool's answer.
+    pub fn pool_asks_waiting(&self) -> usize {
+        self.read_server().pool_asks_waiting()
+    }
+
+    /// Quota asks decided, by how (granted or refused by the pool, or decided here).
+    pub fn pool_asks_decided(&self) -> [(&'static str, u64); 3] {
+        self.read_server().pool_asks_decided()
     }
 
     pub fn allocations(&self) -> usize {
@@ -135,8 +172,27 @@ impl Turn {
     /// be bound (their allocation is gone and their answer withheld).
     async fn execute(self: &Arc<Self>, outputs: Vec<Output>) -> Vec<SocketAddr> {
         let mut failed: Vec<SocketAddr> = Vec::new();
-        for o in outputs {
+        let mut outputs = std::collections::VecDeque::from(outputs);
+        while let Some(o) = outputs.pop_front() {
             match o {
+                Output::AskPool(ask) => {
+                    // To the pool's task; if it cannot take it, decided here and now.
+                    let taken = self
+                        .asks
+                        .lock_unpoisoned()
+                        .as_ref()
+                        .is_some_and(|tx| tx.try_send(ask.clone()).is_ok());
+                    if !taken {
+                        let mut more = Vec::new();
+                        self.lock_server().pool_answer(
+                            ask.id,
+                            PoolVerdict::Unknown,
+                            clock::now(),
+                            &mut more,
+                        );
+                        outputs.extend(more);
+                    }
+                }
                 Output::ToClient { tuple, bytes } => {
                     if failed.contains(&tuple.client) {
                         continue; // its relay could not be opened: it retransmits and retries
@@ -317,6 +373,7 @@ pub async fn start(
         tasks: Mutex::new(JoinSet::new()),
         armed: Mutex::new(None),
         earlier_deadline: Notify::new(),
+        asks: Mutex::new(None),
     });
     {
         let mut tasks = turn.tasks.lock_unpoisoned();

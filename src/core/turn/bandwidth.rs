@@ -3,10 +3,14 @@
 //! `max-bps` treats input and output apart too). Excess packets are dropped, not queued:
 //! late media is useless, and a queue would be memory an attacker controls.
 //!
+//! In a pool, a user's budget is shared by the members in proportion to the relays the user
+//! holds on each ([`Meters::set_share`]): the sum over the pool stays within the budget, up
+//! to how fresh each member's count of the others is (a second).
+//!
 //! The state is one atomic per meter, so the read-locked hot path can charge it from every
 //! socket task at once without a lock or an allocation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A rate in bytes per second with a burst of `burst` worth of it; `None` is unlimited.
@@ -35,6 +39,20 @@ impl Budget {
             bytes_per_sec: kbit_per_sec.saturating_mul(1000) / 8,
             burst: BURST,
         })
+    }
+}
+
+impl Budget {
+    /// This budget's share `parts` / [`Meters::FULL`] (the whole when `parts` is more).
+    pub fn share(self, parts: u32) -> Budget {
+        let parts = u64::from(parts.min(Meters::FULL));
+        Budget {
+            bytes_per_sec: u64::try_from(
+                u128::from(self.bytes_per_sec) * u128::from(parts) / u128::from(Meters::FULL),
+            )
+            .unwrap_or(u64::MAX),
+            burst: self.burst,
+        }
     }
 }
 
@@ -99,19 +117,49 @@ impl Meter {
     }
 }
 
-/// A meter per direction.
+/// A meter per direction, and the share of the budget this member may spend (a user's
+/// meters in a pool; the whole otherwise).
 #[derive(Debug)]
-pub struct Meters([Meter; 2]);
+pub struct Meters {
+    meters: [Meter; 2],
+    share: AtomicU32,
+}
 
 impl Meters {
+    /// The whole budget, in parts of a share.
+    pub const FULL: u32 = 1 << 16;
+
     pub fn new(epoch: Instant) -> Meters {
-        Meters([Meter::new(epoch), Meter::new(epoch)])
+        Meters {
+            meters: [Meter::new(epoch), Meter::new(epoch)],
+            share: AtomicU32::new(Meters::FULL),
+        }
+    }
+
+    /// The share of its budget this member spends: `here` relays of `here + elsewhere`.
+    pub fn set_share(&self, here: usize, elsewhere: usize) {
+        let total = here.saturating_add(elsewhere).max(1);
+        let parts = u128::try_from(here.min(total)).unwrap_or(u128::MAX) * u128::from(Meters::FULL)
+            / u128::try_from(total).unwrap_or(u128::MAX);
+        self.share.store(
+            u32::try_from(parts).unwrap_or(Meters::FULL),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `budget` as this member may spend it.
+    pub fn budget(&self, budget: Option<Budget>) -> Option<Budget> {
+        let parts = self.share.load(Ordering::Relaxed);
+        if parts >= Meters::FULL {
+            return budget;
+        }
+        budget.map(|b| b.share(parts))
     }
 
     pub fn get(&self, direction: Direction) -> &Meter {
         match direction {
-            Direction::ToPeer => &self.0[0],
-            Direction::ToClient => &self.0[1],
+            Direction::ToPeer => &self.meters[0],
+            Direction::ToClient => &self.meters[1],
         }
     }
 }
@@ -182,6 +230,30 @@ mod tests {
         let early = Meter::new(t0 + Duration::from_secs(5));
         assert!(early.charge(Budget::kbit(8), 1000, t0));
         assert!(!early.charge(Budget::kbit(8), 1, t0));
+    }
+
+    #[test]
+    fn a_share_of_the_budget_passes_its_part_of_the_rate() {
+        let t0 = Instant::now();
+        let meters = Meters::new(t0);
+        let budget = Budget::kbit(800); // 100 000 bytes/s
+        assert_eq!(meters.budget(budget), budget);
+        // One relay here, three elsewhere: a quarter here.
+        meters.set_share(1, 3);
+        let quarter = meters.budget(budget);
+        let passed = (0..1000)
+            .filter(|_| meters.get(Direction::ToPeer).charge(quarter, 100, t0))
+            .count();
+        assert_eq!(passed, 250);
+        // The other members let go: the whole again.
+        meters.set_share(2, 0);
+        assert_eq!(meters.budget(budget), budget);
+        // Nothing here and an absurd count elsewhere: no budget, no overflow, no panic.
+        meters.set_share(0, usize::MAX);
+        assert_eq!(meters.budget(budget), budget.map(|b| b.share(0)));
+        meters.set_share(usize::MAX, usize::MAX);
+        assert!(meters.budget(budget).is_some());
+        assert_eq!(meters.budget(None), None);
     }
 
     #[test]

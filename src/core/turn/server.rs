@@ -43,10 +43,12 @@ mod allocate;
 mod config;
 mod invariants;
 mod permissions;
+mod pool_ask;
 mod relay;
 mod tables;
 
 pub use config::TurnConfig;
+pub use pool_ask::{PoolAsk, PoolReport, PoolVerdict, MAX_ASKS};
 pub use relay::{Route, ToClient};
 
 pub const ALLOCATE: u16 = 0x003;
@@ -98,6 +100,9 @@ pub enum Output {
     OpenRelay { relay: SocketAddr },
     /// Close a relayed socket.
     CloseRelay { relay: SocketAddr },
+    /// Ask the pool whether a user may hold more relays; answer with
+    /// [`Server::pool_answer`] (or not: the ask is decided here at its deadline).
+    AskPool(PoolAsk),
 }
 
 /// Why a packet was dropped without an answer (counted by the shell).
@@ -121,11 +126,13 @@ pub enum Dropped {
     UnknownAttribute,
     /// A peer address no packet may go to (port 0).
     BadPeer,
+    /// An Allocate again while the pool is asked about the first (its answer will come).
+    AwaitingPool,
 }
 
 impl Dropped {
     /// Every reason, in the order of [`Dropped::index`].
-    pub const ALL: [Dropped; 12] = [
+    pub const ALL: [Dropped; 13] = [
         Dropped::NotStunOrChannelData,
         Dropped::MalformedStun,
         Dropped::MalformedChannelData,
@@ -138,6 +145,7 @@ impl Dropped {
         Dropped::StrangerBudget,
         Dropped::UnknownAttribute,
         Dropped::BadPeer,
+        Dropped::AwaitingPool,
     ];
 
     /// A metrics label.
@@ -155,6 +163,7 @@ impl Dropped {
             Dropped::StrangerBudget => "unauthenticated_budget",
             Dropped::UnknownAttribute => "unknown_attribute",
             Dropped::BadPeer => "bad_peer",
+            Dropped::AwaitingPool => "awaiting_pool",
         }
     }
 
@@ -224,8 +233,12 @@ pub struct Server {
     /// it from the pool's exchange): counted against `max_allocations_per_user` here.
     pool_holds: HashMap<Box<str>, usize>,
     per_source: HashMap<SourceKey, usize>,
+    /// Allocates waiting for the pool's answer.
+    asks: pool_ask::PoolAsks,
     /// Allocations and reservations together (what `max_allocations` bounds).
     held: usize,
+    /// Changes of what users hold (the pool orders this member's counts by it).
+    holds_seq: u64,
     ports: Ports,
     /// Allocation lifetimes, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
@@ -266,7 +279,9 @@ impl Server {
             per_user: HashMap::new(),
             pool_holds: HashMap::new(),
             per_source: HashMap::new(),
+            asks: pool_ask::PoolAsks::default(),
             held: 0,
+            holds_seq: 0,
             deadlines: BTreeSet::new(),
             reservations: HashMap::new(),
             reservation_tokens: HashMap::new(),
@@ -286,16 +301,26 @@ impl Server {
         self.held
     }
 
-    /// What each user holds here (allocations and reservations): what this member tells
-    /// the pool.
-    pub fn holds_by_user(&self) -> Vec<(Arc<str>, usize)> {
-        self.per_user
+    /// What this member tells the pool between asks: what each user holds here
+    /// (allocations and reservations), numbered by the changes so far (a later count has a
+    /// larger number); users with an ask outstanding are left to their asks.
+    pub fn pool_report(&self) -> PoolReport {
+        let asking: Vec<Arc<str>> = self.asks.asking().cloned().collect();
+        let holds = self
+            .per_user
             .iter()
+            .filter(|(user, _)| self.asks.queued(user) == 0)
             .map(|(user, share)| (user.clone(), share.holds))
-            .collect()
+            .collect();
+        PoolReport {
+            seq: self.holds_seq,
+            holds,
+            asking,
+        }
     }
 
-    /// What the other members hold per user, replacing what they held before. Bounded: at
+    /// What the other members hold per user, replacing what they held before: counted in
+    /// the user quota here, and the users' bandwidth budgets shared accordingly. Bounded: at
     /// most as many users as this server may hold allocations (the rest are not counted
     /// here; their members still enforce them).
     pub fn set_pool_holds(&mut self, holds: impl IntoIterator<Item = (Box<str>, usize)>) {
@@ -305,6 +330,24 @@ impl Server {
             .filter(|(_, n)| *n > 0)
             .take(cap)
             .collect();
+        for (user, share) in &self.per_user {
+            let elsewhere = self.pool_holds.get(&**user).copied().unwrap_or(0);
+            share.meters.set_share(share.holds, elsewhere);
+        }
+    }
+
+    /// What the pool says one user holds on the other members (from an ask's answer).
+    fn set_pool_hold(&mut self, user: &str, elsewhere: usize) {
+        if elsewhere == 0 {
+            self.pool_holds.remove(user);
+        } else if let Some(n) = self.pool_holds.get_mut(user) {
+            *n = elsewhere;
+        } else if self.pool_holds.len() < self.cfg.max_allocations {
+            self.pool_holds.insert(user.into(), elsewhere);
+        }
+        if let Some(share) = self.per_user.get(user) {
+            share.meters.set_share(share.holds, elsewhere);
+        }
     }
 
     /// Reservations waiting for their token now.
@@ -394,7 +437,11 @@ impl Server {
         if !c.unknown_required().is_empty() {
             return self.answer_stranger(tuple, unknown_attributes_answer(c), now, out);
         }
-        // A retransmitted Allocate over UDP gets the same answer (RFC 8656 §7.2).
+        // A retransmitted Allocate over UDP gets the same answer (RFC 8656 §7.2), once it
+        // has one.
+        if c.method == ALLOCATE && self.asks.is_waiting(&tuple) {
+            return Err(Dropped::AwaitingPool);
+        }
         if c.method == ALLOCATE {
             if let Some(a) = self.allocations.get(&tuple) {
                 if a.allocate_tx.0 == c.transaction_id {
@@ -427,7 +474,14 @@ impl Server {
             now,
         };
         let result = match c.method {
-            ALLOCATE => self.allocate(tuple, origin, packet, c, who.username, key, now, out),
+            ALLOCATE => {
+                match self.allocate(tuple, origin, packet, c, who.username, key, now, out) {
+                    // Asked of the pool: answered when it answers, or when it is too late to.
+                    Ok(None) => return Ok(()),
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Err(refused) => Err(refused),
+                }
+            }
             REFRESH => self.refresh(on, out),
             CREATE_PERMISSION => self.create_permission(on),
             _ => self.channel_bind(on),
@@ -457,10 +511,25 @@ fn sha256(c: &Checked) -> bool {
 
 /// An error answer: no SOFTWARE (nothing an attacker needs, fewer bytes to draw).
 fn error(c: &Checked, refused: Refused, key: Option<&[u8; 16]>) -> Vec<u8> {
-    let mut w = Writer::new(Class::Error, c.method, c.transaction_id);
+    error_answer(
+        c.method,
+        &c.transaction_id,
+        refused,
+        key.map(|k| (k, sha256(c))),
+    )
+}
+
+/// An error answer to `method`'s transaction, signed with `key` (SHA-256 integrity if so).
+fn error_answer(
+    method: u16,
+    transaction_id: &[u8; 12],
+    refused: Refused,
+    key: Option<(&[u8; 16], bool)>,
+) -> Vec<u8> {
+    let mut w = Writer::new(Class::Error, method, *transaction_id);
     w.error_code(refused.code(), refused.reason());
-    if let Some(key) = key {
-        w.sign(key, sha256(c));
+    if let Some((key, sha256)) = key {
+        w.sign(key, sha256);
     }
     w.finish_with_fingerprint()
 }

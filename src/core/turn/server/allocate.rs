@@ -20,7 +20,37 @@ use crate::core::turn::error::{BadRequest, Refused};
 use crate::core::turn::policy::Origin;
 use crate::core::turn::stun::{attr, Checked, Class};
 
+/// An Allocate that passed its checks, as far as it needs to be carried out: what
+/// [`Server::grant`] needs now, or once the pool has answered (it may wait in
+/// [`super::pool_ask`] meanwhile, holding no port).
+pub(super) struct AllocateRequest {
+    pub(super) tuple: FiveTuple,
+    pub(super) origin: Origin,
+    pub(super) transaction_id: [u8; 12],
+    /// The answer carries MESSAGE-INTEGRITY-SHA256 (the request did).
+    pub(super) sha256: bool,
+    pub(super) username: String,
+    pub(super) user: Arc<str>,
+    pub(super) source: SourceKey,
+    pub(super) key: [u8; 16],
+    pub(super) even_port: bool,
+    pub(super) reserve_next: bool,
+    pub(super) token: Option<[u8; 8]>,
+    /// The family of ADDITIONAL-ADDRESS-FAMILY not granted (answered with 440 inside).
+    pub(super) additional_refused: Option<u8>,
+    pub(super) lifetime: Duration,
+}
+
+impl AllocateRequest {
+    /// The holds it adds: the allocation, and the reservation of the next port.
+    pub(super) fn holds(&self) -> usize {
+        1 + usize::from(self.reserve_next)
+    }
+}
+
 impl Server {
+    /// An Allocate: checked, then granted now, or, in a pool that counts quotas pool-wide,
+    /// once the pool has answered (`Ok(None)`: the answer comes later).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn allocate(
         &mut self,
@@ -32,7 +62,7 @@ impl Server {
         key: [u8; 16],
         now: Instant,
         out: &mut Vec<Output>,
-    ) -> Result<Vec<u8>, Refused> {
+    ) -> Result<Option<Vec<u8>>, Refused> {
         if self.allocations.contains_key(&tuple) {
             return Err(Refused::AllocationMismatch);
         }
@@ -48,6 +78,12 @@ impl Server {
                 BadRequest::EvenPortWithReservationToken,
             ));
         }
+        let token = token
+            .map(|t| {
+                <[u8; 8]>::try_from(t)
+                    .map_err(|_| Refused::BadRequest(BadRequest::BadReservationToken))
+            })
+            .transpose()?;
         // RFC 8656 §7.2: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY exclude each other; an
         // additional IPv6 relay is not offered (single-family relays): the IPv4 allocation
         // succeeds with ADDRESS-ERROR-CODE 440 for the family not granted.
@@ -70,20 +106,65 @@ impl Server {
                 return Err(Refused::AddressFamilyNotSupported);
             }
         }
-        let user: Arc<str> = Arc::from(user_of(&username));
-        let source = SourceKey::of(tuple.client.ip());
         let even_port = value(packet, c, attr::EVEN_PORT);
-        let reserve_next = even_port
-            .and_then(|v| v.first())
-            .is_some_and(|b| b & 0x80 != 0);
+        let request = AllocateRequest {
+            tuple,
+            origin,
+            transaction_id: c.transaction_id,
+            sha256: sha256(c),
+            user: Arc::from(user_of(&username)),
+            username,
+            source: SourceKey::of(tuple.client.ip()),
+            key,
+            even_port: even_port.is_some(),
+            reserve_next: even_port
+                .and_then(|v| v.first())
+                .is_some_and(|b| b & 0x80 != 0),
+            token,
+            additional_refused,
+            lifetime: self.lifetime(packet, c),
+        };
+        // A new hold in a pool that counts quotas pool-wide: checked here first, then
+        // asked of the pool (a claimed reservation was counted when it was made).
+        if request.token.is_none() && self.asks_pool() {
+            self.quota(&request.user, request.source, request.holds())?;
+            self.ask_pool(request, now, out)?;
+            return Ok(None);
+        }
+        self.grant(request, now, out).map(Some)
+    }
+
+    /// Carries out a checked Allocate: its quota, its port (or the reserved one its token
+    /// claims), the reservation of the next port, the answer.
+    pub(super) fn grant(
+        &mut self,
+        request: AllocateRequest,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<u8>, Refused> {
+        let AllocateRequest {
+            tuple,
+            origin,
+            transaction_id,
+            sha256,
+            username,
+            user,
+            source,
+            key,
+            even_port,
+            reserve_next,
+            token,
+            additional_refused,
+            lifetime,
+        } = request;
+        if self.allocations.contains_key(&tuple) {
+            return Err(Refused::AllocationMismatch);
+        }
         // RFC 8656 §7.2: a token claims a port reserved by an earlier EVEN-PORT with the R
         // bit (the RTCP port next to an RTP relay). Its reservation ends here, whoever
         // claims it; the new allocation is charged like any other.
         let port = match token {
             Some(token) => {
-                let token: [u8; 8] = token
-                    .try_into()
-                    .map_err(|_| Refused::BadRequest(BadRequest::BadReservationToken))?;
                 let port = self
                     .reservation_tokens
                     .get(&token)
@@ -98,7 +179,7 @@ impl Server {
             None => {
                 self.quota(&user, source, 1 + usize::from(reserve_next))?;
                 self.ports
-                    .take(even_port.is_some(), reserve_next)
+                    .take(even_port, reserve_next)
                     .ok_or(Refused::InsufficientCapacity)?
             }
         };
@@ -138,8 +219,7 @@ impl Server {
             None
         };
         let relay = SocketAddr::new(self.cfg.relay_ip, port);
-        let lifetime = self.lifetime(packet, c);
-        let mut w = Writer::new(Class::Success, ALLOCATE, c.transaction_id);
+        let mut w = Writer::new(Class::Success, ALLOCATE, transaction_id);
         w.xor_address(
             attr::XOR_RELAYED_ADDRESS,
             SocketAddr::new(self.cfg.advertised_ip, port),
@@ -156,7 +236,7 @@ impl Server {
             w.attr(attr::ADDRESS_ERROR_CODE, &v);
         }
         w.attr(SOFTWARE_ATTR, SOFTWARE.as_bytes())
-            .sign(&key, sha256(c));
+            .sign(&key, sha256);
         let answer = w.finish_with_fingerprint();
         let user_meters = self.charge_hold(&user, source, now);
         self.by_relay.insert(relay, tuple);
@@ -176,7 +256,7 @@ impl Server {
                 expires,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
-                allocate_tx: (c.transaction_id, answer.clone()),
+                allocate_tx: (transaction_id, answer.clone()),
                 meters: Meters::new(now),
                 user_meters,
                 reservation: reserved_token.map(|_| port + 1),

@@ -41,6 +41,9 @@ pub struct TurnConfig {
     pub max_channels_per_allocation: usize,
     /// Answer bytes a source may draw without authenticating.
     pub strangers: StrangerLimits,
+    /// How long an Allocate waits for the pool's answer before it is decided on what this
+    /// member knows (the pool's timeout).
+    pub pool_ask_timeout: Duration,
 }
 
 impl TurnConfig {
@@ -74,6 +77,7 @@ impl TurnConfig {
                 bytes_per_sec: 8 * 1024,
                 max_sources: 100_000,
             },
+            pool_ask_timeout: Duration::from_millis(500),
         }
     }
 }

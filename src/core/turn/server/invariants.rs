@@ -14,9 +14,11 @@ impl Server {
     pub fn check_invariants(&self) -> Result<(), String> {
         let cfg = &self.cfg;
         let fail = |what: String| Err(what);
-        if self.held != self.allocations.len() + self.reservations.len() {
+        // Asks waiting for the pool hold too, without a port yet.
+        let asked: usize = self.asks.waiting().map(|r| r.holds()).sum();
+        if self.held != self.allocations.len() + self.reservations.len() + asked {
             return fail(format!(
-                "held {} != {} allocations + {} reservations",
+                "held {} != {} allocations + {} reservations + {asked} asked",
                 self.held,
                 self.allocations.len(),
                 self.reservations.len()
@@ -25,7 +27,7 @@ impl Server {
         if self.held > cfg.max_allocations {
             return fail(format!("held {} > max {}", self.held, cfg.max_allocations));
         }
-        if self.ports.taken() != self.held {
+        if self.ports.taken() + asked != self.held {
             return fail(format!(
                 "{} ports taken, {} held",
                 self.ports.taken(),
@@ -88,6 +90,20 @@ impl Server {
             }
             *per_user.entry(&r.user).or_default() += 1;
             *per_source.entry(r.source).or_default() += 1;
+        }
+        // What waits for the pool holds already.
+        if self.asks.waiting().count() > super::MAX_ASKS {
+            return fail("too many asks wait for the pool".into());
+        }
+        if !self.asks.queues_agree() {
+            return fail("the asks' queues disagree with the asks waiting".into());
+        }
+        for r in self.asks.waiting() {
+            if !self.asks.is_waiting(&r.tuple) || self.allocations.contains_key(&r.tuple) {
+                return fail("an ask waits on a 5-tuple not indexed, or allocated".into());
+            }
+            *per_user.entry(&r.user).or_default() += r.holds();
+            *per_source.entry(r.source).or_default() += r.holds();
         }
         // Compacted on every push past 2 x live + 64: never past 2 x the most that can be
         // held + 64, whatever the churn.

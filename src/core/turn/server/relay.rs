@@ -223,9 +223,11 @@ impl Server {
             .meters
             .get(direction)
             .charge(self.cfg.bandwidth_per_allocation, bytes, now)
-            && a.user_meters
-                .get(direction)
-                .charge(self.cfg.bandwidth_per_user, bytes, now);
+            && a.user_meters.get(direction).charge(
+                a.user_meters.budget(self.cfg.bandwidth_per_user),
+                bytes,
+                now,
+            );
         if ok {
             Ok(())
         } else {

@@ -38,6 +38,7 @@ impl Server {
         now: Instant,
     ) -> Arc<Meters> {
         self.held += 1;
+        self.holds_seq += 1;
         *self.per_source.entry(source).or_insert(0) += 1;
         let share = self
             .per_user
@@ -47,15 +48,21 @@ impl Server {
                 meters: Arc::new(Meters::new(now)),
             });
         share.holds += 1;
+        let elsewhere = self.pool_holds.get(&**user).copied().unwrap_or(0);
+        share.meters.set_share(share.holds, elsewhere);
         share.meters.clone()
     }
 
-    fn release_hold(&mut self, user: &str, source: SourceKey) {
+    pub(super) fn release_hold(&mut self, user: &str, source: SourceKey) {
         self.held = self.held.saturating_sub(1);
+        self.holds_seq += 1;
         if let Some(share) = self.per_user.get_mut(user) {
             share.holds = share.holds.saturating_sub(1);
             if share.holds == 0 {
                 self.per_user.remove(user);
+            } else {
+                let elsewhere = self.pool_holds.get(user).copied().unwrap_or(0);
+                share.meters.set_share(share.holds, elsewhere);
             }
         }
         if let Some(n) = self.per_source.get_mut(&source) {
@@ -104,6 +111,7 @@ impl Server {
     /// Expired permissions and channels are ignored where they are read and pruned when
     /// their allocation is next touched.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.expire_asks(now, out);
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -134,10 +142,10 @@ impl Server {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocation = self.deadlines.first().map(|(t, _)| *t);
         let reservation = self.reservation_queue.front().map(|(t, _)| *t);
-        match (allocation, reservation) {
-            (Some(a), Some(r)) => Some(a.min(r)),
-            (a, r) => a.or(r),
-        }
+        [allocation, reservation, self.asks.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The shell could not bind the relayed socket: the allocation is dropped. Returns the

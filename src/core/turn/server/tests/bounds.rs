@@ -34,7 +34,7 @@ fn what_other_members_hold_counts_against_the_user_quota() {
     ]);
     assert_eq!(w.allocate_from_port(43000, 150), 0);
     assert_eq!(w.allocate_from_port(43001, 151), 486);
-    let held: Vec<_> = w.server.holds_by_user();
+    let held = w.server.pool_report().holds;
     assert_eq!(
         held.len(),
         1,

@@ -81,7 +81,12 @@ fn channels_carry_channel_data_both_ways() {
 
 /// An allocation of `w`'s user from client port `port` with a channel 0x4001 bound to
 /// `peer`: its relayed address.
-fn allocate_with_channel(w: &mut World, port: u16, peer: SocketAddr, id: u8) -> SocketAddr {
+pub(super) fn allocate_with_channel(
+    w: &mut World,
+    port: u16,
+    peer: SocketAddr,
+    id: u8,
+) -> SocketAddr {
     w.tuple.client = SocketAddr::new(w.tuple.client.ip(), port);
     let relay = w.allocate_as(id);
     let bind = w.bind_request(0x4001, peer, id + 1);
@@ -90,7 +95,7 @@ fn allocate_with_channel(w: &mut World, port: u16, peer: SocketAddr, id: u8) -> 
 }
 
 /// 172-byte ChannelData payloads (20 ms of audio with SRTP) on channel 0x4001.
-fn audio_frame() -> Vec<u8> {
+pub(super) fn audio_frame() -> Vec<u8> {
     let mut frame = vec![0x40, 0x01, 0x00, 172];
     frame.resize(4 + 172, 0x80);
     frame
