@@ -1,7 +1,7 @@
 //! The A/V Edge's relay under load: N internal clients, each with an allocation and a
 //! channel to its own peer outside, send 172-byte packets (a 20 ms SRTP audio frame) at a
 //! fixed rate; every peer echoes back through the relayed address. Reports relayed
-//! packets per second, packets per edge CPU-second (threads named `edge-worker`, from
+//! packets per second, packets per edge CPU-second (threads `edge-worker` and `edge-relay-N`, from
 //! `/proc/self/task/*/stat`) and resident memory per allocation. All on loopback; bounded
 //! by `--seconds`.
 //!
@@ -41,7 +41,8 @@ fn edge_cpu_ticks() -> u64 {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        if &stat[open + 1..close] != "edge-worker" {
+        // The runtime's workers and the relay's own threads (`edge-relay-N`).
+        if !stat[open + 1..close].starts_with("edge-") {
             continue;
         }
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();

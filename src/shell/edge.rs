@@ -494,6 +494,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 shared.guard.clone(),
                 shared.shutdown.clone(),
                 seed_port,
+                relay_workers(relay.workers),
             )
             .await
             .map_err(|source| StartError::Bind {
@@ -600,4 +601,14 @@ fn local_addr(l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartErr
         what: "local address",
         source,
     })
+}
+
+/// The relay's worker threads: as configured, or one per two cores (at least one): the
+/// tokio runtime keeps the others for SIP, TLS and the client-facing sockets.
+fn relay_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores.div_ceil(2).max(1)
 }

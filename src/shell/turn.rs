@@ -34,10 +34,12 @@ use crate::core::turn::server::{
 mod relay;
 mod stats;
 mod tcp;
+mod worker;
 
 pub use stats::{TurnStats, TCP_REFUSAL_LABELS};
 pub use tcp::TcpLimits;
 use tcp::TcpQueue;
+use worker::{RelaySocket, Workers};
 
 /// The running relay.
 pub struct Turn {
@@ -60,7 +62,9 @@ pub struct Turn {
     /// Client-facing sockets by local address (a 5-tuple's server side).
     listeners: HashMap<SocketAddr, Arc<BatchSocket>>,
     /// Relayed sockets: read on every relayed packet, written only when one opens or closes.
-    relays: std::sync::RwLock<HashMap<SocketAddr, (Arc<BatchSocket>, tokio::task::AbortHandle)>>,
+    relays: std::sync::RwLock<HashMap<SocketAddr, Arc<RelaySocket>>>,
+    /// The threads that read the relayed sockets (what peers send).
+    workers: Workers,
     /// Writers of TURN-over-TCP clients, by 5-tuple.
     tcp_clients: Mutex<HashMap<FiveTuple, TcpQueue>>,
     pub stats: TurnStats,
@@ -137,11 +141,8 @@ impl Turn {
         self.read_server().reservations()
     }
 
-    fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<BatchSocket>> {
-        self.relays
-            .read_unpoisoned()
-            .get(&relay)
-            .map(|(s, _)| s.clone())
+    fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<RelaySocket>> {
+        self.relays.read_unpoisoned().get(&relay).cloned()
     }
 
     fn auth<'a>(&'a self, ring: &'a Ring) -> AuthContext<'a> {
@@ -206,20 +207,15 @@ impl Turn {
                 }
                 Output::ToPeer { relay, peer, bytes } => {
                     if let Some(sock) = self.relay_socket(relay) {
-                        let sent = sock.send(peer, &bytes, None).await;
+                        let sent = sock.try_send(peer, &bytes, None);
                         self.stats.sent(sent, true, 1, bytes.len());
                     }
                 }
-                Output::OpenRelay { relay } => match bind_udp(relay).and_then(BatchSocket::new) {
+                Output::OpenRelay { relay } => match RelaySocket::bind(relay) {
                     Ok(sock) => {
                         let sock = Arc::new(sock);
-                        let this = self.clone();
-                        let reader = sock.clone();
-                        let task = self
-                            .tasks
-                            .lock_unpoisoned()
-                            .spawn(this.relay_task(relay, reader));
-                        self.relays.write_unpoisoned().insert(relay, (sock, task));
+                        self.relays.write_unpoisoned().insert(relay, sock.clone());
+                        self.workers.add(sock);
                     }
                     Err(e) => {
                         tracing::warn!(%relay, error = %e, "cannot bind a relayed socket");
@@ -230,8 +226,8 @@ impl Turn {
                     }
                 },
                 Output::CloseRelay { relay } => {
-                    if let Some((_, task)) = self.relays.write_unpoisoned().remove(&relay) {
-                        task.abort();
+                    if self.relays.write_unpoisoned().remove(&relay).is_some() {
+                        self.workers.remove(relay);
                     }
                 }
             }
@@ -287,6 +283,7 @@ impl Turn {
                 _ = self.earlier_deadline.notified() => continue,
                 _ = shutdown.changed() => {
                     self.tasks.lock_unpoisoned().abort_all();
+                    self.workers.stop();
                     return;
                 }
             }
@@ -323,6 +320,7 @@ pub async fn start(
     guard: Arc<SourceGuard>,
     shutdown: watch::Receiver<bool>,
     seed: u16,
+    workers: usize,
 ) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>)> {
     let mut tcp = Vec::new();
     for &(addr, origin) in listen_tcp {
@@ -350,7 +348,12 @@ pub async fn start(
         listeners.insert(local, sock.clone());
         bound.push(local);
     }
-    let turn = Arc::new(Turn {
+    let mut failed = None;
+    let turn = Arc::new_cyclic(|weak| Turn {
+        workers: Workers::start(workers, weak.clone()).unwrap_or_else(|e| {
+            failed = Some(e);
+            Workers::none()
+        }),
         server: std::sync::RwLock::new(Server::new(cfg, seed, clock::now())),
         ring,
         nonces: Nonces::new(
@@ -375,6 +378,9 @@ pub async fn start(
         earlier_deadline: Notify::new(),
         asks: Mutex::new(None),
     });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     {
         let mut tasks = turn.tasks.lock_unpoisoned();
         for (sock, origin) in sockets {

@@ -99,6 +99,26 @@ impl BatchSocket {
     }
 }
 
+impl BatchSocket {
+    /// Sends like [`BatchSocket::send`] without waiting (from a relay worker's thread): a
+    /// full socket buffer is an error and the datagram is dropped.
+    pub fn try_send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        self.state.try_send((&self.io).into(), &transmit)
+    }
+}
+
 /// The datagrams in a received buffer: GRO trains split at their stride.
 pub fn datagrams(buf: &[u8], meta: &RecvMeta) -> impl Iterator<Item = std::ops::Range<usize>> {
     let len = meta.len.min(buf.len());

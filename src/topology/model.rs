@@ -157,6 +157,8 @@ pub struct Relay {
     /// Permissions and channels one allocation may hold.
     pub max_permissions_per_allocation: usize,
     pub max_channels_per_allocation: usize,
+    /// Threads that read the relayed sockets (0: one per two cores, at least one).
+    pub workers: usize,
 }
 
 /// The zone a relay listener serves, from the interface its address is on.
@@ -225,6 +227,7 @@ impl Relay {
             unauthenticated_bytes_per_second: 8 * 1024,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
+            workers: 0,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The UDP paths of the relay: client-facing sockets read in batches, their relay-path
 //! packets (ChannelData, Send indications) routed under one read lock and sent to peers
 //! straight from the receive buffers (equal-sized runs as one GSO send), the rest through
-//! the general path; and each relayed socket's loop, which frames what peers send for
-//! their client in place (GRO trains out as one GSO send).
+//! the general path; and what the relay workers read from peers, framed for the client in
+//! place (GRO trains out as one GSO send).
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -21,8 +21,7 @@ use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
 use crate::shell::udp::{self, BatchSocket, CLIENT_BATCH, MAX_DATAGRAM};
 
-/// The ChannelData header the hot path writes in front of a peer's datagram.
-const HEADER: usize = crate::core::turn::channel::HEADER_LEN;
+use super::worker::HEADER;
 
 /// A run of relayed payloads with one destination and one size, gathered for one GSO send.
 struct Run {
@@ -100,7 +99,7 @@ impl Turn {
                         next += 1;
                     }
                 }
-                self.send_to_peers(&bufs, &routes, &mut gather).await;
+                self.send_to_peers(&bufs, &routes, &mut gather);
                 // The general path for the packet that stopped the run.
                 if let Some((i, r)) = datagrams.get(next) {
                     let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
@@ -129,9 +128,10 @@ impl Turn {
         }
     }
 
-    /// Sends routed payloads to their peers: a run of equal-sized payloads to one peer as
-    /// one GSO send (gathered), anything else straight from the receive buffer.
-    async fn send_to_peers(
+    /// Sends routed payloads to their peers, without waiting (a full socket buffer drops
+    /// the packet): a run of equal-sized payloads to one peer as one GSO send (gathered),
+    /// anything else straight from the receive buffer.
+    fn send_to_peers(
         &self,
         bufs: &[IoSliceMut<'_>],
         routes: &[(usize, Route)],
@@ -166,68 +166,44 @@ impl Turn {
             }
             let bytes = run.size * run.count;
             let sent = if run.count == 1 {
-                sock.send(run.peer, payload(first), None).await
+                sock.try_send(run.peer, payload(first), None)
             } else {
                 gather.clear();
                 for r in routes.iter().skip(k).take(run.count) {
                     gather.extend_from_slice(payload(r));
                 }
-                sock.send(run.peer, gather, Some(run.size)).await
+                sock.try_send(run.peer, gather, Some(run.size))
             };
             self.stats.sent(sent, true, run.count, bytes);
             k += run.count;
         }
     }
 
-    /// The relay loop, boxed with an explicit `Send`: it and `execute` call each other, and
-    /// naming the type here ends the cycle the compiler cannot see through.
-    pub(super) fn relay_task(
-        self: Arc<Self>,
+    /// A datagram (or GRO train) a relay worker read from a peer on `relay`, at
+    /// `storage[HEADER..HEADER + meta.len]`, to its client.
+    pub(super) fn peer_datagram(
+        &self,
         relay: SocketAddr,
-        sock: Arc<BatchSocket>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(self.relay_loop(relay, sock))
-    }
-
-    /// A relayed socket: what its peers send goes to the client. One buffer per read
-    /// (an allocation has few peers; batching pays on the client-facing sockets), received
-    /// `HEADER` bytes in so a ChannelData header is written in front in place; a GRO train
-    /// goes out as one GSO send.
-    async fn relay_loop(self: Arc<Self>, relay: SocketAddr, sock: Arc<BatchSocket>) {
-        let mut storage = vec![0u8; HEADER + MAX_DATAGRAM];
-        let mut meta = [RecvMeta::default()];
-        let mut scratch: Vec<u8> = Vec::with_capacity(256);
-        let mut gather: Vec<u8> = Vec::new();
-        loop {
-            let received = {
-                let mut bufs = [IoSliceMut::new(
-                    storage.get_mut(HEADER..).unwrap_or_default(),
-                )];
-                sock.recv(&mut bufs, &mut meta).await
-            };
-            if !matches!(received, Ok(1)) {
-                continue;
-            }
-            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
-            let [meta] = meta;
-            let peer = meta.addr;
-            let body = storage.get(HEADER..).unwrap_or_default();
-            let segments = udp::datagrams(body, &meta).count();
-            self.stats
-                .peer_packets
-                .fetch_add(segments as u64, Ordering::Relaxed);
-            if segments == 1 {
-                self.one_to_client(relay, peer, meta.len, &mut storage, &mut scratch)
-                    .await;
-            } else {
-                self.train_to_client(relay, peer, &storage, &meta, &mut scratch, &mut gather)
-                    .await;
-            }
+        meta: &RecvMeta,
+        storage: &mut [u8],
+        scratch: &mut Vec<u8>,
+        gather: &mut Vec<u8>,
+    ) {
+        self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+        let body = storage.get(HEADER..).unwrap_or_default();
+        let segments = udp::datagrams(body, meta).count();
+        self.stats
+            .peer_packets
+            .fetch_add(segments as u64, Ordering::Relaxed);
+        if segments == 1 {
+            self.one_to_client(relay, meta.addr, meta.len, storage, scratch);
+        } else {
+            self.train_to_client(relay, meta.addr, storage, meta, scratch, gather);
         }
     }
 
     /// One datagram from a peer (at `storage[HEADER..HEADER + len]`) to its client.
-    async fn one_to_client(
+    fn one_to_client(
         &self,
         relay: SocketAddr,
         peer: SocketAddr,
@@ -260,7 +236,7 @@ impl Turn {
             ToClient::Indication => scratch,
         };
         if let Some(sock) = self.listeners.get(&tuple.server) {
-            let sent = sock.send(tuple.client, frame, None).await;
+            let sent = sock.try_send(tuple.client, frame, None);
             self.stats.sent(sent, false, 1, len);
         }
     }
@@ -268,7 +244,7 @@ impl Turn {
     /// A GRO train from one peer (equal-sized datagrams, the last maybe shorter) to its
     /// client: each framed into `gather`, sent as one GSO send when every one went on a
     /// channel to a UDP client, one by one otherwise.
-    async fn train_to_client(
+    fn train_to_client(
         &self,
         relay: SocketAddr,
         peer: SocketAddr,
@@ -303,7 +279,7 @@ impl Turn {
                     if tuple.transport == Transport::Tcp {
                         self.to_tcp_client(&tuple, scratch.clone());
                     } else if let Some(sock) = self.listeners.get(&tuple.server) {
-                        let sent = sock.send(tuple.client, scratch, None).await;
+                        let sent = sock.try_send(tuple.client, scratch, None);
                         self.stats.sent(sent, false, 1, data.len());
                     }
                 }
@@ -318,11 +294,11 @@ impl Turn {
         // has the stride's size.
         let segment = HEADER + meta.stride.max(1);
         let sent = if count > 1 && count <= sock.max_segments() {
-            sock.send(tuple.client, gather, Some(segment)).await
+            sock.try_send(tuple.client, gather, Some(segment))
         } else {
             let mut result = Ok(());
             for frame in gather.chunks(segment) {
-                result = result.and(sock.send(tuple.client, frame, None).await);
+                result = result.and(sock.try_send(tuple.client, frame, None));
             }
             result
         };

@@ -35,6 +35,7 @@ pub(super) const RELAY_KEYS: &[&str] = &[
     "unauthenticated_bytes_per_second",
     "max_permissions_per_allocation",
     "max_channels_per_allocation",
+    "workers",
 ];
 
 /// `Some(None)` without a `[relay]` table; `None` on a problem.
@@ -133,6 +134,7 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
             .unwrap_or(64);
     let max_channels_per_allocation =
         usize::try_from(doc.integer(s, "max_channels_per_allocation", (1, 4096), 64)).unwrap_or(64);
+    let workers = usize::try_from(doc.integer(s, "workers", (0, 64), 0)).unwrap_or(0);
     Some(Some(Relay {
         host: host?,
         udp_port,
@@ -162,6 +164,7 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
         unauthenticated_bytes_per_second,
         max_permissions_per_allocation,
         max_channels_per_allocation,
+        workers,
     }))
 }
 
