@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::servers::cpu_ticks;
+use super::servers::{cpu_ticks, udp_drops};
 use super::turn::{payload_of, stamp, stamp_of, stream_frame_len, Client, Io};
 
 /// How long receivers keep listening after the last packet was sent.
@@ -60,6 +60,9 @@ pub struct Measured {
     pub skipped: u64,
     pub echo_failures: u64,
     pub foreign: u64,
+    /// Datagrams the kernel dropped on the server's UDP sockets during the window (its
+    /// receive queues overflowed: the server fell behind).
+    pub server_drops: Option<u64>,
 }
 
 struct Shared {
@@ -388,8 +391,10 @@ pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
     };
     sleep_until(start_ns);
     let (t0, cpu0, gen0) = (Instant::now(), cpu_ticks(&pid), cpu_ticks("self"));
+    let drops0 = udp_drops(p.server_pid);
     sleep_until(end_ns);
     let (t1, cpu1, gen1) = (Instant::now(), cpu_ticks(&pid), cpu_ticks("self"));
+    let drops1 = udp_drops(p.server_pid);
     let sent = sending.join().map_err(|_| "the pacing thread panicked")?;
     receiving
         .join()
@@ -418,5 +423,6 @@ pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
         skipped: sent.skipped,
         echo_failures: shared.echo_failures.into_inner(),
         foreign: shared.foreign.into_inner(),
+        server_drops: drops0.zip(drops1).map(|(a, b)| b.saturating_sub(a)),
     })
 }

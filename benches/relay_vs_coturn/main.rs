@@ -292,6 +292,9 @@ fn describe(r: &Run, label: &str) -> String {
         opt(r.rss_per_alloc, 1),
         m.gen_cpu_s,
     );
+    if let Some(drops) = m.server_drops.filter(|&d| d > 0) {
+        let _ = write!(s, " [server UDP sockets dropped {drops}]");
+    }
     if m.send_failures + m.skipped + m.echo_failures + m.foreign > 0 {
         let _ = write!(
             s,

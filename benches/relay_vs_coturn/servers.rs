@@ -324,3 +324,36 @@ pub fn coturn_threads_line(log: &Path) -> Option<String> {
         .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
 }
+
+/// Datagrams the kernel dropped on a process's UDP sockets so far (full receive queues):
+/// the `drops` column of `/proc/net/udp{,6}` for the socket inodes among its descriptors.
+pub fn udp_drops(pid: u32) -> Option<u64> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if let Some(inode) = target.to_str().and_then(|t| {
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        }) {
+            inodes.insert(inode);
+        }
+    }
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(inode), Some(d)) = (f.get(9), f.get(12)) else {
+                continue;
+            };
+            if inode.parse::<u64>().is_ok_and(|i| inodes.contains(&i)) {
+                drops += d.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(drops)
+}
