@@ -1,0 +1,501 @@
+//! sipedge's TURN relay against coturn on the same load, in the same run, alternating:
+//! for each mode (UDP channels, Send/Data indications, TURN over TCP) and each rate, coturn
+//! then sipedge, `--rounds` times, each a fresh server process measured on its own from
+//! `/proc/<pid>/stat` (utime + stime of every thread). The load generator is this process.
+//!
+//! Load: `--clients` clients from 127.0.0.4, each with an allocation and a channel (or a
+//! permission) to its own peer socket on 127.0.0.6; the clients together send `rate`
+//! packets per second of `--size` bytes (a stamp of send time and sequence first), each peer
+//! echoes every packet back through the relay. So the relay forwards 2 × rate packets a
+//! second, each hop (client → peer, peer → client) counting once.
+//!
+//! Run: `cargo bench --bench relay_vs_coturn -- [--modes channel,send,tcp]
+//! [--rates 5000,20000,50000] [--rounds 3] [--seconds 10] [--clients 50]`; see
+//! benches/README.md. All traffic on loopback; every process started is killed by its PID.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    unreachable_pub
+)]
+
+mod load;
+mod servers;
+mod turn;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use servers::Kind;
+use sipedge::core::{credentials, keyring::Ring};
+use sipedge::shell::keyfile;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// ChannelData over UDP.
+    Channel,
+    /// Send indications in, Data indications out, over UDP.
+    Send,
+    /// TURN over TCP, ChannelData framed on the stream (the relay is still UDP).
+    Tcp,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Channel => "channel",
+            Mode::Send => "send",
+            Mode::Tcp => "tcp",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "channel" => Ok(Mode::Channel),
+            "send" => Ok(Mode::Send),
+            "tcp" => Ok(Mode::Tcp),
+            other => Err(format!("unknown mode {other:?} (channel, send, tcp)")),
+        }
+    }
+}
+
+struct Args {
+    modes: Vec<Mode>,
+    rates: Vec<u64>,
+    servers: Vec<Kind>,
+    clients: usize,
+    rounds: usize,
+    seconds: f64,
+    warmup: f64,
+    size: usize,
+    tick_us: u64,
+    coturn_relay_threads: Option<u32>,
+    turnserver: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: cargo bench --bench relay_vs_coturn -- [--modes channel,send,tcp] \
+     [--rates 5000,20000,50000] [--rounds 3] [--seconds 10] [--warmup 2] [--clients 50] \
+     [--size 182] [--tick-us 200] [--servers coturn,sipedge] [--coturn-relay-threads N] \
+     [--turnserver PATH]";
+
+fn list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    s.split(',').filter(|p| !p.is_empty()).map(f).collect()
+}
+
+fn rate(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1000),
+        None => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .map(|v| v * mult)
+        .map_err(|e| format!("rate {s:?}: {e}"))
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        modes: vec![Mode::Channel, Mode::Send, Mode::Tcp],
+        rates: vec![5_000, 20_000, 50_000],
+        servers: vec![Kind::Coturn, Kind::Sipedge],
+        clients: 50,
+        rounds: 3,
+        seconds: 10.0,
+        warmup: 2.0,
+        size: 182,
+        tick_us: 200,
+        coturn_relay_threads: None,
+        turnserver: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+        match arg.as_str() {
+            "--modes" => a.modes = list(&value()?, Mode::parse)?,
+            "--rates" => a.rates = list(&value()?, rate)?,
+            "--servers" => {
+                a.servers = list(&value()?, |s| match s {
+                    "coturn" => Ok(Kind::Coturn),
+                    "sipedge" => Ok(Kind::Sipedge),
+                    other => Err(format!("unknown server {other:?}")),
+                })?
+            }
+            "--clients" => a.clients = num(value()?)? as usize,
+            "--rounds" => a.rounds = num(value()?)? as usize,
+            "--seconds" => a.seconds = num(value()?)?,
+            "--warmup" => a.warmup = num(value()?)?,
+            "--size" => a.size = num(value()?)? as usize,
+            "--tick-us" => a.tick_us = num(value()?)? as u64,
+            "--coturn-relay-threads" => a.coturn_relay_threads = Some(num(value()?)? as u32),
+            "--turnserver" => a.turnserver = Some(PathBuf::from(value()?)),
+            // cargo passes --bench to harness = false targets.
+            "--bench" => {}
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.modes.is_empty() || a.rates.is_empty() || a.servers.is_empty() {
+        return Err("--modes, --rates and --servers need at least one value each".into());
+    }
+    if !(1..=1000).contains(&a.clients) || !(1..=100).contains(&a.rounds) {
+        return Err("--clients must be in 1..=1000, --rounds in 1..=100".into());
+    }
+    if !(1.0..=600.0).contains(&a.seconds) || !(0.0..=60.0).contains(&a.warmup) {
+        return Err("--seconds must be in [1, 600], --warmup in [0, 60]".into());
+    }
+    if !(turn::STAMP_LEN..=1400).contains(&a.size) {
+        return Err(format!("--size must be in {}..=1400", turn::STAMP_LEN));
+    }
+    if a.rates.iter().any(|&r| !(1..=500_000).contains(&r)) || !(10..=10_000).contains(&a.tick_us) {
+        return Err("rates must be in 1..=500000 pps, --tick-us in 10..=10000".into());
+    }
+    Ok(a)
+}
+
+fn tool_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// One server's run at one mode and rate.
+struct Run {
+    kind: Kind,
+    mode: Mode,
+    rate: u64,
+    m: load::Measured,
+    /// Resident memory the allocations added, per allocation (KiB).
+    rss_per_alloc: Option<f64>,
+}
+
+impl Run {
+    fn relayed(&self) -> u64 {
+        self.m.at_peers + self.m.at_clients
+    }
+    fn per_cpu_s(&self) -> f64 {
+        self.relayed() as f64 / self.m.cpu_s.max(1e-9)
+    }
+    fn loss(&self) -> f64 {
+        100.0 * (1.0 - self.m.came_back as f64 / self.m.sent.max(1) as f64)
+    }
+    fn loss_to_peer(&self) -> f64 {
+        100.0 * (1.0 - self.m.reached_peer as f64 / self.m.sent.max(1) as f64)
+    }
+    fn rtt(&self, q: f64) -> Option<u32> {
+        let r = &self.m.rtts;
+        (!r.is_empty()).then(|| r[((r.len() - 1) as f64 * q).round() as usize])
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+struct Context {
+    args: Args,
+    setup: servers::Setup,
+    ring: Ring,
+    ticks_per_second: f64,
+    /// The first command line of each server and what it said about its threads.
+    commands: Vec<(Kind, String, String)>,
+}
+
+fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Result<Run, String> {
+    let server = servers::start(&ctx.setup, kind, n)?;
+    let rss_ready = servers::status_field(server.pid, "VmRSS");
+    let now = sipedge::shell::clock::now_unix();
+    let mut clients = Vec::with_capacity(ctx.args.clients);
+    for i in 0..ctx.args.clients {
+        // One user per client: the per-user quota is not what is measured.
+        let cred = credentials::mint(&ctx.ring, &format!("load{i}@sipedge.test"), 3600, now)
+            .map_err(|e| format!("mint: {e}"))?;
+        let client = turn::setup(
+            i,
+            mode,
+            server.addr,
+            (&cred.username, &cred.password),
+            ctx.args.size,
+        )
+        .map_err(|e| format!("{} client {i}: {e}", kind.name()))?;
+        clients.push(client);
+    }
+    let rss_allocated = servers::status_field(server.pid, "VmRSS");
+    if !ctx.commands.iter().any(|(k, _, _)| *k == kind) {
+        let threads =
+            servers::status_field(server.pid, "Threads").map_or("?".into(), |t| t.to_string());
+        let mut about = format!("{threads} threads in the process");
+        if kind == Kind::Coturn {
+            if let Some(line) = servers::coturn_threads_line(&server.log) {
+                let _ = write!(about, "; its log: {line}");
+            }
+        }
+        ctx.commands.push((kind, server.command.clone(), about));
+    }
+    let params = load::Params {
+        rate,
+        warmup: Duration::from_secs_f64(ctx.args.warmup),
+        seconds: Duration::from_secs_f64(ctx.args.seconds),
+        tick: Duration::from_micros(ctx.args.tick_us),
+        server: server.addr,
+        server_pid: server.pid,
+        ticks_per_second: ctx.ticks_per_second,
+    };
+    let m = load::run(clients, &params)?;
+    drop(server);
+    let rss_per_alloc = rss_ready
+        .zip(rss_allocated)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / ctx.args.clients as f64);
+    Ok(Run {
+        kind,
+        mode,
+        rate,
+        m,
+        rss_per_alloc,
+    })
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn describe(r: &Run, label: &str) -> String {
+    let m = &r.m;
+    let mut s = format!(
+        "{label} {:<7} offered {:>6.0}/s relayed {:>7.0}/s CPU {:>5.2} s = {:>7.0} pkts/CPU-s \
+         loss {:.2}% (to peer {:.2}%) rtt p50 {} p99 {} µs RSS {} KiB/alloc gen CPU {:.2} s",
+        r.kind.name(),
+        m.sent as f64 / m.window_s.max(1e-9),
+        r.relayed() as f64 / m.window_s.max(1e-9),
+        m.cpu_s,
+        r.per_cpu_s(),
+        r.loss(),
+        r.loss_to_peer(),
+        r.rtt(0.5).map_or("-".into(), |v| v.to_string()),
+        r.rtt(0.99).map_or("-".into(), |v| v.to_string()),
+        opt(r.rss_per_alloc, 1),
+        m.gen_cpu_s,
+    );
+    if let Some(drops) = m.server_drops.filter(|&d| d > 0) {
+        let _ = write!(s, " [server UDP sockets dropped {drops}]");
+    }
+    if m.send_failures + m.skipped + m.echo_failures + m.foreign > 0 {
+        let _ = write!(
+            s,
+            " [generator: {} send failures, {} skipped, {} echo failures, {} foreign frames]",
+            m.send_failures, m.skipped, m.echo_failures, m.foreign
+        );
+    }
+    s
+}
+
+fn summary(ctx: &Context, runs: &[Run]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMedians over rounds (pkts/CPU-s = packets relayed, each hop once, per server CPU-second; \
+         ratio = sipedge / coturn; loss = round-trip; rtt p50/p99 in µs):\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>6} | {:>10} {:>10} {:>6} | {:>12} {:>12} | {:>7} {:>7} | {:>11} {:>11} | {:>9} {:>9}",
+        "mode", "pps", "coturn", "sipedge", "ratio", "coturn CPU-s", "sipedge CPU-s",
+        "loss c%", "loss s%", "rtt c", "rtt s", "KiB/al c", "KiB/al s"
+    );
+    for &mode in &ctx.args.modes {
+        for &rate in &ctx.args.rates {
+            let of = |kind: Kind, f: &dyn Fn(&Run) -> Option<f64>| {
+                median(
+                    runs.iter()
+                        .filter(|r| r.kind == kind && r.mode == mode && r.rate == rate)
+                        .filter_map(f)
+                        .collect(),
+                )
+            };
+            let pc = |k| of(k, &|r| Some(r.per_cpu_s()));
+            let (c, s) = (pc(Kind::Coturn), pc(Kind::Sipedge));
+            let ratio = c.zip(s).map(|(c, s)| s / c);
+            let rtt = |k| {
+                let p50 = of(k, &|r| r.rtt(0.5).map(f64::from));
+                let p99 = of(k, &|r| r.rtt(0.99).map(f64::from));
+                format!("{}/{}", opt(p50, 0), opt(p99, 0))
+            };
+            let _ = writeln!(
+                out,
+                "{:<8} {:>6} | {:>10} {:>10} {:>6} | {:>12} {:>12} | {:>7} {:>7} | {:>11} {:>11} | {:>9} {:>9}",
+                mode.name(),
+                rate,
+                opt(c, 0),
+                opt(s, 0),
+                opt(ratio, 2),
+                opt(of(Kind::Coturn, &|r| Some(r.m.cpu_s)), 2),
+                opt(of(Kind::Sipedge, &|r| Some(r.m.cpu_s)), 2),
+                opt(of(Kind::Coturn, &|r| Some(r.loss())), 2),
+                opt(of(Kind::Sipedge, &|r| Some(r.loss())), 2),
+                rtt(Kind::Coturn),
+                rtt(Kind::Sipedge),
+                opt(of(Kind::Coturn, &|r| r.rss_per_alloc), 1),
+                opt(of(Kind::Sipedge, &|r| r.rss_per_alloc), 1),
+            );
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(turnserver) = args
+        .turnserver
+        .clone()
+        .or_else(|| tool_on_path("turnserver"))
+    else {
+        eprintln!("turnserver not found: apt-get install -y coturn (or --turnserver PATH)");
+        return ExitCode::from(2);
+    };
+    let sipedge_bin = PathBuf::from(env!("CARGO_BIN_EXE_sipedge"));
+    let dir = tempfile::Builder::new()
+        .prefix("relay-vs-coturn")
+        .tempdir()
+        .expect("temporary directory");
+    let now = sipedge::shell::clock::now_unix();
+    let secret: String = keyfile::random_secret()
+        .expect("random secret")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut ring = Ring::default();
+    ring.import(&secret, now).expect("a ring with the secret");
+    let ring_path = dir.path().join("ring.toml");
+    keyfile::store(&ring_path, &ring, true).expect("ring file");
+    let ring = keyfile::load(&ring_path).expect("ring loads");
+
+    let total_runs = args.modes.len() * args.rates.len() * args.rounds * args.servers.len();
+    let per_run = args.warmup + args.seconds + 2.5;
+    println!(
+        "relay_vs_coturn: coturn {} vs sipedge {} ({}); kernel {}, {} CPUs",
+        servers::coturn_version(&turnserver),
+        servers::sipedge_commit(),
+        sipedge_bin.display(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "load: {} clients from {} (UDP or TCP), each with its own peer on {}; `pps` = packets per \
+         second client → peer, all clients together, {} bytes each; every peer echoes, so the \
+         relay forwards 2 × pps. Warm-up {} s, timed window {} s, {} round(s); {} runs, ~{:.0} min.",
+        args.clients,
+        servers::CLIENT_IP,
+        servers::PEER_IP,
+        args.size,
+        args.warmup,
+        args.seconds,
+        args.rounds,
+        total_runs,
+        total_runs as f64 * per_run / 60.0,
+    );
+    for &rate in &args.rates {
+        let kbps = rate as f64 / args.clients as f64 * (args.size + 4) as f64 * 8.0 / 1000.0;
+        if kbps > 2700.0 {
+            println!(
+                "warning: {rate} pps over {} clients is {kbps:.0} kbit/s per allocation, near or \
+                 over sipedge's default cap (relay.max_kbps_per_allocation = 3000): use more \
+                 --clients",
+                args.clients
+            );
+        }
+    }
+    let mut ctx = Context {
+        setup: servers::Setup {
+            dir: dir.path().to_path_buf(),
+            turnserver,
+            sipedge: sipedge_bin,
+            secret,
+            ring: ring_path,
+            coturn_relay_threads: args.coturn_relay_threads,
+        },
+        ring,
+        ticks_per_second: servers::clock_ticks_per_second(),
+        commands: Vec::new(),
+        args,
+    };
+
+    let mut runs = Vec::new();
+    let mut failures = 0;
+    let mut n = 0;
+    let (modes, rates, servers_, rounds) = (
+        ctx.args.modes.clone(),
+        ctx.args.rates.clone(),
+        ctx.args.servers.clone(),
+        ctx.args.rounds,
+    );
+    for &mode in &modes {
+        for &rate in &rates {
+            for round in 1..=rounds {
+                for &kind in &servers_ {
+                    n += 1;
+                    let label = format!(
+                        "[{n:>2}/{total_runs}] {:<7} {:>6} pps round {round}:",
+                        mode.name(),
+                        rate
+                    );
+                    match one_run(&mut ctx, kind, mode, rate, n) {
+                        Ok(run) => {
+                            println!("{}", describe(&run, &label));
+                            runs.push(run);
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            println!("{label} {:<7} FAILED: {e}", kind.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    print!("{}", summary(&ctx, &runs));
+    println!("\nServers as started (the secret shown as SECRET):");
+    for (kind, command, about) in &ctx.commands {
+        println!("  {}: {command}\n    {about}", kind.name());
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.path().join("sipedge.toml")) {
+        println!("  sipedge topology (last run):");
+        for line in text.lines() {
+            println!("    {line}");
+        }
+    }
+    if failures > 0 {
+        println!(
+            "{failures} run(s) failed; logs kept in {}",
+            dir.keep().display()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
