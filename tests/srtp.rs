@@ -14,7 +14,7 @@ use sipedge::core::turn::encode::Writer;
 use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
 use sipedge::core::turn::stun::{attr, Class};
 use sipedge::shell;
-use sipedge::shell::udp::{self, BatchSocket};
+use sipedge::shell::udp;
 use sipedge::topology::{KeysSource, Relay};
 use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
@@ -199,6 +199,64 @@ fn frames(count: u16, len: usize) -> Vec<Vec<u8>> {
             f
         })
         .collect()
+}
+
+/// A test client's UDP socket with quinn-udp's batched receive and segmented send (GSO),
+/// on tokio's readiness.
+struct BatchSocket {
+    io: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl BatchSocket {
+    fn new(io: UdpSocket) -> std::io::Result<BatchSocket> {
+        let state = quinn_udp::UdpSocketState::new((&io).into())?;
+        Ok(BatchSocket { io, state })
+    }
+
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    async fn send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> std::io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        loop {
+            self.io.writable().await?;
+            match self.io.try_io(tokio::io::Interest::WRITABLE, || {
+                self.state.try_send((&self.io).into(), &transmit)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn recv(
+        &self,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn_udp::RecvMeta],
+    ) -> std::io::Result<usize> {
+        loop {
+            self.io.readable().await?;
+            match self.io.try_io(tokio::io::Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
 }
 
 /// Sends equal-sized datagrams as GSO trains of up to 10 where the kernel offers it.

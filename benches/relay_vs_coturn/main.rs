@@ -75,12 +75,14 @@ struct Args {
     tick_us: u64,
     coturn_relay_threads: Option<u32>,
     turnserver: Option<PathBuf>,
+    /// Another sipedge binary (an older commit's, for an A/B against the same coturn).
+    sipedge: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench relay_vs_coturn -- [--modes channel,send,tcp] \
      [--rates 5000,20000,50000] [--rounds 3] [--seconds 10] [--warmup 2] [--clients 50] \
      [--size 182] [--tick-us 200] [--servers coturn,sipedge] [--coturn-relay-threads N] \
-     [--turnserver PATH]";
+     [--turnserver PATH] [--sipedge PATH]";
 
 fn list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     s.split(',').filter(|p| !p.is_empty()).map(f).collect()
@@ -110,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
         tick_us: 200,
         coturn_relay_threads: None,
         turnserver: None,
+        sipedge: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -133,6 +136,7 @@ fn parse_args() -> Result<Args, String> {
             "--tick-us" => a.tick_us = num(value()?)? as u64,
             "--coturn-relay-threads" => a.coturn_relay_threads = Some(num(value()?)? as u32),
             "--turnserver" => a.turnserver = Some(PathBuf::from(value()?)),
+            "--sipedge" => a.sipedge = Some(PathBuf::from(value()?)),
             // cargo passes --bench to harness = false targets.
             "--bench" => {}
             "-h" | "--help" => return Err(String::new()),
@@ -377,7 +381,10 @@ fn main() -> ExitCode {
         eprintln!("turnserver not found: apt-get install -y coturn (or --turnserver PATH)");
         return ExitCode::from(2);
     };
-    let sipedge_bin = PathBuf::from(env!("CARGO_BIN_EXE_sipedge"));
+    let sipedge_bin = args
+        .sipedge
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sipedge")));
     let dir = tempfile::Builder::new()
         .prefix("relay-vs-coturn")
         .tempdir()

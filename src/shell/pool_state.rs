@@ -355,7 +355,7 @@ pub async fn run(
         // Alone again: only what this member holds counts, and nothing is asked.
         if let Some(turn) = &turn {
             turn.set_pool_holds([]);
-            turn.set_pool_up(false).await;
+            turn.set_pool_up(false);
         }
         if state.set(PoolStatus::Degraded) == PoolStatus::Degraded {
             backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -415,7 +415,7 @@ async fn serve(
             while asks.try_recv().is_ok() {}
         }
         holds.refresh(&mut conn, turn, &mut reported).await?;
-        turn.set_pool_up(true).await;
+        turn.set_pool_up(true);
     }
 
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
@@ -471,7 +471,7 @@ async fn serve(
                     let (turn, holds, mut conn) = (turn.clone(), holds.clone(), conn.clone());
                     tokio::spawn(async move {
                         let verdict = holds.ask(&mut conn, &ask).await;
-                        turn.pool_answer(ask.id, verdict).await;
+                        turn.pool_answer(ask.id, verdict);
                     });
                 }
             }

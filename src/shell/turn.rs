@@ -14,13 +14,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::clock;
 use super::ring::SharedRing;
-use super::udp::BatchSocket;
+use super::udp::{Bind, UdpPort};
 use crate::core::firewall::SourceGuard;
 use crate::core::keyring::Ring;
 use crate::core::turn::auth::AuthContext;
@@ -39,7 +38,7 @@ mod worker;
 pub use stats::{TurnStats, TCP_REFUSAL_LABELS};
 pub use tcp::TcpLimits;
 use tcp::TcpQueue;
-use worker::{RelaySocket, Workers};
+use worker::Workers;
 
 /// The running relay.
 pub struct Turn {
@@ -60,9 +59,9 @@ pub struct Turn {
     /// TURN-over-TCP slots of each zone (external, internal).
     tcp_slots: [Arc<Semaphore>; 2],
     /// Client-facing sockets by local address (a 5-tuple's server side).
-    listeners: HashMap<SocketAddr, Arc<BatchSocket>>,
+    listeners: HashMap<SocketAddr, Arc<UdpPort>>,
     /// Relayed sockets: read on every relayed packet, written only when one opens or closes.
-    relays: std::sync::RwLock<HashMap<SocketAddr, Arc<RelaySocket>>>,
+    relays: std::sync::RwLock<HashMap<SocketAddr, Arc<UdpPort>>>,
     /// The threads that read the relayed sockets (what peers send).
     workers: Workers,
     /// Writers of TURN-over-TCP clients, by 5-tuple.
@@ -108,18 +107,18 @@ impl Turn {
 
     /// The pool is up (new holds are asked of it) or away (decided here, and so are the
     /// asks waiting).
-    pub async fn set_pool_up(self: &Arc<Self>, up: bool) {
+    pub fn set_pool_up(&self, up: bool) {
         let mut out = Vec::new();
         self.lock_server().set_pool_asks(up, clock::now(), &mut out);
-        self.execute(out).await;
+        self.execute(out);
     }
 
     /// The pool's answer to an ask.
-    pub async fn pool_answer(self: &Arc<Self>, id: u64, verdict: PoolVerdict) {
+    pub fn pool_answer(&self, id: u64, verdict: PoolVerdict) {
         let mut out = Vec::new();
         self.lock_server()
             .pool_answer(id, verdict, clock::now(), &mut out);
-        self.execute(out).await;
+        self.execute(out);
     }
 
     /// Asks waiting for the pool's answer.
@@ -141,7 +140,7 @@ impl Turn {
         self.read_server().reservations()
     }
 
-    fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<RelaySocket>> {
+    fn relay_socket(&self, relay: SocketAddr) -> Option<Arc<UdpPort>> {
         self.relays.read_unpoisoned().get(&relay).cloned()
     }
 
@@ -169,9 +168,10 @@ impl Turn {
         }
     }
 
-    /// Carries out the core's outputs; returns the clients whose relayed socket could not
-    /// be bound (their allocation is gone and their answer withheld).
-    async fn execute(self: &Arc<Self>, outputs: Vec<Output>) -> Vec<SocketAddr> {
+    /// Carries out the core's outputs, without waiting (from a relay worker or a task);
+    /// returns the clients whose relayed socket could not be bound (their allocation is
+    /// gone and their answer withheld).
+    fn execute(&self, outputs: Vec<Output>) -> Vec<SocketAddr> {
         let mut failed: Vec<SocketAddr> = Vec::new();
         let mut outputs = std::collections::VecDeque::from(outputs);
         while let Some(o) = outputs.pop_front() {
@@ -201,7 +201,7 @@ impl Turn {
                     if tuple.transport == Transport::Tcp {
                         self.to_tcp_client(&tuple, bytes);
                     } else if let Some(sock) = self.listeners.get(&tuple.server) {
-                        let sent = sock.send(tuple.client, &bytes, None).await;
+                        let sent = sock.try_send(tuple.client, &bytes, None);
                         self.stats.sent(sent, false, 1, bytes.len());
                     }
                 }
@@ -211,7 +211,7 @@ impl Turn {
                         self.stats.sent(sent, true, 1, bytes.len());
                     }
                 }
-                Output::OpenRelay { relay } => match RelaySocket::bind(relay) {
+                Output::OpenRelay { relay } => match UdpPort::bind(relay, Bind::default()) {
                     Ok(sock) => {
                         let sock = Arc::new(sock);
                         self.relays.write_unpoisoned().insert(relay, sock.clone());
@@ -289,24 +289,14 @@ impl Turn {
             }
             let mut out = Vec::new();
             self.lock_server().expire(clock::now(), &mut out);
-            self.execute(out).await;
+            self.execute(out);
         }
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
-}
+/// The receive buffer of a client-facing UDP socket, where every client's media arrives:
+/// a few milliseconds of a busy relay (the kernel caps it at `net.core.rmem_max`).
+const LISTENER_RECV_BUFFER: usize = 4 << 20;
 
 /// Binds the listeners and starts the relay. Returns it and the bound UDP and TCP listener
 /// addresses.
@@ -326,10 +316,23 @@ pub async fn start(
     for &(addr, origin) in listen_tcp {
         tcp.push((super::listen::bind(addr)?, origin));
     }
-    let mut sockets = Vec::new();
+    // One socket per worker and address (SO_REUSEPORT spreads the clients over them by
+    // their address), the first one's port for the others when the port was left to the
+    // kernel. Any of them sends from the address: the first is kept for that.
+    let workers = workers.max(1);
+    let how = Bind {
+        reuse_port: workers > 1,
+        recv_buffer: Some(LISTENER_RECV_BUFFER),
+    };
+    let mut sockets: Vec<(Vec<Arc<UdpPort>>, Origin)> = Vec::new();
     for &(addr, origin) in listen {
-        let sock = Arc::new(BatchSocket::new(bind_udp(addr)?)?);
-        sockets.push((sock, origin));
+        let first = Arc::new(UdpPort::bind(addr, how)?);
+        let local = first.local_addr();
+        let mut all = vec![first];
+        for _ in 1..workers {
+            all.push(Arc::new(UdpPort::bind(local, how)?));
+        }
+        sockets.push((all, origin));
     }
     let now_unix = clock::now_unix();
     // The nonce key stays for the life of the process: a nonce outliving a rotation on
@@ -343,10 +346,12 @@ pub async fn start(
     let max = cfg.max_credential_lifetime_secs;
     let mut listeners = HashMap::new();
     let mut bound = Vec::new();
-    for (sock, _) in &sockets {
-        let local = sock.local_addr();
-        listeners.insert(local, sock.clone());
-        bound.push(local);
+    for (all, _) in &sockets {
+        if let Some(first) = all.first() {
+            let local = first.local_addr();
+            listeners.insert(local, first.clone());
+            bound.push(local);
+        }
     }
     let mut failed = None;
     let turn = Arc::new_cyclic(|weak| Turn {
@@ -381,10 +386,9 @@ pub async fn start(
     if let Some(e) = failed {
         return Err(e);
     }
-    {
-        let mut tasks = turn.tasks.lock_unpoisoned();
-        for (sock, origin) in sockets {
-            tasks.spawn(turn.clone().client_loop(sock, origin));
+    for (all, origin) in sockets {
+        for (i, port) in all.into_iter().enumerate() {
+            turn.workers.listen(i, port, origin);
         }
     }
     let mut bound_tcp = Vec::new();

@@ -1,47 +1,76 @@
-//! Batched UDP I/O for the relay (quinn-udp behind tokio readiness): `recvmmsg` reads many
-//! datagrams per system call, GRO lets the kernel hand over a train of equal-sized datagrams
-//! from one sender as one buffer, and GSO sends such a train to one destination in one call.
-//! Each is used where the kernel offers it; quinn-udp falls back to one datagram per call
-//! where it does not.
+//! Batched UDP I/O for the relay (quinn-udp on non-blocking sockets the relay workers
+//! watch): `recvmmsg` reads many datagrams per system call, GRO lets the kernel hand over a
+//! train of equal-sized datagrams from one sender as one buffer, and GSO sends such a train
+//! to one destination in one call. Each is used where the kernel offers it; quinn-udp falls
+//! back to one datagram per call where it does not. Nothing here waits: a read with nothing
+//! to read and a send into a full buffer return `WouldBlock` (the packet is dropped: late
+//! media is useless, and a queue would be memory a peer controls).
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// The largest UDP payload, and the room a GRO train can take (the kernel caps a
 /// coalesced buffer at 64 KiB).
 pub const MAX_DATAGRAM: usize = 65_535;
 
 /// Datagrams read per system call on a client-facing socket (where every client's media
-/// arrives) and on a relayed socket (one allocation's peers).
+/// arrives).
 pub const CLIENT_BATCH: usize = if quinn_udp::BATCH_SIZE < 16 {
     quinn_udp::BATCH_SIZE
 } else {
     16
 };
 
-/// A UDP socket with batched receive and segmented send.
-pub struct BatchSocket {
-    io: UdpSocket,
+/// How a socket is bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bind {
+    /// Several sockets on one address, the kernel spreading senders over them by their
+    /// address (`SO_REUSEPORT`: one per relay worker).
+    pub reuse_port: bool,
+    /// The receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
+    pub recv_buffer: Option<usize>,
+}
+
+/// A non-blocking UDP socket with batched receive and segmented send.
+pub struct UdpPort {
+    io: std::net::UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
 }
 
-impl BatchSocket {
-    pub fn new(io: UdpSocket) -> io::Result<BatchSocket> {
+impl UdpPort {
+    /// Binds `addr` (IPv6 only when the address is).
+    pub fn bind(addr: SocketAddr, how: Bind) -> io::Result<UdpPort> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        if how.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if let Some(size) = how.recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let io: std::net::UdpSocket = socket.into();
         let state = UdpSocketState::new((&io).into())?;
-        let local = io.local_addr()?;
         // quinn-udp turns path-MTU probing on (DF set, never fragment locally), which QUIC
         // wants. A relay forwards what it is given and RFC 8656 §14 sets DF only when the
         // client asks, so IPv4 goes back to the kernel's default.
-        if local.is_ipv4() {
+        if addr.is_ipv4() {
             use rustix::net::sockopt::{set_ip_mtu_discover, Ipv4PathMtuDiscovery};
             set_ip_mtu_discover(&io, Ipv4PathMtuDiscovery::WANT)?;
         }
-        Ok(BatchSocket { io, state, local })
+        let local = io.local_addr()?;
+        Ok(UdpPort { io, state, local })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -55,53 +84,17 @@ impl BatchSocket {
 
     /// Reads one batch: `meta[i]` describes `bufs[i]`; a buffer holds `len` bytes, which
     /// are several datagrams of `stride` bytes (the last may be shorter) when GRO merged
-    /// a train.
-    pub async fn recv(
+    /// a train. `WouldBlock` when there is nothing to read.
+    pub fn try_recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        loop {
-            self.io.readable().await?;
-            match self.io.try_io(Interest::READABLE, || {
-                self.state.recv((&self.io).into(), bufs, meta)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return result,
-            }
-        }
+        self.state.recv((&self.io).into(), bufs, meta)
     }
 
     /// Sends `contents` to `to`: one datagram, or segments of `segment` bytes (GSO; the
-    /// last may be shorter). Waits while the socket's buffer is full.
-    pub async fn send(
-        &self,
-        to: SocketAddr,
-        contents: &[u8],
-        segment: Option<usize>,
-    ) -> io::Result<()> {
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
-        };
-        loop {
-            self.io.writable().await?;
-            match self.io.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.io).into(), &transmit)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return result,
-            }
-        }
-    }
-}
-
-impl BatchSocket {
-    /// Sends like [`BatchSocket::send`] without waiting (from a relay worker's thread): a
-    /// full socket buffer is an error and the datagram is dropped.
+    /// last may be shorter). `WouldBlock` when the socket's buffer is full.
     pub fn try_send(
         &self,
         to: SocketAddr,
@@ -116,6 +109,12 @@ impl BatchSocket {
             src_ip: None,
         };
         self.state.try_send((&self.io).into(), &transmit)
+    }
+}
+
+impl AsFd for UdpPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
     }
 }
 
@@ -153,15 +152,22 @@ mod tests {
         assert_eq!(clamped, vec![Range { start: 0, end: 100 }]);
     }
 
-    #[tokio::test]
-    async fn a_batch_and_a_segmented_send_arrive_as_datagrams() {
-        let a = BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
-        let b = BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    #[test]
+    fn a_batch_and_a_segmented_send_arrive_as_datagrams() {
+        let a = UdpPort::bind("127.0.0.1:0".parse().unwrap(), Bind::default()).unwrap();
+        let b = UdpPort::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Bind {
+                reuse_port: true,
+                recv_buffer: Some(1 << 20),
+            },
+        )
+        .unwrap();
         // Three 172-byte segments in one send (GSO where offered, else one by one by
         // quinn-udp), then a lone datagram.
         let train: Vec<u8> = (0..3u8).flat_map(|i| [i; 172]).collect();
-        a.send(b.local_addr(), &train, Some(172)).await.unwrap();
-        a.send(b.local_addr(), b"last", None).await.unwrap();
+        a.try_send(b.local_addr(), &train, Some(172)).unwrap();
+        a.try_send(b.local_addr(), b"last", None).unwrap();
         let mut storage = vec![0u8; 4 * MAX_DATAGRAM];
         let mut bufs: Vec<IoSliceMut<'_>> = storage
             .chunks_mut(MAX_DATAGRAM)
@@ -169,24 +175,28 @@ mod tests {
             .collect();
         let mut metas = [RecvMeta::default(); 4];
         let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut waits = 0;
         while got.len() < 4 {
-            let n = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                b.recv(&mut bufs, &mut metas),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-            for (buf, m) in bufs.iter().zip(&metas).take(n) {
-                assert_eq!(m.addr, a.local_addr());
-                for r in datagrams(buf, m) {
+            assert!(waits < 1000, "got {} of 4 in 5 s", got.len());
+            let n = match b.try_recv(&mut bufs, &mut metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    waits += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            for (buf, meta) in bufs.iter().zip(&metas).take(n) {
+                for r in datagrams(buf, meta) {
                     got.push(buf[r].to_vec());
                 }
             }
         }
-        assert_eq!(got[0], [0u8; 172]);
-        assert_eq!(got[1], [1u8; 172]);
-        assert_eq!(got[2], [2u8; 172]);
+        assert_eq!(got.len(), 4);
+        for (i, d) in got.iter().take(3).enumerate() {
+            assert_eq!(d, &vec![i as u8; 172]);
+        }
         assert_eq!(got[3], b"last");
     }
 }

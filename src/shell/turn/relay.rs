@@ -1,16 +1,14 @@
-//! The UDP paths of the relay: client-facing sockets read in batches, their relay-path
+//! The UDP paths of the relay, as the workers run them: client-facing batches, their relay-path
 //! packets (ChannelData, Send indications) routed under one read lock and sent to peers
 //! straight from the receive buffers (equal-sized runs as one GSO send), the rest through
 //! the general path; and what the relay workers read from peers, framed for the client in
 //! place (GRO trains out as one GSO send).
 
+use quinn_udp::RecvMeta;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use quinn_udp::RecvMeta;
 
 use super::Turn;
 use crate::core::turn::channel;
@@ -19,7 +17,7 @@ use crate::core::turn::policy::Origin;
 use crate::core::turn::server::{Arrival, Dropped, FiveTuple, Route, ToClient, Transport, SEND};
 use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
-use crate::shell::udp::{self, BatchSocket, CLIENT_BATCH, MAX_DATAGRAM};
+use crate::shell::udp::{self, MAX_DATAGRAM};
 
 use super::worker::HEADER;
 
@@ -31,99 +29,99 @@ struct Run {
     count: usize,
 }
 
+/// What a worker keeps from batch to batch for its client-facing sockets: the relay path
+/// allocates nothing per packet.
+#[derive(Default)]
+pub(super) struct ClientScratch {
+    datagrams: Vec<(usize, Range<usize>)>,
+    routes: Vec<(usize, Route)>,
+    gather: Vec<u8>,
+}
+
 impl Turn {
-    /// A client-facing UDP socket. Datagrams are read in batches (recvmmsg, GRO trains
-    /// split); a run of relay-path packets (ChannelData, Send indications) is routed
-    /// under one read lock and sent straight from the receive buffers, equal-sized payloads
-    /// to one peer gathered into one GSO send; anything else takes the general path in
-    /// arrival order.
-    pub(super) async fn client_loop(self: Arc<Self>, sock: Arc<BatchSocket>, origin: Origin) {
-        let local = sock.local_addr();
-        let mut storage = vec![0u8; CLIENT_BATCH * MAX_DATAGRAM];
-        let mut bufs: Vec<IoSliceMut<'_>> = storage
-            .chunks_mut(MAX_DATAGRAM)
-            .map(IoSliceMut::new)
-            .collect();
-        let mut metas = vec![RecvMeta::default(); bufs.len()];
-        // Reused from batch to batch: the relay path allocates nothing per packet.
-        let mut datagrams: Vec<(usize, Range<usize>)> = Vec::with_capacity(4 * CLIENT_BATCH);
-        let mut routes: Vec<(usize, Route)> = Vec::with_capacity(4 * CLIENT_BATCH);
-        let mut gather: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM);
-        loop {
-            let n = match sock.recv(&mut bufs, &mut metas).await {
-                Ok(n) => n,
-                Err(_) => continue, // ICMP errors surface here on some kernels
-            };
-            self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
-            datagrams.clear();
-            for (i, (buf, meta)) in bufs.iter().zip(&metas).take(n).enumerate() {
-                datagrams.extend(udp::datagrams(buf, meta).map(|r| (i, r)));
-            }
-            self.stats
-                .client_packets
-                .fetch_add(datagrams.len() as u64, Ordering::Relaxed);
-            let mut next = 0;
-            while next < datagrams.len() {
-                // Route the relay-path packets up to the next other one, under one read lock.
-                routes.clear();
-                {
-                    let server = self.read_server();
-                    let now = clock::now();
-                    while let Some((i, r)) = datagrams.get(next) {
-                        let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
-                            break;
-                        };
-                        let packet = buf.get(r.clone()).unwrap_or_default();
-                        let tuple = FiveTuple {
-                            client: meta.addr,
-                            server: local,
-                            transport: Transport::Udp,
-                        };
-                        let routed = match classify(packet) {
-                            PacketKind::ChannelData => server.channel_to_peer(&tuple, packet, now),
-                            PacketKind::Stun => match stun::check(packet) {
-                                Ok(c) if c.class == Class::Indication && c.method == SEND => {
-                                    server.send_to_peer(&tuple, packet, &c, now)
-                                }
-                                _ => break,
-                            },
-                            _ => break,
-                        };
-                        match routed {
-                            Ok(mut route) => {
-                                route.data = route.data.start + r.start..route.data.end + r.start;
-                                routes.push((*i, route));
-                            }
-                            Err(why) => self.stats.drop(why),
-                        }
-                        next += 1;
-                    }
-                }
-                self.send_to_peers(&bufs, &routes, &mut gather);
-                // The general path for the packet that stopped the run.
-                if let Some((i, r)) = datagrams.get(next) {
+    /// A batch read from a client-facing UDP socket (`metas[i]` describes `bufs[i]`; GRO
+    /// trains are split). A run of relay-path packets (ChannelData, Send indications) is
+    /// routed under one read lock and sent straight from the receive buffers, equal-sized
+    /// payloads to one peer gathered into one GSO send; anything else takes the general
+    /// path in arrival order.
+    pub(super) fn client_batch(
+        &self,
+        local: SocketAddr,
+        origin: Origin,
+        bufs: &[IoSliceMut<'_>],
+        metas: &[RecvMeta],
+        s: &mut ClientScratch,
+    ) {
+        self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+        s.datagrams.clear();
+        for (i, (buf, meta)) in bufs.iter().zip(metas).enumerate() {
+            s.datagrams
+                .extend(udp::datagrams(buf, meta).map(|r| (i, r)));
+        }
+        self.stats
+            .client_packets
+            .fetch_add(s.datagrams.len() as u64, Ordering::Relaxed);
+        let mut next = 0;
+        while next < s.datagrams.len() {
+            // Route the relay-path packets up to the next other one, under one read lock.
+            s.routes.clear();
+            {
+                let server = self.read_server();
+                let now = clock::now();
+                while let Some((i, r)) = s.datagrams.get(next) {
                     let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
                         break;
                     };
                     let packet = buf.get(r.clone()).unwrap_or_default();
-                    let arrival = Arrival {
-                        tuple: FiveTuple {
-                            client: meta.addr,
-                            server: local,
-                            transport: Transport::Udp,
-                        },
-                        origin,
-                        now: clock::now(),
-                        now_unix: clock::now_unix(),
+                    let tuple = FiveTuple {
+                        client: meta.addr,
+                        server: local,
+                        transport: Transport::Udp,
                     };
-                    let mut out = Vec::new();
-                    let result = self.client_control(arrival, packet, &mut out);
-                    if let Err(why) = result {
-                        self.dropped(why, meta.addr, origin, Transport::Udp);
+                    let routed = match classify(packet) {
+                        PacketKind::ChannelData => server.channel_to_peer(&tuple, packet, now),
+                        PacketKind::Stun => match stun::check(packet) {
+                            Ok(c) if c.class == Class::Indication && c.method == SEND => {
+                                server.send_to_peer(&tuple, packet, &c, now)
+                            }
+                            _ => break,
+                        },
+                        _ => break,
+                    };
+                    match routed {
+                        Ok(mut route) => {
+                            route.data = route.data.start + r.start..route.data.end + r.start;
+                            s.routes.push((*i, route));
+                        }
+                        Err(why) => self.stats.drop(why),
                     }
-                    self.execute(out).await;
                     next += 1;
                 }
+            }
+            self.send_to_peers(bufs, &s.routes, &mut s.gather);
+            // The general path for the packet that stopped the run.
+            if let Some((i, r)) = s.datagrams.get(next) {
+                let (Some(buf), Some(meta)) = (bufs.get(*i), metas.get(*i)) else {
+                    break;
+                };
+                let packet = buf.get(r.clone()).unwrap_or_default();
+                let arrival = Arrival {
+                    tuple: FiveTuple {
+                        client: meta.addr,
+                        server: local,
+                        transport: Transport::Udp,
+                    },
+                    origin,
+                    now: clock::now(),
+                    now_unix: clock::now_unix(),
+                };
+                let mut out = Vec::new();
+                let result = self.client_control(arrival, packet, &mut out);
+                if let Err(why) = result {
+                    self.dropped(why, meta.addr, origin, Transport::Udp);
+                }
+                self.execute(out);
+                next += 1;
             }
         }
     }

@@ -1,11 +1,12 @@
-//! The relayed sockets' datapath: a small fixed set of threads (`relay.workers`), each with
-//! its own epoll set, serving the relayed sockets sharded to it by port. What a peer sends
-//! goes to its client from here, synchronously: one level-triggered `epoll_wait` for every
-//! socket that is ready, one read per ready socket (what is left is reported again by the
-//! next wait, so no read ends in `EAGAIN`), the core's read-locked decision, one send. No
-//! task, waker or scheduler hand-off per packet; and the receive buffer is the worker's, not
-//! each socket's, so an allocation costs its socket and a table entry (issue 16:
-//! memory per allocation).
+//! The relay's UDP datapath: a small fixed set of threads (`relay.workers`), each with its
+//! own epoll set, serving the client-facing sockets (one per worker and address, the kernel
+//! spreading clients over them with `SO_REUSEPORT`) and the relayed sockets sharded to it by
+//! port. One level-triggered `epoll_wait` covers every socket that is ready; each is read
+//! once (a batch on a client-facing socket, one datagram or GRO train on a relayed one: what
+//! is left is reported by the next wait, so no read ends in `EAGAIN`), decided under the
+//! core's read lock, and sent at once without waiting. No task, waker or scheduler hand-off
+//! per packet; the receive buffers are the worker's, so an allocation costs its socket and a
+//! table entry (issue 16: memory per allocation).
 //!
 //! The control plane stays where it was: the relay opens and closes sockets (the core's
 //! outputs) and hands them to their worker through a command queue and an eventfd. A socket
@@ -13,17 +14,18 @@
 //! registered.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::RecvMeta;
 use rustix::event::{epoll, eventfd, EventfdFlags};
 
+use super::relay::ClientScratch;
 use super::Turn;
-use crate::shell::udp::MAX_DATAGRAM;
+use crate::core::turn::policy::Origin;
+use crate::shell::udp::{UdpPort, CLIENT_BATCH, MAX_DATAGRAM};
 use crate::sync::MutexExt;
 
 /// The ChannelData header written in front of a peer's datagram.
@@ -35,67 +37,11 @@ const EVENTS: usize = 256;
 /// The token of a worker's own wake-up descriptor.
 const WAKE: u64 = u64::MAX;
 
-/// A relayed UDP socket: read by its worker, written by whoever relays to a peer.
-pub(super) struct RelaySocket {
-    relay: SocketAddr,
-    io: std::net::UdpSocket,
-    state: UdpSocketState,
-}
-
-impl RelaySocket {
-    /// Binds a relayed socket on `relay` (non-blocking; IPv6 only when the address is).
-    pub(super) fn bind(relay: SocketAddr) -> io::Result<RelaySocket> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(relay),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        if relay.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&relay.into())?;
-        let io: std::net::UdpSocket = socket.into();
-        let state = UdpSocketState::new((&io).into())?;
-        // As for the client-facing sockets: no DF unless the client asks (RFC 8656 §14).
-        if relay.is_ipv4() {
-            use rustix::net::sockopt::{set_ip_mtu_discover, Ipv4PathMtuDiscovery};
-            set_ip_mtu_discover(&io, Ipv4PathMtuDiscovery::WANT)?;
-        }
-        Ok(RelaySocket { relay, io, state })
-    }
-
-    /// How many datagrams one send may carry as segments (1 without GSO).
-    pub(super) fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
-    }
-
-    /// Sends `contents` to `peer` (GSO segments of `segment` bytes if given) without
-    /// waiting: a full socket buffer is an error, and the packet is dropped (late media is
-    /// no use, and a queue would be memory a peer controls).
-    pub(super) fn try_send(
-        &self,
-        peer: SocketAddr,
-        contents: &[u8],
-        segment: Option<usize>,
-    ) -> io::Result<()> {
-        let transmit = Transmit {
-            destination: peer,
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
-        };
-        self.state.try_send((&self.io).into(), &transmit)
-    }
-
-    fn try_recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
-        self.state.recv((&self.io).into(), bufs, meta)
-    }
-}
-
 enum Command {
-    Add(Arc<RelaySocket>),
+    /// A client-facing socket of this worker's.
+    Listen(Arc<UdpPort>, Origin),
+    /// A relayed socket.
+    Add(Arc<UdpPort>),
     Remove(SocketAddr),
     Stop,
 }
@@ -118,7 +64,6 @@ impl Handle {
 /// The relay's worker threads. Dropping them stops them.
 pub(super) struct Workers {
     handles: Vec<Arc<Handle>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Workers {
@@ -128,11 +73,10 @@ impl Drop for Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one) serving `turn`'s relayed sockets. They hold
-    /// the relay weakly: it owns them, and stops them with [`Workers::stop`].
-    pub(super) fn start(count: usize, turn: Weak<Turn>) -> io::Result<Workers> {
+    /// Starts `count` workers (at least one) serving `turn`'s sockets. They hold the relay
+    /// weakly: it owns them, and stops them with [`Workers::stop`].
+    pub(super) fn start(count: usize, turn: Weak<Turn>) -> std::io::Result<Workers> {
         let mut handles = Vec::new();
-        let mut threads = Vec::new();
         for i in 0..count.max(1) {
             let handle = Arc::new(Handle {
                 commands: Mutex::new(Vec::new()),
@@ -149,21 +93,25 @@ impl Workers {
                 epoll,
                 handle: handle.clone(),
                 turn: turn.clone(),
-                sockets: HashMap::new(),
+                entries: HashMap::new(),
                 tokens: HashMap::new(),
                 next_token: 0,
             };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("edge-relay-{i}"))
-                    .spawn(move || worker.run())?,
-            );
+            // Detached: a worker ends at its next wake-up once told to stop (or once the
+            // relay is gone), holding nothing but its sockets.
+            std::thread::Builder::new()
+                .name(format!("edge-relay-{i}"))
+                .spawn(move || worker.run())?;
             handles.push(handle);
         }
-        Ok(Workers {
-            handles,
-            threads: Mutex::new(threads),
-        })
+        Ok(Workers { handles })
+    }
+
+    /// No workers (a relay that failed to start).
+    pub(super) fn none() -> Workers {
+        Workers {
+            handles: Vec::new(),
+        }
     }
 
     /// The worker a relayed port belongs to.
@@ -172,9 +120,16 @@ impl Workers {
         self.handles.get(usize::from(relay.port()) % n)
     }
 
+    /// Gives worker `i` a client-facing socket to serve.
+    pub(super) fn listen(&self, i: usize, socket: Arc<UdpPort>, origin: Origin) {
+        if let Some(h) = self.handles.get(i) {
+            h.send(Command::Listen(socket, origin));
+        }
+    }
+
     /// Hands a relayed socket to its worker.
-    pub(super) fn add(&self, socket: Arc<RelaySocket>) {
-        if let Some(h) = self.of(socket.relay) {
+    pub(super) fn add(&self, socket: Arc<UdpPort>) {
+        if let Some(h) = self.of(socket.local_addr()) {
             h.send(Command::Add(socket));
         }
     }
@@ -187,21 +142,24 @@ impl Workers {
         }
     }
 
-    /// Tells every worker to stop (without waiting: this may run on an async task; a
-    /// worker stops at its next wake-up, which this is).
+    /// Tells every worker to stop, without waiting (this may run on an async task).
     pub(super) fn stop(&self) {
         for h in &self.handles {
             h.send(Command::Stop);
         }
-        // Detached: each thread ends by itself, holding nothing but its sockets.
-        self.threads.lock_unpoisoned().clear();
     }
+}
 
-    /// No workers (a relay that failed to start).
-    pub(super) fn none() -> Workers {
-        Workers {
-            handles: Vec::new(),
-            threads: Mutex::new(Vec::new()),
+/// What a worker serves.
+enum Entry {
+    Client(Arc<UdpPort>, Origin),
+    Relay(Arc<UdpPort>),
+}
+
+impl Entry {
+    fn port(&self) -> &UdpPort {
+        match self {
+            Entry::Client(p, _) | Entry::Relay(p) => p,
         }
     }
 }
@@ -211,7 +169,8 @@ struct Worker {
     epoll: OwnedFd,
     handle: Arc<Handle>,
     turn: Weak<Turn>,
-    sockets: HashMap<u64, Arc<RelaySocket>>,
+    entries: HashMap<u64, Entry>,
+    /// Relayed sockets by address (client-facing ones are never removed).
     tokens: HashMap<SocketAddr, u64>,
     next_token: u64,
 }
@@ -219,8 +178,17 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
-        // The worker's one receive buffer: room for a GRO train, the header in front.
-        let mut storage = vec![0u8; HEADER + MAX_DATAGRAM];
+        // The worker's receive buffers, reused from wait to wait: a batch of client
+        // datagrams (GRO trains included), and one peer datagram with room for the
+        // ChannelData header in front.
+        let mut client_storage = vec![0u8; CLIENT_BATCH * MAX_DATAGRAM];
+        let mut client_bufs: Vec<IoSliceMut<'_>> = client_storage
+            .chunks_mut(MAX_DATAGRAM)
+            .map(IoSliceMut::new)
+            .collect();
+        let mut client_metas = vec![RecvMeta::default(); client_bufs.len()];
+        let mut client_scratch = ClientScratch::default();
+        let mut peer_storage = vec![0u8; HEADER + MAX_DATAGRAM];
         let mut scratch: Vec<u8> = Vec::with_capacity(256);
         let mut gather: Vec<u8> = Vec::new();
         loop {
@@ -248,21 +216,41 @@ impl Worker {
                     }
                     continue;
                 }
-                let Some(socket) = self.sockets.get(&token) else {
-                    continue; // removed in this round
-                };
-                let mut meta = [RecvMeta::default()];
-                let received = {
-                    let mut bufs = [IoSliceMut::new(
-                        storage.get_mut(HEADER..).unwrap_or_default(),
-                    )];
-                    socket.try_recv(&mut bufs, &mut meta)
-                };
-                if !matches!(received, Ok(1)) {
-                    continue; // nothing after all, or an ICMP error surfacing
+                match self.entries.get(&token) {
+                    None => {} // removed in this round
+                    Some(Entry::Client(port, origin)) => {
+                        let Ok(n) = port.try_recv(&mut client_bufs, &mut client_metas) else {
+                            continue; // nothing after all, or an ICMP error surfacing
+                        };
+                        turn.client_batch(
+                            port.local_addr(),
+                            *origin,
+                            &client_bufs,
+                            client_metas.get(..n).unwrap_or_default(),
+                            &mut client_scratch,
+                        );
+                    }
+                    Some(Entry::Relay(port)) => {
+                        let mut meta = [RecvMeta::default()];
+                        let received = {
+                            let mut bufs = [IoSliceMut::new(
+                                peer_storage.get_mut(HEADER..).unwrap_or_default(),
+                            )];
+                            port.try_recv(&mut bufs, &mut meta)
+                        };
+                        if !matches!(received, Ok(1)) {
+                            continue;
+                        }
+                        let [meta] = meta;
+                        turn.peer_datagram(
+                            port.local_addr(),
+                            &meta,
+                            &mut peer_storage,
+                            &mut scratch,
+                            &mut gather,
+                        );
+                    }
                 }
-                let [meta] = meta;
-                turn.peer_datagram(socket.relay, &meta, &mut storage, &mut scratch, &mut gather);
             }
         }
     }
@@ -273,42 +261,43 @@ impl Worker {
         let _ = rustix::io::read(&self.handle.wake, &mut counter);
         let commands: Vec<Command> = std::mem::take(&mut *self.handle.commands.lock_unpoisoned());
         for command in commands {
-            match command {
-                Command::Add(socket) => {
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    let added = epoll::add(
-                        &self.epoll,
-                        socket.io.as_fd(),
-                        epoll::EventData::new_u64(token),
-                        epoll::EventFlags::IN,
-                    );
-                    match added {
-                        Ok(()) => {
-                            if let Some(old) = self.tokens.insert(socket.relay, token) {
-                                self.forget(old);
-                            }
-                            self.sockets.insert(token, socket);
-                        }
-                        Err(e) => {
-                            tracing::warn!(relay = %socket.relay, error = %e, "relay worker: cannot watch a relayed socket");
-                        }
-                    }
-                }
+            let entry = match command {
+                Command::Listen(port, origin) => Entry::Client(port, origin),
+                Command::Add(port) => Entry::Relay(port),
                 Command::Remove(relay) => {
                     if let Some(token) = self.tokens.remove(&relay) {
                         self.forget(token);
                     }
+                    continue;
                 }
                 Command::Stop => return false,
+            };
+            let token = self.next_token;
+            self.next_token += 1;
+            let added = epoll::add(
+                &self.epoll,
+                entry.port(),
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::IN,
+            );
+            if let Err(e) = added {
+                let local = entry.port().local_addr();
+                tracing::warn!(%local, error = %e, "relay worker: cannot watch a socket");
+                continue;
             }
+            if let Entry::Relay(port) = &entry {
+                if let Some(old) = self.tokens.insert(port.local_addr(), token) {
+                    self.forget(old);
+                }
+            }
+            self.entries.insert(token, entry);
         }
         true
     }
 
     fn forget(&mut self, token: u64) {
-        if let Some(socket) = self.sockets.remove(&token) {
-            let _ = epoll::delete(&self.epoll, socket.io.as_fd());
+        if let Some(entry) = self.entries.remove(&token) {
+            let _ = epoll::delete(&self.epoll, entry.port());
         }
     }
 }
