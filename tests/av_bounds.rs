@@ -481,7 +481,15 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
             sent += 1;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(sent < 100_000, "no drop after {sent} packets");
+        assert!(
+            sent < 100_000,
+            "no drop after {sent} packets: {:?}, {} bytes to clients",
+            av.stats()
+                .dropped()
+                .filter(|(_, n)| *n > 0)
+                .collect::<Vec<_>>(),
+            av.stats().bytes_to_clients.load(Ordering::Relaxed)
+        );
     }
     assert!(
         av.dropped("client_queue_full") > 0,

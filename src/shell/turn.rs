@@ -37,7 +37,7 @@ mod worker;
 
 pub use stats::{TurnStats, TCP_REFUSAL_LABELS};
 pub use tcp::TcpLimits;
-use tcp::TcpQueue;
+use tcp::TcpOut;
 use worker::Workers;
 
 /// The running relay.
@@ -65,7 +65,7 @@ pub struct Turn {
     /// The threads that read the relayed sockets (what peers send).
     workers: Workers,
     /// Writers of TURN-over-TCP clients, by 5-tuple.
-    tcp_clients: Mutex<HashMap<FiveTuple, TcpQueue>>,
+    tcp_clients: std::sync::RwLock<HashMap<FiveTuple, Arc<TcpOut>>>,
     pub stats: TurnStats,
     tasks: Mutex<JoinSet<()>>,
     /// The deadline the expiry loop sleeps to, and its wake-up when a control message sets
@@ -199,7 +199,7 @@ impl Turn {
                         continue; // its relay could not be opened: it retransmits and retries
                     }
                     if tuple.transport == Transport::Tcp {
-                        self.to_tcp_client(&tuple, bytes);
+                        self.to_tcp_client(&tuple, &[&bytes]);
                     } else if let Some(sock) = self.listeners.get(&tuple.server) {
                         let sent = sock.try_send(tuple.client, &bytes, None);
                         self.stats.sent(sent, false, 1, bytes.len());
@@ -376,7 +376,7 @@ pub async fn start(
         ],
         listeners,
         relays: std::sync::RwLock::new(HashMap::new()),
-        tcp_clients: Mutex::new(HashMap::new()),
+        tcp_clients: std::sync::RwLock::new(HashMap::new()),
         stats: TurnStats::default(),
         tasks: Mutex::new(JoinSet::new()),
         armed: Mutex::new(None),

@@ -21,6 +21,9 @@ use crate::shell::udp::{self, MAX_DATAGRAM};
 
 use super::worker::HEADER;
 
+/// Zeros to pad a ChannelData frame on a stream to a multiple of 4 (RFC 8656 §12.5).
+const PADDING: [u8; 3] = [0; 3];
+
 /// A run of relayed payloads with one destination and one size, gathered for one GSO send.
 struct Run {
     relay: SocketAddr,
@@ -226,10 +229,13 @@ impl Turn {
             }
             ToClient::Channel(header) => {
                 // TCP: header, data and padding to 4, queued for the client's writer.
-                return self.to_tcp_client(&tuple, channel::framed(&header, data, true));
+                let pad = PADDING
+                    .get(..channel::stream_padding(len))
+                    .unwrap_or_default();
+                return self.to_tcp_client(&tuple, &[&header, data, pad]);
             }
             ToClient::Indication if tuple.transport == Transport::Tcp => {
-                return self.to_tcp_client(&tuple, scratch.clone());
+                return self.to_tcp_client(&tuple, &[scratch]);
             }
             ToClient::Indication => scratch,
         };
@@ -271,11 +277,14 @@ impl Turn {
                     bytes += data.len();
                 }
                 Ok((tuple, ToClient::Channel(header))) => {
-                    self.to_tcp_client(&tuple, channel::framed(&header, data, true));
+                    let pad = PADDING
+                        .get(..channel::stream_padding(data.len()))
+                        .unwrap_or_default();
+                    self.to_tcp_client(&tuple, &[&header, data, pad]);
                 }
                 Ok((tuple, ToClient::Indication)) => {
                     if tuple.transport == Transport::Tcp {
-                        self.to_tcp_client(&tuple, scratch.clone());
+                        self.to_tcp_client(&tuple, &[scratch]);
                     } else if let Some(sock) = self.listeners.get(&tuple.server) {
                         let sent = sock.try_send(tuple.client, scratch, None);
                         self.stats.sent(sent, false, 1, data.len());

@@ -1,27 +1,35 @@
 //! TURN over TCP (RFC 8656 §12.5): the accept loop behind the firewall's per-source
-//! limits and a slot per zone, and each client's connection: frames read off the stream,
-//! answers and relayed data queued for its writer (bounded in packets and bytes), an
-//! authentication deadline, and its allocation closed with it.
+//! limits and a slot per zone, and each client's connection: frames read off the stream
+//! (ChannelData and Send indications of its allocation through the read-locked relay path,
+//! sent to peers straight from the read buffer), an authentication deadline, and its
+//! allocation closed with it.
+//!
+//! What goes to a client is written at once by whoever has it (a relay worker, the
+//! connection's own task) while nothing is pending; what the socket does not take waits in
+//! the connection's pending bytes (bounded by `max_queued_bytes`: beyond it packets are
+//! dropped, never buffered), written by the connection's writer task when the socket can
+//! take more. Every write happens under the connection's lock, so frames never interleave.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::stats::{AUTH_TIMEOUT, BANNED, QUEUE_FULL, SOURCE_LIMIT, ZONE_FULL};
 use super::Turn;
 use crate::core::firewall::SourceGuard;
+use crate::core::turn::demux::{classify, PacketKind};
 use crate::core::turn::policy::Origin;
-use crate::core::turn::server::{Arrival, FiveTuple, Transport};
+use crate::core::turn::server::{Arrival, FiveTuple, Route, Transport, SEND};
+use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
-use crate::sync::MutexExt;
+use crate::sync::{MutexExt, RwLockExt};
 
-/// Packets queued for a TCP client before further ones are dropped (bytes are bounded
-/// apart, by [`TcpLimits::max_queued_bytes`]).
-const TCP_QUEUE: usize = 512;
 /// A TCP client silent this long is closed (longer than the longest allocation lifetime
 /// between Refreshes, which RFC 8656 clients send well before expiry).
 const TCP_IDLE: Duration = Duration::from_secs(3600);
@@ -37,27 +45,90 @@ pub struct TcpLimits {
     pub max_queued_bytes: usize,
 }
 
-/// The sending end of a TURN-over-TCP client's queue: bounded in packets by the channel
-/// and in bytes by a counter the writer gives back.
-#[derive(Clone)]
-pub(super) struct TcpQueue {
-    tx: mpsc::Sender<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
+/// The writing side of a TURN-over-TCP client.
+pub(super) struct TcpOut {
+    stream: OwnedWriteHalf,
+    /// Bytes the socket has not taken yet (the writer task's to write when it can).
+    pending: Mutex<Vec<u8>>,
+    more: Notify,
     max_bytes: usize,
 }
 
-impl TcpQueue {
-    fn try_send(&self, bytes: Vec<u8>) -> bool {
-        let len = bytes.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
+/// What became of bytes for a TCP client.
+enum Queued {
+    /// Written, or pending for the writer.
+    Taken,
+    /// Over the pending bound, or the connection failed: dropped.
+    Dropped,
+}
+
+impl TcpOut {
+    /// Writes `parts` (one frame) at once if nothing is pending, else appends them to the
+    /// pending bytes within the bound.
+    fn push(&self, parts: &[&[u8]]) -> Queued {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut pending = self.pending.lock_unpoisoned();
+        let mut written = 0;
+        if pending.is_empty() {
+            // A frame is at most three parts (header, data, padding): no allocation.
+            let mut slices = [std::io::IoSlice::new(&[]); 3];
+            for (slice, part) in slices.iter_mut().zip(parts) {
+                *slice = std::io::IoSlice::new(part);
+            }
+            let used = slices.get(..parts.len().min(3)).unwrap_or_default();
+            match self.stream.try_write_vectored(used) {
+                Ok(n) if n >= len => return Queued::Taken,
+                Ok(n) => written = n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Queued::Dropped,
+            }
         }
-        if self.tx.try_send(bytes).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return false;
+        if pending.len() + (len - written) > self.max_bytes {
+            // Only a whole frame may be dropped: a partly written one must be finished,
+            // or the stream's framing is lost.
+            if written == 0 {
+                return Queued::Dropped;
+            }
         }
-        true
+        let was_empty = pending.is_empty();
+        let mut skip = written;
+        for part in parts {
+            let from = skip.min(part.len());
+            skip -= from;
+            pending.extend_from_slice(part.get(from..).unwrap_or_default());
+        }
+        if was_empty {
+            self.more.notify_one();
+        }
+        Queued::Taken
+    }
+
+    /// The writer task: writes what is pending whenever the socket can take it.
+    async fn writer(self: Arc<Self>) {
+        loop {
+            self.more.notified().await;
+            loop {
+                if self.stream.writable().await.is_err() {
+                    return;
+                }
+                let mut pending = self.pending.lock_unpoisoned();
+                match self.stream.try_write(&pending) {
+                    Ok(n) => {
+                        let written = n.min(pending.len());
+                        pending.drain(..written);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+                if pending.is_empty() {
+                    // A backlog's buffer is not kept for an idle connection.
+                    if pending.capacity() > 64 * 1024 {
+                        *pending = Vec::new();
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -73,16 +144,47 @@ impl Drop for SourceTicket {
     }
 }
 
+/// Why the relay path stopped in a buffer of frames.
+enum Stop {
+    /// At a frame for the general path, of this length.
+    General(usize),
+    /// At bytes that are not TURN: the connection is closed.
+    NotTurn,
+}
+
 impl Turn {
-    /// Queues bytes for a TCP client; a client that does not read loses packets, not the
-    /// relay's memory.
-    pub(super) fn to_tcp_client(&self, tuple: &FiveTuple, bytes: Vec<u8>) {
-        let tx = self.tcp_clients.lock_unpoisoned().get(tuple).cloned();
-        let len = bytes.len();
-        if tx.is_some_and(|tx| tx.try_send(bytes)) {
-            self.stats.relayed(false, 1, len);
-        } else {
-            self.stats.count_drop(QUEUE_FULL);
+    /// A TCP client's frame through the general path (requests, and anything that is not
+    /// an established allocation's relay traffic).
+    fn tcp_general(&self, tuple: FiveTuple, origin: Origin, frame: &[u8]) {
+        let arrival = Arrival {
+            tuple,
+            origin,
+            now: clock::now(),
+            now_unix: clock::now_unix(),
+        };
+        // A relayed port another process holds costs the answer (the allocation is
+        // dropped): a UDP client retransmits, a TCP client does not, so the edge asks
+        // again for it (another port).
+        for _attempt in 0..3 {
+            let mut out = Vec::new();
+            let result = self.client_control(arrival, frame, &mut out);
+            if let Err(why) = result {
+                self.dropped(why, tuple.client, origin, Transport::Tcp);
+            }
+            if !self.execute(out).contains(&tuple.client) {
+                break;
+            }
+        }
+    }
+
+    /// Writes one frame (`parts` together) to a TCP client, or leaves it pending; a client
+    /// that does not read loses packets, not the relay's memory.
+    pub(super) fn to_tcp_client(&self, tuple: &FiveTuple, parts: &[&[u8]]) {
+        let out = self.tcp_clients.read_unpoisoned().get(tuple).cloned();
+        let len = parts.iter().map(|p| p.len()).sum();
+        match out.map(|o| o.push(parts)) {
+            Some(Queued::Taken) => self.stats.relayed(false, 1, len),
+            _ => self.stats.count_drop(QUEUE_FULL),
         }
     }
 
@@ -124,8 +226,12 @@ impl Turn {
                 continue;
             };
             // Media: each frame goes out as it comes, not held back for the client's next
-            // acknowledgement (Nagle's algorithm cost 2.6 ms per packet at 400 pps).
+            // acknowledgement (Nagle's algorithm cost 2.6 ms per packet at 400 pps). And
+            // the kernel holds no more for a client than the edge would: without a cap,
+            // send-buffer autotuning took 1.7 MB for a client that does not read.
             let _ = stream.set_nodelay(true);
+            let _ = socket2::SockRef::from(&stream)
+                .set_send_buffer_size(self.tcp_limits.max_queued_bytes.clamp(16 << 10, 1 << 20));
             let tuple = FiveTuple {
                 client,
                 server,
@@ -149,31 +255,22 @@ impl Turn {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
             self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
-            let (mut reader, mut writer) = stream.into_split();
-            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-            let queued = Arc::new(AtomicUsize::new(0));
-            self.tcp_clients.lock_unpoisoned().insert(
-                tuple,
-                TcpQueue {
-                    tx,
-                    queued: queued.clone(),
-                    max_bytes: self.tcp_limits.max_queued_bytes,
-                },
-            );
-            let write = tokio::spawn(async move {
-                while let Some(bytes) = rx.recv().await {
-                    let len = bytes.len();
-                    let ok = writer.write_all(&bytes).await.is_ok();
-                    queued.fetch_sub(len, Ordering::Relaxed);
-                    if !ok {
-                        return;
-                    }
-                }
+            let (mut reader, writer) = stream.into_split();
+            let out = Arc::new(TcpOut {
+                stream: writer,
+                pending: Mutex::new(Vec::new()),
+                more: Notify::new(),
+                max_bytes: self.tcp_limits.max_queued_bytes,
             });
+            self.tcp_clients
+                .write_unpoisoned()
+                .insert(tuple, out.clone());
+            let write = tokio::spawn(out.writer());
             let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
             let mut authenticated = false;
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 16 * 1024];
+            let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
             'read: loop {
                 let wait = if authenticated {
                     TCP_IDLE
@@ -189,46 +286,85 @@ impl Turn {
                     _ => break,
                 };
                 buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                let mut consumed = 0;
                 loop {
-                    match crate::core::turn::channel::stream_frame_len(
-                        &buf,
-                        crate::core::turn::stun::MAX_MESSAGE,
-                    ) {
-                        Ok(Some(len)) => {
-                            let frame: Vec<u8> = buf.drain(..len).collect();
-                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
-                            let arrival = Arrival {
-                                tuple,
-                                origin,
-                                now: clock::now(),
-                                now_unix: clock::now_unix(),
-                            };
-                            // A relayed port another process holds costs the answer (the
-                            // allocation is dropped): a UDP client retransmits, a TCP
-                            // client does not, so the edge asks again for it (another port).
-                            for _attempt in 0..3 {
-                                let mut out = Vec::new();
-                                let result = self.client_control(arrival, &frame, &mut out);
-                                if let Err(why) = result {
-                                    self.dropped(why, tuple.client, origin, Transport::Tcp);
-                                }
-                                if !self.execute(out).contains(&tuple.client) {
+                    // The relay path first: the frames of an established allocation up to
+                    // the next other one, under one read lock, sent from the buffer.
+                    routes.clear();
+                    let mut stop = None;
+                    {
+                        let server = self.read_server();
+                        let now = clock::now();
+                        loop {
+                            let rest = buf.get(consumed..).unwrap_or_default();
+                            let len = match crate::core::turn::channel::stream_frame_len(
+                                rest,
+                                crate::core::turn::stun::MAX_MESSAGE,
+                            ) {
+                                Ok(Some(len)) => len,
+                                Ok(None) => break,
+                                Err(_) => {
+                                    stop = Some(Stop::NotTurn);
                                     break;
                                 }
+                            };
+                            let frame = rest.get(..len).unwrap_or_default();
+                            let routed = match classify(frame) {
+                                PacketKind::ChannelData => {
+                                    server.channel_to_peer(&tuple, frame, now)
+                                }
+                                PacketKind::Stun => match stun::check(frame) {
+                                    Ok(c) if c.class == Class::Indication && c.method == SEND => {
+                                        server.send_to_peer(&tuple, frame, &c, now)
+                                    }
+                                    _ => {
+                                        stop = Some(Stop::General(len));
+                                        break;
+                                    }
+                                },
+                                _ => {
+                                    stop = Some(Stop::General(len));
+                                    break;
+                                }
+                            };
+                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+                            match routed {
+                                Ok(route) => routes.push((consumed..consumed + len, route)),
+                                Err(why) => self.stats.drop(why),
                             }
+                            consumed += len;
+                        }
+                    }
+                    for (frame, route) in &routes {
+                        let payload = buf
+                            .get(frame.clone())
+                            .and_then(|f| f.get(route.data.clone()))
+                            .unwrap_or_default();
+                        if let Some(sock) = self.relay_socket(route.relay) {
+                            let sent = sock.try_send(route.peer, payload, None);
+                            self.stats.sent(sent, true, 1, payload.len());
+                        }
+                    }
+                    match stop {
+                        None => break,
+                        Some(Stop::NotTurn) => break 'read, // not TURN: close
+                        Some(Stop::General(len)) => {
+                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+                            let frame = buf.get(consumed..consumed + len).unwrap_or_default();
+                            self.tcp_general(tuple, origin, frame);
+                            consumed += len;
                             authenticated =
                                 authenticated || self.read_server().has_allocation(&tuple);
                         }
-                        Ok(None) => break,
-                        Err(_) => break 'read, // not TURN: close
                     }
                 }
+                buf.drain(..consumed.min(buf.len()));
                 if !authenticated && clock::now() >= auth_deadline {
                     self.stats.tcp_refusal(AUTH_TIMEOUT);
                     break;
                 }
             }
-            self.tcp_clients.lock_unpoisoned().remove(&tuple);
+            self.tcp_clients.write_unpoisoned().remove(&tuple);
             let mut out = Vec::new();
             self.lock_server().client_closed(tuple, &mut out);
             self.execute(out);
