@@ -177,6 +177,8 @@ struct Run {
     m: load::Measured,
     /// Resident memory the allocations added, per allocation (KiB).
     rss_per_alloc: Option<f64>,
+    /// Server CPU per client set-up (ms).
+    setup_ms_per_alloc: Option<f64>,
 }
 
 impl Run {
@@ -224,6 +226,7 @@ struct Context {
 fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Result<Run, String> {
     let server = servers::start(&ctx.setup, kind, n)?;
     let rss_ready = servers::status_field(server.pid, "VmRSS");
+    let setup_cpu0 = servers::cpu_ticks(&server.pid.to_string());
     let now = sipedge::shell::clock::now_unix();
     let mut clients = Vec::with_capacity(ctx.args.clients);
     for i in 0..ctx.args.clients {
@@ -241,6 +244,14 @@ fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Re
         clients.push(client);
     }
     let rss_allocated = servers::status_field(server.pid, "VmRSS");
+    // What the server spent on each client's set-up (401, Allocate, ChannelBind or
+    // CreatePermission): an upper bound of an allocation's CPU. Ticks are 10 ms: run with
+    // many clients (`--clients 1000`) for a figure worth reading.
+    let setup_ms_per_alloc = setup_cpu0
+        .zip(servers::cpu_ticks(&server.pid.to_string()))
+        .map(|(a, b)| {
+            b.saturating_sub(a) as f64 / ctx.ticks_per_second * 1000.0 / ctx.args.clients as f64
+        });
     if !ctx.commands.iter().any(|(k, _, _)| *k == kind) {
         let threads =
             servers::status_field(server.pid, "Threads").map_or("?".into(), |t| t.to_string());
@@ -272,6 +283,7 @@ fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Re
         rate,
         m,
         rss_per_alloc,
+        setup_ms_per_alloc,
     })
 }
 
@@ -283,7 +295,8 @@ fn describe(r: &Run, label: &str) -> String {
     let m = &r.m;
     let mut s = format!(
         "{label} {:<7} offered {:>6.0}/s relayed {:>7.0}/s CPU {:>5.2} s = {:>7.0} pkts/CPU-s \
-         loss {:.2}% (to peer {:.2}%) rtt p50 {} p99 {} µs RSS {} KiB/alloc gen CPU {:.2} s",
+         loss {:.2}% (to peer {:.2}%) rtt p50 {} p99 {} µs RSS {} KiB/alloc set-up CPU {} ms/alloc \
+         gen CPU {:.2} s",
         r.kind.name(),
         m.sent as f64 / m.window_s.max(1e-9),
         r.relayed() as f64 / m.window_s.max(1e-9),
@@ -294,6 +307,7 @@ fn describe(r: &Run, label: &str) -> String {
         r.rtt(0.5).map_or("-".into(), |v| v.to_string()),
         r.rtt(0.99).map_or("-".into(), |v| v.to_string()),
         opt(r.rss_per_alloc, 1),
+        opt(r.setup_ms_per_alloc, 3),
         m.gen_cpu_s,
     );
     if let Some(drops) = m.server_drops.filter(|&d| d > 0) {
