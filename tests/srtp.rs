@@ -53,6 +53,7 @@ struct Relayed {
     client: UdpSocket,
     peer: UdpSocket,
     relayed: SocketAddr,
+    ring: sipedge::core::keyring::Ring,
 }
 
 async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
@@ -69,11 +70,38 @@ async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
     t.relay = Some(relay);
     let edge = shell::start(&t).await.expect("edge starts");
     let turn = edge.turn_udp[0];
-    let realm = DOMAIN;
+    let (client, peer, relayed) = with_channel(turn, &ring, "alice@sipedge.test", now).await;
+    assert_eq!(
+        relayed.ip().to_string(),
+        "127.0.0.1",
+        "relayed on the external address"
+    );
 
+    Relayed {
+        _pki: pki,
+        _director: director,
+        edge,
+        turn,
+        client,
+        peer,
+        relayed,
+        ring,
+    }
+}
+
+/// An internal client of `user` (from 127.0.0.2, a port of its own) with an allocation and
+/// channel 0x4001 bound to its own peer outside (127.0.0.6): the client, the peer and the
+/// relayed address.
+async fn with_channel(
+    turn: SocketAddr,
+    ring: &sipedge::core::keyring::Ring,
+    user: &str,
+    now: u64,
+) -> (UdpSocket, UdpSocket, SocketAddr) {
+    let realm = DOMAIN;
     // The internal client allocates (401 first, then with the credential).
     let client = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    let cred = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
+    let cred = credentials::mint(ring, user, 3600, now).unwrap();
     let key = long_term_key(&cred.username, realm, &cred.password);
     let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
     w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
@@ -101,12 +129,6 @@ async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
         &[2; 12],
     )
     .unwrap();
-    assert_eq!(
-        relayed.ip().to_string(),
-        "127.0.0.1",
-        "relayed on the external address"
-    );
-
     // The peer outside, and a channel to it.
     let peer = UdpSocket::bind("127.0.0.6:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
@@ -123,16 +145,48 @@ async fn relayed(tune: impl FnOnce(&mut Relay)) -> Relayed {
         attr_value(&bound, attr::ERROR_CODE).is_none(),
         "channel bound"
     );
+    (client, peer, relayed)
+}
 
-    Relayed {
-        _pki: pki,
-        _director: director,
-        edge,
-        turn,
-        client,
-        peer,
-        relayed,
+/// Three relay workers (`relay.workers`): the client-facing socket is three sockets on one
+/// address (SO_REUSEPORT spreads the clients over them) and the relayed sockets are spread
+/// over the workers by port. Sixteen clients allocate, bind and relay both ways, byte-exact,
+/// whichever worker each lands on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relay_workers_serve_many_clients_both_ways() {
+    let r = relayed(|relay| relay.workers = 3).await;
+    let now = sipedge::shell::clock::now_unix();
+    let mut sessions = vec![(r.client, r.peer, r.relayed)];
+    for i in 0..15 {
+        sessions.push(with_channel(r.turn, &r.ring, &format!("user{i}@sipedge.test"), now).await);
     }
+    let mut buf = vec![0u8; 2048];
+    for (n, (client, peer, relayed)) in sessions.iter().enumerate() {
+        for seq in 0..20u8 {
+            let mut frame = vec![0x40, 0x01, 0x00, 100];
+            frame.extend((0..100u8).map(|b| b ^ seq ^ n as u8));
+            client.send_to(&frame, r.turn).await.unwrap();
+            let (len, from) =
+                tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+                    .await
+                    .expect("the peer got it")
+                    .unwrap();
+            assert_eq!(
+                (&buf[..len], from),
+                (&frame[4..], *relayed),
+                "client {n} to its peer"
+            );
+            let back: Vec<u8> = frame[4..].iter().map(|b| !b).collect();
+            peer.send_to(&back, *relayed).await.unwrap();
+            let len = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                .await
+                .expect("the client got it")
+                .unwrap();
+            assert_eq!(&buf[..4], &[0x40, 0x01, 0x00, 100], "on its channel");
+            assert_eq!(&buf[4..len], &back[..], "peer {n} to its client");
+        }
+    }
+    r.edge.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
