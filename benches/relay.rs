@@ -229,8 +229,7 @@ fn main() {
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (edge_cpu_ticks() - cpu0) as f64 / 100.0;
-    let relayed = turn.stats.relayed_to_peers.load(Ordering::Relaxed)
-        + turn.stats.relayed_to_clients.load(Ordering::Relaxed);
+    let relayed = turn.stats.relayed_to_peers() + turn.stats.relayed_to_clients();
     let sent = sent.load(Ordering::Relaxed);
     let echoed = echoed.load(Ordering::Relaxed);
     println!(
@@ -245,9 +244,8 @@ fn main() {
         100.0 * (1.0 - echoed as f64 / sent.max(1) as f64),
         (rss_allocated.saturating_sub(rss_started)) as f64 / allocations.max(1) as f64,
     );
-    let received = turn.stats.client_packets.load(Ordering::Relaxed)
-        + turn.stats.peer_packets.load(Ordering::Relaxed);
-    let calls = turn.stats.receive_calls.load(Ordering::Relaxed);
+    let received = turn.stats.client_packets() + turn.stats.peer_packets();
+    let calls = turn.stats.receive_calls();
     println!(
         "batching: {received} datagrams in {calls} receive calls ({:.2} per call); dropped {}",
         received as f64 / calls.max(1) as f64,

@@ -488,7 +488,7 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
                 .dropped()
                 .filter(|(_, n)| *n > 0)
                 .collect::<Vec<_>>(),
-            av.stats().bytes_to_clients.load(Ordering::Relaxed)
+            av.stats().bytes_to_clients()
         );
     }
     assert!(
@@ -497,7 +497,7 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     );
     // What the edge took for the client before dropping: its 16 KiB queue and what the
     // kernel buffers (a few KiB here), not the 512 packets the queue's slot count allows.
-    let taken = av.stats().bytes_to_clients.load(Ordering::Relaxed);
+    let taken = av.stats().bytes_to_clients();
     assert!(
         taken < 128 * 1024,
         "{taken} bytes queued for a client that does not read"

@@ -16,7 +16,6 @@ use sipedge::core::turn::stun::{attr, Class};
 use sipedge::shell;
 use sipedge::shell::udp;
 use sipedge::topology::{KeysSource, Relay};
-use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
 use webrtc_srtp::context::Context;
 use webrtc_srtp::protection_profile::ProtectionProfile;
@@ -374,8 +373,8 @@ async fn bursts_cross_the_batched_relay_complete_and_in_order() {
         assert_eq!(*from, r.relayed);
         assert_eq!(payload[..], frame[4..], "byte-exact and in order");
     }
-    let calls = stats.receive_calls.load(Ordering::Relaxed);
-    let packets = stats.client_packets.load(Ordering::Relaxed);
+    let calls = stats.receive_calls();
+    let packets = stats.client_packets();
     eprintln!(
         "GSO segments {}: {calls} receive calls for {packets} datagrams",
         client.max_segments()

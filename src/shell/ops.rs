@@ -435,15 +435,15 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
                 .zip(&st.tcp_refused)
                 .map(|(why, n)| (*why, load(n)))
                 .collect(),
-            client_packets: load(&st.client_packets),
-            peer_packets: load(&st.peer_packets),
-            receive_calls: load(&st.receive_calls),
-            relayed_to_peers: load(&st.relayed_to_peers),
-            relayed_to_clients: load(&st.relayed_to_clients),
-            bytes_to_peers: load(&st.bytes_to_peers),
-            bytes_to_clients: load(&st.bytes_to_clients),
+            client_packets: st.client_packets(),
+            peer_packets: st.peer_packets(),
+            receive_calls: st.receive_calls(),
+            relayed_to_peers: st.relayed_to_peers(),
+            relayed_to_clients: st.relayed_to_clients(),
+            bytes_to_peers: st.bytes_to_peers(),
+            bytes_to_clients: st.bytes_to_clients(),
             dropped: st.dropped().collect(),
-            send_errors: load(&st.send_errors),
+            send_errors: st.send_errors(),
         }
     });
     EdgeSnapshot {

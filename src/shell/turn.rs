@@ -377,7 +377,7 @@ pub async fn start(
         listeners,
         relays: std::sync::RwLock::new(HashMap::new()),
         tcp_clients: std::sync::RwLock::new(HashMap::new()),
-        stats: TurnStats::default(),
+        stats: TurnStats::with_workers(workers),
         tasks: Mutex::new(JoinSet::new()),
         armed: Mutex::new(None),
         earlier_deadline: Notify::new(),

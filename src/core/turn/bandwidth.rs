@@ -64,8 +64,10 @@ pub enum Direction {
 }
 
 /// One GCRA over bytes: `tat` is the theoretical arrival time of the next byte, in
-/// nanoseconds since `epoch`.
+/// nanoseconds since `epoch`. Alone on its cache line: the two directions of an allocation
+/// may be charged by two relay workers at once, which must not write one line.
 #[derive(Debug)]
+#[repr(align(64))]
 pub struct Meter {
     epoch: Instant,
     tat_ns: AtomicU64,

@@ -8,7 +8,6 @@ use quinn_udp::RecvMeta;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 
 use super::Turn;
 use crate::core::turn::channel;
@@ -55,15 +54,14 @@ impl Turn {
         metas: &[RecvMeta],
         s: &mut ClientScratch,
     ) {
-        self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+        let hot = self.stats.hot();
+        hot.receive_call();
         s.datagrams.clear();
         for (i, (buf, meta)) in bufs.iter().zip(metas).enumerate() {
             s.datagrams
                 .extend(udp::datagrams(buf, meta).map(|r| (i, r)));
         }
-        self.stats
-            .client_packets
-            .fetch_add(s.datagrams.len() as u64, Ordering::Relaxed);
+        hot.client_packets(s.datagrams.len());
         let mut next = 0;
         while next < s.datagrams.len() {
             // Route the relay-path packets up to the next other one, under one read lock.
@@ -190,12 +188,11 @@ impl Turn {
         scratch: &mut Vec<u8>,
         gather: &mut Vec<u8>,
     ) {
-        self.stats.receive_calls.fetch_add(1, Ordering::Relaxed);
+        let hot = self.stats.hot();
+        hot.receive_call();
         let body = storage.get(HEADER..).unwrap_or_default();
         let segments = udp::datagrams(body, meta).count();
-        self.stats
-            .peer_packets
-            .fetch_add(segments as u64, Ordering::Relaxed);
+        hot.peer_packets(segments);
         if segments == 1 {
             self.one_to_client(relay, meta.addr, meta.len, storage, scratch);
         } else {

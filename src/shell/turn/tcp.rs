@@ -327,7 +327,7 @@ impl Turn {
                                     break;
                                 }
                             };
-                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+                            self.stats.hot().client_packets(1);
                             match routed {
                                 Ok(route) => routes.push((consumed..consumed + len, route)),
                                 Err(why) => self.stats.drop(why),
@@ -349,7 +349,7 @@ impl Turn {
                         None => break,
                         Some(Stop::NotTurn) => break 'read, // not TURN: close
                         Some(Stop::General(len)) => {
-                            self.stats.client_packets.fetch_add(1, Ordering::Relaxed);
+                            self.stats.hot().client_packets(1);
                             let frame = buf.get(consumed..consumed + len).unwrap_or_default();
                             self.tcp_general(tuple, origin, frame);
                             consumed += len;

@@ -101,7 +101,10 @@ impl Workers {
             // relay is gone), holding nothing but its sockets.
             std::thread::Builder::new()
                 .name(format!("edge-relay-{i}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    super::stats::count_in(i + 1);
+                    worker.run();
+                })?;
             handles.push(handle);
         }
         Ok(Workers { handles })
