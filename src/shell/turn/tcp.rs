@@ -30,6 +30,9 @@ use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
 use crate::sync::{MutexExt, RwLockExt};
 
+/// Bytes a TCP client's connection reads at a time.
+const READ_SIZE: usize = 2048;
+
 /// A TCP client silent this long is closed (longer than the longest allocation lifetime
 /// between Refreshes, which RFC 8656 clients send well before expiry).
 const TCP_IDLE: Duration = Duration::from_secs(3600);
@@ -268,8 +271,9 @@ impl Turn {
             let write = tokio::spawn(out.writer());
             let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
             let mut authenticated = false;
-            let mut buf: Vec<u8> = Vec::with_capacity(4096);
-            let mut chunk = vec![0u8; 16 * 1024];
+            // Read straight into the frame buffer, 2 KiB at a time (a frame of audio or video
+            // is smaller; a larger one takes several reads): no read buffer besides it.
+            let mut buf: Vec<u8> = Vec::new();
             let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
             'read: loop {
                 let wait = if authenticated {
@@ -277,15 +281,15 @@ impl Turn {
                 } else {
                     auth_deadline.saturating_duration_since(clock::now())
                 };
-                let n = match tokio::time::timeout(wait, reader.read(&mut chunk)).await {
-                    Ok(Ok(n)) if n > 0 => n,
+                buf.reserve(READ_SIZE);
+                match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
                     Err(_) if !authenticated => {
                         self.stats.tcp_refusal(AUTH_TIMEOUT);
                         break;
                     }
                     _ => break,
-                };
-                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                }
                 let mut consumed = 0;
                 loop {
                     // The relay path first: the frames of an established allocation up to
@@ -359,6 +363,10 @@ impl Turn {
                     }
                 }
                 buf.drain(..consumed.min(buf.len()));
+                // A large frame's room is not kept for a connection that goes quiet.
+                if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
+                    buf = Vec::new();
+                }
                 if !authenticated && clock::now() >= auth_deadline {
                     self.stats.tcp_refusal(AUTH_TIMEOUT);
                     break;
