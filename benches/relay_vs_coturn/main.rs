@@ -77,12 +77,14 @@ struct Args {
     turnserver: Option<PathBuf>,
     /// Another sipedge binary (an older commit's, for an A/B against the same coturn).
     sipedge: Option<PathBuf>,
+    /// The load generator on CPU 0, each server on CPU 1 (every thread of it).
+    pin: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench relay_vs_coturn -- [--modes channel,send,tcp] \
      [--rates 5000,20000,50000] [--rounds 3] [--seconds 10] [--warmup 2] [--clients 50] \
      [--size 182] [--tick-us 200] [--servers coturn,sipedge] [--coturn-relay-threads N] \
-     [--turnserver PATH] [--sipedge PATH]";
+     [--turnserver PATH] [--sipedge PATH] [--pin]";
 
 fn list<T>(s: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     s.split(',').filter(|p| !p.is_empty()).map(f).collect()
@@ -113,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
         coturn_relay_threads: None,
         turnserver: None,
         sipedge: None,
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -137,6 +140,7 @@ fn parse_args() -> Result<Args, String> {
             "--coturn-relay-threads" => a.coturn_relay_threads = Some(num(value()?)? as u32),
             "--turnserver" => a.turnserver = Some(PathBuf::from(value()?)),
             "--sipedge" => a.sipedge = Some(PathBuf::from(value()?)),
+            "--pin" => a.pin = true,
             // cargo passes --bench to harness = false targets.
             "--bench" => {}
             "-h" | "--help" => return Err(String::new()),
@@ -225,6 +229,9 @@ struct Context {
 
 fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Result<Run, String> {
     let server = servers::start(&ctx.setup, kind, n)?;
+    if ctx.args.pin {
+        pin(server.pid, 1)?;
+    }
     let rss_ready = servers::status_field(server.pid, "VmRSS");
     let setup_cpu0 = servers::cpu_ticks(&server.pid.to_string());
     let now = sipedge::shell::clock::now_unix();
@@ -376,6 +383,20 @@ fn summary(ctx: &Context, runs: &[Run]) -> String {
     out
 }
 
+/// Pins every thread of `pid` to `cpu` (taskset, util-linux).
+fn pin(pid: u32, cpu: u32) -> Result<(), String> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("taskset could not pin {pid} to CPU {cpu}"))
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -387,6 +408,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread starts: the generator's threads inherit CPU 0.
+    if args.pin {
+        if let Err(e) = pin(std::process::id(), 0) {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    }
     let Some(turnserver) = args
         .turnserver
         .clone()
