@@ -112,6 +112,52 @@ impl UdpPort {
     }
 }
 
+/// Datagrams sent by one [`UdpPort::send_many`] call at the most.
+pub const SEND_BATCH: usize = 32;
+
+impl UdpPort {
+    /// Sends each `(destination, contents)` as its own datagram in as few system calls as
+    /// the kernel takes (`sendmmsg`), without waiting; at most [`SEND_BATCH`] of them.
+    /// Returns how many were sent: one the kernel refuses is skipped, and those after a
+    /// full buffer are dropped.
+    pub fn send_many(&self, datagrams: &[(SocketAddr, &[u8])]) -> usize {
+        use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+        let n = datagrams.len().min(SEND_BATCH);
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        // On the stack: nothing is allocated per datagram or per call.
+        let addrs: [SocketAddrAny; SEND_BATCH] = std::array::from_fn(|i| {
+            SocketAddrAny::from(datagrams.get(i).map_or(unspecified, |d| d.0))
+        });
+        let iovs: [[io::IoSlice<'_>; 1]; SEND_BATCH] =
+            std::array::from_fn(|i| [io::IoSlice::new(datagrams.get(i).map_or(&[][..], |d| d.1))]);
+        let mut controls: [SendAncillaryBuffer<'_, '_, '_>; SEND_BATCH] =
+            std::array::from_fn(|_| SendAncillaryBuffer::default());
+        let mut slots = addrs.iter().zip(iovs.iter()).zip(controls.iter_mut());
+        let mut headers: [MMsgHdr<'_>; SEND_BATCH] = std::array::from_fn(|_| match slots.next() {
+            Some(((addr, iov), control)) => MMsgHdr::new_with_addr(addr, iov, control),
+            // SEND_BATCH slots zipped for SEND_BATCH headers.
+            None => unreachable!("one slot per header"),
+        });
+        let (mut at, mut sent) = (0, 0);
+        while at < n {
+            let Some(rest) = headers.get_mut(at..n) else {
+                break;
+            };
+            match rustix::net::sendmmsg(self, rest, SendFlags::DONTWAIT) {
+                Ok(k) if k > 0 => {
+                    at += k;
+                    sent += k;
+                }
+                // The buffer is full: the rest is dropped.
+                Err(rustix::io::Errno::AGAIN) => break,
+                // This one could not go (its destination, say): the next ones still may.
+                Ok(_) | Err(_) => at += 1,
+            }
+        }
+        sent
+    }
+}
+
 impl AsFd for UdpPort {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.io.as_fd()
@@ -198,5 +244,38 @@ mod tests {
             assert_eq!(d, &vec![i as u8; 172]);
         }
         assert_eq!(got[3], b"last");
+    }
+
+    #[test]
+    fn many_datagrams_to_many_destinations_go_in_one_call_and_a_refused_one_is_skipped() {
+        let a = UdpPort::bind("127.0.0.1:0".parse().unwrap(), Bind::default()).unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&b, &c] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+        }
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        // An IPv6 destination from an IPv4 socket: the kernel refuses that one.
+        let refused: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        let datagrams: Vec<(SocketAddr, &[u8])> = vec![
+            (to_b, b"one"),
+            (to_c, b"two"),
+            (refused, b"lost"),
+            (to_b, b"three"),
+        ];
+        assert_eq!(a.send_many(&datagrams), 3);
+        let mut buf = [0u8; 64];
+        let mut read = |s: &std::net::UdpSocket| {
+            let n = s.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        assert_eq!(read(&b), b"one");
+        assert_eq!(read(&b), b"three");
+        assert_eq!(read(&c), b"two");
+        // More than a batch: only the first SEND_BATCH are taken.
+        let many: Vec<(SocketAddr, &[u8])> =
+            (0..SEND_BATCH + 5).map(|_| (to_c, &b"x"[..])).collect();
+        assert_eq!(a.send_many(&many), SEND_BATCH);
     }
 }

@@ -16,9 +16,19 @@ use crate::core::turn::policy::Origin;
 use crate::core::turn::server::{Arrival, Dropped, FiveTuple, Route, ToClient, Transport, SEND};
 use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
-use crate::shell::udp::{self, MAX_DATAGRAM};
+use crate::shell::udp::{self, MAX_DATAGRAM, SEND_BATCH};
 
 use super::worker::HEADER;
+
+/// Datagrams for clients gathered during one wake-up of a relay worker, sent together at
+/// its end (`sendmmsg`, one call per client-facing socket): copies of the frames, back to
+/// back, and where each goes. The room is kept from wake-up to wake-up.
+#[derive(Default)]
+pub(super) struct Outbox {
+    bytes: Vec<u8>,
+    /// Client-facing address, client, the frame in `bytes`, its payload length.
+    items: Vec<(SocketAddr, SocketAddr, Range<usize>, usize)>,
+}
 
 /// Zeros to pad a ChannelData frame on a stream to a multiple of 4 (RFC 8656 §12.5).
 const PADDING: [u8; 3] = [0; 3];
@@ -187,6 +197,7 @@ impl Turn {
         storage: &mut [u8],
         scratch: &mut Vec<u8>,
         gather: &mut Vec<u8>,
+        outbox: &mut Outbox,
     ) {
         let hot = self.stats.hot();
         hot.receive_call();
@@ -194,13 +205,14 @@ impl Turn {
         let segments = udp::datagrams(body, meta).count();
         hot.peer_packets(segments);
         if segments == 1 {
-            self.one_to_client(relay, meta.addr, meta.len, storage, scratch);
+            self.one_to_client(relay, meta.addr, meta.len, storage, scratch, outbox);
         } else {
             self.train_to_client(relay, meta.addr, storage, meta, scratch, gather);
         }
     }
 
-    /// One datagram from a peer (at `storage[HEADER..HEADER + len]`) to its client.
+    /// One datagram from a peer (at `storage[HEADER..HEADER + len]`) to its client: over
+    /// UDP into the outbox, over TCP written at once.
     fn one_to_client(
         &self,
         relay: SocketAddr,
@@ -208,6 +220,7 @@ impl Turn {
         len: usize,
         storage: &mut [u8],
         scratch: &mut Vec<u8>,
+        outbox: &mut Outbox,
     ) {
         let data = storage.get(HEADER..HEADER + len).unwrap_or_default();
         let decided = self
@@ -236,10 +249,48 @@ impl Turn {
             }
             ToClient::Indication => scratch,
         };
-        if let Some(sock) = self.listeners.get(&tuple.server) {
-            let sent = sock.try_send(tuple.client, frame, None);
-            self.stats.sent(sent, false, 1, len);
+        if outbox.items.len() >= SEND_BATCH {
+            self.flush_to_clients(outbox);
         }
+        let start = outbox.bytes.len();
+        outbox.bytes.extend_from_slice(frame);
+        outbox
+            .items
+            .push((tuple.server, tuple.client, start..outbox.bytes.len(), len));
+    }
+
+    /// Sends what the outbox holds, a `sendmmsg` per run of datagrams from one
+    /// client-facing address, and empties it (keeping its room).
+    pub(super) fn flush_to_clients(&self, outbox: &mut Outbox) {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut i = 0;
+        while let Some(&(server, ..)) = outbox.items.get(i) {
+            let run = outbox
+                .items
+                .iter()
+                .skip(i)
+                .take(SEND_BATCH)
+                .take_while(|item| item.0 == server)
+                .count()
+                .max(1);
+            let items = outbox.items.get(i..i + run).unwrap_or_default();
+            let datagrams: [(SocketAddr, &[u8]); SEND_BATCH] = std::array::from_fn(|k| {
+                items
+                    .get(k)
+                    .map_or((unspecified, &[][..]), |(_, client, frame, _)| {
+                        (*client, outbox.bytes.get(frame.clone()).unwrap_or_default())
+                    })
+            });
+            if let Some(sock) = self.listeners.get(&server) {
+                let sent = sock.send_many(datagrams.get(..run).unwrap_or_default());
+                let bytes = items.iter().take(sent).map(|item| item.3).sum();
+                self.stats.relayed(false, sent, bytes);
+                self.stats.unsent(run - sent);
+            }
+            i += run;
+        }
+        outbox.items.clear();
+        outbox.bytes.clear();
     }
 
     /// A GRO train from one peer (equal-sized datagrams, the last maybe shorter) to its

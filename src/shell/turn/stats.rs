@@ -196,6 +196,15 @@ impl TurnStats {
         b.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Datagrams the kernel did not take (a full buffer, or refused): dropped.
+    pub(super) fn unsent(&self, n: usize) {
+        if n > 0 {
+            self.hot()
+                .send_errors
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn sent(
         &self,
         result: std::io::Result<()>,

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use quinn_udp::RecvMeta;
 use rustix::event::{epoll, eventfd, EventfdFlags};
 
-use super::relay::ClientScratch;
+use super::relay::{ClientScratch, Outbox};
 use super::Turn;
 use crate::core::turn::policy::Origin;
 use crate::shell::udp::{UdpPort, CLIENT_BATCH, MAX_DATAGRAM};
@@ -194,6 +194,7 @@ impl Worker {
         let mut peer_storage = vec![0u8; HEADER + MAX_DATAGRAM];
         let mut scratch: Vec<u8> = Vec::with_capacity(256);
         let mut gather: Vec<u8> = Vec::new();
+        let mut outbox = Outbox::default();
         loop {
             events.clear();
             match epoll::wait(
@@ -251,10 +252,13 @@ impl Worker {
                             &mut peer_storage,
                             &mut scratch,
                             &mut gather,
+                            &mut outbox,
                         );
                     }
                 }
             }
+            // What peers sent for clients in this wake-up, together.
+            turn.flush_to_clients(&mut outbox);
         }
     }
 
