@@ -18,7 +18,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 use sipedge::core::turn::auth::long_term_key;
 use sipedge::core::turn::encode::Writer;
 use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
-use sipedge::core::turn::stun::{self, attr, Class};
+use sipedge::core::turn::stun::attr;
 use sipedge::core::{credentials, keyring::Ring};
 use sipedge::shell::{self, keyfile};
 use sipedge::topology::{KeysSource, Relay};
@@ -69,23 +68,8 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn exchange(sock: &UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
-    sock.send_to(request, to).await.unwrap();
-    let mut buf = vec![0u8; 2048];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    buf.truncate(n);
-    buf
-}
-
 fn value(msg: &[u8], kind: u16) -> Vec<u8> {
-    let c = stun::check(msg).unwrap();
-    let a = c
-        .get(kind)
-        .unwrap_or_else(|| panic!("attribute {kind:#x} missing"));
-    msg[a.start..a.start + a.len].to_vec()
+    support::attr_value(msg, kind).unwrap_or_else(|| panic!("attribute {kind:#x} missing"))
 }
 
 fn main() {
@@ -147,33 +131,27 @@ fn main() {
             let key = long_term_key(&cred.username, "sipedge.test", &cred.password);
             let client = UdpSocket::bind("127.0.0.2:0").await.unwrap();
             let peer = UdpSocket::bind("127.0.0.6:0").await.unwrap();
-            let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let udp = |w: &mut Writer| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            };
+            let challenge = support::turn_request(ALLOCATE, 1, &udp, None);
             let nonce = value(
-                &exchange(&client, turn_addr, &w.finish_with_fingerprint()).await,
+                &support::exchange(&client, turn_addr, &challenge).await,
                 attr::NONCE,
             );
-            let signed = |method: u16, id: u8, extra: &dyn Fn(&mut Writer)| {
-                let mut w = Writer::new(Class::Request, method, [id; 12]);
-                extra(&mut w);
-                w.attr(attr::USERNAME, cred.username.as_bytes())
-                    .attr(attr::REALM, b"sipedge.test")
-                    .attr(attr::NONCE, &nonce)
-                    .integrity(&key);
-                w.finish_with_fingerprint()
+            let auth = support::TurnAuth {
+                username: &cred.username,
+                key: &key,
+                nonce: &nonce,
             };
-            let a = exchange(
-                &client,
-                turn_addr,
-                &signed(ALLOCATE, 2, &|w| {
-                    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-                }),
-            )
-            .await;
+            let signed = |method, id, extra: &dyn Fn(&mut Writer)| {
+                support::turn_request(method, id, extra, Some(&auth))
+            };
+            let a = support::exchange(&client, turn_addr, &signed(ALLOCATE, 2, &udp)).await;
             let relayed =
                 decode_xor_address(&value(&a, attr::XOR_RELAYED_ADDRESS), &[2; 12]).unwrap();
             let peer_addr = peer.local_addr().unwrap();
-            exchange(
+            support::exchange(
                 &client,
                 turn_addr,
                 &signed(CHANNEL_BIND, 3, &|w| {

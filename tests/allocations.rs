@@ -87,7 +87,7 @@ fn the_relay_workers_allocate_nothing_per_packet() {
     use sipedge::core::turn::auth::long_term_key;
     use sipedge::core::turn::encode::Writer;
     use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
-    use sipedge::core::turn::stun::{attr, Class};
+    use sipedge::core::turn::stun::attr;
     use sipedge::core::{credentials, keyring::Ring};
     use sipedge::shell::keyfile;
     use sipedge::topology::{KeysSource, Relay};
@@ -138,28 +138,25 @@ fn the_relay_workers_allocate_nothing_per_packet() {
         buf.truncate(n);
         buf
     };
-    let value = |msg: &[u8], kind| {
-        let c = sipedge::core::turn::stun::check(msg).unwrap();
-        let a = c.get(kind).unwrap();
-        msg[a.start..a.start + a.len].to_vec()
-    };
+    let value = |msg: &[u8], kind| support::attr_value(msg, kind).unwrap();
     let cred = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let key = long_term_key(&cred.username, "sipedge.test", &cred.password);
-    let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
-    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    let nonce = value(&exchange(&w.finish_with_fingerprint()), attr::NONCE);
-    let signed = |method: u16, id: u8, extra: &dyn Fn(&mut Writer)| {
-        let mut w = Writer::new(Class::Request, method, [id; 12]);
-        extra(&mut w);
-        w.attr(attr::USERNAME, cred.username.as_bytes())
-            .attr(attr::REALM, b"sipedge.test")
-            .attr(attr::NONCE, &nonce)
-            .integrity(&key);
-        w.finish_with_fingerprint()
-    };
-    let allocated = exchange(&signed(ALLOCATE, 2, &|w| {
+    let key = long_term_key(&cred.username, support::DOMAIN, &cred.password);
+    let udp = |w: &mut Writer| {
         w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    }));
+    };
+    let nonce = value(
+        &exchange(&support::turn_request(ALLOCATE, 1, &udp, None)),
+        attr::NONCE,
+    );
+    let auth = support::TurnAuth {
+        username: &cred.username,
+        key: &key,
+        nonce: &nonce,
+    };
+    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
+        support::turn_request(method, id, build, Some(&auth))
+    };
+    let allocated = exchange(&signed(ALLOCATE, 2, &udp));
     let relayed =
         decode_xor_address(&value(&allocated, attr::XOR_RELAYED_ADDRESS), &[2; 12]).unwrap();
     let peer_addr = peer.local_addr().unwrap();

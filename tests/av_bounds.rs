@@ -137,13 +137,7 @@ async fn the_user_quota_holds_across_the_members_of_a_pool() {
     let Some(redis) = crate::pool::Redis::start(port) else {
         return;
     };
-    let pool = sipedge::topology::PoolConfig {
-        redis: format!("redis://127.0.0.1:{port}/0"),
-        key_prefix: "quotatest".into(),
-        username: None,
-        password: None,
-        timeout: Duration::from_millis(300),
-    };
+    let pool = crate::pool::pool_config(port, "quotatest");
     let quota = |r: &mut Relay| r.max_allocations_per_user = 2;
     let a = Av::start_with(|_| {}, quota, |t| t.pool = Some(pool.clone()), None).await;
     let ring = (a.pki.dir.path().join("ring.toml"), a.ring.clone());

@@ -74,6 +74,17 @@ impl Drop for Redis {
     }
 }
 
+/// `[pool]` on the test's redis-server at `port`, keys under `prefix`, a 300 ms timeout.
+pub(crate) fn pool_config(port: u16, prefix: &str) -> PoolConfig {
+    PoolConfig {
+        redis: format!("redis://127.0.0.1:{port}/0"),
+        key_prefix: prefix.into(),
+        username: None,
+        password: None,
+        timeout: Duration::from_millis(300),
+    }
+}
+
 fn firewall() -> Firewall {
     Firewall {
         connect_rate: 50,
@@ -96,13 +107,7 @@ async fn member(pki: &Pki, director: &Director, name: &str, redis_port: u16) -> 
     let mut t = topology(pki, &[director.addr]);
     t.edge.name = name.into();
     t.firewall = firewall();
-    t.pool = Some(PoolConfig {
-        redis: format!("redis://127.0.0.1:{redis_port}/0"),
-        key_prefix: "pooltest".into(),
-        username: None,
-        password: None,
-        timeout: Duration::from_millis(300),
-    });
+    t.pool = Some(pool_config(redis_port, "pooltest"));
     let edge = shell::start(&t)
         .await
         .expect("a member starts, whatever Redis does");
@@ -372,13 +377,7 @@ async fn a_source_spread_over_members_is_held_to_its_rate_within_the_bound() {
         t.firewall = firewall();
         tune(&mut t);
         if pool {
-            t.pool = Some(PoolConfig {
-                redis: format!("redis://127.0.0.1:{port}/0"),
-                key_prefix: "ratetest".into(),
-                username: None,
-                password: None,
-                timeout: Duration::from_millis(300),
-            });
+            t.pool = Some(pool_config(port, "ratetest"));
         }
         t
     };

@@ -12,7 +12,7 @@ use sipedge::core::credentials;
 use sipedge::core::turn::auth::long_term_key;
 use sipedge::core::turn::encode::Writer;
 use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
-use sipedge::core::turn::stun::{attr, Class};
+use sipedge::core::turn::stun::attr;
 use sipedge::shell;
 use sipedge::shell::udp;
 use sipedge::topology::{KeysSource, Relay};
@@ -97,32 +97,23 @@ async fn with_channel(
     user: &str,
     now: u64,
 ) -> (UdpSocket, UdpSocket, SocketAddr) {
-    let realm = DOMAIN;
     // The internal client allocates (401 first, then with the credential).
     let client = UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let cred = credentials::mint(ring, user, 3600, now).unwrap();
-    let key = long_term_key(&cred.username, realm, &cred.password);
-    let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
-    w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    let challenge = exchange(&client, turn, &w.finish_with_fingerprint()).await;
-    let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
-    let signed = |method: u16, id: u8, build: &dyn Fn(&mut Writer)| {
-        let mut w = Writer::new(Class::Request, method, [id; 12]);
-        build(&mut w);
-        w.attr(attr::USERNAME, cred.username.as_bytes())
-            .attr(attr::REALM, realm.as_bytes())
-            .attr(attr::NONCE, &nonce)
-            .integrity(&key);
-        w.finish_with_fingerprint()
+    let key = long_term_key(&cred.username, DOMAIN, &cred.password);
+    let udp = |w: &mut Writer| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     };
-    let answer = exchange(
-        &client,
-        turn,
-        &signed(ALLOCATE, 2, &|w| {
-            w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        }),
-    )
-    .await;
+    let challenge = exchange(&client, turn, &turn_request(ALLOCATE, 1, &udp, None)).await;
+    let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
+    let auth = TurnAuth {
+        username: &cred.username,
+        key: &key,
+        nonce: &nonce,
+    };
+    let signed =
+        |method, id, build: &dyn Fn(&mut Writer)| turn_request(method, id, build, Some(&auth));
+    let answer = exchange(&client, turn, &signed(ALLOCATE, 2, &udp)).await;
     let relayed = decode_xor_address(
         &attr_value(&answer, attr::XOR_RELAYED_ADDRESS).expect("allocated"),
         &[2; 12],

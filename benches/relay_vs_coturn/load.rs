@@ -220,7 +220,12 @@ fn pace(mut senders: Vec<Sender>, p: &Params, shared: &Shared) -> SendStats {
     stats
 }
 
-async fn echo(sock: tokio::net::UdpSocket, shared: Arc<Shared>) {
+/// Reads `sock` until the run's deadline, handing each datagram and its sender to `on`.
+async fn read_until_deadline(
+    sock: &tokio::net::UdpSocket,
+    shared: &Shared,
+    mut on: impl FnMut(&[u8], std::net::SocketAddr),
+) {
     let stop = tokio::time::sleep_until(shared.deadline.into());
     tokio::pin!(stop);
     let mut buf = [0u8; 2048];
@@ -232,33 +237,28 @@ async fn echo(sock: tokio::net::UdpSocket, shared: Arc<Shared>) {
                     return;
                 }
                 while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
-                    shared.at_peer(&buf[..n]);
-                    if sock.try_send_to(&buf[..n], from).is_err() {
-                        shared.echo_failures.fetch_add(1, Relaxed);
-                    }
+                    on(&buf[..n], from);
                 }
             }
         }
     }
 }
 
-async fn client_udp(sock: tokio::net::UdpSocket, shared: Arc<Shared>) {
-    let stop = tokio::time::sleep_until(shared.deadline.into());
-    tokio::pin!(stop);
-    let mut buf = [0u8; 2048];
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            r = sock.readable() => {
-                if r.is_err() {
-                    return;
-                }
-                while let Ok(n) = sock.try_recv(&mut buf) {
-                    shared.at_client(payload_of(&buf[..n]));
-                }
-            }
+async fn echo(sock: tokio::net::UdpSocket, shared: Arc<Shared>) {
+    read_until_deadline(&sock, &shared, |datagram, from| {
+        shared.at_peer(datagram);
+        if sock.try_send_to(datagram, from).is_err() {
+            shared.echo_failures.fetch_add(1, Relaxed);
         }
-    }
+    })
+    .await;
+}
+
+async fn client_udp(sock: tokio::net::UdpSocket, shared: Arc<Shared>) {
+    read_until_deadline(&sock, &shared, |datagram, _| {
+        shared.at_client(payload_of(datagram));
+    })
+    .await;
 }
 
 async fn client_tcp(stream: tokio::net::TcpStream, shared: Arc<Shared>) {

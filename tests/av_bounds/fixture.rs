@@ -110,18 +110,12 @@ pub(super) fn request(
     build: &dyn Fn(&mut Writer),
     auth: Option<(&Credential, &[u8])>,
 ) -> Vec<u8> {
-    let mut w = Writer::new(Class::Request, method, [id; 12]);
-    build(&mut w);
-    match auth {
-        Some((c, nonce)) => {
-            w.attr(attr::USERNAME, c.username.as_bytes())
-                .attr(attr::REALM, DOMAIN.as_bytes())
-                .attr(attr::NONCE, nonce)
-                .integrity(&c.key);
-            w.finish_with_fingerprint()
-        }
-        None => w.finish_with_fingerprint(),
-    }
+    let auth = auth.map(|(c, nonce)| TurnAuth {
+        username: &c.username,
+        key: &c.key,
+        nonce,
+    });
+    turn_request(method, id, build, auth.as_ref())
 }
 
 /// The ERROR-CODE of an answer (class * 100 + number), `None` for a success.

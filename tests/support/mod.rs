@@ -797,6 +797,34 @@ pub async fn exchange(sock: &tokio::net::UdpSocket, to: SocketAddr, request: &[u
     buf
 }
 
+/// Who signs a TURN request: the credential's username and long-term key, and the nonce
+/// the server gave.
+pub struct TurnAuth<'a> {
+    pub username: &'a str,
+    pub key: &'a [u8],
+    pub nonce: &'a [u8],
+}
+
+/// A TURN request of `method` with transaction id `[id; 12]` and `build`'s attributes,
+/// signed (USERNAME, REALM, NONCE, MESSAGE-INTEGRITY) when `auth` is given; FINGERPRINT last.
+pub fn turn_request(
+    method: u16,
+    id: u8,
+    build: &dyn Fn(&mut sipedge::core::turn::encode::Writer),
+    auth: Option<&TurnAuth<'_>>,
+) -> Vec<u8> {
+    use sipedge::core::turn::stun::{attr, Class};
+    let mut w = sipedge::core::turn::encode::Writer::new(Class::Request, method, [id; 12]);
+    build(&mut w);
+    if let Some(a) = auth {
+        w.attr(attr::USERNAME, a.username.as_bytes())
+            .attr(attr::REALM, DOMAIN.as_bytes())
+            .attr(attr::NONCE, a.nonce)
+            .integrity(a.key);
+    }
+    w.finish_with_fingerprint()
+}
+
 /// The value of a STUN attribute in a message that passes the strict check.
 pub fn attr_value(msg: &[u8], kind: u16) -> Option<Vec<u8>> {
     let c = sipedge::core::turn::stun::check(msg).ok()?;

@@ -30,6 +30,10 @@ pub(super) struct Outbox {
     items: Vec<(SocketAddr, SocketAddr, Range<usize>, usize)>,
 }
 
+/// Room an outbox keeps between wake-ups (a batch of audio or video frames; a batch of
+/// 64 KiB datagrams is given back after it is sent).
+const OUTBOX_KEPT: usize = 64 * 1024;
+
 /// Zeros to pad a ChannelData frame on a stream to a multiple of 4 (RFC 8656 §12.5).
 const PADDING: [u8; 3] = [0; 3];
 
@@ -291,6 +295,10 @@ impl Turn {
         }
         outbox.items.clear();
         outbox.bytes.clear();
+        // A burst of large datagrams does not leave its room held for good.
+        if outbox.bytes.capacity() > OUTBOX_KEPT {
+            outbox.bytes = Vec::new();
+        }
     }
 
     /// A GRO train from one peer (equal-sized datagrams, the last maybe shorter) to its
