@@ -578,12 +578,19 @@ async fn the_quota_scripts_count_members_in_order_and_forget_the_silent() {
     assert_eq!(answer(asks("b", 2, 60_000, 7)).await, (1, 1));
     // Three held (a: 1, b: 2): a second on a is refused, and a keeps its one.
     assert_eq!(answer(asks("a", 2, 60_000, 11)).await, (0, 2));
-    let a: String = redis::cmd("HGET")
-        .arg(key)
-        .arg("a")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // a's count as Redis holds it: "<n> <lease end> <seq>".
+    let count_of_a = || {
+        let mut conn = shared.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("a")
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let a = count_of_a().await;
     assert!(a.starts_with("1 ") && a.ends_with(" 11"), "{a}");
     // A refresh of a from before its last ask (seq 9 < 11) does not put back an older count.
     let mut old = redis::cmd("EVAL");
@@ -596,12 +603,7 @@ async fn the_quota_scripts_count_members_in_order_and_forget_the_silent() {
         .arg(0);
     let others: Vec<i64> = old.query_async(&mut conn).await.unwrap();
     assert_eq!(others, vec![2]);
-    let a: String = redis::cmd("HGET")
-        .arg(key)
-        .arg("a")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let a = count_of_a().await;
     assert!(a.starts_with("1 "), "the newer count stands: {a}");
     // A newer refresh lets go (0), and b falls silent: its lease (50 ms) ends.
     let mut let_go = redis::cmd("EVAL");
