@@ -128,22 +128,9 @@ pub(super) fn allocate_udp(w: &mut Writer) {
     w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
 }
 
-/// A STUN exchange over UDP as a client does it (RFC 8489 §6.2.1): retransmitted until
-/// answered (a relayed port the kernel refuses costs the edge's answer, not the client's
-/// allocation).
+/// A STUN exchange over UDP as a client does it (see [`exchange`]).
 pub(super) async fn udp_exchange(sock: &UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; 2048];
-    for _ in 0..7 {
-        sock.send_to(request, to).await.unwrap();
-        if let Ok(got) =
-            tokio::time::timeout(Duration::from_millis(1000), sock.recv_from(&mut buf)).await
-        {
-            let (n, _) = got.unwrap();
-            buf.truncate(n);
-            return buf;
-        }
-    }
-    panic!("no answer to 7 transmissions a second apart");
+    exchange(sock, to, request).await
 }
 
 /// One TURN client over UDP from its own loopback address.

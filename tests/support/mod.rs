@@ -785,16 +785,26 @@ print(len(families), sum(len(f.samples) for f in families))
     Some(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-/// Sends a STUN request over UDP and returns the answer (within [`WAIT`]).
+/// A STUN exchange over UDP as a client does it (RFC 8489 §6.2.1): the request is
+/// retransmitted a second apart until its answer comes (at most 7 times); answers to
+/// other transactions (a late one to an earlier retransmission) are skipped. A relayed port
+/// the kernel refuses (another test's relay, run in parallel, holds it) costs the edge's
+/// answer, and the retransmission gets another port, as it would for a real client.
 pub async fn exchange(sock: &tokio::net::UdpSocket, to: SocketAddr, request: &[u8]) -> Vec<u8> {
-    sock.send_to(request, to).await.unwrap();
+    let transaction = request.get(8..20);
     let mut buf = vec![0u8; 2048];
-    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
-        .await
-        .expect("TURN answered")
-        .unwrap();
-    buf.truncate(n);
-    buf
+    for _ in 0..7 {
+        sock.send_to(request, to).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(got) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+            let (n, _) = got.unwrap();
+            if n >= 20 && buf.get(8..20) == transaction {
+                buf.truncate(n);
+                return buf;
+            }
+        }
+    }
+    panic!("TURN answered none of 7 transmissions a second apart");
 }
 
 /// Who signs a TURN request: the credential's username and long-term key, and the nonce
