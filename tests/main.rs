@@ -58,3 +58,6 @@ mod netns;
 
 /// The outsider property test: generated message sequences against real sessions.
 mod outsider;
+
+/// The kernel fast path (eBPF) in network namespaces: relays, and enforces the policy.
+mod kernel_offload;

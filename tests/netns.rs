@@ -492,10 +492,10 @@ fn role_inside() {
 
         let client = tokio::net::UdpSocket::bind(format!("{LAN_IP}:0")).await.unwrap();
         let turn: SocketAddr = format!("{INT_IP}:3478").parse().unwrap();
-        let mut session = TurnSession::allocate(client, turn).await;
+        let mut session = TurnSession::allocate(client, turn, &env("SIPEDGE_NETNS_USER"), &env("SIPEDGE_NETNS_PASS")).await;
         assert_eq!(session.relayed.ip().to_string(), EXT_IP, "relayed on the external interface");
         let peer: SocketAddr = format!("{INET_IP}:40000").parse().unwrap();
-        assert_eq!(session.bind_channel(peer).await, None, "channel bound");
+        assert_eq!(session.bind_channel(0x4001, peer).await, None, "channel bound");
         for i in 0..20u8 {
             let payload = vec![i; 160];
             let mut frame = vec![0x40, 0x01, 0, 160];
@@ -600,7 +600,7 @@ fn role_remote_user() {
 
         let client = tokio::net::UdpSocket::bind(format!("{INET_IP}:0")).await.unwrap();
         let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();
-        let mut session = TurnSession::allocate(client, turn).await;
+        let mut session = TurnSession::allocate(client, turn, &env("SIPEDGE_NETNS_USER"), &env("SIPEDGE_NETNS_PASS")).await;
         println!("PROVEN: TURN answers on the external interface (an allocation on {})", session.relayed);
         for internal in [LAN_IP, INT_IP] {
             let peer: SocketAddr = format!("{internal}:5061").parse().unwrap();
@@ -609,98 +609,4 @@ fn role_remote_user() {
         println!("PROVEN: the relay refuses internal peers to an allocation from the Internet (403)");
     });
     println!("DONE");
-}
-
-/// A TURN client just big enough for the checks: allocate, permission, channel.
-struct TurnSession {
-    sock: tokio::net::UdpSocket,
-    server: SocketAddr,
-    relayed: SocketAddr,
-    username: String,
-    key: [u8; 16],
-    nonce: Vec<u8>,
-    next_id: u8,
-}
-
-impl TurnSession {
-    async fn allocate(sock: tokio::net::UdpSocket, server: SocketAddr) -> TurnSession {
-        use sipedge::core::turn::encode::Writer;
-        use sipedge::core::turn::server::{decode_xor_address, ALLOCATE};
-        use sipedge::core::turn::stun::{attr, Class};
-        let username = env("SIPEDGE_NETNS_USER");
-        let password = env("SIPEDGE_NETNS_PASS");
-        let key = sipedge::core::turn::auth::long_term_key(&username, DOMAIN, &password);
-        let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        let challenge = exchange(&sock, server, &w.finish_with_fingerprint()).await;
-        let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
-        let mut s = TurnSession {
-            sock,
-            server,
-            relayed: server,
-            username,
-            key,
-            nonce,
-            next_id: 2,
-        };
-        let answer = s
-            .request(ALLOCATE, |w| {
-                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-            })
-            .await;
-        let id = [s.next_id - 1; 12];
-        s.relayed = decode_xor_address(
-            &attr_value(&answer, attr::XOR_RELAYED_ADDRESS).expect("allocated"),
-            &id,
-        )
-        .unwrap();
-        s
-    }
-
-    async fn request(
-        &mut self,
-        method: u16,
-        build: impl Fn(&mut sipedge::core::turn::encode::Writer),
-    ) -> Vec<u8> {
-        use sipedge::core::turn::encode::Writer;
-        use sipedge::core::turn::stun::{attr, Class};
-        let mut w = Writer::new(Class::Request, method, [self.next_id; 12]);
-        self.next_id += 1;
-        build(&mut w);
-        w.attr(attr::USERNAME, self.username.as_bytes())
-            .attr(attr::REALM, DOMAIN.as_bytes())
-            .attr(attr::NONCE, &self.nonce)
-            .integrity(&self.key);
-        exchange(&self.sock, self.server, &w.finish_with_fingerprint()).await
-    }
-
-    /// The error code of a CreatePermission for `peer`, `None` on success.
-    async fn permission(&mut self, peer: SocketAddr) -> Option<u16> {
-        use sipedge::core::turn::server::CREATE_PERMISSION;
-        use sipedge::core::turn::stun::attr;
-        let answer = self
-            .request(CREATE_PERMISSION, |w| {
-                w.xor_address(attr::XOR_PEER_ADDRESS, peer);
-            })
-            .await;
-        error_code(&answer)
-    }
-
-    /// The error code of a ChannelBind of 0x4001 to `peer`, `None` on success.
-    async fn bind_channel(&mut self, peer: SocketAddr) -> Option<u16> {
-        use sipedge::core::turn::server::CHANNEL_BIND;
-        use sipedge::core::turn::stun::attr;
-        let answer = self
-            .request(CHANNEL_BIND, |w| {
-                w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
-                    .xor_address(attr::XOR_PEER_ADDRESS, peer);
-            })
-            .await;
-        error_code(&answer)
-    }
-}
-
-fn error_code(msg: &[u8]) -> Option<u16> {
-    let v = attr_value(msg, sipedge::core::turn::stun::attr::ERROR_CODE)?;
-    Some(u16::from(v[2]) * 100 + u16::from(v[3]))
 }

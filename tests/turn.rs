@@ -22,36 +22,68 @@ fn uclient() -> Option<std::path::PathBuf> {
 }
 
 /// An edge whose relay listens on `listen` and relays on ports `base` to `base` + 99 (its
-/// Director left running for the rest of the test): the edge, and the ring its relay
-/// credentials verify with.
+/// Director left running for the rest of the test), with the kernel fast path if `kernel`:
+/// the edge, and the ring its relay credentials verify with.
 fn relay_edge(
     rt: &tokio::runtime::Runtime,
     pki: &Pki,
     listen: &str,
     base: u16,
+    kernel: bool,
 ) -> (shell::RunningEdge, Ring) {
     let (ring_path, ring) = ring_file(pki);
     let edge = rt.block_on(async {
         let director = Director::start(pki).await;
         let mut t = topology(pki, &[director.addr]);
         t.keys = Some(KeysSource::File(ring_path));
-        t.relay = Some(loopback_relay(&[listen], base));
+        let mut relay = loopback_relay(&[listen], base);
+        relay.kernel_offload = kernel;
+        t.relay = Some(relay);
         std::mem::forget(director);
         shell::start(&t).await.expect("edge starts")
     });
     (edge, ring)
 }
 
+/// What the kernel path relayed of a run, when it is on (`None` when it is not, which CI
+/// does not accept: its script installs what the kernel path needs): read back every
+/// second, so waited for (up to 10 s, on a busy machine) until it reaches `want` packets.
+fn kernel_relayed(turn: &sipedge::shell::turn::Turn, want: u64) -> Option<(u64, u64)> {
+    if !turn.kernel_status.starts_with("on") {
+        assert!(std::env::var_os("CI").is_none(), "{}", turn.kernel_status);
+        eprintln!("NOTE: relayed in user space: {}", turn.kernel_status);
+        return None;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (to_peers, to_clients) = turn.stats.kernel_relayed_packets();
+        if to_peers + to_clients >= want || std::time::Instant::now() > deadline {
+            return Some((to_peers, to_clients));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn turnutils_uclient_relays_media_through_the_edge() {
+    uclient_through_the_edge(false);
+}
+
+/// coturn's client through the kernel fast path (`relay.kernel_offload`, on loopback).
+#[test]
+fn turnutils_uclient_relays_media_through_the_kernel_path() {
+    uclient_through_the_edge(true);
+}
+
+fn uclient_through_the_edge(kernel: bool) {
     let Some(uclient) = uclient() else { return };
     let pki = Pki::new();
     let now = sipedge::shell::clock::now_unix();
     let turn_port = free_udp_port("127.0.0.1");
-    let base = 40_000 + (std::process::id() % 100) as u16 * 100;
+    let base = 40_000 + (std::process::id() % 50) as u16 * 200 + if kernel { 100 } else { 0 };
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (edge, ring) = relay_edge(&rt, &pki, &format!("127.0.0.1:{turn_port}"), base);
+    let (edge, ring) = relay_edge(&rt, &pki, &format!("127.0.0.1:{turn_port}"), base, kernel);
     assert_eq!(
         edge.turn_udp,
         vec![format!("127.0.0.1:{turn_port}").parse().unwrap()]
@@ -64,6 +96,14 @@ fn turnutils_uclient_relays_media_through_the_edge() {
     assert!(ok, "turnutils_uclient failed through the edge:\n{out}");
     assert!(out.contains("Total lost packets 0"), "{out}");
     assert!(turn.stats.relayed_to_peers() >= 20, "{out}");
+    if kernel {
+        if let Some((to_peers, _)) = kernel_relayed(&turn, 10) {
+            assert!(
+                to_peers >= 10,
+                "the kernel relayed {to_peers} of uclient's 20\n{out}"
+            );
+        }
+    }
 
     let tampered = c.username.replace("alice", "mallory");
     let (ok, out) = run(&tampered, &c.password);
@@ -147,6 +187,16 @@ fn a_credential_issued_by_one_edge_process_is_accepted_by_another() {
 /// edge and completes ICE through it, then exchanges data both ways.
 #[test]
 fn aioice_completes_ice_through_the_relay() {
+    aioice_through_the_edge(false);
+}
+
+/// aioice through the kernel fast path (`relay.kernel_offload`, on loopback).
+#[test]
+fn aioice_completes_ice_through_the_kernel_path() {
+    aioice_through_the_edge(true);
+}
+
+fn aioice_through_the_edge(kernel: bool) {
     let python = ["python3"].iter().find_map(|p| {
         let ok = Command::new(p)
             .args(["-c", "import aioice"])
@@ -161,9 +211,9 @@ fn aioice_completes_ice_through_the_relay() {
     };
     let pki = Pki::new();
     let now = sipedge::shell::clock::now_unix();
-    let base = 10_000 + (std::process::id() % 100) as u16 * 100;
+    let base = 10_000 + (std::process::id() % 50) as u16 * 200 + if kernel { 100 } else { 0 };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (edge, ring) = relay_edge(&rt, &pki, "127.0.0.2:0", base);
+    let (edge, ring) = relay_edge(&rt, &pki, "127.0.0.2:0", base, kernel);
     let turn = edge.turn_udp[0];
     let c = credentials::mint(&ring, "ice@sipedge.test", 3600, now).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/relay_ice.py");
@@ -184,5 +234,13 @@ fn aioice_completes_ice_through_the_relay() {
         text.contains("20 round trips of 172 bytes intact"),
         "{text}"
     );
+    if kernel {
+        if let Some((to_peers, to_clients)) = kernel_relayed(edge.turn.as_ref().unwrap(), 10) {
+            assert!(
+                to_peers + to_clients >= 10,
+                "the kernel relayed {to_peers} / {to_clients} of aioice's round trips\n{text}"
+            );
+        }
+    }
     rt.block_on(edge.stop());
 }

@@ -23,8 +23,8 @@ use crate::core::turn::encode::Writer;
 use crate::core::turn::nonce::Nonces;
 use crate::core::turn::policy::{Origin, PeerPolicy};
 use crate::core::turn::server::{
-    Arrival, FiveTuple, Output, PoolAsk, PoolVerdict, Server, Transport, TurnConfig, ALLOCATE,
-    CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND,
+    decode_xor_address, Arrival, FiveTuple, Output, PoolAsk, PoolVerdict, Server, Transport,
+    TurnConfig, ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND,
 };
 use crate::core::turn::stun::{self, attr, Class};
 
@@ -53,6 +53,8 @@ struct World {
     peers: Vec<SocketAddr>,
     /// Relays open now, and the client that holds each.
     relays: HashMap<SocketAddr, usize>,
+    /// Channels handed to the kernel path and not taken back: their relays and deadlines.
+    kernel: HashMap<(FiveTuple, u16), (SocketAddr, Instant)>,
     tokens: Vec<Vec<u8>>,
     /// Asks for the pool seen (the newest few), to answer.
     asks: Vec<PoolAsk>,
@@ -116,6 +118,7 @@ impl World {
         cfg.max_permissions_per_allocation = 3;
         cfg.max_channels_per_allocation = 2;
         cfg.strangers.bytes_per_sec = 2000;
+        cfg.kernel_offload = true;
         cfg.policy = PeerPolicy {
             own: vec![[192, 0, 2, 10].into(), [203, 0, 113, 10].into()],
             internal: vec![],
@@ -176,6 +179,7 @@ impl World {
             .filter_map(|p| p.parse().ok())
             .collect(),
             relays: HashMap::new(),
+            kernel: HashMap::new(),
             tokens: Vec::new(),
             asks: Vec::new(),
             start,
@@ -408,13 +412,67 @@ impl World {
 
     /// Learns relays and reservation tokens from the outputs; checks what goes out.
     fn observe(&mut self, who: usize) {
+        // Whose each opened relay is: the Allocate answer that names it (an allocation the
+        // pool granted is answered in the step that brings the pool's verdict, whoever
+        // acts in it).
+        let mut owners: HashMap<u16, usize> = HashMap::new();
+        for o in &self.out {
+            if let Output::ToClient { tuple, bytes } = o {
+                let relayed = stun::check(bytes).ok().and_then(|c| {
+                    let a = c.get(attr::XOR_RELAYED_ADDRESS)?;
+                    let v = bytes.get(a.start..a.start + a.len)?;
+                    decode_xor_address(v, &c.transaction_id)
+                });
+                let client = self.clients.iter().position(|c| c.tuple == *tuple);
+                if let (Some(relayed), Some(client)) = (relayed, client) {
+                    owners.insert(relayed.port(), client);
+                }
+            }
+        }
         for o in &self.out {
             match o {
                 Output::OpenRelay { relay } => {
-                    assert!(self.relays.insert(*relay, who).is_none(), "a relay twice");
+                    let owner = owners.get(&relay.port()).copied().unwrap_or(who);
+                    assert!(self.relays.insert(*relay, owner).is_none(), "a relay twice");
                 }
                 Output::CloseRelay { relay } => {
                     self.relays.remove(relay);
+                    // The kernel never relays for a socket that is gone: what it was handed
+                    // is taken back first, or has passed its deadline.
+                    let now = self.start + self.elapsed;
+                    assert!(
+                        !self
+                            .kernel
+                            .values()
+                            .any(|(r, until)| r == relay && *until > now),
+                        "a relay closed with its channels still live in the kernel"
+                    );
+                    self.kernel.retain(|_, (r, _)| r != relay);
+                }
+                Output::KernelChannel(k) => {
+                    // Only what the core itself would relay: a relay its own client holds,
+                    // to a peer the policy allows, until a deadline still ahead.
+                    let holder = self.relays.get(&k.relay).and_then(|i| self.clients.get(*i));
+                    let Some(holder) = holder else {
+                        panic!("a channel handed over on a relay nobody holds");
+                    };
+                    assert_eq!(
+                        holder.tuple, k.tuple,
+                        "a channel handed over to another client"
+                    );
+                    assert!(
+                        self.policy.check(k.peer.ip(), holder.origin).is_ok() && k.peer.port() != 0,
+                        "handed over to {}, which the policy refuses",
+                        k.peer
+                    );
+                    assert!(
+                        k.until > self.start + self.elapsed,
+                        "handed over already expired"
+                    );
+                    self.kernel.insert((k.tuple, k.channel), (k.relay, k.until));
+                }
+                Output::KernelChannelGone { tuple, channel } => {
+                    self.kernel.remove(&(*tuple, *channel));
                 }
                 Output::AskPool(ask) => {
                     // Asked only within what this member knows of the quota.

@@ -407,6 +407,21 @@ fn relay_metrics(e: &mut Exposition, r: &Relay) {
         "Sends the kernel refused.",
         r.send_errors,
     );
+    single(
+        e,
+        "sipedge_turn_kernel_channels",
+        Kind::Gauge,
+        "Channels the kernel path relays now (relay.kernel_offload).",
+        r.kernel_channels,
+    );
+    by_label(
+        e,
+        "sipedge_turn_kernel_relayed_packets_total",
+        Kind::Counter,
+        "Of the packets relayed, those the kernel path relayed, by direction (read back every second).",
+        "direction",
+        directions(r.kernel_relayed_to_peers, r.kernel_relayed_to_clients),
+    );
 }
 
 /// The instance's state as pretty JSON: certificates, next hops, connections, calls,
@@ -482,7 +497,7 @@ pub fn status(s: &EdgeSnapshot) -> String {
     let relay = s
         .relay
         .as_ref()
-        .map(|r| json!({ "allocations": r.allocations }));
+        .map(|r| json!({ "allocations": r.allocations, "kernel_offload": r.kernel_offload }));
     let pool = s.pool.as_ref().map(|p| {
         json!({
             "redis": p.status,
@@ -610,6 +625,8 @@ mod tests {
                 tcp_refused: vec![("zone_full", 1)],
                 dropped: vec![("no_permission", 9)],
                 bytes_to_peers: 1200,
+                kernel_offload: "unavailable: no privilege".into(),
+                kernel_relayed_to_clients: 7,
                 ..Relay::default()
             }),
             pool: Some(Pool {
@@ -658,6 +675,7 @@ mod tests {
             "sipedge_turn_tcp_refused_total{reason=\"zone_full\"} 1\n",
             "sipedge_turn_relayed_bytes_total{direction=\"to_peer\"} 1200\n",
             "sipedge_turn_dropped_total{reason=\"no_permission\"} 9\n",
+            "sipedge_turn_kernel_relayed_packets_total{direction=\"to_client\"} 7\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -666,7 +684,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 40, "{text}");
+        assert_eq!(types, 42, "{text}");
     }
 
     #[test]
@@ -704,6 +722,7 @@ mod tests {
         assert_eq!(v["connections"]["external"], 2);
         assert_eq!(v["calls"], 1);
         assert_eq!(v["relay"]["allocations"], 5);
+        assert_eq!(v["relay"]["kernel_offload"], "unavailable: no privilege");
         assert_eq!(v["partners"][0]["partner"], "edge.partner.example");
         assert_eq!(v["partners"][0]["dialogs"], 2);
         assert_eq!(v["partners"].as_array().unwrap().len(), 2);

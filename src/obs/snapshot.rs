@@ -171,4 +171,10 @@ pub struct Relay {
     /// Packets dropped without an answer, by reason label.
     pub dropped: Vec<(&'static str, u64)>,
     pub send_errors: u64,
+    /// The kernel fast path: "off", "on (interfaces)", or "unavailable: why".
+    pub kernel_offload: String,
+    /// Channels the kernel relays now, and the packets it relayed (in the totals too).
+    pub kernel_channels: u64,
+    pub kernel_relayed_to_peers: u64,
+    pub kernel_relayed_to_clients: u64,
 }

@@ -101,6 +101,9 @@ pub(super) fn turn_config(
     cfg.bandwidth_per_user = Budget::kbit(relay.max_kbps_per_user);
     cfg.max_permissions_per_allocation = relay.max_permissions_per_allocation;
     cfg.max_channels_per_allocation = relay.max_channels_per_allocation;
+    cfg.permission_lifetime = relay.permission_lifetime;
+    cfg.channel_lifetime = relay.channel_lifetime;
+    cfg.kernel_offload = relay.kernel_offload;
     cfg.strangers.bytes_per_sec = relay.unauthenticated_bytes_per_second;
     // The stranger table is bounded like the firewall's source table.
     cfg.strangers.max_sources = t.firewall.max_sources;

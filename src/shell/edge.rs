@@ -495,6 +495,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
                 shared.shutdown.clone(),
                 seed_port,
                 relay_workers(relay.workers),
+                &relay.kernel_offload_interfaces,
             )
             .await
             .map_err(|source| StartError::Bind {

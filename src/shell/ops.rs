@@ -444,6 +444,10 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
             bytes_to_clients: st.bytes_to_clients(),
             dropped: st.dropped().collect(),
             send_errors: st.send_errors(),
+            kernel_offload: t.kernel_status.clone(),
+            kernel_channels: t.kernel_channels(),
+            kernel_relayed_to_peers: st.kernel_relayed_packets().0,
+            kernel_relayed_to_clients: st.kernel_relayed_packets().1,
         }
     });
     EdgeSnapshot {

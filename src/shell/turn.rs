@@ -30,6 +30,7 @@ use crate::core::turn::server::{
     TurnConfig, MAX_ASKS,
 };
 
+mod kernel;
 mod relay;
 mod stats;
 mod tcp;
@@ -74,6 +75,10 @@ pub struct Turn {
     earlier_deadline: Notify,
     /// Where asks for the pool go (the pool's task), when there is a pool.
     asks: Mutex<Option<mpsc::Sender<PoolAsk>>>,
+    /// The kernel fast path, when asked for and the kernel took it.
+    kernel: Option<kernel::KernelPath>,
+    /// What `/status` says of it: "off", "on (interfaces)", or why it is unavailable.
+    pub kernel_status: String,
 }
 
 impl Turn {
@@ -230,6 +235,16 @@ impl Turn {
                         self.workers.remove(relay);
                     }
                 }
+                Output::KernelChannel(k) => {
+                    if let Some(kernel) = &self.kernel {
+                        self.stats.kernel_relayed(kernel.install(&k));
+                    }
+                }
+                Output::KernelChannelGone { tuple, channel } => {
+                    if let Some(kernel) = &self.kernel {
+                        self.stats.kernel_relayed(kernel.remove(tuple, channel));
+                    }
+                }
             }
         }
         failed
@@ -265,6 +280,32 @@ impl Turn {
 
     /// The core's deadlines (allocation lifetimes, reservations): the loop sleeps until the
     /// next one is due, or until a control message sets an earlier one.
+    /// Channels relayed in the kernel now (0 without the kernel path).
+    pub fn kernel_channels(&self) -> u64 {
+        self.kernel
+            .as_ref()
+            .map_or(0, |k| k.channels.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Every second: what the kernel relayed and dropped into the statistics, its expired
+    /// channels out, its user meters at this member's share.
+    async fn kernel_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Some(kernel) = &self.kernel {
+                let relayed = kernel.sweep(clock::now(), |user| {
+                    self.read_server().kernel_user_budget(user)
+                });
+                self.stats.kernel_relayed(relayed);
+            }
+        }
+    }
+
     async fn expiry_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let next = {
@@ -311,7 +352,29 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
     seed: u16,
     workers: usize,
+    kernel_interfaces: &[String],
 ) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let mut cfg = cfg;
+    // The kernel path, if asked for: where it cannot load, the relay runs as without it,
+    // and says so once.
+    let (kernel, kernel_status) = if cfg.kernel_offload {
+        // Two entries per channel; a few channels per allocation on average.
+        let channels = u32::try_from(cfg.max_allocations.saturating_mul(4)).unwrap_or(u32::MAX);
+        match kernel::KernelPath::start(kernel_interfaces, channels) {
+            Ok(k) => {
+                let status = format!("on ({})", k.interfaces.join(", "));
+                tracing::info!(interfaces = %k.interfaces.join(","), "the kernel relays established UDP channels (relay.kernel_offload)");
+                (Some(k), status)
+            }
+            Err(why) => {
+                tracing::warn!(%why, "relay.kernel_offload: the kernel path is unavailable; relaying in user space");
+                cfg.kernel_offload = false;
+                (None, format!("unavailable: {why}"))
+            }
+        }
+    } else {
+        (None, "off".to_string())
+    };
     let mut tcp = Vec::new();
     for &(addr, origin) in listen_tcp {
         tcp.push((super::listen::bind(addr)?, origin));
@@ -382,6 +445,8 @@ pub async fn start(
         armed: Mutex::new(None),
         earlier_deadline: Notify::new(),
         asks: Mutex::new(None),
+        kernel,
+        kernel_status,
     });
     if let Some(e) = failed {
         return Err(e);
@@ -396,6 +461,9 @@ pub async fn start(
         bound_tcp.push(listener.local_addr()?);
         let task = turn.clone().tcp_accept_loop(listener, origin);
         turn.tasks.lock_unpoisoned().spawn(task);
+    }
+    if turn.kernel.is_some() {
+        tokio::spawn(turn.clone().kernel_loop(shutdown.clone()));
     }
     tokio::spawn(turn.clone().expiry_loop(shutdown));
     Ok((turn, bound, bound_tcp))

@@ -159,6 +159,14 @@ pub struct Relay {
     pub max_channels_per_allocation: usize,
     /// Threads that read the relayed sockets (0: one per two cores, at least one).
     pub workers: usize,
+    /// Relay established UDP channels in the kernel (eBPF, TC), where it can.
+    pub kernel_offload: bool,
+    /// The interfaces the kernel path attaches to (empty: every Ethernet and loopback one).
+    pub kernel_offload_interfaces: Vec<String>,
+    /// How long a permission and a channel binding last unless refreshed (RFC 8656: 300 s
+    /// and 600 s).
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
 }
 
 /// The zone a relay listener serves, from the interface its address is on.
@@ -228,6 +236,10 @@ impl Relay {
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
             workers: 0,
+            kernel_offload: false,
+            kernel_offload_interfaces: Vec::new(),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
         }
     }
 }

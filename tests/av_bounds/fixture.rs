@@ -118,12 +118,6 @@ pub(super) fn request(
     turn_request(method, id, build, auth.as_ref())
 }
 
-/// The ERROR-CODE of an answer (class * 100 + number), `None` for a success.
-pub(super) fn error_code(answer: &[u8]) -> Option<u16> {
-    let v = attr_value(answer, attr::ERROR_CODE)?;
-    Some(u16::from(v[2] & 7) * 100 + u16::from(v[3]))
-}
-
 pub(super) fn allocate_udp(w: &mut Writer) {
     w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
 }

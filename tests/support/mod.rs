@@ -854,3 +854,103 @@ pub fn ring_file(pki: &Pki) -> (PathBuf, sipedge::core::keyring::Ring) {
     keyfile::store(&path, &ring, true).unwrap();
     (path.clone(), keyfile::load(&path).unwrap())
 }
+
+/// A TURN client just big enough for the checks: allocate, permission, channel.
+pub struct TurnSession {
+    pub sock: tokio::net::UdpSocket,
+    pub server: SocketAddr,
+    pub relayed: SocketAddr,
+    username: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    next_id: u8,
+}
+
+impl TurnSession {
+    pub async fn allocate(
+        sock: tokio::net::UdpSocket,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> TurnSession {
+        use sipedge::core::turn::encode::Writer;
+        use sipedge::core::turn::server::{decode_xor_address, ALLOCATE};
+        use sipedge::core::turn::stun::{attr, Class};
+        let username = username.to_string();
+        let key = sipedge::core::turn::auth::long_term_key(&username, DOMAIN, password);
+        let mut w = Writer::new(Class::Request, ALLOCATE, [1; 12]);
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let challenge = exchange(&sock, server, &w.finish_with_fingerprint()).await;
+        let nonce = attr_value(&challenge, attr::NONCE).expect("401 with a nonce");
+        let mut s = TurnSession {
+            sock,
+            server,
+            relayed: server,
+            username,
+            key,
+            nonce,
+            next_id: 2,
+        };
+        let answer = s
+            .request(ALLOCATE, |w| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .await;
+        let id = [s.next_id - 1; 12];
+        s.relayed = decode_xor_address(
+            &attr_value(&answer, attr::XOR_RELAYED_ADDRESS).expect("allocated"),
+            &id,
+        )
+        .unwrap();
+        s
+    }
+
+    pub async fn request(
+        &mut self,
+        method: u16,
+        build: impl Fn(&mut sipedge::core::turn::encode::Writer),
+    ) -> Vec<u8> {
+        use sipedge::core::turn::encode::Writer;
+        use sipedge::core::turn::stun::{attr, Class};
+        let mut w = Writer::new(Class::Request, method, [self.next_id; 12]);
+        self.next_id += 1;
+        build(&mut w);
+        w.attr(attr::USERNAME, self.username.as_bytes())
+            .attr(attr::REALM, DOMAIN.as_bytes())
+            .attr(attr::NONCE, &self.nonce)
+            .integrity(&self.key);
+        exchange(&self.sock, self.server, &w.finish_with_fingerprint()).await
+    }
+
+    /// The error code of a CreatePermission for `peer`, `None` on success.
+    pub async fn permission(&mut self, peer: SocketAddr) -> Option<u16> {
+        use sipedge::core::turn::server::CREATE_PERMISSION;
+        use sipedge::core::turn::stun::attr;
+        let answer = self
+            .request(CREATE_PERMISSION, |w| {
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .await;
+        error_code(&answer)
+    }
+
+    /// The error code of a ChannelBind of `number` to `peer`, `None` on success.
+    pub async fn bind_channel(&mut self, number: u16, peer: SocketAddr) -> Option<u16> {
+        use sipedge::core::turn::server::CHANNEL_BIND;
+        use sipedge::core::turn::stun::attr;
+        let answer = self
+            .request(CHANNEL_BIND, |w| {
+                let n = number.to_be_bytes();
+                w.attr(attr::CHANNEL_NUMBER, &[n[0], n[1], 0, 0])
+                    .xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .await;
+        error_code(&answer)
+    }
+}
+
+/// The ERROR-CODE of a STUN answer (class * 100 + number), `None` for a success.
+pub fn error_code(msg: &[u8]) -> Option<u16> {
+    let v = attr_value(msg, sipedge::core::turn::stun::attr::ERROR_CODE)?;
+    Some(u16::from(v[2] & 7) * 100 + u16::from(v[3]))
+}

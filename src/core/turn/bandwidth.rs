@@ -43,6 +43,16 @@ impl Budget {
 }
 
 impl Budget {
+    /// Bytes per second (0: nothing passes).
+    pub fn bytes_per_sec(self) -> u64 {
+        self.bytes_per_sec
+    }
+
+    /// How much of the rate one burst may take.
+    pub fn burst(self) -> Duration {
+        self.burst
+    }
+
     /// This budget's share `parts` / [`Meters::FULL`] (the whole when `parts` is more).
     pub fn share(self, parts: u32) -> Budget {
         let parts = u64::from(parts.min(Meters::FULL));

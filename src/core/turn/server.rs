@@ -42,12 +42,14 @@ use crate::core::net::SourceKey;
 mod allocate;
 mod config;
 mod invariants;
+mod kernel;
 mod permissions;
 mod pool_ask;
 mod relay;
 mod tables;
 
 pub use config::TurnConfig;
+pub use kernel::KernelChannel;
 pub use pool_ask::{PoolAsk, PoolReport, PoolVerdict, MAX_ASKS};
 pub use relay::{Route, ToClient};
 
@@ -103,6 +105,11 @@ pub enum Output {
     /// Ask the pool whether a user may hold more relays; answer with
     /// [`Server::pool_answer`] (or not: the ask is decided here at its deadline).
     AskPool(PoolAsk),
+    /// The kernel may relay this channel on its own until its `until` (with
+    /// `kernel_offload`; installed again, with a later `until`, whenever one is granted).
+    KernelChannel(KernelChannel),
+    /// The kernel must stop relaying this channel: its allocation is gone.
+    KernelChannelGone { tuple: FiveTuple, channel: u16 },
 }
 
 /// Why a packet was dropped without an answer (counted by the shell).
@@ -218,6 +225,8 @@ struct Reservation {
 /// What one user holds: its allocations and reservations, and their shared bandwidth
 /// meters.
 struct UserShare {
+    /// Names the user's meters in the kernel path (from the allocations' id counter).
+    id: u64,
     holds: usize,
     meters: Arc<Meters>,
 }
@@ -487,7 +496,12 @@ impl Server {
             _ => self.channel_bind(on),
         };
         let bytes = match result {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                // Whatever the request extended (the allocation, a permission, a binding),
+                // the kernel learns the new deadlines before the client the answer.
+                self.kernel_channels(tuple, now, out);
+                bytes
+            }
             Err(refused) => error(c, refused, Some(&key)),
         };
         out.push(Output::ToClient { tuple, bytes });

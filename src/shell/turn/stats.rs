@@ -68,6 +68,9 @@ pub struct TurnStats {
     pub tcp_refused: [AtomicU64; 4],
     /// TURN-over-TCP connections up now.
     pub tcp_clients: AtomicU64,
+    /// What the kernel path relayed (read back every second): packets and bytes to peers,
+    /// then to clients. Counted in the totals too.
+    kernel: [AtomicU64; 4],
 }
 
 impl Default for TurnStats {
@@ -84,6 +87,7 @@ impl TurnStats {
             workers: (0..workers).map(|_| Hot::default()).collect(),
             tcp_refused: Default::default(),
             tcp_clients: AtomicU64::new(0),
+            kernel: Default::default(),
         }
     }
 
@@ -117,21 +121,49 @@ impl TurnStats {
         self.sum(|h| &h.peer_packets)
     }
 
-    /// Packets relayed to peers and to clients, and their payload bytes.
+    /// Packets relayed to peers and to clients, and their payload bytes (in user space
+    /// and in the kernel).
     pub fn relayed_to_peers(&self) -> u64 {
-        self.sum(|h| &h.relayed_to_peers)
+        self.sum(|h| &h.relayed_to_peers) + self.kernel_count(0)
     }
 
     pub fn relayed_to_clients(&self) -> u64 {
-        self.sum(|h| &h.relayed_to_clients)
+        self.sum(|h| &h.relayed_to_clients) + self.kernel_count(2)
     }
 
     pub fn bytes_to_peers(&self) -> u64 {
-        self.sum(|h| &h.bytes_to_peers)
+        self.sum(|h| &h.bytes_to_peers) + self.kernel_count(1)
     }
 
     pub fn bytes_to_clients(&self) -> u64 {
-        self.sum(|h| &h.bytes_to_clients)
+        self.sum(|h| &h.bytes_to_clients) + self.kernel_count(3)
+    }
+
+    /// Of those, the packets the kernel path relayed: to peers, to clients.
+    pub fn kernel_relayed_packets(&self) -> (u64, u64) {
+        (self.kernel_count(0), self.kernel_count(2))
+    }
+
+    fn kernel_count(&self, i: usize) -> u64 {
+        self.kernel.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Adds what the kernel relayed and dropped since it was last read.
+    pub(super) fn kernel_relayed(&self, r: super::kernel::Relayed) {
+        let add = [
+            r.to_peers,
+            r.bytes_to_peers,
+            r.to_clients,
+            r.bytes_to_clients,
+        ];
+        for (counter, n) in self.kernel.iter().zip(add) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        if r.over_budget > 0 {
+            if let Some(c) = self.tasks.dropped.get(Dropped::OverBandwidth.index()) {
+                c.fetch_add(r.over_budget, Ordering::Relaxed);
+            }
+        }
     }
 
     /// System calls that received a batch (with the datagrams they carried, what batching

@@ -36,6 +36,10 @@ pub(super) const RELAY_KEYS: &[&str] = &[
     "max_permissions_per_allocation",
     "max_channels_per_allocation",
     "workers",
+    "kernel_offload",
+    "kernel_offload_interfaces",
+    "permission_lifetime",
+    "channel_lifetime",
 ];
 
 /// `Some(None)` without a `[relay]` table; `None` on a problem.
@@ -135,6 +139,35 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
     let max_channels_per_allocation =
         usize::try_from(doc.integer(s, "max_channels_per_allocation", (1, 4096), 64)).unwrap_or(64);
     let workers = usize::try_from(doc.integer(s, "workers", (0, 64), 0)).unwrap_or(0);
+    let kernel_offload = doc.boolean(s, "kernel_offload").is_some_and(|(b, _)| b);
+    let kernel_offload_interfaces = match doc.string_list(s, "kernel_offload_interfaces", false) {
+        None if s.has("kernel_offload_interfaces") => None,
+        None => Some(Vec::new()),
+        Some((names, line)) => {
+            // An interface name as the kernel takes it (IFNAMSIZ, no '/', no blank).
+            let bad = names.iter().find(|n| {
+                n.is_empty()
+                    || n.len() > 15
+                    || n.contains('/')
+                    || n.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+            match bad {
+                Some(bad) => {
+                    doc.problem(
+                        line,
+                        s.key("kernel_offload_interfaces"),
+                        format!("\"{bad}\" is not an interface name"),
+                    );
+                    None
+                }
+                None => Some(names),
+            }
+        }
+    };
+    // RFC 8656's lifetimes (300 s, 600 s) by default; coturn lets them be set too.
+    let permission_lifetime =
+        doc.duration(s, "permission_lifetime", (secs(1), secs(3600)), secs(300));
+    let channel_lifetime = doc.duration(s, "channel_lifetime", (secs(1), secs(3600)), secs(600));
     Some(Some(Relay {
         host: host?,
         udp_port,
@@ -165,6 +198,10 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
         max_permissions_per_allocation,
         max_channels_per_allocation,
         workers,
+        kernel_offload,
+        kernel_offload_interfaces: kernel_offload_interfaces?,
+        permission_lifetime,
+        channel_lifetime,
     }))
 }
 

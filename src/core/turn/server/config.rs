@@ -44,6 +44,9 @@ pub struct TurnConfig {
     /// How long an Allocate waits for the pool's answer before it is decided on what this
     /// member knows (the pool's timeout).
     pub pool_ask_timeout: Duration,
+    /// Whether established UDP channels are handed to the kernel path
+    /// ([`Output::KernelChannel`](super::Output::KernelChannel)).
+    pub kernel_offload: bool,
 }
 
 impl TurnConfig {
@@ -78,6 +81,7 @@ impl TurnConfig {
                 max_sources: 100_000,
             },
             pool_ask_timeout: Duration::from_millis(500),
+            kernel_offload: false,
         }
     }
 }

@@ -40,13 +40,18 @@ impl Server {
         self.held += 1;
         self.holds_seq += 1;
         *self.per_source.entry(source).or_insert(0) += 1;
-        let share = self
-            .per_user
-            .entry(user.clone())
-            .or_insert_with(|| UserShare {
+        let next_id = &mut self.next_id;
+        let share = self.per_user.entry(user.clone()).or_insert_with(|| {
+            // Users and allocations draw ids from one counter: the kernel path keys
+            // both kinds of meters by them.
+            let id = *next_id;
+            *next_id += 1;
+            UserShare {
+                id,
                 holds: 0,
                 meters: Arc::new(Meters::new(now)),
-            });
+            }
+        });
         share.holds += 1;
         let elsewhere = self.pool_holds.get(&**user).copied().unwrap_or(0);
         share.meters.set_share(share.holds, elsewhere);
@@ -175,6 +180,14 @@ impl Server {
         }
         self.release_hold(&a.user, a.source);
         self.ports.release(a.relay.port());
+        if self.cfg.kernel_offload {
+            for &number in a.channels.keys() {
+                out.push(Output::KernelChannelGone {
+                    tuple,
+                    channel: number,
+                });
+            }
+        }
         out.push(Output::CloseRelay { relay: a.relay });
     }
 }

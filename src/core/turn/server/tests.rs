@@ -12,6 +12,7 @@ use crate::core::turn::bandwidth::Budget;
 use crate::core::turn::nonce::Nonces;
 
 mod bounds;
+mod kernel;
 mod pool;
 mod relay;
 mod requests;

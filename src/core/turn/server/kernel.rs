@@ -1,0 +1,78 @@
+//! What the kernel fast path may relay on its own (`relay.kernel_offload`): the policy
+//! stays here, the kernel only carries it out. A channel is handed over when the core would
+//! relay its ChannelData itself — a live binding over UDP, a live permission for its peer,
+//! a live allocation — and only until the first of those three deadlines: a kernel that
+//! hears nothing more stops by itself, so an expiry never waits for user space. Each
+//! request that extends one of them hands the channels over again with the new deadline;
+//! an allocation that goes takes its channels out of the kernel before its socket closes.
+//! The bandwidth budgets go with them: the kernel charges the same rates per allocation
+//! and per user (this member's share of it in a pool).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{FiveTuple, Output, Server, Transport};
+use crate::core::turn::bandwidth::Budget;
+
+/// A channel the kernel may relay both ways until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelChannel {
+    pub tuple: FiveTuple,
+    pub channel: u16,
+    pub peer: SocketAddr,
+    pub relay: SocketAddr,
+    pub until: Instant,
+    /// The allocation's id and its user's: they name the meters (ids from one counter).
+    pub allocation: u64,
+    pub user_id: u64,
+    pub user: Arc<str>,
+    /// The budgets charged, per direction: the allocation's, and the user's share here.
+    pub allocation_budget: Option<Budget>,
+    pub user_budget: Option<Budget>,
+}
+
+impl Server {
+    /// Hands the channels of `tuple`'s allocation that the core would relay now to the
+    /// kernel (nothing without `kernel_offload`, over TCP, or when none is live).
+    pub(super) fn kernel_channels(&self, tuple: FiveTuple, now: Instant, out: &mut Vec<Output>) {
+        if !self.cfg.kernel_offload || tuple.transport != Transport::Udp {
+            return;
+        }
+        let Some(a) = self.allocations.get(&tuple) else {
+            return;
+        };
+        let Some(user_id) = self.per_user.get(&a.user).map(|u| u.id) else {
+            return;
+        };
+        for (&channel, &(peer, bound_until)) in &a.channels {
+            let Some(&permitted_until) = a.permissions.get(&peer.ip()) else {
+                continue;
+            };
+            let until = bound_until.min(permitted_until).min(a.expires);
+            if until <= now {
+                continue;
+            }
+            out.push(Output::KernelChannel(KernelChannel {
+                tuple,
+                channel,
+                peer,
+                relay: a.relay,
+                until,
+                allocation: a.id,
+                user_id,
+                user: a.user.clone(),
+                allocation_budget: self.cfg.bandwidth_per_allocation,
+                user_budget: a.user_meters.budget(self.cfg.bandwidth_per_user),
+            }));
+        }
+    }
+
+    /// The budget the kernel charges `user`'s channels now (this member's share of
+    /// `max_kbps_per_user` in a pool; it changes as the pool's counts do): `None` when the
+    /// user holds nothing here any more, `Some(None)` when unlimited.
+    pub fn kernel_user_budget(&self, user: &str) -> Option<Option<Budget>> {
+        let share = self.per_user.get(user)?;
+        Some(share.meters.budget(self.cfg.bandwidth_per_user))
+    }
+}
