@@ -379,7 +379,20 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     );
     let unbound = client_to_peer(&client, turn, &peer, 0x4001, 10, 50);
     assert!(unbound.is_empty(), "an unbound channel reached the peer");
-    println!("PROVEN: nothing from a peer without permission, nothing on an unbound channel");
+    // The peer policy decides before anything reaches the kernel: the edge's own internal
+    // address and loopback are refused, and no channel is handed over for them.
+    client.set_nonblocking(true).unwrap();
+    for (number, refused) in [
+        (0x4002, format!("{INT_IP}:9095")),
+        (0x4003, "127.0.0.1:9".into()),
+    ] {
+        let code = rt.block_on(session.bind_channel(number, refused.parse().unwrap()));
+        assert_eq!(code, Some(403), "a channel to {refused}");
+    }
+    client.set_nonblocking(false).unwrap();
+    let metrics = http_get_in(&bed.dmz, &ops, "/metrics");
+    assert_eq!(metric(&metrics, "sipedge_turn_kernel_channels"), 1);
+    println!("PROVEN: nothing from a peer without permission, nothing on an unbound channel, no channel to a peer the policy refuses (403, nothing in the kernel)");
 
     // 3. The cap: 200 datagrams of 1000 bytes at once against 50 000 bytes a second.
     let before = metric(&metrics, "sipedge_turn_dropped_total{reason=\"bandwidth\"}");

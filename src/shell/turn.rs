@@ -369,7 +369,9 @@ pub async fn start(
             Err(why) => {
                 tracing::warn!(%why, "relay.kernel_offload: the kernel path is unavailable; relaying in user space");
                 cfg.kernel_offload = false;
-                (None, format!("unavailable: {why}"))
+                // The log has it all (a verifier's refusal runs to pages); /status the gist.
+                let gist: String = why.chars().take(300).collect();
+                (None, format!("unavailable: {gist}"))
             }
         }
     } else {

@@ -177,7 +177,9 @@ static __always_inline void count_drop(__u32 reason)
 // chunk order chosen so that overlapping ranges copy right.
 static __always_inline int move_payload(struct __sk_buff *skb, __u32 from, __u32 to, __u32 len)
 {
-	__u8 buf[CHUNK];
+	// Zeroed: a loader with CAP_BPF alone (no CAP_PERFMON) may not pass unwritten stack
+	// to a helper, and the verifier cannot tell the load wrote all of a variable length.
+	__u8 buf[CHUNK] = {};
 	if (to < from) {
 		for (int i = 0; i < CHUNKS; i++) {
 			__u32 done = (__u32)i * CHUNK;
