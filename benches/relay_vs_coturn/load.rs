@@ -1,7 +1,23 @@
 //! The load of one run, in this process (never the server's): a pacing thread sends every
 //! client's packets at the run's total rate, and one receiving thread (a current-thread tokio
 //! runtime) echoes at every peer and times what comes back at every client. The main thread
-//! samples the server's CPU at the two ends of the timed window.
+//! samples the server's CPU, this process's and the whole box's at the two ends of the timed
+//! window.
+//!
+//! The box's CPU minus this process's is what relaying cost the machine, kernel included
+//! (`--netns`: the veth and IP receive work runs as softirq, and an eBPF fast path would run
+//! there too, charged to no server process). The box's busy time is the CPUs' time minus
+//! their idle time, both measured (see `servers::BoxSample`); this process's is its
+//! utime + stime. It is an approximation. Without `CONFIG_IRQ_TIME_ACCOUNTING` (this box)
+//! softirq is not told apart from the task it interrupted: softirq processed while the
+//! generator ran (typically the receive path of what it just sent, processed on the way out
+//! of its own `sendto`, and so the server's receive side) counts as the generator's and is
+//! subtracted with it, and softirq processed while a server ran counts as that server's
+//! (in both its figures). Only softirq run from idle or in `ksoftirqd` is charged to no one
+//! and found by the box figure alone. The split is alike for both servers on the same load,
+//! but work a fast path moves into the softirq of the generator's sends would look free.
+//! Everything else the box runs meanwhile (another build) is counted too: each run reports
+//! what other user-space processes spent in its window.
 //!
 //! Timeline from `base`: `warmup` of load, then the timed window of `seconds`, then the
 //! senders stop and the receivers wait `DRAIN` for packets still in flight, then stop.
@@ -12,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::servers::{cpu_ticks, udp_drops};
+use super::servers::{box_sample, cpu_ticks, others_s, udp_drops, user_space_ticks};
 use super::turn::{payload_of, stamp, stamp_of, stream_frame_len, Client, Io};
 
 /// How long receivers keep listening after the last packet was sent.
@@ -43,6 +59,15 @@ pub struct Measured {
     pub cpu_s: f64,
     /// This process's CPU over the window (the load generator).
     pub gen_cpu_s: f64,
+    /// The whole box's busy CPU over the window (every CPU's time minus its idle and
+    /// iowait), the same from the tick-sampled fields of `/proc/stat` (user + nice + system
+    /// + irq + softirq + steal), and the steal (the hypervisor's) in them.
+    pub box_cpu_s: Option<f64>,
+    pub box_ticked_s: Option<f64>,
+    pub steal_s: Option<f64>,
+    /// CPU other user-space processes (not this one, not the server) gained over the window,
+    /// their reaped children included: work on the box that is not the bench's.
+    pub others_s: f64,
     /// Packets sent by clients with a send time inside the window.
     pub sent: u64,
     /// Packets arriving inside the window at peers (hop client → peer) and at clients
@@ -297,6 +322,23 @@ async fn client_tcp(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     }
 }
 
+/// Over one second of nothing (the server ready and idle, the generator asleep): the box's
+/// busy CPU minus this process's, and what other user-space processes spent, in cores. The
+/// first is the idle cost of the server and the kernel, which lands in a run's box figure
+/// too; the second is someone else's work.
+pub fn background(server_pid: u32, ticks_per_second: f64) -> Option<(f64, f64)> {
+    let skip = [std::process::id(), server_pid];
+    let (others0, gen0, box0) = (user_space_ticks(&skip), cpu_ticks("self")?, box_sample()?);
+    std::thread::sleep(Duration::from_secs(1));
+    let (box1, gen1, others1) = (box_sample()?, cpu_ticks("self")?, user_space_ticks(&skip));
+    let elapsed = box0.elapsed_s(&box1).max(1e-3);
+    let gen = gen1.saturating_sub(gen0) as f64 / ticks_per_second;
+    Some((
+        (box0.busy_s(&box1, ticks_per_second) - gen) / elapsed,
+        others_s(&others0, &others1, ticks_per_second) / elapsed,
+    ))
+}
+
 /// Runs the load on set-up clients and measures the server over the window.
 pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
     let mut senders = Vec::with_capacity(clients.len());
@@ -389,12 +431,28 @@ pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
             std::thread::sleep(wait);
         }
     };
+    let skip = [std::process::id(), p.server_pid];
+    // The other processes first and last: scanning /proc takes a few ms, the other
+    // readings are taken together.
+    sleep_until(start_ns.saturating_sub(20_000_000));
+    let others0 = user_space_ticks(&skip);
     sleep_until(start_ns);
-    let (t0, cpu0, gen0) = (Instant::now(), cpu_ticks(&pid), cpu_ticks("self"));
+    let (t0, cpu0, gen0, box0) = (
+        Instant::now(),
+        cpu_ticks(&pid),
+        cpu_ticks("self"),
+        box_sample(),
+    );
     let drops0 = udp_drops(p.server_pid);
     sleep_until(end_ns);
-    let (t1, cpu1, gen1) = (Instant::now(), cpu_ticks(&pid), cpu_ticks("self"));
+    let (box1, gen1, cpu1, t1) = (
+        box_sample(),
+        cpu_ticks("self"),
+        cpu_ticks(&pid),
+        Instant::now(),
+    );
     let drops1 = udp_drops(p.server_pid);
+    let others1 = user_space_ticks(&skip);
     let sent = sending.join().map_err(|_| "the pacing thread panicked")?;
     receiving
         .join()
@@ -413,6 +471,16 @@ pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
         window_s: (t1 - t0).as_secs_f64(),
         cpu_s: (cpu1 - cpu0) as f64 / p.ticks_per_second,
         gen_cpu_s: ticks(gen0, gen1),
+        box_cpu_s: box0
+            .zip(box1)
+            .map(|(a, b)| a.busy_s(&b, p.ticks_per_second)),
+        box_ticked_s: box0
+            .zip(box1)
+            .map(|(a, b)| a.ticked_s(&b, p.ticks_per_second)),
+        steal_s: box0
+            .zip(box1)
+            .map(|(a, b)| a.steal_s(&b, p.ticks_per_second)),
+        others_s: others_s(&others0, &others1, p.ticks_per_second),
         sent: sent.sent_in_window,
         at_peers: shared.at_peers.into_inner(),
         at_clients: shared.at_clients.into_inner(),

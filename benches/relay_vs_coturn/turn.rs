@@ -1,7 +1,9 @@
 //! The TURN side of a load client, before the load: Allocate (401 then signed), then a
 //! channel (ChannelBind) or a permission (CreatePermission) to its own peer. Blocking sockets
-//! with timeouts; every exchange retried a bounded number of times. Also the frames the load
-//! sends and the parsing of what comes back.
+//! with timeouts; every exchange retried a bounded number of times. The client's and the
+//! peer's sockets are made where they live ([`Net::at_clients`], [`Net::at_peers`]: in their
+//! namespaces with `--netns`); everything after works on them from any thread. Also the
+//! frames the load sends and the parsing of what comes back.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -14,7 +16,7 @@ use sipedge::core::turn::server::{
 };
 use sipedge::core::turn::stun::{self, attr, Class};
 
-use super::servers::{CLIENT_IP, PEER_IP};
+use super::netns::Net;
 use super::Mode;
 
 /// The channel every client binds.
@@ -109,21 +111,18 @@ fn expect_success(what: &str, msg: &[u8]) -> Result<(), String> {
     Err(format!("{what}: error {code:?}"))
 }
 
-/// Allocates, binds or permits, and builds the client's frame. `user`/`password` is a
-/// TURN REST credential both servers accept.
-pub fn setup(
-    index: usize,
-    mode: Mode,
-    server: SocketAddr,
-    (user, password): (&str, &str),
-    size: usize,
-) -> Result<Client, String> {
-    let peer = UdpSocket::bind((PEER_IP, 0)).map_err(|e| format!("peer socket: {e}"))?;
+/// A peer's socket on `peer_ip`, bound to a port of the kernel's choice.
+pub fn peer_socket(peer_ip: &str) -> Result<UdpSocket, String> {
+    let peer = UdpSocket::bind((peer_ip, 0)).map_err(|e| format!("peer socket: {e}"))?;
     bigger_buffers(socket2::SockRef::from(&peer));
-    let peer_addr = peer.local_addr().map_err(|e| e.to_string())?;
-    let mut io = match mode {
+    Ok(peer)
+}
+
+/// A client's socket on `client_ip` for `mode`: UDP, or TCP connected to `server`.
+pub fn client_socket(mode: Mode, client_ip: &str, server: SocketAddr) -> Result<Io, String> {
+    Ok(match mode {
         Mode::Channel | Mode::Send => {
-            let s = UdpSocket::bind((CLIENT_IP, 0)).map_err(|e| format!("client socket: {e}"))?;
+            let s = UdpSocket::bind((client_ip, 0)).map_err(|e| format!("client socket: {e}"))?;
             bigger_buffers(socket2::SockRef::from(&s));
             s.set_read_timeout(Some(Duration::from_millis(300)))
                 .map_err(|e| e.to_string())?;
@@ -136,7 +135,7 @@ pub fn setup(
                 Some(socket2::Protocol::TCP),
             )
             .map_err(|e| e.to_string())?;
-            let from: SocketAddr = format!("{CLIENT_IP}:0")
+            let from: SocketAddr = format!("{client_ip}:0")
                 .parse()
                 .map_err(|e| format!("{e}"))?;
             sock.bind(&from.into()).map_err(|e| e.to_string())?;
@@ -149,7 +148,23 @@ pub fn setup(
                 .map_err(|e| e.to_string())?;
             Io::Tcp(s)
         }
-    };
+    })
+}
+
+/// Makes the client's and its peer's sockets where they live, allocates, binds or permits,
+/// and builds the client's frame. `user`/`password` is a TURN REST credential both servers
+/// accept.
+pub fn setup(
+    index: usize,
+    mode: Mode,
+    server: SocketAddr,
+    (user, password): (&str, &str),
+    size: usize,
+    net: &Net,
+) -> Result<Client, String> {
+    let peer = net.at_peers(|| peer_socket(net.peer_ip))??;
+    let peer_addr = peer.local_addr().map_err(|e| e.to_string())?;
+    let mut io = net.at_clients(|| client_socket(mode, net.client_ip, server))??;
 
     let udp = [17, 0, 0, 0];
     let mut first = Writer::new(Class::Request, ALLOCATE, txid(index, 1));
