@@ -63,6 +63,9 @@ pub struct Measured {
     /// iowait), the same from the tick-sampled fields of `/proc/stat` (user + nice + system
     /// + irq + softirq + steal), and the steal (the hypervisor's) in them.
     pub box_cpu_s: Option<f64>,
+    /// CPU 1's busy seconds over the window (with `--pin`, the server's CPU; with `--netns`
+    /// too, the server's receive softirq as well, steered there by RPS).
+    pub cpu1_busy_s: Option<f64>,
     pub box_ticked_s: Option<f64>,
     pub steal_s: Option<f64>,
     /// CPU other user-space processes (not this one, not the server) gained over the window,
@@ -474,6 +477,9 @@ pub fn run(clients: Vec<Client>, p: &Params) -> Result<Measured, String> {
         box_cpu_s: box0
             .zip(box1)
             .map(|(a, b)| a.busy_s(&b, p.ticks_per_second)),
+        cpu1_busy_s: box0
+            .zip(box1)
+            .and_then(|(a, b)| a.cpu1_busy_s(&b, p.ticks_per_second)),
         box_ticked_s: box0
             .zip(box1)
             .map(|(a, b)| a.ticked_s(&b, p.ticks_per_second)),

@@ -255,6 +255,12 @@ impl Run {
         let relayed = self.relayed();
         (relayed > 0).then_some(self.box_cpu_s()? * 1e6 / relayed as f64)
     }
+    /// µs of CPU 1's busy time per relayed packet (with `--pin`: everything the server
+    /// costs, in its process and in the kernel).
+    fn cpu1_us(&self) -> Option<f64> {
+        let relayed = self.relayed();
+        (relayed > 0).then_some(self.m.cpu1_busy_s? * 1e6 / relayed as f64)
+    }
     /// µs of the server process's CPU per relayed packet.
     fn proc_us(&self) -> Option<f64> {
         let relayed = self.relayed();
@@ -392,6 +398,13 @@ fn one_run(ctx: &mut Context, kind: Kind, mode: Mode, rate: u64, n: usize) -> Re
     })
 }
 
+/// `--pin` was given (the run lines then show CPU 1's busy time).
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn pinned() -> bool {
+    PINNED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.decimals$}"))
 }
@@ -423,6 +436,14 @@ fn describe(r: &Run, label: &str) -> String {
         opt(r.background.map(|b| b.0), 2),
         opt(r.background.map(|b| b.1), 2),
     );
+    if pinned() {
+        let _ = write!(
+            s,
+            "; CPU 1 busy {} s = {} µs/pkt",
+            opt(m.cpu1_busy_s, 2),
+            opt(r.cpu1_us(), 2)
+        );
+    }
     if r.box_busy() {
         let _ = write!(
             s,
@@ -510,6 +531,45 @@ fn summary(ctx: &Context, runs: &[Run]) -> String {
                 opt(of(Kind::Coturn, &|r| r.rss_per_alloc), 1),
                 opt(of(Kind::Sipedge, &|r| r.rss_per_alloc), 1),
             );
+        }
+    }
+    if ctx.args.pin {
+        let _ = writeln!(
+            out,
+            "\nServer CPU (--pin: the server on CPU 1, the generator on CPU 0{}): µs of CPU 1's \
+             busy time per relayed packet, and coturn / sipedge of it (above 1: sipedge cheaper):\n",
+            if ctx.args.netns {
+                "; the edge's receive softirq steered to CPU 1 and the clients' and peers' to CPU 0 by RPS, so CPU 1 holds all the relaying costs, in process and kernel"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "{:<8} {:>6} | {:>9} {:>9} {:>6}",
+            "mode", "pps", "cpu1 µs c", "cpu1 µs s", "c/s"
+        );
+        for &mode in &ctx.args.modes {
+            for &rate in &ctx.args.rates {
+                let of = |kind: Kind| {
+                    median(
+                        runs.iter()
+                            .filter(|r| r.kind == kind && r.mode == mode && r.rate == rate)
+                            .filter_map(Run::cpu1_us)
+                            .collect(),
+                    )
+                };
+                let (c, s) = (of(Kind::Coturn), of(Kind::Sipedge));
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:>6} | {:>9} {:>9} {:>6}",
+                    mode.name(),
+                    rate,
+                    opt(c, 2),
+                    opt(s, 2),
+                    opt(c.zip(s).map(|(c, s)| c / s), 2)
+                );
+            }
         }
     }
     let background: Vec<f64> = runs.iter().filter_map(|r| Some(r.background?.0)).collect();
@@ -603,6 +663,7 @@ fn main() -> ExitCode {
         }
     };
     // Before any thread starts: the generator's threads inherit CPU 0.
+    PINNED.store(args.pin, std::sync::atomic::Ordering::Relaxed);
     if args.pin {
         if let Err(e) = pin(std::process::id(), 0) {
             eprintln!("{e}");
@@ -631,7 +692,12 @@ fn main() -> ExitCode {
     }
     // Deleted when it drops at the end of main (or on a panic's unwinding).
     let (net, _bed) = if args.netns {
-        match netns::Bed::create() {
+        match netns::Bed::create().and_then(|bed| {
+            if args.pin {
+                bed.steer_softirq()?;
+            }
+            Ok(bed)
+        }) {
             Ok(bed) => (Net::NETNS, Some(bed)),
             Err(e) => {
                 eprintln!("--netns: could not make the namespace bed (root needed): {e}");

@@ -221,6 +221,41 @@ impl Bed {
     }
 }
 
+impl Bed {
+    /// With `--pin`: receive processing steered by RPS, the edge's interfaces to CPU 1 (the
+    /// server's: its softirq, and a kernel fast path's work, lands with it) and the clients'
+    /// and peers' to CPU 0 (the generator's). Without it a veth's receive softirq runs on
+    /// the sender's CPU, and the relaying of a kernel path would count as the generator's.
+    pub fn steer_softirq(&self) -> Result<(), String> {
+        for (ns, dev, mask) in [
+            (EDGE, "ext0", "2"),
+            (EDGE, "int0", "2"),
+            (OUT, "out0", "1"),
+            (IN, "in0", "1"),
+        ] {
+            let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "sh",
+                    "-c",
+                    &format!("echo {mask} > {path}"),
+                ])
+                .output()
+                .map_err(|e| format!("ip netns exec: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{ns} {path}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Bed {
     fn drop(&mut self) {
         for e in teardown() {

@@ -344,6 +344,8 @@ pub struct BoxSample {
     /// scheduler tick's samples, one per tick (4 ms at HZ=250) to whatever runs then.
     ticked: u64,
     steal: u64,
+    /// CPU 1's idle + iowait (with `--pin` the server's CPU), when there is a CPU 1.
+    cpu1_idle: Option<u64>,
 }
 
 pub fn box_sample() -> Option<BoxSample> {
@@ -361,12 +363,21 @@ pub fn box_sample() -> Option<BoxSample> {
         .collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal guest guest_nice
     let steal = *f.get(7)?;
+    let cpu1_idle = stat.lines().find(|l| l.starts_with("cpu1 ")).and_then(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Some(f.get(3)? + f.get(4)?)
+    });
     Some(BoxSample {
         at,
         cpus,
         idle: f.get(3)? + f.get(4)?,
         ticked: f.get(..3)?.iter().sum::<u64>() + f.get(5)? + f.get(6)? + steal,
         steal,
+        cpu1_idle,
     })
 }
 
@@ -388,6 +399,12 @@ impl BoxSample {
     /// a task's utime + stime is its measured runtime.
     pub fn ticked_s(&self, later: &BoxSample, ticks_per_second: f64) -> f64 {
         later.ticked.saturating_sub(self.ticked) as f64 / ticks_per_second
+    }
+
+    /// CPU 1's busy seconds from `self` to `later` (measured like [`BoxSample::busy_s`]).
+    pub fn cpu1_busy_s(&self, later: &BoxSample, ticks_per_second: f64) -> Option<f64> {
+        let idle = later.cpu1_idle?.saturating_sub(self.cpu1_idle?);
+        Some((later.at - self.at).as_secs_f64() - idle as f64 / ticks_per_second)
     }
 
     pub fn elapsed_s(&self, later: &BoxSample) -> f64 {
