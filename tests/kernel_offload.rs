@@ -16,6 +16,7 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::netns::{can_make_namespaces, Namespaces};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -29,9 +30,13 @@ const PEER_IP: &str = "192.0.2.10";
 const STRANGER_IP: &str = "192.0.2.11";
 /// Deadlines short enough to see one pass in a test (RFC 8656's are 300 s and 600 s).
 const LIFETIME: Duration = Duration::from_secs(8);
+/// The channel the client binds: above 0x4FFF, in RFC 5766's range that the core accepts
+/// and clients use (coturn's pick at random up to 0x7FFF).
+const CHANNEL: u16 = 0x7ab0;
 /// 400 kbit/s per allocation: 50 000 bytes a second, with a burst of as much.
 const CAP_KBPS: u64 = 400;
 
+/// The client's, the edge's and the peers' namespaces, joined by two veth pairs.
 struct Bed {
     out: String,
     dmz: String,
@@ -39,88 +44,46 @@ struct Bed {
     /// The veth ends of the client and the peers (their checksum offload is switched).
     client_dev: String,
     peer_dev: String,
+    _namespaces: Namespaces,
 }
 
 impl Bed {
     fn up() -> Result<Bed, String> {
         let tag = std::process::id() % 100_000;
-        let bed = Bed {
-            out: format!("sk{tag}-out"),
-            dmz: format!("sk{tag}-dmz"),
-            inside: format!("sk{tag}-in"),
-            client_dev: format!("sk{tag}o1"),
-            peer_dev: format!("sk{tag}i1"),
-        };
-        for ns in [&bed.out, &bed.dmz, &bed.inside] {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        let (o0, i0) = (format!("sk{tag}o0"), format!("sk{tag}i0"));
-        ip(&[
-            "link",
-            "add",
-            &o0,
-            "netns",
-            &bed.dmz,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &bed.client_dev,
-            "netns",
-            &bed.out,
-        ])?;
-        ip(&[
-            "link",
-            "add",
-            &i0,
-            "netns",
-            &bed.dmz,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &bed.peer_dev,
-            "netns",
-            &bed.inside,
-        ])?;
+        let (out, dmz, inside) = (
+            format!("sk{tag}-out"),
+            format!("sk{tag}-dmz"),
+            format!("sk{tag}-in"),
+        );
+        let namespaces = Namespaces::new(&[&out, &dmz, &inside])?;
+        let (o0, o1, i0, i1) = (
+            format!("sk{tag}o0"),
+            format!("sk{tag}o1"),
+            format!("sk{tag}i0"),
+            format!("sk{tag}i1"),
+        );
+        namespaces.veth((&o0, &dmz), (&o1, &out))?;
+        namespaces.veth((&i0, &dmz), (&i1, &inside))?;
         for (ns, dev, addr) in [
-            (&bed.dmz, &o0, format!("{EXT_IP}/24")),
-            (&bed.out, &bed.client_dev, format!("{CLIENT_IP}/24")),
-            (&bed.dmz, &i0, format!("{INT_IP}/24")),
-            (&bed.inside, &bed.peer_dev, format!("{PEER_IP}/24")),
-            (&bed.inside, &bed.peer_dev, format!("{STRANGER_IP}/24")),
+            (&dmz, &o0, EXT_IP),
+            (&out, &o1, CLIENT_IP),
+            (&dmz, &i0, INT_IP),
+            (&inside, &i1, PEER_IP),
+            (&inside, &i1, STRANGER_IP),
         ] {
-            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            namespaces.address(ns, dev, &format!("{addr}/24"))?;
         }
         // Peers reach the relayed addresses (on the external interface) through the edge.
-        ip(&["-n", &bed.inside, "route", "add", "default", "via", INT_IP])?;
-        ip(&["-n", &bed.out, "route", "add", "default", "via", EXT_IP])?;
-        Ok(bed)
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for ns in [&self.out, &self.dmz, &self.inside] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        namespaces.default_route(&inside, INT_IP)?;
+        namespaces.default_route(&out, EXT_IP)?;
+        Ok(Bed {
+            out,
+            dmz,
+            inside,
+            client_dev: o1,
+            peer_dev: i1,
+            _namespaces: namespaces,
+        })
     }
 }
 
@@ -221,11 +184,7 @@ fn client_to_peer(
 
 #[test]
 fn the_kernel_relays_established_channels_and_enforces_the_policy() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !root || tool_on_path("ip").is_none() {
+    if !can_make_namespaces() {
         eprintln!("SKIPPED: the kernel path test needs root and iproute2 (ip netns)");
         return;
     }
@@ -301,7 +260,7 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
         &cred.username,
         &cred.password,
     ));
-    assert_eq!(rt.block_on(session.bind_channel(0x4000, peer_addr)), None);
+    assert_eq!(rt.block_on(session.bind_channel(CHANNEL, peer_addr)), None);
     let bound_at = Instant::now();
     let relayed = session.relayed;
     // From here on the blocking clone reads (the two share the file's O_NONBLOCK).
@@ -312,7 +271,7 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     //    the receiving stack verifies it and drops the datagram if it is wrong).
     let both_ways = |round: u32| {
         // The first datagrams may go through user space (no neighbour entry yet).
-        let got = client_to_peer(&client, turn, &peer, 0x4000, 40, 100);
+        let got = client_to_peer(&client, turn, &peer, CHANNEL, 40, 100);
         assert_eq!(
             got.len(),
             40,
@@ -336,7 +295,7 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
             back.len()
         );
         for (i, frame) in back.iter().enumerate() {
-            assert_eq!(&frame[..4], &[0x40, 0x00, 0, 61], "a ChannelData header");
+            assert_eq!(&frame[..4], &[0x7a, 0xb0, 0, 61], "a ChannelData header");
             assert_eq!(&frame[4..8], &(i as u32).to_be_bytes());
             assert_eq!(frame.len(), 65, "no padding over UDP");
         }
@@ -396,7 +355,7 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
 
     // 3. The cap: 200 datagrams of 1000 bytes at once against 50 000 bytes a second.
     let before = metric(&metrics, "sipedge_turn_dropped_total{reason=\"bandwidth\"}");
-    let got = client_to_peer(&client, turn, &peer, 0x4000, 200, 1000);
+    let got = client_to_peer(&client, turn, &peer, CHANNEL, 200, 1000);
     assert!(
         (20..=80).contains(&got.len()),
         "{} of 200 kB passed a 50 kB/s cap with a 50 kB burst",
@@ -416,7 +375,7 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     let lapse = (bound_at + LIFETIME + Duration::from_millis(300))
         .saturating_duration_since(Instant::now());
     std::thread::sleep(lapse);
-    let late = client_to_peer(&client, turn, &peer, 0x4000, 10, 100);
+    let late = client_to_peer(&client, turn, &peer, CHANNEL, 10, 100);
     assert!(
         late.is_empty(),
         "{} datagrams crossed an expired channel",

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::netns::{can_make_namespaces, run, Namespaces};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -36,84 +37,51 @@ struct Bed {
     inet: String,
     dmz: String,
     int: String,
+    namespaces: Namespaces,
 }
 
 impl Bed {
     fn up() -> Result<Bed, String> {
         let tag = std::process::id() % 100_000;
-        let bed = Bed {
-            inet: format!("se{tag}-inet"),
-            dmz: format!("se{tag}-dmz"),
-            int: format!("se{tag}-int"),
-        };
-        for ns in [&bed.inet, &bed.dmz, &bed.int] {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
+        let (inet, dmz, int) = (
+            format!("se{tag}-inet"),
+            format!("se{tag}-dmz"),
+            format!("se{tag}-int"),
+        );
+        let namespaces = Namespaces::new(&[&inet, &dmz, &int])?;
         let (e0, e1, i0, i1) = (
             format!("se{tag}e0"),
             format!("se{tag}e1"),
             format!("se{tag}i0"),
             format!("se{tag}i1"),
         );
-        ip(&[
-            "link", "add", &e0, "netns", &bed.dmz, "type", "veth", "peer", "name", &e1, "netns",
-            &bed.inet,
-        ])?;
-        ip(&[
-            "link", "add", &i0, "netns", &bed.dmz, "type", "veth", "peer", "name", &i1, "netns",
-            &bed.int,
-        ])?;
+        namespaces.veth((&e0, &dmz), (&e1, &inet))?;
+        namespaces.veth((&i0, &dmz), (&i1, &int))?;
         for (ns, dev, addr) in [
-            (&bed.dmz, &e0, format!("{EXT_IP}/24")),
-            (&bed.inet, &e1, format!("{INET_IP}/24")),
+            (&dmz, &e0, EXT_IP),
+            (&inet, &e1, INET_IP),
             // The partner's addresses share the Internet side's interface.
-            (&bed.inet, &e1, format!("{PARTNER_EDGE_IP}/24")),
-            (&bed.inet, &e1, format!("{PARTNER_INT_IP}/24")),
-            (&bed.dmz, &i0, format!("{INT_IP}/24")),
-            (&bed.int, &i1, format!("{LAN_IP}/24")),
+            (&inet, &e1, PARTNER_EDGE_IP),
+            (&inet, &e1, PARTNER_INT_IP),
+            (&dmz, &i0, INT_IP),
+            (&int, &i1, LAN_IP),
         ] {
-            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            namespaces.address(ns, dev, &format!("{addr}/24"))?;
         }
         // No routing between the two zones on the DMZ host.
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &bed.dmz,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=0",
-        ]))?;
-        Ok(bed)
+        run(namespaces
+            .exec(&dmz)
+            .args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]))?;
+        Ok(Bed {
+            inet,
+            dmz,
+            int,
+            namespaces,
+        })
     }
 
     fn exec(&self, ns: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]);
-        c
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for ns in [&self.inet, &self.dmz, &self.int] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    run(Command::new("ip").args(args))
-}
-
-fn run(c: &mut Command) -> Result<(), String> {
-    let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        self.namespaces.exec(ns)
     }
 }
 
@@ -174,11 +142,7 @@ fn until_released() {
 
 #[test]
 fn the_dmz_deployment_works_and_isolates_in_namespaces() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n");
-    if !root || tool_on_path("ip").is_none() {
+    if !can_make_namespaces() {
         eprintln!("SKIPPED: the namespace test bed needs root and iproute2 (ip netns)");
         return;
     }

@@ -100,7 +100,10 @@ fn uclient_through_the_edge(kernel: bool) {
         if let Some((to_peers, _)) = kernel_relayed(&turn, 10) {
             assert!(
                 to_peers >= 10,
-                "the kernel relayed {to_peers} of uclient's 20\n{out}"
+                "the kernel relayed {to_peers} of uclient's 20 ({}; {} channels in it now; {} relayed in all)\n{out}",
+                turn.kernel_status,
+                turn.kernel_channels(),
+                turn.stats.relayed_to_peers()
             );
         }
     }

@@ -24,6 +24,7 @@ mod dns;
 // The federation tests use it; the benches that share this file do not.
 #[allow(unused_imports)]
 pub use dns::DnsStub;
+pub mod netns;
 
 /// How long a test waits for anything before failing.
 pub const WAIT: Duration = Duration::from_secs(5);

@@ -218,7 +218,7 @@ impl KernelPath {
         let mut relayed = Relayed::default();
         // A channel again: its counters first, and its old peer out if it changed.
         if let Some(old) = maps.installed.remove(&(k.tuple, k.channel)) {
-            relayed = maps.collect(&old);
+            relayed = maps.collect(&old).0;
             if old.peer_key != peer_key {
                 maps.remove_peer_entry(&old);
             }
@@ -303,11 +303,31 @@ impl KernelPath {
         now: Instant,
         user_budget: impl Fn(&str) -> Option<Option<Budget>>,
     ) -> Relayed {
-        let mut maps = self.maps.lock_unpoisoned();
         let mut total = Relayed::default();
-        let keys: Vec<(FiveTuple, u16)> = maps.installed.keys().copied().collect();
+        let keys: Vec<(FiveTuple, u16)> = self
+            .maps
+            .lock_unpoisoned()
+            .installed
+            .keys()
+            .copied()
+            .collect();
         let mut budgets: HashMap<Arc<str>, Option<Option<Budget>>> = HashMap::new();
         for key in keys {
+            // One channel at a time under the lock: a relay worker handing a channel over
+            // waits for one channel's reads, never for the whole sweep.
+            let user = self
+                .maps
+                .lock_unpoisoned()
+                .installed
+                .get(&key)
+                .map(|ch| ch.user.clone());
+            let Some(user) = user else {
+                continue;
+            };
+            let budget = *budgets
+                .entry(user.clone())
+                .or_insert_with(|| user_budget(&user));
+            let mut maps = self.maps.lock_unpoisoned();
             let Some(mut ch) = maps.installed.remove(&key) else {
                 continue;
             };
@@ -316,11 +336,9 @@ impl KernelPath {
                 total.add(maps.uninstall(ch));
                 continue;
             }
-            total.add(maps.collect(&ch));
-            ch.seen = maps.read_seen(&ch);
-            let budget = *budgets
-                .entry(ch.user.clone())
-                .or_insert_with(|| user_budget(&ch.user));
+            let (relayed, seen) = maps.collect(&ch);
+            total.add(relayed);
+            ch.seen = seen;
             if let Some(budget) = budget {
                 if budget != ch.user_budget && ch.user_budget.is_some() && budget.is_some() {
                     for &m in [ch.meters[1], ch.meters[3]].iter() {
@@ -331,6 +349,7 @@ impl KernelPath {
             }
             maps.installed.insert(key, ch);
         }
+        let mut maps = self.maps.lock_unpoisoned();
         // Drops over a budget, from every CPU.
         let index = [0u32, 1];
         for (i, seen) in index.iter().zip([0usize, 1]) {
@@ -368,8 +387,9 @@ impl Maps {
         [p, pb, c, cb]
     }
 
-    /// What `ch` relayed since it was last read.
-    fn collect(&self, ch: &Installed) -> Relayed {
+    /// What `ch` relayed since it was last read, and its counters now (read once: a packet
+    /// counted between two reads would be lost to the statistics).
+    fn collect(&self, ch: &Installed) -> (Relayed, [u64; 4]) {
         let now = self.read_seen(ch);
         let d = |i: usize| {
             now.get(i)
@@ -377,17 +397,18 @@ impl Maps {
                 .unwrap_or(0)
                 .saturating_sub(ch.seen.get(i).copied().unwrap_or(0))
         };
-        Relayed {
+        let relayed = Relayed {
             to_peers: d(0),
             bytes_to_peers: d(1),
             to_clients: d(2),
             bytes_to_clients: d(3),
             over_budget: 0,
-        }
+        };
+        (relayed, now)
     }
 
     fn uninstall(&mut self, ch: Installed) -> Relayed {
-        let relayed = self.collect(&ch);
+        let (relayed, _) = self.collect(&ch);
         let _ = self.to_peer.remove(&ch.client_key);
         self.remove_peer_entry(&ch);
         self.release_meters(&ch.meters);

@@ -302,8 +302,10 @@ int turn_relay(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	__u8 first = ((__u8 *)&h.channel)[0];
 
-	// A client's ChannelData (channels 0x4000-0x4FFF): to its peer, without the header.
-	if ((first & 0xf0) == 0x40 && payload >= CHANNEL_HEADER) {
+	// A client's ChannelData: to its peer, without the header. Channels 0x4000-0x7FFF, as
+	// the core accepts them (RFC 5766's range; RFC 8656 narrowed it to 0x4FFF, and clients
+	// such as coturn's still pick numbers above it).
+	if ((first & 0xc0) == 0x40 && payload >= CHANNEL_HEADER) {
 		struct client_key key = {
 			.client_ip = h.ip.saddr,
 			.server_ip = h.ip.daddr,

@@ -1,0 +1,81 @@
+//! Network namespaces for the tests that need a real path between hosts (the DMZ bed, the
+//! kernel fast path): made with iproute2, joined by veth pairs, deleted when dropped, pass
+//! or fail.
+
+use std::process::Command;
+
+/// Namespaces made for one test, deleted (their veths with them) on drop.
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    /// Makes each namespace in `names`, its loopback up. On error those made are deleted.
+    pub fn new(names: &[&str]) -> Result<Namespaces, String> {
+        let mut made = Namespaces { names: Vec::new() };
+        for ns in names {
+            ip(&["netns", "add", ns])?;
+            made.names.push(ns.to_string());
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(made)
+    }
+
+    /// A veth pair, `a` in namespace `a_ns` and `b` in `b_ns` (made there: nothing appears
+    /// in the caller's namespace).
+    pub fn veth(&self, (a, a_ns): (&str, &str), (b, b_ns): (&str, &str)) -> Result<(), String> {
+        ip(&[
+            "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+        ])
+    }
+
+    /// `cidr` on `dev` in `ns`, and the device up.
+    pub fn address(&self, ns: &str, dev: &str, cidr: &str) -> Result<(), String> {
+        ip(&["-n", ns, "addr", "add", cidr, "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])
+    }
+
+    /// The default route of `ns` via `gateway`.
+    pub fn default_route(&self, ns: &str, gateway: &str) -> Result<(), String> {
+        ip(&["-n", ns, "route", "add", "default", "via", gateway])
+    }
+
+    /// A command to run inside `ns` (`ip netns exec`).
+    pub fn exec(&self, ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        c
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Whether this process can make namespaces: root, with iproute2 installed.
+pub fn can_make_namespaces() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    root && super::tool_on_path("ip").is_some()
+}
+
+/// Runs `ip args`; its error output on failure.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Runs `c`; its error output on failure.
+pub fn run(c: &mut Command) -> Result<(), String> {
+    let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
