@@ -12,11 +12,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::netns::{can_make_namespaces, Namespaces};
+use crate::support::netns::{can_make_namespaces, within, Namespaces};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -87,26 +86,9 @@ impl Bed {
     }
 }
 
-/// Runs `f` on a thread inside namespace `ns` (what it opens stays there).
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
-            rustix::thread::move_into_link_name_space(
-                file.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 /// GET `path` from the operations listener at `addr`, inside `ns`.
 fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
-    in_ns(ns, || {
+    within(ns, || {
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(tcp, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -156,7 +138,7 @@ fn drain(sock: &UdpSocket, quiet: Duration) -> Vec<Vec<u8>> {
 
 /// The client's socket, as tokio wants it for the TURN session, and a blocking clone.
 fn client_socket(bed: &Bed) -> (UdpSocket, tokio::net::UdpSocket) {
-    let std_sock = in_ns(&bed.out, || UdpSocket::bind((CLIENT_IP, 0)).unwrap());
+    let std_sock = within(&bed.out, || UdpSocket::bind((CLIENT_IP, 0)).unwrap());
     let clone = std_sock.try_clone().unwrap();
     std_sock.set_nonblocking(true).unwrap();
     (clone, tokio::net::UdpSocket::from_std(std_sock).unwrap())
@@ -251,8 +233,8 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
         let _in_runtime = rt.enter();
         client_socket(&bed)
     };
-    let peer = in_ns(&bed.inside, || UdpSocket::bind((PEER_IP, 0)).unwrap());
-    let stranger = in_ns(&bed.inside, || UdpSocket::bind((STRANGER_IP, 0)).unwrap());
+    let peer = within(&bed.inside, || UdpSocket::bind((PEER_IP, 0)).unwrap());
+    let stranger = within(&bed.inside, || UdpSocket::bind((STRANGER_IP, 0)).unwrap());
     let peer_addr = peer.local_addr().unwrap();
     let mut session = rt.block_on(TurnSession::allocate(
         tokio_client,

@@ -61,3 +61,6 @@ mod outsider;
 
 /// The kernel fast path (eBPF) in network namespaces: relays, and enforces the policy.
 mod kernel_offload;
+
+/// SIP capture in HEP v3, read by real decoders (sngrep, tshark).
+mod capture;

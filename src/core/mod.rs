@@ -4,6 +4,7 @@
 pub mod avauth;
 pub mod credentials;
 pub mod firewall;
+pub mod hep;
 pub mod keyring;
 pub mod mras;
 pub mod net;

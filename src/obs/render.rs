@@ -365,7 +365,7 @@ fn relay_metrics(e: &mut Exposition, r: &Relay) {
         e,
         "sipedge_turn_received_total",
         Kind::Counter,
-        "Datagrams and frames received, from clients and from peers.",
+        "Datagrams and frames received in user space, from clients and from peers (what the kernel path relays never reaches it: see sipedge_turn_kernel_relayed_packets_total).",
         "from",
         [("client", r.client_packets), ("peer", r.peer_packets)],
     );

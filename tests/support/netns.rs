@@ -2,6 +2,7 @@
 //! kernel fast path): made with iproute2, joined by veth pairs, deleted when dropped, pass
 //! or fail.
 
+use std::os::fd::AsFd;
 use std::process::Command;
 
 /// Namespaces made for one test, deleted (their veths with them) on drop.
@@ -78,4 +79,21 @@ pub fn run(c: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{c:?}: {}", String::from_utf8_lossy(&out.stderr)))
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (what it opens stays there).
+pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }
