@@ -15,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::netns::{can_make_namespaces, within, Namespaces};
+use crate::support::netns::{can_make_namespaces, within, DmzBed};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -43,45 +43,28 @@ struct Bed {
     /// The veth ends of the client and the peers (their checksum offload is switched).
     client_dev: String,
     peer_dev: String,
-    _namespaces: Namespaces,
+    _bed: DmzBed,
 }
 
 impl Bed {
     fn up() -> Result<Bed, String> {
-        let tag = std::process::id() % 100_000;
-        let (out, dmz, inside) = (
-            format!("sk{tag}-out"),
-            format!("sk{tag}-dmz"),
-            format!("sk{tag}-in"),
-        );
-        let namespaces = Namespaces::new(&[&out, &dmz, &inside])?;
-        let (o0, o1, i0, i1) = (
-            format!("sk{tag}o0"),
-            format!("sk{tag}o1"),
-            format!("sk{tag}i0"),
-            format!("sk{tag}i1"),
-        );
-        namespaces.veth((&o0, &dmz), (&o1, &out))?;
-        namespaces.veth((&i0, &dmz), (&i1, &inside))?;
-        for (ns, dev, addr) in [
-            (&dmz, &o0, EXT_IP),
-            (&out, &o1, CLIENT_IP),
-            (&dmz, &i0, INT_IP),
-            (&inside, &i1, PEER_IP),
-            (&inside, &i1, STRANGER_IP),
-        ] {
-            namespaces.address(ns, dev, &format!("{addr}/24"))?;
-        }
+        let tag = format!("sk{}", std::process::id() % 100_000);
+        let bed = DmzBed::up(
+            &tag,
+            &[CLIENT_IP],
+            (EXT_IP, INT_IP),
+            &[PEER_IP, STRANGER_IP],
+        )?;
         // Peers reach the relayed addresses (on the external interface) through the edge.
-        namespaces.default_route(&inside, INT_IP)?;
-        namespaces.default_route(&out, EXT_IP)?;
+        bed.namespaces.default_route(&bed.inside, INT_IP)?;
+        bed.namespaces.default_route(&bed.outside, EXT_IP)?;
         Ok(Bed {
-            out,
-            dmz,
-            inside,
-            client_dev: o1,
-            peer_dev: i1,
-            _namespaces: namespaces,
+            out: bed.outside.clone(),
+            dmz: bed.dmz.clone(),
+            inside: bed.inside.clone(),
+            client_dev: bed.outside_dev.clone(),
+            peer_dev: bed.inside_dev.clone(),
+            _bed: bed,
         })
     }
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::netns::{can_make_namespaces, run, Namespaces};
+use crate::support::netns::{can_make_namespaces, run, DmzBed};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -37,51 +37,34 @@ struct Bed {
     inet: String,
     dmz: String,
     int: String,
-    namespaces: Namespaces,
+    bed: DmzBed,
 }
 
 impl Bed {
     fn up() -> Result<Bed, String> {
-        let tag = std::process::id() % 100_000;
-        let (inet, dmz, int) = (
-            format!("se{tag}-inet"),
-            format!("se{tag}-dmz"),
-            format!("se{tag}-int"),
-        );
-        let namespaces = Namespaces::new(&[&inet, &dmz, &int])?;
-        let (e0, e1, i0, i1) = (
-            format!("se{tag}e0"),
-            format!("se{tag}e1"),
-            format!("se{tag}i0"),
-            format!("se{tag}i1"),
-        );
-        namespaces.veth((&e0, &dmz), (&e1, &inet))?;
-        namespaces.veth((&i0, &dmz), (&i1, &int))?;
-        for (ns, dev, addr) in [
-            (&dmz, &e0, EXT_IP),
-            (&inet, &e1, INET_IP),
-            // The partner's addresses share the Internet side's interface.
-            (&inet, &e1, PARTNER_EDGE_IP),
-            (&inet, &e1, PARTNER_INT_IP),
-            (&dmz, &i0, INT_IP),
-            (&int, &i1, LAN_IP),
-        ] {
-            namespaces.address(ns, dev, &format!("{addr}/24"))?;
-        }
+        let tag = format!("se{}", std::process::id() % 100_000);
+        // The partner's addresses share the Internet side's interface.
+        let bed = DmzBed::up(
+            &tag,
+            &[INET_IP, PARTNER_EDGE_IP, PARTNER_INT_IP],
+            (EXT_IP, INT_IP),
+            &[LAN_IP],
+        )?;
         // No routing between the two zones on the DMZ host.
-        run(namespaces
-            .exec(&dmz)
+        run(bed
+            .namespaces
+            .exec(&bed.dmz)
             .args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]))?;
         Ok(Bed {
-            inet,
-            dmz,
-            int,
-            namespaces,
+            inet: bed.outside.clone(),
+            dmz: bed.dmz.clone(),
+            int: bed.inside.clone(),
+            bed,
         })
     }
 
     fn exec(&self, ns: &str) -> Command {
-        self.namespaces.exec(ns)
+        self.bed.namespaces.exec(ns)
     }
 }
 

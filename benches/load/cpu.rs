@@ -5,28 +5,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc
 
-pub(crate) fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// `(comm, utime + stime)` of a `stat` file's contents.
-pub(crate) fn parse_stat(stat: &str) -> Option<(String, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    // After ") ": state is field 3; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
-}
+pub(crate) use crate::proc_stats::{clock_ticks_per_second, parse_stat};
 
 /// CPU ticks per thread name (live threads only) and for the whole process.
 #[derive(Clone, Default)]

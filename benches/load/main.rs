@@ -23,6 +23,9 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "../common/proc.rs"]
+mod proc_stats;
+
 mod cpu;
 mod report;
 mod workload;

@@ -40,6 +40,9 @@
     unreachable_pub
 )]
 
+#[path = "../common/proc.rs"]
+mod proc_stats;
+
 mod load;
 mod netns;
 mod servers;

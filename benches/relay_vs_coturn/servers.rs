@@ -302,33 +302,8 @@ fn wait_ready(server: &Server, client_ip: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
-
-pub fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a whole process (every thread, live or exited), in clock ticks.
-pub fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
+use crate::proc_stats::alive;
+pub use crate::proc_stats::{clock_ticks_per_second, cpu_ticks};
 
 /// One reading of the whole box's CPU time (`/proc/stat`: the `cpu` line, all CPUs, in clock
 /// ticks) and when it was taken.
@@ -505,28 +480,7 @@ pub fn coturn_version(turnserver: &Path) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// The checkout's commit, with "+dirty" when the tree has changes.
-pub fn sipedge_commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{head}+dirty")
-    } else {
-        head
-    }
-}
+pub use crate::proc_stats::sipedge_commit;
 
 /// What coturn's log says about its threads ("Total General servers: 2" and the like).
 pub fn coturn_threads_line(log: &Path) -> Option<String> {

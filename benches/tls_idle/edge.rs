@@ -293,12 +293,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out).to_string())
 }
 
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
-}
+pub use crate::proc_stats::alive;
 
 /// (soft, hard) open-file limit of a process, from `/proc/<pid>/limits`.
 pub fn nofile(pid: u32) -> Option<(u64, u64)> {

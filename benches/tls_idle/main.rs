@@ -25,6 +25,9 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "../common/proc.rs"]
+mod proc_stats;
+
 mod edge;
 mod worker;
 
@@ -233,49 +236,9 @@ fn parse_args() -> Result<Args, String> {
 // ---------------------------------------------------------------------------------------------
 // /proc
 
-pub fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
+pub use crate::proc_stats::{clock_ticks_per_second, cpu_ticks};
 
-/// utime + stime of a whole process (every thread), clock ticks; `pid` may be "self".
-pub fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The checkout's commit, with "+dirty" when the tree has changes.
-fn sipedge_commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{head}+dirty")
-    } else {
-        head
-    }
-}
+use crate::proc_stats::sipedge_commit;
 
 // ---------------------------------------------------------------------------------------------
 // Workers

@@ -57,6 +57,61 @@ impl Drop for Namespaces {
     }
 }
 
+/// The edge's place in a network, as three hosts in a row: `outside` — `dmz` — `inside`
+/// (namespaces `<tag>-out`, `<tag>-dmz`, `<tag>-in`), joined by two veth pairs, each side's
+/// addresses on its end, each a /24. Deleted on drop.
+pub struct DmzBed {
+    pub outside: String,
+    pub dmz: String,
+    pub inside: String,
+    /// The outside's and the inside's ends of the veth pairs.
+    pub outside_dev: String,
+    pub inside_dev: String,
+    pub namespaces: Namespaces,
+}
+
+impl DmzBed {
+    /// `outside` addresses on the outer host, the DMZ host's external and internal
+    /// addresses, `inside` addresses on the inner host.
+    pub fn up(
+        tag: &str,
+        outside: &[&str],
+        (dmz_external, dmz_internal): (&str, &str),
+        inside: &[&str],
+    ) -> Result<DmzBed, String> {
+        let (out_ns, dmz, in_ns) = (
+            format!("{tag}-out"),
+            format!("{tag}-dmz"),
+            format!("{tag}-in"),
+        );
+        let namespaces = Namespaces::new(&[&out_ns, &dmz, &in_ns])?;
+        let (o0, o1, i0, i1) = (
+            format!("{tag}o0"),
+            format!("{tag}o1"),
+            format!("{tag}i0"),
+            format!("{tag}i1"),
+        );
+        namespaces.veth((&o0, &dmz), (&o1, &out_ns))?;
+        namespaces.veth((&i0, &dmz), (&i1, &in_ns))?;
+        namespaces.address(&dmz, &o0, &format!("{dmz_external}/24"))?;
+        namespaces.address(&dmz, &i0, &format!("{dmz_internal}/24"))?;
+        for addr in outside {
+            namespaces.address(&out_ns, &o1, &format!("{addr}/24"))?;
+        }
+        for addr in inside {
+            namespaces.address(&in_ns, &i1, &format!("{addr}/24"))?;
+        }
+        Ok(DmzBed {
+            outside: out_ns,
+            dmz,
+            inside: in_ns,
+            outside_dev: o1,
+            inside_dev: i1,
+            namespaces,
+        })
+    }
+}
+
 /// Whether this process can make namespaces: root, with iproute2 installed.
 pub fn can_make_namespaces() -> bool {
     let root = Command::new("id")
