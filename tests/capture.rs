@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sipedge::core::hep::{encode, Captured, Transport};
 
-use crate::support::netns::{can_make_namespaces, within, Namespaces};
+use crate::support::netns::{bed_or_skip, within, Namespaces};
 use crate::support::*;
 
 #[test]
@@ -23,14 +23,13 @@ fn sngrep_decodes_the_hep3_of_a_call_on_both_sides() {
     let (Some(sngrep), Some(tshark)) = (sngrep, tshark) else {
         return;
     };
-    if !can_make_namespaces() {
-        eprintln!("SKIPPED: the capture test needs root and iproute2 (a namespace for sngrep)");
+    // A namespace of its own for sngrep's live capture.
+    let ns = format!("sc{}-hep", std::process::id() % 100_000);
+    let Some(namespaces) = bed_or_skip("the capture test", || Namespaces::new(&[&ns])) else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("decoded.pcap");
-    let ns = format!("sc{}-hep", std::process::id() % 100_000);
-    let namespaces = Namespaces::new(&[&ns]).unwrap();
     // sngrep captures on the namespace's loopback, where only this test's datagrams go, and
     // decodes the HEP it finds there.
     let mut listener = Reaped(

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::netns::{can_make_namespaces, within, DmzBed};
+use crate::support::netns::{bed_or_skip, within, DmzBed};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -149,16 +149,8 @@ fn client_to_peer(
 
 #[test]
 fn the_kernel_relays_established_channels_and_enforces_the_policy() {
-    if !can_make_namespaces() {
-        eprintln!("SKIPPED: the kernel path test needs root and iproute2 (ip netns)");
+    let Some(bed) = bed_or_skip("the kernel path test", Bed::up) else {
         return;
-    }
-    let bed = match Bed::up() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIPPED: network namespaces are not available here: {e}");
-            return;
-        }
     };
     let pki = Pki::new();
     let (ring_path, ring) = ring_file(&pki);

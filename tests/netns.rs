@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::netns::{can_make_namespaces, run, DmzBed};
+use crate::support::netns::{bed_or_skip, run, DmzBed};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
@@ -125,16 +125,8 @@ fn until_released() {
 
 #[test]
 fn the_dmz_deployment_works_and_isolates_in_namespaces() {
-    if !can_make_namespaces() {
-        eprintln!("SKIPPED: the namespace test bed needs root and iproute2 (ip netns)");
+    let Some(bed) = bed_or_skip("the namespace test bed", Bed::up) else {
         return;
-    }
-    let bed = match Bed::up() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIPPED: network namespaces are not available here: {e}");
-            return;
-        }
     };
     let mut proven = Vec::new();
 

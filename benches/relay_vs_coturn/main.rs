@@ -40,6 +40,8 @@
     unreachable_pub
 )]
 
+#[path = "../common/children.rs"]
+mod children;
 #[path = "../common/proc.rs"]
 mod proc_stats;
 

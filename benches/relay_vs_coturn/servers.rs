@@ -6,7 +6,6 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sipedge::core::turn::encode::{Writer, BINDING};
@@ -55,23 +54,7 @@ pub struct Setup {
     pub relay_toml: Vec<String>,
 }
 
-/// The PIDs of the servers running now, for [`kill_running`]. A server is taken out (and
-/// killed and reaped) under the lock, so a PID here is always a live child of ours.
-static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-/// SIGKILL to every server still running, and reaps it (the bench was interrupted); holds
-/// the registry locked for good, so no server starts or is reaped after.
-pub fn kill_running() {
-    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    for &pid in running.iter() {
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            }
-        }
-    }
-    std::mem::forget(running);
-}
+pub use crate::children::kill_running;
 
 /// A running server, killed (SIGKILL to its own PID) and reaped when dropped.
 pub struct Server {
@@ -86,10 +69,7 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|&p| p != self.pid);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::children::kill(&mut self.child);
     }
 }
 
@@ -239,17 +219,14 @@ pub fn start(setup: &Setup, kind: Kind, run: usize) -> Result<Server, String> {
     }
     let out = std::fs::File::create(setup.dir.join(format!("{}-{run}.out", kind.name())))
         .map_err(|e| e.to_string())?;
-    // Registered before the lock is let go: an interrupt from here on kills it.
-    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().map_err(|e| e.to_string())?)
-        .stderr(out)
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", kind.name()))?;
+    // Registered as it starts: an interrupt from here on kills it.
+    let child = crate::children::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out),
+    )
+    .map_err(|e| format!("start {}: {e}", kind.name()))?;
     let pid = child.id();
-    running.push(pid);
-    drop(running);
     let server = Server {
         kind,
         child,

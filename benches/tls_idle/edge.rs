@@ -7,39 +7,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::support::{Pki, DIRECTOR_NAME, DOMAIN, EDGE_FQDN};
 
-/// The PIDs of the processes this bench started and that are still running (the edge and
-/// the workers), for [`kill_running`] on SIGINT/SIGTERM.
-static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-pub fn register(pid: u32) {
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
-}
-
-pub fn unregister(pid: u32) {
-    RUNNING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|&p| p != pid);
-}
-
-/// SIGKILL to every process of ours still running, each by its own PID, and reaps it; holds
-/// the registry locked for good (the bench is exiting).
-pub fn kill_running() {
-    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    for &pid in running.iter() {
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            }
-        }
-    }
-    std::mem::forget(running);
-}
+pub use crate::children::kill_running;
 
 /// A TCP port free on `ip` right now.
 pub fn free_port(ip: &str) -> Result<u16, String> {
@@ -94,9 +66,7 @@ pub struct Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unregister(self.pid);
+        crate::children::kill(&mut self.child);
     }
 }
 
@@ -138,13 +108,9 @@ impl Edge {
             sipedge.display(),
             file.display()
         );
-        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd
-            .spawn()
+        let child = crate::children::spawn(&mut cmd)
             .map_err(|e| format!("start {}: {e}", sipedge.display()))?;
         let pid = child.id();
-        running.push(pid);
-        drop(running);
         let edge = Edge {
             child,
             pid,

@@ -25,6 +25,8 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+#[path = "../common/children.rs"]
+mod children;
 #[path = "../common/proc.rs"]
 mod proc_stats;
 
@@ -256,9 +258,7 @@ impl Drop for Workers {
     fn drop(&mut self) {
         self.stdins.clear();
         for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-            edge::unregister(c.id());
+            children::kill(c);
         }
     }
 }
@@ -314,13 +314,12 @@ impl Workers {
             if args.shared_sources {
                 cmd.arg("--shared-source");
             }
-            let mut child = cmd
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| format!("start worker {id}: {e}"))?;
-            edge::register(child.id());
+            let mut child = children::spawn(
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit()),
+            )
+            .map_err(|e| format!("start worker {id}: {e}"))?;
             let stdin = child.stdin.take().ok_or("worker stdin")?;
             let stdout = child.stdout.take().ok_or("worker stdout")?;
             let tx = tx.clone();

@@ -112,6 +112,22 @@ impl DmzBed {
     }
 }
 
+/// The bed `up` makes, or `None` (after saying why `test` is skipped) where namespaces
+/// cannot be made here: not root, no iproute2, or the kernel refuses.
+pub fn bed_or_skip<T>(test: &str, up: impl FnOnce() -> Result<T, String>) -> Option<T> {
+    if !can_make_namespaces() {
+        eprintln!("SKIPPED: {test} needs root and iproute2 (ip netns)");
+        return None;
+    }
+    match up() {
+        Ok(bed) => Some(bed),
+        Err(e) => {
+            eprintln!("SKIPPED: network namespaces are not available here for {test}: {e}");
+            None
+        }
+    }
+}
+
 /// Whether this process can make namespaces: root, with iproute2 installed.
 pub fn can_make_namespaces() -> bool {
     let root = Command::new("id")
