@@ -196,12 +196,13 @@ impl Edge {
         }
     }
 
-    /// Lines of the log that say an accept failed (the descriptor limit), and the first.
+    /// Lines of the log that say accepts fail (the descriptor limit: logged once per run of
+    /// failures), and the first.
     pub fn accept_failures(&self) -> (usize, Option<String>) {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("accept failed"))
+            .filter(|l| l.contains("open-file limit reached") || l.contains("accept failing"))
             .collect();
         (lines.len(), lines.first().map(|l| strip_ansi(l)))
     }

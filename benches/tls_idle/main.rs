@@ -48,7 +48,7 @@ const USAGE: &str = "usage: cargo bench --bench tls_idle -- [--counts 1000,5000,
     [--hold S (30)] [--ping S (30)] [--settle S (3)] [--workers N (one per 5000 clients)] \
     [--ramp-concurrency N (8 per worker)] [--max-failures N (20)] [--timeout S (10)] \
     [--handshakes N (2000; 0 skips)] [--parallel 1,4,64] [--modes full,resumed] [--tls 1.3] \
-    [--shared-sources] [--edge-nofile N] [--sipedge PATH] [--edge-env KEY=VALUE]... [--reopen N (0)] [--keep]";
+    [--shared-sources] [--edge-nofile N] [--sipedge PATH] [--edge-env KEY=VALUE]... [--reopen N (0)] [--late-sample S (0)] [--keep]";
 
 /// A worker command without an answer within this is a failure of the bench.
 const COMMAND_WAIT: Duration = Duration::from_secs(600);
@@ -91,6 +91,9 @@ struct Args {
     edge_env: Vec<(String, String)>,
     /// Cycles of reconnecting the same clients after the close, and closing again.
     reopen: usize,
+    /// A last sample this long after everything closed (past the firewall's 120 s memory
+    /// of idle sources and its 10 s sweep, the edge should be back to its size).
+    late_sample: Duration,
     keep: bool,
 }
 
@@ -139,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
         sipedge: None,
         edge_env: Vec::new(),
         reopen: 0,
+        late_sample: Duration::ZERO,
         keep: false,
     };
     let mut it = std::env::args().skip(1);
@@ -200,6 +204,13 @@ fn parse_args() -> Result<Args, String> {
             "--sipedge" => a.sipedge = Some(PathBuf::from(value()?)),
             "--keep" => a.keep = true,
             "--reopen" => a.reopen = value()?.parse().map_err(|e| format!("--reopen: {e}"))?,
+            "--late-sample" => {
+                a.late_sample = Duration::from_secs(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--late-sample: {e}"))?,
+                )
+            }
             "--edge-env" => {
                 let v = value()?;
                 let (k, v) = v.split_once('=').ok_or("--edge-env needs KEY=VALUE")?;
@@ -717,7 +728,7 @@ fn run(args: &Args) -> Result<bool, String> {
                 let _ = write!(
                     why,
                     "; the edge's descriptor limit: {} fds of RLIMIT_NOFILE {soft}, {accept_lines} \
-                     \"accept failed\" lines in its log (first: {})",
+                     \"accept failing\" lines in its log (first: {})",
                     s.fds,
                     first_line.as_deref().unwrap_or("-")
                 );
@@ -861,6 +872,16 @@ fn run(args: &Args) -> Result<bool, String> {
             std::thread::sleep(args.settle);
             samples.push(sample(
                 &format!("closed #{cycle} +{}s", args.settle.as_secs()),
+                &edge,
+                &workers,
+                0,
+            )?);
+        }
+        let waited = args.settle + Duration::from_secs(10);
+        if args.late_sample > waited {
+            std::thread::sleep(args.late_sample - waited);
+            samples.push(sample(
+                &format!("closed +{}s", args.late_sample.as_secs()),
                 &edge,
                 &workers,
                 0,
@@ -1098,7 +1119,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let _ = writeln!(
         out,
         "\nEdge counters at the end: {} connections accepted, {} refused at accept, {} handshakes failed; \
-         {accept_lines} \"accept failed\" lines in its log{}.",
+         {accept_lines} \"accept failing\" lines in its log{}.",
         final_metrics.accepted,
         final_metrics.refused,
         final_metrics.handshakes_failed,

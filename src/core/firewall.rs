@@ -516,11 +516,31 @@ impl SourceGuard {
             .sum()
     }
 
-    /// Forgets idle sources (the shell calls this periodically).
+    /// Forgets idle sources, and gives back the memory of a table that emptied (the shell
+    /// calls this every few seconds: after a crowd of sources has gone, the edge returns
+    /// to its size).
     pub fn sweep(&self, now: Instant) {
         for i in 0..SHARDS {
-            self.lock(i).map.retain(|_, s| !s.idle(now));
+            let mut shard = self.lock(i);
+            shard.map.retain(|_, s| !s.idle(now));
+            shard.last_sweep = Some(now);
+            shrink_sparse(&mut shard.map);
         }
+    }
+
+    /// The table's capacity in entries (what its memory is sized for).
+    pub fn capacity(&self) -> usize {
+        (0..SHARDS).map(|i| self.lock(i).map.capacity()).sum()
+    }
+}
+
+/// Shrinks a map that holds under a quarter of its capacity to twice its size: memory
+/// comes back after a crowd has gone, and the cost is paid once per many removals.
+pub fn shrink_sparse<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
@@ -795,5 +815,33 @@ mod tests {
         let later = t0 + IDLE + Duration::from_secs(300);
         g.sweep(later);
         assert_eq!(g.tracked(), 0);
+    }
+
+    #[test]
+    fn a_sweep_after_a_crowd_has_gone_gives_the_table_memory_back() {
+        let mut p = policy();
+        p.max_sources = 100_000;
+        p.max_connections = 1;
+        let g = SourceGuard::new(p);
+        let t0 = Instant::now();
+        for i in 0..20_000u32 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0B00_0000 + i));
+            g.connect(a, t0).expect("first connection of a new source");
+            g.disconnected(a, t0);
+        }
+        assert_eq!(g.tracked(), 20_000);
+        let crowd = g.capacity();
+        assert!(crowd >= 20_000);
+        // Not yet idle long enough: remembered (a source's rate and strikes outlive its
+        // connection).
+        g.sweep(t0 + Duration::from_secs(1));
+        assert_eq!(g.tracked(), 20_000);
+        g.sweep(t0 + IDLE + Duration::from_secs(1));
+        assert_eq!(g.tracked(), 0);
+        assert!(
+            g.capacity() <= SHARDS * 64,
+            "capacity {} after the crowd (was {crowd})",
+            g.capacity()
+        );
     }
 }

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::clock;
 use super::flows::{self, FlowReceiver, SendError};
 use super::shared::{ConnLimits, Shared};
+use super::tls_stream::{ReadOutcome, TlsSide, TlsStream};
 use crate::core::avauth;
 use crate::core::firewall::{Refusal, Strike};
 use crate::core::sip::calls::{AtLimit, CallKey, Charge};
@@ -104,38 +104,40 @@ pub fn register(
     remote: SocketAddr,
     partner: Option<PartnerId>,
     certificate: Option<Arc<[String]>>,
-) -> (Session, FlowReceiver) {
+) -> (Box<Session>, FlowReceiver) {
     let (flow, rx) = new_flow(shared, side, remote);
     let flow = Flow {
         partner,
         certificate,
         ..flow
     };
-    (Session::new(flow, clock::now()), rx)
+    (Box::new(Session::new(flow, clock::now())), rx)
 }
 
 /// A new session for a connection to a pool member (internal zone), carrying its link.
-pub fn register_member(shared: &Shared, link: PoolLink) -> (Session, FlowReceiver) {
+pub fn register_member(shared: &Shared, link: PoolLink) -> (Box<Session>, FlowReceiver) {
     let (flow, rx) = new_flow(shared, Side::Internal, link.addr);
-    (Session::to_member(flow, link, clock::now()), rx)
+    (Box::new(Session::to_member(flow, link, clock::now())), rx)
 }
 
 /// Drives a session until its connection closes, for every kind of connection: accepted,
 /// to a partner, or to a pool member (`member`). Returns why it closed and, for a pool
-/// member's connection, the member's link for the next connection.
-pub async fn run<S>(
-    mut session: Session,
+/// member's connection, the member's link for the next connection. While the connection
+/// is idle the loop holds no buffer: it waits for readability, and the stream reads into
+/// its thread's scratch buffer (`tls_stream`). The session and the stream come boxed: the
+/// connection's task then holds each once, on the heap, rather than copies of them in
+/// every state of its future.
+pub async fn run<C: TlsSide>(
+    mut session: Box<Session>,
     shared: &Arc<Shared>,
     routes: &Arc<dyn Routing>,
-    mut stream: S,
+    mut stream: Box<TlsStream<C>>,
     mut rx: FlowReceiver,
     mut member: Option<MemberIo<'_>>,
-) -> (Closed, Option<PoolLink>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> (Closed, Option<PoolLink>) {
     let mut shutdown = shared.shutdown.clone();
     let member_ref = member.as_ref().map(|m| m.member);
+    let mut peer_closed = false;
     let closed = loop {
         let deadline =
             tokio::time::Instant::from_std(session.poll_timeout(&shared.limits().session));
@@ -146,15 +148,30 @@ where
             }
         };
         tokio::select! {
-            read = stream.read_buf(session.read_buf()) => match read {
-                Ok(0) => break Closed::PeerClosed,
-                // The limits in force when the bytes arrived (a reload applies at once).
-                Ok(_) => session.handle_read(
-                    clock::now(),
-                    &mut ShellEdge::new(shared, routes, member_ref),
-                ),
-                Err(e) => break Closed::Io(e),
-            },
+            ready = stream.readable() => {
+                if let Err(e) = ready {
+                    break Closed::Io(e);
+                }
+                match stream.read(&mut |plaintext| session.receive(plaintext)) {
+                    // The limits in force when the bytes arrived (a reload applies at once).
+                    Ok(ReadOutcome::Data) => session.handle_read(
+                        clock::now(),
+                        &mut ShellEdge::new(shared, routes, member_ref),
+                    ),
+                    Ok(ReadOutcome::WouldBlock) => {}
+                    Ok(ReadOutcome::Closed) => {
+                        // What came with the close is still handled (and answered).
+                        if session.has_partial_input() {
+                            session.handle_read(
+                                clock::now(),
+                                &mut ShellEdge::new(shared, routes, member_ref),
+                            );
+                        }
+                        peer_closed = true;
+                    }
+                    Err(e) => break Closed::Io(e),
+                }
+            }
             Some(bytes) = rx.recv() => {
                 session.queue(&bytes);
                 // Take what else is queued, to write it in one go.
@@ -186,12 +203,20 @@ where
                 break Closed::Shutdown;
             }
         }
-        let write_timeout = shared.limits().write_timeout;
-        if let Err(closed) = flush(&mut stream, session.transmit_buf(), write_timeout).await {
-            break closed;
+        if let Some(Err(e)) = session.transmit_with(|bytes| stream.send(bytes)) {
+            break Closed::Io(e);
+        }
+        if let Err(e) = stream.flush(shared.limits().write_timeout).await {
+            break match e.kind() {
+                std::io::ErrorKind::TimedOut => Closed::WriteTimeout,
+                _ => Closed::Io(e),
+            };
         }
         if let Some(reason) = session.closed() {
             break Closed::Session(reason);
+        }
+        if peer_closed {
+            break Closed::PeerClosed;
         }
     };
     shared.flows.remove(session.flow().id);
@@ -199,31 +224,8 @@ where
         clock::now(),
         &mut ShellEdge::new(shared, routes, member_ref),
     );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    stream.shutdown(Duration::from_secs(1)).await;
     (closed, link)
-}
-
-/// Writes everything pending, with a deadline: a peer that stops reading is cut off.
-pub async fn flush<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    out: &mut BytesMut,
-    deadline: Duration,
-) -> Result<(), Closed> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let write = async {
-        stream.write_all(out).await?;
-        stream.flush().await
-    };
-    match tokio::time::timeout(deadline, write).await {
-        Ok(Ok(())) => {
-            out.clear();
-            Ok(())
-        }
-        Ok(Err(e)) => Err(Closed::Io(e)),
-        Err(_) => Err(Closed::WriteTimeout),
-    }
 }
 
 /// The edge as one session sees it: the shared state, the routes, the limits in force when

@@ -402,7 +402,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let partners = match (&topology.federation, partner_tls) {
         (Some(f), Some(tls)) => Some(Arc::new(partners::Partners::new(
             partner_config(topology, f)?,
-            tokio_rustls::TlsConnector::from(tls),
+            tls,
             ext_addr.ip(),
             f.max_connections_per_partner,
         ))),
@@ -437,7 +437,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
 
     let mut tasks = JoinSet::new();
     let connector = pool::Connector {
-        tls: tokio_rustls::TlsConnector::from(pool_tls),
+        tls: pool_tls,
         server_name,
         local_ip: int_addr.ip(),
         probe: ProbeConfig {
@@ -468,12 +468,13 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             shared.clone(),
             routes.clone(),
             listener,
-            tokio_rustls::TlsAcceptor::from(tls),
+            tls,
             side,
             budget,
         ));
     }
     tasks.spawn(expire_calls(shared.clone()));
+    tasks.spawn(sweep_sources(shared.clone()));
     if let Some(watch) = &ring_watch {
         tasks.spawn(watch_ring(shared.clone(), watch.clone()));
     }
@@ -595,6 +596,21 @@ async fn expire_calls(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Forgets idle sources every few seconds (the firewall otherwise sweeps only when a
+/// shard is full), so that the table and its memory shrink once a crowd has gone.
+async fn sweep_sources(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SOURCE_SWEEP_EVERY) => shared.guard.sweep(clock::now()),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often idle sources are forgotten.
+const SOURCE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 fn local_addr(l: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
     l.local_addr().map_err(|source| StartError::Bind {

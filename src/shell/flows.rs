@@ -2,17 +2,17 @@
 //! back. Sharded so that no lock is shared by every message: a lookup takes the read lock
 //! of one of 64 shards for the time of a hash-map probe.
 //!
-//! Each flow's queue is bounded twice: in messages (the channel) and in bytes (a counter
-//! shared by sender and receiver), so a peer that stops reading holds at most
+//! Each flow's queue is bounded twice: in messages and in bytes (a counter shared by sender
+//! and receiver), so a peer that stops reading holds at most
 //! `limits.max_queued_bytes` of the edge's memory however large the messages are.
 
-use crate::sync::RwLockExt;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use crate::sync::{MutexExt, RwLockExt};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::core::sip::proxy::Side;
 use crate::core::sip::token::FlowId;
@@ -23,62 +23,109 @@ const SHARDS: usize = 64;
 #[derive(Clone, Debug)]
 pub struct FlowHandle {
     pub side: Side,
-    tx: mpsc::Sender<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    max_messages: usize,
     max_queued: usize,
 }
 
-/// The receiving end of a flow's queue (owned by the connection's task).
+/// The receiving end of a flow's queue (owned by the connection's task). Dropping it
+/// closes the queue: later sends find the flow gone.
 pub struct FlowReceiver {
-    rx: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+}
+
+/// One flow's queue. Not a channel: a channel allocates its first block of slots when it
+/// is made and keeps it, about 1.5 KiB for every connection however idle; this holds a
+/// `VecDeque` that is empty, without capacity, whenever nothing waits.
+#[derive(Debug, Default)]
+struct Queue {
+    items: Mutex<VecDeque<Bytes>>,
+    /// Bytes waiting (reserved by a sender before it queues them).
+    queued: AtomicUsize,
+    closed: AtomicBool,
+    /// Wakes the receiver; a permit is kept if it is not waiting (no wake-up is lost).
+    ready: Notify,
 }
 
 /// A new flow queue: at most `messages` messages and `max_bytes` bytes waiting.
 pub fn queue(side: Side, messages: usize, max_bytes: usize) -> (FlowHandle, FlowReceiver) {
-    let (tx, rx) = mpsc::channel(messages);
-    let queued = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(Queue::default());
     (
         FlowHandle {
             side,
-            tx,
-            queued: queued.clone(),
+            queue: queue.clone(),
+            max_messages: messages,
             max_queued: max_bytes,
         },
-        FlowReceiver { rx, queued },
+        FlowReceiver { queue },
     )
 }
 
 impl FlowReceiver {
+    /// The next message (cancel-safe: nothing is taken until it returns).
     pub async fn recv(&mut self) -> Option<Bytes> {
-        let bytes = self.rx.recv().await?;
-        self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-        Some(bytes)
+        loop {
+            if let Some(bytes) = self.try_recv() {
+                return Some(bytes);
+            }
+            self.queue.ready.notified().await;
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        let bytes = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+        let mut items = self.queue.items.lock_unpoisoned();
+        let bytes = items.pop_front()?;
+        if items.is_empty() {
+            // Nothing waits: hold no memory for it.
+            *items = VecDeque::new();
+        }
+        drop(items);
+        self.queue.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
         Some(bytes)
+    }
+}
+
+impl Drop for FlowReceiver {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        // What was queued for a connection that is gone is freed now, not with the last
+        // handle.
+        let items = std::mem::take(&mut *self.queue.items.lock_unpoisoned());
+        drop(items);
     }
 }
 
 impl FlowHandle {
     fn try_send(&self, bytes: Bytes) -> Result<(), SendError> {
+        let queue = &*self.queue;
+        if queue.closed.load(Ordering::Acquire) {
+            return Err(SendError::Gone);
+        }
         let len = bytes.len();
         // Reserve the bytes first; give them back if the queue refuses the message.
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        let before = queue.queued.fetch_add(len, Ordering::Relaxed);
         if before.saturating_add(len) > self.max_queued {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+            queue.queued.fetch_sub(len, Ordering::Relaxed);
             return Err(SendError::Full);
         }
-        self.tx.try_send(bytes).map_err(|e| {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Gone,
-            }
-        })
+        let mut items = queue.items.lock_unpoisoned();
+        // Checked again under the lock: the receiver closes and empties it under the lock.
+        let refused = if queue.closed.load(Ordering::Acquire) {
+            Some(SendError::Gone)
+        } else if items.len() >= self.max_messages {
+            Some(SendError::Full)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            drop(items);
+            queue.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(refused);
+        }
+        items.push_back(bytes);
+        drop(items);
+        queue.ready.notify_one();
+        Ok(())
     }
 }
 
@@ -123,7 +170,9 @@ impl FlowTable {
 
     pub fn remove(&self, id: FlowId) {
         if let Some(shard) = self.shard(id) {
-            shard.write_unpoisoned().remove(&id);
+            let mut map = shard.write_unpoisoned();
+            map.remove(&id);
+            crate::core::firewall::shrink_sparse(&mut map);
         }
     }
 
@@ -202,6 +251,44 @@ mod tests {
             Err(SendError::Gone)
         );
         assert!(rx.try_recv().is_some());
-        assert_eq!(table.send_across(FlowId(7), Side::Internal, msg), Ok(()));
+        assert_eq!(
+            table.send_across(FlowId(7), Side::Internal, msg.clone()),
+            Ok(())
+        );
+        // The receiver gone (the connection closed), the flow is gone for senders still
+        // holding its handle.
+        drop(rx);
+        assert_eq!(
+            table.send_across(FlowId(7), Side::Internal, msg),
+            Err(SendError::Gone)
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_messages_and_holds_no_memory_once_read() {
+        let (handle, mut rx) = queue(Side::External, 3, 1 << 20);
+        for _ in 0..3 {
+            assert_eq!(handle.try_send(Bytes::from_static(b"m")), Ok(()));
+        }
+        assert_eq!(
+            handle.try_send(Bytes::from_static(b"m")),
+            Err(SendError::Full)
+        );
+        while rx.try_recv().is_some() {}
+        assert_eq!(handle.queue.items.lock_unpoisoned().capacity(), 0);
+        assert_eq!(handle.queue.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_by_a_send() {
+        let (handle, mut rx) = queue(Side::External, 8, 1 << 20);
+        let waiter = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        assert_eq!(handle.try_send(Bytes::from_static(b"hello")), Ok(()));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert_eq!(got.as_deref(), Some(&b"hello"[..]));
     }
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use super::clock;
 use super::conn;
 use super::conn::Routing;
 use super::shared::Shared;
+use super::tls_stream;
 use crate::core::firewall::Refusal;
 use crate::core::sip::proxy::Side;
 
@@ -44,7 +44,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     routes: Arc<dyn Routing>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     side: Side,
     connections: Arc<Semaphore>,
 ) {
@@ -52,6 +52,7 @@ pub async fn accept_loop(
     let mut shutdown = shared.shutdown.clone();
     let mut draining = shared.draining.clone();
     let mut backoff = Duration::from_millis(5);
+    let mut failing = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -62,11 +63,13 @@ pub async fn accept_loop(
         let (tcp, remote) = match accepted {
             Ok(a) => {
                 backoff = Duration::from_millis(5);
+                failing.recovered(side);
                 a
             }
             Err(e) => {
-                // EMFILE and friends: back off rather than spin (mini-redis does the same).
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: back off rather than spin (mini-redis does the same),
+                // and say so once, not at every retry.
+                failing.failed(side, &e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -107,10 +110,13 @@ pub async fn accept_loop(
             .fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         let routes = routes.clone();
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp)).await;
+            let handshake = tokio::time::timeout(
+                shared.limits().handshake_timeout,
+                tls_stream::accept(tcp, tls),
+            )
+            .await;
             drop(handshake_slot);
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
@@ -134,7 +140,7 @@ pub async fn accept_loop(
             // A verified certificate naming a partner edge (subjectAltName) makes a partner
             // flow; any other connection is a remote user's.
             let certificate = match side {
-                Side::External => crate::tls::peer_identity(stream.get_ref().1)
+                Side::External => crate::tls::peer_identity(stream.common())
                     .map(|id| std::sync::Arc::<[String]>::from(id.dns_names)),
                 Side::Internal => None,
             };
@@ -148,6 +154,45 @@ pub async fn accept_loop(
             drop(permit);
             drop(ticket);
         });
+    }
+}
+
+/// A run of failed accepts (the descriptor limit, mostly), logged when it starts and when it
+/// ends rather than at every retry: a full edge retries every second for as long as it is
+/// full, and one line per retry would bury everything else.
+#[derive(Default)]
+struct AcceptFailures {
+    failed: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, side: Side, e: &std::io::Error) {
+        self.failed += 1;
+        if self.failed > 1 {
+            return;
+        }
+        let zone = side.label();
+        // EMFILE (24) and ENFILE (23): the process's or the system's open-file limit.
+        if matches!(e.raw_os_error(), Some(23 | 24)) {
+            tracing::error!(
+                zone,
+                error = %e,
+                "open-file limit reached: not accepting new connections until some close                  (raise LimitNOFILE / ulimit -n, or lower limits.max_connections)"
+            );
+        } else {
+            tracing::warn!(zone, error = %e, "accept failing: retrying with back-off");
+        }
+    }
+
+    fn recovered(&mut self, side: Side) {
+        if self.failed > 0 {
+            tracing::info!(
+                zone = side.label(),
+                failed_accepts = self.failed,
+                "accepting connections again"
+            );
+            self.failed = 0;
+        }
     }
 }
 

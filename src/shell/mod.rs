@@ -39,6 +39,7 @@ pub mod ring;
 mod routes;
 mod shared;
 mod stats;
+pub mod tls_stream;
 pub mod turn;
 pub mod udp;
 mod view;

@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustls::client::UnbufferedClientConnection;
 use rustls_pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use super::conn;
 use super::conn::Routing;
 use super::shared::Shared;
+use super::tls_stream::{self, TlsStream};
 use crate::core::firewall::{Gcra, Rate};
 use crate::core::sip::calls::{Calls, Owner};
 use crate::core::sip::federation::{discovered_key, Federation, PartnerId};
@@ -105,7 +106,7 @@ pub struct PartnerStats {
 /// so partners that stay keep their connections, rates and dialogs.
 pub struct Partners {
     config: std::sync::RwLock<Arc<Config>>,
-    connector: TlsConnector,
+    connector: Arc<rustls::ClientConfig>,
     /// The external interface: connections to partners leave from it.
     local_ip: IpAddr,
     max_connections: usize,
@@ -130,7 +131,7 @@ pub struct Config {
 impl Partners {
     pub fn new(
         config: Config,
-        connector: TlsConnector,
+        connector: Arc<rustls::ClientConfig>,
         local_ip: IpAddr,
         max_connections: usize,
     ) -> Partners {
@@ -367,7 +368,7 @@ impl Partners {
         };
         // What the partner proved itself with: a discovered partner's requests are held to
         // the domain its certificate names.
-        let certificate = crate::tls::peer_identity(stream.get_ref().1)
+        let certificate = crate::tls::peer_identity(stream.common())
             .map(|id| Arc::<[String]>::from(id.dns_names));
         let partner = match target {
             Target::Listed(p) => Some(p),
@@ -464,10 +465,7 @@ impl Partners {
     async fn connect(
         &self,
         target: &Target,
-    ) -> std::io::Result<(
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )> {
+    ) -> std::io::Result<(Box<TlsStream<UnbufferedClientConnection>>, SocketAddr)> {
         let mut last = std::io::Error::other("no address for the partner edge");
         for (addr, server_name) in self.candidates(target).await {
             let attempt = async {
@@ -481,7 +479,7 @@ impl Partners {
                 }
                 let tcp = socket.connect(addr).await?;
                 let _ = tcp.set_nodelay(true);
-                self.connector.connect(server_name, tcp).await
+                tls_stream::connect(tcp, self.connector.clone(), server_name).await
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
                 Ok(Ok(stream)) => return Ok((stream, addr)),

@@ -17,14 +17,15 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 
 use super::clock;
 use super::conn::{self, Closed, MemberIo, MemberState, Routing, QUEUE_LEN};
 use super::shared::Shared;
+use super::tls_stream::{self, TlsStream};
 use crate::core::sip::health::{ProbeConfig, Transition};
 use crate::core::sip::pool_link::{PoolLink, PoolRequest};
 use crate::core::sip::Why;
+use rustls::client::UnbufferedClientConnection;
 
 /// Reconnect back-off bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
@@ -223,7 +224,7 @@ impl Pool {
 /// Everything a member task needs to connect.
 #[derive(Clone)]
 pub struct Connector {
-    pub tls: TlsConnector,
+    pub tls: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
     /// The internal interface address connections leave from.
     pub local_ip: IpAddr,
@@ -312,7 +313,7 @@ pub async fn run_member(
 async fn connect(
     connector: &Connector,
     addr: SocketAddr,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> std::io::Result<Box<TlsStream<UnbufferedClientConnection>>> {
     let attempt = async {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -322,10 +323,7 @@ async fn connect(
         socket.bind(SocketAddr::new(connector.local_ip, 0))?;
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
-        connector
-            .tls
-            .connect(connector.server_name.clone(), tcp)
-            .await
+        tls_stream::connect(tcp, connector.tls.clone(), connector.server_name.clone()).await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await

@@ -15,10 +15,10 @@
 //! Submodules: `edge` (the [`Edge`] trait), `admission` (firewall, shedding, drain, calls),
 //! `pool` (what only a pool member's session does).
 //!
-//! The shell's loop: read into [`Session::read_buf`] and call [`Session::handle_read`] (or
-//! hand bytes to [`Session::handle_input`]); give it what other connections queue for this
+//! The shell's loop: hand what arrived to [`Session::receive`] and call
+//! [`Session::handle_read`] (or both at once with [`Session::handle_input`]); give it what other connections queue for this
 //! flow with [`Session::queue`]; call [`Session::handle_timeout`] at
-//! [`Session::poll_timeout`]; after each of these write [`Session::take_transmit`] and stop
+//! [`Session::poll_timeout`]; after each of these write [`Session::transmit_with`] and stop
 //! once [`Session::closed`] says so. Spurious timeouts do nothing.
 
 use std::net::IpAddr;
@@ -46,8 +46,6 @@ use admission::initial_invite;
 pub use edge::{Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused};
 pub use pool::answer_in_place_of;
 
-/// Largest read per call; TLS records are at most 16 KiB anyway.
-pub const READ_CHUNK: usize = 16 * 1024;
 /// The Retry-After of a 503 for a partner at its dialog limit.
 pub const PARTNER_RETRY_AFTER_SECS: u32 = 30;
 
@@ -163,17 +161,15 @@ impl Session {
         self.closed
     }
 
-    /// The read buffer, with room for the next read (the shell reads straight into it).
-    pub fn read_buf(&mut self) -> &mut BytesMut {
-        if self.inbuf.capacity() - self.inbuf.len() < 1024 {
-            self.inbuf.reserve(READ_CHUNK);
-        }
-        &mut self.inbuf
+    /// Bytes that arrived, kept for the next [`Session::handle_read`] (the shell hands over
+    /// the plaintext of every record one read brought, then handles them at once).
+    pub fn receive(&mut self, data: &[u8]) {
+        self.inbuf.extend_from_slice(data);
     }
 
-    /// Bytes that arrived (tests and fuzzers; the shell reads into [`Session::read_buf`]).
+    /// Bytes that arrived, handled at once.
     pub fn handle_input<E: Edge>(&mut self, now: Instant, data: &[u8], edge: &mut E) {
-        self.inbuf.extend_from_slice(data);
+        self.receive(data);
         self.handle_read(now, edge);
     }
 
@@ -197,10 +193,16 @@ impl Session {
         !self.inbuf.is_empty()
     }
 
-    /// The write buffer, for a shell that writes it in place and clears it (no allocation
-    /// per write).
-    pub fn transmit_buf(&mut self) -> &mut BytesMut {
-        &mut self.out
+    /// Bytes to write now, for a shell that encrypts them in place: the buffer is given
+    /// back (not kept for the next write) once `write` took them, so an idle connection
+    /// holds none.
+    pub fn transmit_with<T>(&mut self, write: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let written = write(&self.out);
+        self.out = BytesMut::new();
+        Some(written)
     }
 
     /// When [`Session::handle_timeout`] must be called next, under `limits`.
@@ -282,8 +284,9 @@ impl Session {
         } else {
             None
         };
-        if self.inbuf.is_empty() && self.inbuf.capacity() > READ_CHUNK {
-            // Nothing pending: give a large buffer back rather than hold it while idle.
+        if self.inbuf.is_empty() {
+            // Nothing pending: hold no buffer while idle (the messages split off keep
+            // their own bytes).
             self.inbuf = BytesMut::new();
         }
     }

@@ -1,0 +1,758 @@
+//! TLS over one TCP socket with rustls's unbuffered API, for every SIP connection (accepted
+//! on either listener, opened to a pool member or a partner edge).
+//!
+//! What it owns, and why it exists: an idle connection holds no buffer. rustls's buffered
+//! connection keeps a 4 KiB receive buffer per connection for its whole life, and a reader
+//! above it keeps another; with 100 000 remote users mostly idle between keep-alives, those
+//! buffers are most of the edge's memory. Here a read waits for the socket to be readable
+//! with nothing allocated, reads the ciphertext into this thread's scratch buffer, decrypts
+//! the records there and hands the plaintext on at once; only the bytes of a record not
+//! complete yet stay with the connection (`partial`, exactly their size, freed when the
+//! record completes). What is to be written is encrypted into `outgoing` and the buffer is
+//! freed once the socket took it.
+//!
+//! Bounds: `partial` holds at most one incomplete record (rustls refuses records over
+//! 16 KiB + overhead) or, during the handshake, the fragments of one handshake message
+//! (rustls refuses them over 64 KiB); `outgoing` holds what the connection's own writer put
+//! in it (bounded by the flow queue and the session) until the write deadline cuts a peer
+//! that does not read. Early data (0-RTT) is never accepted: SIP requests must not be
+//! replayable, and the server configs do not offer it.
+
+use std::cell::RefCell;
+use std::io::{self, ErrorKind};
+use std::ops::DerefMut;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
+};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Largest read from the socket at once (into the thread's scratch buffer).
+const READ_SIZE: usize = 32 * 1024;
+
+thread_local! {
+    /// Where ciphertext is read and decrypted: one per runtime thread, borrowed only within
+    /// one synchronous read (never across an await).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A rustls unbuffered connection, server or client side.
+pub trait TlsSide: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Send {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl TlsSide for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl TlsSide for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// A TLS connection on a TCP socket.
+pub struct TlsStream<C> {
+    tcp: TcpStream,
+    conn: C,
+    /// Received bytes rustls has not discarded yet: an incomplete record (or handshake
+    /// message). Empty, without capacity, between records.
+    partial: Vec<u8>,
+    /// Encrypted bytes not written yet. Empty, without capacity, once written.
+    outgoing: Vec<u8>,
+    /// Plaintext that arrived with the handshake's last flight, for the first read.
+    early_plaintext: Vec<u8>,
+    /// The peer sent close_notify (or closed the socket).
+    peer_closed: bool,
+}
+
+/// What one read brought.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Plaintext was handed on, or only part of a record arrived.
+    Data,
+    /// Readiness was spurious: nothing to read after all.
+    WouldBlock,
+    /// The peer closed (close_notify or end of stream).
+    Closed,
+}
+
+/// Where the state machine stopped for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The handshake needs more of the peer's bytes.
+    NeedInput,
+    /// Application data may be written; more records need more bytes.
+    Writable,
+    Closed,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, e)
+}
+
+/// Accepts a TLS connection (the handshake, with whatever deadline the caller puts on it).
+pub async fn accept(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+) -> io::Result<Box<TlsStream<UnbufferedServerConnection>>> {
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    // Boxed from the start: the futures that hold it (the handshake's, the connection
+    // task's) then carry a pointer, not a copy of its kilobyte each.
+    let mut stream = Box::new(TlsStream::new(tcp, conn));
+    stream.handshake().await?;
+    Ok(stream)
+}
+
+/// Opens a TLS connection on a connected socket, to `name`.
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<Box<TlsStream<UnbufferedClientConnection>>> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    let mut stream = Box::new(TlsStream::new(tcp, conn));
+    stream.handshake().await?;
+    Ok(stream)
+}
+
+impl<C: TlsSide> TlsStream<C> {
+    fn new(tcp: TcpStream, conn: C) -> TlsStream<C> {
+        TlsStream {
+            tcp,
+            conn,
+            partial: Vec::new(),
+            outgoing: Vec::new(),
+            early_plaintext: Vec::new(),
+            peer_closed: false,
+        }
+    }
+
+    /// What the handshake established (peer certificates, version, suite).
+    pub fn common(&self) -> &rustls::CommonState {
+        &self.conn
+    }
+
+    /// Bytes encrypted but not written yet.
+    pub fn pending_write(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    async fn handshake(&mut self) -> io::Result<()> {
+        loop {
+            let mut partial = std::mem::take(&mut self.partial);
+            let early = &mut self.early_plaintext;
+            let result = process(
+                &mut self.conn,
+                &mut partial,
+                &mut self.outgoing,
+                &mut self.peer_closed,
+                &mut |plain| early.extend_from_slice(plain),
+            );
+            self.partial = partial;
+            let stop = match result {
+                Ok(stop) => stop,
+                Err(e) => {
+                    self.send_alert().await;
+                    return Err(e);
+                }
+            };
+            self.flush_all().await?;
+            if !self.conn.is_handshaking() {
+                shrink(&mut self.partial);
+                return Ok(());
+            }
+            if stop == Stop::Closed || self.peer_closed {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "peer closed during the TLS handshake",
+                ));
+            }
+            // More of the peer's flight: straight into `partial` (the handshake is brief).
+            self.tcp.readable().await?;
+            let start = self.partial.len();
+            self.partial.resize(start + READ_SIZE, 0);
+            let read = self
+                .partial
+                .get_mut(start..)
+                .map(|tail| self.tcp.try_read(tail));
+            match read.unwrap_or(Ok(0)) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "peer closed during the TLS handshake",
+                    ))
+                }
+                Ok(n) => self.partial.truncate(start + n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.partial.truncate(start),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the socket may be read (cancel-safe: nothing is held while waiting).
+    pub async fn readable(&self) -> io::Result<()> {
+        if !self.early_plaintext.is_empty() || self.peer_closed {
+            return Ok(());
+        }
+        self.tcp.readable().await
+    }
+
+    /// Reads what the socket has, decrypts it and hands the plaintext to `deliver` (record
+    /// by record). Call after [`TlsStream::readable`]; never waits.
+    pub fn read(&mut self, deliver: &mut dyn FnMut(&[u8])) -> io::Result<ReadOutcome> {
+        if !self.early_plaintext.is_empty() {
+            deliver(&std::mem::take(&mut self.early_plaintext));
+            return Ok(ReadOutcome::Data);
+        }
+        if self.peer_closed {
+            return Ok(ReadOutcome::Closed);
+        }
+        SCRATCH.with_borrow_mut(|scratch| self.read_into(scratch, deliver))
+    }
+
+    fn read_into(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        deliver: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<ReadOutcome> {
+        let kept = self.partial.len();
+        if scratch.len() < kept + READ_SIZE {
+            scratch.resize(kept + READ_SIZE, 0);
+        }
+        let (head, tail) = scratch.split_at_mut(kept);
+        head.copy_from_slice(&self.partial);
+        let read = match self.tcp.try_read(tail) {
+            Ok(0) => {
+                self.peer_closed = true;
+                return Ok(ReadOutcome::Closed);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            Err(e) => return Err(e),
+        };
+        let incoming = scratch.get_mut(..kept + read).unwrap_or_default();
+        let (consumed, stop) = match drive(
+            &mut self.conn,
+            incoming,
+            &mut self.outgoing,
+            &mut self.peer_closed,
+            deliver,
+        ) {
+            Ok(done) => done,
+            Err(e) => return Err(tls_error(e)),
+        };
+        self.partial.clear();
+        self.partial
+            .extend_from_slice(incoming.get(consumed..).unwrap_or_default());
+        shrink(&mut self.partial);
+        if stop == Stop::Closed || self.peer_closed {
+            return Ok(ReadOutcome::Closed);
+        }
+        Ok(ReadOutcome::Data)
+    }
+
+    /// Encrypts `plaintext` for writing (written by [`TlsStream::flush`]).
+    pub fn send(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        if plaintext.is_empty() {
+            return Ok(());
+        }
+        // The pending bytes go in as they are: rustls's view of the input must stay whole.
+        let mut partial = std::mem::take(&mut self.partial);
+        let result = (|| loop {
+            let UnbufferedStatus { discard, state } = self.conn.process(&mut partial);
+            if discard != 0 {
+                return Err(unexpected("records completed while writing"));
+            }
+            match state.map_err(tls_error)? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let start = self.outgoing.len();
+                    // A record's overhead is at most a few dozen bytes; 64 per 16 KiB
+                    // fragment is ample, and a too-small buffer is simply grown.
+                    let mut room = plaintext.len() + 64 * (plaintext.len() / 16_384 + 1);
+                    loop {
+                        self.outgoing.resize(start + room, 0);
+                        let out = self.outgoing.get_mut(start..).unwrap_or_default();
+                        match traffic.encrypt(plaintext, out) {
+                            Ok(n) => {
+                                self.outgoing.truncate(start + n);
+                                return Ok(());
+                            }
+                            Err(EncryptError::InsufficientSize(e)) if e.required_size > room => {
+                                room = e.required_size
+                            }
+                            Err(e) => {
+                                self.outgoing.truncate(start);
+                                return Err(io::Error::other(e));
+                            }
+                        }
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    encode_into(&mut self.outgoing, |out| encode.encode(out))?
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                ConnectionState::Closed => {
+                    return Err(io::Error::new(
+                        ErrorKind::BrokenPipe,
+                        "TLS connection closed",
+                    ))
+                }
+                _ => return Err(unexpected("no application data may be sent now")),
+            }
+        })();
+        self.partial = partial;
+        result
+    }
+
+    /// Writes what is encrypted, within `deadline` (a peer that stops reading is cut off);
+    /// the write buffer is freed once written.
+    pub async fn flush(&mut self, deadline: Duration) -> io::Result<()> {
+        if self.outgoing.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(deadline, self.flush_all()).await {
+            Ok(done) => done,
+            Err(_) => Err(io::Error::new(ErrorKind::TimedOut, "write timed out")),
+        }
+    }
+
+    async fn flush_all(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        while written < self.outgoing.len() {
+            self.tcp.writable().await?;
+            match self
+                .tcp
+                .try_write(self.outgoing.get(written..).unwrap_or_default())
+            {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.outgoing = Vec::new();
+        Ok(())
+    }
+
+    /// Ends the connection: close_notify (if the connection can still send one) and the
+    /// TCP FIN, each within `deadline`.
+    pub async fn shutdown(&mut self, deadline: Duration) {
+        let _ = self.close_notify();
+        let _ = self.flush(deadline).await;
+        let _ = tokio::time::timeout(deadline, self.tcp.shutdown()).await;
+    }
+
+    fn close_notify(&mut self) -> io::Result<()> {
+        let mut partial = std::mem::take(&mut self.partial);
+        let UnbufferedStatus { state, .. } = self.conn.process(&mut partial);
+        let result = match state.map_err(tls_error)? {
+            ConnectionState::WriteTraffic(mut traffic) => {
+                encode_into(&mut self.outgoing, |out| traffic.queue_close_notify(out))
+            }
+            _ => Ok(()),
+        };
+        self.partial = partial;
+        result
+    }
+
+    /// After a failed handshake: the alert rustls queued, if any, with a short deadline
+    /// (the client then sees why, rather than a reset).
+    async fn send_alert(&mut self) {
+        for _ in 0..4 {
+            let mut partial = std::mem::take(&mut self.partial);
+            let UnbufferedStatus { state, .. } = self.conn.process(&mut partial);
+            let more = match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, |out| encode.encode(out)).is_ok()
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    true
+                }
+                _ => false,
+            };
+            self.partial = partial;
+            if !more {
+                break;
+            }
+        }
+        let _ = self.flush(Duration::from_millis(200)).await;
+    }
+}
+
+fn unexpected(what: &'static str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, what)
+}
+
+/// Gives the buffer's memory back when it holds nothing.
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() != 0 {
+        *buf = Vec::new();
+    }
+}
+
+/// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
+fn encode_into<E: Into<EncodeFailure>>(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut room = 1024;
+    loop {
+        out.resize(start + room, 0);
+        match encode(out.get_mut(start..).unwrap_or_default()).map_err(Into::into) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeFailure::TooSmall(required)) if required > room => room = required,
+            Err(EncodeFailure::TooSmall(_)) | Err(EncodeFailure::Other) => {
+                out.truncate(start);
+                return Err(unexpected("TLS record could not be encoded"));
+            }
+        }
+    }
+}
+
+/// Why an encode into a buffer failed.
+enum EncodeFailure {
+    TooSmall(usize),
+    Other,
+}
+
+impl From<EncodeError> for EncodeFailure {
+    fn from(e: EncodeError) -> EncodeFailure {
+        match e {
+            EncodeError::InsufficientSize(s) => EncodeFailure::TooSmall(s.required_size),
+            EncodeError::AlreadyEncoded => EncodeFailure::Other,
+        }
+    }
+}
+
+impl From<EncryptError> for EncodeFailure {
+    fn from(e: EncryptError) -> EncodeFailure {
+        match e {
+            EncryptError::InsufficientSize(s) => EncodeFailure::TooSmall(s.required_size),
+            EncryptError::EncryptExhausted => EncodeFailure::Other,
+        }
+    }
+}
+
+/// Runs the state machine over `incoming` until it needs more bytes or may write:
+/// handshake records it produces go to `outgoing`, plaintext to `deliver`. Returns how many
+/// bytes of `incoming` rustls is done with (the rest is an incomplete record) and why it
+/// stopped.
+fn drive<C: TlsSide>(
+    conn: &mut C,
+    incoming: &mut [u8],
+    outgoing: &mut Vec<u8>,
+    peer_closed: &mut bool,
+    deliver: &mut dyn FnMut(&[u8]),
+) -> Result<(usize, Stop), rustls::Error> {
+    let mut consumed = 0;
+    loop {
+        let rest = incoming.get_mut(consumed..).unwrap_or_default();
+        let UnbufferedStatus { discard, state } = conn.process(rest);
+        let mut also = 0;
+        let stop = match state? {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record?;
+                    also += record.discard;
+                    deliver(record.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut encode) => {
+                encode_into(outgoing, |out| encode.encode(out))
+                    .map_err(|_| rustls::Error::General("handshake record not encoded".into()))?;
+                None
+            }
+            // The bytes are in `outgoing`, which is written, in order, before anything
+            // else is read or written.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Stop::NeedInput),
+            ConnectionState::WriteTraffic(_) => Some(Stop::Writable),
+            ConnectionState::PeerClosed => {
+                *peer_closed = true;
+                None
+            }
+            ConnectionState::Closed => Some(Stop::Closed),
+            // Early data is never offered; anything new to this rustls is refused.
+            _ => {
+                return Err(rustls::Error::General(
+                    "unexpected TLS connection state".into(),
+                ))
+            }
+        };
+        consumed += discard + also;
+        if let Some(stop) = stop {
+            return Ok((consumed, stop));
+        }
+    }
+}
+
+/// [`drive`] over a connection's own pending bytes (the handshake), keeping the rest.
+fn process<C: TlsSide>(
+    conn: &mut C,
+    pending: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+    peer_closed: &mut bool,
+    deliver: &mut dyn FnMut(&[u8]),
+) -> io::Result<Stop> {
+    let (consumed, stop) =
+        drive(conn, pending, outgoing, peer_closed, deliver).map_err(tls_error)?;
+    pending.drain(..consumed.min(pending.len()));
+    Ok(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real loopback sockets: this stream on one side, rustls's buffered connection (or this
+    //! stream again) on the other, certificates from the dev PKI.
+    use super::*;
+    use std::io::{Read, Write};
+
+    use crate::tls::config::{
+        client_config_trusting, external_server_config, internal_server_config,
+    };
+    use crate::tls::dev::{self, DevNames};
+    use crate::tls::load::{load_cert, load_roots};
+    use crate::tls::{DevPki, DevRole};
+
+    struct Certs {
+        _dir: tempfile::TempDir,
+        pki: DevPki,
+    }
+
+    fn certs() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let names = DevNames {
+            external: vec!["sip.example.test".into()],
+            internal: vec!["edge-int.example.test".into()],
+            director: vec!["director.example.test".into()],
+        };
+        let pki = dev::generate(dir.path(), &names).unwrap();
+        Certs { _dir: dir, pki }
+    }
+
+    impl Certs {
+        fn external_server(&self) -> Arc<ServerConfig> {
+            let m = load_cert(&self.pki.source(DevRole::External), None, DevRole::External);
+            external_server_config(m.unwrap(), None).unwrap()
+        }
+
+        fn internal_server(&self) -> Arc<ServerConfig> {
+            let m = load_cert(&self.pki.source(DevRole::Internal), None, DevRole::Internal);
+            internal_server_config(m.unwrap(), self.roots()).unwrap()
+        }
+
+        fn roots(&self) -> rustls::RootCertStore {
+            load_roots(&self.pki.ca_source(), None).unwrap()
+        }
+
+        fn client(&self) -> Arc<ClientConfig> {
+            client_config_trusting(self.roots(), None).unwrap()
+        }
+    }
+
+    fn sip_name() -> ServerName<'static> {
+        ServerName::try_from("sip.example.test").unwrap()
+    }
+
+    /// Reads until `want` plaintext bytes arrived (or the peer closed), checking after each
+    /// read that only an incomplete record is kept, and nothing once records are whole.
+    async fn read_exactly<C: TlsSide>(stream: &mut TlsStream<C>, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            stream.readable().await.unwrap();
+            match stream.read(&mut |p| got.extend_from_slice(p)).unwrap() {
+                ReadOutcome::Closed => break,
+                ReadOutcome::Data | ReadOutcome::WouldBlock => {}
+            }
+            if stream.partial.is_empty() {
+                assert_eq!(
+                    stream.partial.capacity(),
+                    0,
+                    "no buffer kept between records"
+                );
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_record_split_across_reads_arrives_whole_and_an_idle_stream_holds_no_buffer() {
+        // Also: what the client sends with its last handshake flight (rustls writes it in
+        // the same segment as Finished) is handed on by the first read, not lost.
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_cfg = certs.client();
+        let message: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let sent = message.clone();
+        let client = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
+            tls.writer().write_all(b"hello").unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            // One record, written in three pieces with pauses: the edge sees it in parts.
+            tls.writer().write_all(&sent).unwrap();
+            let mut record = Vec::new();
+            tls.write_tls(&mut record).unwrap();
+            let (a, rest) = record.split_at(7);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            for piece in [a, b, c] {
+                tcp.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The echo, then close_notify.
+            let mut echo = vec![0; sent.len()];
+            let mut reader = rustls::Stream::new(&mut tls, &mut tcp);
+            reader.read_exact(&mut echo).unwrap();
+            tls.send_close_notify();
+            tls.complete_io(&mut tcp).unwrap();
+            echo
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+        assert!(!stream.common().is_handshaking());
+        assert_eq!(
+            stream.partial.capacity(),
+            0,
+            "nothing kept after the handshake"
+        );
+        let first = read_exactly(&mut stream, 5).await;
+        assert_eq!(first, b"hello");
+        let got = read_exactly(&mut stream, message.len()).await;
+        assert!(
+            got == message,
+            "{} bytes, not the {} sent",
+            got.len(),
+            message.len()
+        );
+        stream.send(&got).unwrap();
+        assert!(
+            stream.pending_write() > got.len(),
+            "encrypted: a record's overhead"
+        );
+        stream.flush(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            stream.outgoing.capacity(),
+            0,
+            "the write buffer goes once written"
+        );
+        assert!(client.join().unwrap() == message, "the echo differs");
+        // close_notify ends the stream.
+        loop {
+            stream.readable().await.unwrap();
+            match stream
+                .read(&mut |p| panic!("data after the echo: {p:?}"))
+                .unwrap()
+            {
+                ReadOutcome::Closed => break,
+                ReadOutcome::Data | ReadOutcome::WouldBlock => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn both_ends_of_this_stream_talk_tls_1_2_and_1_3() {
+        let certs = certs();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client_cfg = Arc::new(
+                ClientConfig::builder_with_provider(crate::tls::config::provider())
+                    .with_protocol_versions(&[version])
+                    .unwrap()
+                    .with_root_certificates(certs.roots())
+                    .with_no_client_auth(),
+            );
+            let server_cfg = certs.external_server();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut stream = accept(tcp, server_cfg).await.unwrap();
+                let version = stream.common().protocol_version();
+                let got = read_exactly(&mut stream, 5).await;
+                stream.send(b"pong!").unwrap();
+                stream.flush(Duration::from_secs(5)).await.unwrap();
+                (got, version)
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut stream = connect(tcp, client_cfg, sip_name()).await.unwrap();
+            stream.send(b"ping!").unwrap();
+            stream.flush(Duration::from_secs(5)).await.unwrap();
+            let answer = read_exactly(&mut stream, 5).await;
+            let (got, negotiated) = server.await.unwrap();
+            assert_eq!(got, b"ping!");
+            assert_eq!(answer, b"pong!");
+            assert_eq!(negotiated, Some(version.version));
+            stream.shutdown(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_fails_the_accept_and_tells_the_client_why() {
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The internal listener's mutual TLS; this client has no certificate.
+        let client_cfg = certs.client();
+        let client = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let name = ServerName::try_from("edge-int.example.test").unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, name).unwrap();
+            loop {
+                if let Err(e) = tls.complete_io(&mut tcp) {
+                    return e.to_string();
+                }
+                if !tls.is_handshaking() {
+                    // TLS 1.3: the client is done before the server has judged it; the
+                    // verdict comes with the next read.
+                    let mut byte = [0u8; 1];
+                    return match rustls::Stream::new(&mut tls, &mut tcp).read(&mut byte) {
+                        Err(e) => e.to_string(),
+                        Ok(n) => format!("read {n} bytes"),
+                    };
+                }
+            }
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let refused = accept(tcp, certs.internal_server()).await;
+        assert!(refused.is_err(), "no client certificate, no connection");
+        let seen = client.join().unwrap();
+        assert!(
+            seen.contains("CertificateRequired") || seen.contains("alert"),
+            "the client sees the alert, not a reset: {seen}"
+        );
+    }
+}
