@@ -104,6 +104,9 @@ pub async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        if side == Side::External {
+            bound_socket_buffers(&tcp);
+        }
         shared
             .stats
             .connections_accepted
@@ -155,6 +158,21 @@ pub async fn accept_loop(
             drop(ticket);
         });
     }
+}
+
+/// The kernel buffers of a remote user's or partner's socket, each way. Linux grows them by
+/// itself up to `tcp_wmem`/`tcp_rmem`'s maximum (4 to 6 MiB by default), which a client
+/// that stops reading would make the edge hold in its send buffer, per connection; SIP
+/// messages are a few kilobytes, and the flow queue (`limits.max_queued_bytes`) holds what
+/// waits beyond this. The internal zone's few busy connections keep autotuning.
+pub const EXTERNAL_SOCKET_BUFFER: usize = 64 * 1024;
+
+/// Caps an external connection's kernel buffers at [`EXTERNAL_SOCKET_BUFFER`] (Linux
+/// doubles the value asked for, for its bookkeeping).
+pub fn bound_socket_buffers(tcp: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let _ = socket.set_send_buffer_size(EXTERNAL_SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(EXTERNAL_SOCKET_BUFFER);
 }
 
 /// A run of failed accepts (the descriptor limit, mostly), logged when it starts and when it
@@ -223,5 +241,35 @@ fn log_refusal(shared: &Shared, remote: SocketAddr, refusal: Refusal) {
     if let Some(suppressed) = shared.reject_log.allow(clock::now()) {
         let remote = crate::obs::redact::pii(remote);
         tracing::info!(%remote, zone = "external", reason = refusal.label(), suppressed, "connection refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_external_sockets_kernel_buffers_are_bounded() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let before = socket2::SockRef::from(&tcp).send_buffer_size().unwrap();
+        bound_socket_buffers(&tcp);
+        let socket = socket2::SockRef::from(&tcp);
+        // Linux reports twice what was set.
+        assert_eq!(
+            socket.send_buffer_size().unwrap(),
+            2 * EXTERNAL_SOCKET_BUFFER
+        );
+        assert_eq!(
+            socket.recv_buffer_size().unwrap(),
+            2 * EXTERNAL_SOCKET_BUFFER
+        );
+        assert_ne!(
+            before,
+            2 * EXTERNAL_SOCKET_BUFFER,
+            "the test must change something"
+        );
     }
 }

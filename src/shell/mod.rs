@@ -13,14 +13,16 @@
 //!   the operations endpoints read.
 //!
 //! The rest: [`listen`] (accept loops: handshake timeout, connection cap), [`conn`] (the one
-//! read/write/timer loop around a core session, for every kind of connection), [`flows`]
+//! read/write/timer loop around a core session, for every kind of connection),
+//! [`tls_stream`] (TLS on rustls's unbuffered API: no buffer held while idle), [`flows`]
 //! (the flow table), [`ops`] (the operations HTTP endpoints), [`turn`] (the relay's
 //! sockets), `config` (the topology translated into the core's and the shell's
 //! configurations), `stats` (the Access Edge's counters, [`Stats`]), `error`
 //! ([`StartError`]).
 //!
-//! Dependencies run one way: `clock`, `flows`, `stats`, `dns`, `keyfile`, `udp` <- `shared`
-//! <- `conn` <- `listen`, `pool`, `partners` <- `routes` <- `view` <- `ops` <- `edge`.
+//! Dependencies run one way: `clock`, `flows`, `stats`, `dns`, `keyfile`, `udp`,
+//! `tls_stream` <- `shared` <- `conn` <- `listen`, `pool`, `partners` <- `routes` <- `view`
+//! <- `ops` <- `edge`.
 
 pub mod clock;
 mod config;

@@ -203,7 +203,19 @@ pub type SharedRing = Arc<LiveRing>;
 pub struct RingTicketer {
     ring: SharedRing,
     random: ring::rand::SystemRandom,
+    /// The sealing keys of the ring last seen, so that a handshake does not derive them
+    /// again (an HKDF, a digest and an AES key schedule per key, per ticket).
+    keys: Mutex<Option<TicketKeys>>,
 }
+
+/// The ticket keys of one ring snapshot, in the ring's order (`None` where a key has none).
+struct TicketKeys {
+    ring: Arc<Ring>,
+    keys: Vec<Option<SealingKey>>,
+}
+
+/// A ticket sealing key and the id tickets name it by.
+type SealingKey = (ring::aead::LessSafeKey, [u8; TICKET_ID]);
 
 /// How long a ticket may be used (what rustls's own ticketer gives).
 const TICKET_LIFETIME_SECS: u32 = 6 * 3600;
@@ -215,7 +227,23 @@ impl RingTicketer {
         RingTicketer {
             ring,
             random: ring::rand::SystemRandom::new(),
+            keys: Mutex::new(None),
         }
+    }
+
+    /// Runs `f` on the ring now and its keys' sealing keys (in the ring's order), derived
+    /// again only when the ring changed.
+    fn with_keys<R>(&self, f: impl FnOnce(&Ring, &[Option<SealingKey>]) -> R) -> R {
+        let ring = self.ring.get();
+        let mut cached = self.keys.lock_unpoisoned();
+        let keys = match &mut *cached {
+            Some(c) if Arc::ptr_eq(&c.ring, &ring) => c,
+            stale => stale.insert(TicketKeys {
+                keys: ring.keys().iter().map(Self::key_of).collect(),
+                ring: ring.clone(),
+            }),
+        };
+        f(&ring, &keys.keys)
     }
 
     /// The sealing key of a ring key, and the id a ticket names it by.
@@ -244,9 +272,46 @@ impl rustls::server::ProducesTickets for RingTicketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let now = super::clock::now_unix();
+        self.with_keys(|ring, keys| {
+            let signing = ring.signing_key(now)?;
+            let (key, id) = ring
+                .keys()
+                .iter()
+                .zip(keys)
+                .find(|(k, _)| std::ptr::eq(*k, signing))
+                .and_then(|(_, sealing)| sealing.as_ref())?;
+            self.seal(key, *id, plain)
+        })
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let (id, rest) = cipher.split_at_checked(TICKET_ID)?;
+        let (nonce, sealed) = rest.split_at_checked(TICKET_NONCE)?;
+        let nonce: [u8; TICKET_NONCE] = nonce.try_into().ok()?;
+        self.with_keys(|_, keys| {
+            let (key, id) = keys.iter().flatten().find(|(_, kid)| kid[..] == *id)?;
+            let mut buf = sealed.to_vec();
+            let plain = key
+                .open_in_place(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(*id),
+                    &mut buf,
+                )
+                .ok()?;
+            Some(plain.to_vec())
+        })
+    }
+}
+
+impl RingTicketer {
+    fn seal(
+        &self,
+        key: &ring::aead::LessSafeKey,
+        id: [u8; TICKET_ID],
+        plain: &[u8],
+    ) -> Option<Vec<u8>> {
         use ring::rand::SecureRandom as _;
-        let ring = self.ring.get();
-        let (key, id) = Self::key_of(ring.signing_key(super::clock::now_unix())?)?;
         let mut nonce = [0u8; TICKET_NONCE];
         self.random.fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(TICKET_ID + TICKET_NONCE + plain.len() + 16);
@@ -261,27 +326,6 @@ impl rustls::server::ProducesTickets for RingTicketer {
         .ok()?;
         out.extend_from_slice(&sealed);
         Some(out)
-    }
-
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let (id, rest) = cipher.split_at_checked(TICKET_ID)?;
-        let (nonce, sealed) = rest.split_at_checked(TICKET_NONCE)?;
-        let ring = self.ring.get();
-        let (key, id) = ring
-            .keys()
-            .iter()
-            .filter_map(Self::key_of)
-            .find(|(_, kid)| kid[..] == *id)?;
-        let nonce: [u8; TICKET_NONCE] = nonce.try_into().ok()?;
-        let mut buf = sealed.to_vec();
-        let plain = key
-            .open_in_place(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(id),
-                &mut buf,
-            )
-            .ok()?;
-        Some(plain.to_vec())
     }
 }
 
@@ -345,8 +389,23 @@ mod tests {
         // After a rotation the old key still opens its tickets.
         let mut rotated = ring;
         rotated.rotate([2; 32], NOW, 0).unwrap();
-        let c = RingTicketer::new(Arc::new(LiveRing::fixed(rotated)));
+        let c = RingTicketer::new(Arc::new(LiveRing::fixed(rotated.clone())));
         assert_eq!(c.decrypt(&ticket).unwrap(), b"session state");
+        // A ticketer whose ring is replaced under it (a reload) uses the new ring at once:
+        // its cached keys are the ring's, not the ones it started with.
+        let live = Arc::new(LiveRing::fixed(Ring::init([9; 32], NOW)));
+        let d = RingTicketer::new(live.clone());
+        let own = d.encrypt(b"mine").unwrap();
+        assert!(d.decrypt(&ticket).is_none(), "not its ring yet");
+        live.replace(rotated);
+        assert_eq!(d.decrypt(&ticket).unwrap(), b"session state");
+        assert!(d.decrypt(&own).is_none(), "its old ring's key is gone");
+        let sealed = d.encrypt(b"after").unwrap();
+        assert_eq!(
+            c.decrypt(&sealed).unwrap(),
+            b"after",
+            "sealed with the new ring"
+        );
     }
 
     #[test]

@@ -276,3 +276,54 @@ fn mismatched_material_is_a_config_error() {
         Err(TlsError::Config { .. })
     ));
 }
+
+#[test]
+fn servers_choose_aes_128_gcm_sha256_even_when_the_client_lists_aes_256_first() {
+    // rustls's and OpenSSL's clients list AES-256-GCM/SHA-384 first; its transcript hash
+    // costs the edge more (see `provider`). Both servers choose by their own order.
+    let (_d, pki) = new_pki();
+    let stock = rustls::crypto::ring::default_provider();
+    assert_eq!(
+        stock.cipher_suites.first().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
+        "the test needs a client that prefers AES-256"
+    );
+    for version in [&rustls::version::TLS13, &TLS12] {
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(stock.clone()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots(&pki))
+                .with_no_client_auth(),
+        );
+        let external = external_server_config(material(&pki, DevRole::External), None).unwrap();
+        let (c, _, r) = connect(&client, &external, "sip.example.test");
+        r.unwrap();
+        let suite = c.negotiated_cipher_suite().map(|s| s.suite());
+        let expected = if version.version == ProtocolVersion::TLSv1_3 {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        };
+        assert_eq!(suite, Some(expected), "{:?}", version.version);
+    }
+    // The internal listener too (mutual TLS, the pool's client certificate).
+    let internal = internal_server_config(material(&pki, DevRole::Internal), roots(&pki)).unwrap();
+    let director = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(stock))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots(&pki))
+            .with_client_auth_cert(
+                material(&pki, DevRole::Director).chain,
+                material(&pki, DevRole::Director).key,
+            )
+            .unwrap(),
+    );
+    let (c, _, r) = connect(&director, &internal, "edge-int.example.test");
+    r.unwrap();
+    assert_eq!(
+        c.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
