@@ -457,6 +457,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             rx,
         ));
     }
+    raise_open_file_limit(shared.limits().max_connections);
     // One connection budget per zone: a flood from the Internet must never use up the
     // connections the Directors need to reach remote users.
     for (listener, tls, side) in [
@@ -609,6 +610,41 @@ async fn sweep_sources(shared: Arc<Shared>) {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (each connection is a descriptor, and
+/// systemd and most shells start services at a soft 1 024 under a far higher hard limit:
+/// programs that need more are to raise it themselves), then says once when even that is
+/// below what `limits.max_connections` allows, rather than finding out at the limit, where
+/// even the operations listener cannot accept. Returns the limit now in force.
+fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current < before.maximum {
+        let raised = Rlimit {
+            current: before.maximum,
+            maximum: before.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    // `None`: unlimited.
+    let limit = getrlimit(Resource::Nofile).current?;
+    // Connections on one listener, plus the relay, the pool, logs and the listeners.
+    let wanted = (max_connections as u64).saturating_add(DESCRIPTORS_BESIDES_CONNECTIONS);
+    if limit < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            "the open-file limit is below limits.max_connections: new connections will be \
+             refused at the limit (raise LimitNOFILE / ulimit -Hn)"
+        );
+    }
+    Some(limit)
+}
+
+/// Descriptors the edge holds besides its SIP connections (an estimate with headroom).
+const DESCRIPTORS_BESIDES_CONNECTIONS: u64 = 256;
+
 /// How often idle sources are forgotten.
 const SOURCE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -628,4 +664,28 @@ fn relay_workers(configured: usize) -> usize {
     }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     cores.div_ceil(2).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let hard = getrlimit(Resource::Nofile).maximum;
+        // Lowered first (briefly; other tests in this process hold few descriptors), so
+        // that the raise is seen whatever the limit this test started with.
+        let lowered = Rlimit {
+            current: Some(hard.unwrap_or(4096).min(4096)),
+            maximum: hard,
+        };
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        let now = raise_open_file_limit(0);
+        assert_eq!(now, hard);
+        assert_eq!(
+            rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            hard
+        );
+    }
 }
