@@ -30,12 +30,21 @@ pub fn free_port(ip: &str) -> Result<u16, String> {
 /// second would stop it.
 pub fn topology(
     pki: &Pki,
+    external: Option<&External>,
     state: &Path,
     (ext, int, ops): (u16, u16, u16),
     director: SocketAddr,
     shared_sources: bool,
 ) -> String {
     let (ext_tls, int_tls) = pki.tls_tables();
+    let ext_tls = match external {
+        Some(x) => format!(
+            "[external.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            x.cert.display(),
+            x.key.display()
+        ),
+        None => ext_tls,
+    };
     let firewall = if shared_sources {
         "[firewall]\nallow_sources = [\"127.0.0.0/8\"]\n"
     } else {
@@ -78,6 +87,7 @@ impl Edge {
         sipedge: &Path,
         dir: &Path,
         pki: &Pki,
+        external: Option<&External>,
         director: SocketAddr,
         shared_sources: bool,
         env: &[(String, String)],
@@ -87,7 +97,14 @@ impl Edge {
             free_port("127.0.0.2")?,
             free_port("127.0.0.2")?,
         );
-        let text = topology(pki, &dir.join("state"), ports, director, shared_sources);
+        let text = topology(
+            pki,
+            external,
+            &dir.join("state"),
+            ports,
+            director,
+            shared_sources,
+        );
         let file = dir.join("edge.toml");
         std::fs::write(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;
         let log = dir.join("edge.log");
@@ -363,4 +380,48 @@ pub fn socket_slabs_kib() -> Option<u64> {
         }
     }
     Some(bytes / 1024)
+}
+
+/// An external certificate other than the dev PKI's: its files and the CA that issued it.
+pub struct External {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// An RSA 2048 external certificate for the edge's names (the key made as `sipedge cert
+/// request --rsa` makes it), issued by a throw-away ECDSA CA written beside it in `dir`.
+pub fn rsa_external(dir: &Path) -> Result<External, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, PKCS_RSA_SHA256,
+    };
+    let names = vec![EDGE_FQDN.to_string(), "127.0.0.1".to_string()];
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tls_idle RSA bench CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_key = KeyPair::generate().map_err(|e| format!("CA key: {e}"))?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| format!("CA: {e}"))?;
+    let (key_pem, _csr) =
+        sipedge::tls::tools::request(&names, sipedge::tls::tools::KeyKind::Rsa2048)
+            .map_err(|e| format!("RSA key: {e}"))?;
+    let key = KeyPair::from_pem_and_sign_algo(&key_pem, &PKCS_RSA_SHA256)
+        .map_err(|e| format!("RSA key: {e}"))?;
+    let mut params = CertificateParams::new(names).map_err(|e| format!("names: {e}"))?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params
+        .signed_by(&key, &*ca)
+        .map_err(|e| format!("RSA certificate: {e}"))?;
+    let x = External {
+        ca: dir.join("rsa-ca.pem"),
+        cert: dir.join("rsa-external.pem"),
+        key: dir.join("rsa-external.key"),
+    };
+    for (path, text) in [(&x.ca, ca.pem()), (&x.cert, cert.pem()), (&x.key, key_pem)] {
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(x)
 }

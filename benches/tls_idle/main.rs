@@ -48,7 +48,7 @@ const USAGE: &str = "usage: cargo bench --bench tls_idle -- [--counts 1000,5000,
     [--hold S (30)] [--ping S (30)] [--settle S (3)] [--workers N (one per 5000 clients)] \
     [--ramp-concurrency N (8 per worker)] [--max-failures N (20)] [--timeout S (10)] \
     [--handshakes N (2000; 0 skips)] [--parallel 1,4,64] [--modes full,resumed] [--tls 1.3] \
-    [--shared-sources] [--edge-nofile N] [--sipedge PATH] [--edge-env KEY=VALUE]... [--reopen N (0)] [--late-sample S (0)] [--keep]";
+    [--shared-sources] [--edge-nofile N] [--sipedge PATH] [--edge-env KEY=VALUE]... [--reopen N (0)] [--late-sample S (0)] [--key ecdsa|rsa] [--keep]";
 
 /// A worker command without an answer within this is a failure of the bench.
 const COMMAND_WAIT: Duration = Duration::from_secs(600);
@@ -94,6 +94,8 @@ struct Args {
     /// A last sample this long after everything closed (past the firewall's 120 s memory
     /// of idle sources and its 10 s sweep, the edge should be back to its size).
     late_sample: Duration,
+    /// The edge's external certificate key: ECDSA P-256 (the dev PKI's) or RSA 2048.
+    rsa: bool,
     keep: bool,
 }
 
@@ -143,6 +145,7 @@ fn parse_args() -> Result<Args, String> {
         edge_env: Vec::new(),
         reopen: 0,
         late_sample: Duration::ZERO,
+        rsa: false,
         keep: false,
     };
     let mut it = std::env::args().skip(1);
@@ -204,6 +207,13 @@ fn parse_args() -> Result<Args, String> {
             "--sipedge" => a.sipedge = Some(PathBuf::from(value()?)),
             "--keep" => a.keep = true,
             "--reopen" => a.reopen = value()?.parse().map_err(|e| format!("--reopen: {e}"))?,
+            "--key" => {
+                a.rsa = match value()?.as_str() {
+                    "ecdsa" => false,
+                    "rsa" => true,
+                    other => return Err(format!("--key: {other:?} (ecdsa or rsa)")),
+                }
+            }
             "--late-sample" => {
                 a.late_sample = Duration::from_secs(
                     value()?
@@ -631,10 +641,18 @@ fn run(args: &Args) -> Result<bool, String> {
         .sipedge
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sipedge")));
+    // With --key rsa the external certificate is RSA 2048, from a CA of its own that the
+    // clients trust instead of the dev CA.
+    let external = if args.rsa {
+        Some(edge::rsa_external(dir.path())?)
+    } else {
+        None
+    };
     let (edge, topology) = Edge::start(
         &sipedge,
         dir.path(),
         &pki,
+        external.as_ref(),
         director_addr,
         args.shared_sources,
         &args.edge_env,
@@ -656,7 +674,8 @@ fn run(args: &Args) -> Result<bool, String> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
 
-    let mut workers = Workers::start(workers_n, &edge, &pki.pki.ca_cert, args)?;
+    let client_ca = external.as_ref().map_or(&pki.pki.ca_cert, |x| &x.ca);
+    let mut workers = Workers::start(workers_n, &edge, client_ca, args)?;
     let mut failures: Vec<String> = Vec::new();
 
     // Idle baseline: the edge up, its Director connected, no client.

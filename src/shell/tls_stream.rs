@@ -180,7 +180,8 @@ impl<C: TlsSide> TlsStream<C> {
             };
             self.flush_all().await?;
             if !self.conn.is_handshaking() {
-                shrink(&mut self.partial);
+                // The reads' room is not kept: only what is pending, at its size.
+                self.partial.shrink_to_fit();
                 return Ok(());
             }
             if stop == Stop::Closed || self.peer_closed {
@@ -263,10 +264,8 @@ impl<C: TlsSide> TlsStream<C> {
             Ok(done) => done,
             Err(e) => return Err(tls_error(e)),
         };
-        self.partial.clear();
-        self.partial
-            .extend_from_slice(incoming.get(consumed..).unwrap_or_default());
-        shrink(&mut self.partial);
+        // Exactly the incomplete record's bytes (none: no allocation at all).
+        self.partial = incoming.get(consumed..).unwrap_or_default().to_vec();
         if stop == Stop::Closed || self.peer_closed {
             return Ok(ReadOutcome::Closed);
         }
@@ -405,13 +404,6 @@ impl<C: TlsSide> TlsStream<C> {
 
 fn unexpected(what: &'static str) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, what)
-}
-
-/// Gives the buffer's memory back when it holds nothing.
-fn shrink(buf: &mut Vec<u8>) {
-    if buf.is_empty() && buf.capacity() != 0 {
-        *buf = Vec::new();
-    }
 }
 
 /// Appends what `encode` writes to `out`, growing it to the size rustls asks for.
@@ -589,22 +581,31 @@ mod tests {
     /// Reads until `want` plaintext bytes arrived (or the peer closed), checking after each
     /// read that only an incomplete record is kept, and nothing once records are whole.
     async fn read_exactly<C: TlsSide>(stream: &mut TlsStream<C>, want: usize) -> Vec<u8> {
+        read_counting_partials(stream, want).await.0
+    }
+
+    /// [`read_exactly`], and how many reads ended with an incomplete record kept.
+    async fn read_counting_partials<C: TlsSide>(
+        stream: &mut TlsStream<C>,
+        want: usize,
+    ) -> (Vec<u8>, usize) {
         let mut got = Vec::new();
+        let mut partials = 0;
         while got.len() < want {
             stream.readable().await.unwrap();
             match stream.read(&mut |p| got.extend_from_slice(p)).unwrap() {
                 ReadOutcome::Closed => break,
                 ReadOutcome::Data | ReadOutcome::WouldBlock => {}
             }
-            if stream.partial.is_empty() {
-                assert_eq!(
-                    stream.partial.capacity(),
-                    0,
-                    "no buffer kept between records"
-                );
-            }
+            // No buffer kept between records; an incomplete one is kept at its size.
+            assert_eq!(
+                stream.partial.capacity(),
+                stream.partial.len(),
+                "only the pending bytes are kept"
+            );
+            partials += usize::from(!stream.partial.is_empty());
         }
-        got
+        (got, partials)
     }
 
     #[tokio::test]
@@ -652,7 +653,8 @@ mod tests {
         );
         let first = read_exactly(&mut stream, 5).await;
         assert_eq!(first, b"hello");
-        let got = read_exactly(&mut stream, message.len()).await;
+        let (got, partials) = read_counting_partials(&mut stream, message.len()).await;
+        assert!(partials > 0, "the record arrived in parts");
         assert!(
             got == message,
             "{} bytes, not the {} sent",
