@@ -1066,13 +1066,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let _ = writeln!(out, "| to | opened | failed | resumed | wall s | conns/s | edge CPU s | edge CPU ms/conn | clients CPU ms/conn |");
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &ramps {
-        let per = |s: f64| {
-            if r.opened == 0 {
-                "-".into()
-            } else {
-                format!("{:.3}", s * 1000.0 / r.opened as f64)
-            }
-        };
+        let per = |s: f64| ms_per(s, r.opened);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {:.1} | {:.0} | {:.2} | {} | {} |",
@@ -1111,13 +1105,7 @@ fn run(args: &Args) -> Result<bool, String> {
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &hs_runs {
-            let per = |s: f64| {
-                if r.done == 0 {
-                    "-".into()
-                } else {
-                    format!("{:.3}", s * 1000.0 / r.done as f64)
-                }
-            };
+            let per = |s: f64| ms_per(s, r.done);
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} | {} | {} |",
@@ -1187,4 +1175,13 @@ fn run(args: &Args) -> Result<bool, String> {
         println!("kept: {} (topology, edge log, state)", kept.display());
     }
     Ok(failures.is_empty())
+}
+
+/// Milliseconds of `seconds` per one of `count` ("-" for none).
+fn ms_per(seconds: f64, count: u64) -> String {
+    if count == 0 {
+        "-".into()
+    } else {
+        format!("{:.3}", seconds * 1000.0 / count as f64)
+    }
 }

@@ -83,11 +83,14 @@ pub enum TooLong {
 pub fn encode(c: &Captured<'_>, out: &mut Vec<u8>) -> Result<(), TooLong> {
     let start = out.len();
     out.extend_from_slice(b"HEP3\0\0");
-    let (family, src, dst): (u8, Vec<u8>, Vec<u8>) = match (c.src.ip(), c.dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (AF_INET, s.octets().to_vec(), d.octets().to_vec()),
-        // Mixed families (not on one socket, but): both as IPv6, IPv4 mapped.
-        (s, d) => (AF_INET6, v6(s).to_vec(), v6(d).to_vec()),
+    // Mixed families (not on one socket, but): both as IPv6, IPv4 mapped. Fixed arrays: no
+    // allocation per captured message.
+    let (family, src, dst, address_len) = match (c.src.ip(), c.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (AF_INET, v6(s.into()), v6(d.into()), 4),
+        (s, d) => (AF_INET6, v6(s), v6(d), 16),
     };
+    // An IPv4 address is the last four bytes of its mapped IPv6 form.
+    let skip = 16 - address_len;
     // The order Kamailio, captagent and hep-c send, which some receivers take as a fixed
     // layout rather than walking the chunks (sngrep 1.x reads the first eight, then the
     // addresses, the key, and the payload by position): the correlation id goes after the
@@ -107,8 +110,8 @@ pub fn encode(c: &Captured<'_>, out: &mut Vec<u8>) -> Result<(), TooLong> {
     } else {
         (chunk::IPV6_SRC, chunk::IPV6_DST)
     };
-    put(out, src_kind, &src);
-    put(out, dst_kind, &dst);
+    put(out, src_kind, src.get(skip..).unwrap_or_default());
+    put(out, dst_kind, dst.get(skip..).unwrap_or_default());
     if let Some(key) = c.auth_key {
         put(out, chunk::AUTH_KEY, key.as_bytes());
     }

@@ -69,7 +69,7 @@ pub async fn accept_loop(
             Err(e) => {
                 // EMFILE and friends: back off rather than spin (mini-redis does the same),
                 // and say so once, not at every retry.
-                failing.failed(side, &e);
+                let _ = failing.failed(side, &e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -183,23 +183,25 @@ struct AcceptFailures {
     failed: u64,
 }
 
+/// What the edge says when the descriptor limit stops it accepting.
+const FD_LIMIT_REACHED: &str = "open-file limit reached: not accepting new connections until \
+     some close (raise LimitNOFILE / ulimit -n, or lower limits.max_connections)";
+
 impl AcceptFailures {
-    fn failed(&mut self, side: Side, e: &std::io::Error) {
+    /// Counts a failed accept; whether it was logged (the first of a run only).
+    fn failed(&mut self, side: Side, e: &std::io::Error) -> bool {
         self.failed += 1;
         if self.failed > 1 {
-            return;
+            return false;
         }
         let zone = side.label();
         // EMFILE (24) and ENFILE (23): the process's or the system's open-file limit.
         if matches!(e.raw_os_error(), Some(23 | 24)) {
-            tracing::error!(
-                zone,
-                error = %e,
-                "open-file limit reached: not accepting new connections until some close                  (raise LimitNOFILE / ulimit -n, or lower limits.max_connections)"
-            );
+            tracing::error!(zone, error = %e, "{FD_LIMIT_REACHED}");
         } else {
             tracing::warn!(zone, error = %e, "accept failing: retrying with back-off");
         }
+        true
     }
 
     fn recovered(&mut self, side: Side) {
@@ -247,6 +249,20 @@ fn log_refusal(shared: &Shared, remote: SocketAddr, refusal: Refusal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_failed_accepts_is_logged_once_and_again_after_recovering() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let mut failing = AcceptFailures::default();
+        assert!(failing.failed(Side::External, &emfile));
+        assert!(!failing.failed(Side::External, &emfile));
+        assert!(!failing.failed(Side::External, &emfile));
+        failing.recovered(Side::External);
+        assert!(failing.failed(Side::External, &emfile), "a new run");
+        // One line of text (the bench and operators grep for it).
+        assert!(!FD_LIMIT_REACHED.contains("  "), "{FD_LIMIT_REACHED:?}");
+        assert!(FD_LIMIT_REACHED.starts_with("open-file limit reached"));
+    }
 
     #[tokio::test]
     async fn an_external_sockets_kernel_buffers_are_bounded() {

@@ -292,10 +292,11 @@ impl PeerIdentity {
 ///
 /// Why that order (issue 18, measured with `perf` on the edge during full TLS 1.3
 /// handshakes): ring puts AES-256-GCM/SHA-384 first, and SHA-384's transcript hash and key
-/// schedule ran in software (SHA-512 blocks) at 8 % of the edge's handshake CPU, where
-/// SHA-256 runs on the CPU's SHA extensions. AES-128-GCM is what most large TLS
-/// deployments prefer; AES-256-GCM and ChaCha20-Poly1305 stay offered. The servers choose
-/// by this order (`ignore_client_order`), since clients (rustls, OpenSSL) list AES-256 first.
+/// schedule ran in software (SHA-512 blocks) at 8 % of the edge's handshake CPU, while ring
+/// runs SHA-256 on the CPU's SHA extensions where it has them. AES-128-GCM/SHA-256 is TLS
+/// 1.3's mandatory suite (RFC 8446 §9.1); AES-256-GCM and ChaCha20-Poly1305 stay offered.
+/// The servers choose by this order (`ignore_client_order`), since clients (rustls,
+/// OpenSSL) list AES-256 first.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
