@@ -67,8 +67,8 @@ pub struct Captured<'a> {
     pub agent_id: u32,
     /// The collector's password, if it wants one (HEP sends it in the clear).
     pub auth_key: Option<&'a str>,
-    /// What Homer correlates by: the Call-ID.
-    pub correlation_id: Option<&'a str>,
+    /// What Homer correlates by: the Call-ID ([`call_id`]).
+    pub correlation_id: Option<&'a [u8]>,
     pub payload: &'a [u8],
 }
 
@@ -117,7 +117,7 @@ pub fn encode(c: &Captured<'_>, out: &mut Vec<u8>) -> Result<(), TooLong> {
     }
     put(out, chunk::PAYLOAD, c.payload);
     if let Some(id) = c.correlation_id {
-        put(out, chunk::CORRELATION_ID, id.as_bytes());
+        put(out, chunk::CORRELATION_ID, id);
     }
     let total = out.len() - start;
     let Ok(total16) = u16::try_from(total) else {
@@ -138,6 +138,36 @@ fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(value);
+}
+
+/// The longest Call-ID taken as a correlation id (longer ones are not a real client's).
+pub const MAX_CORRELATION_ID: usize = 256;
+
+/// The Call-ID of a SIP message as it crossed the wire (`Call-ID` or its compact form `i`,
+/// any case), for correlation; `None` when there is none or it is longer than
+/// [`MAX_CORRELATION_ID`]. Reads any bytes: a captured message may be one the edge refused.
+pub fn call_id(message: &[u8]) -> Option<&[u8]> {
+    let head = header_block(message);
+    // The first line is the request or status line.
+    let mut lines = head.split(|&b| b == b'\n').skip(1);
+    lines.find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = line.split_at(colon);
+        let name = name.trim_ascii_end();
+        let is_call_id = name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i");
+        let value = value.get(1..)?.trim_ascii();
+        (is_call_id && !value.is_empty() && value.len() <= MAX_CORRELATION_ID).then_some(value)
+    })
+}
+
+/// A message without its body: up to and including the blank line that ends the header
+/// block (the whole message when there is none). What `[capture] bodies = false` copies.
+pub fn header_block(message: &[u8]) -> &[u8] {
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => message.get(..at + 4).unwrap_or(message),
+        None => message,
+    }
 }
 
 fn v6(ip: IpAddr) -> [u8; 16] {
@@ -187,7 +217,7 @@ mod tests {
             unix_micros: 1_800_000_000_123_456,
             agent_id: 2001,
             auth_key: None,
-            correlation_id: Some("abc@1"),
+            correlation_id: Some(b"abc@1"),
             payload: invite(),
         };
         let mut out = vec![0xee]; // appended, not overwritten
@@ -259,6 +289,34 @@ mod tests {
             value(chunk::TIME_MICROSECONDS),
             Some(5u32.to_be_bytes().to_vec())
         );
+    }
+
+    #[test]
+    fn the_call_id_is_found_in_either_form_and_any_case_and_only_in_the_headers() {
+        let msg =
+            |headers: &str| format!("MESSAGE sip:b SIP/2.0\r\n{headers}\r\nbody: Call-ID: no\r\n");
+        let id = |text: String| call_id(text.as_bytes()).map(|v| v.to_vec());
+        assert_eq!(id(msg("Call-ID: abc@1\r\n")), Some(b"abc@1".to_vec()));
+        assert_eq!(
+            id(msg("From: x\r\ncall-id:\tabc \r\n")),
+            Some(b"abc".to_vec())
+        );
+        assert_eq!(id(msg("i : short@h\r\n")), Some(b"short@h".to_vec()));
+        assert_eq!(id(msg("X-Call-ID: not\r\n")), None);
+        assert_eq!(id(msg("Call-ID:\r\n")), None);
+        let long = "c".repeat(MAX_CORRELATION_ID + 1);
+        assert_eq!(id(msg(&format!("Call-ID: {long}\r\n"))), None);
+        // Neither the request line nor the body.
+        assert_eq!(call_id(b"Call-ID: x SIP/2.0\r\n\r\n"), None);
+        assert_eq!(call_id(b""), None);
+        assert_eq!(call_id(b"\n\n:"), None);
+    }
+
+    #[test]
+    fn the_header_block_ends_at_the_blank_line() {
+        let m = b"INVITE sip:b SIP/2.0\r\nContent-Length: 4\r\n\r\nv=0\n";
+        assert_eq!(header_block(m), &m[..m.len() - 4]);
+        assert_eq!(header_block(b"no end"), b"no end");
     }
 
     #[test]

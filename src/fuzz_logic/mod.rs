@@ -47,6 +47,8 @@ pub fn frame(data: &[u8]) {
                     assert!(head.len <= len, "head longer than the frame");
                     let raw = Bytes::copy_from_slice(buf.get(..len).unwrap_or_default());
                     buf.drain(..len);
+                    // What SIP capture copies of a framed message, refused or not.
+                    capture_copy(&raw);
                     if let Ok(msg) = Message::validate(raw, head) {
                         check_spans(&msg);
                     }
@@ -58,6 +60,40 @@ pub fn frame(data: &[u8]) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// SIP capture's copy of one framed message: its Call-ID and header block are within
+/// it, and the HEP message encodes whole (its length field is its length) or not at all.
+fn capture_copy(raw: &[u8]) {
+    use crate::core::hep;
+    let id = hep::call_id(raw);
+    if let Some(id) = id {
+        assert!(id.len() <= hep::MAX_CORRELATION_ID && !id.is_empty());
+    }
+    let head = hep::header_block(raw);
+    assert!(raw.starts_with(head));
+    for payload in [raw, head] {
+        let mut out = Vec::new();
+        let c = hep::Captured {
+            src: std::net::SocketAddr::from(([203, 0, 113, 7], 5061)),
+            dst: std::net::SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 5061)),
+            transport: hep::Transport::Tls,
+            unix_micros: 1,
+            agent_id: 1,
+            auth_key: None,
+            correlation_id: id,
+            payload,
+        };
+        if hep::encode(&c, &mut out).is_ok() {
+            let len = out
+                .get(4..6)
+                .and_then(|l| <[u8; 2]>::try_from(l).ok())
+                .map(|l| usize::from(u16::from_be_bytes(l)));
+            assert_eq!(len, Some(out.len()));
+        } else {
+            assert!(out.is_empty());
         }
     }
 }

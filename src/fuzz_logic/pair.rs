@@ -53,6 +53,18 @@ pub struct Pair {
     pub director_alive: bool,
     /// Probes the Director answered.
     pub probes_answered: usize,
+    /// With `edge.capturing`: every byte each end wrote on each connection, kept (what
+    /// capture's copies are checked against).
+    pub wire: Wire,
+}
+
+/// Every byte written on the two connections, by whom (kept only while capturing).
+#[derive(Default)]
+pub struct Wire {
+    pub user_to_edge: Vec<u8>,
+    pub edge_to_user: Vec<u8>,
+    pub director_to_edge: Vec<u8>,
+    pub edge_to_director: Vec<u8>,
 }
 
 impl Pair {
@@ -88,6 +100,7 @@ impl Pair {
             to_director: Vec::new(),
             director_alive: true,
             probes_answered: 0,
+            wire: Wire::default(),
         };
         pair.drive();
         pair
@@ -107,6 +120,9 @@ impl Pair {
 
     /// The remote user sends `bytes`.
     pub fn user_sends(&mut self, bytes: &[u8]) {
+        if self.edge.capturing {
+            self.wire.user_to_edge.extend_from_slice(bytes);
+        }
         self.user.handle_input(self.now, bytes, &mut self.edge);
         self.drive();
     }
@@ -114,6 +130,9 @@ impl Pair {
     /// The Director sends `bytes` on the member's connection.
     pub fn director_sends(&mut self, bytes: &[u8]) {
         if let Some(member) = &mut self.member {
+            if self.edge.capturing {
+                self.wire.director_to_edge.extend_from_slice(bytes);
+            }
             member.handle_input(self.now, bytes, &mut self.edge);
         }
         self.drive();
@@ -212,9 +231,15 @@ impl Pair {
                 self.deliver(event);
             }
             if let Some(bytes) = self.user.take_transmit() {
+                if self.edge.capturing {
+                    self.wire.edge_to_user.extend_from_slice(&bytes);
+                }
                 self.to_user.extend_from_slice(&bytes);
             }
             if let Some(bytes) = self.member.as_mut().and_then(Session::take_transmit) {
+                if self.edge.capturing {
+                    self.wire.edge_to_director.extend_from_slice(&bytes);
+                }
                 moved |= self.director_reads(&bytes);
             }
             self.observe_member();
@@ -246,7 +271,7 @@ impl Pair {
                     answerable,
                 };
                 match &mut self.member {
-                    Some(member) => member.handle_pool_request(self.now, &request),
+                    Some(member) => member.handle_pool_request(self.now, &request, &mut self.edge),
                     // Nobody took it: the shell's pool answers in its place.
                     None => crate::core::sip::session::answer_in_place_of(
                         &mut self.edge,
@@ -259,11 +284,11 @@ impl Pair {
                 }
             }
             SimEvent::ToFlow { flow, bytes, .. } if flow == self.user_flow => {
-                self.user.queue(&bytes)
+                self.user.queue(&bytes, &mut self.edge)
             }
             SimEvent::ToFlow { flow, bytes, .. } if flow == MEMBER => {
                 if let Some(member) = &mut self.member {
-                    member.queue(&bytes);
+                    member.queue(&bytes, &mut self.edge);
                 }
             }
             _ => {}
@@ -282,6 +307,9 @@ impl Pair {
                     {
                         self.probes_answered += 1;
                         if let Some(member) = &mut self.member {
+                            if self.edge.capturing {
+                                self.wire.director_to_edge.extend_from_slice(&answer);
+                            }
                             member.handle_input(self.now, &answer, &mut self.edge);
                             answered = true;
                         }

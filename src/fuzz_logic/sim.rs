@@ -21,7 +21,7 @@ use crate::core::sip::pool_link::{Answerable, PoolRequest};
 use crate::core::sip::proxy::{DiscoveredTarget, Flow, Proxy, Side, TxKey};
 use crate::core::sip::reject::Why;
 use crate::core::sip::session::{
-    Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, SessionLimits,
+    Direction, Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, SessionLimits,
 };
 use crate::core::sip::token::FlowId;
 
@@ -84,6 +84,10 @@ pub struct SimEdge {
     /// Dialogs each partner (or discovered domain) may hold.
     pub partner_dialogs: usize,
     pub events: Vec<SimEvent>,
+    /// Every message the sessions framed or wrote, as SIP capture would copy it (when
+    /// `capturing`: the fuzz target does not keep them).
+    pub captured: Vec<(FlowId, Direction, Bytes)>,
+    pub capturing: bool,
     /// Rejects by reason label.
     pub rejects: BTreeMap<&'static str, u64>,
 }
@@ -106,6 +110,8 @@ impl SimEdge {
             flows: BTreeMap::new(),
             partner_dialogs: 100,
             events: Vec::new(),
+            captured: Vec::new(),
+            capturing: false,
             rejects: BTreeMap::new(),
         }
     }
@@ -321,5 +327,12 @@ impl Edge for SimEdge {
 
     fn keepalive(&mut self, _flow: &Flow) {
         self.events.push(SimEvent::Keepalive);
+    }
+
+    fn capture(&mut self, flow: &Flow, direction: Direction, message: &[u8]) {
+        if self.capturing {
+            self.captured
+                .push((flow.id, direction, Bytes::copy_from_slice(message)));
+        }
     }
 }

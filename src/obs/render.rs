@@ -3,7 +3,7 @@
 //! JSON document of `/status`. Pure: no clock, no locks; the shell feeds the numbers.
 
 use super::metrics::{Exposition, Kind};
-use super::snapshot::{AccessEdge, ByZone, EdgeSnapshot, Partner, Pool, Relay};
+use super::snapshot::{AccessEdge, ByZone, Capture, EdgeSnapshot, Partner, Pool, Relay};
 
 /// Certificates closer than this to their end are reported `expiring`.
 const EXPIRING_SECS: i64 = 30 * 86_400;
@@ -49,6 +49,9 @@ pub fn metrics(s: &EdgeSnapshot) -> String {
     }
     if let Some(pool) = &s.pool {
         pool_metrics(&mut e, pool);
+    }
+    if let Some(capture) = &s.capture {
+        capture_metrics(&mut e, capture);
     }
     e.finish()
 }
@@ -331,6 +334,45 @@ fn pool_metrics(e: &mut Exposition, p: &Pool) {
     );
 }
 
+fn capture_metrics(e: &mut Exposition, c: &Capture) {
+    single(
+        e,
+        "sipedge_capture_messages_total",
+        Kind::Counter,
+        "SIP messages copied for the HEP collector (queued).",
+        c.queued,
+    );
+    single(
+        e,
+        "sipedge_capture_sent_total",
+        Kind::Counter,
+        "Copies handed to the collector's socket.",
+        c.sent,
+    );
+    by_label(
+        e,
+        "sipedge_capture_dropped_total",
+        Kind::Counter,
+        "Copies dropped, by reason: queue_full (capture.max_queued_bytes waiting), too_long (beyond a HEP message's 65535 bytes), send_failed (the collector unreachable or its connection lost).",
+        "reason",
+        c.dropped.iter().copied(),
+    );
+    single(
+        e,
+        "sipedge_capture_queued_bytes",
+        Kind::Gauge,
+        "Bytes of copies waiting for the collector.",
+        c.queued_bytes,
+    );
+    single(
+        e,
+        "sipedge_capture_collector_up",
+        Kind::Gauge,
+        "1 when the last send reached the collector's socket.",
+        u64::from(c.collector_up),
+    );
+}
+
 fn relay_metrics(e: &mut Exposition, r: &Relay) {
     single(
         e,
@@ -506,6 +548,13 @@ pub fn status(s: &EdgeSnapshot) -> String {
             "bans_received": p.bans_received,
         })
     });
+    let capture = s.capture.as_ref().map(|c| {
+        json!({
+            "collector": c.collector,
+            "transport": c.transport,
+            "collector_up": c.collector_up,
+        })
+    });
     let body = json!({
         "instance": s.instance,
         "version": s.version,
@@ -523,6 +572,7 @@ pub fn status(s: &EdgeSnapshot) -> String {
         "partners": partners,
         "key_ring": ring,
         "pool": pool,
+        "capture": capture,
     });
     let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
     text.push('\n');
@@ -639,6 +689,15 @@ mod tests {
                 garbage: 0,
                 quota_asks: vec![("granted", 2), ("refused", 1), ("local", 0)],
             }),
+            capture: Some(Capture {
+                collector: "10.0.0.9:9060".into(),
+                transport: "udp",
+                collector_up: true,
+                queued: 12,
+                sent: 11,
+                queued_bytes: 300,
+                dropped: vec![("queue_full", 1), ("too_long", 0), ("send_failed", 0)],
+            }),
             draining: false,
         }
     }
@@ -676,6 +735,9 @@ mod tests {
             "sipedge_turn_relayed_bytes_total{direction=\"to_peer\"} 1200\n",
             "sipedge_turn_dropped_total{reason=\"no_permission\"} 9\n",
             "sipedge_turn_kernel_relayed_packets_total{direction=\"to_client\"} 7\n",
+            "sipedge_capture_messages_total 12\n",
+            "sipedge_capture_dropped_total{reason=\"queue_full\"} 1\n",
+            "sipedge_capture_collector_up 1\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -684,7 +746,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 42, "{text}");
+        assert_eq!(types, 47, "{text}");
     }
 
     #[test]
@@ -693,7 +755,9 @@ mod tests {
         s.partners = None;
         s.relay = None;
         s.pool = None;
+        s.capture = None;
         let text = metrics(&s);
+        assert!(!text.contains("sipedge_capture_"), "{text}");
         assert!(!text.contains("sipedge_partner_"), "{text}");
         assert!(!text.contains("sipedge_turn_"), "{text}");
         assert!(!text.contains("sipedge_pool_"), "{text}");
@@ -727,6 +791,8 @@ mod tests {
         assert_eq!(v["partners"][0]["dialogs"], 2);
         assert_eq!(v["partners"].as_array().unwrap().len(), 2);
         assert_eq!(v["key_ring"][0]["age_days"], 3);
+        assert_eq!(v["capture"]["collector"], "10.0.0.9:9060");
+        assert_eq!(v["capture"]["collector_up"], true);
 
         let mut s = edge();
         s.certificates[0].not_after = s.now_unix;

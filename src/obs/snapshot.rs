@@ -38,6 +38,24 @@ pub struct EdgeSnapshot {
     pub relay: Option<Relay>,
     /// With `[pool]`: the shared state's standing.
     pub pool: Option<Pool>,
+    /// With `[capture]`: SIP capture to a HEP collector.
+    pub capture: Option<Capture>,
+}
+
+/// SIP capture (HEP v3).
+#[derive(Clone, Debug, Default)]
+pub struct Capture {
+    pub collector: String,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    pub collector_up: bool,
+    /// Copies taken into the queue, and handed to the collector's socket.
+    pub queued: u64,
+    pub sent: u64,
+    /// Bytes of copies waiting now.
+    pub queued_bytes: u64,
+    /// Copies dropped, by reason label.
+    pub dropped: Vec<(&'static str, u64)>,
 }
 
 /// A serving certificate.

@@ -16,6 +16,14 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Microseconds since the Unix epoch (SIP capture's timestamps).
+#[allow(clippy::disallowed_methods)]
+pub fn now_unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Wall-clock now, for APIs that take a `SystemTime` (certificate generation).
 #[allow(clippy::disallowed_methods)]
 pub fn wall() -> SystemTime {

@@ -24,7 +24,7 @@ use crate::core::sip::message::Message;
 use crate::core::sip::pool_link::{MemberEvent, PoolLink, PoolRequest};
 use crate::core::sip::proxy::{Flow, Proxy, Side};
 use crate::core::sip::session::{
-    CloseReason, Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, Session,
+    CloseReason, Direction, Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused, Session,
     SessionLimits,
 };
 use crate::core::sip::token::FlowId;
@@ -137,6 +137,11 @@ pub async fn run<C: TlsSide>(
 ) -> (Closed, Option<PoolLink>) {
     let mut shutdown = shared.shutdown.clone();
     let member_ref = member.as_ref().map(|m| m.member);
+    // For capture: the edge's end of the connection (the peer's is the flow's).
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+    let edge = |shared, routes| ShellEdge::new(shared, routes, member_ref, local);
     let mut peer_closed = false;
     let closed = loop {
         let deadline =
@@ -156,7 +161,7 @@ pub async fn run<C: TlsSide>(
                     // The limits in force when the bytes arrived (a reload applies at once).
                     Ok(ReadOutcome::Data) => session.handle_read(
                         clock::now(),
-                        &mut ShellEdge::new(shared, routes, member_ref),
+                        &mut edge(shared, routes),
                     ),
                     Ok(ReadOutcome::WouldBlock) => {}
                     Ok(ReadOutcome::Closed) => {
@@ -164,7 +169,7 @@ pub async fn run<C: TlsSide>(
                         if session.has_partial_input() {
                             session.handle_read(
                                 clock::now(),
-                                &mut ShellEdge::new(shared, routes, member_ref),
+                                &mut edge(shared, routes),
                             );
                         }
                         peer_closed = true;
@@ -173,26 +178,28 @@ pub async fn run<C: TlsSide>(
                 }
             }
             Some(bytes) = rx.recv() => {
-                session.queue(&bytes);
+                let mut edge = edge(shared, routes);
+                session.queue(&bytes, &mut edge);
                 // Take what else is queued, to write it in one go.
                 while let Some(more) = rx.try_recv() {
-                    session.queue(&more);
+                    session.queue(&more, &mut edge);
                     if session.pending_transmit() > 64 * 1024 { break; }
                 }
             }
             Some(request) = pool_request => {
                 let now = clock::now();
-                session.handle_pool_request(now, &request);
+                let mut edge = edge(shared, routes);
+                session.handle_pool_request(now, &request, &mut edge);
                 if let Some(m) = member.as_mut() {
                     while session.pending_transmit() < 64 * 1024 {
                         let Ok(more) = m.requests.try_recv() else { break };
-                        session.handle_pool_request(now, &more);
+                        session.handle_pool_request(now, &more, &mut edge);
                     }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => session.handle_timeout(
                 clock::now(),
-                &mut ShellEdge::new(shared, routes, member_ref),
+                &mut edge(shared, routes),
             ),
             _ = shutdown.changed() => break Closed::Shutdown,
         }
@@ -220,10 +227,7 @@ pub async fn run<C: TlsSide>(
         }
     };
     shared.flows.remove(session.flow().id);
-    let link = session.finish(
-        clock::now(),
-        &mut ShellEdge::new(shared, routes, member_ref),
-    );
+    let link = session.finish(clock::now(), &mut edge(shared, routes));
     stream.shutdown(Duration::from_secs(1)).await;
     (closed, link)
 }
@@ -235,6 +239,8 @@ pub struct ShellEdge<'a> {
     routes: &'a Arc<dyn Routing>,
     limits: Arc<ConnLimits>,
     member: Option<&'a dyn MemberState>,
+    /// The edge's end of the connection (the peer's is the flow's), for capture.
+    local: SocketAddr,
 }
 
 impl<'a> ShellEdge<'a> {
@@ -242,12 +248,14 @@ impl<'a> ShellEdge<'a> {
         shared: &'a Arc<Shared>,
         routes: &'a Arc<dyn Routing>,
         member: Option<&'a dyn MemberState>,
+        local: SocketAddr,
     ) -> ShellEdge<'a> {
         ShellEdge {
             shared,
             routes,
             limits: shared.limits(),
             member,
+            local,
         }
     }
 
@@ -460,6 +468,12 @@ impl Edge for ShellEdge<'_> {
             .banned_closes
             .fetch_add(1, Ordering::Relaxed);
         self.log_ban(flow, now);
+    }
+
+    fn capture(&mut self, flow: &Flow, direction: Direction, message: &[u8]) {
+        if let Some(tap) = self.shared.capture.tap() {
+            tap.record(flow.side, self.local, flow.remote, direction, message);
+        }
     }
 
     fn dropped_response(&mut self, flow: &Flow, target: FlowId) {

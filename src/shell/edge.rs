@@ -179,7 +179,8 @@ impl RunningEdge {
 
     /// Reloads from a new topology (SIGHUP): the certificates are read again and serve every
     /// new handshake (connections up keep theirs); `[limits]` (but the connection and
-    /// handshake budgets) and `[firewall]` apply from the next message. Anything else that
+    /// handshake budgets), `[firewall]` and `[capture]` apply from the next message; so do
+    /// next-hop members, partners and the key ring. Anything else that
     /// differs needs a restart: the reload is then refused whole, naming what, and nothing
     /// changes. A certificate that does not load is refused the same way.
     pub fn reload(&self, new: &Topology) -> Result<Reloaded, ReloadError> {
@@ -242,6 +243,15 @@ impl RunningEdge {
                 ));
             }
             changed.push("next_hop.members");
+        }
+        if running.capture != new.capture {
+            // Live: every connection copies by the new configuration from its next message.
+            self.shared.capture.install(
+                new.capture.as_ref(),
+                self.internal.ip(),
+                self.shared.shutdown.clone(),
+            );
+            changed.push("capture");
         }
         if let (Some(watch), Some(ring)) = (&self.ring, ring) {
             let ring_changed = watch.ring.replace(ring);
@@ -430,10 +440,16 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         calls: std::sync::Mutex::new(calls),
         shutdown: shutdown_rx,
         stats: Stats::default(),
+        capture: Default::default(),
         // Random start, kept well below u64::MAX so it never wraps; 0 is reserved.
         next_flow: AtomicU64::new((u64::from_be_bytes(seed) >> 16).max(1)),
     });
     let routes = Arc::new(Routes { pool, partners });
+    shared.capture.install(
+        topology.capture.as_ref(),
+        int_addr.ip(),
+        shared.shutdown.clone(),
+    );
 
     let mut tasks = JoinSet::new();
     let connector = pool::Connector {

@@ -16,14 +16,15 @@
 //! read/write/timer loop around a core session, for every kind of connection),
 //! [`tls_stream`] (TLS on rustls's unbuffered API: no buffer held while idle), [`flows`]
 //! (the flow table), [`ops`] (the operations HTTP endpoints), [`turn`] (the relay's
-//! sockets), `config` (the topology translated into the core's and the shell's
+//! sockets), [`capture`] (SIP copies as HEP v3 to a collector), `config` (the topology translated into the core's and the shell's
 //! configurations), `stats` (the Access Edge's counters, [`Stats`]), `error`
 //! ([`StartError`]).
 //!
 //! Dependencies run one way: `clock`, `flows`, `stats`, `dns`, `keyfile`, `udp`,
-//! `tls_stream` <- `shared` <- `conn` <- `listen`, `pool`, `partners` <- `routes` <- `view`
+//! `tls_stream`, `capture` <- `shared` <- `conn` <- `listen`, `pool`, `partners` <- `routes` <- `view`
 //! <- `ops` <- `edge`.
 
+pub mod capture;
 pub mod clock;
 mod config;
 pub mod conn;

@@ -497,6 +497,21 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
                 .map(|t| t.pool_asks_decided().to_vec())
                 .unwrap_or_default(),
         }),
+        capture: shared.capture.config().map(|config| {
+            let c = &shared.capture.counters;
+            crate::obs::snapshot::Capture {
+                collector: config.collector.to_string(),
+                transport: match config.transport {
+                    crate::topology::CaptureTransport::Udp => "udp",
+                    crate::topology::CaptureTransport::Tcp => "tcp",
+                },
+                collector_up: c.collector_up.load(Ordering::Relaxed),
+                queued: c.queued.load(Ordering::Relaxed),
+                sent: c.sent.load(Ordering::Relaxed),
+                queued_bytes: c.queued_bytes.load(Ordering::Relaxed) as u64,
+                dropped: c.dropped(),
+            }
+        }),
     }
 }
 

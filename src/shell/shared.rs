@@ -47,6 +47,8 @@ pub struct Shared {
     pub credentials: Option<CredentialService>,
     pub shutdown: watch::Receiver<bool>,
     pub stats: Stats,
+    /// SIP capture (`[capture]`): read per message, swapped whole by a reload.
+    pub capture: super::capture::CaptureSwitch,
     /// Reject and refusal log lines, rate-limited so that a flood cannot fill the disk.
     pub reject_log: LogLimiter,
     /// Set by [`RunningEdge::drain`]: `/healthz` answers 503, listeners stop accepting, new

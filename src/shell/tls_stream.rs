@@ -150,6 +150,11 @@ impl<C: TlsSide> TlsStream<C> {
     }
 
     /// What the handshake established (peer certificates, version, suite).
+    /// The edge's end of the connection.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
     pub fn common(&self) -> &rustls::CommonState {
         &self.conn
     }

@@ -36,6 +36,35 @@ pub struct Topology {
     pub federation: Option<FederationConfig>,
     /// Pool-wide state on Redis, if any; without it every member enforces alone.
     pub pool: Option<PoolConfig>,
+    /// SIP capture to a HEP collector, if any (off by default: a capture is personal data).
+    pub capture: Option<CaptureConfig>,
+}
+
+/// `[capture]`: copies of the SIP the edge receives and sends, as HEP v3, to a collector in
+/// the internal zone (Homer, sngrep, Wireshark).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaptureConfig {
+    pub collector: std::net::SocketAddr,
+    pub transport: CaptureTransport,
+    /// HEP's capture agent id: which edge a copy came from.
+    pub agent_id: u32,
+    /// The collector's password (HEP's auth key), from `password_env` or `password_file`.
+    pub password: Option<Secret>,
+    /// The zones whose connections are captured.
+    pub external: bool,
+    pub internal: bool,
+    /// Whether message bodies (SDP, instant messages) are captured; without, the copy is
+    /// the header block only.
+    pub bodies: bool,
+    /// Bytes of copies waiting for the collector before further ones are dropped.
+    pub max_queued_bytes: usize,
+}
+
+/// How copies reach the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureTransport {
+    Udp,
+    Tcp,
 }
 
 /// `[pool]`: where the pool's shared state lives (Redis or Valkey).

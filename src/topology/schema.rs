@@ -2,7 +2,7 @@
 //! between them. `topology/README.md` documents the same keys; keep the two in step.
 //!
 //! One file per table (`edge`, `interfaces` for `[external]` and `[internal]`, `next_hop`,
-//! `limits`, `firewall`, `keys`, `operations`, `relay`, `federation`, `pool`), each with its keys,
+//! `limits`, `firewall`, `keys`, `operations`, `relay`, `federation`, `pool`, `capture`), each with its keys,
 //! ranges and defaults; `fields` has the readers they share. Here: the root table, the
 //! order tables are read in, and the checks that span tables.
 
@@ -14,6 +14,7 @@ use super::model::Topology;
 use super::reader::{Doc, Section};
 use super::StateEnv;
 
+mod capture;
 pub mod defaults;
 mod edge;
 mod federation;
@@ -40,6 +41,7 @@ const ROOT_KEYS: &[&str] = &[
     "relay",
     "federation",
     "pool",
+    "capture",
 ];
 
 /// Reads the whole document; `None` when any problem was recorded in `doc`.
@@ -71,6 +73,7 @@ pub(super) fn resolve(
     let relay = relay::read_relay(doc, root);
     let federation = federation::read_federation(doc, root, &base);
     let pool = pool::read_pool(doc, root, &base, env);
+    let capture = capture::read_capture(doc, root, &base, env);
 
     let (Some(edge), Some(external), Some(internal), Some(next_hop)) =
         (edge, external, internal, next_hop)
@@ -91,6 +94,7 @@ pub(super) fn resolve(
         relay: relay?,
         federation: federation?,
         pool: pool?,
+        capture: capture?,
     };
     cross_check(doc, root, &topology);
     doc.problems.is_empty().then_some(topology)
@@ -134,6 +138,7 @@ fn cross_check(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
         );
     }
     relay::check_relay_zones(doc, root, t);
+    capture::check_collector(doc, root, t);
     for member in &t.next_hop.members {
         if *member == t.internal.sip_bind || *member == t.external.sip_bind {
             let line = doc.line_of_key(next_hop, "members");
@@ -165,5 +170,6 @@ pub(super) fn all_tables() -> Vec<(&'static str, &'static [&'static str])> {
         ("federation", federation::FEDERATION_KEYS),
         ("federation.partners.NAME", federation::PARTNER_KEYS),
         ("pool", pool::POOL_KEYS),
+        ("capture", capture::CAPTURE_KEYS),
     ]
 }

@@ -606,3 +606,57 @@ fn the_pool_table_keeps_credentials_out_of_the_topology() {
     let text = TWO_NIC.replace("timeout = \"500ms\"", "timeout = \"5ms\"");
     assert_keys(&problems(&text), &["pool.timeout"]);
 }
+
+#[test]
+fn capture_is_off_without_its_table_and_read_with_its_defaults() {
+    assert_eq!(parse(EMBEDDED_DEFAULT, None, &env()).unwrap().capture, None);
+    let t = parse(TWO_NIC, None, &env()).unwrap();
+    let c = t.capture.unwrap();
+    assert_eq!(c.collector, addr("10.20.0.40:9060"));
+    assert_eq!(c.transport, CaptureTransport::Udp);
+    assert_eq!(
+        (c.agent_id, c.external, c.internal, c.bodies),
+        (101, true, true, false)
+    );
+    assert_eq!(c.max_queued_bytes, 4 * 1024 * 1024);
+    assert_eq!(c.password, None);
+    let tcp = TWO_NIC.replace(
+        "bodies = false",
+        "transport = \"tcp\"\nzones = [\"internal\"]\npassword_env = \"HEP_PW\"",
+    );
+    let c = parse(&tcp, None, &env().with("HEP_PW", "pw"))
+        .unwrap()
+        .capture
+        .unwrap();
+    assert_eq!(c.transport, CaptureTransport::Tcp);
+    assert_eq!((c.external, c.internal, c.bodies), (false, true, true));
+    assert_eq!(c.password.as_deref(), Some("pw"));
+}
+
+#[test]
+fn a_capture_never_goes_out_by_the_external_interface_and_bad_values_are_named() {
+    let external_ip = parse(TWO_NIC, None, &env()).unwrap().external.sip_bind.ip();
+    let outside = TWO_NIC.replace(
+        "collector = \"10.20.0.40:9060\"",
+        &format!("collector = \"{external_ip}:9060\""),
+    );
+    let found = problems(&outside);
+    assert_keys(&found, &["capture.collector"]);
+    assert_eq!(found[0].0, line_of(&outside, "collector ="));
+    assert!(found[0].2.contains("personal data"), "{found:?}");
+
+    let bad = TWO_NIC.replace(
+        "bodies = false",
+        "transport = \"sctp\"\nzones = [\"dmz\"]\nmax_queued_bytes = 10\nbodies = \"no\"",
+    );
+    let found = problems(&bad);
+    assert_keys(
+        &found,
+        &[
+            "capture.transport",
+            "capture.zones",
+            "capture.max_queued_bytes",
+            "capture.bodies",
+        ],
+    );
+}

@@ -158,6 +158,7 @@ pub fn topology(pki: &Pki, members: &[SocketAddr]) -> Topology {
         relay: None,
         federation: None,
         pool: None,
+        capture: None,
     }
 }
 

@@ -43,7 +43,7 @@ mod edge;
 mod pool;
 
 use admission::initial_invite;
-pub use edge::{Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused};
+pub use edge::{Direction, Edge, FlowRefused, PartnerRequest, PartnerTarget, PoolRefused};
 pub use pool::answer_in_place_of;
 
 /// The Retry-After of a 503 for a partner at its dialog limit.
@@ -127,11 +127,16 @@ impl Session {
 
     /// A request for the pool member at the other end (the shell's pool picked it): written,
     /// and its transaction timed.
-    pub fn handle_pool_request(&mut self, now: Instant, request: &PoolRequest) {
+    pub fn handle_pool_request<E: Edge>(
+        &mut self,
+        now: Instant,
+        request: &PoolRequest,
+        edge: &mut E,
+    ) {
         if let Some(link) = &mut self.pool {
             link.record(now, request);
         }
-        self.out.extend_from_slice(&request.bytes);
+        self.write(edge, &request.bytes);
     }
 
     /// The connection is over (whatever closed it): a pool member's transactions in flight
@@ -173,9 +178,16 @@ impl Session {
         self.handle_read(now, edge);
     }
 
-    /// Bytes that other connections queued for this flow, to be written.
-    pub fn queue(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
+    /// A message that another connection queued for this flow, to be written.
+    pub fn queue<E: Edge>(&mut self, message: &[u8], edge: &mut E) {
+        self.write(edge, message);
+    }
+
+    /// Every message this session writes goes through here (keep-alive answers do not:
+    /// they are not messages), so that capture sees each once.
+    fn write<E: Edge>(&mut self, edge: &mut E, message: &[u8]) {
+        self.out.extend_from_slice(message);
+        edge.capture(&self.flow, Direction::Sent, message);
     }
 
     /// Bytes to write now, if any.
@@ -232,7 +244,7 @@ impl Session {
                 let answer = reject::response_to_partial(&self.inbuf, 408, "Request Timeout");
                 edge.rejected(&self.flow, Why::HeaderTimeout, None, answer.as_deref(), now);
                 if let Some(answer) = answer {
-                    self.out.extend_from_slice(&answer);
+                    self.write(edge, &answer);
                 }
                 // Slowloris is an offence like any malformed message.
                 self.strike(edge, now);
@@ -257,7 +269,7 @@ impl Session {
                     let answer = edge.proxy().answer(&self.inbuf, why, None);
                     edge.rejected(&self.flow, why, None, answer.as_deref(), now);
                     if let Some(answer) = answer {
-                        self.out.extend_from_slice(&answer);
+                        self.write(edge, &answer);
                     }
                     self.strike(edge, now);
                     self.closed = Some(CloseReason::Framing(why));
@@ -275,6 +287,7 @@ impl Session {
                 }
                 Frame::Message { head, len } => {
                     let raw = self.inbuf.split_to(len).freeze();
+                    edge.capture(&self.flow, Direction::Received, &raw);
                     self.handle_message(edge, raw, head, now);
                 }
             }
@@ -436,7 +449,7 @@ impl Session {
             }
             Action::Credentials => {
                 if let Some(answer) = edge.credentials(&self.flow, msg) {
-                    self.out.extend_from_slice(&answer);
+                    self.write(edge, &answer);
                 }
                 false
             }
@@ -481,7 +494,7 @@ impl Session {
         let answer = edge.proxy().answer(raw, why, msg);
         edge.rejected(&self.flow, why, msg, answer.as_deref(), now);
         if let Some(answer) = answer {
-            self.out.extend_from_slice(&answer);
+            self.write(edge, &answer);
         }
     }
 

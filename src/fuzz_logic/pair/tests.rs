@@ -316,3 +316,72 @@ fn seeded_walks_leave_nothing_unanswered_or_outstanding() {
         );
     }
 }
+
+/// What capture copied of `flow`'s connection in `direction`, as text.
+fn captured(
+    pair: &Pair,
+    flow: FlowId,
+    direction: crate::core::sip::session::Direction,
+) -> Vec<String> {
+    pair.edge
+        .captured
+        .iter()
+        .filter(|(f, d, _)| *f == flow && *d == direction)
+        .map(|(_, _, b)| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+#[test]
+fn capture_copies_every_message_of_both_connections_once_each_in_order() {
+    use crate::core::sip::session::Direction::{Received, Sent};
+    let mut pair = Pair::new();
+    pair.edge.capturing = true;
+    // Probes and their answers, a call, a keep-alive, and a message the edge refuses.
+    pair.advance(PROBE.interval);
+    let ok = call(&mut pair);
+    pair.user_sends(b"\r\n\r\n");
+    pair.user_sends(in_dialog(&ok, "ACK", 1).as_bytes());
+    pair.user_sends(in_dialog(&ok, "BYE", 2).as_bytes());
+    let bye = pair.director_received().pop().unwrap();
+    pair.director_sends(&director_answer(&bye, 200, "OK"));
+    let refused = message("bad").replace("CSeq: 1 MESSAGE", "CSeq: one MESSAGE");
+    pair.user_sends(refused.as_bytes());
+    assert_eq!(status_of(&pair.user_received().pop().unwrap()), 400);
+
+    // Each copy is one whole message as it crossed, in the order it crossed, keep-alives
+    // aside: the concatenation of the copies is the wire, message for message.
+    let wire = &pair.wire;
+    let from_user = split(&wire.user_to_edge);
+    let to_user = split(&wire.edge_to_user);
+    let from_director = split(&wire.director_to_edge);
+    let to_director = split(&wire.edge_to_director);
+    assert_eq!(captured(&pair, USER, Received), from_user);
+    assert_eq!(captured(&pair, USER, Sent), to_user);
+    assert_eq!(captured(&pair, MEMBER, Received), from_director);
+    assert_eq!(captured(&pair, MEMBER, Sent), to_director);
+    // What that covers: the refused message and its 400, the probes, the whole call.
+    assert_eq!(from_user.len(), 4, "INVITE, ACK, BYE, the refused MESSAGE");
+    assert!(from_user[3].contains("CSeq: one MESSAGE"));
+    assert_eq!(to_user.len(), 3, "200 (INVITE), 200 (BYE), 400");
+    assert!(
+        to_director
+            .iter()
+            .filter(|m| m.starts_with("OPTIONS "))
+            .count()
+            >= 2
+    );
+    assert!(to_director.iter().any(|m| m.starts_with("ACK ")));
+    assert!(to_director.iter().any(|m| m.starts_with("BYE ")));
+    assert!(
+        from_director
+            .iter()
+            .filter(|m| m.starts_with("SIP/2.0 200"))
+            .count()
+            >= 4
+    );
+    let copies = pair.edge.captured.len();
+    assert_eq!(
+        copies,
+        from_user.len() + to_user.len() + from_director.len() + to_director.len()
+    );
+}

@@ -35,6 +35,15 @@ pub enum FlowRefused {
     SameZone,
 }
 
+/// Which way a captured message crossed its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from the peer (whatever the edge then did with it).
+    Received,
+    /// Written to the peer.
+    Sent,
+}
+
 /// What a session asks of the edge around it. Every call returns at once: nothing here
 /// waits for the network.
 pub trait Edge {
@@ -104,4 +113,9 @@ pub trait Edge {
     fn banned_close(&mut self, flow: &Flow, now: Instant);
     /// A response nobody could take (its flow gone or full).
     fn dropped_response(&mut self, flow: &Flow, target: FlowId);
+    /// A whole SIP message crossed `flow`'s connection, either way: every one the session
+    /// framed (before any check: what was refused is captured too) and every one it wrote,
+    /// once each, in order (keep-alives are not messages). For SIP capture; the edge
+    /// decides whether and where to copy it, and must not wait to.
+    fn capture(&mut self, flow: &Flow, direction: Direction, message: &[u8]);
 }

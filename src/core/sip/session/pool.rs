@@ -14,16 +14,19 @@ impl Session {
         if let Some(t) = transition {
             edge.member_event(link, MemberEvent::Transition(t), now);
         }
-        if let Some(seq) = probe {
+        let probe = probe.map(|seq| {
             link.probe_sent = Some(now);
             let probe = edge
                 .proxy()
                 .probe(link.id, link.addr, seq, &link.from_domain);
-            self.out.extend_from_slice(&probe);
             edge.member_event(link, MemberEvent::ProbeSent, now);
-        }
+            probe
+        });
         let mut expired = Vec::new();
         link.outstanding.expire(now, |a| expired.push(a));
+        if let Some(probe) = probe {
+            self.write(edge, &probe);
+        }
         for answerable in expired {
             answer_in_place_of(edge, &answerable, Why::RequestTimeout, now);
         }
