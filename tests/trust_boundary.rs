@@ -799,3 +799,38 @@ fn golden_wire(text: &str) -> Vec<u8> {
     out.extend_from_slice(s.as_bytes());
     out
 }
+
+/// Plain SIP (or anything else that is not TLS) on the TLS listener: the handshake fails,
+/// counted, the sender gets an alert or nothing, and the edge serves the next client. (It
+/// once made rustls panic: the failed bytes were offered to it a second time.)
+#[tokio::test]
+async fn plain_text_on_the_tls_listener_fails_its_handshake_and_nothing_else() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let mut director = Director::start(&pki).await;
+    let edge = edge_with(&pki, &director, |_| {}).await;
+    for garbage in [
+        &b"OPTIONS sip:bob@sipedge.test SIP/2.0\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"\r\n\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00][..],
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(edge.external).await.unwrap();
+        tcp.write_all(garbage).await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut back)).await;
+        assert!(back.is_empty() || back[0] == 21, "{garbage:?} got {back:?}");
+    }
+    let stats = edge.shared.stats.handshakes_failed.load(Ordering::Relaxed);
+    assert_eq!(stats, 3, "each counted: no handshake task died on the way");
+    let mut client = Client::connect(&pki, edge.external).await;
+    client
+        .send(
+            "OPTIONS sip:bob@sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.168.1.5:5061;branch=z9hG4bK-p1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@sipedge.test>;tag=1\r\nTo: <sip:bob@sipedge.test>\r\n\
+             Call-ID: after-garbage\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+    assert!(director.recv().await.text.starts_with("OPTIONS "));
+    edge.stop().await;
+}

@@ -85,6 +85,8 @@ pub struct TlsStream<C> {
     early_plaintext: Vec<u8>,
     /// The peer sent close_notify (or closed the socket).
     peer_closed: bool,
+    /// rustls refused the connection: it is not called again (see [`TlsStream::fail`]).
+    failed: bool,
 }
 
 /// What one read brought.
@@ -146,15 +148,16 @@ impl<C: TlsSide> TlsStream<C> {
             outgoing: Vec::new(),
             early_plaintext: Vec::new(),
             peer_closed: false,
+            failed: false,
         }
     }
 
-    /// What the handshake established (peer certificates, version, suite).
     /// The edge's end of the connection.
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.tcp.local_addr()
     }
 
+    /// What the handshake established (peer certificates, version, suite).
     pub fn common(&self) -> &rustls::CommonState {
         &self.conn
     }
@@ -179,7 +182,9 @@ impl<C: TlsSide> TlsStream<C> {
             let stop = match result {
                 Ok(stop) => stop,
                 Err(e) => {
-                    self.send_alert().await;
+                    // The client learns why (the alert), rather than seeing a reset.
+                    self.fail();
+                    let _ = self.flush(Duration::from_millis(200)).await;
                     return Err(e);
                 }
             };
@@ -235,6 +240,9 @@ impl<C: TlsSide> TlsStream<C> {
         if self.peer_closed {
             return Ok(ReadOutcome::Closed);
         }
+        if self.failed {
+            return Err(unexpected("the TLS connection failed"));
+        }
         SCRATCH.with_borrow_mut(|scratch| self.read_into(scratch, deliver))
     }
 
@@ -267,7 +275,11 @@ impl<C: TlsSide> TlsStream<C> {
             deliver,
         ) {
             Ok(done) => done,
-            Err(e) => return Err(tls_error(e)),
+            Err(e) => {
+                // The alert goes out with the shutdown that follows.
+                self.fail();
+                return Err(tls_error(e));
+            }
         };
         // Exactly the incomplete record's bytes (none: no allocation at all).
         self.partial = incoming.get(consumed..).unwrap_or_default().to_vec();
@@ -279,6 +291,9 @@ impl<C: TlsSide> TlsStream<C> {
 
     /// Encrypts `plaintext` for writing (written by [`TlsStream::flush`]).
     pub fn send(&mut self, plaintext: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(unexpected("the TLS connection failed"));
+        }
         if plaintext.is_empty() {
             return Ok(());
         }
@@ -370,6 +385,10 @@ impl<C: TlsSide> TlsStream<C> {
     }
 
     fn close_notify(&mut self) -> io::Result<()> {
+        // After a fatal alert there is no close_notify.
+        if self.failed {
+            return Ok(());
+        }
         let mut partial = std::mem::take(&mut self.partial);
         let UnbufferedStatus { state, .. } = self.conn.process(&mut partial);
         let result = match state.map_err(tls_error)? {
@@ -382,28 +401,20 @@ impl<C: TlsSide> TlsStream<C> {
         result
     }
 
-    /// After a failed handshake: the alert rustls queued, if any, with a short deadline
-    /// (the client then sees why, rather than a reset).
-    async fn send_alert(&mut self) {
-        for _ in 0..4 {
-            let mut partial = std::mem::take(&mut self.partial);
-            let UnbufferedStatus { state, .. } = self.conn.process(&mut partial);
-            let more = match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    encode_into(&mut self.outgoing, |out| encode.encode(out)).is_ok()
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    true
-                }
-                _ => false,
-            };
-            self.partial = partial;
-            if !more {
-                break;
-            }
+    /// rustls refused the connection: the alert it queued goes into `outgoing`, and
+    /// rustls is not called again. Exactly one call: the queued alert comes out before
+    /// rustls looks at any input, while a further call would read the failed bytes again,
+    /// and a second fatal alert is a panic inside rustls (`!self.sent_fatal_alert`:
+    /// reached with one plain-text line sent to a TLS port).
+    fn fail(&mut self) {
+        if std::mem::replace(&mut self.failed, true) {
+            return;
         }
-        let _ = self.flush(Duration::from_millis(200)).await;
+        let mut partial = std::mem::take(&mut self.partial);
+        let UnbufferedStatus { state, .. } = self.conn.process(&mut partial);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = encode_into(&mut self.outgoing, |out| encode.encode(out));
+        }
     }
 }
 
@@ -761,5 +772,89 @@ mod tests {
             seen.contains("CertificateRequired") || seen.contains("alert"),
             "the client sees the alert, not a reset: {seen}"
         );
+    }
+
+    /// What is not TLS at all (plain SIP or TURN on a TLS port, an HTTP probe, noise) fails
+    /// the accept with an error and an alert, never a panic: rustls panics on a second fatal
+    /// alert, which offering the failed bytes again used to cause.
+    #[tokio::test]
+    async fn bytes_that_are_not_tls_fail_the_accept_without_a_panic() {
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for garbage in [
+            &b"OPTIONS sip:edge SIP/2.0\r\nContent-Length: 0\r\n\r\n"[..],
+            &[0x00, 0x03, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42][..],
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01][..],
+            &[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5][..],
+        ] {
+            let sender = std::thread::spawn(move || {
+                let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+                tcp.write_all(garbage).unwrap();
+                // What comes back: an alert record (type 21) or nothing, then the close.
+                let mut back = Vec::new();
+                let _ = tcp.read_to_end(&mut back);
+                back
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let refused =
+                tokio::time::timeout(Duration::from_secs(5), accept(tcp, certs.external_server()))
+                    .await
+                    .expect("refused at once, not left waiting");
+            assert!(refused.is_err(), "{garbage:?} made a TLS connection");
+            let back = sender.join().unwrap();
+            assert!(back.is_empty() || back.first() == Some(&21), "{back:?}");
+        }
+    }
+
+    /// Garbage after a good handshake (a record that is not TLS, or one that does not
+    /// decrypt) fails the read; the shutdown after it sends the alert and calls rustls no
+    /// further: no panic either way.
+    #[tokio::test]
+    async fn garbage_after_the_handshake_fails_the_read_and_the_shutdown_without_a_panic() {
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for garbage in [
+            &b"BYE sip:x SIP/2.0\r\n\r\n"[..],
+            &[
+                0x17, 0x03, 0x03, 0x00, 0x20, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+                7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+            ][..],
+        ] {
+            let client_cfg = certs.client();
+            let client = std::thread::spawn(move || {
+                let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+                let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
+                while tls.is_handshaking() {
+                    tls.complete_io(&mut tcp).unwrap();
+                }
+                tcp.write_all(garbage).unwrap();
+                let mut back = Vec::new();
+                let _ = tcp.read_to_end(&mut back);
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+            let mut failed = false;
+            for _ in 0..20 {
+                stream.readable().await.unwrap();
+                match stream.read(&mut |_| {}) {
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(ReadOutcome::Closed) => break,
+                    Ok(_) => {}
+                }
+            }
+            assert!(failed, "{garbage:?} was read as TLS");
+            assert!(
+                stream.send(b"more").is_err(),
+                "nothing is sent after a failure"
+            );
+            stream.shutdown(Duration::from_millis(500)).await;
+            client.join().unwrap();
+        }
     }
 }
