@@ -690,3 +690,55 @@ async fn a_relayed_port_another_process_holds_costs_no_client_its_allocation() {
     assert_eq!(relayed_of(&allocated).port(), lo + 2);
     av.edge.stop().await;
 }
+
+/// TURN over TLS holds the same slots as TCP and has the same deadline, its handshake
+/// included: a connection that never starts its handshake, and one that finishes it but
+/// never allocates, are both closed at `tcp_auth_timeout`, and while they hold the zone's
+/// slots nobody else (TCP or TLS) gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tls_shares_the_tcp_bounds_and_its_handshake_is_within_the_auth_deadline() {
+    let av = Av::start(
+        |_| {},
+        |r| {
+            r.max_tcp_clients = 2;
+            r.tcp_auth_timeout = Duration::from_secs(2);
+            r.tls_port = Some(5349);
+            r.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        },
+    )
+    .await;
+    let tls_at = av.edge.turn_tls[0];
+    let mut mute = tcp_from("127.0.0.51", tls_at).await;
+    let cfg = sipedge::tls::client_config_trusting(av.pki.roots(), None).unwrap();
+    let tcp = tcp_from("127.0.0.52", tls_at).await;
+    let mut idle = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the handshake");
+    // Both slots of the external zone are held: TCP is refused too.
+    let mut third = tcp_from("127.0.0.53", av.ext_tcp).await;
+    assert!(closed_within(&mut third, WAIT).await, "zone full");
+    // At the deadline: both closed.
+    assert!(closed_within(&mut mute, WAIT).await, "no handshake, closed");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(WAIT, idle.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "no allocation, closed: {read:?}"
+    );
+    let text = av.metrics();
+    for line in [
+        "sipedge_turn_tcp_refused_total{reason=\"zone_full\"} 1",
+        "sipedge_turn_tcp_refused_total{reason=\"tls_handshake\"} 1",
+        "sipedge_turn_tcp_refused_total{reason=\"auth_timeout\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    // The slots are free again.
+    let mut later = tcp_from("127.0.0.53", av.ext_tcp).await;
+    assert!(tcp_exchange(&mut later, &binding(6)).await.is_some());
+    av.edge.stop().await;
+}

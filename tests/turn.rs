@@ -247,3 +247,134 @@ fn aioice_through_the_edge(kernel: bool) {
     }
     rt.block_on(edge.stop());
 }
+
+/// An edge whose relay also speaks TURN over TLS (`relay.tls_port`) on 127.0.0.1: the edge,
+/// the ring, and the TLS port.
+fn tls_relay_edge(
+    rt: &tokio::runtime::Runtime,
+    pki: &Pki,
+    base: u16,
+) -> (shell::RunningEdge, Ring, u16) {
+    let (ring_path, ring) = ring_file(pki);
+    let udp = free_udp_port("127.0.0.1");
+    let tls_port = free_tcp_port("127.0.0.1");
+    let edge = rt.block_on(async {
+        let director = Director::start(pki).await;
+        let mut t = topology(pki, &[director.addr]);
+        t.keys = Some(KeysSource::File(ring_path));
+        let mut relay = loopback_relay(&[&format!("127.0.0.1:{udp}")], base);
+        relay.tls_port = Some(tls_port);
+        relay.listen_tls = vec![format!("127.0.0.1:{tls_port}").parse().unwrap()];
+        t.relay = Some(relay);
+        std::mem::forget(director);
+        shell::start(&t).await.expect("edge starts")
+    });
+    assert_eq!(
+        edge.turn_tls,
+        vec![format!("127.0.0.1:{tls_port}").parse().unwrap()]
+    );
+    (edge, ring, tls_port)
+}
+
+/// coturn's client over TLS (`turnutils_uclient -t -S`, a `turns:` client): it allocates
+/// a relay on the edge over TLS and sends media between two allocations through it.
+#[test]
+fn turnutils_uclient_relays_media_over_tls() {
+    let Some(uclient) = uclient() else { return };
+    let pki = Pki::new();
+    let now = sipedge::shell::clock::now_unix();
+    let base = 44_000 + (std::process::id() % 50) as u16 * 100;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (edge, ring, tls_port) = tls_relay_edge(&rt, &pki, base);
+    let c = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
+    let out = Command::new(&uclient)
+        // No RTCP sessions (-c): uclient opens those with a TLS method picked at random
+        // among its contexts, TLS 1.0 and 1.1 included, which the edge refuses (TLS 1.2
+        // and 1.3 only); the retried sessions start late and their peers' first packets
+        // find no permission yet.
+        .args(["-t", "-S", "-c", "-p", &tls_port.to_string()])
+        .args(["-u", &c.username, "-w", &c.password])
+        .args(["-n", "20", "-m", "1", "-l", "172", "-y", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = printed(&out);
+    assert!(out.status.success(), "turnutils_uclient -S failed:\n{text}");
+    assert!(text.contains("Total lost packets 0"), "{text}");
+    let turn = edge.turn.clone().unwrap();
+    assert!(turn.stats.relayed_to_peers() >= 20, "{text}");
+    rt.block_on(edge.stop());
+}
+
+/// A `turns:` client that checks the certificate: the right name completes the handshake
+/// and gets TURN's answer over TLS; a wrong name fails the client's handshake. Plain TCP
+/// on the TLS port gets nothing (the handshake fails), and the edge counts it.
+#[test]
+fn a_turns_client_checks_the_relay_certificate_and_plain_bytes_get_nothing() {
+    use sipedge::core::turn::stun::attr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let base = 46_000 + (std::process::id() % 50) as u16 * 100;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (edge, _ring, tls_port) = tls_relay_edge(&rt, &pki, base);
+    let at: std::net::SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    rt.block_on(async {
+        let connect = |name: &'static str| {
+            let roots = pki.roots();
+            async move {
+                let cfg = sipedge::tls::client_config_trusting(roots, None).unwrap();
+                let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(rustls_pki_types::ServerName::try_from(name).unwrap(), tcp)
+                    .await
+            }
+        };
+        let wrong = connect("wrong.example.test").await;
+        assert!(
+            wrong.is_err(),
+            "a certificate for another name was accepted"
+        );
+        let mut tls = connect(EDGE_FQDN).await.expect("TLS with the right name");
+        let allocate = turn_request(
+            sipedge::core::turn::server::ALLOCATE,
+            7,
+            &|w| {
+                w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            },
+            None,
+        );
+        tls.write_all(&allocate).await.unwrap();
+        let mut answer = vec![0u8; 2048];
+        let n = tokio::time::timeout(WAIT, tls.read(&mut answer))
+            .await
+            .expect("an answer over TLS")
+            .unwrap();
+        answer.truncate(n);
+        assert_eq!(error_code(&answer), Some(401), "unauthenticated Allocate");
+        assert!(attr_value(&answer, attr::NONCE).is_some());
+
+        // Plain TURN on the TLS port: no answer, the connection is closed.
+        let mut plain = tokio::net::TcpStream::connect(at).await.unwrap();
+        plain.write_all(&allocate).await.unwrap();
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut back)).await;
+        // A TLS alert record (type 21) at most: no TURN answer.
+        assert!(
+            back.is_empty() || back[0] == 21,
+            "plain bytes on the TLS port got an answer: {back:?}"
+        );
+    });
+    let turn = edge.turn.clone().unwrap();
+    let refused = |label: &str| {
+        sipedge::shell::turn::TCP_REFUSAL_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .map(|i| turn.stats.tcp_refused[i].load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap()
+    };
+    assert!(
+        refused("tls_handshake") >= 2,
+        "the wrong name and the plain bytes"
+    );
+    rt.block_on(edge.stop());
+}

@@ -14,6 +14,8 @@ pub struct RelayInfo {
     pub host: String,
     pub udp_port: u16,
     pub tcp_port: u16,
+    /// TURN over TLS (`turns:`), when the relay offers it.
+    pub tls_port: Option<u16>,
     /// The longest lifetime issued, in seconds.
     pub max_lifetime_secs: u64,
 }

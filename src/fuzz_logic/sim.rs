@@ -282,6 +282,7 @@ impl Edge for SimEdge {
             host: "av.sipedge.test".into(),
             udp_port: 3478,
             tcp_port: 443,
+            tls_port: None,
             max_lifetime_secs: 8 * 3600,
         };
         let (answer, _) = crate::core::avauth::answer(msg, Some((&ring, &relay)), GOLDEN_NOW);

@@ -72,6 +72,7 @@ pub(super) fn turn_config(
     crate::core::turn::server::TurnConfig,
     ZonedListeners,
     ZonedListeners,
+    ZonedListeners,
 ) {
     use crate::core::turn::bandwidth::Budget;
     use crate::core::turn::policy::{Origin, PeerPolicy};
@@ -129,9 +130,19 @@ pub(super) fn turn_config(
         (a, origin)
     };
     let listen_tcp = or_both(&relay.listen_tcp, relay.tcp_port);
+    let listen_tls = match relay.tls_port {
+        Some(port) => or_both(&relay.listen_tls, port),
+        None => Vec::new(),
+    };
     // A relay must not loop into the edge itself: every address it owns is refused.
     let mut own = vec![ext.ip(), int.ip(), relay_ip, public_ip];
-    own.extend(listen.iter().chain(&listen_tcp).map(|a| a.ip()));
+    own.extend(
+        listen
+            .iter()
+            .chain(&listen_tcp)
+            .chain(&listen_tls)
+            .map(|a| a.ip()),
+    );
     own.sort();
     own.dedup();
     cfg.policy = PeerPolicy {
@@ -145,6 +156,7 @@ pub(super) fn turn_config(
         cfg,
         listen.into_iter().map(zone).collect(),
         listen_tcp.into_iter().map(zone).collect(),
+        listen_tls.into_iter().map(zone).collect(),
     )
 }
 
@@ -195,6 +207,10 @@ pub(super) fn source_policy(f: &crate::topology::Firewall) -> SourcePolicy {
 pub fn dev_names(t: &Topology) -> DevNames {
     let mut external = vec![t.edge.pool_fqdn.clone(), t.external.sip_host.clone()];
     external.push(t.external.sip_bind.ip().to_string());
+    // TURN over TLS serves the external certificate: it names the relay's host too.
+    if let Some(relay) = t.relay.as_ref().filter(|r| r.tls_port.is_some()) {
+        external.push(relay.host.clone());
+    }
     let mut internal = vec![
         t.internal.sip_host.clone(),
         t.internal.sip_bind.ip().to_string(),

@@ -297,14 +297,27 @@ fn turn_credentials(
         Err(e) => return bad(format!("username: {e}")),
     };
     let relay = &service.relay;
+    let uris: Vec<String> = [
+        Some(format!(
+            "turn:{}:{}?transport=udp",
+            relay.host, relay.udp_port
+        )),
+        Some(format!(
+            "turn:{}:{}?transport=tcp",
+            relay.host, relay.tcp_port
+        )),
+        relay
+            .tls_port
+            .map(|port| format!("turns:{}:{port}?transport=tcp", relay.host)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let json = serde_json::json!({
         "username": c.username,
         "password": c.password,
         "ttl": ttl,
-        "uris": [
-            format!("turn:{}:{}?transport=udp", relay.host, relay.udp_port),
-            format!("turn:{}:{}?transport=tcp", relay.host, relay.tcp_port),
-        ],
+        "uris": uris,
     });
     Answer::typed("application/json", format!("{json}\n"))
 }
@@ -601,6 +614,7 @@ mod tests {
                 host: "av.example".into(),
                 udp_port: 3478,
                 tcp_port: 443,
+                tls_port: Some(5349),
                 max_lifetime_secs: 3600,
             },
         };
@@ -616,6 +630,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
         assert_eq!(v["ttl"], 3600);
         assert_eq!(v["uris"][1], "turn:av.example:443?transport=tcp");
+        assert_eq!(v["uris"][2], "turns:av.example:5349?transport=tcp");
         let out_of_bounds = [Some(59), Some(3601)];
         for ttl in out_of_bounds {
             let a = turn_credentials(Some(&service), ask(ttl), NOW);

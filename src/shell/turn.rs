@@ -37,8 +37,8 @@ mod tcp;
 mod worker;
 
 pub use stats::{TurnStats, TCP_REFUSAL_LABELS};
-pub use tcp::TcpLimits;
 use tcp::TcpOut;
+pub use tcp::{TcpLimits, TurnTls};
 use worker::Workers;
 
 /// The running relay.
@@ -57,8 +57,10 @@ pub struct Turn {
     /// their answer budget over TCP earn strikes under the same ban rules.
     guard: Arc<SourceGuard>,
     tcp_limits: TcpLimits,
-    /// TURN-over-TCP slots of each zone (external, internal).
+    /// TURN-over-TCP slots of each zone (external, internal), TLS clients included.
     tcp_slots: [Arc<Semaphore>; 2],
+    /// TURN over TLS, when `relay.tls_port` is set.
+    tls: Option<tcp::TurnTls>,
     /// Client-facing sockets by local address (a 5-tuple's server side).
     listeners: HashMap<SocketAddr, Arc<UdpPort>>,
     /// Relayed sockets: read on every relayed packet, written only when one opens or closes.
@@ -339,21 +341,23 @@ impl Turn {
 /// a few milliseconds of a busy relay (the kernel caps it at `net.core.rmem_max`).
 const LISTENER_RECV_BUFFER: usize = 4 << 20;
 
-/// Binds the listeners and starts the relay. Returns it and the bound UDP and TCP listener
-/// addresses.
+/// Binds the listeners and starts the relay. Returns it and the bound UDP, TCP and TLS
+/// listener addresses.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     cfg: TurnConfig,
     ring: SharedRing,
     listen: &[(SocketAddr, Origin)],
     listen_tcp: &[(SocketAddr, Origin)],
+    listen_tls: &[(SocketAddr, Origin)],
+    tls: Option<tcp::TurnTls>,
     tcp_limits: TcpLimits,
     guard: Arc<SourceGuard>,
     shutdown: watch::Receiver<bool>,
     seed: u16,
     workers: usize,
     kernel_interfaces: &[String],
-) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>)> {
+) -> std::io::Result<(Arc<Turn>, Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>)> {
     let mut cfg = cfg;
     // The kernel path, if asked for: where it cannot load, the relay runs as without it,
     // and says so once.
@@ -379,7 +383,12 @@ pub async fn start(
     };
     let mut tcp = Vec::new();
     for &(addr, origin) in listen_tcp {
-        tcp.push((super::listen::bind(addr)?, origin));
+        tcp.push((super::listen::bind(addr)?, origin, false));
+    }
+    if tls.is_some() {
+        for &(addr, origin) in listen_tls {
+            tcp.push((super::listen::bind(addr)?, origin, true));
+        }
     }
     // One socket per worker and address (SO_REUSEPORT spreads the clients over them by
     // their address), the first one's port for the others when the port was left to the
@@ -435,6 +444,7 @@ pub async fn start(
         max_credential_lifetime_secs: max,
         guard,
         tcp_limits,
+        tls,
         tcp_slots: [
             Arc::new(Semaphore::new(tcp_limits.max_clients_per_zone)),
             Arc::new(Semaphore::new(tcp_limits.max_clients_per_zone)),
@@ -458,15 +468,16 @@ pub async fn start(
             turn.workers.listen(i, port, origin);
         }
     }
-    let mut bound_tcp = Vec::new();
-    for (listener, origin) in tcp {
-        bound_tcp.push(listener.local_addr()?);
-        let task = turn.clone().tcp_accept_loop(listener, origin);
+    let (mut bound_tcp, mut bound_tls) = (Vec::new(), Vec::new());
+    for (listener, origin, tls) in tcp {
+        let bound = if tls { &mut bound_tls } else { &mut bound_tcp };
+        bound.push(listener.local_addr()?);
+        let task = turn.clone().tcp_accept_loop(listener, origin, tls);
         turn.tasks.lock_unpoisoned().spawn(task);
     }
     if turn.kernel.is_some() {
         tokio::spawn(turn.clone().kernel_loop(shutdown.clone()));
     }
     tokio::spawn(turn.clone().expiry_loop(shutdown));
-    Ok((turn, bound, bound_tcp))
+    Ok((turn, bound, bound_tcp, bound_tls))
 }

@@ -145,6 +145,10 @@ pub struct Relay {
     pub listen_udp: Vec<SocketAddr>,
     /// TURN over TCP listens here; empty: both interface addresses on `tcp_port`.
     pub listen_tcp: Vec<SocketAddr>,
+    /// TURN over TLS (`turns:`): the port advertised; `None`: no TLS.
+    pub tls_port: Option<u16>,
+    /// TURN over TLS listens here; empty: both interface addresses on `tls_port`.
+    pub listen_tls: Vec<SocketAddr>,
     /// Where relayed sockets bind (default: the external interface's address).
     pub relay_ip: Option<std::net::IpAddr>,
     /// What XOR-RELAYED-ADDRESS advertises when the relay is behind NAT (default: relay_ip).
@@ -242,6 +246,8 @@ impl Relay {
             credential_lifetime: Duration::from_secs(8 * 3600),
             listen_udp: Vec::new(),
             listen_tcp: Vec::new(),
+            tls_port: None,
+            listen_tls: Vec::new(),
             relay_ip: None,
             public_ip: None,
             port_min: 50_000,

@@ -660,3 +660,20 @@ fn a_capture_never_goes_out_by_the_external_interface_and_bad_values_are_named()
         ],
     );
 }
+
+#[test]
+fn turn_over_tls_is_off_unless_its_port_is_given() {
+    let t = parse(TWO_NIC, None, &env()).unwrap();
+    let relay = t.relay.unwrap();
+    assert_eq!((relay.tls_port, relay.listen_tls.len()), (None, 0));
+    let with = TWO_NIC.replace("[relay]\n", "[relay]\ntls_port = 5349\n");
+    assert_eq!(
+        parse(&with, None, &env()).unwrap().relay.unwrap().tls_port,
+        Some(5349)
+    );
+    let without_port =
+        TWO_NIC.replace("[relay]\n", "[relay]\nlisten_tls = [\"10.20.0.10:5349\"]\n");
+    let found = problems(&without_port);
+    assert_keys(&found, &["relay.listen_tls"]);
+    assert!(found[0].2.contains("tls_port"), "{found:?}");
+}

@@ -14,11 +14,22 @@ use crate::core::turn::server::Dropped;
 pub(super) const QUEUE_FULL: usize = Dropped::ALL.len();
 
 /// Why a TURN-over-TCP connection was refused or closed early, for `/metrics`.
-pub const TCP_REFUSAL_LABELS: [&str; 4] = ["zone_full", "source_limit", "banned", "auth_timeout"];
+pub const TCP_REFUSAL_LABELS: [&str; 6] = [
+    "zone_full",
+    "source_limit",
+    "banned",
+    "auth_timeout",
+    "tls_handshake",
+    "handshakes_full",
+];
 pub(super) const ZONE_FULL: usize = 0;
 pub(super) const SOURCE_LIMIT: usize = 1;
 pub(super) const BANNED: usize = 2;
 pub(super) const AUTH_TIMEOUT: usize = 3;
+/// TURN over TLS: the handshake failed or did not finish within `tcp_auth_timeout`.
+pub(super) const TLS_HANDSHAKE: usize = 4;
+/// TURN over TLS: as many handshakes in progress as the relay takes at once.
+pub(super) const HANDSHAKES_FULL: usize = 5;
 
 thread_local! {
     /// The shard of the thread: 0 for the runtime's threads, `i + 1` for relay worker `i`.
@@ -65,7 +76,7 @@ pub struct TurnStats {
     tasks: Hot,
     workers: Box<[Hot]>,
     /// TURN-over-TCP connections refused or closed early, by [`TCP_REFUSAL_LABELS`].
-    pub tcp_refused: [AtomicU64; 4],
+    pub tcp_refused: [AtomicU64; 6],
     /// TURN-over-TCP connections up now.
     pub tcp_clients: AtomicU64,
     /// What the kernel path relayed (read back every second): packets and bytes to peers,

@@ -1,14 +1,17 @@
-//! TURN over TCP (RFC 8656 §12.5): the accept loop behind the firewall's per-source
-//! limits and a slot per zone, and each client's connection: frames read off the stream
-//! (ChannelData and Send indications of its allocation through the read-locked relay path,
-//! sent to peers straight from the read buffer), an authentication deadline, and its
+//! TURN over TCP and over TLS (RFC 8656 §12.5, §3.1 `turns:`): the accept loop behind the
+//! firewall's per-source limits and a slot per zone (TCP and TLS clients share them), and
+//! each client's connection: frames read off the stream (ChannelData and Send indications
+//! of its allocation through the read-locked relay path, sent to peers straight from the
+//! read buffer), an authentication deadline (which the TLS handshake is within), and its
 //! allocation closed with it.
 //!
-//! What goes to a client is written at once by whoever has it (a relay worker, the
+//! What goes to a TCP client is written at once by whoever has it (a relay worker, the
 //! connection's own task) while nothing is pending; what the socket does not take waits in
 //! the connection's pending bytes (bounded by `max_queued_bytes`: beyond it packets are
 //! dropped, never buffered), written by the connection's writer task when the socket can
 //! take more. Every write happens under the connection's lock, so frames never interleave.
+//! What goes to a TLS client waits, as plaintext and under the same bound, for the
+//! connection's task: it alone holds the TLS state, so it encrypts and writes.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -20,7 +23,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use super::stats::{AUTH_TIMEOUT, BANNED, QUEUE_FULL, SOURCE_LIMIT, ZONE_FULL};
+use super::stats::{
+    AUTH_TIMEOUT, BANNED, HANDSHAKES_FULL, QUEUE_FULL, SOURCE_LIMIT, TLS_HANDSHAKE, ZONE_FULL,
+};
 use super::Turn;
 use crate::core::firewall::SourceGuard;
 use crate::core::turn::demux::{classify, PacketKind};
@@ -28,6 +33,7 @@ use crate::core::turn::policy::Origin;
 use crate::core::turn::server::{Arrival, FiveTuple, Route, Transport, SEND};
 use crate::core::turn::stun::{self, Class};
 use crate::shell::clock;
+use crate::shell::tls_stream::{self, ReadOutcome};
 use crate::sync::{MutexExt, RwLockExt};
 
 /// Bytes a TCP client's connection reads at a time.
@@ -48,10 +54,30 @@ pub struct TcpLimits {
     pub max_queued_bytes: usize,
 }
 
-/// The writing side of a TURN-over-TCP client.
+/// How long a TLS client may keep the relay's bytes waiting (its socket full) before it is
+/// closed: its task stops reading while it waits.
+const TLS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TURN over TLS: the server configuration (the external certificate, reloadable) and the
+/// handshakes in progress at once.
+pub struct TurnTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where a client's frames go.
+enum Sink {
+    /// Plain TCP: written at once by whoever has them.
+    Tcp(OwnedWriteHalf),
+    /// TLS: left pending, as plaintext, for the connection's task to encrypt.
+    Tls,
+}
+
+/// The writing side of a TURN-over-TCP (or TLS) client.
 pub(super) struct TcpOut {
-    stream: OwnedWriteHalf,
-    /// Bytes the socket has not taken yet (the writer task's to write when it can).
+    sink: Sink,
+    /// Bytes the socket has not taken yet (the writer task's to write when it can; over
+    /// TLS, plaintext the connection's task has not encrypted yet).
     pending: Mutex<Vec<u8>>,
     more: Notify,
     max_bytes: usize,
@@ -72,14 +98,14 @@ impl TcpOut {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut pending = self.pending.lock_unpoisoned();
         let mut written = 0;
-        if pending.is_empty() {
+        if let (true, Sink::Tcp(stream)) = (pending.is_empty(), &self.sink) {
             // A frame is at most three parts (header, data, padding): no allocation.
             let mut slices = [std::io::IoSlice::new(&[]); 3];
             for (slice, part) in slices.iter_mut().zip(parts) {
                 *slice = std::io::IoSlice::new(part);
             }
             let used = slices.get(..parts.len().min(3)).unwrap_or_default();
-            match self.stream.try_write_vectored(used) {
+            match stream.try_write_vectored(used) {
                 Ok(n) if n >= len => return Queued::Taken,
                 Ok(n) => written = n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -106,16 +132,20 @@ impl TcpOut {
         Queued::Taken
     }
 
-    /// The writer task: writes what is pending whenever the socket can take it.
+    /// The writer task of a plain TCP client: writes what is pending whenever the socket
+    /// can take it.
     async fn writer(self: Arc<Self>) {
+        let Sink::Tcp(stream) = &self.sink else {
+            return;
+        };
         loop {
             self.more.notified().await;
             loop {
-                if self.stream.writable().await.is_err() {
+                if stream.writable().await.is_err() {
                     return;
                 }
                 let mut pending = self.pending.lock_unpoisoned();
-                match self.stream.try_write(&pending) {
+                match stream.try_write(&pending) {
                     Ok(n) => {
                         let written = n.min(pending.len());
                         pending.drain(..written);
@@ -191,7 +221,14 @@ impl Turn {
         }
     }
 
-    pub(super) async fn tcp_accept_loop(self: Arc<Self>, listener: TcpListener, origin: Origin) {
+    /// Accepts TURN clients on `listener`: plain TCP, or TLS when `tls` (a listener of
+    /// `relay.listen_tls`).
+    pub(super) async fn tcp_accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        origin: Origin,
+        tls: bool,
+    ) {
         let [external, internal] = &self.tcp_slots;
         let slots = match origin {
             Origin::External => external.clone(),
@@ -241,9 +278,104 @@ impl Turn {
                 transport: Transport::Tcp,
             };
             let this = self.clone();
-            let task = this.tcp_client(stream, tuple, origin, (slot, ticket));
+            let task = if tls {
+                this.tls_client(stream, tuple, origin, (slot, ticket))
+            } else {
+                this.tcp_client(stream, tuple, origin, (slot, ticket))
+            };
             self.tasks.lock_unpoisoned().spawn(task);
         }
+    }
+
+    /// The frames at the start of `buf` from `tuple`'s client: relayed (the relay path),
+    /// or handled by the general path; an incomplete frame is left. How many bytes were
+    /// consumed, and whether what followed was not TURN (the connection is then closed).
+    fn client_frames(
+        &self,
+        tuple: FiveTuple,
+        origin: Origin,
+        buf: &[u8],
+        routes: &mut Vec<(Range<usize>, Route)>,
+        authenticated: &mut bool,
+    ) -> (usize, bool) {
+        let mut consumed = 0;
+        loop {
+            // The relay path first: the frames of an established allocation up to the next
+            // other one, under one read lock, sent from the buffer.
+            routes.clear();
+            let mut stop = None;
+            {
+                let server = self.read_server();
+                let now = clock::now();
+                loop {
+                    let rest = buf.get(consumed..).unwrap_or_default();
+                    let len = match crate::core::turn::channel::stream_frame_len(
+                        rest,
+                        crate::core::turn::stun::MAX_MESSAGE,
+                    ) {
+                        Ok(Some(len)) => len,
+                        Ok(None) => break,
+                        Err(_) => {
+                            stop = Some(Stop::NotTurn);
+                            break;
+                        }
+                    };
+                    let frame = rest.get(..len).unwrap_or_default();
+                    let routed = match classify(frame) {
+                        PacketKind::ChannelData => server.channel_to_peer(&tuple, frame, now),
+                        PacketKind::Stun => match stun::check(frame) {
+                            Ok(c) if c.class == Class::Indication && c.method == SEND => {
+                                server.send_to_peer(&tuple, frame, &c, now)
+                            }
+                            _ => {
+                                stop = Some(Stop::General(len));
+                                break;
+                            }
+                        },
+                        _ => {
+                            stop = Some(Stop::General(len));
+                            break;
+                        }
+                    };
+                    self.stats.hot().client_packets(1);
+                    match routed {
+                        Ok(route) => routes.push((consumed..consumed + len, route)),
+                        Err(why) => self.stats.drop(why),
+                    }
+                    consumed += len;
+                }
+            }
+            for (frame, route) in routes.iter() {
+                let payload = buf
+                    .get(frame.clone())
+                    .and_then(|f| f.get(route.data.clone()))
+                    .unwrap_or_default();
+                if let Some(sock) = self.relay_socket(route.relay) {
+                    let sent = sock.try_send(route.peer, payload, None);
+                    self.stats.sent(sent, true, 1, payload.len());
+                }
+            }
+            match stop {
+                None => return (consumed, false),
+                Some(Stop::NotTurn) => return (consumed, true),
+                Some(Stop::General(len)) => {
+                    self.stats.hot().client_packets(1);
+                    let frame = buf.get(consumed..consumed + len).unwrap_or_default();
+                    self.tcp_general(tuple, origin, frame);
+                    consumed += len;
+                    *authenticated = *authenticated || self.read_server().has_allocation(&tuple);
+                }
+            }
+        }
+    }
+
+    /// A client's connection is over: its allocation goes with it.
+    fn client_gone(&self, tuple: FiveTuple) {
+        self.tcp_clients.write_unpoisoned().remove(&tuple);
+        let mut out = Vec::new();
+        self.lock_server().client_closed(tuple, &mut out);
+        self.execute(out);
+        self.stats.tcp_clients.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// One TURN-over-TCP client: STUN and ChannelData framed on the stream (RFC 8656 §12.5);
@@ -260,7 +392,7 @@ impl Turn {
             self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
             let (mut reader, writer) = stream.into_split();
             let out = Arc::new(TcpOut {
-                stream: writer,
+                sink: Sink::Tcp(writer),
                 pending: Mutex::new(Vec::new()),
                 more: Notify::new(),
                 max_bytes: self.tcp_limits.max_queued_bytes,
@@ -275,7 +407,7 @@ impl Turn {
             // is smaller; a larger one takes several reads): no read buffer besides it.
             let mut buf: Vec<u8> = Vec::new();
             let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
-            'read: loop {
+            loop {
                 let wait = if authenticated {
                     TCP_IDLE
                 } else {
@@ -290,77 +422,10 @@ impl Turn {
                     }
                     _ => break,
                 }
-                let mut consumed = 0;
-                loop {
-                    // The relay path first: the frames of an established allocation up to
-                    // the next other one, under one read lock, sent from the buffer.
-                    routes.clear();
-                    let mut stop = None;
-                    {
-                        let server = self.read_server();
-                        let now = clock::now();
-                        loop {
-                            let rest = buf.get(consumed..).unwrap_or_default();
-                            let len = match crate::core::turn::channel::stream_frame_len(
-                                rest,
-                                crate::core::turn::stun::MAX_MESSAGE,
-                            ) {
-                                Ok(Some(len)) => len,
-                                Ok(None) => break,
-                                Err(_) => {
-                                    stop = Some(Stop::NotTurn);
-                                    break;
-                                }
-                            };
-                            let frame = rest.get(..len).unwrap_or_default();
-                            let routed = match classify(frame) {
-                                PacketKind::ChannelData => {
-                                    server.channel_to_peer(&tuple, frame, now)
-                                }
-                                PacketKind::Stun => match stun::check(frame) {
-                                    Ok(c) if c.class == Class::Indication && c.method == SEND => {
-                                        server.send_to_peer(&tuple, frame, &c, now)
-                                    }
-                                    _ => {
-                                        stop = Some(Stop::General(len));
-                                        break;
-                                    }
-                                },
-                                _ => {
-                                    stop = Some(Stop::General(len));
-                                    break;
-                                }
-                            };
-                            self.stats.hot().client_packets(1);
-                            match routed {
-                                Ok(route) => routes.push((consumed..consumed + len, route)),
-                                Err(why) => self.stats.drop(why),
-                            }
-                            consumed += len;
-                        }
-                    }
-                    for (frame, route) in &routes {
-                        let payload = buf
-                            .get(frame.clone())
-                            .and_then(|f| f.get(route.data.clone()))
-                            .unwrap_or_default();
-                        if let Some(sock) = self.relay_socket(route.relay) {
-                            let sent = sock.try_send(route.peer, payload, None);
-                            self.stats.sent(sent, true, 1, payload.len());
-                        }
-                    }
-                    match stop {
-                        None => break,
-                        Some(Stop::NotTurn) => break 'read, // not TURN: close
-                        Some(Stop::General(len)) => {
-                            self.stats.hot().client_packets(1);
-                            let frame = buf.get(consumed..consumed + len).unwrap_or_default();
-                            self.tcp_general(tuple, origin, frame);
-                            consumed += len;
-                            authenticated =
-                                authenticated || self.read_server().has_allocation(&tuple);
-                        }
-                    }
+                let (consumed, not_turn) =
+                    self.client_frames(tuple, origin, &buf, &mut routes, &mut authenticated);
+                if not_turn {
+                    break;
                 }
                 buf.drain(..consumed.min(buf.len()));
                 // A large frame's room is not kept for a connection that goes quiet.
@@ -372,12 +437,112 @@ impl Turn {
                     break;
                 }
             }
-            self.tcp_clients.write_unpoisoned().remove(&tuple);
-            let mut out = Vec::new();
-            self.lock_server().client_closed(tuple, &mut out);
-            self.execute(out);
+            self.client_gone(tuple);
             write.abort();
-            self.stats.tcp_clients.fetch_sub(1, Ordering::Relaxed);
+            drop(held);
+        })
+    }
+
+    /// One TURN-over-TLS client (`turns:`): the handshake, at most `handshakes` of them at
+    /// once and within the authentication deadline, then as over TCP, the frames read from
+    /// the decrypted stream; what the relay has for the client is encrypted and written by
+    /// this task.
+    fn tls_client(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        tuple: FiveTuple,
+        origin: Origin,
+        held: (tokio::sync::OwnedSemaphorePermit, Option<SourceTicket>),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Some(tls) = self.tls.as_ref() else {
+                return;
+            };
+            let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
+            let Ok(handshaking) = tls.handshakes.clone().try_acquire_owned() else {
+                self.stats.tcp_refusal(HANDSHAKES_FULL);
+                return;
+            };
+            let deadline = tokio::time::Instant::from_std(auth_deadline);
+            let accepted =
+                tokio::time::timeout_at(deadline, tls_stream::accept(stream, tls.config.clone()))
+                    .await;
+            drop(handshaking);
+            let Ok(Ok(mut stream)) = accepted else {
+                self.stats.tcp_refusal(TLS_HANDSHAKE);
+                return;
+            };
+            self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
+            let out = Arc::new(TcpOut {
+                sink: Sink::Tls,
+                pending: Mutex::new(Vec::new()),
+                more: Notify::new(),
+                max_bytes: self.tcp_limits.max_queued_bytes,
+            });
+            self.tcp_clients
+                .write_unpoisoned()
+                .insert(tuple, out.clone());
+            let mut authenticated = false;
+            let mut buf: Vec<u8> = Vec::new();
+            let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
+            loop {
+                let wait = if authenticated {
+                    TCP_IDLE
+                } else {
+                    auth_deadline.saturating_duration_since(clock::now())
+                };
+                let mut closed = false;
+                tokio::select! {
+                    ready = tokio::time::timeout(wait, stream.readable()) => {
+                        match ready {
+                            Ok(Ok(())) => {}
+                            Err(_) if !authenticated => {
+                                self.stats.tcp_refusal(AUTH_TIMEOUT);
+                                break;
+                            }
+                            _ => break,
+                        }
+                        match stream.read(&mut |plaintext| buf.extend_from_slice(plaintext)) {
+                            Ok(ReadOutcome::Data | ReadOutcome::WouldBlock) => {}
+                            Ok(ReadOutcome::Closed) | Err(_) => closed = true,
+                        }
+                        let (consumed, not_turn) = self.client_frames(
+                            tuple,
+                            origin,
+                            &buf,
+                            &mut routes,
+                            &mut authenticated,
+                        );
+                        if not_turn {
+                            break;
+                        }
+                        buf.drain(..consumed.min(buf.len()));
+                        if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
+                            buf = Vec::new();
+                        }
+                    }
+                    () = out.more.notified() => {
+                        let batch = std::mem::take(&mut *out.pending.lock_unpoisoned());
+                        if !batch.is_empty() && stream.send(&batch).is_err() {
+                            break;
+                        }
+                    }
+                }
+                // What this task's own frames produced (answers) is pending too.
+                let batch = std::mem::take(&mut *out.pending.lock_unpoisoned());
+                if !batch.is_empty() && stream.send(&batch).is_err() {
+                    break;
+                }
+                if stream.flush(TLS_WRITE_TIMEOUT).await.is_err() || closed {
+                    break;
+                }
+                if !authenticated && clock::now() >= auth_deadline {
+                    self.stats.tcp_refusal(AUTH_TIMEOUT);
+                    break;
+                }
+            }
+            self.client_gone(tuple);
+            stream.shutdown(Duration::from_secs(1)).await;
             drop(held);
         })
     }

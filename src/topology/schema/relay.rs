@@ -13,6 +13,8 @@ pub(super) const RELAY_KEYS: &[&str] = &[
     "credential_lifetime",
     "listen_udp",
     "listen_tcp",
+    "tls_port",
+    "listen_tls",
     "relay_ip",
     "public_ip",
     "port_min",
@@ -77,6 +79,17 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
     );
     let listen_udp = doc.socket_addr_list(s, "listen_udp", false).map(|(l, _)| l);
     let listen_tcp = doc.socket_addr_list(s, "listen_tcp", false).map(|(l, _)| l);
+    // TURN over TLS only when asked for: a port clients are told about.
+    let tls_port = s.has("tls_port").then(|| port(doc, "tls_port", 5349));
+    let listen_tls = doc.socket_addr_list(s, "listen_tls", false).map(|(l, _)| l);
+    if tls_port.is_none() && listen_tls.as_ref().is_some_and(|l| !l.is_empty()) {
+        let line = doc.line_of_key(s, "listen_tls");
+        doc.problem(
+            line,
+            s.key("listen_tls"),
+            "needs relay.tls_port (the port turns: URIs advertise)",
+        );
+    }
     let ip = |doc: &mut Doc<'_>, key: &str| -> Option<Option<std::net::IpAddr>> {
         match doc.string(s, key, false) {
             None if s.has(key) => None,
@@ -175,6 +188,8 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
         credential_lifetime,
         listen_udp: listen_udp.unwrap_or_default(),
         listen_tcp: listen_tcp.unwrap_or_default(),
+        tls_port,
+        listen_tls: listen_tls.unwrap_or_default(),
         relay_ip: relay_ip?,
         public_ip: public_ip?,
         port_min,
@@ -224,6 +239,7 @@ pub(super) fn check_relay_zones(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &To
     for (key, list) in [
         ("listen_udp", &relay.listen_udp),
         ("listen_tcp", &relay.listen_tcp),
+        ("listen_tls", &relay.listen_tls),
     ] {
         for addr in list {
             if t.listener_zone(addr.ip()).is_some() {
