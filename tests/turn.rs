@@ -288,10 +288,7 @@ fn turnutils_uclient_relays_media_over_tls() {
     let (edge, ring, tls_port) = tls_relay_edge(&rt, &pki, base);
     let c = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
     let out = Command::new(&uclient)
-        // No RTCP sessions (-c): uclient opens those with a TLS method picked at random
-        // among its contexts, TLS 1.0 and 1.1 included, which the edge refuses (TLS 1.2
-        // and 1.3 only); the retried sessions start late and their peers' first packets
-        // find no permission yet.
+        // No RTCP sessions (-c): fewer sessions to retry (below).
         .args(["-t", "-S", "-c", "-p", &tls_port.to_string()])
         .args(["-u", &c.username, "-w", &c.password])
         .args(["-n", "20", "-m", "1", "-l", "172", "-y", "127.0.0.1"])
@@ -300,9 +297,20 @@ fn turnutils_uclient_relays_media_over_tls() {
         .unwrap();
     let text = printed(&out);
     assert!(out.status.success(), "turnutils_uclient -S failed:\n{text}");
-    assert!(text.contains("Total lost packets 0"), "{text}");
+    // uclient opens each session with a TLS method picked at random among its contexts,
+    // TLS 1.0 and 1.1 among them, which the relay refuses (TLS 1.2 and 1.3 only): such a
+    // session retries and starts late, and the first packet or two its peer sends find no
+    // permission yet. So a little loss, never more (plain TCP here loses none).
+    let lost: u64 = text
+        .split("Total lost packets ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("uclient's loss line");
+    assert!(lost <= 3, "{lost} of 40 lost over TLS:\n{text}");
     let turn = edge.turn.clone().unwrap();
-    assert!(turn.stats.relayed_to_peers() >= 20, "{text}");
+    assert!(turn.stats.relayed_to_peers() >= 37, "{text}");
+    assert!(turn.stats.relayed_to_clients() >= 37, "{text}");
     rt.block_on(edge.stop());
 }
 

@@ -80,11 +80,14 @@ struct Args {
     /// `[pool]` on this Redis (`redis://127.0.0.1:PORT/0`): the pool's exchange runs beside
     /// the load (what `benches/pool_soak.sh` uses, restarting Redis during the run).
     pool_redis: Option<String>,
+    /// After the main phase: this many rounds of capture off / capture on (`[capture]` to a
+    /// UDP collector in this process, switched by reload), the edge's CPU per message each.
+    capture_ab: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--users N (100)] [--seconds S (10)] \
                      [--dialogs-per-user K (10000)] [--rate R (0 = closed loop)] [--no-baseline] \
-                     [--pool-redis redis://HOST:PORT/DB]";
+                     [--pool-redis redis://HOST:PORT/DB] [--capture-ab ROUNDS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -94,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         rate: 0.0,
         baseline: true,
         pool_redis: None,
+        capture_ab: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -121,6 +125,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-baseline" => args.baseline = false,
             "--pool-redis" => args.pool_redis = Some(value("--pool-redis")?),
+            "--capture-ab" => {
+                args.capture_ab = value("--capture-ab")?
+                    .parse()
+                    .map_err(|e| format!("--capture-ab: {e}"))?
+            }
             // cargo passes --bench to harness = false targets.
             "--bench" => {}
             "-h" | "--help" => return Err(String::new()),
@@ -257,6 +266,90 @@ fn run_phase(
         l.sort_unstable();
     }
     result
+}
+
+/// SIP capture's cost: rounds of the same load with capture off and on (HEP over UDP to a
+/// collector socket here, drained by a thread of its own, not counted as the edge's),
+/// alternating on one edge by reload; the edge's CPU per forwarded message each round,
+/// their medians and ratio, and what the collector received.
+fn capture_ab(
+    args: &Args,
+    edge: &sipedge::shell::RunningEdge,
+    topo: &sipedge::topology::Topology,
+    load_rt: &tokio::runtime::Runtime,
+    to_edge: &Target,
+    tck: f64,
+    failures: &mut Failures,
+) {
+    let collector = std::net::UdpSocket::bind("127.0.0.3:0").expect("collector socket");
+    collector
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("collector timeout");
+    let at = collector.local_addr().expect("collector address");
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let (received, done) = (received.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !done.load(Ordering::Relaxed) {
+                if collector.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut on = topo.clone();
+    on.capture = Some(sipedge::topology::CaptureConfig {
+        collector: at,
+        transport: sipedge::topology::CaptureTransport::Udp,
+        agent_id: 1,
+        password: None,
+        external: true,
+        internal: true,
+        bodies: true,
+        max_queued_bytes: 16 * 1024 * 1024,
+    });
+    let (mut off_us, mut on_us) = (Vec::new(), Vec::new());
+    let copies = &edge.shared.capture.counters;
+    for round in 0..args.capture_ab {
+        for capture in [false, true] {
+            let reloaded = edge.reload(if capture { &on } else { topo });
+            if let Err(e) = reloaded {
+                failures.push(format!("capture A/B: reload: {e}"));
+                return;
+            }
+            let before = edge_counters(&edge.shared);
+            let phase = run_phase(load_rt, to_edge, args, tck);
+            let forwarded = edge_counters(&edge.shared).forwarded - before.forwarded;
+            failures.absorb(phase.failures.clone(), "capture A/B: ");
+            let us = phase.cpu.edge * 1e6 / forwarded.max(1) as f64;
+            println!(
+                "capture A/B round {round} capture {}: {forwarded} messages forwarded, {:.2} edge CPU-s, {us:.2} µs CPU per message",
+                if capture { "on " } else { "off" },
+                phase.cpu.edge,
+            );
+            if capture { &mut on_us } else { &mut off_us }.push(us);
+        }
+    }
+    let _ = edge.reload(topo);
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::Relaxed);
+    let _ = drain.join();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (off, on) = (median(&mut off_us), median(&mut on_us));
+    let queued = copies.queued.load(Ordering::Relaxed);
+    let sent = copies.sent.load(Ordering::Relaxed);
+    let dropped: u64 = copies.dropped().iter().map(|(_, n)| n).sum();
+    println!(
+        "capture A/B: median {off:.2} µs CPU per message off, {on:.2} on: capture costs {:.2} µs per message forwarded ({:.2}x);          {queued} copies queued, {sent} sent, {dropped} dropped, {} received by the collector",
+        on - off,
+        on / off.max(f64::MIN_POSITIVE),
+        received.load(Ordering::Relaxed)
+    );
 }
 
 /// Starts a Director stub answering 200, and a task that counts (and drops) what it receives.
@@ -408,6 +501,9 @@ fn main() -> ExitCode {
     });
 
     report(&args, &with_edge, baseline.as_ref(), forwarded, &failures);
+    if args.capture_ab > 0 {
+        capture_ab(&args, &edge, &topo, &load_rt, &to_edge, tck, &mut failures);
+    }
 
     stop.store(true, Ordering::Relaxed);
     edge_rt.block_on(edge.stop());

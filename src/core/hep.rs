@@ -147,24 +147,41 @@ pub const MAX_CORRELATION_ID: usize = 256;
 /// any case), for correlation; `None` when there is none or it is longer than
 /// [`MAX_CORRELATION_ID`]. Reads any bytes: a captured message may be one the edge refused.
 pub fn call_id(message: &[u8]) -> Option<&[u8]> {
-    let head = header_block(message);
-    // The first line is the request or status line.
-    let mut lines = head.split(|&b| b == b'\n').skip(1);
-    lines.find_map(|line| {
+    // Line by line (SIMD search for the line ends), stopping at the blank line; the first
+    // line is the request or status line. Only lines starting as a Call-ID can are looked at.
+    let mut rest = message;
+    let mut first = true;
+    loop {
+        let end = memchr::memchr(b'\n', rest);
+        let line = rest.get(..end.unwrap_or(rest.len())).unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        let (name, value) = line.split_at(colon);
-        let name = name.trim_ascii_end();
-        let is_call_id = name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i");
-        let value = value.get(1..)?.trim_ascii();
-        (is_call_id && !value.is_empty() && value.len() <= MAX_CORRELATION_ID).then_some(value)
-    })
+        if line.is_empty() && !first {
+            return None;
+        }
+        if !first && matches!(line.first(), Some(b'c' | b'C' | b'i' | b'I')) {
+            if let Some(value) = call_id_value(line) {
+                return Some(value);
+            }
+        }
+        first = false;
+        rest = rest.get(end? + 1..)?;
+    }
+}
+
+/// The value of a `Call-ID` (or `i`) header line, if that is what the line is.
+fn call_id_value(line: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', line)?;
+    let (name, value) = line.split_at(colon);
+    let name = name.trim_ascii_end();
+    let is_call_id = name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i");
+    let value = value.get(1..)?.trim_ascii();
+    (is_call_id && !value.is_empty() && value.len() <= MAX_CORRELATION_ID).then_some(value)
 }
 
 /// A message without its body: up to and including the blank line that ends the header
 /// block (the whole message when there is none). What `[capture] bodies = false` copies.
 pub fn header_block(message: &[u8]) -> &[u8] {
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+    match memchr::memmem::find(message, b"\r\n\r\n") {
         Some(at) => message.get(..at + 4).unwrap_or(message),
         None => message,
     }

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod firewall;
 pub mod hep;
 pub mod keyring;
+pub mod lab;
 pub mod mras;
 pub mod net;
 pub mod sip;

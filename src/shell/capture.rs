@@ -100,12 +100,13 @@ impl CaptureSwitch {
         config: Option<&CaptureConfig>,
         local_ip: std::net::IpAddr,
         shutdown: watch::Receiver<bool>,
+        runtime: &tokio::runtime::Handle,
     ) {
         let tap = config.map(|config| {
             let tap = Tap::new(config.clone(), self.counters.clone());
             let rx = tap.rx.lock().ok().and_then(|mut rx| rx.take());
             if let Some(rx) = rx {
-                tokio::spawn(send_loop(
+                runtime.spawn(send_loop(
                     config.clone(),
                     local_ip,
                     rx,
@@ -272,13 +273,17 @@ fn set_up(
     }
 }
 
+/// Copies sent to a UDP collector with one system call, at most.
+const UDP_BATCH: usize = 64;
+
 async fn send_udp(
     config: &CaptureConfig,
     local_ip: std::net::IpAddr,
     rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
     counters: &CaptureCounters,
 ) {
-    // From the internal interface's address, so copies leave by the inside.
+    // From the internal interface's address, so copies leave by the inside; connected, so
+    // that one sendmmsg carries a batch.
     let socket = match tokio::net::UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -286,21 +291,59 @@ async fn send_udp(
             return;
         }
     };
+    if let Err(e) = socket.connect(config.collector).await {
+        tracing::error!(error = %e, collector = %config.collector, "capture: cannot address the collector; capture stops");
+        return;
+    }
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(UDP_BATCH);
     while let Some(copy) = rx.recv().await {
-        counters
-            .queued_bytes
-            .fetch_sub(copy.len(), Ordering::Relaxed);
-        match socket.send_to(&copy, config.collector).await {
-            Ok(_) => {
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                set_up(counters, true, config.collector, None);
-            }
-            Err(e) => {
-                counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
-                set_up(counters, false, config.collector, Some(&e));
+        batch.push(copy);
+        while batch.len() < UDP_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            batch.push(more);
+        }
+        let bytes: usize = batch.iter().map(Vec::len).sum();
+        counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let mut from = 0;
+        while from < batch.len() {
+            let rest = batch.get(from..).unwrap_or_default();
+            let sent = socket
+                .async_io(tokio::io::Interest::WRITABLE, || send_batch(&socket, rest))
+                .await;
+            match sent {
+                Ok(n) => {
+                    counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    set_up(counters, true, config.collector, None);
+                    from += n.max(1);
+                }
+                Err(e) => {
+                    // The first of the rest failed (an ICMP error, a full buffer): it is
+                    // lost, the others are tried.
+                    counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+                    set_up(counters, false, config.collector, Some(&e));
+                    from += 1;
+                }
             }
         }
+        batch.clear();
     }
+}
+
+/// One `sendmmsg` of `copies` on the connected socket: how many went.
+fn send_batch(socket: &tokio::net::UdpSocket, copies: &[Vec<u8>]) -> std::io::Result<usize> {
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags};
+    let iovs: Vec<[std::io::IoSlice<'_>; 1]> =
+        copies.iter().map(|c| [std::io::IoSlice::new(c)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = copies
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut msgs: Vec<MMsgHdr<'_>> = iovs
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(iov, control)| MMsgHdr::new(iov, control))
+        .collect();
+    Ok(sendmmsg(socket, &mut msgs, SendFlags::empty())?)
 }
 
 async fn send_tcp(
@@ -528,6 +571,7 @@ mod tests {
             Some(&config(CaptureTransport::Tcp, collector)),
             [127, 0, 0, 1].into(),
             shutdown,
+            &tokio::runtime::Handle::current(),
         );
         let (local, remote) = (LOCAL.parse().unwrap(), REMOTE.parse().unwrap());
         let tap = switch.tap().unwrap();
@@ -572,7 +616,12 @@ mod tests {
         assert_eq!(switch.counters.queued_bytes.load(Ordering::Relaxed), 0);
         assert!(switch.counters.collector_up.load(Ordering::Relaxed));
         // Off: no tap, nothing copied.
-        switch.install(None, [127, 0, 0, 1].into(), watch::channel(false).1);
+        switch.install(
+            None,
+            [127, 0, 0, 1].into(),
+            watch::channel(false).1,
+            &tokio::runtime::Handle::current(),
+        );
         assert!(switch.tap().is_none());
     }
 

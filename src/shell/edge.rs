@@ -64,6 +64,9 @@ pub struct RunningEdge {
     shutdown: watch::Sender<bool>,
     drain: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The runtime the edge runs on: what a reload starts (new pool members, a capture
+    /// sender) runs there, whichever thread calls it.
+    runtime: tokio::runtime::Handle,
     /// The topology running now (a reload compares against it).
     topology: std::sync::Mutex<Topology>,
     /// How next-hop members are reached (for members a reload adds).
@@ -236,7 +239,7 @@ impl RunningEdge {
         if running.next_hop.members != new.next_hop.members {
             self.shared.proxy.set_next_hops(&new.next_hop.members);
             for (member, rx) in self.routes.pool.set_members(&new.next_hop.members) {
-                tokio::spawn(pool::run_member(
+                self.runtime.spawn(pool::run_member(
                     self.shared.clone(),
                     self.routes.clone(),
                     member,
@@ -252,6 +255,7 @@ impl RunningEdge {
                 new.capture.as_ref(),
                 self.internal.ip(),
                 self.shared.shutdown.clone(),
+                &self.runtime,
             );
             changed.push("capture");
         }
@@ -453,6 +457,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         topology.capture.as_ref(),
         int_addr.ip(),
         shared.shutdown.clone(),
+        &tokio::runtime::Handle::current(),
     );
 
     let mut tasks = JoinSet::new();
@@ -603,6 +608,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
         shutdown: shutdown_tx,
         drain: drain_tx,
         tasks,
+        runtime: tokio::runtime::Handle::current(),
         topology: std::sync::Mutex::new(topology.clone()),
         connector,
         ring: ring_watch,
