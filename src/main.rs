@@ -30,11 +30,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the edge (the embedded loopback default without --topology).
+    /// Run the edge (the embedded loopback default without --topology, with a lab Director
+    /// behind it so that softphones can register and call through it).
     Run {
         /// Topology file (TOML).
         #[arg(long, short)]
         topology: Option<PathBuf>,
+        /// On the embedded default: no lab Director (a Director of your own on 127.0.0.1:5070).
+        #[arg(long)]
+        no_lab: bool,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         Command::Token { action } => token(action),
         Command::Run {
             topology,
+            no_lab,
             json_logs,
             log_personal_data,
         } => {
@@ -212,7 +217,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(topology, path))
+            // The lab only ever on the embedded loopback default.
+            let lab = path.is_none() && !no_lab;
+            runtime.block_on(run(topology, path, lab))
         }
     }
 }
@@ -548,7 +555,7 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
     }
 }
 
-async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> ExitCode {
+async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>, lab: bool) -> ExitCode {
     // Handlers first: SIGHUP's default action is to end the process, and one sent while
     // the edge starts must reload (or wait), not kill it.
     let mut signals = Signals::new();
@@ -577,6 +584,14 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> Ex
     if let Some(ops) = edge.operations {
         println!("sipedge: operations on http://{ops}/healthz and http://{ops}/metrics");
     }
+    let (lab_stop, lab_shutdown) = tokio::sync::watch::channel(false);
+    if lab {
+        if let Err(e) = start_lab(&edge, &topology, lab_shutdown).await {
+            eprintln!("sipedge: {e}");
+            edge.stop().await;
+            return ExitCode::FAILURE;
+        }
+    }
     println!(
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
         edge.external, edge.internal, topology.next_hop.members
@@ -600,8 +615,61 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>) -> Ex
         }
     }
     println!("sipedge: stopping");
+    let _ = lab_stop.send(true);
     edge.stop().await;
     ExitCode::SUCCESS
+}
+
+/// The lab Director on the embedded default's next hop, and what a person types into two
+/// softphones to call each other through the edge.
+async fn start_lab(
+    edge: &sipedge::shell::RunningEdge,
+    topology: &sipedge::topology::Topology,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (Some(pki), Some(&at)) = (&edge.dev_pki, topology.next_hop.members.first()) else {
+        return Err("the lab needs the embedded default's dev certificates".into());
+    };
+    let bound = sipedge::shell::lab::start(at, pki, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    let domain = topology
+        .edge
+        .sip_domains
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let ext = edge.external;
+    println!(
+        "sipedge: lab Director on {bound} (loopback only, no authentication, NOT FOR \
+         PRODUCTION): any user @{domain} registers through the edge and calls any other"
+    );
+    println!(
+        "sipedge: softphone: server {ext}, transport TLS, trust {}",
+        pki.ca_cert.display()
+    );
+    let turn = edge.turn_udp.first();
+    let service = edge.shared.credentials.as_ref();
+    for user in ["alice", "bob"] {
+        let mut account = format!(
+            "<sip:{user}@{domain};transport=tls>;outbound=\"sip:{ext};transport=tls\";regint=600;mediaenc=srtp-mand"
+        );
+        if let (Some(turn), Some(service)) = (turn, service) {
+            let ring = service.ring.get();
+            let now = sipedge::shell::clock::now_unix();
+            let lifetime = service.relay.max_lifetime_secs;
+            if let Ok(c) =
+                sipedge::core::credentials::mint(&ring, &format!("{user}@{domain}"), lifetime, now)
+            {
+                account.push_str(&format!(
+                    ";medianat=turn;stunserver=\"turn:{turn}\";stunuser={};stunpass={}",
+                    c.username, c.password
+                ));
+            }
+        }
+        println!("sipedge: baresip account for {user}: {account}");
+    }
+    Ok(())
 }
 
 /// SIGHUP: read the topology again (the file given to `run`, or the embedded default) and

@@ -123,12 +123,16 @@ fn usage_errors_exit_64_and_version_prints() {
     );
 }
 
-/// `sipedge run` with no topology: the embedded default on 127.0.0.1:5061 / 127.0.0.2:5061.
-/// Skipped (with a message) if something else on this machine holds those ports.
+/// `sipedge run` with no topology: the embedded default on 127.0.0.1:5061 / 127.0.0.2:5061,
+/// with the lab Director on its next hop (127.0.0.1:5070): two users register through the
+/// edge and one calls the other (INVITE/200/ACK/BYE/200), every message crossing the edge
+/// twice and the lab once. Skipped (with a message) if something else on this machine
+/// holds those ports.
 #[test]
 fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_sigterm() {
     for addr in [
         "127.0.0.1:5061",
+        "127.0.0.1:5070",
         "127.0.0.2:5061",
         "127.0.0.2:9095",
         "127.0.0.1:3478",
@@ -146,16 +150,19 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
         }
     }
     let state = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .env("SIPEDGE_STATE_DIR", state.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Reaped from the start: a failed assertion must not leave the edge running.
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("run")
+            .env("SIPEDGE_STATE_DIR", state.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     // The last start-up line names the listeners.
     while let Some(Ok(line)) = lines.next() {
@@ -192,17 +199,103 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
             None,
         )
         .unwrap();
-        let mut client = Client::connect_with_roots(ca, "127.0.0.1:5061".parse().unwrap()).await;
-        client.send_bytes(b"\r\n\r\n").await;
-        assert_eq!(client.recv().await, "\r\n");
-        // No Director on 127.0.0.1:5070: the load balancer is told not to send traffic.
-        let health = http_get("127.0.0.2:9095", "/healthz").await;
-        assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+        let edge: std::net::SocketAddr = "127.0.0.1:5061".parse().unwrap();
+        let mut alice = Client::connect_with_roots(ca.clone(), edge).await;
+        alice.send_bytes(b"\r\n\r\n").await;
+        assert_eq!(alice.recv().await, "\r\n");
+        let mut bob = Client::connect_with_roots(ca, edge).await;
+        // The lab answers the edge's probes: the load balancer may send traffic.
+        let mut health = String::new();
+        for _ in 0..300 {
+            health = http_get("127.0.0.2:9095", "/healthz").await;
+            if health.starts_with("HTTP/1.1 200 ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(health.starts_with("HTTP/1.1 200 "), "{health}");
+        lab_call(&mut alice, &mut bob).await;
     });
+    assert!(text.contains("lab Director on 127.0.0.1:5070"), "{text}");
+    assert!(text.contains("baresip account for alice: <sip:alice@sipedge.test;transport=tls>;outbound=\"sip:127.0.0.1:5061;transport=tls\""), "{text}");
+    assert!(
+        text.contains(";medianat=turn;stunserver=\"turn:127.0.0.1:3478\";stunuser="),
+        "{text}"
+    );
 
-    let mut child = Reaped(child);
     let exit = terminate(&mut child.0);
     assert!(exit.success(), "exit status {exit}");
+}
+
+/// Alice and Bob register through the edge with the lab, and Alice calls Bob: the lab
+/// routes the INVITE by Bob's binding and Path, the dialog's requests by the route set.
+async fn lab_call(alice: &mut Client, bob: &mut Client) {
+    let register = |user: &str, port: u16| {
+        format!(
+            "REGISTER sip:sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.168.1.5:{port};branch=z9hG4bK-reg-{user};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@sipedge.test>;tag=r{user}\r\nTo: <sip:{user}@sipedge.test>\r\n\
+             Call-ID: reg-{user}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n\
+             Contact: <sip:{user}@192.168.1.5:{port};transport=tls;ob>;expires=600\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let (a_port, b_port) = (alice.local_addr().port(), bob.local_addr().port());
+    for (client, user, port) in [(&mut *alice, "alice", a_port), (&mut *bob, "bob", b_port)] {
+        client.send(&register(user, port)).await;
+        let ok = client.recv().await;
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(ok.contains(";expires=600"), "{ok}");
+    }
+    let invite = format!(
+        "INVITE sip:bob@sipedge.test SIP/2.0\r\nVia: SIP/2.0/TLS 192.168.1.5:{a_port};branch=z9hG4bK-lab-inv;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=a1\r\nTo: <sip:bob@sipedge.test>\r\n\
+         Call-ID: lab-call-1\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@192.168.1.5:{a_port};transport=tls>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    alice.send(&invite).await;
+    let Some(at_bob) = bob.try_recv(Duration::from_secs(3)).await else {
+        let at_alice = alice.try_recv(Duration::from_secs(2)).await;
+        panic!("the INVITE did not reach Bob; Alice got {at_alice:?}");
+    };
+    assert!(
+        at_bob.starts_with(&format!(
+            "INVITE sip:bob@192.168.1.5:{b_port};transport=tls;ob SIP/2.0\r\n"
+        )),
+        "{at_bob}"
+    );
+    let ok = response_to(&at_bob, 200, "OK").replace(
+        "Content-Length: 0",
+        &format!("Contact: <sip:bob@192.168.1.5:{b_port};transport=tls>\r\nContent-Length: 0"),
+    );
+    bob.send(&ok).await;
+    let ok = alice.recv().await;
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    let mut route: Vec<&str> = ok
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .flat_map(|v| v.split(", "))
+        .collect();
+    route.reverse();
+    let route = route.join(", ");
+    let in_dialog = |method: &str, cseq: u32| {
+        format!(
+            "{method} sip:bob@192.168.1.5:{b_port};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS 192.168.1.5:{a_port};branch=z9hG4bK-lab-{method};rport\r\nRoute: {route}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@sipedge.test>;tag=a1\r\nTo: <sip:bob@sipedge.test>;tag=uas1\r\n\
+             Call-ID: lab-call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    alice.send(&in_dialog("ACK", 1)).await;
+    let ack = bob.recv().await;
+    assert!(ack.starts_with("ACK sip:bob@"), "{ack}");
+    alice.send(&in_dialog("BYE", 2)).await;
+    let bye = bob.recv().await;
+    assert!(bye.starts_with("BYE sip:bob@"), "{bye}");
+    bob.send(&response_to(&bye, 200, "OK")).await;
+    let bye_ok = alice.recv().await;
+    assert!(
+        bye_ok.starts_with("SIP/2.0 200 OK\r\n") && bye_ok.contains("CSeq: 2 BYE"),
+        "{bye_ok}"
+    );
 }
 
 fn sipedge(args: &[&str]) -> std::process::Output {

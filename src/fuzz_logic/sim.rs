@@ -216,8 +216,8 @@ impl Edge for SimEdge {
         self.draining
     }
 
-    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
-        self.calls.key(call_id, initiator_tag)
+    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8], entered: Side) -> CallKey {
+        self.calls.key(call_id, initiator_tag, entered)
     }
 
     fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit> {

@@ -320,8 +320,8 @@ impl Edge for ShellEdge<'_> {
         self.shared.is_draining()
     }
 
-    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
-        self.shared.call_hasher.key(call_id, initiator_tag)
+    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8], entered: Side) -> CallKey {
+        self.shared.call_hasher.key(call_id, initiator_tag, entered)
     }
 
     fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit> {

@@ -33,6 +33,7 @@ pub mod edge;
 mod error;
 pub mod flows;
 pub mod keyfile;
+pub mod lab;
 pub mod listen;
 pub mod ops;
 pub mod partners;

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use siphasher::sip::SipHasher24;
 
+use super::proxy::Side;
+
 use crate::core::net::SourceKey;
 
 /// How long an INVITE may wait for its final answer (RFC 3261 §16.6 Timer C: > 3 min).
@@ -81,11 +83,16 @@ struct Call {
 pub struct CallHasher((u64, u64));
 
 impl CallHasher {
-    /// The key of the call with this Call-ID and initiator tag.
-    pub fn key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
+    /// The key of the call leg with this Call-ID and initiator tag whose INVITE entered
+    /// the edge on side `entered`. A call between two remote users crosses the edge twice
+    /// (in to the Director, out to the callee) with the same Call-ID and tags: each
+    /// crossing is a leg of its own, charged to its own owner (the caller's source, then
+    /// the inside or the partner it goes to).
+    pub fn key(&self, call_id: &[u8], initiator_tag: &[u8], entered: Side) -> CallKey {
         let mut h = SipHasher24::new_with_keys(self.0 .0, self.0 .1);
         h.write_u64(call_id.len() as u64);
         h.write(call_id);
+        h.write_u8(u8::from(entered == Side::Internal));
         h.write(initiator_tag);
         CallKey(h.finish())
     }
@@ -123,8 +130,8 @@ impl Calls {
     }
 
     /// The key of the call with this Call-ID and initiator tag.
-    pub fn key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey {
-        self.hasher.key(call_id, initiator_tag)
+    pub fn key(&self, call_id: &[u8], initiator_tag: &[u8], entered: Side) -> CallKey {
+        self.hasher.key(call_id, initiator_tag, entered)
     }
 
     /// How this table's keys are made (for callers that hash outside its lock).
@@ -278,7 +285,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = calls();
         let keys: Vec<CallKey> = (0..6)
-            .map(|i: u32| c.key(format!("call{i}").as_bytes(), b"tag"))
+            .map(|i: u32| c.key(format!("call{i}").as_bytes(), b"tag", Side::External))
             .collect();
         let k = |i: usize| keys[i];
         assert_eq!(c.begin(k(1), ALICE, Some(2), t0), Ok(true));
@@ -299,13 +306,34 @@ mod tests {
         assert_eq!(c.count(ALICE), 2);
     }
 
+    /// A remote user calling another crosses the edge twice with the same Call-ID and tags:
+    /// in (charged to the caller's source) and back out (charged to the inside). Keyed by
+    /// leg, both are counted; keyed by Call-ID alone the second was `Taken` and the call
+    /// refused with 503 Call Limit.
+    #[test]
+    fn a_call_between_two_remote_users_is_two_legs_not_a_taken_key() {
+        let t0 = Instant::now();
+        let mut c = calls();
+        let inbound = c.key(b"hairpin", b"a1", Side::External);
+        let outbound = c.key(b"hairpin", b"a1", Side::Internal);
+        assert_ne!(inbound, outbound);
+        assert_eq!(c.begin(inbound, ALICE, Some(2), t0), Ok(true));
+        assert_eq!(c.begin(outbound, Owner::Inside, None, t0), Ok(true));
+        assert_eq!((c.len(), c.count(ALICE)), (2, 1));
+        // Someone else with the same Call-ID and tag from outside is still refused.
+        assert_eq!(c.begin(inbound, BOB, Some(2), t0), Err(AtLimit::Taken));
+        c.ended(inbound);
+        c.ended(outbound);
+        assert_eq!(c.len(), 0);
+    }
+
     #[test]
     fn answers_and_byes_end_calls_and_timers_expire_the_rest() {
         let t0 = Instant::now();
         let mut c = calls();
-        let a = c.key(b"a", b"t");
-        let b = c.key(b"b", b"t");
-        let d = c.key(b"d", b"t");
+        let a = c.key(b"a", b"t", Side::External);
+        let b = c.key(b"b", b"t", Side::External);
+        let d = c.key(b"d", b"t", Side::External);
         c.begin(a, ALICE, None, t0).unwrap();
         c.begin(b, ALICE, None, t0).unwrap();
         c.begin(d, ALICE, None, t0).unwrap();

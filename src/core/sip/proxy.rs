@@ -62,6 +62,14 @@ impl Side {
             Side::Internal => "internal",
         }
     }
+
+    /// The zone across the edge from this one.
+    pub fn other(self) -> Side {
+        match self {
+            Side::External => Side::Internal,
+            Side::Internal => Side::External,
+        }
+    }
 }
 
 /// One connection as the core sees it.

@@ -161,8 +161,11 @@ impl Session {
             Kind::Response { status }
                 if status >= 200 && msg.bytes(msg.cseq_method) == b"INVITE" =>
             {
+                // A response comes back across the edge: its INVITE entered on the other
+                // side.
                 if let Some(tag) = msg.from_tag {
-                    let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag));
+                    let entered = self.flow.side.other();
+                    let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag), entered);
                     edge.call_answered(key, status, now);
                 }
             }
@@ -170,9 +173,13 @@ impl Session {
                 method: Method::Bye,
                 ..
             } if proof == Proof::Dialog || self.flow.side == Side::Internal => {
+                // Either party may hang up, and a call between two remote users has a leg
+                // that entered on each side: whichever of them exist end.
                 for tag in [msg.from_tag, msg.to_tag].into_iter().flatten() {
-                    let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag));
-                    edge.call_ended(key);
+                    for entered in [Side::External, Side::Internal] {
+                        let key = edge.call_key(msg.bytes(msg.call_id), msg.bytes(tag), entered);
+                        edge.call_ended(key);
+                    }
                 }
             }
             _ => {}

@@ -76,7 +76,9 @@ pub trait Edge {
     fn is_draining(&self) -> bool;
 
     // --- calls ---
-    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8]) -> CallKey;
+    /// The key of a call leg: its Call-ID, initiator tag, and the side its INVITE entered
+    /// the edge on (`CallHasher::key`).
+    fn call_key(&self, call_id: &[u8], initiator_tag: &[u8], entered: Side) -> CallKey;
     fn call_begin(&mut self, key: CallKey, charge: Charge, now: Instant) -> Result<bool, AtLimit>;
     fn call_abort(&mut self, key: CallKey);
     fn call_answered(&mut self, key: CallKey, status: u16, now: Instant);
