@@ -130,24 +130,9 @@ fn usage_errors_exit_64_and_version_prints() {
 /// holds those ports.
 #[test]
 fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_sigterm() {
-    for addr in [
-        "127.0.0.1:5061",
-        "127.0.0.1:5070",
-        "127.0.0.2:5061",
-        "127.0.0.2:9095",
-        "127.0.0.1:3478",
-        "127.0.0.2:3478",
-    ] {
-        if std::net::TcpListener::bind(addr).is_err() {
-            eprintln!("SKIPPED: {addr} is in use on this machine");
-            return;
-        }
-    }
-    for addr in ["127.0.0.1:3478", "127.0.0.2:3478"] {
-        if std::net::UdpSocket::bind(addr).is_err() {
-            eprintln!("SKIPPED: UDP {addr} is in use on this machine");
-            return;
-        }
+    let _ports = default_ports();
+    if !default_ports_free() {
+        return;
     }
     let state = tempfile::tempdir().unwrap();
     // Reaped from the start: a failed assertion must not leave the edge running.

@@ -64,3 +64,6 @@ mod kernel_offload;
 
 /// SIP capture in HEP v3, read by real decoders (sngrep, tshark).
 mod capture;
+
+/// Two baresip softphones call each other through `sipedge run` and its lab Director.
+mod softphones;

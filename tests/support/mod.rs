@@ -956,3 +956,36 @@ pub fn error_code(msg: &[u8]) -> Option<u16> {
     let v = attr_value(msg, sipedge::core::turn::stun::attr::ERROR_CODE)?;
     Some(u16::from(v[2] & 7) * 100 + u16::from(v[3]))
 }
+
+/// Held by the tests that run `sipedge run` on the embedded default, whose ports are
+/// fixed (5061, 5070, 9095, 3478): one at a time.
+pub fn default_ports() -> std::sync::MutexGuard<'static, ()> {
+    static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether the embedded default's ports are free on this machine (says which is not).
+pub fn default_ports_free() -> bool {
+    for addr in [
+        "127.0.0.1:5061",
+        "127.0.0.1:5070",
+        "127.0.0.2:5061",
+        "127.0.0.2:9095",
+        "127.0.0.1:3478",
+        "127.0.0.2:3478",
+    ] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            eprintln!("SKIPPED: {addr} is in use on this machine");
+            return false;
+        }
+    }
+    for addr in ["127.0.0.1:3478", "127.0.0.2:3478"] {
+        if std::net::UdpSocket::bind(addr).is_err() {
+            eprintln!("SKIPPED: UDP {addr} is in use on this machine");
+            return false;
+        }
+    }
+    true
+}
