@@ -449,7 +449,7 @@ fn cert_request_dev_and_check() {
     std::fs::write(
         &topology,
         text.replace(
-            "sip_host = \"edge.sipedge.test\"",
+            "sip_host = \"127.0.0.1\"",
             "sip_host = \"sip.elsewhere.test\"",
         ),
     )

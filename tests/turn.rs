@@ -248,6 +248,51 @@ fn aioice_through_the_edge(kernel: bool) {
     rt.block_on(edge.stop());
 }
 
+/// aioice as a `turns:` client: its relay candidate allocated over TLS (trusting the test
+/// CA through SSL_CERT_FILE, checking the relay's name, 127.0.0.1), ICE completed through it.
+#[test]
+fn aioice_completes_ice_over_turns() {
+    let python = Command::new("python3")
+        .args(["-c", "import aioice"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| "python3");
+    let Some(python) = required(python, "aioice", "pip install aioice") else {
+        return;
+    };
+    let pki = Pki::new();
+    let now = sipedge::shell::clock::now_unix();
+    let base = 45_000 + (std::process::id() % 50) as u16 * 100;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (edge, ring, tls_port) = tls_relay_edge(&rt, &pki, base);
+    let c = credentials::mint(&ring, "ice@sipedge.test", 3600, now).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/relay_ice.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args([
+            "127.0.0.1",
+            &tls_port.to_string(),
+            &c.username,
+            &c.password,
+            "tls",
+        ])
+        .env("SSL_CERT_FILE", &pki.pki.ca_cert)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = printed(&out);
+    assert!(out.status.success(), "aioice over turns:\n{text}");
+    assert!(
+        text.contains("20 round trips of 172 bytes intact"),
+        "{text}"
+    );
+    // A's 20 datagrams to B went out of its relay, which it reached only over TLS.
+    let turn = edge.turn.clone().unwrap();
+    assert!(turn.stats.relayed_to_peers() >= 20, "{text}");
+    rt.block_on(edge.stop());
+}
+
 /// An edge whose relay also speaks TURN over TLS (`relay.tls_port`) on 127.0.0.1: the edge,
 /// the ring, and the TLS port.
 fn tls_relay_edge(

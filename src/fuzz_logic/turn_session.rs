@@ -125,6 +125,9 @@ impl World {
             allow_internal: vec![],
             deny: vec![],
             allow_loopback: false,
+            // Relay to relay: the fuzzer reaches the exemption, and the oracle checks it.
+            relayed: vec![[192, 0, 2, 10].into(), [203, 0, 113, 10].into()],
+            relayed_ports: (50000, 50015),
         };
         let policy = cfg.policy.clone();
         #[allow(clippy::disallowed_methods)] // the world starts simulated time somewhere
@@ -461,7 +464,7 @@ impl World {
                         "a channel handed over to another client"
                     );
                     assert!(
-                        self.policy.check(k.peer.ip(), holder.origin).is_ok() && k.peer.port() != 0,
+                        self.policy.check_addr(k.peer, holder.origin).is_ok() && k.peer.port() != 0,
                         "handed over to {}, which the policy refuses",
                         k.peer
                     );
@@ -499,7 +502,7 @@ impl World {
                         panic!("sent from a relay nobody holds");
                     };
                     assert!(
-                        self.policy.check(peer.ip(), holder.origin).is_ok() && peer.port() != 0,
+                        self.policy.check_addr(*peer, holder.origin).is_ok() && peer.port() != 0,
                         "relayed to {peer}, which the policy refuses"
                     );
                 }

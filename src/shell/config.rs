@@ -151,6 +151,14 @@ pub(super) fn turn_config(
         internal: relay.internal_ranges.clone(),
         deny: relay.deny_peers.clone(),
         own,
+        // Another allocation of this relay: two remote users of one edge, each behind its
+        // relay, reach each other only there.
+        relayed: {
+            let mut r = vec![relay_ip, public_ip];
+            r.dedup();
+            r
+        },
+        relayed_ports: (relay.port_min, relay.port_max),
     };
     (
         cfg,

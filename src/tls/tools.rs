@@ -426,18 +426,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = pki(dir.path(), &["other.example"], now());
         let checked = check_topology(&topology(), Some(&p), now());
+        // The pool's name and the name written in the Record-Route (the loopback
+        // default writes its address).
         assert_eq!(
             checked[0].problems,
-            ["edge.sipedge.test is not among the subjectAltNames"],
+            [
+                "edge.sipedge.test is not among the subjectAltNames",
+                "127.0.0.1 is not among the subjectAltNames"
+            ],
             "{checked:?}"
         );
         assert!(checked[1].ok());
 
         // An internal certificate from another CA than internal.ca names.
         let dir = tempfile::tempdir().unwrap();
-        let p = pki(dir.path(), &["edge.sipedge.test"], now());
+        let p = pki(dir.path(), &["edge.sipedge.test", "127.0.0.1"], now());
         let other = tempfile::tempdir().unwrap();
-        let q = pki(other.path(), &["edge.sipedge.test"], now());
+        let q = pki(other.path(), &["edge.sipedge.test", "127.0.0.1"], now());
         let mut t = topology();
         t.internal.cert = q.source(DevRole::Internal);
         let checked = check_topology(&t, Some(&p), now());

@@ -677,3 +677,18 @@ fn turn_over_tls_is_off_unless_its_port_is_given() {
     assert_keys(&found, &["relay.listen_tls"]);
     assert!(found[0].2.contains("tls_port"), "{found:?}");
 }
+
+#[test]
+fn the_relayed_ports_keep_apart_from_the_edges_listeners_on_the_relays_address() {
+    let t = parse(TWO_NIC, None, &env()).unwrap();
+    let (min, max) = {
+        let r = t.relay.unwrap();
+        (r.port_min, r.port_max)
+    };
+    let over_sip = TWO_NIC
+        .replace(&format!("port_min = {min}"), "port_min = 5000")
+        .replace(&format!("port_max = {max}"), "port_max = 6000");
+    let found = problems(&over_sip);
+    assert_keys(&found, &["relay.port_min"]);
+    assert!(found[0].2.contains(":5061"), "{found:?}");
+}

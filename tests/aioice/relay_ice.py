@@ -5,7 +5,10 @@ the command line, with a REST credential; agent B uses host candidates. They exc
 candidates in process, complete ICE, and A sends datagrams that B must receive intact, and
 back. Exit 0 on success; prints what happened.
 
-usage: relay_ice.py HOST PORT USERNAME PASSWORD
+usage: relay_ice.py HOST PORT USERNAME PASSWORD [udp|tls]
+
+With `tls`, A reaches the TURN server over TLS (a `turns:` server; the CA to trust comes
+from SSL_CERT_FILE, as for any OpenSSL default context).
 """
 
 import asyncio
@@ -14,14 +17,15 @@ import sys
 import aioice
 
 
-async def main(host, port, username, password):
+async def main(host, port, username, password, mode="udp"):
     a = aioice.Connection(
         ice_controlling=True,
         components=1,
         turn_server=(host, port),
         turn_username=username,
         turn_password=password,
-        turn_transport="udp",
+        turn_transport="tcp" if mode == "tls" else "udp",
+        turn_ssl=mode == "tls",
         transport_policy=aioice.TransportPolicy.RELAY,
     )
     b = aioice.Connection(ice_controlling=False, components=1)
@@ -60,4 +64,5 @@ async def main(host, port, username, password):
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])))
+    mode = sys.argv[5] if len(sys.argv) > 5 else "udp"
+    sys.exit(asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], mode)))

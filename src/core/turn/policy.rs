@@ -8,7 +8,9 @@
 //! Always denied: unspecified, loopback, link-local (169.254/16 — the metadata service —
 //! and fe80::/10), multicast and broadcast, reserved, documentation-only benchmarking space
 //! is allowed (tests use it), and the edge's own addresses (a relay looping into the edge's
-//! own listeners). Private ranges, and the internal ranges the topology names, are denied to
+//! own listeners), but for the relay's own relayed ports on the relay's address (another
+//! allocation: two clients of one edge, each behind its own relay, reach each other only
+//! so), which [`PeerPolicy::check_addr`] allows by port. Private ranges, and the internal ranges the topology names, are denied to
 //! allocations made from outside unless explicitly allowed; the operator's `deny` prefixes
 //! win over everything.
 
@@ -57,6 +59,11 @@ pub struct PeerPolicy {
     /// Let loopback peers through (tests on one host only; coturn's
     /// `--allow-loopback-peers`).
     pub allow_loopback: bool,
+    /// The relay's addresses as peers name them (relay_ip, public_ip), and its relayed
+    /// ports: a peer there is another allocation of this relay, allowed though the address
+    /// is the edge's own. Any other port of those addresses stays refused.
+    pub relayed: Vec<IpAddr>,
+    pub relayed_ports: (u16, u16),
 }
 
 /// What an address may really reach: itself, and the IPv4 address an IPv6 form of it
@@ -130,6 +137,45 @@ pub fn effective(ip: IpAddr) -> IpAddr {
 }
 
 impl PeerPolicy {
+    /// Whether `ip` is one of the relay's own addresses, exactly as written (other
+    /// spellings of it, IPv4-mapped and the like, stay refused as the edge's own).
+    pub fn is_relayed_ip(&self, ip: IpAddr) -> bool {
+        self.relayed.contains(&ip)
+    }
+
+    /// Whether `peer` is a relayed port on one of the relay's own addresses.
+    pub fn is_relayed(&self, peer: std::net::SocketAddr) -> bool {
+        let (min, max) = self.relayed_ports;
+        self.is_relayed_ip(peer.ip()) && (min..=max).contains(&peer.port())
+    }
+
+    /// For a Send indication to an address the allocation holds a permission for: false
+    /// when that is the relay's own address at a port that is not a relayed one (a
+    /// listener of the edge). Loopback test relays (`allow_loopback`) are not held to it.
+    pub fn may_send_to(&self, peer: std::net::SocketAddr) -> bool {
+        !self.is_relayed_ip(peer.ip())
+            || self.is_relayed(peer)
+            || (self.allow_loopback && peer.ip().is_loopback())
+    }
+
+    /// [`PeerPolicy::check`] for a permission, which names an address only: the relay's own
+    /// addresses pass (what is sent there is held to the relayed ports, per packet).
+    pub fn check_permission(&self, peer: IpAddr, origin: Origin) -> Result<(), Denied> {
+        match self.check(peer, origin) {
+            Err(Denied::Own) if self.is_relayed_ip(peer) => Ok(()),
+            verdict => verdict,
+        }
+    }
+
+    /// [`PeerPolicy::check`] for a peer with its port (a channel, a Send indication): the
+    /// relay's own relayed ports pass, nothing else of the edge's own addresses does.
+    pub fn check_addr(&self, peer: std::net::SocketAddr, origin: Origin) -> Result<(), Denied> {
+        match self.check(peer.ip(), origin) {
+            Err(Denied::Own) if self.is_relayed(peer) => Ok(()),
+            verdict => verdict,
+        }
+    }
+
     /// Whether a relay allocated from `origin` may reach `peer`: every address the peer may
     /// really reach must pass (the first refusal is the answer).
     pub fn check(&self, peer: IpAddr, origin: Origin) -> Result<(), Denied> {

@@ -226,6 +226,45 @@ pub(super) fn read_relay(doc: &mut Doc<'_>, root: Section<'_, '_>) -> Option<Opt
 pub(super) fn check_relay_zones(doc: &mut Doc<'_>, root: Section<'_, '_>, t: &Topology) {
     let Some(relay) = &t.relay else { return };
     let section = doc.peek(root, "relay");
+    // A relay may reach another allocation on its own address (relayed ports only): no
+    // listener of the edge may sit in that range on that address.
+    let relay_ips = [
+        relay.relay_ip.unwrap_or(t.external.sip_bind.ip()),
+        relay
+            .public_ip
+            .unwrap_or(relay.relay_ip.unwrap_or(t.external.sip_bind.ip())),
+    ];
+    let or_both =
+        |given: &[std::net::SocketAddr], port: Option<u16>| -> Vec<std::net::SocketAddr> {
+            match (given.is_empty(), port) {
+                (false, _) => given.to_vec(),
+                (true, Some(port)) => vec![
+                    std::net::SocketAddr::new(t.external.sip_bind.ip(), port),
+                    std::net::SocketAddr::new(t.internal.sip_bind.ip(), port),
+                ],
+                (true, None) => Vec::new(),
+            }
+        };
+    let mut listeners = vec![t.external.sip_bind, t.internal.sip_bind];
+    listeners.extend(t.operations.as_ref().map(|o| o.listen));
+    listeners.extend(or_both(&relay.listen_udp, Some(relay.udp_port)));
+    listeners.extend(or_both(&relay.listen_tcp, Some(relay.tcp_port)));
+    listeners.extend(or_both(&relay.listen_tls, relay.tls_port));
+    let range = relay.port_min..=relay.port_max;
+    if let Some(inside) = listeners
+        .iter()
+        .find(|l| relay_ips.contains(&l.ip()) && range.contains(&l.port()))
+    {
+        let line = doc.line_of_key(section, "port_min");
+        doc.problem(
+            line,
+            "relay.port_min",
+            format!(
+                "the relayed ports include {inside}, a listener of the edge on the relay's \
+                 address (relays reach each other's ports there): keep the range apart"
+            ),
+        );
+    }
     for ip in &relay.external_addresses {
         if relay.internal_addresses.contains(ip) || *ip == t.internal.sip_bind.ip() {
             let line = doc.line_of_key(section, "external_addresses");

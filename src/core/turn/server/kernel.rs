@@ -50,7 +50,12 @@ impl Server {
                 continue;
             };
             let until = bound_until.min(permitted_until).min(a.expires);
-            if until <= now {
+            // Relay to relay (another allocation on the relay's own address) stays in user
+            // space: the kernel path sends by the route out of an interface, and the edge's
+            // own address is no next hop. (On loopback it delivers up the stack: tests.)
+            let relay_to_relay =
+                self.cfg.policy.is_relayed_ip(peer.ip()) && !peer.ip().is_loopback();
+            if until <= now || relay_to_relay {
                 continue;
             }
             out.push(Output::KernelChannel(KernelChannel {

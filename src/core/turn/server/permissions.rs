@@ -39,25 +39,35 @@ impl Server {
     }
 
     /// Whether the allocation `on` names may exchange data with `peers`: of its relay's
-    /// address family, and allowed by the peer policy for where its client is.
-    fn check_peers(&mut self, on: OnAllocation<'_>, peers: &[SocketAddr]) -> Result<(), Refused> {
+    /// address family, and allowed by the peer policy for where its client is. A permission
+    /// names addresses only (the relay's own pass: another allocation; what is sent there
+    /// is held to the relayed ports per packet); a channel names a port too.
+    fn check_peers(
+        &mut self,
+        on: OnAllocation<'_>,
+        peers: &[SocketAddr],
+        with_port: bool,
+    ) -> Result<(), Refused> {
         let a = self.owned(on.tuple, on.username)?;
         let (relay, origin) = (a.relay, a.origin);
         for peer in peers {
             if peer.is_ipv6() != relay.is_ipv6() {
                 return Err(Refused::PeerAddressFamilyMismatch);
             }
-            self.cfg
-                .policy
-                .check(peer.ip(), origin)
-                .map_err(|_| Refused::Forbidden)?;
+            let policy = &self.cfg.policy;
+            let verdict = if with_port {
+                policy.check_addr(*peer, origin)
+            } else {
+                policy.check_permission(peer.ip(), origin)
+            };
+            verdict.map_err(|_| Refused::Forbidden)?;
         }
         Ok(())
     }
 
     pub(super) fn create_permission(&mut self, on: OnAllocation<'_>) -> Result<Vec<u8>, Refused> {
         let peers = self.peers(on.packet, on.c)?;
-        self.check_peers(on, &peers)?;
+        self.check_peers(on, &peers, false)?;
         let expires = on.now + self.cfg.permission_lifetime;
         let max = self.cfg.max_permissions_per_allocation;
         let a = self.owned(on.tuple, on.username)?;
@@ -91,7 +101,7 @@ impl Server {
         if peer.port() == 0 {
             return Err(Refused::BadRequest(BadRequest::BadPeerPort));
         }
-        self.check_peers(on, &[peer])?;
+        self.check_peers(on, &[peer], true)?;
         let channel_lifetime = self.cfg.channel_lifetime;
         let permission_lifetime = self.cfg.permission_lifetime;
         let (max_channels, max_permissions) = (

@@ -94,6 +94,11 @@ impl Server {
         if !permitted(a, peer.ip(), now) {
             return Err(Dropped::NoPermission);
         }
+        // A permission for the relay's own address is for another allocation: its relayed
+        // ports, never the edge's listeners on that address.
+        if !self.cfg.policy.may_send_to(peer) {
+            return Err(Dropped::BadPeer);
+        }
         self.charge(a, Direction::ToPeer, data.len, now)?;
         Ok(Route {
             relay: a.relay,

@@ -2,6 +2,7 @@
 //! the bandwidth budgets per allocation and per user.
 
 use super::*;
+use crate::core::turn::policy::PeerPolicy;
 
 #[test]
 fn permissions_send_data_and_policy() {
@@ -233,4 +234,68 @@ fn send_indications_with_unknown_required_attributes_or_port_zero_are_discarded(
     w.tuple.client = addr("198.51.100.20:40010");
     let df = w.allocate_request(9, &[(attr::DONT_FRAGMENT, vec![])]);
     assert_eq!(w.answer_code(&df, Duration::ZERO), 420);
+}
+
+/// Two clients of one edge, each behind its own relay, reach each other only through the
+/// relay's own address: a permission for it is granted, a channel or a Send to a relayed
+/// port goes, and nothing of that address outside the relayed ports (the edge's listeners)
+/// is reachable; other spellings of the address stay refused.
+#[test]
+fn a_relay_reaches_another_allocation_on_its_own_address_and_nothing_else_there() {
+    let mut w = World::new();
+    w.server.cfg.policy = PeerPolicy {
+        // The interfaces (192.0.2.1) and the relay's addresses.
+        own: vec![
+            addr("192.0.2.1:0").ip(),
+            addr("192.0.2.10:0").ip(),
+            addr("203.0.113.10:0").ip(),
+        ],
+        relayed: vec![addr("192.0.2.10:0").ip(), addr("203.0.113.10:0").ip()],
+        relayed_ports: (50000, 50009),
+        ..PeerPolicy::default()
+    };
+    w.allocate();
+    let other_allocation = addr("203.0.113.10:50007");
+    let perm = w.permission_request(other_allocation, 2);
+    assert_eq!(
+        w.answer_code(&perm, Duration::ZERO),
+        0,
+        "the relay's own address"
+    );
+    let relayed = w.send(
+        &send_indication(other_allocation, 3, b"rtp"),
+        Duration::ZERO,
+    );
+    assert!(matches!(relayed, (_, Ok(()))), "{relayed:?}");
+    // The edge's own listeners on that address: not through the relay.
+    for listener in [
+        "203.0.113.10:5061",
+        "203.0.113.10:3478",
+        "203.0.113.10:49999",
+    ] {
+        let to = addr(listener);
+        assert_eq!(
+            w.send(&send_indication(to, 4, b"x"), Duration::ZERO).1,
+            Err(Dropped::BadPeer),
+            "{listener}"
+        );
+        assert_eq!(
+            w.answer_code(&w.bind_request(0x4001, to, 5), Duration::ZERO),
+            403
+        );
+    }
+    assert_eq!(
+        w.answer_code(&w.bind_request(0x4002, other_allocation, 6), Duration::ZERO),
+        0,
+        "a channel to another allocation"
+    );
+    // The edge's other addresses, and the relay's in another spelling: refused as before
+    // (403; the IPv6 spelling already as the wrong family for an IPv4 relay, 443).
+    for (own, code) in [
+        ("192.0.2.1:50001", 403),
+        ("[::ffff:203.0.113.10]:50001", 443),
+    ] {
+        let got = w.answer_code(&w.permission_request(addr(own), 7), Duration::ZERO);
+        assert_eq!(got, code, "{own}");
+    }
 }
