@@ -7,6 +7,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A line for the operator on stdout. A stdout that is gone (a supervisor or pipe that went
+/// away) is no reason for the edge to stop: `println!` would panic there.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`say!`] on stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// jemalloc rather than glibc's malloc (issue 18, measured with `cargo bench --bench
 /// tls_idle`): after 5 000 TLS connections closed, glibc's arenas kept all of their memory
 /// (fragmented, trimmed only from the top) and the edge stayed at its peak size; jemalloc's
@@ -174,7 +191,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Version => {
-            println!("sipedge {}", env!("CARGO_PKG_VERSION"));
+            say!("sipedge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Check { topology } => check(&topology),
@@ -195,14 +212,14 @@ fn main() -> ExitCode {
                 Some(path) => match sipedge::topology::load(path) {
                     Ok(t) => t,
                     Err(e) => {
-                        eprintln!("Invalid topology: {e}");
+                        say_err!("Invalid topology: {e}");
                         return ExitCode::from(EX_USAGE);
                     }
                 },
                 None => match sipedge::topology::embedded_default() {
                     Ok(t) => t,
                     Err(e) => {
-                        eprintln!("Invalid embedded topology: {e}");
+                        say_err!("Invalid embedded topology: {e}");
                         return ExitCode::from(EX_USAGE);
                     }
                 },
@@ -213,7 +230,7 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
+                    say_err!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -232,7 +249,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     let t = match sipedge::topology::load(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("{e}");
+            say_err!("{e}");
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -253,17 +270,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     }
     if !problems.is_empty() {
-        eprintln!(
+        say_err!(
             "{}: {} certificate problem(s)",
             path.display(),
             problems.len()
         );
         for p in problems {
-            eprintln!("  {}: {p}", path.display());
+            say_err!("  {}: {p}", path.display());
         }
         return ExitCode::from(EX_USAGE);
     }
-    println!(
+    say!(
         "{}: ok (edge {}, external {}, internal {}, {} next hop(s))",
         path.display(),
         t.edge.name,
@@ -276,7 +293,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn duration_arg(name: &str, text: &str) -> Result<u64, ExitCode> {
     sipedge::topology::parse_duration(text).map(|d| d.as_secs()).ok_or_else(|| {
-        eprintln!("{name}: \"{text}\" is not a duration (write seconds, or a number with s, m, h or d)");
+        say_err!("{name}: \"{text}\" is not a duration (write seconds, or a number with s, m, h or d)");
         ExitCode::from(EX_USAGE)
     })
 }
@@ -369,11 +386,11 @@ fn keys(action: KeysCommand) -> ExitCode {
     };
     match result {
         Ok(text) => {
-            println!("{text}");
+            say!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sipedge keys: {e}");
+            say_err!("sipedge keys: {e}");
             ExitCode::FAILURE
         }
     }
@@ -394,26 +411,28 @@ fn token(action: TokenCommand) -> ExitCode {
                 ..=sipedge::core::keyring::MAX_CREDENTIAL_LIFETIME_SECS)
                 .contains(&ttl)
             {
-                eprintln!("--ttl: between 1m and 180d");
+                say_err!("--ttl: between 1m and 180d");
                 return ExitCode::from(EX_USAGE);
             }
             let r = match keyfile::load(&ring) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("sipedge token: {e}");
+                    say_err!("sipedge token: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             match credentials::mint(&r, &user, ttl, now) {
                 Ok(c) => {
-                    println!(
+                    say!(
                         "username: {}\npassword: {}\nexpires:  {} (unix)",
-                        c.username, c.password, c.expires
+                        c.username,
+                        c.password,
+                        c.expires
                     );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sipedge token: {e}");
+                    say_err!("sipedge token: {e}");
                     ExitCode::from(EX_USAGE)
                 }
             }
@@ -431,17 +450,17 @@ fn token(action: TokenCommand) -> ExitCode {
             let r = match keyfile::load(&ring) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("sipedge token: {e}");
+                    say_err!("sipedge token: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             match credentials::verify(&r, &username, &password, now, max) {
                 Ok(user) => {
-                    println!("valid: user {user}");
+                    say!("valid: user {user}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    println!("invalid: {e}");
+                    say!("invalid: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -460,12 +479,12 @@ fn cert(action: CertCommand) -> ExitCode {
             };
             match tools::write_request(&out, &sans, kind) {
                 Ok((key, csr)) => {
-                    println!("key:  {} (keep it here; mode 0600)", key.display());
-                    println!("csr:  {} (submit it to your CA)", csr.display());
+                    say!("key:  {} (keep it here; mode 0600)", key.display());
+                    say!("csr:  {} (submit it to your CA)", csr.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sipedge: {e}");
+                    say_err!("sipedge: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -474,19 +493,19 @@ fn cert(action: CertCommand) -> ExitCode {
             let t = match sipedge::topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("Invalid topology: {e}");
+                    say_err!("Invalid topology: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
             };
             let dir = out.unwrap_or_else(|| t.state_dir.join("dev-pki"));
             match sipedge::tls::dev::generate(&dir, &sipedge::shell::dev_names(&t)) {
                 Ok(pki) => {
-                    println!("dev PKI in {} (NOT FOR PRODUCTION)", pki.dir.display());
-                    println!("CA: {}", pki.ca_cert.display());
+                    say!("dev PKI in {} (NOT FOR PRODUCTION)", pki.dir.display());
+                    say!("CA: {}", pki.ca_cert.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("sipedge: {e}");
+                    say_err!("sipedge: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -495,7 +514,7 @@ fn cert(action: CertCommand) -> ExitCode {
             let t = match sipedge::topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("Invalid topology: {e}");
+                    say_err!("Invalid topology: {e}");
                     return ExitCode::from(EX_USAGE);
                 }
             };
@@ -526,9 +545,12 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
             text.to_string()
         }
     };
-    println!(
+    say!(
         "{:<9} {:<6} {:>9}  {:<40} subjectAltNames",
-        "role", "status", "days left", "subject"
+        "role",
+        "status",
+        "days left",
+        "subject"
     );
     for c in checked {
         let status = if !c.ok() {
@@ -541,7 +563,7 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
         let days = c
             .days_left
             .map_or_else(|| "-".to_string(), |d| d.to_string());
-        println!(
+        say!(
             "{:<9} {} {:>9}  {:<40} {}",
             c.role,
             status,
@@ -550,7 +572,7 @@ fn print_cert_table(checked: &[sipedge::tls::tools::Checked]) {
             c.sans.join(", ")
         );
         for p in &c.problems {
-            println!("          - {p}");
+            say!("          - {p}");
         }
     }
 }
@@ -562,7 +584,7 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>, lab: 
     let edge = match sipedge::shell::start(&topology).await {
         Ok(edge) => edge,
         Err(e) => {
-            eprintln!("sipedge: {e}");
+            say_err!("sipedge: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -572,29 +594,31 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>, lab: 
         } else {
             "using"
         };
-        println!(
+        say!(
             "sipedge: {verb} dev certificates in {} (NOT FOR PRODUCTION)",
             pki.dir.display()
         );
-        println!("sipedge: clients trust {}", pki.ca_cert.display());
+        say!("sipedge: clients trust {}", pki.ca_cert.display());
     }
     if !edge.turn_udp.is_empty() {
-        println!("sipedge: TURN over UDP on {:?}", edge.turn_udp);
+        say!("sipedge: TURN over UDP on {:?}", edge.turn_udp);
     }
     if let Some(ops) = edge.operations {
-        println!("sipedge: operations on http://{ops}/healthz and http://{ops}/metrics");
+        say!("sipedge: operations on http://{ops}/healthz and http://{ops}/metrics");
     }
     let (lab_stop, lab_shutdown) = tokio::sync::watch::channel(false);
     if lab {
         if let Err(e) = start_lab(&edge, &topology, lab_shutdown).await {
-            eprintln!("sipedge: {e}");
+            say_err!("sipedge: {e}");
             edge.stop().await;
             return ExitCode::FAILURE;
         }
     }
-    println!(
+    say!(
         "sipedge: external TLS SIP on {}, internal mutual-TLS SIP on {}, next hops {:?}",
-        edge.external, edge.internal, topology.next_hop.members
+        edge.external,
+        edge.internal,
+        topology.next_hop.members
     );
     let stop = loop {
         match signals.next().await {
@@ -604,17 +628,17 @@ async fn run(topology: sipedge::topology::Topology, path: Option<PathBuf>, lab: 
     };
     if stop == Stop::Drain {
         let deadline = edge.drain_timeout();
-        println!(
+        say!(
             "sipedge: draining (up to {} s): /healthz answers 503, listeners closed",
             deadline.as_secs()
         );
         if edge.drain(deadline).await {
-            println!("sipedge: drained");
+            say!("sipedge: drained");
         } else {
-            println!("sipedge: drain deadline passed");
+            say!("sipedge: drain deadline passed");
         }
     }
-    println!("sipedge: stopping");
+    say!("sipedge: stopping");
     let _ = lab_stop.send(true);
     edge.stop().await;
     ExitCode::SUCCESS
@@ -640,11 +664,11 @@ async fn start_lab(
         .cloned()
         .unwrap_or_default();
     let ext = edge.external;
-    println!(
+    say!(
         "sipedge: lab Director on {bound} (loopback only, no authentication, NOT FOR \
          PRODUCTION): any user @{domain} registers through the edge and calls any other"
     );
-    println!(
+    say!(
         "sipedge: softphone: server {ext}, transport TLS, trust {}",
         pki.ca_cert.display()
     );
@@ -667,7 +691,7 @@ async fn start_lab(
                 ));
             }
         }
-        println!("sipedge: baresip account for {user}: {account}");
+        say!("sipedge: baresip account for {user}: {account}");
     }
     Ok(())
 }
@@ -682,23 +706,23 @@ fn reload(edge: &sipedge::shell::RunningEdge, path: Option<&std::path::Path>) {
     };
     match loaded {
         Err(e) => {
-            eprintln!("sipedge: reload refused, the running configuration stays: {e}");
+            say_err!("sipedge: reload refused, the running configuration stays: {e}");
             tracing::warn!(error = %e, "reload refused: invalid topology");
         }
         Ok(t) => match edge.reload(&t) {
             Ok(r) => {
                 for table in &r.changed {
-                    println!("sipedge: reloaded: [{table}] in force");
+                    say!("sipedge: reloaded: [{table}] in force");
                 }
                 for (role, sans) in &r.certificates {
-                    println!(
+                    say!(
                         "sipedge: reloaded: {role} certificate for {}",
                         sans.join(", ")
                     );
                 }
             }
             Err(e) => {
-                eprintln!("sipedge: reload refused: {e}");
+                say_err!("sipedge: reload refused: {e}");
                 tracing::warn!(error = %e, "reload refused");
             }
         },

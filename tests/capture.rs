@@ -120,42 +120,8 @@ fn sngrep_decodes_the_hep3_of_a_call_on_both_sides() {
         .status();
     let _ = listener.0.wait();
 
-    let out = Command::new(&tshark)
-        .arg("-r")
-        .arg(&output)
-        .args([
-            "-d",
-            "udp.port==5061,sip",
-            "-d",
-            "udp.port==50432,sip",
-            "-d",
-            "udp.port==40100,sip",
-        ])
-        .args(["-T", "fields", "-E", "separator=|"])
-        .args([
-            "-e",
-            "ip.src",
-            "-e",
-            "udp.srcport",
-            "-e",
-            "ip.dst",
-            "-e",
-            "udp.dstport",
-        ])
-        .args([
-            "-e",
-            "sip.Method",
-            "-e",
-            "sip.Status-Code",
-            "-e",
-            "sip.Call-ID",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     // A datagram on the loopback device may be captured twice (out and in): each once.
-    let mut rows: Vec<&str> = text.lines().collect();
-    rows.dedup();
+    let rows = tshark_rows(&tshark, &output, &[5061, 50432, 40100]);
     let want: Vec<String> = sent
         .iter()
         .map(|(src, dst, sip)| {
@@ -172,7 +138,7 @@ fn sngrep_decodes_the_hep3_of_a_call_on_both_sides() {
             )
         })
         .collect();
-    assert_eq!(rows, want, "tshark read:\n{text}\n{}", printed(&out));
+    assert_eq!(rows, want, "tshark read:\n{}", rows.join("\n"));
     drop(namespaces);
 }
 

@@ -135,28 +135,7 @@ fn run_serves_the_embedded_default_with_generated_dev_certificates_and_stops_on_
         return;
     }
     let state = tempfile::tempdir().unwrap();
-    // Reaped from the start: a failed assertion must not leave the edge running.
-    let mut child = Reaped(
-        Command::new(BIN)
-            .arg("run")
-            .env("SIPEDGE_STATE_DIR", state.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    // The last start-up line names the listeners.
-    while let Some(Ok(line)) = lines.next() {
-        let done = line.contains("external TLS SIP on");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
+    let (mut child, seen) = run_default(BIN, state.path());
     let text = seen.join("\n");
     let dev_dir = state.path().join("dev-pki");
     assert!(

@@ -128,20 +128,9 @@ fn two_baresip_softphones_call_each_other_through_the_lab_with_srtp_over_turn() 
         return;
     }
     let state = tempfile::tempdir().unwrap();
-    let mut edge = Reaped(
-        Command::new(BIN)
-            .arg("run")
-            .env("SIPEDGE_STATE_DIR", state.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(edge.0.stdout.take().unwrap()).lines();
+    let (mut edge, seen) = run_default(BIN, state.path());
     let (mut alice, mut bob, mut ca) = (None, None, None);
-    while let Some(Ok(line)) = lines.next() {
+    for line in &seen {
         if let Some(account) = line.strip_prefix("sipedge: baresip account for alice: ") {
             alice = Some(account.to_string());
         }
@@ -150,9 +139,6 @@ fn two_baresip_softphones_call_each_other_through_the_lab_with_srtp_over_turn() 
         }
         if let Some(rest) = line.split(", trust ").nth(1) {
             ca = Some(rest.trim().to_string());
-        }
-        if line.contains("external TLS SIP on") {
-            break;
         }
     }
     let (Some(alice), Some(bob), Some(ca)) = (alice, bob, ca) else {

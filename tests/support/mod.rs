@@ -989,3 +989,34 @@ pub fn default_ports_free() -> bool {
     }
     true
 }
+
+/// `sipedge run` (`bin`) on the embedded default, its state in `state`, reaped from the start
+/// (a failed assertion must not leave an edge running): the process and what it printed up
+/// to the start-up line that names the listeners.
+pub fn run_default(bin: &str, state: &Path) -> (Reaped, Vec<String>) {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let mut child = Reaped(
+        Command::new(bin)
+            .arg("run")
+            .env("SIPEDGE_STATE_DIR", state)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let done = line.contains("external TLS SIP on");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    // The rest is read and dropped: the edge prints when it stops, to a pipe still open.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, seen)
+}

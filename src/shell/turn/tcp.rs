@@ -369,6 +369,21 @@ impl Turn {
         }
     }
 
+    /// A client's connection is up: where the relay's frames for it go from now on.
+    fn client_joined(&self, tuple: FiveTuple, sink: Sink) -> Arc<TcpOut> {
+        self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
+        let out = Arc::new(TcpOut {
+            sink,
+            pending: Mutex::new(Vec::new()),
+            more: Notify::new(),
+            max_bytes: self.tcp_limits.max_queued_bytes,
+        });
+        self.tcp_clients
+            .write_unpoisoned()
+            .insert(tuple, out.clone());
+        out
+    }
+
     /// A client's connection is over: its allocation goes with it.
     fn client_gone(&self, tuple: FiveTuple) {
         self.tcp_clients.write_unpoisoned().remove(&tuple);
@@ -389,17 +404,8 @@ impl Turn {
         held: (tokio::sync::OwnedSemaphorePermit, Option<SourceTicket>),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
             let (mut reader, writer) = stream.into_split();
-            let out = Arc::new(TcpOut {
-                sink: Sink::Tcp(writer),
-                pending: Mutex::new(Vec::new()),
-                more: Notify::new(),
-                max_bytes: self.tcp_limits.max_queued_bytes,
-            });
-            self.tcp_clients
-                .write_unpoisoned()
-                .insert(tuple, out.clone());
+            let out = self.client_joined(tuple, Sink::Tcp(writer));
             let write = tokio::spawn(out.writer());
             let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
             let mut authenticated = false;
@@ -472,16 +478,7 @@ impl Turn {
                 self.stats.tcp_refusal(TLS_HANDSHAKE);
                 return;
             };
-            self.stats.tcp_clients.fetch_add(1, Ordering::Relaxed);
-            let out = Arc::new(TcpOut {
-                sink: Sink::Tls,
-                pending: Mutex::new(Vec::new()),
-                more: Notify::new(),
-                max_bytes: self.tcp_limits.max_queued_bytes,
-            });
-            self.tcp_clients
-                .write_unpoisoned()
-                .insert(tuple, out.clone());
+            let out = self.client_joined(tuple, Sink::Tls);
             let mut authenticated = false;
             let mut buf: Vec<u8> = Vec::new();
             let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
