@@ -21,6 +21,8 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_sipedge");
 /// The client, outside.
 const CLIENT_IP: &str = "203.0.113.10";
+/// A second client outside, for relay to relay.
+const CLIENT2_IP: &str = "203.0.113.11";
 /// The edge: its external address (TURN, relayed addresses) and the side toward the peers.
 const EXT_IP: &str = "203.0.113.1";
 const INT_IP: &str = "192.0.2.1";
@@ -51,7 +53,7 @@ impl Bed {
         let tag = format!("sk{}", std::process::id() % 100_000);
         let bed = DmzBed::up(
             &tag,
-            &[CLIENT_IP],
+            &[CLIENT_IP, CLIENT2_IP],
             (EXT_IP, INT_IP),
             &[PEER_IP, STRANGER_IP],
         )?;
@@ -145,6 +147,108 @@ fn client_to_peer(
             .unwrap();
     }
     drain(peer, Duration::from_millis(500))
+}
+
+/// Two remote users of one edge, each behind its own relay on the edge's external address
+/// (a real interface, loopback peers not allowed): each binds a channel to the other's
+/// relayed address and media crosses both ways, relay to relay, in user space (the kernel
+/// path, on, leaves those channels alone); a channel to the edge's SIP or TURN listener on
+/// that same address is refused.
+#[test]
+fn two_clients_relay_to_each_other_through_one_edge_and_reach_nothing_else_of_it() {
+    let Some(bed) = bed_or_skip("the relay-to-relay test", Bed::up) else {
+        return;
+    };
+    let pki = Pki::new();
+    let (ring_path, ring) = ring_file(&pki);
+    let now = sipedge::shell::clock::now_unix();
+    let topology = pki.dir.path().join("edge.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "state_dir = \"{state}\"\n\
+             [edge]\nname = \"r2r\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"{DOMAIN}\"]\n\
+             [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"edge.sipedge.test\"\n[external.tls]\ndev = true\n\
+             [internal]\nsip = \"{INT_IP}:5061\"\n[internal.tls]\ndev = true\n\
+             [next_hop]\nmembers = [\"192.0.2.250:5061\"]\nserver_name = \"director.sipedge.test\"\n\
+             [operations]\nlisten = \"{INT_IP}:9095\"\n\
+             [keys]\nring = \"{ring}\"\n\
+             [relay]\nhost = \"{EXT_IP}\"\nlisten_udp = [\"{EXT_IP}:3478\"]\nlisten_tcp = [\"{EXT_IP}:3478\"]\n\
+             kernel_offload = true\n",
+            state = pki.dir.path().join("state").display(),
+            ring = ring_path.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &bed.dmz, BIN]);
+    let mut edge = run_topology(cmd, &topology, std::process::Stdio::inherit());
+    let started = BufReader::new(edge.0.stdout.as_mut().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("external TLS SIP on"));
+    assert!(started, "the edge did not start");
+    let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = |ip: &str| {
+        let std_sock = within(&bed.out, || UdpSocket::bind((ip, 0)).unwrap());
+        let blocking = std_sock.try_clone().unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let _in_runtime = rt.enter();
+        (blocking, tokio::net::UdpSocket::from_std(std_sock).unwrap())
+    };
+    let (a_sock, a_tokio) = socket(CLIENT_IP);
+    let (b_sock, b_tokio) = socket(CLIENT2_IP);
+    let mint = |user: &str| sipedge::core::credentials::mint(&ring, user, 3600, now).unwrap();
+    let (ca, cb) = (mint("alice@sipedge.test"), mint("bob@sipedge.test"));
+    let mut alice = rt.block_on(TurnSession::allocate(
+        a_tokio,
+        turn,
+        &ca.username,
+        &ca.password,
+    ));
+    let mut bob = rt.block_on(TurnSession::allocate(
+        b_tokio,
+        turn,
+        &cb.username,
+        &cb.password,
+    ));
+    assert_eq!(
+        alice.relayed.ip().to_string(),
+        EXT_IP,
+        "relayed on the edge's address"
+    );
+    let (a_relayed, b_relayed) = (alice.relayed, bob.relayed);
+    assert_eq!(rt.block_on(alice.bind_channel(CHANNEL, b_relayed)), None);
+    assert_eq!(rt.block_on(bob.bind_channel(CHANNEL + 1, a_relayed)), None);
+    // The edge's own listeners on the same address: refused.
+    for listener in [format!("{EXT_IP}:5061"), format!("{EXT_IP}:3478")] {
+        let to: SocketAddr = listener.parse().unwrap();
+        assert_eq!(
+            rt.block_on(alice.bind_channel(CHANNEL + 2, to)),
+            Some(403),
+            "{listener}"
+        );
+    }
+    a_sock.set_nonblocking(false).unwrap();
+    b_sock.set_nonblocking(false).unwrap();
+    for (from, to, channel, back_on, name) in [
+        (&a_sock, &b_sock, CHANNEL, CHANNEL + 1, "alice to bob"),
+        (&b_sock, &a_sock, CHANNEL + 1, CHANNEL, "bob to alice"),
+    ] {
+        let got = client_to_peer(from, turn, to, channel, 20, 100);
+        // What arrives is ChannelData on the receiver's own channel to the sender.
+        assert_eq!(got.len(), 20, "{name}: {} of 20 arrived", got.len());
+        assert!(
+            got.iter()
+                .all(|d| d.len() == 104 && u16::from_be_bytes([d[0], d[1]]) == back_on),
+            "{name}: not ChannelData on channel {back_on:#x}"
+        );
+    }
+    drop(edge);
 }
 
 #[test]

@@ -83,11 +83,13 @@ struct Args {
     /// After the main phase: this many rounds of capture off / capture on (`[capture]` to a
     /// UDP collector in this process, switched by reload), the edge's CPU per message each.
     capture_ab: usize,
+    /// The capture A/B over TCP to the collector instead of UDP.
+    capture_tcp: bool,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--users N (100)] [--seconds S (10)] \
                      [--dialogs-per-user K (10000)] [--rate R (0 = closed loop)] [--no-baseline] \
-                     [--pool-redis redis://HOST:PORT/DB] [--capture-ab ROUNDS]";
+                     [--pool-redis redis://HOST:PORT/DB] [--capture-ab ROUNDS [--capture-tcp]]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -98,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
         baseline: true,
         pool_redis: None,
         capture_ab: 0,
+        capture_tcp: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -125,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-baseline" => args.baseline = false,
             "--pool-redis" => args.pool_redis = Some(value("--pool-redis")?),
+            "--capture-tcp" => args.capture_tcp = true,
             "--capture-ab" => {
                 args.capture_ab = value("--capture-ab")?
                     .parse()
@@ -281,28 +285,70 @@ fn capture_ab(
     tck: f64,
     failures: &mut Failures,
 ) {
-    let collector = std::net::UdpSocket::bind("127.0.0.3:0").expect("collector socket");
-    collector
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("collector timeout");
-    let at = collector.local_addr().expect("collector address");
+    // The collector: a socket in this process, on a thread of its own, counting HEP
+    // messages (UDP: datagrams; TCP: by each message's length field).
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let drain = {
+    let (at, drain) = if args.capture_tcp {
+        let listener = std::net::TcpListener::bind("127.0.0.3:0").expect("collector socket");
+        let at = listener.local_addr().expect("collector address");
         let (received, done) = (received.clone(), done.clone());
-        std::thread::spawn(move || {
+        let drain = std::thread::spawn(move || {
+            use std::io::Read as _;
+            listener.set_nonblocking(true).expect("nonblocking");
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut pending: Vec<u8> = Vec::new();
+            let mut conn: Option<std::net::TcpStream> = None;
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((c, _)) = listener.accept() {
+                    c.set_read_timeout(Some(Duration::from_millis(200))).ok();
+                    conn = Some(c);
+                    pending.clear();
+                }
+                let Some(c) = conn.as_mut() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let Ok(n) = c.read(&mut buf) else { continue };
+                pending.extend_from_slice(buf.get(..n).unwrap_or_default());
+                let mut at = 0;
+                while pending.len() >= at + 6 {
+                    let len = usize::from(u16::from_be_bytes([pending[at + 4], pending[at + 5]]));
+                    if len < 6 || pending.len() < at + len {
+                        break;
+                    }
+                    at += len;
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                pending.drain(..at);
+            }
+        });
+        (at, drain)
+    } else {
+        let collector = std::net::UdpSocket::bind("127.0.0.3:0").expect("collector socket");
+        collector
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("collector timeout");
+        let at = collector.local_addr().expect("collector address");
+        let (received, done) = (received.clone(), done.clone());
+        let drain = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             while !done.load(Ordering::Relaxed) {
                 if collector.recv(&mut buf).is_ok() {
                     received.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        })
+        });
+        (at, drain)
     };
     let mut on = topo.clone();
     on.capture = Some(sipedge::topology::CaptureConfig {
         collector: at,
-        transport: sipedge::topology::CaptureTransport::Udp,
+        transport: if args.capture_tcp {
+            sipedge::topology::CaptureTransport::Tcp
+        } else {
+            sipedge::topology::CaptureTransport::Udp
+        },
         agent_id: 1,
         password: None,
         external: true,
@@ -345,7 +391,8 @@ fn capture_ab(
     let sent = copies.sent.load(Ordering::Relaxed);
     let dropped: u64 = copies.dropped().iter().map(|(_, n)| n).sum();
     println!(
-        "capture A/B: median {off:.2} µs CPU per message off, {on:.2} on: capture costs {:.2} µs per message forwarded ({:.2}x);          {queued} copies queued, {sent} sent, {dropped} dropped, {} received by the collector",
+        "capture A/B ({}): median {off:.2} µs CPU per message off, {on:.2} on: capture costs {:.2} µs per message forwarded ({:.2}x); {queued} copies queued, {sent} sent, {dropped} dropped, {} received by the collector",
+        if args.capture_tcp { "tcp" } else { "udp" },
         on - off,
         on / off.max(f64::MIN_POSITIVE),
         received.load(Ordering::Relaxed)
