@@ -472,7 +472,9 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
         .replace(
             "host = \"av.sipedge.test\"",
             &format!(
-                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]",
+                // Relayed ports below the ephemeral ones the listeners were given (a listener
+                // in the relayed range is refused).
+                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]\nport_min = 21000\nport_max = 21099",
                 free_udp_port("127.0.0.1"),
                 free_udp_port("127.0.0.2"),
                 free_tcp_port("127.0.0.1")

@@ -149,32 +149,23 @@ fn client_to_peer(
     drain(peer, Duration::from_millis(500))
 }
 
-/// Two remote users of one edge, each behind its own relay on the edge's external address
-/// (a real interface, loopback peers not allowed): each binds a channel to the other's
-/// relayed address and media crosses both ways, relay to relay, in user space (the kernel
-/// path, on, leaves those channels alone); a channel to the edge's SIP or TURN listener on
-/// that same address is refused.
-#[test]
-fn two_clients_relay_to_each_other_through_one_edge_and_reach_nothing_else_of_it() {
-    let Some(bed) = bed_or_skip("the relay-to-relay test", Bed::up) else {
-        return;
-    };
-    let pki = Pki::new();
-    let (ring_path, ring) = ring_file(&pki);
-    let now = sipedge::shell::clock::now_unix();
+/// The edge in the DMZ namespace: the real binary on a topology with the relay on the
+/// external address, the kernel path on, and `relay_extra` lines in `[relay]`; started
+/// once it prints its listeners.
+fn start_edge_in(bed: &Bed, pki: &Pki, ring_path: &std::path::Path, relay_extra: &str) -> Reaped {
     let topology = pki.dir.path().join("edge.toml");
     std::fs::write(
         &topology,
         format!(
             "state_dir = \"{state}\"\n\
-             [edge]\nname = \"r2r\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"{DOMAIN}\"]\n\
+             [edge]\nname = \"kernel\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"{DOMAIN}\"]\n\
              [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"edge.sipedge.test\"\n[external.tls]\ndev = true\n\
              [internal]\nsip = \"{INT_IP}:5061\"\n[internal.tls]\ndev = true\n\
              [next_hop]\nmembers = [\"192.0.2.250:5061\"]\nserver_name = \"director.sipedge.test\"\n\
              [operations]\nlisten = \"{INT_IP}:9095\"\n\
              [keys]\nring = \"{ring}\"\n\
              [relay]\nhost = \"{EXT_IP}\"\nlisten_udp = [\"{EXT_IP}:3478\"]\nlisten_tcp = [\"{EXT_IP}:3478\"]\n\
-             kernel_offload = true\n",
+             kernel_offload = true\n{relay_extra}",
             state = pki.dir.path().join("state").display(),
             ring = ring_path.display(),
         ),
@@ -188,6 +179,23 @@ fn two_clients_relay_to_each_other_through_one_edge_and_reach_nothing_else_of_it
         .map_while(Result::ok)
         .any(|l| l.contains("external TLS SIP on"));
     assert!(started, "the edge did not start");
+    edge
+}
+
+/// Two remote users of one edge, each behind its own relay on the edge's external address
+/// (a real interface, loopback peers not allowed): each binds a channel to the other's
+/// relayed address and media crosses both ways, relay to relay, in user space (the kernel
+/// path, on, leaves those channels alone); a channel to the edge's SIP or TURN listener on
+/// that same address is refused.
+#[test]
+fn two_clients_relay_to_each_other_through_one_edge_and_reach_nothing_else_of_it() {
+    let Some(bed) = bed_or_skip("the relay-to-relay test", Bed::up) else {
+        return;
+    };
+    let pki = Pki::new();
+    let (ring_path, ring) = ring_file(&pki);
+    let now = sipedge::shell::clock::now_unix();
+    let edge = start_edge_in(&bed, &pki, &ring_path, "");
     let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -260,34 +268,16 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     let (ring_path, ring) = ring_file(&pki);
     let now = sipedge::shell::clock::now_unix();
     let cred = sipedge::core::credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
-    let topology = pki.dir.path().join("edge.toml");
-    std::fs::write(
-        &topology,
-        format!(
-            "state_dir = \"{state}\"\n\
-             [edge]\nname = \"kernel\"\npool_fqdn = \"edge.sipedge.test\"\nsip_domains = [\"{DOMAIN}\"]\n\
-             [external]\nsip = \"{EXT_IP}:5061\"\nsip_host = \"edge.sipedge.test\"\n[external.tls]\ndev = true\n\
-             [internal]\nsip = \"{INT_IP}:5061\"\n[internal.tls]\ndev = true\n\
-             [next_hop]\nmembers = [\"192.0.2.250:5061\"]\nserver_name = \"director.sipedge.test\"\n\
-             [operations]\nlisten = \"{INT_IP}:9095\"\n\
-             [keys]\nring = \"{ring}\"\n\
-             [relay]\nhost = \"{EXT_IP}\"\nlisten_udp = [\"{EXT_IP}:3478\"]\nlisten_tcp = [\"{EXT_IP}:3478\"]\n\
-             kernel_offload = true\nmax_kbps_per_allocation = {CAP_KBPS}\nmax_kbps_per_user = 0\n\
+    let edge = start_edge_in(
+        &bed,
+        &pki,
+        &ring_path,
+        &format!(
+            "max_kbps_per_allocation = {CAP_KBPS}\nmax_kbps_per_user = 0\n\
              permission_lifetime = \"{secs}s\"\nchannel_lifetime = \"{secs}s\"\n",
-            state = pki.dir.path().join("state").display(),
-            ring = ring_path.display(),
-            secs = LIFETIME.as_secs(),
+            secs = LIFETIME.as_secs()
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &bed.dmz, BIN]);
-    let mut edge = run_topology(cmd, &topology, std::process::Stdio::inherit());
-    let started = BufReader::new(edge.0.stdout.as_mut().unwrap())
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.contains("external TLS SIP on"));
-    assert!(started, "the edge did not start");
+    );
     let ops = format!("{INT_IP}:9095");
     let status = http_get_in(&bed.dmz, &ops, "/status");
     if !status.contains("\"kernel_offload\": \"on (") {
@@ -474,7 +464,7 @@ async fn without_the_kernel_path_the_relay_runs_in_user_space_and_says_why() {
     let ops = format!("127.0.0.2:{}", free_tcp_port("127.0.0.2"));
     let relay = format!(
         "[relay]\nhost = \"{ip}\"\nlisten_udp = [\"{ip}:{turn_port}\"]\nlisten_tcp = [\"{ip}:{tcp}\"]\n\
-         relay_ip = \"{ip}\"\nallow_loopback_peers = true\nport_min = 46000\nport_max = 46099\n\
+         relay_ip = \"{ip}\"\nallow_loopback_peers = true\nport_min = 22000\nport_max = 22099\n\
          kernel_offload = true\nkernel_offload_interfaces = [\"nosuchif0\"]\n",
         tcp = free_tcp_port(ip),
     );
