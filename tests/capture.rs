@@ -286,13 +286,8 @@ async fn a_call_through_the_edge_is_captured_on_both_sides_and_sngrep_decodes_it
 
     // Every copy sent (the collector is on loopback: nothing is lost on the way).
     let capture = edge.shared.capture.counters.clone();
-    eventually("the copies sent", || {
-        capture
-            .queued_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-    })
-    .await;
+    let switch = &edge.shared.capture;
+    eventually("the copies sent", || switch.queued_bytes() == 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = Command::new("kill")
         .args(["-TERM", &listener.0.id().to_string()])

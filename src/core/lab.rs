@@ -112,11 +112,18 @@ impl LabDirector {
             return answer(400, "Bad To", b"");
         };
         let contact = header_values(msg, HeaderName::Contact).into_iter().next();
-        let expires_header = header_values(msg, HeaderName::Other)
-            .into_iter()
-            .zip(other_names(msg))
-            .find(|(_, name)| name.eq_ignore_ascii_case(b"expires"))
-            .and_then(|(v, _)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        let expires_header = msg
+            .head
+            .headers
+            .iter()
+            .find(|h| msg.bytes(h.name_span).eq_ignore_ascii_case(b"expires"))
+            .and_then(|h| {
+                std::str::from_utf8(msg.bytes(h.value))
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
         let Some(contact) = contact else {
             // A query: who is bound.
             let extra = self.bindings.get(&aor).map(|b| contact_line(b, now));
@@ -364,17 +371,6 @@ fn header_values(msg: &Message, name: HeaderName) -> Vec<&[u8]> {
         .iter()
         .filter(|h| h.name == name)
         .map(|h| msg.bytes(h.value))
-        .collect()
-}
-
-/// The names, as written, of the headers the parser does not know, in the order of
-/// [`header_values`]`(msg, HeaderName::Other)`.
-fn other_names(msg: &Message) -> Vec<&[u8]> {
-    msg.head
-        .headers
-        .iter()
-        .filter(|h| h.name == HeaderName::Other)
-        .map(|h| msg.bytes(h.name_span))
         .collect()
 }
 

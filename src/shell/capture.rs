@@ -45,10 +45,9 @@ pub struct CaptureCounters {
     pub dropped_queue_full: AtomicU64,
     /// Dropped: larger than a HEP message can be (65 535 bytes).
     pub dropped_too_long: AtomicU64,
-    /// Dropped: the collector's socket refused them (unreachable, connection lost).
+    /// Dropped: the collector's socket refused them (unreachable, connection lost), or
+    /// left in a replaced configuration's queue with its collector away.
     pub dropped_send_failed: AtomicU64,
-    /// Bytes waiting in the queue now (the current configuration's).
-    pub queued_bytes: AtomicUsize,
     /// Whether the last send reached the collector's socket.
     pub collector_up: AtomicBool,
 }
@@ -88,13 +87,21 @@ impl CaptureSwitch {
         self.tap.read_unpoisoned().clone()
     }
 
+    /// Bytes of copies waiting in the queue in force.
+    pub fn queued_bytes(&self) -> usize {
+        self.tap()
+            .map_or(0, |t| t.queued_bytes.load(Ordering::Relaxed))
+    }
+
     /// The configuration in force (`/status`).
     pub fn config(&self) -> Option<CaptureConfig> {
         self.tap().map(|t| t.config.clone())
     }
 
     /// Puts `config` in force (or turns capture off): a new queue and sender; the old
-    /// sender sends what its queue still holds and ends once no connection holds its tap.
+    /// sender sends what its queue still holds and ends once no connection holds its tap
+    /// (over TCP with its collector away, it drops what is left). Each queue has its own
+    /// byte bound: what an old one still holds never takes the new one's room.
     pub fn install(
         &self,
         config: Option<&CaptureConfig>,
@@ -103,17 +110,17 @@ impl CaptureSwitch {
         runtime: &tokio::runtime::Handle,
     ) {
         let tap = config.map(|config| {
-            let tap = Tap::new(config.clone(), self.counters.clone());
-            let rx = tap.rx.lock().ok().and_then(|mut rx| rx.take());
-            if let Some(rx) = rx {
-                runtime.spawn(send_loop(
-                    config.clone(),
-                    local_ip,
-                    rx,
-                    self.counters.clone(),
-                    shutdown,
-                ));
-            }
+            let (tap, rx) = Tap::new(config.clone(), self.counters.clone());
+            runtime.spawn(send_loop(
+                config.clone(),
+                local_ip,
+                rx,
+                Queued {
+                    bytes: tap.queued_bytes.clone(),
+                    counters: self.counters.clone(),
+                },
+                shutdown,
+            ));
             tracing::info!(
                 collector = %config.collector,
                 transport = ?config.transport,
@@ -137,22 +144,39 @@ impl CaptureSwitch {
 pub struct Tap {
     config: CaptureConfig,
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// The receiver, until the sender task takes it.
-    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Vec<u8>>>>,
+    /// Bytes of copies in this queue: its bound.
+    queued_bytes: Arc<AtomicUsize>,
     counters: Arc<CaptureCounters>,
 }
 
+/// What a sender gives back as it takes copies from its queue, and counts.
+struct Queued {
+    bytes: Arc<AtomicUsize>,
+    counters: Arc<CaptureCounters>,
+}
+
+impl Queued {
+    fn taken(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 impl Tap {
-    fn new(config: CaptureConfig, counters: Arc<CaptureCounters>) -> Tap {
+    /// A tap and the receiving end of its queue (the sender's).
+    fn new(
+        config: CaptureConfig,
+        counters: Arc<CaptureCounters>,
+    ) -> (Tap, mpsc::UnboundedReceiver<Vec<u8>>) {
         // Unbounded in messages: the bound is in bytes (`max_queued_bytes`), charged before
         // a copy is queued and given back as the sender takes it.
         let (tx, rx) = mpsc::unbounded_channel();
-        Tap {
+        let tap = Tap {
             config,
             tx,
-            rx: std::sync::Mutex::new(Some(rx)),
+            queued_bytes: Arc::default(),
             counters,
-        }
+        };
+        (tap, rx)
     }
 
     /// Copies one message that crossed a connection of zone `side` between the edge's
@@ -185,8 +209,7 @@ impl Tap {
         let counters = &self.counters;
         // A full queue is refused before any work (the bound is checked again, exactly,
         // once the copy's size is known).
-        if counters.queued_bytes.load(Ordering::Relaxed) + payload.len()
-            > self.config.max_queued_bytes
+        if self.queued_bytes.load(Ordering::Relaxed) + payload.len() > self.config.max_queued_bytes
         {
             counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             return;
@@ -213,9 +236,9 @@ impl Tap {
         }
         // Charged by its size; the sender gives the charge back as it takes the copy.
         let charge = copy.len();
-        let before = counters.queued_bytes.fetch_add(charge, Ordering::Relaxed);
+        let before = self.queued_bytes.fetch_add(charge, Ordering::Relaxed);
         if before + charge > self.config.max_queued_bytes {
-            counters.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
             counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -225,7 +248,7 @@ impl Tap {
             }
             Err(_) => {
                 // The sender is gone (shutdown).
-                counters.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
+                self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
                 counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -238,13 +261,13 @@ async fn send_loop(
     config: CaptureConfig,
     local_ip: std::net::IpAddr,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    counters: Arc<CaptureCounters>,
+    queue: Queued,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sender = async {
         match config.transport {
-            CaptureTransport::Udp => send_udp(&config, local_ip, &mut rx, &counters).await,
-            CaptureTransport::Tcp => send_tcp(&config, local_ip, &mut rx, &counters).await,
+            CaptureTransport::Udp => send_udp(&config, local_ip, &mut rx, &queue).await,
+            CaptureTransport::Tcp => send_tcp(&config, local_ip, &mut rx, &queue).await,
         }
     };
     tokio::select! {
@@ -280,8 +303,9 @@ async fn send_udp(
     config: &CaptureConfig,
     local_ip: std::net::IpAddr,
     rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-    counters: &CaptureCounters,
+    queue: &Queued,
 ) {
+    let counters = &*queue.counters;
     // From the internal interface's address, so copies leave by the inside; connected, so
     // that one sendmmsg carries a batch.
     let socket = match tokio::net::UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
@@ -302,8 +326,7 @@ async fn send_udp(
             let Ok(more) = rx.try_recv() else { break };
             batch.push(more);
         }
-        let bytes: usize = batch.iter().map(Vec::len).sum();
-        counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        queue.taken(batch.iter().map(Vec::len).sum());
         let mut from = 0;
         while from < batch.len() {
             let rest = batch.get(from..).unwrap_or_default();
@@ -350,8 +373,9 @@ async fn send_tcp(
     config: &CaptureConfig,
     local_ip: std::net::IpAddr,
     rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
-    counters: &CaptureCounters,
+    queue: &Queued,
 ) {
+    let counters = &*queue.counters;
     let mut backoff = RECONNECT.0;
     let mut batch: Vec<u8> = Vec::new();
     let mut in_batch: u64 = 0;
@@ -367,7 +391,12 @@ async fn send_tcp(
                 // Copies wait in the queue (bounded) while the collector is away.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT.1);
-                if rx.is_closed() && rx.is_empty() {
+                // Replaced (or capture off) with the collector away: what is left goes.
+                if rx.is_closed() {
+                    while let Ok(copy) = rx.try_recv() {
+                        queue.taken(copy.len());
+                        counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     return;
                 }
                 continue;
@@ -378,10 +407,10 @@ async fn send_tcp(
                 let Some(copy) = rx.recv().await else {
                     return;
                 };
-                take(&mut batch, &mut in_batch, copy, counters);
+                take(&mut batch, &mut in_batch, copy, queue);
                 while batch.len() < TCP_BATCH {
                     let Ok(copy) = rx.try_recv() else { break };
-                    take(&mut batch, &mut in_batch, copy, counters);
+                    take(&mut batch, &mut in_batch, copy, queue);
                 }
             }
             let written = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&batch)).await;
@@ -414,10 +443,8 @@ async fn send_tcp(
     }
 }
 
-fn take(batch: &mut Vec<u8>, in_batch: &mut u64, copy: Vec<u8>, counters: &CaptureCounters) {
-    counters
-        .queued_bytes
-        .fetch_sub(copy.len(), Ordering::Relaxed);
+fn take(batch: &mut Vec<u8>, in_batch: &mut u64, copy: Vec<u8>, queue: &Queued) {
+    queue.taken(copy.len());
     batch.extend_from_slice(&copy);
     *in_batch += 1;
 }
@@ -491,7 +518,7 @@ mod tests {
         let mut c = config(CaptureTransport::Udp, "127.0.0.1:9".parse().unwrap());
         c.internal = false;
         c.bodies = false;
-        let tap = Tap::new(c, counters.clone());
+        let (tap, mut rx) = Tap::new(c, counters.clone());
         let (local, remote) = (LOCAL.parse().unwrap(), REMOTE.parse().unwrap());
         let msg = invite("v=0 secret sdp");
         tap.record(
@@ -513,20 +540,19 @@ mod tests {
             Direction::Received,
             msg.as_bytes(),
         );
-        let mut rx = tap.rx.lock().unwrap().take().unwrap();
         let copy = rx.try_recv().unwrap();
         assert!(
             ends_with(&copy, b"Content-Length: 14\r\n\r\n"),
             "header block only"
         );
         assert!(!ends_with(&copy, b"secret"));
-        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), copy.len());
+        assert_eq!(tap.queued_bytes.load(Ordering::Relaxed), copy.len());
         // Nobody takes the copies: the queue fills to its bound and no further.
         let big = invite(&"x".repeat(8000));
         let mut c = config(CaptureTransport::Udp, "127.0.0.1:9".parse().unwrap());
         c.max_queued_bytes = 64 * 1024;
         let counters = Arc::new(CaptureCounters::default());
-        let tap = Tap::new(c, counters.clone());
+        let (tap, _rx) = Tap::new(c, counters.clone());
         for _ in 0..20 {
             tap.record(
                 Side::External,
@@ -539,13 +565,13 @@ mod tests {
         let queued = counters.queued.load(Ordering::Relaxed);
         assert_eq!(queued, 8, "8 copies of ~8.1 kB fit 64 KiB");
         assert_eq!(counters.dropped_queue_full.load(Ordering::Relaxed), 12);
-        assert!(counters.queued_bytes.load(Ordering::Relaxed) <= 64 * 1024);
+        assert!(tap.queued_bytes.load(Ordering::Relaxed) <= 64 * 1024);
         // Beyond a HEP message: dropped as too long, nothing charged.
         let huge = invite(&"y".repeat(70_000));
         let mut c = config(CaptureTransport::Udp, "127.0.0.1:9".parse().unwrap());
         c.max_queued_bytes = 1024 * 1024;
         let counters = Arc::new(CaptureCounters::default());
-        let tap = Tap::new(c, counters.clone());
+        let (tap, _rx) = Tap::new(c, counters.clone());
         tap.record(
             Side::External,
             local,
@@ -554,7 +580,7 @@ mod tests {
             huge.as_bytes(),
         );
         assert_eq!(counters.dropped_too_long.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(tap.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -613,7 +639,7 @@ mod tests {
             assert!(ends_with(copy, format!("n={i}").as_bytes()), "in order");
         }
         assert_eq!(switch.counters.sent.load(Ordering::Relaxed), 50);
-        assert_eq!(switch.counters.queued_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(switch.queued_bytes(), 0);
         assert!(switch.counters.collector_up.load(Ordering::Relaxed));
         // Off: no tap, nothing copied.
         switch.install(
@@ -637,5 +663,61 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    /// A configuration replaced while its TCP collector is away: its queue's bytes never
+    /// take the new queue's room, and its sender drops what is left and ends.
+    #[tokio::test]
+    async fn a_replaced_queue_is_dropped_and_never_takes_the_new_ones_room() {
+        let dead = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let switch = CaptureSwitch::default();
+        let runtime = tokio::runtime::Handle::current();
+        let mut c = config(CaptureTransport::Tcp, dead);
+        c.max_queued_bytes = 64 * 1024;
+        // The edge keeps running (a dropped watch sender would read as a shutdown).
+        let (_running, shutdown) = watch::channel(false);
+        switch.install(Some(&c), [127, 0, 0, 1].into(), shutdown.clone(), &runtime);
+        let (local, remote) = (LOCAL.parse().unwrap(), REMOTE.parse().unwrap());
+        let big = invite(&"x".repeat(8000));
+        let old = switch.tap().unwrap();
+        for _ in 0..8 {
+            old.record(
+                Side::External,
+                local,
+                remote,
+                Direction::Sent,
+                big.as_bytes(),
+            );
+        }
+        assert!(switch.queued_bytes() > 60 * 1024, "the old queue is full");
+        // Replaced: the new queue starts empty, with all of its room.
+        switch.install(Some(&c), [127, 0, 0, 1].into(), shutdown, &runtime);
+        assert_eq!(switch.queued_bytes(), 0);
+        let new = switch.tap().unwrap();
+        new.record(
+            Side::External,
+            local,
+            remote,
+            Direction::Sent,
+            big.as_bytes(),
+        );
+        assert_eq!(
+            switch.counters.dropped_queue_full.load(Ordering::Relaxed),
+            0
+        );
+        // The old sender, its taps gone and its collector away, drops its 8 and ends.
+        drop(old);
+        let until =
+            tokio::time::Instant::from_std(crate::shell::clock::now() + Duration::from_secs(10));
+        while switch.counters.dropped_send_failed.load(Ordering::Relaxed) < 8 {
+            assert!(
+                tokio::time::Instant::from_std(crate::shell::clock::now()) < until,
+                "the old queue was kept"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

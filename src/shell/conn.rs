@@ -233,11 +233,13 @@ pub async fn run<C: TlsSide>(
 }
 
 /// The edge as one session sees it: the shared state, the routes, the limits in force when
-/// the event arrived, and on a pool member's connection the member.
+/// the event arrived (read at its first use), and on a pool member's connection the member.
 pub struct ShellEdge<'a> {
     shared: &'a Arc<Shared>,
     routes: &'a Arc<dyn Routing>,
-    limits: Arc<ConnLimits>,
+    /// Read when the session first asks (an event that never does, such as a message
+    /// queued by another connection, costs no read of the shared lock).
+    limits: std::cell::OnceCell<Arc<ConnLimits>>,
     member: Option<&'a dyn MemberState>,
     /// The edge's end of the connection (the peer's is the flow's), for capture.
     local: SocketAddr,
@@ -253,7 +255,7 @@ impl<'a> ShellEdge<'a> {
         ShellEdge {
             shared,
             routes,
-            limits: shared.limits(),
+            limits: std::cell::OnceCell::new(),
             member,
             local,
         }
@@ -273,7 +275,7 @@ impl Edge for ShellEdge<'_> {
     }
 
     fn limits(&self) -> &SessionLimits {
-        &self.limits.session
+        &self.limits.get_or_init(|| self.shared.limits()).session
     }
 
     fn source_request(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {

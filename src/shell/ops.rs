@@ -521,7 +521,7 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
                 collector_up: c.collector_up.load(Ordering::Relaxed),
                 queued: c.queued.load(Ordering::Relaxed),
                 sent: c.sent.load(Ordering::Relaxed),
-                queued_bytes: c.queued_bytes.load(Ordering::Relaxed) as u64,
+                queued_bytes: shared.capture.queued_bytes() as u64,
                 dropped: c.dropped(),
             }
         }),

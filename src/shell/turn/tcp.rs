@@ -177,6 +177,16 @@ impl Drop for SourceTicket {
     }
 }
 
+/// How long a client's next read may take: until its authentication deadline while it
+/// holds no allocation, then the idle limit.
+fn read_wait(authenticated: bool, auth_deadline: std::time::Instant) -> Duration {
+    if authenticated {
+        TCP_IDLE
+    } else {
+        auth_deadline.saturating_duration_since(clock::now())
+    }
+}
+
 /// Why the relay path stopped in a buffer of frames.
 enum Stop {
     /// At a frame for the general path, of this length.
@@ -414,11 +424,7 @@ impl Turn {
             let mut buf: Vec<u8> = Vec::new();
             let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
             loop {
-                let wait = if authenticated {
-                    TCP_IDLE
-                } else {
-                    auth_deadline.saturating_duration_since(clock::now())
-                };
+                let wait = read_wait(authenticated, auth_deadline);
                 buf.reserve(READ_SIZE);
                 match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
@@ -483,11 +489,7 @@ impl Turn {
             let mut buf: Vec<u8> = Vec::new();
             let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
             loop {
-                let wait = if authenticated {
-                    TCP_IDLE
-                } else {
-                    auth_deadline.saturating_duration_since(clock::now())
-                };
+                let wait = read_wait(authenticated, auth_deadline);
                 let mut closed = false;
                 tokio::select! {
                     ready = tokio::time::timeout(wait, stream.readable()) => {
