@@ -459,29 +459,10 @@ fn the_edge_process_stays_small_under_a_flood_from_many_sources() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let state = tempfile::tempdir().unwrap();
-    let (ext, int, dir) = (
-        free_tcp_port("127.0.0.1"),
-        free_tcp_port("127.0.0.2"),
-        free_tcp_port("127.0.0.1"),
-    );
-    let topology = sipedge::topology::EMBEDDED_DEFAULT
-        .replace("127.0.0.1:5061", &format!("127.0.0.1:{ext}"))
-        .replace("127.0.0.2:5061", &format!("127.0.0.2:{int}"))
-        .replace("127.0.0.1:5070", &format!("127.0.0.1:{dir}"))
-        .replace("127.0.0.2:9095", &format!("127.0.0.2:{}", free_tcp_port("127.0.0.2")))
-        .replace(
-            "host = \"av.sipedge.test\"",
-            &format!(
-                // Relayed ports below the ephemeral ones the listeners were given (a listener
-                // in the relayed range is refused).
-                "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]\nport_min = 21000\nport_max = 21099",
-                free_udp_port("127.0.0.1"),
-                free_udp_port("127.0.0.2"),
-                free_tcp_port("127.0.0.1")
-            ),
-        )
-        // No bans: every attacking connection gets in and stays, the worst case for memory.
-        + "\n[firewall]\nban_after = 0\n";
+    let free = FreePortsDefault::new();
+    let (ext, dir) = (free.external, free.director);
+    // No bans: every attacking connection gets in and stays, the worst case for memory.
+    let topology = free.text + "\n[firewall]\nban_after = 0\n";
     let file = state.path().join("edge.toml");
     std::fs::write(&file, topology).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));

@@ -491,3 +491,77 @@ async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
     assert!(!status.contains(&format!("\"{}\"", first.addr)), "{status}");
     edge.stop().await;
 }
+
+/// At the open-file limit the SIP listener stops accepting, and without a reserve so did the
+/// operations listener: the load balancer's health check and `/status` went unanswered
+/// exactly when they were needed. The real binary under `ulimit -n 64` (soft and hard, so it
+/// cannot raise it), TCP clients from sources of their own until it says it reached the
+/// limit, then more health checks in a row than it holds in reserve: each is answered.
+#[test]
+fn the_operations_listener_answers_at_the_open_file_limit() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    let state = tempfile::tempdir().unwrap();
+    let free = FreePortsDefault::new();
+    let file = state.path().join("edge.toml");
+    std::fs::write(&file, &free.text).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -n 64 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_sipedge"),
+    ])
+    .env("SIPEDGE_STATE_DIR", state.path());
+    let mut edge = run_topology(cmd, &file, Stdio::piped());
+    let mut lines = BufReader::new(edge.0.stdout.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains("external TLS SIP on") {
+            break;
+        }
+    }
+    let (said, log) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(edge.0.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = said.send(line);
+        }
+    });
+    let external: std::net::SocketAddr = format!("127.0.0.1:{}", free.external).parse().unwrap();
+    let mut held = Vec::new();
+    let mut at_limit = false;
+    for n in 1..=200u8 {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let source: std::net::SocketAddr = format!("127.0.1.{n}:0").parse().unwrap();
+        socket.bind(&source.into()).unwrap();
+        socket.connect(&external.into()).unwrap();
+        held.push(socket);
+        if log
+            .recv_timeout(Duration::from_millis(20))
+            .is_ok_and(|l| l.contains("open-file limit reached"))
+            || log
+                .try_iter()
+                .any(|l| l.contains("open-file limit reached"))
+        {
+            at_limit = true;
+            break;
+        }
+    }
+    assert!(
+        at_limit,
+        "the edge never said it reached its open-file limit"
+    );
+    for check in 0..8 {
+        let mut tcp = std::net::TcpStream::connect(&free.operations).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let read = tcp.read_to_string(&mut answer);
+        assert!(
+            read.is_ok() && answer.starts_with("HTTP/1.1 "),
+            "health check {check} at the limit: {read:?} {answer:?}"
+        );
+    }
+    drop(held);
+}

@@ -21,7 +21,7 @@
 )]
 
 /// The allocator the edge ships with (src/main.rs), so that the edge's CPU here is the
-/// shipped binary's; `_RJEM_MALLOC_CONF` tunes it at run time.
+/// shipped binary's; `MALLOC_CONF` tunes it at run time.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

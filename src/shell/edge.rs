@@ -356,11 +356,12 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let server_name = rustls_pki_types::ServerName::try_from(topology.next_hop.server_name.clone())
         .map_err(|_| StartError::ServerName(topology.next_hop.server_name.clone()))?;
 
-    let external = listen::bind(topology.external.sip_bind).map_err(|source| StartError::Bind {
-        addr: topology.external.sip_bind,
-        what: "external SIP",
-        source,
-    })?;
+    let external =
+        listen::bind_external(topology.external.sip_bind).map_err(|source| StartError::Bind {
+            addr: topology.external.sip_bind,
+            what: "external SIP",
+            source,
+        })?;
     let internal = listen::bind(topology.internal.sip_bind).map_err(|source| StartError::Bind {
         addr: topology.internal.sip_bind,
         what: "internal SIP",
@@ -384,7 +385,7 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
     let mut secret = [0u8; 32];
     let mut seed = [0u8; 8];
     let mut call_key_seed = [0u8; 16];
-    let random = rustls::crypto::ring::default_provider().secure_random;
+    let random = crate::tls::config::provider().secure_random;
     random
         .fill(&mut secret)
         .and_then(|()| random.fill(&mut seed))

@@ -87,7 +87,7 @@ pub fn store(path: &Path, ring: &Ring, create_new: bool) -> Result<(), KeyFileEr
 /// 32 bytes from the operating system's CSPRNG (through ring, rustls' provider).
 pub fn random_secret() -> Result<[u8; 32], KeyFileError> {
     let mut secret = [0u8; 32];
-    rustls::crypto::ring::default_provider()
+    crate::tls::config::provider()
         .secure_random
         .fill(&mut secret)
         .map_err(|e| KeyFileError::Random(format!("{e:?}")))?;

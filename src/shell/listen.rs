@@ -26,13 +26,35 @@ use crate::core::sip::proxy::Side;
 const BACKLOG: i32 = 1024;
 
 /// Binds a TCP listener (SO_REUSEADDR so a restart does not wait for TIME_WAIT; IPv6
-/// listeners are v6-only so the two families never alias).
+/// listeners are v6-only so the two families never alias). Its connections send each
+/// message as it is written (TCP_NODELAY: SIP and media are latency-bound, never bulk).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, None)
+}
+
+/// [`bind`] for the external zone: each connection's kernel buffers are also capped at
+/// [`EXTERNAL_SOCKET_BUFFER`] (a remote user's SIP needs a few kilobytes; Linux would
+/// otherwise autotune the send buffer of a client that stops reading up to 4 MiB).
+pub fn bind_external(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, Some(EXTERNAL_SOCKET_BUFFER))
+}
+
+/// Set on the listening socket, not per connection: Linux gives every accepted socket the
+/// listener's TCP_NODELAY and buffer sizes, which saves three system calls per connection
+/// (a handshake at one client at a time is mostly system calls besides its crypto) and
+/// lets the receive window's scale be chosen from the capped buffer in the SYN-ACK, where
+/// setting it after the accept comes too late for that.
+fn bind_with(addr: SocketAddr, buffers: Option<usize>) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(size) = buffers {
+        socket.set_send_buffer_size(size)?;
+        socket.set_recv_buffer_size(size)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -103,10 +125,6 @@ pub async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let _ = tcp.set_nodelay(true);
-        if side == Side::External {
-            bound_socket_buffers(&tcp);
-        }
         shared
             .stats
             .connections_accepted
@@ -166,14 +184,6 @@ pub async fn accept_loop(
 /// messages are a few kilobytes, and the flow queue (`limits.max_queued_bytes`) holds what
 /// waits beyond this. The internal zone's few busy connections keep autotuning.
 pub const EXTERNAL_SOCKET_BUFFER: usize = 64 * 1024;
-
-/// Caps an external connection's kernel buffers at [`EXTERNAL_SOCKET_BUFFER`] (Linux
-/// doubles the value asked for, for its bookkeeping).
-pub fn bound_socket_buffers(tcp: &tokio::net::TcpStream) {
-    let socket = socket2::SockRef::from(tcp);
-    let _ = socket.set_send_buffer_size(EXTERNAL_SOCKET_BUFFER);
-    let _ = socket.set_recv_buffer_size(EXTERNAL_SOCKET_BUFFER);
-}
 
 /// A run of failed accepts (the descriptor limit, mostly), logged when it starts and when it
 /// ends rather than at every retry: a full edge retries every second for as long as it is
@@ -264,28 +274,31 @@ mod tests {
         assert!(FD_LIMIT_REACHED.starts_with("open-file limit reached"));
     }
 
+    /// What [`bind_with`] relies on: the accepted socket carries the listener's options
+    /// without a call of its own.
     #[tokio::test]
-    async fn an_external_sockets_kernel_buffers_are_bounded() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
-        let before = socket2::SockRef::from(&tcp).send_buffer_size().unwrap();
-        bound_socket_buffers(&tcp);
-        let socket = socket2::SockRef::from(&tcp);
+    async fn accepted_sockets_inherit_nodelay_and_the_external_buffer_cap() {
+        let default = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let external = bind_external("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut sizes = Vec::new();
+        for listener in [&default, &external] {
+            let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert!(tcp.nodelay().unwrap());
+            let socket = socket2::SockRef::from(&tcp);
+            sizes.push((
+                socket.send_buffer_size().unwrap(),
+                socket.recv_buffer_size().unwrap(),
+            ));
+        }
         // Linux reports twice what was set.
-        assert_eq!(
-            socket.send_buffer_size().unwrap(),
-            2 * EXTERNAL_SOCKET_BUFFER
-        );
-        assert_eq!(
-            socket.recv_buffer_size().unwrap(),
-            2 * EXTERNAL_SOCKET_BUFFER
-        );
+        let capped = 2 * EXTERNAL_SOCKET_BUFFER;
+        assert_eq!(sizes[1], (capped, capped));
         assert_ne!(
-            before,
-            2 * EXTERNAL_SOCKET_BUFFER,
-            "the test must change something"
+            sizes[0].0, capped,
+            "the default listener's sockets keep autotuning"
         );
     }
 }

@@ -42,7 +42,7 @@ use crate::obs::snapshot::{
     AccessEdge, ByZone, Certificate, EdgeSnapshot, NextHop, Partner, PartnerCounters, Probe, Relay,
     RingKey,
 };
-use crate::sync::RwLockExt;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// The request head, start line included (hyper's smallest read buffer, too).
 const MAX_HEAD: usize = 8 * 1024;
@@ -53,10 +53,63 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONCURRENT: usize = 64;
 
+/// Descriptors the operations listener keeps in reserve (see [`Reserve`]).
+const RESERVED_DESCRIPTORS: usize = 4;
+
+/// A few open descriptors (of `/dev/null`) held back for the operations listener. When the
+/// edge is at its open-file limit — a crowd of clients, or a limit set too low — the SIP and
+/// TURN listeners stop accepting, and so would this one: the load balancer's health check
+/// and the operator's `/status` would go unanswered exactly when they are needed. So when an
+/// accept here fails for lack of descriptors, one reserved descriptor is closed and the
+/// accept tried again with it, and the connection gives it back when it ends.
+struct Reserve {
+    held: std::sync::Mutex<Vec<std::fs::File>>,
+}
+
+impl Reserve {
+    fn new() -> Reserve {
+        let reserve = Reserve {
+            held: std::sync::Mutex::new(Vec::with_capacity(RESERVED_DESCRIPTORS)),
+        };
+        reserve.refill();
+        reserve
+    }
+
+    /// Closes one reserved descriptor; whether there was one.
+    fn release_one(&self) -> bool {
+        self.held.lock_unpoisoned().pop().is_some()
+    }
+
+    /// Takes back what was released, as far as descriptors are free.
+    fn refill(&self) {
+        let mut held = self.held.lock_unpoisoned();
+        while held.len() < RESERVED_DESCRIPTORS {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => held.push(file),
+                Err(_) => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.held.lock_unpoisoned().len()
+    }
+}
+
+/// The process (EMFILE) or the system (ENFILE) is out of descriptors.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
+
 /// Serves until shutdown.
 pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
     let mut shutdown = view.shared.shutdown.clone();
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let reserve = Arc::new(Reserve::new());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(READ_TIMEOUT)
@@ -69,9 +122,14 @@ pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((tcp, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            // Again at once, with a reserved descriptor free.
+            Err(e) if out_of_descriptors(&e) && reserve.release_one() => continue,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue; // dropped: the monitoring system retries
@@ -79,9 +137,13 @@ pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
         let view = view.clone();
         let service = service_fn(move |request| handle(request, view.clone()));
         let connection = http.serve_connection(TokioIo::new(tcp), service);
+        let reserve = reserve.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
             drop(slot);
+            // The connection's descriptor is closed: back into the reserve before a
+            // listener that backs off from the limit takes it.
+            reserve.refill();
         });
     }
 }
@@ -537,6 +599,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_gives_a_descriptor_and_takes_it_back() {
+        let reserve = Reserve::new();
+        assert_eq!(reserve.len(), RESERVED_DESCRIPTORS);
+        for _ in 0..RESERVED_DESCRIPTORS {
+            assert!(reserve.release_one());
+        }
+        assert!(!reserve.release_one(), "no more than it holds");
+        reserve.refill();
+        assert_eq!(reserve.len(), RESERVED_DESCRIPTORS);
+        let error =
+            |errno: rustix::io::Errno| std::io::Error::from_raw_os_error(errno.raw_os_error());
+        assert!(out_of_descriptors(&error(rustix::io::Errno::MFILE)));
+        assert!(out_of_descriptors(&error(rustix::io::Errno::NFILE)));
+        assert!(!out_of_descriptors(&error(rustix::io::Errno::CONNABORTED)));
+    }
     use crate::core::avauth::RelayInfo;
     use crate::core::keyring::Ring;
 

@@ -283,12 +283,13 @@ fn check_key_matches(
 ) -> Result<(), TlsError> {
     use rustls::{Error, InconsistentKeys};
 
-    let signer = rustls::crypto::ring::sign::any_supported_type(&m.key).map_err(|source| {
-        TlsError::UnsupportedKey {
+    let signer = super::config::provider()
+        .key_provider
+        .load_private_key(m.key.clone_key())
+        .map_err(|source| TlsError::UnsupportedKey {
             path: key_path.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     match CertifiedKey::new(m.chain.clone(), signer).keys_match() {
         Ok(()) => Ok(()),
         Err(Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(TlsError::KeyMismatch {

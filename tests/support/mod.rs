@@ -728,6 +728,52 @@ pub fn run_topology(
     )
 }
 
+/// The embedded loopback default with every listener on a port free right now, for a test
+/// that runs the real binary beside others.
+pub struct FreePortsDefault {
+    /// The topology file's text.
+    pub text: String,
+    /// External SIP on 127.0.0.1.
+    pub external: u16,
+    /// The next hop (the lab Director's place) on 127.0.0.1.
+    pub director: u16,
+    /// The operations listener, `127.0.0.2:PORT`.
+    pub operations: String,
+}
+
+impl FreePortsDefault {
+    pub fn new() -> FreePortsDefault {
+        let (external, internal, director) = (
+            free_tcp_port("127.0.0.1"),
+            free_tcp_port("127.0.0.2"),
+            free_tcp_port("127.0.0.1"),
+        );
+        let operations = format!("127.0.0.2:{}", free_tcp_port("127.0.0.2"));
+        let text = sipedge::topology::EMBEDDED_DEFAULT
+            .replace("127.0.0.1:5061", &format!("127.0.0.1:{external}"))
+            .replace("127.0.0.2:5061", &format!("127.0.0.2:{internal}"))
+            .replace("127.0.0.1:5070", &format!("127.0.0.1:{director}"))
+            .replace("127.0.0.2:9095", &operations)
+            .replace(
+                "host = \"av.sipedge.test\"",
+                &format!(
+                    // Relayed ports below the ephemeral ones the listeners were given (a
+                    // listener in the relayed range is refused).
+                    "host = \"av.sipedge.test\"\nlisten_udp = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\nlisten_tcp = [\"127.0.0.1:{}\"]\nport_min = 21000\nport_max = 21099",
+                    free_udp_port("127.0.0.1"),
+                    free_udp_port("127.0.0.2"),
+                    free_tcp_port("127.0.0.1")
+                ),
+            );
+        FreePortsDefault {
+            text,
+            external,
+            director,
+            operations,
+        }
+    }
+}
+
 /// A child process killed (by its own PID) and reaped when dropped, pass or fail.
 pub struct Reaped(pub std::process::Child);
 

@@ -275,11 +275,10 @@ impl Turn {
             let Ok(server) = stream.local_addr() else {
                 continue;
             };
-            // Media: each frame goes out as it comes, not held back for the client's next
-            // acknowledgement (Nagle's algorithm cost 2.6 ms per packet at 400 pps). And
-            // the kernel holds no more for a client than the edge would: without a cap,
-            // send-buffer autotuning took 1.7 MB for a client that does not read.
-            let _ = stream.set_nodelay(true);
+            // Media goes out frame by frame (TCP_NODELAY, from the listener: Nagle's
+            // algorithm cost 2.6 ms per packet at 400 pps), and the kernel holds no more
+            // for a client than the edge would: without a cap, send-buffer autotuning took
+            // 1.7 MB for a client that does not read.
             let _ = socket2::SockRef::from(&stream)
                 .set_send_buffer_size(self.tcp_limits.max_queued_bytes.clamp(16 << 10, 1 << 20));
             let tuple = FiveTuple {

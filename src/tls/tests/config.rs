@@ -282,7 +282,7 @@ fn servers_choose_aes_128_gcm_sha256_even_when_the_client_lists_aes_256_first() 
     // rustls's and OpenSSL's clients list AES-256-GCM/SHA-384 first; its transcript hash
     // costs the edge more (see `provider`). Both servers choose by their own order.
     let (_d, pki) = new_pki();
-    let stock = rustls::crypto::ring::default_provider();
+    let stock = rustls::crypto::aws_lc_rs::default_provider();
     assert_eq!(
         stock.cipher_suites.first().map(|s| s.suite()),
         Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
@@ -325,5 +325,43 @@ fn servers_choose_aes_128_gcm_sha256_even_when_the_client_lists_aes_256_first() 
     assert_eq!(
         c.negotiated_cipher_suite().map(|s| s.suite()),
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
+
+/// A library that builds its own rustls client (redis-rs for `rediss://`) finds the edge's
+/// provider as the process default: the tree has two providers, and rustls would pick
+/// neither by itself (a panic at the first `rediss://` connection).
+#[test]
+fn the_edges_provider_is_the_process_default_for_libraries() {
+    let ours = provider();
+    let default = rustls::crypto::CryptoProvider::get_default().expect("a process default");
+    assert_eq!(
+        default.cipher_suites.first().map(|s| s.suite()),
+        ours.cipher_suites.first().map(|s| s.suite())
+    );
+    let _ = ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+}
+
+#[test]
+fn a_client_that_asks_for_the_post_quantum_hybrid_gets_it() {
+    let (_d, pki) = new_pki();
+    let pq = rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(pq))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(&pki))
+            .with_no_client_auth(),
+    );
+    let external = external_server_config(material(&pki, DevRole::External), None).unwrap();
+    let (c, _, _) = connect(&client, &external, "sip.example.test");
+    assert_eq!(
+        c.negotiated_key_exchange_group().map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
     );
 }
