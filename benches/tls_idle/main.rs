@@ -783,6 +783,8 @@ fn run(args: &Args) -> Result<bool, String> {
 
     // Hold with keep-alives, then check every client.
     let mut hold_report = String::new();
+    // New remote users served while the others are held: one every 10 s.
+    let (mut probes, mut probes_ok, mut probe_ms) = (0u64, 0u64, Vec::new());
     if held > 0 {
         let t0 = Instant::now();
         while t0.elapsed() < args.hold {
@@ -790,6 +792,12 @@ fn run(args: &Args) -> Result<bool, String> {
             std::thread::sleep(left.min(Duration::from_secs(10)));
             if !edge.alive() {
                 return Err(format!("the edge died:\n{}", edge.log_tail(20)));
+            }
+            let answer = workers.ask_all(|id| (id == 0).then(|| "probe".to_string()))?;
+            probes += 1;
+            if let Some(a) = answer.first().filter(|a| num(a, "ok") == 1) {
+                probes_ok += 1;
+                probe_ms.push(num(a, "ms"));
             }
             println!(
                 "  hold {:>4.0}/{} s: the edge counts {} external connections",
@@ -815,13 +823,20 @@ fn run(args: &Args) -> Result<bool, String> {
         let opened: u64 = ramps.iter().map(|r| r.opened).sum();
         let options = options_seen.load(Ordering::Relaxed);
         // The clients' own account: every one still held, none closed, every ping answered.
-        let all_ok = now_held == held && closed == 0 && late == 0 && unexpected == 0;
+        let all_ok = now_held == held
+            && closed == 0
+            && late == 0
+            && unexpected == 0
+            && probes_ok == probes;
+        probe_ms.sort_unstable();
+        let probe_median = probe_ms.get(probe_ms.len() / 2).copied().unwrap_or(0);
         hold_report = format!(
             "After {} s at {held}: every client still connected: {}. Held {now_held} of {held}, \
              closed by the edge {closed}; keep-alives {pings} sent, {pongs} answered, {late} \
              unanswered within 10 s; {unexpected} unexpected bytes; the edge counts {edge_count} \
              external connections; the Director stub answered {options} OPTIONS (clients \
-             opened {opened}).",
+             opened {opened}); new users meanwhile: {probes_ok} of {probes} served (handshake \
+             and OPTIONS answered, median {probe_median} ms).",
             args.hold.as_secs(),
             if all_ok { "yes" } else { "NO" }
         );
@@ -833,9 +848,9 @@ fn run(args: &Args) -> Result<bool, String> {
                 "the edge counts {edge_count} external connections, the clients hold {held}"
             ));
         }
-        if options != opened {
+        if options != opened + probes_ok {
             failures.push(format!(
-                "the Director stub answered {options} OPTIONS, the clients opened {opened} connections"
+                "the Director stub answered {options} OPTIONS, the clients opened {opened} connections and {probes_ok} new users"
             ));
         }
         if pings == 0 {

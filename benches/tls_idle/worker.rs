@@ -239,6 +239,28 @@ async fn serve(cfg: Config, mut commands: mpsc::Receiver<String>) -> Result<(), 
                     None => "error open needs a count".into(),
                 }
             }
+            // A new remote user while the others are held: a connection from a source of
+            // its own, the handshake, one OPTIONS answered through the edge, closed.
+            Some("probe") => {
+                let k = next_hs;
+                next_hs += 1;
+                let t0 = Instant::now();
+                let (_, result) = connect_and_ask(
+                    idle_tls.clone(),
+                    cfg.edge,
+                    hs_source(k),
+                    (cfg.id, k),
+                    cfg.timeout,
+                )
+                .await;
+                match result {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.shutdown().await;
+                        format!("probe ok=1 ms={}", t0.elapsed().as_millis())
+                    }
+                    Err(e) => format!("probe ok=0 why={}", e.replace(' ', "_")),
+                }
+            }
             Some("check") => {
                 // Reap what ended, so `held` is exact.
                 while holders.try_join_next().is_some() {}
