@@ -123,7 +123,7 @@ pub async fn accept(
     // Boxed from the start: the futures that hold it (the handshake's, the connection
     // task's) then carry a pointer, not a copy of its kilobyte each.
     let mut stream = Box::new(TlsStream::new(tcp, conn));
-    stream.handshake(true).await?;
+    stream.handshake().await?;
     Ok(stream)
 }
 
@@ -135,7 +135,7 @@ pub async fn connect(
 ) -> io::Result<Box<TlsStream<UnbufferedClientConnection>>> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
     let mut stream = Box::new(TlsStream::new(tcp, conn));
-    stream.handshake(false).await?;
+    stream.handshake().await?;
     Ok(stream)
 }
 
@@ -167,10 +167,7 @@ impl<C: TlsSide> TlsStream<C> {
         self.outgoing.len()
     }
 
-    /// `peer_first`: the peer's flight opens the handshake (the server side), so its first
-    /// read is tried before waiting (see below).
-    async fn handshake(&mut self, peer_first: bool) -> io::Result<()> {
-        let mut first_flight = peer_first;
+    async fn handshake(&mut self) -> io::Result<()> {
         loop {
             let mut partial = std::mem::take(&mut self.partial);
             let early = &mut self.early_plaintext;
@@ -204,31 +201,14 @@ impl<C: TlsSide> TlsStream<C> {
                 ));
             }
             // More of the peer's flight: straight into `partial` (the handshake is brief).
-            // The first flight is read at once, without waiting for the runtime to report
-            // the new socket readable: a client sends its hello right after connecting, so
-            // it is nearly always there by the time the accept is served, and asking first
-            // saves a round through the event loop per connection. Later flights are a
-            // round trip away: those wait.
+            self.tcp.readable().await?;
             let start = self.partial.len();
             self.partial.resize(start + READ_SIZE, 0);
-            let read = match self.partial.get_mut(start..) {
-                Some(tail) if first_flight => {
-                    first_flight = false;
-                    match std::io::Read::read(&mut &*socket2::SockRef::from(&self.tcp), tail) {
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            self.tcp.readable().await?;
-                            self.tcp.try_read(tail)
-                        }
-                        other => other,
-                    }
-                }
-                Some(tail) => {
-                    self.tcp.readable().await?;
-                    self.tcp.try_read(tail)
-                }
-                None => Ok(0),
-            };
-            match read {
+            let read = self
+                .partial
+                .get_mut(start..)
+                .map(|tail| self.tcp.try_read(tail));
+            match read.unwrap_or(Ok(0)) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         ErrorKind::UnexpectedEof,
