@@ -823,11 +823,8 @@ fn run(args: &Args) -> Result<bool, String> {
         let opened: u64 = ramps.iter().map(|r| r.opened).sum();
         let options = options_seen.load(Ordering::Relaxed);
         // The clients' own account: every one still held, none closed, every ping answered.
-        let all_ok = now_held == held
-            && closed == 0
-            && late == 0
-            && unexpected == 0
-            && probes_ok == probes;
+        let all_ok =
+            now_held == held && closed == 0 && late == 0 && unexpected == 0 && probes_ok == probes;
         probe_ms.sort_unstable();
         let probe_median = probe_ms.get(probe_ms.len() / 2).copied().unwrap_or(0);
         hold_report = format!(
