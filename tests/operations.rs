@@ -496,7 +496,9 @@ async fn reload_moves_the_pool_to_new_next_hops_without_losing_a_transaction() {
 /// operations listener: the load balancer's health check and `/status` went unanswered
 /// exactly when they were needed. The real binary under `ulimit -n 64` (soft and hard, so it
 /// cannot raise it), TCP clients from sources of their own until it says it reached the
-/// limit, then more health checks in a row than it holds in reserve: each is answered.
+/// limit, then more health checks in a row than it holds in reserve: each is answered, 503
+/// with the reason (so a load balancer sends new users elsewhere), and once the clients are
+/// gone the reason is too.
 #[test]
 fn the_operations_listener_answers_at_the_open_file_limit() {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -551,17 +553,34 @@ fn the_operations_listener_answers_at_the_open_file_limit() {
         at_limit,
         "the edge never said it reached its open-file limit"
     );
-    for check in 0..8 {
+    let health = || {
         let mut tcp = std::net::TcpStream::connect(&free.operations).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut answer = String::new();
         let read = tcp.read_to_string(&mut answer);
+        (read.is_ok(), answer)
+    };
+    const AT_LIMIT: &str = "not accepting remote users: open-file limit reached";
+    for check in 0..8 {
+        let (read, answer) = health();
         assert!(
-            read.is_ok() && answer.starts_with("HTTP/1.1 "),
+            read && answer.starts_with("HTTP/1.1 503") && answer.contains(AT_LIMIT),
             "health check {check} at the limit: {read:?} {answer:?}"
         );
     }
     drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (read, answer) = health();
+        if read && answer.starts_with("HTTP/1.1 ") && !answer.contains(AT_LIMIT) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still at the limit after the clients left: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -92,7 +92,19 @@ pub async fn accept_loop(
                 // EMFILE and friends: back off rather than spin (mini-redis does the same),
                 // and say so once, not at every retry.
                 let _ = failing.failed(side, &e);
+                // Out of descriptors: `/healthz` says so until the retry. Cleared before
+                // retrying, not by the next accept that succeeds: with nobody waiting in the
+                // backlog no accept would come, and a load balancer that believes the 503
+                // sends nobody.
+                let limit = side == Side::External && out_of_descriptors(&e);
+                let flag = &shared.stats.external_out_of_descriptors;
+                if limit {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 tokio::time::sleep(backoff).await;
+                if limit {
+                    flag.store(false, Ordering::Relaxed);
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
@@ -193,6 +205,14 @@ struct AcceptFailures {
     failed: u64,
 }
 
+/// The process (EMFILE) or the system (ENFILE) is out of descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
+
 /// What the edge says when the descriptor limit stops it accepting.
 const FD_LIMIT_REACHED: &str = "open-file limit reached: not accepting new connections until \
      some close (raise LimitNOFILE / ulimit -n, or lower limits.max_connections)";
@@ -205,8 +225,7 @@ impl AcceptFailures {
             return false;
         }
         let zone = side.label();
-        // EMFILE (24) and ENFILE (23): the process's or the system's open-file limit.
-        if matches!(e.raw_os_error(), Some(23 | 24)) {
+        if out_of_descriptors(e) {
             tracing::error!(zone, error = %e, "{FD_LIMIT_REACHED}");
         } else {
             tracing::warn!(zone, error = %e, "accept failing: retrying with back-off");

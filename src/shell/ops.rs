@@ -1,7 +1,8 @@
 //! The operations listener: HTTP/1.1 through hyper, on an internal or management address
 //! (the topology refuses the external one):
-//! - `GET /healthz` (200, or 503 when no next hop is up, the edge is draining or a serving
-//!   certificate has expired), `GET /status` (JSON), `GET /metrics` (Prometheus text);
+//! - `GET /healthz` (200, or 503 when no next hop is up, the edge is draining, a serving
+//!   certificate has expired or the external listener is out of descriptors), `GET /status`
+//!   (JSON), `GET /metrics` (Prometheus text), answered at the open-file limit too;
 //! - the TURN REST credential endpoint for WebRTC gateways (draft-uberti-behave-turn-rest):
 //!   `GET /?service=turn&username=U[&ttl=S]` or `GET /turn?username=U[&ttl=S]`, or
 //!   `POST /turn` with a JSON body `{"username": U, "ttl": S}`; answers
@@ -97,14 +98,6 @@ impl Reserve {
     }
 }
 
-/// The process (EMFILE) or the system (ENFILE) is out of descriptors.
-fn out_of_descriptors(e: &std::io::Error) -> bool {
-    matches!(
-        rustix::io::Errno::from_io_error(e),
-        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
-    )
-}
-
 /// Serves until shutdown.
 pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
     let mut shutdown = view.shared.shutdown.clone();
@@ -125,7 +118,7 @@ pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             // Again at once, with a reserved descriptor free.
-            Err(e) if out_of_descriptors(&e) && reserve.release_one() => continue,
+            Err(e) if super::listen::out_of_descriptors(&e) && reserve.release_one() => continue,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -389,6 +382,14 @@ fn unhealthy(view: &EdgeView) -> Option<String> {
     if view.shared.is_draining() {
         return Some("draining".into());
     }
+    if view
+        .shared
+        .stats
+        .external_out_of_descriptors
+        .load(Ordering::Relaxed)
+    {
+        return Some("not accepting remote users: open-file limit reached".into());
+    }
     let now_unix = i64::try_from(clock::now_unix()).unwrap_or(i64::MAX);
     let certificates = view.certificates.read_unpoisoned();
     if let Some((role, _)) = certificates.iter().find(|(_, c)| c.not_after < now_unix) {
@@ -612,6 +613,7 @@ mod tests {
         assert_eq!(reserve.len(), RESERVED_DESCRIPTORS);
         let error =
             |errno: rustix::io::Errno| std::io::Error::from_raw_os_error(errno.raw_os_error());
+        use crate::shell::listen::out_of_descriptors;
         assert!(out_of_descriptors(&error(rustix::io::Errno::MFILE)));
         assert!(out_of_descriptors(&error(rustix::io::Errno::NFILE)));
         assert!(!out_of_descriptors(&error(rustix::io::Errno::CONNABORTED)));

@@ -1,7 +1,7 @@
 //! The Access Edge's counters (exported on `/metrics`, live): forwarded messages, rejects
 //! by reason and side, firewall refusals.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::core::firewall::Refusal;
 use crate::core::sip::proxy::Side;
@@ -32,6 +32,10 @@ pub struct Stats {
     pub credentials_refused: AtomicU64,
     /// Forwarded messages by method (the last row: responses) and zone of origin.
     pub by_method: [[AtomicU64; 2]; RESPONSES + 1],
+    /// The external listener's accepts fail for lack of descriptors (the open-file limit):
+    /// `/healthz` answers 503 until one succeeds, so a load balancer sends new remote users
+    /// to another member instead of into a backlog nobody accepts from.
+    pub external_out_of_descriptors: AtomicBool,
 }
 
 impl Default for Stats {
@@ -51,6 +55,7 @@ impl Default for Stats {
             credentials_issued: AtomicU64::new(0),
             credentials_refused: AtomicU64::new(0),
             by_method: Default::default(),
+            external_out_of_descriptors: AtomicBool::new(false),
         }
     }
 }
