@@ -168,6 +168,15 @@ async fn the_user_quota_holds_across_the_members_of_a_pool() {
         Some(486)
     );
 
+    let decided = |av: &Av, how: &str| {
+        let turn = av.edge.turn.as_ref().unwrap();
+        turn.pool_asks_decided()
+            .iter()
+            .find(|(h, _)| *h == how)
+            .map_or(0, |(_, n)| *n)
+    };
+    let by_pool = |how: &str| decided(&a, how) + decided(&b, how);
+    let (granted_before, refused_before) = (by_pool("granted"), by_pool("refused"));
     // Bob races six Allocates over both members at once: exactly his quota is granted.
     let bob = a.credential("bob@sipedge.test", 3600);
     let mut racers = Vec::new();
@@ -188,17 +197,14 @@ async fn the_user_quota_holds_across_the_members_of_a_pool() {
         "{codes:?}"
     );
 
-    let decided = |av: &Av, how: &str| {
-        let turn = av.edge.turn.as_ref().unwrap();
-        turn.pool_asks_decided()
-            .iter()
-            .find(|(h, _)| *h == how)
-            .map_or(0, |(_, n)| *n)
-    };
     assert_eq!(decided(&a, "local") + decided(&b, "local"), 0);
-    // Bob's race: two asks park on each member (the third is over what it alone knows),
-    // and Redis refuses two of the four.
-    assert!(decided(&a, "refused") + decided(&b, "refused") >= 2);
+    // Bob's race went through the pool: each member asked it (nothing above was decided by
+    // a member alone). How the pool split its verdicts depends on the interleaving (when
+    // one member's asks are answered before the other's go out, the other learns what bob
+    // holds elsewhere and decides the ask queued behind it by that): CI once saw fewer
+    // refusals than this test used to require, with exactly the quota granted as above.
+    let asked = by_pool("granted") + by_pool("refused") - granted_before - refused_before;
+    assert!(asked >= 2, "the pool decided {asked} of bob's asks");
     // Redis hangs (stopped, not gone): an Allocate is decided here at the timeout.
     redis.pause();
     let carol = a.credential("carol@sipedge.test", 3600);
