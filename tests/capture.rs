@@ -270,13 +270,7 @@ async fn a_call_through_the_edge_is_captured_on_both_sides_and_sngrep_decodes_it
     director.send(invite.conn, &ok);
     let ok = client.recv().await;
     assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
-    let mut route: Vec<&str> = ok
-        .split("\r\n")
-        .filter_map(|l| l.strip_prefix("Record-Route: "))
-        .flat_map(|v| v.split(", "))
-        .collect();
-    route.reverse();
-    let route = format!("Route: {}\r\n", route.join(", "));
+    let route = format!("Route: {}\r\n", route_set(&ok));
     client.send(&request("ACK", 1, &route)).await;
     assert!(director.recv().await.text.starts_with("ACK "));
     client.send(&request("BYE", 2, &route)).await;

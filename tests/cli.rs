@@ -233,13 +233,7 @@ async fn lab_call(alice: &mut Client, bob: &mut Client) {
     bob.send(&ok).await;
     let ok = alice.recv().await;
     assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
-    let mut route: Vec<&str> = ok
-        .split("\r\n")
-        .filter_map(|l| l.strip_prefix("Record-Route: "))
-        .flat_map(|v| v.split(", "))
-        .collect();
-    route.reverse();
-    let route = route.join(", ");
+    let route = route_set(&ok);
     let in_dialog = |method: &str, cseq: u32| {
         format!(
             "{method} sip:bob@192.168.1.5:{b_port};transport=tls SIP/2.0\r\n\

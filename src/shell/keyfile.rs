@@ -84,7 +84,7 @@ pub fn store(path: &Path, ring: &Ring, create_new: bool) -> Result<(), KeyFileEr
     result.map_err(io)
 }
 
-/// 32 bytes from the operating system's CSPRNG (through ring, rustls' provider).
+/// 32 bytes from the operating system's CSPRNG (through the edge's rustls provider).
 pub fn random_secret() -> Result<[u8; 32], KeyFileError> {
     let mut secret = [0u8; 32];
     crate::tls::config::provider()

@@ -125,7 +125,10 @@ pub async fn serve(view: Arc<EdgeView>, listener: TcpListener) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // dropped: the monitoring system retries
+            // Dropped: the monitoring system retries. Its descriptor may be a reserved one.
+            drop(tcp);
+            reserve.refill();
+            continue;
         };
         let view = view.clone();
         let service = service_fn(move |request| handle(request, view.clone()));

@@ -33,8 +33,8 @@ pub struct Stats {
     /// Forwarded messages by method (the last row: responses) and zone of origin.
     pub by_method: [[AtomicU64; 2]; RESPONSES + 1],
     /// The external listener's accepts fail for lack of descriptors (the open-file limit):
-    /// `/healthz` answers 503 until one succeeds, so a load balancer sends new remote users
-    /// to another member instead of into a backlog nobody accepts from.
+    /// `/healthz` answers 503 until its next retry, so a load balancer sends new remote
+    /// users to another member instead of into a backlog nobody accepts from.
     pub external_out_of_descriptors: AtomicBool,
 }
 

@@ -153,7 +153,7 @@ pub fn external_server_config_with(
     // The cheaper suite first (see `provider`).
     cfg.ignore_client_order = true;
     // Stateless TLS 1.3 (and 1.2) tickets: sealed with keys from the pool ring when there is
-    // one (a client resumes on any member), else ring's ticketer (rotating its own key).
+    // one (a client resumes on any member), else aws-lc's ticketer (rotating its own key).
     cfg.ticketer = match ticketer {
         Some(t) => t,
         None => rustls::crypto::aws_lc_rs::Ticketer::new().map_err(config_err(WHAT))?,

@@ -573,6 +573,18 @@ pub fn rr_token(msg: &str) -> String {
     first[start..end].to_string()
 }
 
+/// The route set a caller takes from a dialog-forming response: its Record-Route entries,
+/// last first (RFC 3261 §12.1.2), joined for a Route header's value.
+pub fn route_set(response: &str) -> String {
+    let mut route: Vec<&str> = response
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .flat_map(|v| v.split(", "))
+        .collect();
+    route.reverse();
+    route.join(", ")
+}
+
 /// The value of `param` in a header value (`;name=value`).
 pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     value.split(';').skip(1).find_map(|p| {
