@@ -112,7 +112,7 @@ fn the_relay_workers_allocate_nothing_per_packet() {
         t.keys = Some(KeysSource::File(ring_path.clone()));
         t.relay = Some(Relay {
             listen_udp: vec!["127.0.0.2:0".parse().unwrap()],
-            listen_tcp: vec![],
+            listen_tcp: vec!["127.0.0.2:0".parse().unwrap()],
             relay_ip: Some("127.0.0.1".parse().unwrap()),
             port_min: 20_000,
             port_max: 29_999,
@@ -191,6 +191,69 @@ fn the_relay_workers_allocate_nothing_per_packet() {
     assert!(
         blocks < 20,
         "{blocks} heap blocks while 4 000 packets crossed the relay"
+    );
+
+    // The same over TURN over TCP (its own allocation and peer): the client's relay worker
+    // reads its frames and writes the peer's to it.
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(edge.turn_tcp[0]).unwrap();
+    tcp.set_read_timeout(wait).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut tcp_exchange = |request: &[u8]| {
+        tcp.write_all(request).unwrap();
+        let mut head = [0u8; 20];
+        tcp.read_exact(&mut head).unwrap();
+        let mut msg = head.to_vec();
+        msg.resize(20 + usize::from(u16::from_be_bytes([head[2], head[3]])), 0);
+        tcp.read_exact(&mut msg[20..]).unwrap();
+        msg
+    };
+    let nonce = value(
+        &tcp_exchange(&support::turn_request(ALLOCATE, 11, &udp, None)),
+        attr::NONCE,
+    );
+    let auth = support::TurnAuth {
+        username: &cred.username,
+        key: &key,
+        nonce: &nonce,
+    };
+    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
+        support::turn_request(method, id, build, Some(&auth))
+    };
+    let allocated = tcp_exchange(&signed(ALLOCATE, 12, &udp));
+    let relayed =
+        decode_xor_address(&value(&allocated, attr::XOR_RELAYED_ADDRESS), &[12; 12]).unwrap();
+    let tcp_peer = UdpSocket::bind("127.0.0.6:0").unwrap();
+    tcp_peer.set_read_timeout(wait).unwrap();
+    let peer_addr = tcp_peer.local_addr().unwrap();
+    let bound = tcp_exchange(&signed(CHANNEL_BIND, 13, &|w| {
+        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x02, 0, 0])
+            .xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+    }));
+    assert_eq!(support::error_code(&bound), None);
+    let mut frame = vec![0x40, 0x02, 0x00, 172];
+    frame.resize(4 + 172, 0x80);
+    let mut tcp_round = || {
+        tcp.write_all(&frame).unwrap();
+        let (n, from) = tcp_peer.recv_from(&mut buf).unwrap();
+        assert_eq!((n, from), (172, relayed));
+        tcp_peer.send_to(&buf[..172], relayed).unwrap();
+        tcp.read_exact(&mut buf[..4 + 172]).unwrap();
+        assert_eq!(&buf[..4], &[0x40, 0x02, 0x00, 172]);
+    };
+    for _ in 0..50 {
+        tcp_round();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = dhat::HeapStats::get();
+    for _ in 0..2000 {
+        tcp_round();
+    }
+    let after = dhat::HeapStats::get();
+    let blocks = after.total_blocks - before.total_blocks;
+    assert!(
+        blocks < 20,
+        "{blocks} heap blocks while 4 000 packets crossed the relay over TCP"
     );
     rt.block_on(edge.stop());
 }

@@ -472,6 +472,8 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     assert_eq!(error_code(&permitted), None);
 
     // The peer sends while the client reads nothing: bounded in count and time.
+    // The edge counts the three answers it wrote too (maybe after the client read them).
+    let answers = (challenge.len() + allocated.len() + permitted.len()) as u64;
     let payload = vec![0x5Au8; 1000];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut sent = 0;
@@ -502,9 +504,136 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
         taken < 128 * 1024,
         "{taken} bytes queued for a client that does not read"
     );
-    // The client is still served once it reads: Data indications first, whole.
-    let first = tcp_read_message(&mut client).await.expect("data");
-    assert_eq!(attr_value(&first, attr::DATA).unwrap(), payload);
+    // The client is still served once it reads: every frame the edge took reaches it,
+    // whole and in order (what waited in the edge's queue is written by the client's relay
+    // worker when the socket takes more), and then nothing more.
+    let mut received = 0;
+    loop {
+        let mut head = [0u8; 20];
+        let quiet = tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut head));
+        let Ok(read) = quiet.await else {
+            break;
+        };
+        read.expect("the stream stays open");
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let mut msg = head.to_vec();
+        msg.resize(20 + len, 0);
+        tokio::time::timeout(WAIT, client.read_exact(&mut msg[20..]))
+            .await
+            .expect("the rest of a frame follows its head")
+            .unwrap();
+        assert_eq!(
+            attr_value(&msg, attr::DATA).unwrap(),
+            payload,
+            "frame {received}"
+        );
+        received += msg.len() as u64;
+    }
+    assert_eq!(
+        received,
+        av.stats().bytes_to_clients() - answers,
+        "every byte the edge took for the client was written to it"
+    );
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_clients_frames_cross_whatever_way_the_stream_splits_them() {
+    let av = Av::start(|_| {}, |_| {}).await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut client = tcp_from("127.0.0.53", av.ext_tcp).await;
+    client.set_nodelay(true).unwrap();
+    let challenge = tcp_exchange(&mut client, &request(ALLOCATE, 1, &allocate_udp, None))
+        .await
+        .unwrap();
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
+        request(method, id, build, Some((&alice, &nonce)))
+    };
+    let allocated = tcp_exchange(&mut client, &signed(ALLOCATE, 2, &allocate_udp))
+        .await
+        .unwrap();
+    let relayed = relayed_of(&allocated);
+    let peer = UdpSocket::bind("127.0.0.54:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let bound = tcp_exchange(
+        &mut client,
+        &signed(CHANNEL_BIND, 3, &|w| {
+            w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x07, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(error_code(&bound), None);
+
+    // Twelve ChannelData frames of odd sizes (padded to 4 on the stream), then a Refresh
+    // (the general path) in the middle of the stream, written in pieces that cut frames
+    // anywhere: header, length, payload, padding. Each piece is its own segment, read by
+    // the edge before the next arrives.
+    let frame = |i: usize| {
+        let len = 97 + i * 13;
+        let mut f = vec![0x40, 0x07, 0, len as u8];
+        f.extend((0..len).map(|k| (i * 31 + k) as u8));
+        f.resize(f.len().next_multiple_of(4), 0);
+        f
+    };
+    let mut stream: Vec<u8> = (0..6).flat_map(frame).collect();
+    let refresh = signed(REFRESH, 4, &|w| {
+        w.attr(attr::LIFETIME, &600u32.to_be_bytes());
+    });
+    stream.extend_from_slice(&refresh);
+    stream.extend((6..12).flat_map(frame));
+    for (n, piece) in stream.chunks(7).enumerate() {
+        client.write_all(piece).await.unwrap();
+        if n % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut buf = vec![0u8; 2048];
+    for i in 0..12 {
+        let (n, from) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+            .await
+            .expect("the peer gets every frame")
+            .unwrap();
+        assert_eq!(from, relayed);
+        let sent = frame(i);
+        let len = usize::from(sent[3]);
+        assert_eq!(
+            &buf[..n],
+            &sent[4..4 + len],
+            "frame {i}, whole and in order"
+        );
+    }
+    let refreshed = tcp_read_message(&mut client)
+        .await
+        .expect("Refresh answered");
+    assert_eq!(error_code(&refreshed), None);
+    assert_eq!(&refreshed[8..20], &refresh[8..20], "the Refresh's answer");
+
+    // A frame that stops half-way keeps the client's connection waiting for the rest,
+    // and the rest completes it.
+    let last = frame(3);
+    client.write_all(&last[..50]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.write_all(&last[50..]).await.unwrap();
+    let (n, _) = tokio::time::timeout(WAIT, peer.recv_from(&mut buf))
+        .await
+        .expect("the completed frame")
+        .unwrap();
+    assert_eq!(&buf[..n], &last[4..4 + usize::from(last[3])]);
+
+    // Bytes that are not TURN close the connection, and its allocation goes with it.
+    client.write_all(&[0xFF; 8]).await.unwrap();
+    assert!(closed_within(&mut client, WAIT).await);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while av.edge.turn.as_ref().unwrap().allocations() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the allocation goes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     av.edge.stop().await;
 }
 

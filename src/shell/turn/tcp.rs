@@ -5,21 +5,28 @@
 //! read buffer), an authentication deadline (which the TLS handshake is within), and its
 //! allocation closed with it.
 //!
+//! A plain TCP client is served by a relay worker, like a UDP one (issue 16: no task, waker
+//! or scheduler hand-off per packet): the accept loop hands the socket over as a
+//! [`TcpConn`], the worker reads it when epoll says it is readable (edge-triggered: a short
+//! read means the socket is drained), keeps only an incomplete frame between reads, and
+//! closes it at its deadline. A TLS client keeps a task of its own (it alone holds the TLS
+//! state).
+//!
 //! What goes to a TCP client is written at once by whoever has it (a relay worker, the
-//! connection's own task) while nothing is pending; what the socket does not take waits in
-//! the connection's pending bytes (bounded by `max_queued_bytes`: beyond it packets are
-//! dropped, never buffered), written by the connection's writer task when the socket can
-//! take more. Every write happens under the connection's lock, so frames never interleave.
-//! What goes to a TLS client waits, as plaintext and under the same bound, for the
-//! connection's task: it alone holds the TLS state, so it encrypts and writes.
+//! control path) while nothing is pending; what the socket does not take waits in the
+//! connection's pending bytes (bounded by `max_queued_bytes`: beyond it packets are
+//! dropped, never buffered), written by the client's worker when the socket can take more
+//! (its edge-triggered EPOLLOUT). Every write happens under the connection's lock, so frames
+//! never interleave. What goes to a TLS client waits, as plaintext and under the same bound,
+//! for the connection's task: it encrypts and writes.
 
+use std::io::{Read, Write};
 use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -36,8 +43,15 @@ use crate::shell::clock;
 use crate::shell::tls_stream::{self, ReadOutcome};
 use crate::sync::{MutexExt, RwLockExt};
 
-/// Bytes a TCP client's connection reads at a time.
+/// Bytes a TLS client's task keeps room for between reads.
 const READ_SIZE: usize = 2048;
+
+/// What a relay worker reads from a TCP client at a time (its own buffer, shared by its
+/// clients: a client holds memory only for an incomplete frame).
+pub(super) const TCP_READ: usize = 64 * 1024;
+
+/// Reads of one client per wake-up before the worker serves the others (and comes back).
+const READS_PER_WAKE: usize = 4;
 
 /// A TCP client silent this long is closed (longer than the longest allocation lifetime
 /// between Refreshes, which RFC 8656 clients send well before expiry).
@@ -67,8 +81,9 @@ pub struct TurnTls {
 
 /// Where a client's frames go.
 enum Sink {
-    /// Plain TCP: written at once by whoever has them.
-    Tcp(OwnedWriteHalf),
+    /// Plain TCP: written at once by whoever has them (the socket is non-blocking), the
+    /// rest by the client's relay worker.
+    Tcp(std::net::TcpStream),
     /// TLS: left pending, as plaintext, for the connection's task to encrypt.
     Tls,
 }
@@ -76,9 +91,10 @@ enum Sink {
 /// The writing side of a TURN-over-TCP (or TLS) client.
 pub(super) struct TcpOut {
     sink: Sink,
-    /// Bytes the socket has not taken yet (the writer task's to write when it can; over
-    /// TLS, plaintext the connection's task has not encrypted yet).
+    /// Bytes the socket has not taken yet (the client's worker writes them when it can;
+    /// over TLS, plaintext the connection's task has not encrypted yet).
     pending: Mutex<Vec<u8>>,
+    /// Wakes a TLS client's task for pending plaintext.
     more: Notify,
     max_bytes: usize,
 }
@@ -105,10 +121,12 @@ impl TcpOut {
                 *slice = std::io::IoSlice::new(part);
             }
             let used = slices.get(..parts.len().min(3)).unwrap_or_default();
-            match stream.try_write_vectored(used) {
+            // A partial write or EAGAIN leaves the socket flagged for its next EPOLLOUT
+            // edge, which wakes the client's worker to write what is pending.
+            match (&*stream).write_vectored(used) {
                 Ok(n) if n >= len => return Queued::Taken,
                 Ok(n) => written = n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if would_block(&e) => {}
                 Err(_) => return Queued::Dropped,
             }
         }
@@ -126,41 +144,113 @@ impl TcpOut {
             skip -= from;
             pending.extend_from_slice(part.get(from..).unwrap_or_default());
         }
-        if was_empty {
+        if was_empty && matches!(self.sink, Sink::Tls) {
             self.more.notify_one();
         }
         Queued::Taken
     }
 
-    /// The writer task of a plain TCP client: writes what is pending whenever the socket
-    /// can take it.
-    async fn writer(self: Arc<Self>) {
+    /// Writes what is pending for a plain TCP client, as much as the socket takes (its
+    /// worker, at the socket's EPOLLOUT edge). An error when the connection failed.
+    pub(super) fn write_pending(&self) -> std::io::Result<()> {
         let Sink::Tcp(stream) = &self.sink else {
-            return;
+            return Ok(());
         };
-        loop {
-            self.more.notified().await;
-            loop {
-                if stream.writable().await.is_err() {
-                    return;
+        let mut pending = self.pending.lock_unpoisoned();
+        while !pending.is_empty() {
+            match (&*stream).write(&pending) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let written = n.min(pending.len());
+                    pending.drain(..written);
                 }
-                let mut pending = self.pending.lock_unpoisoned();
-                match stream.try_write(&pending) {
-                    Ok(n) => {
-                        let written = n.min(pending.len());
-                        pending.drain(..written);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-                if pending.is_empty() {
-                    // A backlog's buffer is not kept for an idle connection.
-                    if pending.capacity() > 64 * 1024 {
-                        *pending = Vec::new();
-                    }
-                    break;
-                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(e),
             }
+        }
+        // A backlog's buffer is not kept for an idle connection.
+        if pending.is_empty() && pending.capacity() > 64 * 1024 {
+            *pending = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Nothing more now (EINTR included: the next edge or deadline comes back to it).
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// A plain TURN-over-TCP client as its relay worker holds it: the socket (in its writing
+/// side, shared with whoever writes to the client), an incomplete frame read so far, and its
+/// deadlines. Holds the zone's slot and the source's place in the firewall until it goes.
+pub(super) struct TcpConn {
+    out: Arc<TcpOut>,
+    tuple: FiveTuple,
+    origin: Origin,
+    /// An incomplete frame (no memory held between frames).
+    partial: Vec<u8>,
+    /// Holds (or held) an allocation: the idle limit applies instead of the auth deadline.
+    authenticated: bool,
+    auth_deadline: Instant,
+    last_read: Instant,
+    _held: (tokio::sync::OwnedSemaphorePermit, Option<SourceTicket>),
+}
+
+impl TcpConn {
+    /// The socket, for the worker's epoll set.
+    pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.out.sink {
+            Sink::Tcp(stream) => Some(stream.as_fd()),
+            Sink::Tls => None,
+        }
+    }
+
+    pub(super) fn out(&self) -> &TcpOut {
+        &self.out
+    }
+
+    /// When the worker looks at the connection again: its authentication deadline until it
+    /// holds an allocation, then the idle limit from its last read.
+    pub(super) fn deadline(&self) -> Instant {
+        if self.authenticated {
+            self.last_read + TCP_IDLE
+        } else {
+            self.auth_deadline
+        }
+    }
+
+    /// The client's port (spreads the clients over the workers).
+    pub(super) fn client_port(&self) -> u16 {
+        self.tuple.client.port()
+    }
+}
+
+/// What a worker's read of a TCP client came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum TcpRead {
+    /// Drained (or nothing there): the next edge brings more.
+    Open,
+    /// Not drained after `READS_PER_WAKE` reads: the worker comes back without waiting.
+    More,
+    /// Closed by the client, failed, or not TURN: the worker closes it.
+    Close,
+}
+
+/// A relay worker's buffers for its TCP clients, kept from read to read.
+pub(super) struct TcpScratch {
+    buf: Vec<u8>,
+    routes: Vec<(Range<usize>, Route)>,
+}
+
+impl Default for TcpScratch {
+    fn default() -> Self {
+        TcpScratch {
+            buf: vec![0; TCP_READ],
+            routes: Vec::new(),
         }
     }
 }
@@ -286,13 +376,14 @@ impl Turn {
                 server,
                 transport: Transport::Tcp,
             };
-            let this = self.clone();
-            let task = if tls {
-                this.tls_client(stream, tuple, origin, (slot, ticket))
+            if tls {
+                let task = self
+                    .clone()
+                    .tls_client(stream, tuple, origin, (slot, ticket));
+                self.tasks.lock_unpoisoned().spawn(task);
             } else {
-                this.tcp_client(stream, tuple, origin, (slot, ticket))
-            };
-            self.tasks.lock_unpoisoned().spawn(task);
+                self.tcp_client(stream, tuple, origin, (slot, ticket));
+            }
         }
     }
 
@@ -402,56 +493,112 @@ impl Turn {
         self.stats.tcp_clients.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// One TURN-over-TCP client: STUN and ChannelData framed on the stream (RFC 8656 §12.5);
-    /// its allocation ends with the connection. Until it holds an allocation it has
-    /// `auth_timeout`, then it is closed: nobody holds a slot without authenticating.
+    /// A plain TCP client's connection is accepted: from now on its relay worker serves it.
+    /// Until it holds an allocation it has `auth_timeout`, then it is closed: nobody holds a
+    /// slot without authenticating.
     fn tcp_client(
-        self: Arc<Self>,
+        &self,
         stream: tokio::net::TcpStream,
         tuple: FiveTuple,
         origin: Origin,
         held: (tokio::sync::OwnedSemaphorePermit, Option<SourceTicket>),
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let (mut reader, writer) = stream.into_split();
-            let out = self.client_joined(tuple, Sink::Tcp(writer));
-            let write = tokio::spawn(out.writer());
-            let auth_deadline = clock::now() + self.tcp_limits.auth_timeout;
-            let mut authenticated = false;
-            // Read straight into the frame buffer, 2 KiB at a time (a frame of audio or video
-            // is smaller; a larger one takes several reads): no read buffer besides it.
-            let mut buf: Vec<u8> = Vec::new();
-            let mut routes: Vec<(Range<usize>, Route)> = Vec::new();
-            loop {
-                let wait = read_wait(authenticated, auth_deadline);
-                buf.reserve(READ_SIZE);
-                match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Err(_) if !authenticated => {
-                        self.stats.tcp_refusal(AUTH_TIMEOUT);
-                        break;
-                    }
-                    _ => break,
+    ) {
+        // Out of tokio's reactor (still non-blocking), into a worker's epoll set.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let now = clock::now();
+        let conn = TcpConn {
+            out: self.client_joined(tuple, Sink::Tcp(stream)),
+            tuple,
+            origin,
+            partial: Vec::new(),
+            authenticated: false,
+            auth_deadline: now + self.tcp_limits.auth_timeout,
+            last_read: now,
+            _held: held,
+        };
+        if let Err(conn) = self.workers.tcp(conn) {
+            self.tcp_closed(*conn);
+        }
+    }
+
+    /// Reads a TCP client whose socket is readable (its relay worker, at the edge): the
+    /// frames relayed or handled, an incomplete one kept, until the socket is drained.
+    pub(super) fn tcp_readable(&self, conn: &mut TcpConn, s: &mut TcpScratch) -> TcpRead {
+        let Sink::Tcp(stream) = &conn.out.sink else {
+            return TcpRead::Close;
+        };
+        for _ in 0..READS_PER_WAKE {
+            let n = match (&*stream).read(&mut s.buf) {
+                Ok(0) => return TcpRead::Close,
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return TcpRead::Open,
+                Err(_) => return TcpRead::Close,
+            };
+            conn.last_read = clock::now();
+            let read = s.buf.get(..n).unwrap_or_default();
+            let not_turn = if conn.partial.is_empty() {
+                // The common case: whole frames, relayed straight from the worker's buffer.
+                let (consumed, not_turn) = self.client_frames(
+                    conn.tuple,
+                    conn.origin,
+                    read,
+                    &mut s.routes,
+                    &mut conn.authenticated,
+                );
+                conn.partial
+                    .extend_from_slice(read.get(consumed..).unwrap_or_default());
+                not_turn
+            } else {
+                conn.partial.extend_from_slice(read);
+                let (consumed, not_turn) = self.client_frames(
+                    conn.tuple,
+                    conn.origin,
+                    &conn.partial,
+                    &mut s.routes,
+                    &mut conn.authenticated,
+                );
+                conn.partial.drain(..consumed.min(conn.partial.len()));
+                // What waits is less than a frame: the room of a large read is not kept.
+                if conn.partial.capacity() > 4 * conn.partial.len().max(READ_SIZE) {
+                    conn.partial.shrink_to_fit();
                 }
-                let (consumed, not_turn) =
-                    self.client_frames(tuple, origin, &buf, &mut routes, &mut authenticated);
-                if not_turn {
-                    break;
-                }
-                buf.drain(..consumed.min(buf.len()));
-                // A large frame's room is not kept for a connection that goes quiet.
-                if buf.is_empty() && buf.capacity() > 4 * READ_SIZE {
-                    buf = Vec::new();
-                }
-                if !authenticated && clock::now() >= auth_deadline {
-                    self.stats.tcp_refusal(AUTH_TIMEOUT);
-                    break;
-                }
+                not_turn
+            };
+            if not_turn {
+                return TcpRead::Close;
             }
-            self.client_gone(tuple);
-            write.abort();
-            drop(held);
-        })
+            // A short read drained the socket: what arrives next is a new edge.
+            if n < s.buf.len() {
+                return TcpRead::Open;
+            }
+        }
+        TcpRead::More
+    }
+
+    /// A TCP client's deadline came (`now` is past [`TcpConn::deadline`] as it was): the
+    /// next one, or `None` when the connection is to be closed (never authenticated in
+    /// time, or idle past the limit).
+    pub(super) fn tcp_due(&self, conn: &TcpConn, now: Instant) -> Option<Instant> {
+        let next = conn.deadline();
+        if now < next {
+            return Some(next); // it read since, or authenticated
+        }
+        if !conn.authenticated {
+            self.stats.tcp_refusal(AUTH_TIMEOUT);
+        }
+        None
+    }
+
+    /// A TCP client's connection is over (its worker let go of it): its allocation goes
+    /// with it, the client sees it closed, and its slot and place are given back.
+    pub(super) fn tcp_closed(&self, conn: TcpConn) {
+        self.client_gone(conn.tuple);
+        if let Sink::Tcp(stream) = &conn.out.sink {
+            // Whoever still holds the writing side for a moment writes into a closed socket.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// One TURN-over-TLS client (`turns:`): the handshake, at most `handshakes` of them at

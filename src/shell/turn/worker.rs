@@ -8,23 +8,33 @@
 //! per packet; the receive buffers are the worker's, so an allocation costs its socket and a
 //! table entry (issue 16: memory per allocation).
 //!
+//! Plain TURN-over-TCP clients are served here too (spread over the workers by the client's
+//! port): edge-triggered, read until a short read drains the socket, written at their
+//! EPOLLOUT edge when bytes are pending, closed at their deadline (a heap of deadlines, one
+//! live entry per connection, rebuilt when closed ones outnumber the live ones; the wait
+//! sleeps to the first).
+//!
 //! The control plane stays where it was: the relay opens and closes sockets (the core's
 //! outputs) and hands them to their worker through a command queue and an eventfd. A socket
 //! is deregistered before the worker lets go of it, so its descriptor is never closed while
 //! registered.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use quinn_udp::RecvMeta;
 use rustix::event::{epoll, eventfd, EventfdFlags};
 
 use super::relay::{ClientScratch, Outbox};
+use super::tcp::{TcpConn, TcpRead, TcpScratch};
 use super::Turn;
 use crate::core::turn::policy::Origin;
+use crate::shell::clock;
 use crate::shell::udp::{UdpPort, CLIENT_BATCH, MAX_DATAGRAM};
 use crate::sync::MutexExt;
 
@@ -43,6 +53,8 @@ enum Command {
     /// A relayed socket.
     Add(Arc<UdpPort>),
     Remove(SocketAddr),
+    /// A plain TURN-over-TCP client.
+    Tcp(Box<TcpConn>),
     Stop,
 }
 
@@ -96,6 +108,9 @@ impl Workers {
                 entries: HashMap::new(),
                 tokens: HashMap::new(),
                 next_token: 0,
+                deadlines: BinaryHeap::new(),
+                tcp_clients: 0,
+                again: Vec::new(),
             };
             // Detached: a worker ends at its next wake-up once told to stop (or once the
             // relay is gone), holding nothing but its sockets.
@@ -137,6 +152,18 @@ impl Workers {
         }
     }
 
+    /// Hands a plain TCP client to its worker; gives it back when there is none.
+    pub(super) fn tcp(&self, conn: TcpConn) -> Result<(), Box<TcpConn>> {
+        let n = self.handles.len().max(1);
+        match self.handles.get(usize::from(conn.client_port()) % n) {
+            Some(h) => {
+                h.send(Command::Tcp(Box::new(conn)));
+                Ok(())
+            }
+            None => Err(Box::new(conn)),
+        }
+    }
+
     /// Takes a relayed socket back from its worker (it is closed when the last holder lets
     /// go of it, after the worker has deregistered it).
     pub(super) fn remove(&self, relay: SocketAddr) {
@@ -157,14 +184,25 @@ impl Workers {
 enum Entry {
     Client(Arc<UdpPort>, Origin),
     Relay(Arc<UdpPort>),
+    Tcp(Box<TcpConn>),
 }
 
 impl Entry {
-    fn port(&self) -> &UdpPort {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Entry::Client(p, _) | Entry::Relay(p) => p,
+            Entry::Client(p, _) | Entry::Relay(p) => Some(p.as_fd()),
+            Entry::Tcp(conn) => conn.fd(),
         }
     }
+}
+
+/// A TCP client's epoll interest: edge-triggered reads and writes (a write is wanted only
+/// after the socket refused bytes, which is exactly when its EPOLLOUT edge comes).
+fn tcp_interest() -> epoll::EventFlags {
+    epoll::EventFlags::IN
+        | epoll::EventFlags::OUT
+        | epoll::EventFlags::RDHUP
+        | epoll::EventFlags::ET
 }
 
 /// One worker's state, owned by its thread.
@@ -176,6 +214,12 @@ struct Worker {
     /// Relayed sockets by address (client-facing ones are never removed).
     tokens: HashMap<SocketAddr, u64>,
     next_token: u64,
+    /// TCP clients' deadlines: one live entry per client (closed ones' entries are skipped
+    /// when due, and dropped when they outnumber the live).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    tcp_clients: usize,
+    /// TCP clients not drained at the last wake-up: read again before sleeping.
+    again: Vec<u64>,
 }
 
 impl Worker {
@@ -195,12 +239,16 @@ impl Worker {
         let mut scratch: Vec<u8> = Vec::with_capacity(256);
         let mut gather: Vec<u8> = Vec::new();
         let mut outbox = Outbox::default();
+        let mut tcp_scratch = TcpScratch::default();
+        let mut closing: Vec<u64> = Vec::new();
+        let mut reread: Vec<u64> = Vec::new();
         loop {
             events.clear();
+            let timeout = self.wait_timeout();
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                timeout.as_ref(),
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -215,12 +263,14 @@ impl Worker {
             for event in &events {
                 let token = event.data.u64();
                 if token == WAKE {
-                    if !self.commands() {
+                    if !self.commands(&turn) {
+                        self.close_all(&turn);
                         return;
                     }
                     continue;
                 }
-                match self.entries.get(&token) {
+                let flags = event.flags;
+                match self.entries.get_mut(&token) {
                     None => {} // removed in this round
                     Some(Entry::Client(port, origin)) => {
                         let Ok(n) = port.try_recv(&mut client_bufs, &mut client_metas) else {
@@ -255,15 +305,116 @@ impl Worker {
                             &mut outbox,
                         );
                     }
+                    Some(Entry::Tcp(conn)) => {
+                        if flags.contains(epoll::EventFlags::OUT)
+                            && conn.out().write_pending().is_err()
+                        {
+                            closing.push(token);
+                            continue;
+                        }
+                        let read = epoll::EventFlags::IN
+                            | epoll::EventFlags::RDHUP
+                            | epoll::EventFlags::HUP
+                            | epoll::EventFlags::ERR;
+                        if flags.intersects(read) {
+                            match turn.tcp_readable(conn, &mut tcp_scratch) {
+                                TcpRead::Open => {}
+                                TcpRead::More => self.again.push(token),
+                                TcpRead::Close => closing.push(token),
+                            }
+                        }
+                    }
                 }
+            }
+            // TCP clients left undrained at the last wake-up, after everyone else had a turn.
+            std::mem::swap(&mut reread, &mut self.again);
+            for token in reread.drain(..) {
+                if let Some(Entry::Tcp(conn)) = self.entries.get_mut(&token) {
+                    match turn.tcp_readable(conn, &mut tcp_scratch) {
+                        TcpRead::Open => {}
+                        TcpRead::More => self.again.push(token),
+                        TcpRead::Close => closing.push(token),
+                    }
+                }
+            }
+            self.due(&turn, &mut closing);
+            for token in closing.drain(..) {
+                self.close_tcp(token, &turn);
             }
             // What peers sent for clients in this wake-up, together.
             turn.flush_to_clients(&mut outbox);
         }
     }
 
+    /// How long the next wait may sleep: not at all while a TCP client is left undrained,
+    /// until the first TCP deadline, or for ever.
+    fn wait_timeout(&self) -> Option<rustix::time::Timespec> {
+        let sleep = if self.again.is_empty() {
+            let Reverse((first, _)) = self.deadlines.peek()?;
+            // A millisecond late rather than early: epoll_wait may round down, and an
+            // early wake-up would spin until the deadline.
+            first.saturating_duration_since(clock::now()) + Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        };
+        Some(rustix::time::Timespec {
+            tv_sec: i64::try_from(sleep.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(sleep.subsec_nanos()),
+        })
+    }
+
+    /// TCP clients whose deadline came: closed, or their next deadline set.
+    fn due(&mut self, turn: &Turn, closing: &mut Vec<u64>) {
+        let now = clock::now();
+        while let Some(&Reverse((at, token))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(Entry::Tcp(conn)) = self.entries.get(&token) else {
+                continue; // closed since
+            };
+            match turn.tcp_due(conn, now) {
+                Some(next) => self.deadlines.push(Reverse((next, token))),
+                None => closing.push(token),
+            }
+        }
+    }
+
+    /// Closes a TCP client: out of the epoll set, then its allocation and connection go.
+    fn close_tcp(&mut self, token: u64, turn: &Turn) {
+        let Some(Entry::Tcp(conn)) = self.entries.remove(&token) else {
+            return;
+        };
+        if let Some(fd) = conn.fd() {
+            let _ = epoll::delete(&self.epoll, fd);
+        }
+        self.tcp_clients = self.tcp_clients.saturating_sub(1);
+        turn.tcp_closed(*conn);
+        // Closed clients' deadlines are skipped when due; they may not pile up meanwhile
+        // (a client that comes and goes would leave one an hour).
+        if self.deadlines.len() > 2 * self.tcp_clients + 64 {
+            let entries = &self.entries;
+            self.deadlines
+                .retain(|Reverse((_, token))| matches!(entries.get(token), Some(Entry::Tcp(_))));
+        }
+    }
+
+    /// Closes every TCP client (the worker stops).
+    fn close_all(&mut self, turn: &Turn) {
+        let tokens: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Tcp(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.close_tcp(token, turn);
+        }
+    }
+
     /// Carries out the queued commands; `false` when told to stop.
-    fn commands(&mut self) -> bool {
+    fn commands(&mut self, turn: &Turn) -> bool {
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.handle.wake, &mut counter);
         let commands: Vec<Command> = std::mem::take(&mut *self.handle.commands.lock_unpoisoned());
@@ -271,6 +422,7 @@ impl Worker {
             let entry = match command {
                 Command::Listen(port, origin) => Entry::Client(port, origin),
                 Command::Add(port) => Entry::Relay(port),
+                Command::Tcp(conn) => Entry::Tcp(conn),
                 Command::Remove(relay) => {
                     if let Some(token) = self.tokens.remove(&relay) {
                         self.forget(token);
@@ -281,21 +433,32 @@ impl Worker {
             };
             let token = self.next_token;
             self.next_token += 1;
-            let added = epoll::add(
-                &self.epoll,
-                entry.port(),
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::IN,
-            );
+            let interest = match entry {
+                Entry::Tcp(_) => tcp_interest(),
+                _ => epoll::EventFlags::IN,
+            };
+            let added = match entry.fd() {
+                Some(fd) => epoll::add(&self.epoll, fd, epoll::EventData::new_u64(token), interest),
+                None => Err(rustix::io::Errno::BADF),
+            };
             if let Err(e) = added {
-                let local = entry.port().local_addr();
-                tracing::warn!(%local, error = %e, "relay worker: cannot watch a socket");
+                tracing::warn!(error = %e, "relay worker: cannot watch a socket");
+                if let Entry::Tcp(conn) = entry {
+                    turn.tcp_closed(*conn);
+                }
                 continue;
             }
-            if let Entry::Relay(port) = &entry {
-                if let Some(old) = self.tokens.insert(port.local_addr(), token) {
-                    self.forget(old);
+            match &entry {
+                Entry::Relay(port) => {
+                    if let Some(old) = self.tokens.insert(port.local_addr(), token) {
+                        self.forget(old);
+                    }
                 }
+                Entry::Tcp(conn) => {
+                    self.deadlines.push(Reverse((conn.deadline(), token)));
+                    self.tcp_clients += 1;
+                }
+                Entry::Client(..) => {}
             }
             self.entries.insert(token, entry);
         }
@@ -304,7 +467,9 @@ impl Worker {
 
     fn forget(&mut self, token: u64) {
         if let Some(entry) = self.entries.remove(&token) {
-            let _ = epoll::delete(&self.epoll, entry.port());
+            if let Some(fd) = entry.fd() {
+                let _ = epoll::delete(&self.epoll, fd);
+            }
         }
     }
 }
