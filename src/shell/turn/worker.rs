@@ -326,7 +326,8 @@ impl Worker {
                     }
                 }
             }
-            // TCP clients left undrained at the last wake-up, after everyone else had a turn.
+            // TCP clients not drained yet (by this wake-up's reads or the last one's), after
+            // everyone else had a turn.
             std::mem::swap(&mut reread, &mut self.again);
             for token in reread.drain(..) {
                 if let Some(Entry::Tcp(conn)) = self.entries.get_mut(&token) {
