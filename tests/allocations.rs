@@ -85,9 +85,6 @@ fn the_core_relay_functions_allocate_nothing_per_packet() {
 /// than one block per packet (the edge's idle tasks, a ring-file check, may allocate a few).
 fn the_relay_workers_allocate_nothing_per_packet() {
     use sipedge::core::turn::auth::long_term_key;
-    use sipedge::core::turn::encode::Writer;
-    use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
-    use sipedge::core::turn::stun::attr;
     use sipedge::core::{credentials, keyring::Ring};
     use sipedge::shell::keyfile;
     use sipedge::topology::{KeysSource, Relay};
@@ -131,45 +128,24 @@ fn the_relay_workers_allocate_nothing_per_packet() {
     client.set_read_timeout(wait).unwrap();
     let peer = UdpSocket::bind("127.0.0.6:0").unwrap();
     peer.set_read_timeout(wait).unwrap();
-    let exchange = |request: &[u8]| {
+    let mut exchange = |request: &[u8]| {
         client.send_to(request, turn).unwrap();
         let mut buf = vec![0u8; 2048];
         let n = client.recv(&mut buf).unwrap();
         buf.truncate(n);
         buf
     };
-    let value = |msg: &[u8], kind| support::attr_value(msg, kind).unwrap();
     let cred = credentials::mint(&ring, "alice@sipedge.test", 3600, now).unwrap();
     let key = long_term_key(&cred.username, support::DOMAIN, &cred.password);
-    let udp = |w: &mut Writer| {
-        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-    };
-    let nonce = value(
-        &exchange(&support::turn_request(ALLOCATE, 1, &udp, None)),
-        attr::NONCE,
-    );
-    let auth = support::TurnAuth {
-        username: &cred.username,
-        key: &key,
-        nonce: &nonce,
-    };
-    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        support::turn_request(method, id, build, Some(&auth))
-    };
-    let allocated = exchange(&signed(ALLOCATE, 2, &udp));
-    let relayed =
-        decode_xor_address(&value(&allocated, attr::XOR_RELAYED_ADDRESS), &[2; 12]).unwrap();
     let peer_addr = peer.local_addr().unwrap();
-    exchange(&signed(CHANNEL_BIND, 3, &|w| {
-        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0])
-            .xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
-    }));
+    let user = (cred.username.as_str(), key.as_slice());
+    let relayed = allocate_with_channel(&mut exchange, user, 1, 0x4001, peer_addr);
 
     // 20 ms of SRTP audio as ChannelData, and the peer's answer of the same size.
     let mut frame = vec![0x40, 0x01, 0x00, 172];
     frame.resize(4 + 172, 0x80);
     let mut buf = vec![0u8; 2048];
-    let mut round = || {
+    let round = || {
         client.send_to(&frame, turn).unwrap();
         let (n, from) = peer.recv_from(&mut buf).unwrap();
         assert_eq!((n, from), (172, relayed));
@@ -177,17 +153,7 @@ fn the_relay_workers_allocate_nothing_per_packet() {
         let n = client.recv(&mut buf).unwrap();
         assert_eq!(n, 4 + 172);
     };
-    // Warm up (first-use buffers, lazily built tables; the start-up probe done), then count.
-    for _ in 0..50 {
-        round();
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let before = dhat::HeapStats::get();
-    for _ in 0..2000 {
-        round();
-    }
-    let after = dhat::HeapStats::get();
-    let blocks = after.total_blocks - before.total_blocks;
+    let blocks = blocks_over_2000_rounds(round);
     assert!(
         blocks < 20,
         "{blocks} heap blocks while 4 000 packets crossed the relay"
@@ -208,32 +174,13 @@ fn the_relay_workers_allocate_nothing_per_packet() {
         tcp.read_exact(&mut msg[20..]).unwrap();
         msg
     };
-    let nonce = value(
-        &tcp_exchange(&support::turn_request(ALLOCATE, 11, &udp, None)),
-        attr::NONCE,
-    );
-    let auth = support::TurnAuth {
-        username: &cred.username,
-        key: &key,
-        nonce: &nonce,
-    };
-    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        support::turn_request(method, id, build, Some(&auth))
-    };
-    let allocated = tcp_exchange(&signed(ALLOCATE, 12, &udp));
-    let relayed =
-        decode_xor_address(&value(&allocated, attr::XOR_RELAYED_ADDRESS), &[12; 12]).unwrap();
     let tcp_peer = UdpSocket::bind("127.0.0.6:0").unwrap();
     tcp_peer.set_read_timeout(wait).unwrap();
     let peer_addr = tcp_peer.local_addr().unwrap();
-    let bound = tcp_exchange(&signed(CHANNEL_BIND, 13, &|w| {
-        w.attr(attr::CHANNEL_NUMBER, &[0x40, 0x02, 0, 0])
-            .xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
-    }));
-    assert_eq!(support::error_code(&bound), None);
+    let relayed = allocate_with_channel(&mut tcp_exchange, user, 11, 0x4002, peer_addr);
     let mut frame = vec![0x40, 0x02, 0x00, 172];
     frame.resize(4 + 172, 0x80);
-    let mut tcp_round = || {
+    let tcp_round = || {
         tcp.write_all(&frame).unwrap();
         let (n, from) = tcp_peer.recv_from(&mut buf).unwrap();
         assert_eq!((n, from), (172, relayed));
@@ -241,19 +188,70 @@ fn the_relay_workers_allocate_nothing_per_packet() {
         tcp.read_exact(&mut buf[..4 + 172]).unwrap();
         assert_eq!(&buf[..4], &[0x40, 0x02, 0x00, 172]);
     };
-    for _ in 0..50 {
-        tcp_round();
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let before = dhat::HeapStats::get();
-    for _ in 0..2000 {
-        tcp_round();
-    }
-    let after = dhat::HeapStats::get();
-    let blocks = after.total_blocks - before.total_blocks;
+    let blocks = blocks_over_2000_rounds(tcp_round);
     assert!(
         blocks < 20,
         "{blocks} heap blocks while 4 000 packets crossed the relay over TCP"
     );
     rt.block_on(edge.stop());
+}
+
+/// Allocates through `exchange` (a request out, its answer back) as `user` (name, long-term
+/// key), the first transaction ids from `first_id`, and binds `channel` to `peer`: the
+/// relayed address.
+fn allocate_with_channel(
+    exchange: &mut dyn FnMut(&[u8]) -> Vec<u8>,
+    user: (&str, &[u8]),
+    first_id: u8,
+    channel: u16,
+    peer: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    use sipedge::core::turn::encode::Writer;
+    use sipedge::core::turn::server::{decode_xor_address, ALLOCATE, CHANNEL_BIND};
+    use sipedge::core::turn::stun::attr;
+    let value = |msg: &[u8], kind| support::attr_value(msg, kind).unwrap();
+    let udp = |w: &mut Writer| {
+        w.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    };
+    let nonce = value(
+        &exchange(&support::turn_request(ALLOCATE, first_id, &udp, None)),
+        attr::NONCE,
+    );
+    let auth = support::TurnAuth {
+        username: user.0,
+        key: user.1,
+        nonce: &nonce,
+    };
+    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
+        support::turn_request(method, id, build, Some(&auth))
+    };
+    let allocated = exchange(&signed(ALLOCATE, first_id + 1, &udp));
+    let relayed = decode_xor_address(
+        &value(&allocated, attr::XOR_RELAYED_ADDRESS),
+        &[first_id + 1; 12],
+    )
+    .unwrap();
+    let bound = exchange(&signed(CHANNEL_BIND, first_id + 2, &|w| {
+        w.attr(
+            attr::CHANNEL_NUMBER,
+            &[(channel >> 8) as u8, channel as u8, 0, 0],
+        )
+        .xor_address(attr::XOR_PEER_ADDRESS, peer);
+    }));
+    assert_eq!(support::error_code(&bound), None, "channel bound");
+    relayed
+}
+
+/// Heap blocks allocated over 2 000 rounds, after a warm-up (first-use buffers, lazily built
+/// tables; the start-up probe done).
+fn blocks_over_2000_rounds(mut round: impl FnMut()) -> u64 {
+    for _ in 0..50 {
+        round();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = dhat::HeapStats::get();
+    for _ in 0..2000 {
+        round();
+    }
+    dhat::HeapStats::get().total_blocks - before.total_blocks
 }

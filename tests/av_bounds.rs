@@ -448,17 +448,11 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     socket.set_recv_buffer_size(4096).unwrap();
     socket.bind("127.0.0.51:0".parse().unwrap()).unwrap();
     let mut client = socket.connect(av.ext_tcp).await.unwrap();
-    let challenge = tcp_exchange(&mut client, &request(ALLOCATE, 1, &allocate_udp, None))
-        .await
-        .unwrap();
-    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let allocation = tcp_allocate(&mut client, &alice).await;
     let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        request(method, id, build, Some((&alice, &nonce)))
+        request(method, id, build, Some((&alice, &allocation.nonce)))
     };
-    let allocated = tcp_exchange(&mut client, &signed(ALLOCATE, 2, &allocate_udp))
-        .await
-        .unwrap();
-    let relayed = relayed_of(&allocated);
+    let relayed = allocation.relayed;
     let peer = UdpSocket::bind("127.0.0.52:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let permitted = tcp_exchange(
@@ -473,7 +467,7 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
 
     // The peer sends while the client reads nothing: bounded in count and time.
     // The edge counts the three answers it wrote too (maybe after the client read them).
-    let answers = (challenge.len() + allocated.len() + permitted.len()) as u64;
+    let answers = (allocation.answered + permitted.len()) as u64;
     let payload = vec![0x5Au8; 1000];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut sent = 0;
@@ -508,20 +502,8 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     // whole and in order (what waited in the edge's queue is written by the client's relay
     // worker when the socket takes more), and then nothing more.
     let mut received = 0;
-    loop {
-        let mut head = [0u8; 20];
-        let quiet = tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut head));
-        let Ok(read) = quiet.await else {
-            break;
-        };
-        read.expect("the stream stays open");
-        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let mut msg = head.to_vec();
-        msg.resize(20 + len, 0);
-        tokio::time::timeout(WAIT, client.read_exact(&mut msg[20..]))
-            .await
-            .expect("the rest of a frame follows its head")
-            .unwrap();
+    while let Ok(msg) = tcp_message_within(&mut client, Duration::from_secs(2)).await {
+        let msg = msg.expect("the stream stays open");
         assert_eq!(
             attr_value(&msg, attr::DATA).unwrap(),
             payload,
@@ -543,17 +525,11 @@ async fn a_tcp_clients_frames_cross_whatever_way_the_stream_splits_them() {
     let alice = av.credential("alice@sipedge.test", 3600);
     let mut client = tcp_from("127.0.0.53", av.ext_tcp).await;
     client.set_nodelay(true).unwrap();
-    let challenge = tcp_exchange(&mut client, &request(ALLOCATE, 1, &allocate_udp, None))
-        .await
-        .unwrap();
-    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let allocation = tcp_allocate(&mut client, &alice).await;
     let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        request(method, id, build, Some((&alice, &nonce)))
+        request(method, id, build, Some((&alice, &allocation.nonce)))
     };
-    let allocated = tcp_exchange(&mut client, &signed(ALLOCATE, 2, &allocate_udp))
-        .await
-        .unwrap();
-    let relayed = relayed_of(&allocated);
+    let relayed = allocation.relayed;
     let peer = UdpSocket::bind("127.0.0.54:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let bound = tcp_exchange(

@@ -190,19 +190,55 @@ pub(super) async fn tcp_exchange(stream: &mut TcpStream, req: &[u8]) -> Option<V
 }
 
 pub(super) async fn tcp_read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = [0u8; 20];
-    tokio::time::timeout(WAIT, stream.read_exact(&mut head))
+    tcp_message_within(stream, WAIT)
         .await
         .expect("the edge answered or closed")
-        .ok()?;
+}
+
+/// The next STUN message on the stream; `Err` when none begins within `wait`, `None` when
+/// the stream ended. Once it begins, the rest must follow within [`WAIT`].
+pub(super) async fn tcp_message_within(
+    stream: &mut TcpStream,
+    wait: Duration,
+) -> Result<Option<Vec<u8>>, tokio::time::error::Elapsed> {
+    let mut head = [0u8; 20];
+    if tokio::time::timeout(wait, stream.read_exact(&mut head))
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
     let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
     let mut msg = head.to_vec();
     msg.resize(20 + len, 0);
-    tokio::time::timeout(WAIT, stream.read_exact(&mut msg[20..]))
+    let rest = tokio::time::timeout(WAIT, stream.read_exact(&mut msg[20..]))
         .await
-        .expect("the rest of the message")
-        .ok()?;
-    Some(msg)
+        .expect("the rest of a message follows its head");
+    Ok(rest.ok().map(|_| msg))
+}
+
+/// A TURN-over-TCP client's allocation: the 401 round, then the signed Allocate.
+pub(super) struct TcpAllocation {
+    /// For the client's next signed requests.
+    pub(super) nonce: Vec<u8>,
+    pub(super) relayed: SocketAddr,
+    /// Bytes of the two answers the client read.
+    pub(super) answered: usize,
+}
+
+pub(super) async fn tcp_allocate(stream: &mut TcpStream, cred: &Credential) -> TcpAllocation {
+    let challenge = tcp_exchange(stream, &request(ALLOCATE, 1, &allocate_udp, None))
+        .await
+        .unwrap();
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let signed = request(ALLOCATE, 2, &allocate_udp, Some((cred, &nonce)));
+    let allocated = tcp_exchange(stream, &signed).await.unwrap();
+    assert_eq!(error_code(&allocated), None, "allocated over TCP");
+    TcpAllocation {
+        relayed: relayed_of(&allocated),
+        answered: challenge.len() + allocated.len(),
+        nonce,
+    }
 }
 
 /// Whether the edge closed the stream (EOF or reset) within `wait`.
