@@ -73,8 +73,17 @@ impl UdpPort {
         // relay never reads: a control message per datagram, and while any socket of the
         // host asks, the kernel stamps every packet it receives (measured: 50 k pps
         // relayed, median 189 k packets per CPU-second with it, 214 k without).
-        nix::sys::socket::setsockopt(&io, nix::sys::socket::sockopt::ReceiveTimestampns, &false)
-            .map_err(io::Error::from)?;
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&io, sockopt::ReceiveTimestampns, &false).map_err(io::Error::from)?;
+        // Nor the destination address and TOS byte quinn-udp asks for: every listener and
+        // relayed socket is bound to one address, and the relay sends Not-ECT (RFC 8656
+        // §14's alternate behaviour for ECN), so neither is read.
+        if addr.is_ipv4() {
+            setsockopt(&io, sockopt::Ipv4PacketInfo, &false).map_err(io::Error::from)?;
+            setsockopt(&io, sockopt::IpRecvTos, &false).map_err(io::Error::from)?;
+        } else {
+            setsockopt(&io, sockopt::Ipv6RecvPacketInfo, &false).map_err(io::Error::from)?;
+        }
         let local = io.local_addr()?;
         Ok(UdpPort { io, state, local })
     }
@@ -205,10 +214,15 @@ mod tests {
     }
 
     #[test]
-    fn a_port_asks_for_no_receive_timestamps_and_its_datagrams_carry_none() {
-        use nix::sys::socket::{getsockopt, sockopt::ReceiveTimestampns};
+    fn a_port_asks_for_no_control_messages_but_gro() {
+        use nix::sys::socket::{getsockopt, sockopt};
         let a = UdpPort::bind("127.0.0.1:0".parse().unwrap(), Bind::default()).unwrap();
-        assert!(!getsockopt(&a.io, ReceiveTimestampns).unwrap());
+        assert!(!getsockopt(&a.io, sockopt::ReceiveTimestampns).unwrap());
+        assert!(!getsockopt(&a.io, sockopt::Ipv4PacketInfo).unwrap());
+        assert!(!getsockopt(&a.io, sockopt::IpRecvTos).unwrap());
+        let v6 = UdpPort::bind("[::1]:0".parse().unwrap(), Bind::default()).unwrap();
+        assert!(!getsockopt(&v6.io, sockopt::Ipv6RecvPacketInfo).unwrap());
+        assert!(!getsockopt(&v6.io, sockopt::ReceiveTimestampns).unwrap());
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         b.send_to(b"x", a.local_addr()).unwrap();
         let mut storage = [0u8; MAX_DATAGRAM];
@@ -222,6 +236,7 @@ mod tests {
         }
         assert_eq!(metas[0].len, 1);
         assert_eq!(metas[0].timestamp, None);
+        assert_eq!(metas[0].dst_ip, None);
     }
 
     #[test]
