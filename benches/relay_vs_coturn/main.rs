@@ -248,8 +248,11 @@ impl Run {
     fn relayed(&self) -> u64 {
         self.m.at_peers + self.m.at_clients
     }
-    fn per_cpu_s(&self) -> f64 {
-        self.relayed() as f64 / self.m.cpu_s.max(1e-9)
+    /// Packets relayed per CPU-second of the server's process; none when the process spent
+    /// less than five clock ticks (the kernel path relays without it: dividing by a tick or
+    /// two printed figures in the trillions).
+    fn per_cpu_s(&self) -> Option<f64> {
+        (self.m.cpu_s >= 0.05).then(|| self.relayed() as f64 / self.m.cpu_s)
     }
     /// The box's CPU minus the generator's over the window, in seconds.
     fn box_cpu_s(&self) -> Option<f64> {
@@ -417,7 +420,7 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 fn describe(r: &Run, label: &str) -> String {
     let m = &r.m;
     let mut s = format!(
-        "{label} {:<7} offered {:>6.0}/s relayed {:>7.0}/s CPU {:>5.2} s = {:>7.0} pkts/CPU-s \
+        "{label} {:<7} offered {:>6.0}/s relayed {:>7.0}/s CPU {:>5.2} s = {:>7} pkts/CPU-s \
          loss {:.2}% (to peer {:.2}%) rtt p50 {} p99 {} µs RSS {} KiB/alloc set-up CPU {} ms/alloc \
          gen CPU {:.2} s; box − gen CPU {} s = {} µs/pkt (process {} µs/pkt; tick-sampled box \
          − gen {} s, steal {} s); before the load box − gen {} cores, others {} cores",
@@ -425,7 +428,7 @@ fn describe(r: &Run, label: &str) -> String {
         m.sent as f64 / m.window_s.max(1e-9),
         r.relayed() as f64 / m.window_s.max(1e-9),
         m.cpu_s,
-        r.per_cpu_s(),
+        opt(r.per_cpu_s(), 0),
         r.loss(),
         r.loss_to_peer(),
         r.rtt(0.5).map_or("-".into(), |v| v.to_string()),
@@ -503,7 +506,7 @@ fn summary(ctx: &Context, runs: &[Run]) -> String {
                         .collect(),
                 )
             };
-            let pc = |k| of(k, &|r| Some(r.per_cpu_s()));
+            let pc = |k| of(k, &|r| r.per_cpu_s());
             let (c, s) = (pc(Kind::Coturn), pc(Kind::Sipedge));
             let ratio = c.zip(s).map(|(c, s)| s / c);
             let box_us = |k| of(k, &|r| r.box_us());
