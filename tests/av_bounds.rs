@@ -449,9 +449,8 @@ async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     socket.bind("127.0.0.51:0".parse().unwrap()).unwrap();
     let mut client = socket.connect(av.ext_tcp).await.unwrap();
     let allocation = tcp_allocate(&mut client, &alice).await;
-    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        request(method, id, build, Some((&alice, &allocation.nonce)))
-    };
+    let signed =
+        |method, id, build: &dyn Fn(&mut Writer)| allocation.signed(&alice, method, id, build);
     let relayed = allocation.relayed;
     let peer = UdpSocket::bind("127.0.0.52:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();
@@ -526,9 +525,8 @@ async fn a_tcp_clients_frames_cross_whatever_way_the_stream_splits_them() {
     let mut client = tcp_from("127.0.0.53", av.ext_tcp).await;
     client.set_nodelay(true).unwrap();
     let allocation = tcp_allocate(&mut client, &alice).await;
-    let signed = |method, id, build: &dyn Fn(&mut Writer)| {
-        request(method, id, build, Some((&alice, &allocation.nonce)))
-    };
+    let signed =
+        |method, id, build: &dyn Fn(&mut Writer)| allocation.signed(&alice, method, id, build);
     let relayed = allocation.relayed;
     let peer = UdpSocket::bind("127.0.0.54:0").await.unwrap();
     let peer_addr = peer.local_addr().unwrap();

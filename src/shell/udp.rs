@@ -75,14 +75,16 @@ impl UdpPort {
         // relayed, median 189 k packets per CPU-second with it, 214 k without).
         use nix::sys::socket::{setsockopt, sockopt};
         setsockopt(&io, sockopt::ReceiveTimestampns, &false).map_err(io::Error::from)?;
-        // Nor the destination address and TOS byte quinn-udp asks for: every listener and
-        // relayed socket is bound to one address, and the relay sends Not-ECT (RFC 8656
-        // §14's alternate behaviour for ECN), so neither is read.
+        // Nor the destination address and the TOS / traffic class byte quinn-udp asks for:
+        // every listener and relayed socket is bound to one address (the topology refuses
+        // wildcards), and the relay sends Not-ECT (RFC 8656 §14's alternate behaviour for
+        // ECN), so neither is read. GRO stays: a train of datagrams is one read.
         if addr.is_ipv4() {
             setsockopt(&io, sockopt::Ipv4PacketInfo, &false).map_err(io::Error::from)?;
             setsockopt(&io, sockopt::IpRecvTos, &false).map_err(io::Error::from)?;
         } else {
             setsockopt(&io, sockopt::Ipv6RecvPacketInfo, &false).map_err(io::Error::from)?;
+            setsockopt(&io, sockopt::Ipv6RecvTClass, &false).map_err(io::Error::from)?;
         }
         let local = io.local_addr()?;
         Ok(UdpPort { io, state, local })
@@ -220,9 +222,12 @@ mod tests {
         assert!(!getsockopt(&a.io, sockopt::ReceiveTimestampns).unwrap());
         assert!(!getsockopt(&a.io, sockopt::Ipv4PacketInfo).unwrap());
         assert!(!getsockopt(&a.io, sockopt::IpRecvTos).unwrap());
+        assert!(getsockopt(&a.io, sockopt::UdpGroSegment).unwrap());
         let v6 = UdpPort::bind("[::1]:0".parse().unwrap(), Bind::default()).unwrap();
         assert!(!getsockopt(&v6.io, sockopt::Ipv6RecvPacketInfo).unwrap());
+        assert!(!getsockopt(&v6.io, sockopt::Ipv6RecvTClass).unwrap());
         assert!(!getsockopt(&v6.io, sockopt::ReceiveTimestampns).unwrap());
+        assert!(getsockopt(&v6.io, sockopt::UdpGroSegment).unwrap());
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         b.send_to(b"x", a.local_addr()).unwrap();
         let mut storage = [0u8; MAX_DATAGRAM];

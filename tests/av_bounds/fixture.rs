@@ -226,6 +226,19 @@ pub(super) struct TcpAllocation {
     pub(super) answered: usize,
 }
 
+impl TcpAllocation {
+    /// A request of the client's, signed with `cred` and the allocation's nonce.
+    pub(super) fn signed(
+        &self,
+        cred: &Credential,
+        method: u16,
+        id: u8,
+        build: &dyn Fn(&mut Writer),
+    ) -> Vec<u8> {
+        request(method, id, build, Some((cred, &self.nonce)))
+    }
+}
+
 pub(super) async fn tcp_allocate(stream: &mut TcpStream, cred: &Credential) -> TcpAllocation {
     let challenge = tcp_exchange(stream, &request(ALLOCATE, 1, &allocate_udp, None))
         .await

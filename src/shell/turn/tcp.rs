@@ -560,8 +560,10 @@ impl Turn {
                     &mut conn.authenticated,
                 );
                 conn.partial.drain(..consumed.min(conn.partial.len()));
-                // What waits is less than a frame: the room of a large read is not kept.
-                if conn.partial.capacity() > 4 * conn.partial.len().max(READ_SIZE) {
+                if conn.partial.is_empty() {
+                    conn.partial = Vec::new(); // nothing held between frames
+                } else if conn.partial.capacity() > 4 * conn.partial.len().max(READ_SIZE) {
+                    // What waits is less than a frame: a large read's room is not kept.
                     conn.partial.shrink_to_fit();
                 }
                 not_turn
