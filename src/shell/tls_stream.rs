@@ -21,7 +21,9 @@
 use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::ops::DerefMut;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
@@ -31,7 +33,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
 };
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest read from the socket at once (into the thread's scratch buffer).
@@ -41,6 +43,24 @@ thread_local! {
     /// Where ciphertext is read and decrypted: one per runtime thread, borrowed only within
     /// one synchronous read (never across an await).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads what the socket holds, without waiting; `None` when it holds nothing.
+///
+/// Through tokio's `poll_read` rather than `try_read`: a read shorter than the buffer
+/// drained the socket, and `poll_read` then marks it not readable (epoll is edge-triggered,
+/// so the next arrival raises a new edge; a close stays marked), where `try_read` keeps the
+/// socket marked until a read fails. Without this every wake-up ended in one more read that
+/// returns EAGAIN, and on a connection one more turn of its loop. The waker is a no-op: the
+/// caller waits through `readable()`, whose waiters are kept apart from `poll_read`'s.
+fn read_now(tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut read = ReadBuf::new(buf);
+    match Pin::new(tcp).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => Ok(Some(read.filled().len())),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(None),
+    }
 }
 
 /// A rustls unbuffered connection, server or client side.
@@ -207,16 +227,16 @@ impl<C: TlsSide> TlsStream<C> {
             let read = self
                 .partial
                 .get_mut(start..)
-                .map(|tail| self.tcp.try_read(tail));
-            match read.unwrap_or(Ok(0)) {
-                Ok(0) => {
+                .map(|tail| read_now(&mut self.tcp, tail));
+            match read.unwrap_or(Ok(Some(0))) {
+                Ok(Some(0)) => {
                     return Err(io::Error::new(
                         ErrorKind::UnexpectedEof,
                         "peer closed during the TLS handshake",
                     ))
                 }
-                Ok(n) => self.partial.truncate(start + n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.partial.truncate(start),
+                Ok(Some(n)) => self.partial.truncate(start + n),
+                Ok(None) => self.partial.truncate(start),
                 Err(e) => return Err(e),
             }
         }
@@ -257,14 +277,13 @@ impl<C: TlsSide> TlsStream<C> {
         }
         let (head, tail) = scratch.split_at_mut(kept);
         head.copy_from_slice(&self.partial);
-        let read = match self.tcp.try_read(tail) {
-            Ok(0) => {
+        let read = match read_now(&mut self.tcp, tail)? {
+            Some(0) => {
                 self.peer_closed = true;
                 return Ok(ReadOutcome::Closed);
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
-            Err(e) => return Err(e),
+            Some(n) => n,
+            None => return Ok(ReadOutcome::WouldBlock),
         };
         let incoming = scratch.get_mut(..kept + read).unwrap_or_default();
         let (consumed, stop) = match drive(
@@ -700,6 +719,59 @@ mod tests {
                 ReadOutcome::Data | ReadOutcome::WouldBlock => {}
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_drains_the_socket_leaves_it_waiting_for_the_next_arrival() {
+        // The wait after a read that took all there was sleeps until more arrives, rather
+        // than returning at once for a read that finds nothing (one system call and one turn
+        // of the connection's loop per message, otherwise); and nothing that arrives later,
+        // data or the close, is missed.
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_cfg = certs.client();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            for message in [&b"OPTIONS one"[..], b"OPTIONS two"] {
+                go_rx.recv().unwrap();
+                tls.writer().write_all(message).unwrap();
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            go_rx.recv().unwrap();
+            tls.send_close_notify();
+            tls.complete_io(&mut tcp).unwrap();
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+        for message in [&b"OPTIONS one"[..], b"OPTIONS two"] {
+            go_tx.send(()).unwrap();
+            assert_eq!(read_exactly(&mut stream, message.len()).await, message);
+            let waited = tokio::time::timeout(Duration::from_millis(100), stream.readable()).await;
+            assert!(
+                waited.is_err(),
+                "the socket is still marked readable after a read drained it"
+            );
+        }
+        go_tx.send(()).unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                stream.readable().await.unwrap();
+                match stream.read(&mut |p| panic!("data after the messages: {p:?}")) {
+                    Ok(ReadOutcome::Closed) => break,
+                    Ok(ReadOutcome::Data | ReadOutcome::WouldBlock) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the close was missed");
+        client.join().unwrap();
     }
 
     #[tokio::test]
