@@ -13,9 +13,18 @@ use std::process::Command;
 
 const SOURCE: &str = "src/shell/turn/kernel/turn_relay.bpf.c";
 
+/// The libbpf header the program needs (Debian's libbpf-dev puts it here).
+const LIBBPF_HEADER: &str = "/usr/include/bpf/bpf_helpers.h";
+
 fn main() {
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-env-changed=SIPEDGE_CLANG");
+    // The tools are watched too. Cargo counts a watched path that is missing as changed, so
+    // while clang or libbpf-dev is not installed this script runs at every build, and
+    // installing them (as the warning and the edge's log say) takes effect at the next
+    // `cargo build`: without this the first build's verdict stood until `cargo clean`.
+    println!("cargo:rerun-if-changed={}", clang_path().display());
+    println!("cargo:rerun-if-changed={LIBBPF_HEADER}");
     let Some(out_dir) = env::var_os("OUT_DIR") else {
         println!("cargo:warning=OUT_DIR is not set");
         return;
@@ -34,11 +43,29 @@ fn main() {
     println!("cargo:rustc-env=SIPEDGE_BPF_UNAVAILABLE={why_not}");
 }
 
+fn clang() -> String {
+    env::var("SIPEDGE_CLANG").unwrap_or_else(|_| "clang".into())
+}
+
+/// Where `clang()` is found on `PATH` (or the path it names), else where Debian puts it.
+fn clang_path() -> PathBuf {
+    let clang = clang();
+    if clang.contains('/') {
+        return PathBuf::from(clang);
+    }
+    env::var_os("PATH")
+        .iter()
+        .flat_map(env::split_paths)
+        .map(|dir| dir.join(&clang))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/clang"))
+}
+
 fn compile(object: &std::path::Path) -> Result<(), String> {
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return Err("eBPF is Linux's".into());
     }
-    let clang = env::var("SIPEDGE_CLANG").unwrap_or_else(|_| "clang".into());
+    let clang = clang();
     // The BPF target of the host's byte order; the multiarch directory for <asm/types.h>.
     let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
         Ok("big") => "bpfeb",
