@@ -21,9 +21,7 @@
 use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::ops::DerefMut;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
@@ -33,7 +31,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, UnbufferedConnectionCommon, UnbufferedStatus,
 };
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Largest read from the socket at once (into the thread's scratch buffer).
@@ -47,19 +45,31 @@ thread_local! {
 
 /// Reads what the socket holds, without waiting; `None` when it holds nothing.
 ///
-/// Through tokio's `poll_read` rather than `try_read`: a read shorter than the buffer
-/// drained the socket, and `poll_read` then marks it not readable (epoll is edge-triggered,
-/// so the next arrival raises a new edge; a close stays marked), where `try_read` keeps the
-/// socket marked until a read fails. Without this every wake-up ended in one more read that
-/// returns EAGAIN, and on a connection one more turn of its loop. The waker is a no-op: the
-/// caller waits through `readable()`, whose waiters are kept apart from `poll_read`'s.
-fn read_now(tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut read = ReadBuf::new(buf);
-    match Pin::new(tcp).poll_read(&mut cx, &mut read) {
-        Poll::Ready(Ok(())) => Ok(Some(read.filled().len())),
-        Poll::Ready(Err(e)) => Err(e),
-        Poll::Pending => Ok(None),
+/// A read shorter than the buffer drained the socket, and the socket is then marked not
+/// readable (epoll is edge-triggered: the next arrival raises a new edge; a close stays
+/// marked), as tokio's own `poll_read` does. `try_read` alone keeps the mark until a read
+/// fails, so every wake-up ended in one more read returning EAGAIN and, on a connection, one
+/// more turn of its loop. Not through `poll_read` itself: that one is counted against the
+/// task's cooperative budget and, once the budget is spent, answers "not ready" with the
+/// socket still marked, and the connection's loop (whose wait is not budgeted) would spin
+/// on it without yielding. `try_io` clears the mark when its closure says "would block",
+/// and only if no new edge came since the read began (tokio compares the event's tick).
+fn read_now(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let room = buf.len();
+    let mut drained = None;
+    let result = tcp.try_io(Interest::READABLE, || {
+        let n = tcp.try_read(buf)?;
+        if 0 < n && n < room {
+            drained = Some(n);
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (result, drained) {
+        (_, Some(n)) => Ok(Some(n)),
+        (Ok(n), None) => Ok(Some(n)),
+        (Err(e), None) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -227,7 +237,7 @@ impl<C: TlsSide> TlsStream<C> {
             let read = self
                 .partial
                 .get_mut(start..)
-                .map(|tail| read_now(&mut self.tcp, tail));
+                .map(|tail| read_now(&self.tcp, tail));
             match read.unwrap_or(Ok(Some(0))) {
                 Ok(Some(0)) => {
                     return Err(io::Error::new(
@@ -277,7 +287,7 @@ impl<C: TlsSide> TlsStream<C> {
         }
         let (head, tail) = scratch.split_at_mut(kept);
         head.copy_from_slice(&self.partial);
-        let read = match read_now(&mut self.tcp, tail)? {
+        let read = match read_now(&self.tcp, tail)? {
             Some(0) => {
                 self.peer_closed = true;
                 return Ok(ReadOutcome::Closed);
@@ -565,6 +575,7 @@ mod tests {
     //! stream again) on the other, certificates from the dev PKI.
     use super::*;
     use std::io::{Read, Write};
+    use std::task::Poll;
 
     use crate::tls::config::{
         client_config_trusting, external_server_config, internal_server_config,
@@ -771,6 +782,53 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "the close was missed");
+        client.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_reads_even_when_the_task_has_spent_its_budget() {
+        // tokio gives a task a budget of operations per poll and answers "not ready" to
+        // budgeted ones once it is spent. A read here must not be one of them: the socket
+        // would stay marked readable, the connection's wait would return at once, and the
+        // read would say "nothing" again, for ever, without the task ever yielding.
+        let certs = certs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_cfg = certs.client();
+        let client = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            tls.writer().write_all(b"OPTIONS").unwrap();
+            tls.complete_io(&mut tcp).unwrap();
+            // Held open until the edge has read.
+            let mut end = [0u8; 1];
+            let _ = tcp.read(&mut end);
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+        // The record is there (peeked, not taken).
+        stream.tcp.peek(&mut [0u8; 1]).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        for _ in 0..1000 {
+            tx.send(()).unwrap();
+        }
+        let mut got = Vec::new();
+        let outcome = std::future::poll_fn(|cx| {
+            // Budgeted receives until the budget is spent (the channel is far from empty).
+            let mut received = 0;
+            while rx.poll_recv(cx).is_ready() {
+                received += 1;
+            }
+            assert!(received < 1000, "the budget was never spent");
+            Poll::Ready(stream.read(&mut |p| got.extend_from_slice(p)).unwrap())
+        })
+        .await;
+        assert_eq!(outcome, ReadOutcome::Data);
+        assert_eq!(got, b"OPTIONS");
+        drop(stream);
         client.join().unwrap();
     }
 
