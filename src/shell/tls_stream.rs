@@ -624,6 +624,31 @@ mod tests {
         ServerName::try_from("sip.example.test").unwrap()
     }
 
+    /// The external listener's end of a loopback connection, handshake done, and a rustls
+    /// client on a thread of its own that completes the handshake and then runs `then`.
+    async fn accepted_with_client<T: Send + 'static>(
+        certs: &Certs,
+        then: impl FnOnce(rustls::ClientConnection, std::net::TcpStream) -> T + Send + 'static,
+    ) -> (
+        Box<TlsStream<UnbufferedServerConnection>>,
+        std::thread::JoinHandle<T>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_cfg = certs.client();
+        let client = std::thread::spawn(move || {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
+            while tls.is_handshaking() {
+                tls.complete_io(&mut tcp).unwrap();
+            }
+            then(tls, tcp)
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let stream = accept(tcp, certs.external_server()).await.unwrap();
+        (stream, client)
+    }
+
     /// Reads until `want` plaintext bytes arrived (or the peer closed), checking after each
     /// read that only an incomplete record is kept, and nothing once records are whole.
     async fn read_exactly<C: TlsSide>(stream: &mut TlsStream<C>, want: usize) -> Vec<u8> {
@@ -739,16 +764,8 @@ mod tests {
         // of the connection's loop per message, otherwise); and nothing that arrives later,
         // data or the close, is missed.
         let certs = certs();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client_cfg = certs.client();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let client = std::thread::spawn(move || {
-            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
-            while tls.is_handshaking() {
-                tls.complete_io(&mut tcp).unwrap();
-            }
+        let (mut stream, client) = accepted_with_client(&certs, move |mut tls, mut tcp| {
             for message in [&b"OPTIONS one"[..], b"OPTIONS two"] {
                 go_rx.recv().unwrap();
                 tls.writer().write_all(message).unwrap();
@@ -757,9 +774,8 @@ mod tests {
             go_rx.recv().unwrap();
             tls.send_close_notify();
             tls.complete_io(&mut tcp).unwrap();
-        });
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+        })
+        .await;
         for message in [&b"OPTIONS one"[..], b"OPTIONS two"] {
             go_tx.send(()).unwrap();
             assert_eq!(read_exactly(&mut stream, message.len()).await, message);
@@ -792,23 +808,14 @@ mod tests {
         // would stay marked readable, the connection's wait would return at once, and the
         // read would say "nothing" again, for ever, without the task ever yielding.
         let certs = certs();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client_cfg = certs.client();
-        let client = std::thread::spawn(move || {
-            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-            let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
-            while tls.is_handshaking() {
-                tls.complete_io(&mut tcp).unwrap();
-            }
+        let (mut stream, client) = accepted_with_client(&certs, |mut tls, mut tcp| {
             tls.writer().write_all(b"OPTIONS").unwrap();
             tls.complete_io(&mut tcp).unwrap();
             // Held open until the edge has read.
             let mut end = [0u8; 1];
             let _ = tcp.read(&mut end);
-        });
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+        })
+        .await;
         // The record is there (peeked, not taken).
         stream.tcp.peek(&mut [0u8; 1]).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -944,8 +951,6 @@ mod tests {
     #[tokio::test]
     async fn garbage_after_the_handshake_fails_the_read_and_the_shutdown_without_a_panic() {
         let certs = certs();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         for garbage in [
             &b"BYE sip:x SIP/2.0\r\n\r\n"[..],
             &[
@@ -953,19 +958,12 @@ mod tests {
                 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
             ][..],
         ] {
-            let client_cfg = certs.client();
-            let client = std::thread::spawn(move || {
-                let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-                let mut tls = rustls::ClientConnection::new(client_cfg, sip_name()).unwrap();
-                while tls.is_handshaking() {
-                    tls.complete_io(&mut tcp).unwrap();
-                }
+            let (mut stream, client) = accepted_with_client(&certs, move |_tls, mut tcp| {
                 tcp.write_all(garbage).unwrap();
                 let mut back = Vec::new();
                 let _ = tcp.read_to_end(&mut back);
-            });
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut stream = accept(tcp, certs.external_server()).await.unwrap();
+            })
+            .await;
             let mut failed = false;
             for _ in 0..20 {
                 stream.readable().await.unwrap();
