@@ -47,7 +47,7 @@ use edge::{Edge, Mem};
 const USAGE: &str = "usage: cargo bench --bench tls_idle -- [--counts 1000,5000,10000,18000] \
     [--hold S (30)] [--ping S (30)] [--settle S (3)] [--workers N (one per 5000 clients)] \
     [--ramp-concurrency N (8 per worker)] [--max-failures N (20)] [--timeout S (10)] \
-    [--handshakes N (2000; 0 skips)] [--parallel 1,4,64] [--modes full,resumed] [--tls 1.3] \
+    [--handshakes N (2000; 0 skips)] [--parallel 1,4,64] [--modes full,resumed] [--tls 1.3] [--hs-rounds N (1)] \
     [--shared-sources] [--edge-nofile N] [--sipedge PATH] [--edge-env KEY=VALUE]... [--reopen N (0)] [--late-sample S (0)] [--key ecdsa|rsa] [--keep]";
 
 /// A worker command without an answer within this is a failure of the bench.
@@ -81,6 +81,8 @@ struct Args {
     max_failures: usize,
     timeout: Duration,
     handshakes: usize,
+    /// Each handshake run this many times in a row (medians printed beside the rounds).
+    hs_rounds: usize,
     parallel: Vec<usize>,
     modes: Vec<bool>,
     tls: Vec<TlsVersion>,
@@ -136,6 +138,7 @@ fn parse_args() -> Result<Args, String> {
         max_failures: 20,
         timeout: Duration::from_secs(10),
         handshakes: 2000,
+        hs_rounds: 1,
         parallel: vec![1, 4, 64],
         modes: vec![false, true],
         tls: vec![TlsVersion::V13],
@@ -176,6 +179,12 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or("--handshakes needs a number")?
             }
             "--parallel" => a.parallel = list("--parallel", &value()?)?,
+            "--hs-rounds" => {
+                a.hs_rounds = *list::<usize>("--hs-rounds", &value()?)?
+                    .first()
+                    .filter(|&&n| (1..=20).contains(&n))
+                    .ok_or("--hs-rounds: 1 to 20")?
+            }
             "--modes" => {
                 a.modes = value()?
                     .split(',')
@@ -925,7 +934,11 @@ fn run(args: &Args) -> Result<bool, String> {
     if args.handshakes > 0 {
         for &tls in &args.tls {
             for &resumed_mode in &args.modes {
-                for &p in &args.parallel {
+                for p in args
+                    .parallel
+                    .iter()
+                    .flat_map(|&p| std::iter::repeat_n(p, args.hs_rounds))
+                {
                     let command = format!(
                         "hs n={} p={p} mode={} tls={}",
                         args.handshakes,
@@ -1134,6 +1147,9 @@ fn run(args: &Args) -> Result<bool, String> {
                 per(r.client_cpu_s),
             );
         }
+        if args.hs_rounds > 1 {
+            let _ = write!(out, "\n{}", handshake_medians(&hs_runs));
+        }
     }
     let _ = writeln!(
         out,
@@ -1190,6 +1206,51 @@ fn run(args: &Args) -> Result<bool, String> {
 }
 
 /// Milliseconds of `seconds` per one of `count` ("-" for none).
+/// Edge CPU ms per handshake by TLS version, mode and clients in parallel: the median over
+/// the rounds, and every round's figure in the order run (a machine's noise is read there).
+fn handshake_medians(runs: &[HsRun]) -> String {
+    let mut out = String::from(
+        "Edge CPU ms per handshake, median over rounds (and each round's, in the order run):\n\n\
+         | TLS | mode | parallel | median | rounds |\n|---|---|---:|---:|---|\n",
+    );
+    let mut seen: Vec<(TlsVersion, bool, usize)> = Vec::new();
+    for r in runs {
+        let key = (r.tls, r.resumed_mode, r.parallel);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let mut figures: Vec<f64> = runs
+            .iter()
+            .filter(|o| (o.tls, o.resumed_mode, o.parallel) == key && o.done > 0)
+            .map(|o| o.edge_cpu_s * 1000.0 / o.done as f64)
+            .collect();
+        let rounds = figures
+            .iter()
+            .map(|f| format!("{f:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        figures.sort_by(f64::total_cmp);
+        let n = figures.len();
+        let middle = if n % 2 == 1 {
+            figures.get(n / 2).copied()
+        } else {
+            figures
+                .get(n.saturating_sub(1) / 2..=n / 2)
+                .map(|pair| pair.iter().sum::<f64>() / 2.0)
+        };
+        let median = middle.map_or_else(|| "-".to_string(), |m| format!("{m:.3}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {median} | {rounds} |",
+            r.tls.label(),
+            if r.resumed_mode { "resumed" } else { "full" },
+            r.parallel,
+        );
+    }
+    out
+}
+
 fn ms_per(seconds: f64, count: u64) -> String {
     if count == 0 {
         "-".into()
