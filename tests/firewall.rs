@@ -277,7 +277,12 @@ async fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_bounded_and_cut_off() {
     let pki = Pki::new();
-    let director = Director::start(&pki).await.answering_ok();
+    // The Director holds its answers and the test sends them all at once: far more than the
+    // deaf client's queue holds arrive while its connection waits to write. (A stub answering
+    // as requests come leaves it to the scheduler whether the answers outrun the connection:
+    // an edge that serves its tasks fairly drains them as they come and blocks in its write
+    // before its queue fills.)
+    let mut director = Director::start(&pki).await;
     let edge = edge(&pki, &director, |t| {
         t.limits.write_timeout = Duration::from_secs(1);
         t.firewall.request_rate = 100_000;
@@ -290,28 +295,53 @@ async fn a_client_that_never_reads_is_bounded_and_cut_off() {
 
     // A small receive buffer, and it never reads: the edge's writes to it back up.
     let mut deaf = Client::connect_small_window(&pki, edge.external, "127.0.0.10", 4096).await;
+    // The Director echoes From: a long display name makes every answer ~1.3 KB, so these
+    // answers are several times what the connection's queue, its socket and its client's
+    // window hold together.
     let big = "x".repeat(1200);
-    let mut sent = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && sent < 40_000 {
-        let mut burst = String::new();
+    const REQUESTS: u32 = 1000;
+    for burst in 0..REQUESTS / 200 {
+        let mut requests = String::new();
         for i in 0..200 {
-            // The stub's answer echoes From: a long display name makes every answer ~1.3 KB.
             let request =
-                options("deaf", sent + i).replace("From: <", &format!("From: \"{big}\" <"));
-            burst.push_str(&request);
+                options("deaf", burst * 200 + i).replace("From: <", &format!("From: \"{big}\" <"));
+            requests.push_str(&request);
         }
-        match tokio::time::timeout(Duration::from_secs(2), deaf.stream_write(burst.as_bytes()))
+        tokio::time::timeout(WAIT, deaf.stream_write(requests.as_bytes()))
             .await
-        {
-            Ok(Ok(())) => sent += 200,
-            _ => break, // the edge stopped reading us, or closed
+            .expect("the edge reads a client that has nothing to be told yet")
+            .unwrap();
+    }
+    let mut held = Vec::new();
+    while held.len() < REQUESTS as usize {
+        match director.try_recv(Duration::from_secs(2)).await {
+            Some(request) => held.push(request),
+            None => break,
         }
     }
+    let answers: String = held
+        .iter()
+        .map(|r| response_to(&r.text, 200, "OK"))
+        .collect();
+    // The connection's queue holds 256 messages; its socket and the client's window take
+    // a few hundred KB more: 900 answers are several times that.
+    assert!(
+        held.len() >= 900,
+        "{} of {REQUESTS} requests reached the Director: too few answers to fill the queue",
+        held.len()
+    );
+    director.send(0, &answers);
+
     // Its queue fills (answers beyond it are dropped) and, not reading for the write
     // timeout, it is cut off; it was never rejected nor banned: this is back-pressure.
     eventually("the deaf connection's answers dropped", || {
         shared.stats.dropped_responses.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    // Cut off by the edge while it still does not read (reading now would let the edge's
+    // write through), then seen closed from the client's end.
+    eventually("the deaf connection cut off", || {
+        shared.flows.count_by_side().0 == 0
     })
     .await;
     assert!(
@@ -324,8 +354,8 @@ async fn a_client_that_never_reads_is_bounded_and_cut_off() {
         .filter(|(_, n)| *n > 0)
         .collect();
     eprintln!("deaf client rejects: {reasons:?}");
-    // Sending far faster than the pool drains (the stub's probes then time out too), it may
-    // be told 503 Overloaded or Service Unavailable; nothing it is blamed for, and no ban.
+    // Faster than the pool answers, it may be told 503 Overloaded; nothing it is blamed for,
+    // and no ban.
     assert!(
         reasons
             .iter()
@@ -335,10 +365,12 @@ async fn a_client_that_never_reads_is_bounded_and_cut_off() {
     assert_eq!(shared.guard.bans_total(), 0);
 
     // The edge is unaffected.
+    *director.auto_answer.lock().unwrap() = Some(200);
     let (ok, _) = polite_user(pki.roots(), edge.external, "127.0.0.11", 20, Duration::ZERO).await;
     assert_eq!(ok, 20);
     eprintln!(
-        "deaf client: sent {sent} requests; dropped responses {}; peak RSS {} KiB",
+        "deaf client: {} of {REQUESTS} requests answered at once; dropped responses {}; peak RSS {} KiB",
+        held.len(),
         shared.stats.dropped_responses.load(Ordering::Relaxed),
         peak_rss_kib()
     );

@@ -63,7 +63,12 @@ pub fn queue(side: Side, messages: usize, max_bytes: usize) -> (FlowHandle, Flow
 
 impl FlowReceiver {
     /// The next message (cancel-safe: nothing is taken until it returns).
+    ///
+    /// Each call spends one unit of the task's cooperative budget, as tokio's own channels
+    /// do (a `Notify` does not): a connection whose queue is never empty (the inside
+    /// sending it messages faster than it writes them) still yields to the other tasks.
     pub async fn recv(&mut self) -> Option<Bytes> {
+        tokio::task::consume_budget().await;
         loop {
             if let Some(bytes) = self.try_recv() {
                 return Some(bytes);
@@ -223,6 +228,44 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_queue_never_empty_still_lets_its_task_yield() {
+        // Messages keep waiting: without the budget every receive would be ready at once and
+        // the connection's task would never give its runtime thread to the others.
+        let (handle, mut rx) = queue(Side::External, 100_000, usize::MAX);
+        for _ in 0..10_000 {
+            handle
+                .try_send(Bytes::from_static(b"SIP/2.0 200 OK"))
+                .unwrap();
+        }
+        let mut received = 0;
+        let yielded = std::future::poll_fn(|cx| {
+            for _ in 0..10_000 {
+                let next = std::pin::pin!(rx.recv());
+                match std::future::Future::poll(next, cx) {
+                    std::task::Poll::Ready(got) => {
+                        assert!(got.is_some());
+                        received += 1;
+                    }
+                    std::task::Poll::Pending => return std::task::Poll::Ready(true),
+                }
+            }
+            std::task::Poll::Ready(false)
+        })
+        .await;
+        assert!(
+            yielded,
+            "{received} receives in one poll and the task never yielded"
+        );
+        assert!(received >= 1, "the first receive found a message");
+        // Nothing was taken by the receive that yielded (cancel-safe).
+        let mut left = 0;
+        while rx.try_recv().is_some() {
+            left += 1;
+        }
+        assert_eq!(received + left, 10_000);
+    }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_and_frees_what_is_read() {

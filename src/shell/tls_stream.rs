@@ -253,7 +253,14 @@ impl<C: TlsSide> TlsStream<C> {
     }
 
     /// Waits until the socket may be read (cancel-safe: nothing is held while waiting).
+    ///
+    /// Each wait spends one unit of the task's cooperative budget, and yields to the other
+    /// tasks once the budget is spent. Waiting for readiness is not budgeted in tokio, nor is
+    /// the read: without this a peer that never lets its socket drain (a flood, or just a
+    /// fast sender) would keep its connection's task running without ever yielding, holding
+    /// a runtime thread from every other connection, the health checks included.
     pub async fn readable(&self) -> io::Result<()> {
+        tokio::task::consume_budget().await;
         if !self.early_plaintext.is_empty() || self.peer_closed {
             return Ok(());
         }
@@ -835,6 +842,43 @@ mod tests {
         .await;
         assert_eq!(outcome, ReadOutcome::Data);
         assert_eq!(got, b"OPTIONS");
+        drop(stream);
+        client.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wait_with_data_waiting_still_yields_once_the_task_has_spent_its_budget() {
+        // A peer that never lets its socket drain makes every wait ready at once; the
+        // connection's task must still yield to the others now and then, or it would hold its
+        // runtime thread for as long as the peer keeps sending.
+        let certs = certs();
+        let (stream, client) = accepted_with_client(&certs, |mut tls, mut tcp| {
+            tls.writer().write_all(b"OPTIONS").unwrap();
+            tls.complete_io(&mut tcp).unwrap();
+            let _ = tcp.read(&mut [0u8; 1]);
+        })
+        .await;
+        stream.tcp.peek(&mut [0u8; 1]).await.unwrap();
+        let mut ready = 0;
+        let yielded = std::future::poll_fn(|cx| {
+            for _ in 0..10_000 {
+                let wait = std::pin::pin!(stream.readable());
+                match std::future::Future::poll(wait, cx) {
+                    Poll::Ready(done) => {
+                        done.unwrap();
+                        ready += 1;
+                    }
+                    Poll::Pending => return Poll::Ready(true),
+                }
+            }
+            Poll::Ready(false)
+        })
+        .await;
+        assert!(
+            yielded,
+            "{ready} waits in one poll and the task never yielded"
+        );
+        assert!(ready >= 1, "the first wait found the data");
         drop(stream);
         client.join().unwrap();
     }
