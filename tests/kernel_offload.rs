@@ -2,7 +2,8 @@
 //! joined by veth pairs (a client outside, the edge, peers on the other side), the real
 //! binary with the eBPF program attached, and the proofs that the kernel relays established
 //! channels both ways with the policy still enforced: nothing from a peer without
-//! permission or on an unbound channel, nothing beyond the bandwidth cap, nothing after the
+//! permission or on an unbound channel, nothing beyond the bandwidth cap (the kernel and
+//! user space together drawing one budget), nothing after the
 //! channel's deadline, and right UDP checksums whatever the sender's checksum offload.
 //! Also: where the kernel path cannot load, the edge relays in user space and says why.
 //!
@@ -312,7 +313,6 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
         &cred.password,
     ));
     assert_eq!(rt.block_on(session.bind_channel(CHANNEL, peer_addr)), None);
-    let bound_at = Instant::now();
     let relayed = session.relayed;
     // From here on the blocking clone reads (the two share the file's O_NONBLOCK).
     client.set_nonblocking(false).unwrap();
@@ -419,6 +419,77 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     println!(
         "PROVEN: the cap holds in the kernel ({} of 200 passed, {dropped} dropped and counted)",
         got.len()
+    );
+
+    // 3b. One budget for both paths: the client offers twice the cap on its channel (the
+    //     kernel) and twice the cap in Send indications (user space) for three seconds.
+    //     The kernel's meter sees only the kernel's traffic; what the kernel relayed is
+    //     charged to the budget user space relays from every second. Together they pass
+    //     about the cap (150 kB in 3 s, a 50 kB burst, a second's lag), not the cap once
+    //     per path (about 400).
+    client.set_nonblocking(true).unwrap();
+    assert_eq!(rt.block_on(session.bind_channel(CHANNEL, peer_addr)), None);
+    client.set_nonblocking(false).unwrap();
+    let bound_at = Instant::now();
+    // Both meters full again (the kernel's burst of step 3 is charged at the next sweep).
+    std::thread::sleep(Duration::from_millis(2200));
+    let counter = {
+        let peer = peer.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut by_path = [0usize; 2];
+            for datagram in drain(&peer, Duration::from_millis(700)) {
+                match datagram.get(4) {
+                    Some(0xa5) => by_path[0] += 1,
+                    Some(0x5e) => by_path[1] += 1,
+                    _ => {}
+                }
+            }
+            by_path
+        })
+    };
+    let send_indication = |payload: &[u8]| {
+        use sipedge::core::turn::encode::Writer;
+        use sipedge::core::turn::stun::{attr, Class};
+        let mut w = Writer::new(
+            Class::Indication,
+            sipedge::core::turn::server::SEND,
+            [9; 12],
+        );
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer_addr)
+            .attr(attr::DATA, payload);
+        w.finish_with_fingerprint()
+    };
+    let started = Instant::now();
+    for i in 0..300u32 {
+        let mut payload = vec![0u8; 1000];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        payload[4] = 0xa5;
+        client
+            .send_to(&channel_data(CHANNEL, &payload), turn)
+            .unwrap();
+        payload[4] = 0x5e;
+        client.send_to(&send_indication(&payload), turn).unwrap();
+        // Paced at 10 ms; a slow round is not made up for.
+        let due = started + Duration::from_millis(10) * (i + 1);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let [in_kernel, in_user_space] = counter.join().unwrap();
+    let total = in_kernel + in_user_space;
+    assert!(
+        in_kernel >= 100,
+        "the channel's datagrams went through the kernel: {in_kernel} of 300 arrived"
+    );
+    assert!(
+        total <= 320,
+        "{total} kB passed a 50 kB/s cap in {seconds:.1} s over two paths \
+         ({in_kernel} through the kernel, {in_user_space} through user space): \
+         the budget once per path"
+    );
+    println!(
+        "PROVEN: one budget for both paths: {total} kB in {seconds:.1} s at a 50 kB/s cap \
+         ({in_kernel} through the kernel, {in_user_space} through user space; about 400 if \
+         each path had the budget to itself)"
     );
 
     // 4. The deadline: unrefreshed, the channel and its permission lapse; the kernel stops

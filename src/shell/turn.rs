@@ -289,8 +289,9 @@ impl Turn {
             .map_or(0, |k| k.channels.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Every second: what the kernel relayed and dropped into the statistics, its expired
-    /// channels out, its user meters at this member's share.
+    /// Every second: what the kernel relayed and dropped into the statistics and what it
+    /// relayed charged to the budgets user space relays from, its expired channels out,
+    /// its user meters at this member's share.
     async fn kernel_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -300,9 +301,12 @@ impl Turn {
                 _ = shutdown.changed() => return,
             }
             if let Some(kernel) = &self.kernel {
-                let relayed = kernel.sweep(clock::now(), |user| {
-                    self.read_server().kernel_user_budget(user)
-                });
+                let now = clock::now();
+                let relayed = kernel.sweep(
+                    now,
+                    |user| self.read_server().kernel_user_budget(user),
+                    |allocation, bytes| self.read_server().kernel_spent(allocation, bytes, now),
+                );
                 self.stats.kernel_relayed(relayed);
             }
         }

@@ -129,6 +129,30 @@ impl Meter {
     }
 }
 
+impl Meter {
+    /// Counts `bytes` already spent on this budget elsewhere (the kernel fast path relays
+    /// this allocation's channels with meters of its own): the next packets here wait for
+    /// them as if they had passed here. Never refused and never capped at the burst: what
+    /// was relayed is owed, and paid back before anything more passes here.
+    pub fn record(&self, budget: Option<Budget>, bytes: u64, now: Instant) {
+        let Some(budget) = budget else {
+            return;
+        };
+        if budget.bytes_per_sec == 0 || bytes == 0 {
+            return;
+        }
+        let now_ns = nanos(now.saturating_duration_since(self.epoch));
+        let cost =
+            u64::try_from(u128::from(bytes) * 1_000_000_000 / u128::from(budget.bytes_per_sec))
+                .unwrap_or(u64::MAX);
+        let _ = self
+            .tat_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                Some(tat.max(now_ns).saturating_add(cost))
+            });
+    }
+}
+
 /// A meter per direction, and the share of the budget this member may spend (a user's
 /// meters in a pool; the whole otherwise).
 #[derive(Debug)]
@@ -242,6 +266,34 @@ mod tests {
         let early = Meter::new(t0 + Duration::from_secs(5));
         assert!(early.charge(Budget::kbit(8), 1000, t0));
         assert!(!early.charge(Budget::kbit(8), 1, t0));
+    }
+
+    #[test]
+    fn bytes_spent_elsewhere_are_paid_back_before_more_passes_here() {
+        let t0 = Instant::now();
+        let meter = Meter::new(t0);
+        let budget = Budget::kbit(800); // 100 000 bytes/s, a burst of as much
+                                        // The kernel relayed two seconds' worth: the burst, and a second at the rate.
+        meter.record(budget, 200_000, t0);
+        let one = |at: Duration| meter.charge(budget, 1000, t0 + at);
+        // Nothing passes until the debt beyond the burst is paid (1 s), and then only what
+        // the rate has refilled since.
+        assert!(!one(Duration::ZERO));
+        assert!(!one(Duration::from_millis(999)));
+        let passed = (0..1000)
+            .filter(|_| one(Duration::from_millis(1500)))
+            .count();
+        assert_eq!(passed, 50, "half a second at the rate");
+        // Unlimited and shut budgets record nothing; neither does nothing.
+        let fresh = Meter::new(t0);
+        fresh.record(None, u64::MAX, t0);
+        fresh.record(Budget::kbit(800).map(|b| b.share(0)), u64::MAX, t0);
+        fresh.record(budget, 0, t0);
+        assert!(fresh.is_idle(t0));
+        // The largest debt saturates rather than wrapping to "nothing owed".
+        fresh.record(budget, u64::MAX, t0);
+        fresh.record(budget, u64::MAX, t0);
+        assert!(!fresh.charge(budget, 1, t0 + Duration::from_secs(3600 * 24 * 365)));
     }
 
     #[test]

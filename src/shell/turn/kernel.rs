@@ -9,7 +9,9 @@
 //!   shared by the channels that charge them; the user's rate follows this member's pool
 //!   share;
 //! - [`KernelPath::sweep`] (every second) reads the counters back into the relay's
-//!   statistics, drops what has expired, and counts the kernel's bandwidth drops.
+//!   statistics, hands what each allocation relayed to the core, which charges it to the
+//!   budgets user space relays from (one budget for both paths), drops what has expired,
+//!   and counts the kernel's bandwidth drops.
 //!
 //! When the kernel cannot take it (not built with clang, no privilege, an old kernel), the
 //! edge says so once and relays everything in user space, as it does without the option.
@@ -65,6 +67,10 @@ struct Maps {
     meter_refs: HashMap<u64, usize>,
     /// The kernel's drops as last read, by direction.
     drops_seen: [u64; 2],
+    /// Bytes relayed in the kernel since the last sweep, by allocation (its id), to the
+    /// peer and to the client: the core charges them to the allocation's budgets. At most
+    /// one entry per allocation that had a channel here since then.
+    spent: HashMap<u64, [u64; 2]>,
     routes: Routes,
 }
 
@@ -104,6 +110,8 @@ struct Installed {
     /// Meters charged (0: none): the allocation's and the user's, to the peer, then to the
     /// client.
     meters: [u64; 4],
+    /// The allocation's id (what it relayed is charged to it).
+    allocation: u64,
     user: Arc<str>,
     user_budget: Option<Budget>,
     /// Packets and bytes to the peer, then to the client, as last read.
@@ -172,6 +180,7 @@ impl KernelPath {
                 installed: HashMap::new(),
                 meter_refs: HashMap::new(),
                 drops_seen: [0; 2],
+                spent: HashMap::new(),
                 routes: Routes::default(),
             }),
             interfaces,
@@ -276,6 +285,7 @@ impl KernelPath {
                 until: k.until,
                 until_ns: until,
                 meters,
+                allocation: k.allocation,
                 user: k.user.clone(),
                 user_budget: k.user_budget,
                 seen: [0; 4],
@@ -296,12 +306,15 @@ impl KernelPath {
     }
 
     /// Reads back what the kernel relayed and dropped, takes out what expired by `now`,
-    /// and sets each user's meters to `user_budget` (this member's share now; `None` for a
-    /// user gone, whose channels go with their allocations).
+    /// sets each user's meters to `user_budget` (this member's share now; `None` for a
+    /// user gone, whose channels go with their allocations), and hands `kernel_spent` the
+    /// bytes each allocation relayed here since the last sweep (by its id; to the peer,
+    /// then to the client), its channels gone since included.
     pub(super) fn sweep(
         &self,
         now: Instant,
         user_budget: impl Fn(&str) -> Option<Option<Budget>>,
+        kernel_spent: impl Fn(u64, [u64; 2]),
     ) -> Relayed {
         let mut total = Relayed::default();
         let keys: Vec<(FiveTuple, u16)> = self
@@ -363,6 +376,11 @@ impl KernelPath {
                 *before = n;
             }
         }
+        let spent = std::mem::take(&mut maps.spent);
+        drop(maps);
+        for (allocation, bytes) in spent {
+            kernel_spent(allocation, bytes);
+        }
         total
     }
 }
@@ -388,8 +406,9 @@ impl Maps {
     }
 
     /// What `ch` relayed since it was last read, and its counters now (read once: a packet
-    /// counted between two reads would be lost to the statistics).
-    fn collect(&self, ch: &Installed) -> (Relayed, [u64; 4]) {
+    /// counted between two reads would be lost to the statistics); its bytes are owed to
+    /// its allocation's budgets until the next sweep hands them over.
+    fn collect(&mut self, ch: &Installed) -> (Relayed, [u64; 4]) {
         let now = self.read_seen(ch);
         let d = |i: usize| {
             now.get(i)
@@ -404,6 +423,11 @@ impl Maps {
             bytes_to_clients: d(3),
             over_budget: 0,
         };
+        if relayed.bytes_to_peers > 0 || relayed.bytes_to_clients > 0 {
+            let owed = self.spent.entry(ch.allocation).or_insert([0; 2]);
+            owed[0] = owed[0].saturating_add(relayed.bytes_to_peers);
+            owed[1] = owed[1].saturating_add(relayed.bytes_to_clients);
+        }
         (relayed, now)
     }
 

@@ -6,14 +6,17 @@
 //! request that extends one of them hands the channels over again with the new deadline;
 //! an allocation that goes takes its channels out of the kernel before its socket closes.
 //! The bandwidth budgets go with them: the kernel charges the same rates per allocation
-//! and per user (this member's share of it in a pool).
+//! and per user (this member's share of it in a pool). One budget for both paths: what
+//! the kernel relayed is charged here too, every second ([`Server::kernel_spent`]), so a
+//! client that mixes channels in the kernel with what user space relays (Send
+//! indications, a channel not handed over) gets the budget once, not once per path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{FiveTuple, Output, Server, Transport};
-use crate::core::turn::bandwidth::Budget;
+use crate::core::turn::bandwidth::{Budget, Direction};
 
 /// A channel the kernel may relay both ways until `until`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +73,32 @@ impl Server {
                 allocation_budget: self.cfg.bandwidth_per_allocation,
                 user_budget: a.user_meters.budget(self.cfg.bandwidth_per_user),
             }));
+        }
+    }
+
+    /// Charges what the kernel relayed for the allocation `allocation` (its id), to the
+    /// peer and to the client, to its meters here and its user's: user space then relays
+    /// only what the budget has left. The kernel's own meters see only the kernel's
+    /// traffic, so the kernel path goes first; the sum of both paths stays within the
+    /// budget, give or take what the kernel relayed since the last call (a second's worth
+    /// and a burst). An allocation gone by now is owed nothing.
+    pub fn kernel_spent(&self, allocation: u64, bytes: [u64; 2], now: Instant) {
+        let Some(a) = self
+            .by_id
+            .get(&allocation)
+            .and_then(|tuple| self.allocations.get(tuple))
+        else {
+            return;
+        };
+        let user_budget = a.user_meters.budget(self.cfg.bandwidth_per_user);
+        for (direction, bytes) in [Direction::ToPeer, Direction::ToClient]
+            .into_iter()
+            .zip(bytes)
+        {
+            a.meters
+                .get(direction)
+                .record(self.cfg.bandwidth_per_allocation, bytes, now);
+            a.user_meters.get(direction).record(user_budget, bytes, now);
         }
     }
 

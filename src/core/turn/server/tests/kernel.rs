@@ -173,3 +173,49 @@ fn the_user_budget_is_this_members_share() {
     );
     assert_eq!(w.server.kernel_user_budget("bob"), None);
 }
+
+#[test]
+fn what_the_kernel_relayed_is_charged_to_the_budgets_user_space_relays_from() {
+    // One budget for both paths: a client that spent its allocation's budget on channels
+    // in the kernel gets nothing more by Send indications, nor by its other allocations
+    // when the budget is its user's.
+    let mut w = offloading();
+    w.server.cfg.bandwidth_per_allocation = Budget::kbit(137); // 17 125 bytes a second
+    w.server.cfg.bandwidth_per_user = Budget::kbit(274);
+    let peer = addr(PEER);
+    w.allocate_as(10);
+    let first = w.tuple;
+    let bind = w.bind_request(0x4000, peer, 11);
+    let (out, _) = w.send(&bind, Duration::ZERO);
+    assert_eq!(World::code(&out), 0);
+    let [k] = handed(&out).try_into().unwrap();
+    w.tuple.client = SocketAddr::new(w.tuple.client.ip(), w.tuple.client.port() + 1);
+    w.allocate_as(20);
+    let permit = w.permission_request(peer, 21);
+    assert_eq!(w.answer_code(&permit, Duration::ZERO), 0);
+    let second = w.tuple;
+
+    let send = send_indication(peer, 30, &[0u8; 172]);
+    let t = Duration::from_secs(1);
+    let now = w.start + t;
+    // The kernel relayed a second's worth of the allocation's rate toward the peer (what
+    // its own meter let through): the allocation's budget toward the peer is spent here.
+    w.server.kernel_spent(k.allocation, [17_125, 0], now);
+    w.tuple = first;
+    assert_eq!(w.send(&send, t).1, Err(Dropped::OverBandwidth));
+    // The other direction is the other budget.
+    assert!(w.server.peer_packet(k.relay, peer, &[0; 172], now).is_ok());
+    // The user's budget toward the peer holds half of that, and its other allocation may
+    // still relay the rest of it.
+    w.tuple = second;
+    assert_eq!(w.send(&send, t).1, Ok(()));
+    // A second at the user's rate more in the kernel: nothing for the user's other relays
+    // either.
+    w.server.kernel_spent(k.allocation, [34_250, 0], now);
+    assert_eq!(w.send(&send, t).1, Err(Dropped::OverBandwidth));
+    // Paid back, the budgets pass again.
+    w.tuple = first;
+    assert_eq!(w.send(&send, t + Duration::from_secs(3)).1, Ok(()));
+    // An allocation gone (or never there) is owed nothing.
+    w.server.kernel_spent(u64::MAX, [u64::MAX, u64::MAX], now);
+}
