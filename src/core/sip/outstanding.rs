@@ -21,15 +21,18 @@ pub const INVITE_TIMEOUT: Duration = Duration::from_secs(181);
 #[derive(Debug)]
 pub struct Outstanding<K, V> {
     entries: HashMap<K, (Instant, V)>,
-    /// Deadlines in insertion order; entries already completed are skipped lazily.
-    queue: VecDeque<(Instant, K)>,
+    /// Deadlines in insertion order, one queue per timeout (INVITE, non-INVITE): within
+    /// one the deadlines come in order, so each expires from its front. (One queue for
+    /// both would hold every non-INVITE behind an INVITE sent before it, 181 s instead of
+    /// 32.) Entries already completed are skipped lazily.
+    queues: Vec<(Duration, VecDeque<(Instant, K)>)>,
 }
 
 impl<K: Copy + Eq + Hash, V> Default for Outstanding<K, V> {
     fn default() -> Self {
         Outstanding {
             entries: HashMap::new(),
-            queue: VecDeque::new(),
+            queues: Vec::new(),
         }
     }
 }
@@ -44,7 +47,16 @@ impl<K: Copy + Eq + Hash, V> Outstanding<K, V> {
         let deadline = now + timeout;
         if let std::collections::hash_map::Entry::Vacant(e) = self.entries.entry(key) {
             e.insert((deadline, value));
-            self.queue.push_back((deadline, key));
+            let at = match self.queues.iter().position(|(t, _)| *t == timeout) {
+                Some(at) => at,
+                None => {
+                    self.queues.push((timeout, VecDeque::new()));
+                    self.queues.len() - 1
+                }
+            };
+            if let Some((_, queue)) = self.queues.get_mut(at) {
+                queue.push_back((deadline, key));
+            }
         }
     }
 
@@ -55,28 +67,32 @@ impl<K: Copy + Eq + Hash, V> Outstanding<K, V> {
 
     /// Removes the transactions whose deadline has passed and hands each to `expired`.
     pub fn expire(&mut self, now: Instant, mut expired: impl FnMut(V)) {
-        while let Some((deadline, key)) = self.queue.front().copied() {
-            if deadline > now {
-                break;
-            }
-            self.queue.pop_front();
-            if self.entries.get(&key).is_some_and(|(d, _)| *d == deadline) {
-                if let Some((_, v)) = self.entries.remove(&key) {
-                    expired(v);
+        for (_, queue) in &mut self.queues {
+            while let Some((deadline, key)) = queue.front().copied() {
+                if deadline > now {
+                    break;
+                }
+                queue.pop_front();
+                if self.entries.get(&key).is_some_and(|(d, _)| *d == deadline) {
+                    if let Some((_, v)) = self.entries.remove(&key) {
+                        expired(v);
+                    }
                 }
             }
         }
-        // Completed entries linger in the queue until their deadline; bound the waste.
-        if self.queue.len() > 4 * self.entries.len() + 1024 {
+        // Completed entries linger in the queues until their deadline; bound the waste.
+        let queued: usize = self.queues.iter().map(|(_, q)| q.len()).sum();
+        if queued > 4 * self.entries.len() + 1024 {
             let live = &self.entries;
-            self.queue
-                .retain(|(d, k)| live.get(k).is_some_and(|(ld, _)| ld == d));
+            for (_, queue) in &mut self.queues {
+                queue.retain(|(d, k)| live.get(k).is_some_and(|(ld, _)| ld == d));
+            }
         }
     }
 
     /// Removes every transaction (the connection is gone).
     pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
-        self.queue.clear();
+        self.queues.clear();
         self.entries.drain().map(|(_, (_, v))| v)
     }
 
@@ -90,7 +106,10 @@ impl<K: Copy + Eq + Hash, V> Outstanding<K, V> {
 
     /// The next deadline, for the shell's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.queue.front().map(|(d, _)| *d)
+        self.queues
+            .iter()
+            .filter_map(|(_, q)| q.front().map(|(d, _)| *d))
+            .min()
     }
 }
 
@@ -118,5 +137,27 @@ mod tests {
         assert_eq!(o.drain().collect::<Vec<_>>(), vec!["c"]);
         assert!(o.is_empty());
         assert_eq!(o.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_non_invite_expires_at_its_own_deadline_behind_an_earlier_invite() {
+        // An INVITE left unanswered must not hold the MESSAGEs sent after it for its 181 s.
+        let t0 = Instant::now();
+        let mut o = Outstanding::new();
+        o.insert(t0, 1u64, INVITE_TIMEOUT, "invite");
+        o.insert(
+            t0 + Duration::from_secs(1),
+            2u64,
+            NON_INVITE_TIMEOUT,
+            "message",
+        );
+        assert_eq!(o.poll_timeout(), Some(t0 + Duration::from_secs(33)));
+        let mut gone = Vec::new();
+        o.expire(t0 + Duration::from_secs(33), |v| gone.push(v));
+        assert_eq!(gone, vec!["message"]);
+        assert_eq!(o.poll_timeout(), Some(t0 + INVITE_TIMEOUT));
+        o.expire(t0 + INVITE_TIMEOUT, |v| gone.push(v));
+        assert_eq!(gone, vec!["message", "invite"]);
+        assert!(o.is_empty());
     }
 }
