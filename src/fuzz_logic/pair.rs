@@ -56,6 +56,9 @@ pub struct Pair {
     /// With `edge.capturing`: every byte each end wrote on each connection, kept (what
     /// capture's copies are checked against).
     pub wire: Wire,
+    /// How the edge would answer each request it handed the pool, in its place (kept for
+    /// the tests; a fuzz run's pair is short-lived).
+    pub answerables: Vec<crate::core::sip::pool_link::Answerable>,
 }
 
 /// Every byte written on the two connections, by whom (kept only while capturing).
@@ -101,6 +104,7 @@ impl Pair {
             director_alive: true,
             probes_answered: 0,
             wire: Wire::default(),
+            answerables: Vec::new(),
         };
         pair.drive();
         pair
@@ -265,6 +269,7 @@ impl Pair {
                 answerable,
                 ..
             } => {
+                self.answerables.push(answerable.clone());
                 let request = PoolRequest {
                     bytes,
                     tx,

@@ -362,9 +362,12 @@ impl Session {
     ) -> bool {
         let side = self.flow.side;
         // Only what goes to the pool or a partner may have to be answered in their place.
+        // The answer needs the request's header block only, copied: `msg.raw` is a slice of
+        // the connection's read buffer and would keep all of it (up to the largest message
+        // twice over) for as long as the transaction is outstanding (181 s for an INVITE).
         let answerable = || Answerable {
             origin: self.flow.id,
-            raw: msg.raw.clone(),
+            raw: Bytes::copy_from_slice(msg.raw.get(..msg.body.start).unwrap_or(&msg.raw)),
             call,
         };
         match action {

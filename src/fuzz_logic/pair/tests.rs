@@ -276,6 +276,58 @@ fn overload_sheds_new_work_from_outside_with_the_pools_retry_after() {
 }
 
 #[test]
+fn a_recorded_dialogs_requests_pass_the_overload_limit_but_not_twice_it() {
+    let mut pair = Pair::up();
+    let ok = call(&mut pair);
+    pair.edge.limits.max_outstanding = 2;
+    // Unanswered INFOs in the dialog: spared the overload limit (a call can always end),
+    // each still a transaction the edge holds, so not without bound.
+    for cseq in 2..6 {
+        pair.user_sends(in_dialog(&ok, "INFO", cseq).as_bytes());
+    }
+    assert_eq!(pair.director_received().len(), 4);
+    assert_eq!(pair.edge.outstanding, 4);
+    pair.user_sends(in_dialog(&ok, "INFO", 6).as_bytes());
+    let got = pair.user_received();
+    assert_eq!(status_of(&got[0]), 503, "{got:?}");
+    assert!(pair.director_received().is_empty());
+    // ACK holds nothing and always passes.
+    pair.user_sends(in_dialog(&ok, "ACK", 1).as_bytes());
+    assert_eq!(pair.director_received().len(), 1);
+}
+
+#[test]
+fn a_request_held_for_an_answer_keeps_its_header_block_not_the_read_buffer() {
+    // One read: an INVITE, then a MESSAGE with a large body. What the edge keeps to answer
+    // the INVITE in the pool's place (for up to 181 s) is a copy of its header block; a
+    // slice of the read buffer would keep the MESSAGE's 60 KB with it.
+    let mut pair = Pair::up();
+    let invite = invite("held", "inv-held");
+    let body = "x".repeat(60_000);
+    let big = message("big").replace(
+        "Content-Length: 0",
+        &format!("Content-Type: text/plain\r\nContent-Length: {}", body.len()),
+    ) + &body;
+    pair.user_sends(format!("{invite}{big}").as_bytes());
+    assert_eq!(pair.director_received().len(), 2);
+    let [held, message_held] = std::mem::take(&mut pair.answerables).try_into().unwrap();
+    let head = invite.find("\r\n\r\n").unwrap() + 4;
+    assert!(held.raw.len() <= head, "{} > {head}", held.raw.len());
+    assert!(message_held.raw.len() < 1000, "{}", message_held.raw.len());
+    // Not adjacent to the MESSAGE's bytes: not a slice of the same buffer.
+    assert_ne!(
+        held.raw.as_ptr().wrapping_add(held.raw.len()),
+        message_held.raw.as_ptr()
+    );
+    assert_eq!(
+        crate::core::sip::reject::response(&held.raw, 408, "Request Timeout", b"")
+            .map(|r| String::from_utf8_lossy(&r).contains("Call-ID: held")),
+        Some(true),
+        "the copy still answers"
+    );
+}
+
+#[test]
 fn a_header_block_that_does_not_complete_gets_408_and_the_connection_closes() {
     let mut pair = Pair::up();
     let header_timeout = pair.edge.limits.header_timeout;

@@ -61,17 +61,25 @@ impl Session {
     /// Overload shedding and drain, for a request about to be forwarded that proves no
     /// dialog the edge recorded (a To tag proves nothing): while draining, new calls either
     /// way and any new request from outside get 503 so clients take their work to another
-    /// pool member; above `max_outstanding`, new work from outside gets 503. ACK and CANCEL
-    /// start nothing and always pass.
+    /// pool member; above `max_outstanding`, new work from outside gets 503. ACK starts
+    /// nothing and always passes; a recorded dialog's requests and CANCEL pass up to twice
+    /// `max_outstanding`.
     pub(super) fn shed<E: Edge>(&self, edge: &E, msg: &Message, action: &Action) -> Option<Why> {
         let method = msg.method()?;
-        if matches!(action, Action::Reject(_) | Action::Credentials)
-            || action.proof() == Proof::Dialog
-            || matches!(method, Method::Ack | Method::Cancel)
-        {
+        if matches!(action, Action::Reject(_) | Action::Credentials) || method == Method::Ack {
             return None;
         }
         let outside = self.flow.side == Side::External;
+        // A recorded dialog's requests and CANCEL are spared the overload limit and the
+        // drain (a call can always end), but not a hard limit at twice it: each is still a
+        // transaction the edge holds, and a dialog's token would otherwise be a pass to
+        // hold them without bound.
+        if action.proof() == Proof::Dialog || method == Method::Cancel {
+            let hard = edge.limits().max_outstanding.saturating_mul(2);
+            return (outside && edge.outstanding() >= hard).then(|| Why::Overloaded {
+                retry_after_secs: edge.retry_after_secs(),
+            });
+        }
         if edge.is_draining() && (method == Method::Invite || outside) {
             return Some(Why::Draining {
                 retry_after_secs: 1,
