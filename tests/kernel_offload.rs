@@ -430,7 +430,6 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     client.set_nonblocking(true).unwrap();
     assert_eq!(rt.block_on(session.bind_channel(CHANNEL, peer_addr)), None);
     client.set_nonblocking(false).unwrap();
-    let bound_at = Instant::now();
     // Both meters full again (the kernel's burst of step 3 is charged at the next sweep).
     std::thread::sleep(Duration::from_millis(2200));
     let counter = {
@@ -491,6 +490,37 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
          ({in_kernel} through the kernel, {in_user_space} through user space; about 400 if \
          each path had the budget to itself)"
     );
+
+    // 3c. Handing a channel over again keeps its meters: ten ChannelBind refreshes, each
+    //     followed by 50 kB at once, within about a second. A meter written anew with each
+    //     would let a burst through every time (about 500).
+    let counter = {
+        let peer = peer.try_clone().unwrap();
+        std::thread::spawn(move || drain(&peer, Duration::from_millis(700)).len())
+    };
+    let started = Instant::now();
+    for _ in 0..10 {
+        client.set_nonblocking(true).unwrap();
+        assert_eq!(rt.block_on(session.bind_channel(CHANNEL, peer_addr)), None);
+        client.set_nonblocking(false).unwrap();
+        for i in 0..50u32 {
+            let mut payload = vec![0u8; 1000];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            client
+                .send_to(&channel_data(CHANNEL, &payload), turn)
+                .unwrap();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let bound_at = Instant::now();
+    let passed = counter.join().unwrap();
+    // At most a burst and the rate over the time taken (the meter may have been full).
+    let most = 50 + (50.0 * seconds).ceil() as usize;
+    assert!(
+        passed <= most,
+        "{passed} kB passed a 50 kB/s cap in {seconds:.1} s of refreshes (at most {most})"
+    );
+    println!("PROVEN: refreshes do not refill the kernel's meters: {passed} kB passed in {seconds:.1} s of ten refreshes with 50 kB each (at most {most})");
 
     // 4. The deadline: unrefreshed, the channel and its permission lapse; the kernel stops
     //    by itself (user space would drop them too: both must).

@@ -214,9 +214,20 @@ impl KernelPath {
             meter_key(k.allocation, Direction::ToClient, k.allocation_budget),
             meter_key(k.user_id, Direction::ToClient, k.user_budget),
         ];
+        let mut maps = self.maps.lock_unpoisoned();
+        // Handed over again as it is (a request that moved none of its deadlines): nothing
+        // to write. Every authenticated request hands its allocation's channels over; this
+        // keeps a flood of them from costing map writes and route lookups per channel.
+        if maps.installed.get(&(k.tuple, k.channel)).is_some_and(|ch| {
+            ch.peer_key == peer_key
+                && ch.until == k.until
+                && ch.meters == meters
+                && ch.user_budget == k.user_budget
+        }) {
+            return Relayed::default();
+        }
         // The ways out, as a datagram from the relayed socket (or the listener) would go; a
         // destination without a route stays in user space.
-        let mut maps = self.maps.lock_unpoisoned();
         let routes = maps.routes.fresh();
         let (Some(to_peer_way), Some(to_client_way)) =
             (egress(routes, peer), egress(routes, client))
@@ -225,6 +236,19 @@ impl KernelPath {
         };
         let until = kernel_clock(k.until);
         let mut relayed = Relayed::default();
+        let budgets = [
+            k.allocation_budget,
+            k.user_budget,
+            k.allocation_budget,
+            k.user_budget,
+        ];
+        // The new entry's meters are held before the old entry's are let go: a meter only
+        // this channel charges would otherwise be deleted and written again empty, a fresh
+        // burst for every request that hands the channel over again (a Refresh every 10 ms
+        // would relay a hundred bursts a second).
+        for (&key, budget) in meters.iter().zip(budgets) {
+            maps.hold_meter(key, budget);
+        }
         // A channel again: its counters first, and its old peer out if it changed.
         if let Some(old) = maps.installed.remove(&(k.tuple, k.channel)) {
             relayed = maps.collect(&old).0;
@@ -234,15 +258,6 @@ impl KernelPath {
             maps.release_meters(&old.meters);
         } else {
             self.channels.fetch_add(1, Ordering::Relaxed);
-        }
-        let budgets = [
-            k.allocation_budget,
-            k.user_budget,
-            k.allocation_budget,
-            k.user_budget,
-        ];
-        for (&key, budget) in meters.iter().zip(budgets) {
-            maps.hold_meter(key, budget);
         }
         let to_peer = Hop {
             src: (relay, k.relay.port()),
