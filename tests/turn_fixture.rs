@@ -101,7 +101,7 @@ pub(crate) fn establish(cfg: TurnConfig) -> Established {
     let relay = out
         .iter()
         .find_map(|o| match o {
-            Output::OpenRelay { relay } => Some(*relay),
+            Output::OpenRelay { relay, .. } => Some(*relay),
             _ => None,
         })
         .unwrap();

@@ -434,7 +434,7 @@ impl World {
         }
         for o in &self.out {
             match o {
-                Output::OpenRelay { relay } => {
+                Output::OpenRelay { relay, .. } => {
                     let owner = owners.get(&relay.port()).copied().unwrap_or(who);
                     assert!(self.relays.insert(*relay, owner).is_none(), "a relay twice");
                 }

@@ -218,22 +218,34 @@ impl Turn {
                         self.stats.sent(sent, true, 1, bytes.len());
                     }
                 }
-                Output::OpenRelay { relay } => match UdpPort::bind(relay, Bind::default()) {
-                    Ok(sock) => {
-                        let sock = Arc::new(sock);
-                        self.relays.write_unpoisoned().insert(relay, sock.clone());
-                        self.workers.add(sock);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%relay, error = %e, "cannot bind a relayed socket");
-                        let tuple_client = self.lock_server().relay_failed_client(relay);
-                        if let Some(c) = tuple_client {
-                            failed.push(c);
+                Output::OpenRelay { relay, allocation } => {
+                    match UdpPort::bind(relay, Bind::default()) {
+                        Ok(sock) => {
+                            // Kept only if its allocation still holds it, checked and kept
+                            // under the server's lock: it may have gone while the socket was
+                            // bound here, its CloseRelay finding nothing to close. The table
+                            // and the worker's registration change under the table's lock,
+                            // so a close that follows cannot be overtaken by this add.
+                            let server = self.read_server();
+                            if server.holds_relay(allocation, relay) {
+                                let mut relays = self.relays.write_unpoisoned();
+                                let sock = Arc::new(sock);
+                                relays.insert(relay, sock.clone());
+                                self.workers.add(sock);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%relay, error = %e, "cannot bind a relayed socket");
+                            let client = self.lock_server().relay_failed(allocation, relay);
+                            if let Some(c) = client {
+                                failed.push(c);
+                            }
                         }
                     }
-                },
+                }
                 Output::CloseRelay { relay } => {
-                    if self.relays.write_unpoisoned().remove(&relay).is_some() {
+                    let mut relays = self.relays.write_unpoisoned();
+                    if relays.remove(&relay).is_some() {
                         self.workers.remove(relay);
                     }
                 }
@@ -484,4 +496,71 @@ pub async fn start(
     }
     tokio::spawn(turn.clone().expiry_loop(shutdown));
     Ok((turn, bound, bound_tcp, bound_tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::turn::server::TurnConfig;
+    use std::time::Duration;
+
+    /// A relay on 127.0.0.1 with one UDP listener and nothing else.
+    async fn loopback_relay() -> (Arc<Turn>, watch::Sender<bool>) {
+        let (stop, shutdown) = watch::channel(false);
+        let ring = Arc::new(super::super::ring::LiveRing::fixed(Ring::init(
+            [7; 32],
+            clock::now_unix(),
+        )));
+        let guard = Arc::new(SourceGuard::new(crate::fuzz_logic::sim::SimEdge::no_bans()));
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let cfg = TurnConfig::new("sipedge.test", loopback, loopback, (49152, 65535));
+        let (turn, ..) = start(
+            cfg,
+            ring,
+            &[(SocketAddr::new(loopback, 0), Origin::External)],
+            &[],
+            &[],
+            None,
+            TcpLimits {
+                max_clients_per_zone: 1,
+                auth_timeout: Duration::from_secs(1),
+                max_queued_bytes: 1024,
+            },
+            guard,
+            shutdown,
+            0,
+            1,
+            &[],
+        )
+        .await
+        .unwrap();
+        (turn, stop)
+    }
+
+    #[tokio::test]
+    async fn a_relayed_socket_whose_allocation_went_while_it_was_bound_is_closed() {
+        // The core's OpenRelay is carried out after the server's lock is released; a Refresh
+        // with lifetime 0 (or a TCP close) on another thread may remove the allocation and
+        // carry out its CloseRelay first, which finds nothing to close. The socket bound
+        // then must not stay open with no allocation: its port is free again in the core,
+        // and the next allocation given it could not bind it.
+        let (turn, _stop) = loopback_relay().await;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let failed = turn.execute(vec![Output::OpenRelay {
+            relay: port,
+            allocation: 42, // the core holds no such allocation (any more)
+        }]);
+        assert!(failed.is_empty());
+        assert!(
+            turn.relay_socket(port).is_none(),
+            "kept without its allocation"
+        );
+        assert!(
+            std::net::UdpSocket::bind(port).is_ok(),
+            "the port is free for the next allocation"
+        );
+    }
 }

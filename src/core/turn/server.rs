@@ -98,8 +98,10 @@ pub enum Output {
         peer: SocketAddr,
         bytes: Vec<u8>,
     },
-    /// Bind a relayed UDP socket here (if that fails, call [`Server::relay_failed_client`]).
-    OpenRelay { relay: SocketAddr },
+    /// Bind a relayed UDP socket here for the allocation `allocation` (its id), and keep it
+    /// only while [`Server::holds_relay`] says the allocation still holds it (it may have
+    /// gone before the socket was bound); if binding fails, call [`Server::relay_failed`].
+    OpenRelay { relay: SocketAddr, allocation: u64 },
     /// Close a relayed socket.
     CloseRelay { relay: SocketAddr },
     /// Ask the pool whether a user may hold more relays; answer with

@@ -262,7 +262,10 @@ impl Server {
                 reservation: reserved_token.map(|_| port + 1),
             },
         );
-        out.push(Output::OpenRelay { relay });
+        out.push(Output::OpenRelay {
+            relay,
+            allocation: id,
+        });
         Ok(answer)
     }
 

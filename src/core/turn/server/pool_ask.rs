@@ -72,6 +72,10 @@ pub(super) struct PoolAsks {
     enabled: bool,
     waiting: HashMap<u64, AllocateRequest>,
     tuples: HashSet<FiveTuple>,
+    /// Waiting asks whose client closed its TCP connection meanwhile: decided as the
+    /// others (their holds given back, the user's next ask sent), but nothing is granted
+    /// to a connection that is gone. At most one per waiting ask.
+    closed: HashSet<FiveTuple>,
     /// Deadlines in order (asks answered before theirs linger here until it passes).
     deadlines: VecDeque<(Instant, u64)>,
     /// Each user's asks in order: the first is in flight, the others wait for its answer.
@@ -90,6 +94,10 @@ impl PoolAsks {
         self.deadlines.front().map(|(t, _)| *t)
     }
 
+    pub(super) fn mark_closed(&mut self, tuple: FiveTuple) {
+        self.closed.insert(tuple);
+    }
+
     pub(super) fn is_waiting(&self, tuple: &FiveTuple) -> bool {
         self.tuples.contains(tuple)
     }
@@ -99,10 +107,12 @@ impl PoolAsks {
         self.queues.keys()
     }
 
-    /// Whether the users' queues hold exactly the asks waiting, each in its user's.
+    /// Whether the users' queues hold exactly the asks waiting, each in its user's (and
+    /// only waiting asks are marked closed).
     pub(super) fn queues_agree(&self) -> bool {
         let queued: usize = self.queues.values().map(VecDeque::len).sum();
         queued == self.waiting.len()
+            && self.closed.iter().all(|t| self.tuples.contains(t))
             && self.queues.iter().all(|(user, q)| {
                 !q.is_empty()
                     && q.iter()
@@ -230,6 +240,7 @@ impl Server {
             return;
         };
         self.asks.tuples.remove(&request.tuple);
+        let gone = self.asks.closed.remove(&request.tuple);
         let mut next = false;
         if let Some(queue) = self.asks.queues.get_mut(&request.user) {
             next = queue.front() == Some(&id);
@@ -261,14 +272,20 @@ impl Server {
             request.key,
         );
         let result = match verdict {
-            PoolVerdict::Refused { .. } => Err(Refused::AllocationQuotaReached),
+            // The client's connection is gone: nobody to allocate for, nobody to answer.
+            _ if gone => None,
+            PoolVerdict::Refused { .. } => Some(Err(Refused::AllocationQuotaReached)),
             // Granted: this member's own checks still apply (its ports, its total).
-            PoolVerdict::Granted { .. } | PoolVerdict::Unknown => self.grant(request, now, out),
+            PoolVerdict::Granted { .. } | PoolVerdict::Unknown => {
+                Some(self.grant(request, now, out))
+            }
         };
-        let bytes = result.unwrap_or_else(|refused| {
-            error_answer(ALLOCATE, &transaction_id, refused, Some((&key, sha256)))
-        });
-        out.push(Output::ToClient { tuple, bytes });
+        if let Some(result) = result {
+            let bytes = result.unwrap_or_else(|refused| {
+                error_answer(ALLOCATE, &transaction_id, refused, Some((&key, sha256)))
+            });
+            out.push(Output::ToClient { tuple, bytes });
+        }
         if next && self.asks.enabled {
             self.send_ask(&user, out);
         }

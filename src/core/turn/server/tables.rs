@@ -155,15 +155,37 @@ impl Server {
 
     /// The shell could not bind the relayed socket: the allocation is dropped. Returns the
     /// client whose answer must then not be sent (it retransmits and gets another port).
-    pub fn relay_failed_client(&mut self, relay: SocketAddr) -> Option<SocketAddr> {
-        let tuple = self.by_relay.get(&relay).copied()?;
+    pub fn relay_failed(&mut self, allocation: u64, relay: SocketAddr) -> Option<SocketAddr> {
+        // Only the allocation the socket was for: the port may have gone to another one
+        // since, whose own socket is (or will be) bound.
+        if !self.holds_relay(allocation, relay) {
+            return None;
+        }
+        let tuple = self.by_id.get(&allocation).copied()?;
         let mut ignore = Vec::new();
         self.remove(tuple, &mut ignore);
         Some(tuple.client)
     }
 
-    /// The client's TCP connection closed: its allocation goes with it (RFC 8656 §3.1).
+    /// Whether the allocation `allocation` (its id) is still here and holds `relay`. The
+    /// shell binds a relayed socket outside the server's lock; by then the allocation may
+    /// be gone (a Refresh with lifetime 0, a TCP close, an expiry on another thread) and
+    /// its `CloseRelay` carried out already, finding nothing to close: a socket bound for
+    /// an allocation that does not hold it is closed at once, or it would stay open with
+    /// no allocation (its port free again for the next one, which then cannot bind it).
+    pub fn holds_relay(&self, allocation: u64, relay: SocketAddr) -> bool {
+        self.by_id
+            .get(&allocation)
+            .and_then(|tuple| self.allocations.get(tuple))
+            .is_some_and(|a| a.id == allocation && a.relay == relay)
+    }
+
+    /// The client's TCP connection closed: its allocation goes with it (RFC 8656 §3.1),
+    /// and an Allocate of its still waiting for the pool's answer grants nothing.
     pub fn client_closed(&mut self, tuple: FiveTuple, out: &mut Vec<Output>) {
+        if self.asks.is_waiting(&tuple) {
+            self.asks.mark_closed(tuple);
+        }
         self.remove(tuple, out);
     }
 

@@ -43,7 +43,7 @@ fn udp() -> (u16, Vec<u8>) {
 fn opened_relay(out: &[Output]) -> SocketAddr {
     out.iter()
         .find_map(|o| match o {
-            Output::OpenRelay { relay } => Some(*relay),
+            Output::OpenRelay { relay, .. } => Some(*relay),
             _ => None,
         })
         .unwrap()

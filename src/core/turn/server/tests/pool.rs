@@ -272,3 +272,28 @@ fn a_users_bandwidth_is_shared_with_the_members_in_proportion_to_its_relays() {
     w.server.set_pool_holds([]);
     assert!((95..=100).contains(&passed(&mut w, 20)));
 }
+
+#[test]
+fn a_tcp_client_gone_while_its_allocate_waits_for_the_pool_is_granted_nothing() {
+    let mut w = pooled();
+    w.tuple.transport = Transport::Tcp;
+    let req = w.allocate_request(1, &[]);
+    let (out, _) = w.send(&req, Duration::ZERO);
+    let ask = ask_of(&out);
+    let mut out = Vec::new();
+    w.server.client_closed(w.tuple, &mut out);
+    w.server.check_invariants().unwrap();
+    // The pool grants after the connection closed: no allocation, no socket, no answer.
+    let mut out = Vec::new();
+    w.server.pool_answer(
+        ask.id,
+        PoolVerdict::Granted { elsewhere: 0 },
+        w.start + Duration::from_millis(100),
+        &mut out,
+    );
+    w.server.check_invariants().unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(w.server.allocations(), 0);
+    assert_eq!(w.server.held(), 0, "its hold given back");
+    assert_eq!(w.server.pool_asks_waiting(), 0);
+}

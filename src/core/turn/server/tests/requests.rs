@@ -23,11 +23,10 @@ fn allocate_needs_credentials_then_succeeds_and_is_signed() {
     let req = w.allocate_request(2, &[]);
     let (out, _) = w.send(&req, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
-    assert_eq!(
-        out[0],
-        Output::OpenRelay {
-            relay: addr("192.0.2.10:50000")
-        }
+    assert!(
+        matches!(out[0], Output::OpenRelay { relay, .. } if relay == addr("192.0.2.10:50000")),
+        "{:?}",
+        out[0]
     );
     let Output::ToClient { bytes, .. } = &out[1] else {
         panic!()
@@ -174,7 +173,7 @@ fn even_port_with_reservation_then_the_token_claims_the_next_port() {
     let req = w.allocate_request(90, &[(attr::EVEN_PORT, vec![0x80])]);
     let (out, _) = w.send(&req, Duration::ZERO);
     assert_eq!(World::code(&out), 0);
-    let Output::OpenRelay { relay } = out[0] else {
+    let Output::OpenRelay { relay, .. } = out[0] else {
         panic!()
     };
     assert_eq!(relay.port() % 2, 0, "an even port");
@@ -189,11 +188,10 @@ fn even_port_with_reservation_then_the_token_claims_the_next_port() {
     w.tuple.client = addr("198.51.100.20:40002");
     let claim = w.allocate_request(91, &[(attr::RESERVATION_TOKEN, token.clone())]);
     let (out, _) = w.send(&claim, Duration::from_secs(1));
-    assert_eq!(
-        out[0],
-        Output::OpenRelay {
-            relay: SocketAddr::new(relay.ip(), relay.port() + 1)
-        }
+    assert!(
+        matches!(out[0], Output::OpenRelay { relay: r, .. } if r == SocketAddr::new(relay.ip(), relay.port() + 1)),
+        "{:?}",
+        out[0]
     );
     w.tuple.client = addr("198.51.100.20:40004");
     let again = w.allocate_request(92, &[(attr::RESERVATION_TOKEN, token)]);
@@ -250,4 +248,58 @@ fn ipv6_relays() {
     assert_eq!(w.answer_code(&p4, Duration::ZERO), 443);
     let p6 = w.permission_request(addr("[2001:db8::99]:1"), 123);
     assert_eq!(w.answer_code(&p6, Duration::ZERO), 0);
+}
+
+#[test]
+fn a_relayed_socket_is_kept_only_while_its_allocation_holds_it() {
+    // The shell binds a relayed socket outside the server's lock: by then its allocation
+    // may be gone, and the port given to another.
+    let mut w = World::new();
+    let req = w.allocate_request(80, &[]);
+    let (out, _) = w.send(&req, Duration::ZERO);
+    let Output::OpenRelay { relay, allocation } = out[0] else {
+        panic!("{out:?}")
+    };
+    assert!(w.server.holds_relay(allocation, relay));
+    assert!(!w.server.holds_relay(allocation + 1, relay));
+    // Refresh with lifetime 0 before the socket was bound: the allocation is gone.
+    let zero = w.request(REFRESH, 81, &[(attr::LIFETIME, vec![0, 0, 0, 0])], false);
+    assert_eq!(w.answer_code(&zero, Duration::ZERO), 0);
+    assert!(!w.server.holds_relay(allocation, relay));
+    // The port again, for another client's allocation: the first one's failed bind must not
+    // take the second one down, and its socket would not be kept.
+    w.tuple.client = addr("198.51.100.20:40010");
+    let mut again = None;
+    for id in 82..100 {
+        let req = w.allocate_request(id, &[]);
+        let (out, _) = w.send(&req, Duration::from_secs(u64::from(id)));
+        if let Some(&Output::OpenRelay {
+            relay: r,
+            allocation: a,
+        }) = out.first()
+        {
+            if r == relay {
+                again = Some(a);
+                break;
+            }
+            // Not that port: let it go and try again.
+            let zero = w.request(
+                REFRESH,
+                id.wrapping_add(100),
+                &[(attr::LIFETIME, vec![0; 4])],
+                false,
+            );
+            let _ = w.send(&zero, Duration::from_secs(u64::from(id)));
+        }
+    }
+    let second = again.expect("the port came round again");
+    assert_ne!(second, allocation);
+    assert!(!w.server.holds_relay(allocation, relay));
+    assert_eq!(w.server.relay_failed(allocation, relay), None);
+    assert!(
+        w.server.holds_relay(second, relay),
+        "the second allocation stays"
+    );
+    assert_eq!(w.server.relay_failed(second, relay), Some(w.tuple.client));
+    assert_eq!(w.server.allocations(), 0);
 }
