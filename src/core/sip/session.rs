@@ -329,7 +329,7 @@ impl Session {
             self.reject(edge, &msg.raw, why, Some(&msg), now);
             return;
         }
-        let call = initial_invite(&msg, &action)
+        let call = initial_invite(&msg, &action, self.flow.side)
             .map(|tag| edge.call_key(msg.bytes(msg.call_id), tag, self.flow.side));
         let new_call = match call.map(|key| self.begin_call(edge, key, &msg, &action, now)) {
             Some(Ok(true)) => call,

@@ -297,6 +297,26 @@ fn a_recorded_dialogs_requests_pass_the_overload_limit_but_not_twice_it() {
 }
 
 #[test]
+fn an_invite_claiming_a_to_tag_without_the_edges_token_is_counted_as_a_call() {
+    let mut pair = Pair::up();
+    // A re-INVITE of a recorded dialog (its token) is the call already counted.
+    let ok = call(&mut pair);
+    assert_eq!(pair.edge.calls.len(), 1);
+    pair.user_sends(in_dialog(&ok, "INVITE", 2).as_bytes());
+    assert_eq!(pair.director_received().len(), 1);
+    assert_eq!(pair.edge.calls.len(), 1, "a re-INVITE is no new call");
+    // A To tag alone proves nothing: the INVITE is new work and may start a call, so it
+    // counts against the call limits like any other.
+    let claimed = invite("claimed", "inv-claimed").replace(
+        "To: Bob <sip:bob@sipedge.test>",
+        "To: Bob <sip:bob@sipedge.test>;tag=made-up",
+    );
+    pair.user_sends(claimed.as_bytes());
+    assert_eq!(pair.director_received().len(), 1);
+    assert_eq!(pair.edge.calls.len(), 2, "counted as the call it may start");
+}
+
+#[test]
 fn a_request_held_for_an_answer_keeps_its_header_block_not_the_read_buffer() {
     // One read: an INVITE, then a MESSAGE with a large body. What the edge keeps to answer
     // the INVITE in the pool's place (for up to 181 s) is a copy of its header block; a

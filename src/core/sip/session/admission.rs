@@ -195,12 +195,19 @@ impl Session {
     }
 }
 
-/// The initiator's tag of an INVITE that starts a call (no To tag) and goes on: what its
-/// call is keyed by.
-pub(super) fn initial_invite<'m>(msg: &'m Message, action: &Action) -> Option<&'m [u8]> {
+/// The initiator's tag of an INVITE that starts a call and goes on: what its call is keyed
+/// by. A To tag makes an INVITE a re-INVITE of a call already counted only when it proves a
+/// dialog the edge recorded, or comes from the inside: from outside a To tag alone proves
+/// nothing (the request is new work, shed and admitted as such), and an INVITE that claims
+/// one is counted as the call it may start, or the call limits would be a header away.
+pub(super) fn initial_invite<'m>(
+    msg: &'m Message,
+    action: &Action,
+    side: Side,
+) -> Option<&'m [u8]> {
     if msg.method() != Some(Method::Invite)
-        || msg.to_tag.is_some()
         || matches!(action, Action::Reject(_) | Action::Credentials)
+        || (msg.to_tag.is_some() && (action.proof() == Proof::Dialog || side == Side::Internal))
     {
         return None;
     }
