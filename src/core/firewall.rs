@@ -209,6 +209,12 @@ pub struct SourceGuard {
     pool_bans: AtomicU64,
 }
 
+/// A connection's place in its source's count ([`SourceGuard::connect`]): the entry it was
+/// counted on (none for an allow-listed source), to give it back to that same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "hand it back to SourceGuard::disconnected when the connection ends"]
+pub struct Counted(Option<SourceKey>);
+
 impl SourceGuard {
     pub fn new(policy: SourcePolicy) -> SourceGuard {
         SourceGuard {
@@ -250,6 +256,16 @@ impl SourceGuard {
         now: Instant,
         f: impl FnOnce(&mut Source, &SourcePolicy) -> R,
     ) -> R {
+        self.with_key(ip, now, |s, p, _| f(s, p))
+    }
+
+    /// [`Self::with`], and `f` is told which entry it got (the source's, or the overflow).
+    fn with_key<R>(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        f: impl FnOnce(&mut Source, &SourcePolicy, SourceKey) -> R,
+    ) -> R {
         let key = SourceKey::of(ip);
         let policy = self.policy_now();
         let per_shard = (policy.max_sources / SHARDS).max(1);
@@ -275,7 +291,7 @@ impl SourceGuard {
         }
         let source = shard.map.entry(key).or_insert_with(|| Source::new(now));
         source.last_seen = now;
-        f(source, &policy)
+        f(source, &policy, key)
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -285,10 +301,14 @@ impl SourceGuard {
             .lock_unpoisoned()
     }
 
-    /// A new connection from `ip`. On `Ok` the caller must call [`Self::disconnected`] when
-    /// it ends. Refusals count as strikes.
-    pub fn connect(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
-        self.admit(ip, now, |s, p| {
+    /// A new connection from `ip`. On `Ok` the caller must hand the [`Counted`] back to
+    /// [`Self::disconnected`] when it ends. Refusals count as strikes.
+    pub fn connect(&self, ip: IpAddr, now: Instant) -> Result<Counted, Refusal> {
+        if self.allowed(ip) {
+            return Ok(Counted(None));
+        }
+        let mut counted_on = None;
+        self.admit(ip, now, |s, p, key| {
             if s.connections >= p.max_connections {
                 return Some(Refusal::TooManyConnections);
             }
@@ -296,23 +316,32 @@ impl SourceGuard {
                 return Some(Refusal::ConnectRate { retry_after });
             }
             s.connections += 1;
+            counted_on = Some(key);
             None
-        })
+        })?;
+        Ok(Counted(counted_on))
     }
 
-    pub fn disconnected(&self, ip: IpAddr, now: Instant) {
-        if self.allowed(ip) {
+    /// A connection [`Self::connect`] counted has ended: given back to the entry it was
+    /// counted on. Worked out again from the address, it could land elsewhere: a connection
+    /// counted on the overflow entry while the table was full, ending once there is room,
+    /// would leave the overflow's count up for good (it is never idle, so never swept) and
+    /// take one off a fresh entry of its own.
+    pub fn disconnected(&self, counted: Counted, _now: Instant) {
+        let Counted(Some(key)) = counted else {
             return;
+        };
+        let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // An entry with connections is never swept: it is there.
+        if let Some(s) = self.lock(shard).map.get_mut(&key) {
+            s.connections = s.connections.saturating_sub(1);
         }
-        self.with(ip, now, |s, _| {
-            s.connections = s.connections.saturating_sub(1)
-        });
     }
 
     /// A SIP request from `ip`. Refusals count as strikes.
     pub fn request(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         let counting = self.publishing.load(Ordering::Relaxed);
-        self.admit(ip, now, |s, p| {
+        self.admit(ip, now, |s, p, _| {
             let refusal = s
                 .requests
                 .take(p.request_rate, now)
@@ -331,14 +360,14 @@ impl SourceGuard {
         &self,
         ip: IpAddr,
         now: Instant,
-        limit: impl FnOnce(&mut Source, &SourcePolicy) -> Option<Refusal>,
+        limit: impl FnOnce(&mut Source, &SourcePolicy, SourceKey) -> Option<Refusal>,
     ) -> Result<(), Refusal> {
         if self.allowed(ip) {
             return Ok(());
         }
-        let refusal = self.with(ip, now, |s, p| match s.ban_remaining(now) {
+        let refusal = self.with_key(ip, now, |s, p, key| match s.ban_remaining(now) {
             Some(remaining) => Some(Refusal::Banned { remaining }),
-            None => limit(s, p),
+            None => limit(s, p, key),
         });
         match refusal {
             None => Ok(()),
@@ -707,20 +736,21 @@ mod tests {
         let g = SourceGuard::new(policy());
         let t0 = Instant::now();
         let a = ip("203.0.113.1");
+        let mut held = Vec::new();
         for _ in 0..3 {
-            assert_eq!(g.connect(a, t0), Ok(()));
+            held.push(g.connect(a, t0).unwrap());
         }
         assert!(matches!(g.connect(a, t0), Err(Refusal::ConnectRate { .. })));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(g.connect(a, t1), Ok(()));
+        assert!(g.connect(a, t1).is_ok());
         assert_eq!(
             g.connect(a, t1 + Duration::from_secs(5)),
             Err(Refusal::TooManyConnections)
         );
-        g.disconnected(a, t1);
-        assert_eq!(g.connect(a, t1 + Duration::from_secs(5)), Ok(()));
+        g.disconnected(held.pop().unwrap(), t1);
+        assert!(g.connect(a, t1 + Duration::from_secs(5)).is_ok());
         // Another source is unaffected.
-        assert_eq!(g.connect(ip("203.0.113.2"), t0), Ok(()));
+        assert!(g.connect(ip("203.0.113.2"), t0).is_ok());
     }
 
     #[test]
@@ -743,7 +773,7 @@ mod tests {
         assert!(g.banned(a, during).is_some());
         assert_eq!(g.banned_count(during), 1);
         assert!(g.banned(a, until).is_none());
-        assert_eq!(g.connect(a, until), Ok(()));
+        assert!(g.connect(a, until).is_ok());
     }
 
     #[test]
@@ -780,13 +810,64 @@ mod tests {
         let t0 = Instant::now();
         for a in [ip("10.1.2.3"), ip("2001:db8::7"), ip("::ffff:10.9.9.9")] {
             for _ in 0..1000 {
-                assert_eq!(g.connect(a, t0), Ok(()));
+                assert_eq!(g.connect(a, t0), Ok(Counted(None)));
                 assert_eq!(g.request(a, t0), Ok(()));
                 assert_eq!(g.strike(a, t0), Strike::Ignored);
             }
             assert!(g.banned(a, t0).is_none());
         }
         assert_eq!(g.tracked(), 0, "allow-listed sources take no table space");
+    }
+
+    #[test]
+    fn a_connection_counted_on_the_overflow_entry_is_given_back_to_it() {
+        // Counted on the overflow entry while the table was full, ending once the table
+        // has room again: worked out again from its address it would be taken off a fresh
+        // entry of its own, and the overflow's count (never idle, so never swept) would stay
+        // up for good; enough of that and every source arriving at a full table is refused.
+        let mut p = policy();
+        p.max_sources = SHARDS; // one entry per shard
+        p.max_connections = 1000;
+        p.connect_rate = Rate {
+            per_sec: 1000,
+            burst: 1000,
+        };
+        let g = SourceGuard::new(p);
+        let t0 = Instant::now();
+        let overflow_connections = || {
+            let shard = (g.hasher.hash_one(SourceKey::Overflow) as usize) % SHARDS;
+            g.lock(shard)
+                .map
+                .get(&SourceKey::Overflow)
+                .map_or(0, |s| s.connections)
+        };
+        let mut held = Vec::new();
+        let mut late = None;
+        for i in 0..10_000u32 {
+            let a = IpAddr::V4(std::net::Ipv4Addr::from(0xC633_0000 + i));
+            let counted = g.connect(a, t0).unwrap();
+            if counted == Counted(Some(SourceKey::Overflow)) {
+                late = Some(counted);
+                break;
+            }
+            held.push(counted);
+        }
+        let late = late.expect("the table filled up");
+        assert_eq!(overflow_connections(), 1);
+        // The crowd leaves and is swept: room again. Then the late one leaves.
+        for counted in held {
+            g.disconnected(counted, t0);
+        }
+        let later = t0 + IDLE + Duration::from_secs(1);
+        g.sweep(later);
+        g.disconnected(late, later);
+        assert_eq!(
+            overflow_connections(),
+            0,
+            "given back to the overflow entry"
+        );
+        g.sweep(later + IDLE);
+        assert_eq!(g.tracked(), 0, "nothing left counted anywhere");
     }
 
     #[test]
@@ -826,8 +907,8 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..20_000u32 {
             let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0B00_0000 + i));
-            g.connect(a, t0).expect("first connection of a new source");
-            g.disconnected(a, t0);
+            let counted = g.connect(a, t0).expect("first connection of a new source");
+            g.disconnected(counted, t0);
         }
         assert_eq!(g.tracked(), 20_000);
         let crowd = g.capacity();

@@ -249,22 +249,22 @@ impl AcceptFailures {
 /// (however the connection ends).
 struct SourceTicket {
     shared: Arc<Shared>,
-    ip: std::net::IpAddr,
+    counted: crate::core::firewall::Counted,
 }
 
 impl SourceTicket {
     fn take(shared: &Arc<Shared>, remote: SocketAddr) -> Result<SourceTicket, Refusal> {
-        shared.guard.connect(remote.ip(), clock::now())?;
+        let counted = shared.guard.connect(remote.ip(), clock::now())?;
         Ok(SourceTicket {
             shared: shared.clone(),
-            ip: remote.ip(),
+            counted,
         })
     }
 }
 
 impl Drop for SourceTicket {
     fn drop(&mut self) {
-        self.shared.guard.disconnected(self.ip, clock::now());
+        self.shared.guard.disconnected(self.counted, clock::now());
     }
 }
 

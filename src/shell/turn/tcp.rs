@@ -258,12 +258,12 @@ impl Default for TcpScratch {
 /// One TURN-over-TCP connection's place in its source's count, released on drop.
 struct SourceTicket {
     guard: Arc<SourceGuard>,
-    ip: std::net::IpAddr,
+    counted: crate::core::firewall::Counted,
 }
 
 impl Drop for SourceTicket {
     fn drop(&mut self) {
-        self.guard.disconnected(self.ip, clock::now());
+        self.guard.disconnected(self.counted, clock::now());
     }
 }
 
@@ -342,9 +342,9 @@ impl Turn {
             // The firewall first, as for SIP: per-source connection rate and count, bans.
             let ticket = if origin == Origin::External {
                 match self.guard.connect(client.ip(), clock::now()) {
-                    Ok(()) => Some(SourceTicket {
+                    Ok(counted) => Some(SourceTicket {
                         guard: self.guard.clone(),
-                        ip: client.ip(),
+                        counted,
                     }),
                     Err(refusal) => {
                         let label = match refusal {
