@@ -440,6 +440,51 @@ async fn turn_over_tcp_is_bounded_per_zone_per_source_and_by_the_time_to_authent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_client_whose_allocation_is_gone_is_closed_and_its_slot_freed() {
+    // The connection exists for its allocation: deleted (Refresh 0) or expired, it goes
+    // too. Kept, it would hold one of the zone's slots and one of its source's connections
+    // with nothing counted in any quota: one credential could free its quota and go on
+    // holding slots until the zone is full for everyone.
+    let av = Av::start(
+        |f| {
+            f.allow_sources.clear();
+            f.connect_rate = 1000;
+            f.connect_burst = 1000;
+        },
+        |r| {
+            r.max_tcp_clients = 1;
+            r.tcp_auth_timeout = Duration::from_secs(30);
+        },
+    )
+    .await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let mut first = tcp_from("127.0.0.61", av.ext_tcp).await;
+    let allocation = tcp_allocate(&mut first, &alice).await;
+    let delete = allocation.signed(&alice, REFRESH, 3, &|w| {
+        w.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+    });
+    let answer = tcp_exchange(&mut first, &delete)
+        .await
+        .expect("the answer is written before the close");
+    assert_eq!(error_code(&answer), None);
+    assert!(
+        closed_within(&mut first, WAIT).await,
+        "closed once its allocation is gone"
+    );
+    // The zone's one slot is free again (once its worker let the connection go).
+    eventually("the connection let go", || {
+        av.metrics().contains("sipedge_turn_tcp_clients 0")
+    })
+    .await;
+    let mut second = tcp_from("127.0.0.62", av.ext_tcp).await;
+    assert!(
+        tcp_exchange(&mut second, &binding(4)).await.is_some(),
+        "the slot is free"
+    );
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     let av = Av::start(|_| {}, |r| r.max_queued_bytes_per_client = 16 * 1024).await;
     let alice = av.credential("alice@sipedge.test", 3600);

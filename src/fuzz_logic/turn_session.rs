@@ -477,6 +477,14 @@ impl World {
                 Output::KernelChannelGone { tuple, channel } => {
                     self.kernel.remove(&(*tuple, *channel));
                 }
+                Output::CloseClient { tuple } => {
+                    // Only a TCP client's, and only once it holds nothing here.
+                    assert_eq!(tuple.transport, Transport::Tcp, "a UDP client closed");
+                    assert!(
+                        !self.server.has_allocation(tuple),
+                        "a client closed that still holds an allocation"
+                    );
+                }
                 Output::AskPool(ask) => {
                     // Asked only within what this member knows of the quota.
                     assert!(ask.more >= 1 && ask.here >= ask.more && ask.here <= ask.quota);

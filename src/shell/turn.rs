@@ -180,6 +180,9 @@ impl Turn {
     /// gone and their answer withheld).
     fn execute(&self, outputs: Vec<Output>) -> Vec<SocketAddr> {
         let mut failed: Vec<SocketAddr> = Vec::new();
+        // Closed last: the answer that removed the allocation (a Refresh with lifetime 0)
+        // comes later in the same outputs, and is written first.
+        let mut closing: Vec<FiveTuple> = Vec::new();
         let mut outputs = std::collections::VecDeque::from(outputs);
         while let Some(o) = outputs.pop_front() {
             match o {
@@ -259,7 +262,11 @@ impl Turn {
                         self.stats.kernel_relayed(kernel.remove(tuple, channel));
                     }
                 }
+                Output::CloseClient { tuple } => closing.push(tuple),
             }
+        }
+        for tuple in &closing {
+            self.close_tcp_client(tuple);
         }
         failed
     }

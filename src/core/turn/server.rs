@@ -112,6 +112,12 @@ pub enum Output {
     KernelChannel(KernelChannel),
     /// The kernel must stop relaying this channel: its allocation is gone.
     KernelChannelGone { tuple: FiveTuple, channel: u16 },
+    /// A TURN-over-TCP (or TLS) client's allocation is gone (deleted, expired): its
+    /// connection is closed once what is queued for it (the answer to its Refresh) is
+    /// written. The connection exists for its allocation (RFC 8656 §3.1: the allocation
+    /// goes with the connection); kept, it would hold one of the zone's TCP slots and the
+    /// source's connections with no allocation counted in any quota.
+    CloseClient { tuple: FiveTuple },
 }
 
 /// Why a packet was dropped without an answer (counted by the shell).

@@ -23,7 +23,7 @@
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,9 +94,12 @@ pub(super) struct TcpOut {
     /// Bytes the socket has not taken yet (the client's worker writes them when it can;
     /// over TLS, plaintext the connection's task has not encrypted yet).
     pending: Mutex<Vec<u8>>,
-    /// Wakes a TLS client's task for pending plaintext.
+    /// Wakes a TLS client's task for pending plaintext (or its close).
     more: Notify,
     max_bytes: usize,
+    /// Its allocation is gone: the connection is closed once its pending bytes are written
+    /// (plain TCP: at once, the kernel still sends what it took; TLS: by its task).
+    closing: AtomicBool,
 }
 
 /// What became of bytes for a TCP client.
@@ -108,6 +111,24 @@ enum Queued {
 }
 
 impl TcpOut {
+    /// Closes the connection (its allocation is gone). Plain TCP: shut down both ways now;
+    /// what the socket already took (the last answer) is still sent before the FIN, and the
+    /// worker reads the end and lets the connection go. TLS: its task writes what is
+    /// pending, sends close_notify and ends.
+    fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        match &self.sink {
+            Sink::Tcp(stream) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            Sink::Tls => self.more.notify_one(),
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     /// Writes `parts` (one frame) at once if nothing is pending, else appends them to the
     /// pending bytes within the bound.
     fn push(&self, parts: &[&[u8]]) -> Queued {
@@ -312,6 +333,14 @@ impl Turn {
 
     /// Writes one frame (`parts` together) to a TCP client, or leaves it pending; a client
     /// that does not read loses packets, not the relay's memory.
+    /// Closes a TCP (or TLS) client's connection whose allocation is gone, once what is
+    /// queued for it is written (a connection already gone: nothing to do).
+    pub(super) fn close_tcp_client(&self, tuple: &FiveTuple) {
+        if let Some(out) = self.tcp_clients.read_unpoisoned().get(tuple) {
+            out.close();
+        }
+    }
+
     pub(super) fn to_tcp_client(&self, tuple: &FiveTuple, parts: &[&[u8]]) {
         let out = self.tcp_clients.read_unpoisoned().get(tuple).cloned();
         let len = parts.iter().map(|p| p.len()).sum();
@@ -477,6 +506,7 @@ impl Turn {
             pending: Mutex::new(Vec::new()),
             more: Notify::new(),
             max_bytes: self.tcp_limits.max_queued_bytes,
+            closing: AtomicBool::new(false),
         });
         self.tcp_clients
             .write_unpoisoned()
@@ -681,6 +711,10 @@ impl Turn {
                     break;
                 }
                 if stream.flush(TLS_WRITE_TIMEOUT).await.is_err() || closed {
+                    break;
+                }
+                // Its allocation is gone: what was pending is written, the connection ends.
+                if out.is_closing() && out.pending.lock_unpoisoned().is_empty() {
                     break;
                 }
                 if !authenticated && clock::now() >= auth_deadline {

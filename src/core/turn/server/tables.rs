@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Allocation, FiveTuple, Output, Server, UserShare};
+use super::{Allocation, FiveTuple, Output, Server, Transport, UserShare};
 use crate::core::net::SourceKey;
 use crate::core::turn::bandwidth::Meters;
 use crate::core::turn::error::Refused;
@@ -211,5 +211,8 @@ impl Server {
             }
         }
         out.push(Output::CloseRelay { relay: a.relay });
+        if tuple.transport == Transport::Tcp {
+            out.push(Output::CloseClient { tuple });
+        }
     }
 }

@@ -253,6 +253,28 @@ fn expiry_follows_deadlines_not_a_sweep() {
 }
 
 #[test]
+fn a_tcp_clients_allocation_that_goes_closes_its_connection() {
+    // Expired, or deleted: the connection goes with it (UDP has none to close).
+    let mut w = World::new();
+    w.tuple.transport = Transport::Tcp;
+    let relay = w.allocate();
+    let expiring = w.tuple;
+    w.tuple.client = addr("198.51.100.20:40020");
+    w.allocate_as(30);
+    let zero = w.request(REFRESH, 31, &[(attr::LIFETIME, vec![0; 4])], false);
+    let (out, _) = w.send(&zero, Duration::from_secs(1));
+    assert!(out.contains(&Output::CloseClient { tuple: w.tuple }), "{out:?}");
+    assert_eq!(World::code(&out), 0, "answered too");
+    assert_eq!(
+        w.expire(Duration::from_secs(600)).as_slice(),
+        [
+            Output::CloseRelay { relay },
+            Output::CloseClient { tuple: expiring }
+        ]
+    );
+}
+
+#[test]
 fn reservation_churn_keeps_the_expiry_queue_bounded() {
     // Reserve and delete again and again within one reservation lifetime: each ended
     // reservation leaves a queue entry until its deadline unless the queue is compacted
