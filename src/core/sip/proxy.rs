@@ -254,6 +254,9 @@ pub struct Proxy {
     strip_headers: RwLock<Arc<[String]>>,
     /// `cfg.next_hops` at first, replaced whole by a reload.
     next_hops: RwLock<Arc<[SocketAddr]>>,
+    /// Every address the edge's own hosts spell, and the IPv4 addresses embedded in them
+    /// (`policy::reaches`): what an address host is compared with.
+    own_addresses: Vec<IpAddr>,
 }
 
 const BRANCH_PREFIX: &[u8] = b"z9hG4bKse";
@@ -264,7 +267,20 @@ impl Proxy {
         let federation = RwLock::new(Arc::new(cfg.federation.clone()));
         let strip_headers = RwLock::new(Arc::from(cfg.strip_headers.clone()));
         let next_hops = RwLock::new(Arc::from(cfg.next_hops.clone()));
+        let mut own_addresses: Vec<IpAddr> = cfg
+            .own_hosts
+            .iter()
+            .filter_map(|h| host_address(h.as_bytes()))
+            .flat_map(|ip| {
+                crate::core::turn::policy::reaches(ip)
+                    .iter()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        own_addresses.sort();
+        own_addresses.dedup();
         Proxy {
+            own_addresses,
             cfg,
             keys: RwLock::new(Arc::new(keys)),
             federation,
@@ -473,11 +489,27 @@ impl Proxy {
         })
     }
 
+    /// Whether `host` names the edge however it is spelled: a name with or without its
+    /// trailing root dot, any case; an address in any spelling a next hop's resolver would
+    /// take for it (IPv6 expanded or compressed, an IPv4 address mapped or embedded in
+    /// IPv6, the numeric IPv4 forms of `inet_aton`). Compared as written only, the edge's
+    /// internal address spelled `[::ffff:10.0.0.10]` passed for somewhere else.
     fn is_own_host(&self, host: &[u8]) -> bool {
-        self.cfg
+        let name = host.strip_suffix(b".").unwrap_or(host);
+        if self
+            .cfg
             .own_hosts
             .iter()
-            .any(|h| h.as_bytes().eq_ignore_ascii_case(host))
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        let Some(ip) = host_address(host) else {
+            return false;
+        };
+        crate::core::turn::policy::reaches(ip)
+            .iter()
+            .any(|r| self.own_addresses.contains(&r))
     }
 
     /// Whether a URI names the edge itself (any of its hosts, any port).
@@ -563,3 +595,59 @@ struct Popped<'m> {
 
 #[cfg(test)]
 mod tests;
+
+/// The address a URI's host names, in any spelling a resolver takes: a bracketed IPv6
+/// address, a dotted IPv4 address, or the numeric forms `inet_aton` and `getaddrinfo`
+/// accept for IPv4 (one to four parts, each decimal, octal with a leading 0, or hex with
+/// 0x: `10.0.0.010`, `167772170`, `0xa00000a`, `10.10`). `None` for a name.
+pub(crate) fn host_address(host: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(host).ok()?;
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        // A zone index (`%eth0`) does not make it another address.
+        let inner = inner.split('%').next().unwrap_or(inner);
+        return inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(4);
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() && radix != 16 {
+            return None;
+        }
+        let value = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        values.push(value);
+    }
+    // The last part fills the bytes the others leave.
+    let (last, leading) = values.split_last()?;
+    let mut addr: u32 = 0;
+    for (i, v) in leading.iter().enumerate() {
+        if *v > 0xff {
+            return None;
+        }
+        addr |= v << (24 - 8 * i);
+    }
+    let room = 32 - 8 * leading.len();
+    if room < 32 && u64::from(*last) >= 1u64 << room {
+        return None;
+    }
+    addr |= last;
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(addr)))
+}

@@ -211,6 +211,31 @@ fn nothing_from_outside_is_steered_toward_the_inside() {
         "transport=tls;lr>, <sip:10.0.0.10:9095;lr>\r\n",
     );
     assert_reject(&p, &user, &to_edge, Why::RouteNotAllowed);
+    // The same host in every spelling a next hop's resolver takes for it.
+    for spelling in [
+        "[::ffff:10.0.0.10]",
+        "[::FFFF:a00:a]",
+        "[0:0:0:0:0:ffff:10.0.0.10]",
+        "[::ffff:0:10.0.0.10]",
+        "[64:ff9b::a00:a]",
+        "012.0.0.012",
+        "167772170",
+        "0xa00000a",
+        "10.10",
+        "10.0.0.10.",
+        "EDGE.example.com.",
+    ] {
+        let to_edge = user_bye(token.as_str()).replace(
+            "transport=tls;lr>\r\n",
+            &format!("transport=tls;lr>, <sip:{spelling}:9095;lr>\r\n"),
+        );
+        assert_reject(&p, &user, &to_edge, Why::RouteNotAllowed);
+        let ruri_edge = user_bye(token.as_str()).replace(
+            "BYE sip:bob@10.0.0.30:5061;transport=tls",
+            &format!("BYE sip:bob@{spelling}:9095"),
+        );
+        assert_reject(&p, &user, &ruri_edge, Why::RequestUriNotAllowed);
+    }
     let ruri_edge = user_bye(token.as_str()).replace(
         "BYE sip:bob@10.0.0.30:5061;transport=tls",
         "BYE sip:bob@10.0.0.10:9095",
@@ -225,6 +250,39 @@ fn nothing_from_outside_is_steered_toward_the_inside() {
         )
         .replace("BYE sip:bob@10.0.0.30:5061", "BYE sip:bob@10.0.0.10:5070");
     forwarded(&p, &user, &director);
+}
+
+#[test]
+fn host_addresses_are_read_as_resolvers_read_them() {
+    use crate::core::sip::proxy::host_address;
+    let v4 = |s: &str| Some(IpAddr::from(s.parse::<std::net::Ipv4Addr>().unwrap()));
+    for (written, meant) in [
+        ("10.0.0.10", v4("10.0.0.10")),
+        ("10.0.0.010", v4("10.0.0.8")),
+        ("167772170", v4("10.0.0.10")),
+        ("0xa00000a", v4("10.0.0.10")),
+        ("10.10", v4("10.0.0.10")),
+        ("10.0.10", v4("10.0.0.10")),
+        ("127.1", v4("127.0.0.1")),
+        ("0x7f.1", v4("127.0.0.1")),
+        ("10.0.0.10.", v4("10.0.0.10")),
+        ("256.0.0.1", None),
+        ("10.0.0.0x100", None),
+        ("10.0.65536", None),
+        ("4294967296", None),
+        ("08", None),
+        ("edge.example.com", None),
+        ("1e100", None),
+        ("[::1]", Some("::1".parse().unwrap())),
+        ("[fe80::1%eth0]", Some("fe80::1".parse().unwrap())),
+        (
+            "[::ffff:10.0.0.10]",
+            Some("::ffff:10.0.0.10".parse().unwrap()),
+        ),
+        ("[10.0.0.10]", None),
+    ] {
+        assert_eq!(host_address(written.as_bytes()), meant, "{written}");
+    }
 }
 
 #[test]

@@ -263,7 +263,10 @@ fn a_tcp_clients_allocation_that_goes_closes_its_connection() {
     w.allocate_as(30);
     let zero = w.request(REFRESH, 31, &[(attr::LIFETIME, vec![0; 4])], false);
     let (out, _) = w.send(&zero, Duration::from_secs(1));
-    assert!(out.contains(&Output::CloseClient { tuple: w.tuple }), "{out:?}");
+    assert!(
+        out.contains(&Output::CloseClient { tuple: w.tuple }),
+        "{out:?}"
+    );
     assert_eq!(World::code(&out), 0, "answered too");
     assert_eq!(
         w.expire(Duration::from_secs(600)).as_slice(),
