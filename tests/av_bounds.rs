@@ -485,6 +485,39 @@ async fn a_tcp_client_whose_allocation_is_gone_is_closed_and_its_slot_freed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_address_of_the_host_is_a_peer_configured_or_not() {
+    // The host's other addresses (a secondary one, the VM's own, an IPv6 SLAAC one) are
+    // not in the topology, yet a datagram to any of them is delivered locally, to every
+    // service bound to the wildcard address. Refused from either zone (the inside may reach
+    // private ranges, never the edge itself).
+    let av = Av::start(|_| {}, |r| r.allow_loopback_peers = false).await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let host: Vec<std::net::IpAddr> = shell::host_addresses()
+        .into_iter()
+        .filter(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .collect();
+    if host.is_empty() {
+        eprintln!("SKIPPED: this host has no IPv4 address but loopback");
+        av.edge.stop().await;
+        return;
+    }
+    for (source, turn) in [("127.0.0.63", av.ext_udp), ("127.0.0.2", av.int_udp)] {
+        let mut client = UdpClient::new(source, turn).await;
+        let allocated = client.allocate(&alice, &|_| {}).await;
+        assert_eq!(error_code(&allocated), None);
+        for ip in &host {
+            let answer = client
+                .ask(&alice, CREATE_PERMISSION, &|w| {
+                    w.xor_address(attr::XOR_PEER_ADDRESS, SocketAddr::new(*ip, 7));
+                })
+                .await;
+            assert_eq!(error_code(&answer), Some(403), "{ip} from {source}");
+        }
+    }
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     let av = Av::start(|_| {}, |r| r.max_queued_bytes_per_client = 16 * 1024).await;
     let alice = av.credential("alice@sipedge.test", 3600);

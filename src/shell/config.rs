@@ -134,7 +134,10 @@ pub(super) fn turn_config(
         Some(port) => or_both(&relay.listen_tls, port),
         None => Vec::new(),
     };
-    // A relay must not loop into the edge itself: every address it owns is refused.
+    // A relay must not loop into the edge itself: every address it owns is refused. The
+    // host's own addresses too, configured or not (a secondary address, an IPv6 SLAAC or
+    // temporary one, a bridge's): a datagram to any of them is delivered locally, to every
+    // service bound to the wildcard address, past the host firewall's loopback rules.
     let mut own = vec![ext.ip(), int.ip(), relay_ip, public_ip];
     own.extend(
         listen
@@ -143,6 +146,13 @@ pub(super) fn turn_config(
             .chain(&listen_tls)
             .map(|a| a.ip()),
     );
+    own.extend(
+        relay
+            .external_addresses
+            .iter()
+            .chain(&relay.internal_addresses),
+    );
+    own.extend(host_addresses());
     own.sort();
     own.dedup();
     cfg.policy = PeerPolicy {
@@ -372,4 +382,79 @@ pub(super) fn partner_config(
             max_dialogs: f.discovery_max_dialogs,
         },
     })
+}
+
+/// Every address of this host now: the IPv4 ones the kernel delivers locally
+/// (`/proc/net/fib_trie`'s `/32 host LOCAL` entries) and the IPv6 ones of its interfaces
+/// (`/proc/net/if_inet6`). Empty where those cannot be read.
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    let mut all = local_ipv4(&trie);
+    all.extend(interface_ipv6(&inet6));
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The addresses `/proc/net/fib_trie` names as local host entries.
+fn local_ipv4(trie: &str) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut current: Option<std::net::Ipv4Addr> = None;
+    for line in trie.lines() {
+        let line = line.trim_start();
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            current = addr.trim().parse().ok();
+        } else if line.starts_with("/32 ") && line.ends_with(" LOCAL") {
+            if let Some(a) = current {
+                out.push(std::net::IpAddr::V4(a));
+            }
+        } else if !line.starts_with('/') {
+            current = None;
+        }
+    }
+    out
+}
+
+/// The addresses in `/proc/net/if_inet6` (32 hex digits first on each line).
+fn interface_ipv6(text: &str) -> Vec<std::net::IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next()?;
+            if hex.len() != 32 {
+                return None;
+            }
+            u128::from_str_radix(hex, 16)
+                .ok()
+                .map(|v| std::net::IpAddr::V6(std::net::Ipv6Addr::from(v)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod host_address_tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_addresses_are_read_from_the_kernels_tables() {
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        +-- 127.0.0.0/31 1 0 0\n           |-- 127.0.0.0\n              /8 host LOCAL\n           |-- 127.0.0.1\n              /32 host LOCAL\n        |-- 127.255.255.255\n           /32 link BROADCAST\n     +-- 192.0.2.0/24 2 0 2\n        |-- 192.0.2.7\n           /24 link UNICAST\n           /32 host LOCAL\n";
+        assert_eq!(
+            local_ipv4(trie),
+            vec![
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "192.0.2.7".parse().unwrap()
+            ]
+        );
+        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\n20010db8000000000000000000000007 02 40 00 00     eth0\nnonsense\n";
+        assert_eq!(
+            interface_ipv6(inet6),
+            vec![
+                "::1".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]
+        );
+        // On this host: its loopback address at least, and every one of them is refused as
+        // the relay's own (tested where the policy is built).
+        assert!(host_addresses().contains(&"127.0.0.1".parse().unwrap()));
+    }
 }
