@@ -71,6 +71,7 @@ fn org_topology(
         discovery: false,
         discovery_rate: 20,
         discovery_max_dialogs: 100,
+        discovery_allow: Vec::new(),
         partners: vec![PartnerConfig {
             name: "partner".into(),
             fqdn: Some(partner.fqdn.into()),
@@ -590,6 +591,8 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
         f.partners.clear();
         f.discovery = true;
         f.discovery_rate = 100;
+        // The lab: every edge on loopback.
+        f.discovery_allow = vec![sipedge::core::net::Prefix::parse("127.0.0.0/8").unwrap()];
         f.dns = vec![dns.addr];
     }
     let t_c = org_topology(&C, &pki_c, dir_c.addr, port_c, (&A, &pki_a, port_a), 1000);

@@ -357,6 +357,31 @@ pub(super) fn partner_targets(
         .collect()
 }
 
+/// Which addresses a discovered partner's edge may have: public unicast ones, as a relay
+/// peer from outside, and what `federation.discovery_allow` names; never the edge's own
+/// (its listeners, the host's addresses).
+fn discovered_address_policy(
+    t: &Topology,
+    f: &crate::topology::FederationConfig,
+) -> crate::core::turn::policy::PeerPolicy {
+    let mut own = vec![t.external.sip_bind.ip(), t.internal.sip_bind.ip()];
+    own.extend(host_addresses());
+    own.sort();
+    own.dedup();
+    let allows = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        f.discovery_allow.iter().any(|p| p.contains(ip))
+    };
+    crate::core::turn::policy::PeerPolicy {
+        allow_internal: f.discovery_allow.clone(),
+        // A lab on one host names loopback; then the host's loopback addresses are no
+        // longer refused as its own either (another edge listens there).
+        allow_loopback: allows("127.0.0.1") || allows("::1"),
+        own,
+        ..Default::default()
+    }
+}
+
 /// Everything about partners that a reload may replace, from the topology.
 pub(super) fn partner_config(
     t: &Topology,
@@ -373,6 +398,7 @@ pub(super) fn partner_config(
         federation: Arc::new(federation),
         dns: partner_dns(f)?,
         edges,
+        discovered_addresses: discovered_address_policy(t, f),
         // A burst of two seconds' worth, as for listed partners.
         discovery: partners::DiscoveryLimits {
             rate: Rate {
@@ -434,6 +460,58 @@ fn interface_ipv6(text: &str) -> Vec<std::net::IpAddr> {
 #[cfg(test)]
 mod host_address_tests {
     use super::*;
+
+    #[test]
+    fn a_discovered_edge_may_not_be_the_edge_itself_or_behind_it() {
+        use crate::core::turn::policy::Origin;
+        let t = crate::topology::embedded_default().unwrap();
+        let mut f = crate::topology::FederationConfig {
+            ca: None,
+            max_connections_per_partner: 4,
+            dns: Vec::new(),
+            discovery: true,
+            discovery_rate: 20,
+            discovery_max_dialogs: 100,
+            discovery_allow: Vec::new(),
+            partners: Vec::new(),
+        };
+        let check = |f: &crate::topology::FederationConfig, ip: &str| {
+            discovered_address_policy(&t, f)
+                .check(ip.parse().unwrap(), Origin::External)
+                .is_ok()
+        };
+        for refused in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "10.0.0.5",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.5",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!check(&f, refused), "{refused}");
+        }
+        for host in host_addresses() {
+            assert!(!check(&f, &host.to_string()), "the host's own {host}");
+        }
+        assert!(check(&f, "198.51.100.7"), "a public address");
+        assert!(check(&f, "2001:db8::7"));
+        // A lab on loopback, a private federation: named, allowed.
+        f.discovery_allow = vec![
+            crate::core::net::Prefix::parse("127.0.0.0/8").unwrap(),
+            crate::core::net::Prefix::parse("10.20.0.0/16").unwrap(),
+        ];
+        assert!(check(&f, "127.0.3.1"));
+        assert!(check(&f, "10.20.1.1"));
+        assert!(!check(&f, "10.0.0.5"), "only what is named");
+        assert!(!check(&f, "169.254.169.254"));
+    }
 
     #[test]
     fn the_hosts_addresses_are_read_from_the_kernels_tables() {

@@ -126,6 +126,11 @@ pub struct Config {
     /// Listed partners' edges, by partner.
     pub edges: HashMap<PartnerId, StaticEdge>,
     pub discovery: DiscoveryLimits,
+    /// The addresses a discovered partner's edge may have: what DNS or a Route from
+    /// outside names is connected to only if this allows it (as a relay peer from outside:
+    /// no loopback, private, link-local or reserved range, none of the host's own, unless
+    /// `federation.discovery_allow` names it).
+    pub discovered_addresses: crate::core::turn::policy::PeerPolicy,
 }
 
 impl Partners {
@@ -141,6 +146,7 @@ impl Partners {
                 dns: None,
                 edges: HashMap::new(),
                 discovery: config.discovery,
+                discovered_addresses: config.discovered_addresses.clone(),
             })),
             connector,
             local_ip,
@@ -457,7 +463,20 @@ impl Partners {
                     DiscoveredTarget::Domain(domain) => dns.partner_edge(domain, None).await,
                     DiscoveredTarget::Edge { host, port, .. } => dns.host(host, *port).await,
                 };
-                named(found, None)
+                // The outside chose these names (its DNS, its Record-Route): nothing it
+                // names may be the edge itself or the networks behind it.
+                let (allowed, refused): (Vec<_>, Vec<_>) =
+                    found.into_iter().partition(|(addr, _)| {
+                        config
+                            .discovered_addresses
+                            .check(addr.ip(), crate::core::turn::policy::Origin::External)
+                            .is_ok()
+                    });
+                if let Some((addr, name)) = refused.first() {
+                    let addr = crate::obs::redact::pii(*addr);
+                    tracing::warn!(%addr, edge = %name, refused = refused.len(), "a discovered partner's edge resolves to an address the edge does not connect to (federation.discovery_allow)");
+                }
+                named(allowed, None)
             }
         }
     }

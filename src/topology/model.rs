@@ -98,6 +98,10 @@ pub struct FederationConfig {
     pub discovery_rate: u32,
     /// Dialogs at once with each discovered partner domain.
     pub discovery_max_dialogs: usize,
+    /// Addresses a discovered partner's edge may have besides public unicast ones (a lab, a
+    /// private federation): by default none, so what DNS or a Route names cannot point the
+    /// edge at loopback, a private or link-local range, or the host itself.
+    pub discovery_allow: Vec<crate::core::net::Prefix>,
     /// Partners, ordered by name.
     pub partners: Vec<PartnerConfig>,
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::fields::valid_dns_name;
+use super::fields::{prefix_list, valid_dns_name};
 use crate::topology::model::{FederationConfig, PartnerConfig, Topology};
 use crate::topology::reader::{parse_socket_addr, Doc, Section};
 
@@ -15,6 +15,7 @@ pub(super) const FEDERATION_KEYS: &[&str] = &[
     "discovery",
     "discovery_rate",
     "discovery_max_dialogs",
+    "discovery_allow",
     "partners",
 ];
 pub(super) const PARTNER_KEYS: &[&str] = &["fqdn", "domains", "addresses", "rate", "max_dialogs"];
@@ -39,6 +40,7 @@ pub(super) fn read_federation(
     let discovery_max_dialogs =
         usize::try_from(doc.integer(s, "discovery_max_dialogs", (1, 1_000_000), 100))
             .unwrap_or(100);
+    let discovery_allow = prefix_list(doc, s, "discovery_allow");
     // A table of named entries: names are checked by entry_names, keys by each entry.
     // Open federation alone needs none.
     let list = doc.peek(s, "federation.partners");
@@ -126,6 +128,7 @@ pub(super) fn read_federation(
         discovery,
         discovery_rate,
         discovery_max_dialogs,
+        discovery_allow: discovery_allow?,
         partners,
     }))
 }
