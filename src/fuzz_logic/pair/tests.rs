@@ -317,6 +317,52 @@ fn an_invite_claiming_a_to_tag_without_the_edges_token_is_counted_as_a_call() {
 }
 
 #[test]
+fn a_discovered_edge_is_held_to_its_address_rate_whatever_domains_it_names() {
+    // Open federation: one certificate name proves every domain it is within (each of its
+    // parent domains), each with a rate of its own; the address's rate caps them together.
+    let mut pair = Pair::up();
+    let mut federation = (*pair.edge.proxy.federation()).clone();
+    federation.discovery = true;
+    pair.edge
+        .proxy
+        .set_federation(std::sync::Arc::new(federation));
+    let mut policy = SimEdge::no_bans();
+    policy.request_rate = crate::core::firewall::Rate {
+        per_sec: 1,
+        burst: 5,
+    };
+    pair.edge.guard.set_policy(policy);
+    let flow = crate::core::sip::proxy::Flow {
+        certificate: Some(std::sync::Arc::from(vec![
+            "a.b.c.d.e.f.g.attacker.example".to_string()
+        ])),
+        ..pair.user.flow().clone()
+    };
+    pair.user = Session::new(flow, pair.now);
+    let domains = [
+        "b.c.d.e.f.g.attacker.example",
+        "c.d.e.f.g.attacker.example",
+        "d.e.f.g.attacker.example",
+        "e.f.g.attacker.example",
+        "f.g.attacker.example",
+        "g.attacker.example",
+        "attacker.example",
+        "b.c.d.e.f.g.attacker.example",
+    ];
+    for (i, domain) in domains.iter().enumerate() {
+        let m = message(&format!("fed-{i}")).replace(
+            "From: <sip:alice@sipedge.test>",
+            &format!("From: <sip:mallory@{domain}>"),
+        );
+        pair.user_sends(m.as_bytes());
+    }
+    let forwarded = pair.director_received().len();
+    let refused: Vec<u16> = pair.user_received().iter().map(|r| status_of(r)).collect();
+    assert_eq!(forwarded, 5, "the address's burst, over all the domains");
+    assert_eq!(refused, vec![503, 503, 503], "{refused:?}");
+}
+
+#[test]
 fn a_request_held_for_an_answer_keeps_its_header_block_not_the_read_buffer() {
     // One read: an INVITE, then a MESSAGE with a large body. What the edge keeps to answer
     // the INVITE in the pool's place (for up to 181 s) is a copy of its header block; a

@@ -14,30 +14,40 @@ impl Session {
         msg: &Message,
         now: Instant,
     ) -> Result<(), Why> {
-        // A partner edge carries many users over few connections: its own rate applies,
-        // not the per-connection and per-source ones (nor their strikes and bans).
-        let partner_verdict = match self.flow.partner {
-            Some(p) => edge.partner_admit(p, now),
-            None => edge
-                .proxy()
-                .discovered_sender(&self.flow, msg)
-                .map(|domain| domain.to_vec())
-                .map(|domain| edge.discovered_admit(&domain, now)),
-        };
+        // A listed partner's edge carries many users over few connections: its own rate
+        // applies, not the per-connection and per-source ones (nor their strikes and bans).
         // (A partner a reload removed falls through: its connection is held to everyone's
         // limits, and the proxy refuses its requests.)
-        if let Some(verdict) = partner_verdict {
+        if let Some(verdict) = self.flow.partner.and_then(|p| edge.partner_admit(p, now)) {
             return verdict.map_err(|wait| Why::RateLimited {
                 retry_after_secs: secs_at_least_1(wait),
             });
         }
+        // A discovered edge carries many users too: its domain's rate applies, not the
+        // per-connection one. But it is no partner of the operator's: its address's rate,
+        // strikes and ban still hold, or one certificate naming many domains (every name and
+        // each of its parent domains is one) would multiply the domain rate without bound.
+        let discovered = self.flow.partner.is_none()
+            && match edge.proxy().discovered_sender(&self.flow, msg) {
+                Some(domain) => {
+                    let domain = domain.to_vec();
+                    edge.discovered_admit(&domain, now)
+                        .map_err(|wait| Why::RateLimited {
+                            retry_after_secs: secs_at_least_1(wait),
+                        })?;
+                    true
+                }
+                None => false,
+            };
         let ip = self.flow.remote.ip();
-        if let Err(wait) = self.requests.take(edge.limits().connection_requests, now) {
-            edge.refused(Refusal::RequestRate { retry_after: wait });
-            self.strike(edge, now);
-            return Err(Why::RateLimited {
-                retry_after_secs: secs_at_least_1(wait),
-            });
+        if !discovered {
+            if let Err(wait) = self.requests.take(edge.limits().connection_requests, now) {
+                edge.refused(Refusal::RequestRate { retry_after: wait });
+                self.strike(edge, now);
+                return Err(Why::RateLimited {
+                    retry_after_secs: secs_at_least_1(wait),
+                });
+            }
         }
         match edge.source_request(ip, now) {
             Ok(()) => Ok(()),
