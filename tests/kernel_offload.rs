@@ -404,6 +404,61 @@ fn the_kernel_relays_established_channels_and_enforces_the_policy() {
     assert_eq!(metric(&metrics, "sipedge_turn_kernel_channels"), 1);
     println!("PROVEN: nothing from a peer without permission, nothing on an unbound channel, no channel to a peer the policy refuses (403, nothing in the kernel)");
 
+    // 2b. The permitted peer's address and port, spoofed from outside: the kernel takes a
+    //     peer's packets only from the interface the way back to the peer leaves by (the
+    //     reverse path the stack's rp_filter checks after the program: the edge runs with
+    //     it strict), so the spoofed packet is the stack's to drop, not the kernel's to relay.
+    for sysctl in [
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.default.rp_filter=1",
+    ] {
+        let set = Command::new("ip")
+            .args(["netns", "exec", &bed.dmz, "sysctl", "-qw", sysctl])
+            .status()
+            .unwrap();
+        assert!(set.success(), "{sysctl}");
+    }
+    let spoof_from = format!("{PEER_IP}/32");
+    let added = Command::new("ip")
+        .args([
+            "-n",
+            &bed.out,
+            "addr",
+            "add",
+            &spoof_from,
+            "dev",
+            &bed.client_dev,
+        ])
+        .status()
+        .unwrap();
+    assert!(added.success(), "the peer's address on the outside");
+    let spoofer = within(&bed.out, || UdpSocket::bind(peer_addr).unwrap());
+    for i in 0..10u8 {
+        spoofer.send_to(&[0xee, i, 0, 0], relayed).unwrap();
+    }
+    let injected = drain(&client, Duration::from_millis(400));
+    assert!(
+        injected.is_empty(),
+        "{} datagrams spoofed from outside as the permitted peer reached the client",
+        injected.len()
+    );
+    drop(spoofer);
+    let _ = Command::new("ip")
+        .args([
+            "-n",
+            &bed.out,
+            "addr",
+            "del",
+            &spoof_from,
+            "dev",
+            &bed.client_dev,
+        ])
+        .status();
+    // The real peer still gets through.
+    peer.send_to(&[0x5a; 20], relayed).unwrap();
+    assert_eq!(drain(&client, Duration::from_millis(400)).len(), 1);
+    println!("PROVEN: the permitted peer's address spoofed from outside reaches nothing (the kernel checks the way in; the stack's strict rp_filter drops it)");
+
     // 3. The cap: 200 datagrams of 1000 bytes at once against 50 000 bytes a second.
     let before = metric(&metrics, "sipedge_turn_dropped_total{reason=\"bandwidth\"}");
     let got = client_to_peer(&client, turn, &peer, CHANNEL, 200, 1000);

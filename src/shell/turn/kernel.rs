@@ -234,6 +234,15 @@ impl KernelPath {
         else {
             return Relayed::default();
         };
+        // Each direction's packets come in by the way back to their sender: the client's by
+        // the interface toward the client, the peer's by the one toward the peer. (An
+        // interface index beyond the entry's 16 bits: user space relays it.)
+        let (Ok(client_in), Ok(peer_in)) = (
+            u16::try_from(to_client_way.ifindex),
+            u16::try_from(to_peer_way.ifindex),
+        ) else {
+            return Relayed::default();
+        };
         let until = kernel_clock(k.until);
         let mut relayed = Relayed::default();
         let budgets = [
@@ -266,6 +275,7 @@ impl KernelPath {
             until_ns: until,
             meters: [meters[0], meters[1]],
             way: to_peer_way,
+            from_ifindex: client_in,
         }
         .encode();
         let to_client = Hop {
@@ -275,6 +285,7 @@ impl KernelPath {
             until_ns: until,
             meters: [meters[2], meters[3]],
             way: to_client_way,
+            from_ifindex: peer_in,
         }
         .encode();
         let written = maps
@@ -572,6 +583,8 @@ struct Hop {
     /// The allocation's and the user's meter (0: none).
     meters: [u64; 2],
     way: Egress,
+    /// The interface packets for this entry must come in by: the way back to their sender.
+    from_ifindex: u16,
 }
 
 impl Hop {
@@ -587,6 +600,7 @@ impl Hop {
         put(&mut h, 32, &self.meters[1].to_ne_bytes());
         put(&mut h, 56, &self.way.ifindex.to_ne_bytes());
         put(&mut h, 60, &self.way.mtu.to_ne_bytes());
+        put(&mut h, 62, &self.from_ifindex.to_ne_bytes());
         h
     }
 }
@@ -774,6 +788,7 @@ mod tests {
                 ifindex: 3,
                 mtu: 1500,
             },
+            from_ifindex: 7,
         }
         .encode();
         assert_eq!(
@@ -782,7 +797,7 @@ mod tests {
         );
         assert_eq!((hop_until(&h), word(&h, 24), word(&h, 32)), (77, 9, 11));
         assert_eq!(counters(&h), (0, 0));
-        assert_eq!(h.get(56..62), Some(&[3, 0, 0, 0, 0xdc, 0x05][..]));
+        assert_eq!(h.get(56..64), Some(&[3, 0, 0, 0, 0xdc, 0x05, 7, 0][..]));
     }
 
     #[test]

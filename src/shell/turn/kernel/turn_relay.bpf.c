@@ -92,7 +92,11 @@ struct hop {
 	__u64 bytes;
 	__u32 ifindex;
 	__u16 mtu;
-	__u16 pad2;
+	// The interface this direction's packets must come in by: the one the route back to
+	// their sender leaves by (strict reverse path). A packet from anywhere else claims a
+	// source it does not have (a peer's address spoofed from outside to inject into a
+	// call); it is left to the stack, whose rp_filter and the relay decide as for any.
+	__u16 from_ifindex;
 };
 
 // A byte-rate GCRA, as user space's (`core::turn::bandwidth::Meter`): `tat_ns` is when the
@@ -314,7 +318,7 @@ int turn_relay(struct __sk_buff *skb)
 			.channel = h.channel,
 		};
 		struct hop *hop = bpf_map_lookup_elem(&to_peer, &key);
-		if (hop) {
+		if (hop && hop->from_ifindex == skb->ingress_ifindex) {
 			__u32 data = bpf_ntohs(h.channel_len);
 			if (data > payload - CHANNEL_HEADER || hop->until_ns <= now)
 				return NOT_MINE;
@@ -363,7 +367,8 @@ int turn_relay(struct __sk_buff *skb)
 		.relay_port = h.udp.dest,
 	};
 	struct hop *hop = bpf_map_lookup_elem(&to_client, &pkey);
-	if (!hop || hop->until_ns <= now || payload + CHANNEL_HEADER > MAX_PAYLOAD)
+	if (!hop || hop->until_ns <= now || payload + CHANNEL_HEADER > MAX_PAYLOAD ||
+	    hop->from_ifindex != skb->ingress_ifindex)
 		return NOT_MINE;
 	int how = way_out(skb, hop, ip_len + CHANNEL_HEADER);
 	if (how < 0)
