@@ -236,7 +236,7 @@ fn the_dmz_deployment_works_and_isolates_in_namespaces() {
     for p in &proven {
         println!("  - {p}");
     }
-    assert_eq!(proven.len(), 11, "{proven:?}");
+    assert_eq!(proven.len(), 12, "{proven:?}");
 }
 
 /// The start of an edge's topology file: its state in the PKI's folder, the edge `name`
@@ -536,6 +536,36 @@ fn role_remote_user() {
         let (n, _) = stun.recv_from(&mut buf).expect("a Binding answer");
         assert!(sipedge::core::turn::stun::check(&buf[..n]).is_ok());
         println!("PROVEN: on the external interface UDP answers only on TURN (3478, STUN Binding); 53, 161, 5060, 5061 and 9095 are closed");
+
+        // A host that routes to the internal address through the external interface (a
+        // DMZ neighbour): Linux would deliver to any of the host's addresses by any
+        // interface; the internal SIP listener, the operations endpoints (which issue relay
+        // credentials) and the internal TURN listener take only what comes in by theirs.
+        let route = |verb: &str| {
+            std::process::Command::new("ip")
+                .args(["route", verb, INT_IP, "via", EXT_IP])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(route("add"), "a route to the internal address through the edge");
+        for port in [5061, 9095] {
+            let r = std::net::TcpStream::connect_timeout(
+                &format!("{INT_IP}:{port}").parse().unwrap(),
+                Duration::from_millis(500),
+            );
+            assert!(r.is_err(), "{INT_IP}:{port} reached through the external interface");
+        }
+        let probe = std::net::UdpSocket::bind(format!("{INET_IP}:0")).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        probe.send_to(&binding, format!("{INT_IP}:3478")).unwrap();
+        assert!(
+            probe.recv_from(&mut buf).is_err(),
+            "the internal TURN listener answered through the external interface"
+        );
+        assert!(route("del"));
+        println!("PROVEN: routed to through the external interface, the internal address's SIP (5061), operations (9095) and TURN (3478) listeners take nothing");
 
         let client = tokio::net::UdpSocket::bind(format!("{INET_IP}:0")).await.unwrap();
         let turn: SocketAddr = format!("{EXT_IP}:3478").parse().unwrap();

@@ -362,7 +362,16 @@ pub async fn start(topology: &Topology) -> Result<RunningEdge, StartError> {
             what: "external SIP",
             source,
         })?;
-    let internal = listen::bind(topology.internal.sip_bind).map_err(|source| StartError::Bind {
+    // The internal listener and the operations endpoints (which issue relay credentials)
+    // take only what comes in by their address's interface: Linux accepts a packet for any
+    // of the host's addresses by any interface, and a host routing to the internal address
+    // through the external interface (a DMZ neighbour) must not reach them.
+    let internal_sip = topology.internal.sip_bind;
+    let internal = listen::bind_on(
+        internal_sip,
+        listen::interface_of(internal_sip.ip()).as_deref(),
+    )
+    .map_err(|source| StartError::Bind {
         addr: topology.internal.sip_bind,
         what: "internal SIP",
         source,

@@ -29,14 +29,35 @@ const BACKLOG: i32 = 1024;
 /// listeners are v6-only so the two families never alias). Its connections send each
 /// message as it is written (TCP_NODELAY: SIP and media are latency-bound, never bulk).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_with(addr, None)
+    bind_with(addr, None, None)
+}
+
+/// [`bind`], taking only connections that come in by `device` (`SO_BINDTODEVICE`): a
+/// listener that grants a zone must not be reached through another interface.
+pub fn bind_on(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpListener> {
+    bind_with(addr, None, device)
+}
+
+/// The interface `ip` is an address of (none for the wildcard address, or one the host does
+/// not have: nothing to bind to, and a listener there could not be bound anyway).
+pub fn interface_of(ip: std::net::IpAddr) -> Option<String> {
+    if ip.is_unspecified() {
+        return None;
+    }
+    let found = nix::ifaddrs::getifaddrs().ok()?.find(|a| {
+        a.address.as_ref().is_some_and(|s| {
+            s.as_sockaddr_in().map(|v4| std::net::IpAddr::V4(v4.ip())) == Some(ip)
+                || s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())) == Some(ip)
+        })
+    });
+    found.map(|a| a.interface_name)
 }
 
 /// [`bind`] for the external zone: each connection's kernel buffers are also capped at
 /// [`EXTERNAL_SOCKET_BUFFER`] (a remote user's SIP needs a few kilobytes; Linux would
 /// otherwise autotune the send buffer of a client that stops reading up to 4 MiB).
 pub fn bind_external(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_with(addr, Some(EXTERNAL_SOCKET_BUFFER))
+    bind_with(addr, Some(EXTERNAL_SOCKET_BUFFER), None)
 }
 
 /// Set on the listening socket, not per connection: Linux gives every accepted socket the
@@ -44,8 +65,15 @@ pub fn bind_external(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// (a handshake at one client at a time is mostly system calls besides its crypto) and
 /// lets the receive window's scale be chosen from the capped buffer in the SYN-ACK, where
 /// setting it after the accept comes too late for that.
-fn bind_with(addr: SocketAddr, buffers: Option<usize>) -> std::io::Result<TcpListener> {
+fn bind_with(
+    addr: SocketAddr,
+    buffers: Option<usize>,
+    device: Option<&str>,
+) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(device) = device {
+        socket.bind_device(Some(device.as_bytes()))?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

@@ -595,8 +595,10 @@ pub fn snapshot(view: &EdgeView, now: Instant) -> EdgeSnapshot {
 }
 
 /// Binds the operations listener.
+/// The operations listener, taking only what comes in by its address's interface (see
+/// `listen::bind_on`): `/turn` issues relay credentials.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    super::listen::bind(addr)
+    super::listen::bind_on(addr, super::listen::interface_of(addr.ip()).as_deref())
 }
 
 #[cfg(test)]

@@ -404,30 +404,41 @@ pub async fn start(
     } else {
         (None, "off".to_string())
     };
+    // The internal zone's listeners take only what comes in by the internal address's
+    // interface: Linux delivers a datagram for any of the host's addresses by any
+    // interface, and a host that routes to the internal address through the external one
+    // (a DMZ neighbour) would otherwise get the internal zone's peer policy.
+    let device = |addr: SocketAddr, origin: Origin| match origin {
+        Origin::Internal => super::listen::interface_of(addr.ip()),
+        Origin::External => None,
+    };
     let mut tcp = Vec::new();
     for &(addr, origin) in listen_tcp {
-        tcp.push((super::listen::bind(addr)?, origin, false));
+        let on = device(addr, origin);
+        tcp.push((super::listen::bind_on(addr, on.as_deref())?, origin, false));
     }
     if tls.is_some() {
         for &(addr, origin) in listen_tls {
-            tcp.push((super::listen::bind(addr)?, origin, true));
+            let on = device(addr, origin);
+            tcp.push((super::listen::bind_on(addr, on.as_deref())?, origin, true));
         }
     }
     // One socket per worker and address (SO_REUSEPORT spreads the clients over them by
     // their address), the first one's port for the others when the port was left to the
     // kernel. Any of them sends from the address: the first is kept for that.
     let workers = workers.max(1);
-    let how = Bind {
-        reuse_port: workers > 1,
-        recv_buffer: Some(LISTENER_RECV_BUFFER),
-    };
     let mut sockets: Vec<(Vec<Arc<UdpPort>>, Origin)> = Vec::new();
     for &(addr, origin) in listen {
-        let first = Arc::new(UdpPort::bind(addr, how)?);
+        let how = Bind {
+            reuse_port: workers > 1,
+            recv_buffer: Some(LISTENER_RECV_BUFFER),
+            device: device(addr, origin),
+        };
+        let first = Arc::new(UdpPort::bind(addr, how.clone())?);
         let local = first.local_addr();
         let mut all = vec![first];
         for _ in 1..workers {
-            all.push(Arc::new(UdpPort::bind(local, how)?));
+            all.push(Arc::new(UdpPort::bind(local, how.clone())?));
         }
         sockets.push((all, origin));
     }

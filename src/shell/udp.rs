@@ -25,13 +25,16 @@ pub const CLIENT_BATCH: usize = if quinn_udp::BATCH_SIZE < 16 {
 };
 
 /// How a socket is bound.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Bind {
     /// Several sockets on one address, the kernel spreading senders over them by their
     /// address (`SO_REUSEPORT`: one per relay worker).
     pub reuse_port: bool,
     /// The receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
     pub recv_buffer: Option<usize>,
+    /// Only what comes in by this interface (`SO_BINDTODEVICE`): a listener that grants a
+    /// zone, which a host routing to its address through another interface must not get.
+    pub device: Option<String>,
 }
 
 /// A non-blocking UDP socket with batched receive and segmented send.
@@ -57,6 +60,9 @@ impl UdpPort {
         }
         if let Some(size) = how.recv_buffer {
             socket.set_recv_buffer_size(size)?;
+        }
+        if let Some(device) = &how.device {
+            socket.bind_device(Some(device.as_bytes()))?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
@@ -252,6 +258,7 @@ mod tests {
             Bind {
                 reuse_port: true,
                 recv_buffer: Some(1 << 20),
+                device: None,
             },
         )
         .unwrap();
