@@ -518,6 +518,75 @@ async fn no_address_of_the_host_is_a_peer_configured_or_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_whose_allocation_is_gone_gets_its_answer_and_is_closed() {
+    // As over TCP, by the connection's own task: the Refresh's answer, close_notify, the end.
+    let av = Av::start(
+        |_| {},
+        |r| {
+            r.tcp_auth_timeout = Duration::from_secs(30);
+            r.tls_port = Some(5349);
+            r.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        },
+    )
+    .await;
+    let alice = av.credential("alice@sipedge.test", 3600);
+    let cfg = sipedge::tls::client_config_trusting(av.pki.roots(), None).unwrap();
+    let tcp = tcp_from("127.0.0.64", av.edge.turn_tls[0]).await;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls_pki_types::ServerName::try_from(EDGE_FQDN).unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the handshake");
+    async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        s: &mut S,
+        req: &[u8],
+    ) -> Vec<u8> {
+        s.write_all(req).await.unwrap();
+        let mut head = [0u8; 20];
+        tokio::time::timeout(WAIT, s.read_exact(&mut head))
+            .await
+            .expect("an answer")
+            .expect("an answer, not the end");
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let mut msg = head.to_vec();
+        msg.resize(20 + len, 0);
+        s.read_exact(&mut msg[20..]).await.unwrap();
+        msg
+    }
+    let challenge = exchange(&mut tls, &request(ALLOCATE, 1, &allocate_udp, None)).await;
+    let nonce = attr_value(&challenge, attr::NONCE).unwrap();
+    let allocated = exchange(
+        &mut tls,
+        &request(ALLOCATE, 2, &allocate_udp, Some((&alice, &nonce))),
+    )
+    .await;
+    assert_eq!(error_code(&allocated), None, "allocated over TLS");
+    let delete = request(
+        REFRESH,
+        3,
+        &|w| {
+            w.attr(attr::LIFETIME, &[0, 0, 0, 0]);
+        },
+        Some((&alice, &nonce)),
+    );
+    let answer = exchange(&mut tls, &delete).await;
+    assert_eq!(
+        error_code(&answer),
+        None,
+        "the answer comes before the close"
+    );
+    let mut byte = [0u8; 1];
+    let end = tokio::time::timeout(WAIT, tls.read(&mut byte)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "closed once its allocation is gone: {end:?}"
+    );
+    av.edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_that_does_not_read_loses_packets_not_edge_memory() {
     let av = Av::start(|_| {}, |r| r.max_queued_bytes_per_client = 16 * 1024).await;
     let alice = av.credential("alice@sipedge.test", 3600);
