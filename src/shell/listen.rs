@@ -53,6 +53,18 @@ pub fn interface_of(ip: std::net::IpAddr) -> Option<String> {
     found.map(|a| a.interface_name)
 }
 
+/// Binds `socket` (for `addr`) to `device`. A kernel older than 5.7 asks CAP_NET_RAW for it:
+/// without, the listener is left unbound and the edge says so (it still starts).
+pub fn bind_device(socket: &Socket, addr: SocketAddr, device: &str) -> std::io::Result<()> {
+    match socket.bind_device(Some(device.as_bytes())) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(%addr, device, "cannot bind the listener to its interface (CAP_NET_RAW on kernels before 5.7): it takes connections by any interface");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// [`bind`] for the external zone: each connection's kernel buffers are also capped at
 /// [`EXTERNAL_SOCKET_BUFFER`] (a remote user's SIP needs a few kilobytes; Linux would
 /// otherwise autotune the send buffer of a client that stops reading up to 4 MiB).
@@ -72,7 +84,7 @@ fn bind_with(
 ) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(device) = device {
-        socket.bind_device(Some(device.as_bytes()))?;
+        bind_device(&socket, addr, device)?;
     }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;

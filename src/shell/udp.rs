@@ -62,7 +62,7 @@ impl UdpPort {
             socket.set_recv_buffer_size(size)?;
         }
         if let Some(device) = &how.device {
-            socket.bind_device(Some(device.as_bytes()))?;
+            super::listen::bind_device(&socket, addr, device)?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
