@@ -53,8 +53,18 @@ impl Proxy {
             // In a dialog the Request-URI is the peer's Contact and further Routes are the
             // inside's own Record-Routes; still, none may aim the inside back at another
             // service of the edge's internal side (its operations port, its relay).
+            // An entry naming the edge's own SIP listener again is a second pass through the
+            // edge (a call between two of its remote users), and carries the edge's token for
+            // that pass, checked when the request comes back from the inside; one without a
+            // token would have the inside hand the request back to the edge as its own, to
+            // be sent on wherever its Request-URI says.
             Proof::Dialog => {
-                if beyond.iter().any(|e| self.names_edge_service(msg, e.uri)) {
+                if beyond.iter().any(|e| {
+                    self.names_edge_service(msg, e.uri)
+                        || self
+                            .own_route_user(msg, e)
+                            .is_some_and(|user| ClaimedToken::parse(msg.bytes(user)).is_err())
+                }) {
                     return Err(Why::RouteNotAllowed);
                 }
                 let ruri = msg.request_uri().unwrap_or_default();

@@ -211,6 +211,25 @@ fn nothing_from_outside_is_steered_toward_the_inside() {
         "transport=tls;lr>, <sip:10.0.0.10:9095;lr>\r\n",
     );
     assert_reject(&p, &user, &to_edge, Why::RouteNotAllowed);
+    // The edge's own SIP listener again, without a token of the edge's: refused (the inside
+    // would hand the request back to the edge as its own). With one (a call between two
+    // of the edge's remote users passes the edge twice), it passes, to be checked there.
+    for hairpin in ["10.0.0.10:5061", "edge.example.com:5061", "10.0.0.10"] {
+        let back = user_bye(token.as_str()).replace(
+            "transport=tls;lr>\r\n",
+            &format!("transport=tls;lr>, <sip:fe1.example.com;lr>, <sip:{hairpin};lr>\r\n"),
+        );
+        assert_reject(&p, &user, &back, Why::RouteNotAllowed);
+    }
+    let second = rr(&p, TokenKind::DialogFromInside, FlowId(2), "call1", "a1");
+    let second = second.as_str();
+    let second_pass = user_bye(token.as_str()).replace(
+        "transport=tls;lr>\r\n",
+        &format!(
+            "transport=tls;lr>, <sip:fe1.example.com;lr>, <sip:{second}@10.0.0.10:5061;transport=tls;lr>\r\n"
+        ),
+    );
+    forwarded(&p, &user, &second_pass);
     // The same host in every spelling a next hop's resolver takes for it.
     for spelling in [
         "[::ffff:10.0.0.10]",
