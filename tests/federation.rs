@@ -574,16 +574,33 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
     let dir_c = Director::start_at(&pki_c, format!("{}:0", C.director_ip).parse().unwrap()).await;
     let port_a = free_tcp_port(A.ext_ip);
     let port_c = free_tcp_port(C.ext_ip);
+    // A domain whose "edge" is an address the lab does not allow (a stand-in for the edge's
+    // own host, a private range, 169.254.169.254): a listener there must see nothing.
+    let probe = std::net::TcpListener::bind("127.0.0.77:0").unwrap();
+    probe.set_nonblocking(true).unwrap();
+    let probe_port = probe.local_addr().unwrap().port();
     let dns = DnsStub::start(
         "127.0.1.55",
-        vec![(
-            "_sipfederationtls._tcp.c.test",
-            10,
-            0,
-            port_c,
-            "edge.c.test",
-        )],
-        vec![("edge.c.test", C.ext_ip.parse().unwrap())],
+        vec![
+            (
+                "_sipfederationtls._tcp.c.test",
+                10,
+                0,
+                port_c,
+                "edge.c.test",
+            ),
+            (
+                "_sipfederationtls._tcp.probe.test",
+                10,
+                0,
+                probe_port,
+                "edge.probe.test",
+            ),
+        ],
+        vec![
+            ("edge.c.test", C.ext_ip.parse().unwrap()),
+            ("edge.probe.test", "127.0.0.77".parse().unwrap()),
+        ],
     )
     .await;
     let mut t_a = org_topology(&A, &pki_a, dir_a.addr, port_a, (&C, &pki_c, port_c), 1000);
@@ -591,8 +608,8 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
         f.partners.clear();
         f.discovery = true;
         f.discovery_rate = 100;
-        // The lab: every edge on loopback.
-        f.discovery_allow = vec![sipedge::core::net::Prefix::parse("127.0.0.0/8").unwrap()];
+        // The lab: C's edge on loopback, and nothing else there.
+        f.discovery_allow = vec![sipedge::core::net::Prefix::parse("127.0.3.1/32").unwrap()];
         f.dns = vec![dns.addr];
     }
     let t_c = org_topology(&C, &pki_c, dir_c.addr, port_c, (&A, &pki_a, port_a), 1000);
@@ -654,11 +671,28 @@ async fn open_federation_discovers_an_edge_by_srv_and_certificate() {
     assert!(bye.starts_with("BYE "), "{bye}");
     c.director.send(0, &response_to(&bye, 200, "OK"));
     assert!(a.director.recv().await.text.starts_with("SIP/2.0 200"));
-    let asked = dns.asked.lock().unwrap().clone();
-    assert!(
-        asked.contains(&"SRV _sipfederationtls._tcp.c.test".to_string()),
-        "{asked:?}"
+    // A domain whose edge resolves to an address not allowed: never connected to.
+    let to_probe = request(
+        "MESSAGE",
+        ("alice", a.domain),
+        ("mallory", "probe.test"),
+        "o3",
+        1,
     );
+    a.director.send(0, &to_probe);
+    let refused = a.director.recv().await.text;
+    assert!(refused.starts_with("SIP/2.0 5"), "{refused}");
+    assert!(
+        matches!(probe.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the edge connected to an address it does not allow"
+    );
+    let asked = dns.asked.lock().unwrap().clone();
+    for name in [
+        "SRV _sipfederationtls._tcp.c.test",
+        "SRV _sipfederationtls._tcp.probe.test",
+    ] {
+        assert!(asked.contains(&name.to_string()), "{name}: {asked:?}");
+    }
     a.edge.stop().await;
     c.edge.stop().await;
 }

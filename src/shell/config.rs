@@ -367,22 +367,17 @@ pub(super) fn partner_targets(
 fn discovered_address_policy(
     t: &Topology,
     f: &crate::topology::FederationConfig,
-) -> crate::core::turn::policy::PeerPolicy {
+) -> partners::DiscoveredAddresses {
     let mut own = vec![t.external.sip_bind.ip(), t.internal.sip_bind.ip()];
     own.extend(host_addresses());
     own.sort();
     own.dedup();
-    let allows = |ip: &str| {
-        let ip: std::net::IpAddr = ip.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        f.discovery_allow.iter().any(|p| p.contains(ip))
-    };
-    crate::core::turn::policy::PeerPolicy {
-        allow_internal: f.discovery_allow.clone(),
-        // A lab on one host names loopback; then the host's loopback addresses are no
-        // longer refused as its own either (another edge listens there).
-        allow_loopback: allows("127.0.0.1") || allows("::1"),
-        own,
-        ..Default::default()
+    partners::DiscoveredAddresses {
+        allow: f.discovery_allow.clone(),
+        policy: crate::core::turn::policy::PeerPolicy {
+            own,
+            ..Default::default()
+        },
     }
 }
 
@@ -467,7 +462,6 @@ mod host_address_tests {
 
     #[test]
     fn a_discovered_edge_may_not_be_the_edge_itself_or_behind_it() {
-        use crate::core::turn::policy::Origin;
         let t = crate::topology::embedded_default().unwrap();
         let mut f = crate::topology::FederationConfig {
             ca: None,
@@ -480,9 +474,7 @@ mod host_address_tests {
             partners: Vec::new(),
         };
         let check = |f: &crate::topology::FederationConfig, ip: &str| {
-            discovered_address_policy(&t, f)
-                .check(ip.parse().unwrap(), Origin::External)
-                .is_ok()
+            discovered_address_policy(&t, f).allows(ip.parse().unwrap())
         };
         for refused in [
             "127.0.0.1",
@@ -513,6 +505,12 @@ mod host_address_tests {
         ];
         assert!(check(&f, "127.0.3.1"));
         assert!(check(&f, "10.20.1.1"));
+        // Named or not, the edge's own addresses never are.
+        assert!(
+            !check(&f, "127.0.0.1"),
+            "the host's own, allowed range or not"
+        );
+        assert!(!check(&f, "::ffff:127.0.0.1"));
         assert!(!check(&f, "10.0.0.5"), "only what is named");
         assert!(!check(&f, "169.254.169.254"));
     }

@@ -130,7 +130,32 @@ pub struct Config {
     /// outside names is connected to only if this allows it (as a relay peer from outside:
     /// no loopback, private, link-local or reserved range, none of the host's own, unless
     /// `federation.discovery_allow` names it).
-    pub discovered_addresses: crate::core::turn::policy::PeerPolicy,
+    pub discovered_addresses: DiscoveredAddresses,
+}
+
+/// Which addresses a discovered partner's edge may have: what passes `policy` as a relay peer
+/// from outside (public unicast, none of the edge's own), or what `allow`
+/// (`federation.discovery_allow`) names exactly, which still may not be the edge's own.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveredAddresses {
+    pub allow: Vec<crate::core::net::Prefix>,
+    pub policy: crate::core::turn::policy::PeerPolicy,
+}
+
+impl DiscoveredAddresses {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        if self.allow.iter().any(|p| p.contains(ip)) {
+            let real = crate::core::turn::policy::effective(ip);
+            return !self
+                .policy
+                .own
+                .iter()
+                .any(|o| crate::core::turn::policy::effective(*o) == real);
+        }
+        self.policy
+            .check(ip, crate::core::turn::policy::Origin::External)
+            .is_ok()
+    }
 }
 
 impl Partners {
@@ -465,13 +490,9 @@ impl Partners {
                 };
                 // The outside chose these names (its DNS, its Record-Route): nothing it
                 // names may be the edge itself or the networks behind it.
-                let (allowed, refused): (Vec<_>, Vec<_>) =
-                    found.into_iter().partition(|(addr, _)| {
-                        config
-                            .discovered_addresses
-                            .check(addr.ip(), crate::core::turn::policy::Origin::External)
-                            .is_ok()
-                    });
+                let (allowed, refused): (Vec<_>, Vec<_>) = found
+                    .into_iter()
+                    .partition(|(addr, _)| config.discovered_addresses.allows(addr.ip()));
                 if let Some((addr, name)) = refused.first() {
                     let addr = crate::obs::redact::pii(*addr);
                     tracing::warn!(%addr, edge = %name, refused = refused.len(), "a discovered partner's edge resolves to an address the edge does not connect to (federation.discovery_allow)");
