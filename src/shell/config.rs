@@ -155,7 +155,7 @@ pub(super) fn turn_config(
     // (A test on one host, allow_loopback_peers, has its peers on the host itself: there
     // only the addresses the topology names stay the edge's own.)
     if !relay.allow_loopback_peers {
-        own.extend(host_addresses());
+        own.extend(super::listen::host_addresses());
     }
     own.sort();
     own.dedup();
@@ -369,7 +369,7 @@ fn discovered_address_policy(
     f: &crate::topology::FederationConfig,
 ) -> partners::DiscoveredAddresses {
     let mut own = vec![t.external.sip_bind.ip(), t.internal.sip_bind.ip()];
-    own.extend(host_addresses());
+    own.extend(super::listen::host_addresses());
     own.sort();
     own.dedup();
     partners::DiscoveredAddresses {
@@ -409,53 +409,6 @@ pub(super) fn partner_config(
     })
 }
 
-/// Every address of this host now: the IPv4 ones the kernel delivers locally
-/// (`/proc/net/fib_trie`'s `/32 host LOCAL` entries) and the IPv6 ones of its interfaces
-/// (`/proc/net/if_inet6`). Empty where those cannot be read.
-pub fn host_addresses() -> Vec<std::net::IpAddr> {
-    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
-    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
-    let mut all = local_ipv4(&trie);
-    all.extend(interface_ipv6(&inet6));
-    all.sort();
-    all.dedup();
-    all
-}
-
-/// The addresses `/proc/net/fib_trie` names as local host entries.
-fn local_ipv4(trie: &str) -> Vec<std::net::IpAddr> {
-    let mut out = Vec::new();
-    let mut current: Option<std::net::Ipv4Addr> = None;
-    for line in trie.lines() {
-        let line = line.trim_start();
-        if let Some(addr) = line.strip_prefix("|-- ") {
-            current = addr.trim().parse().ok();
-        } else if line.starts_with("/32 ") && line.ends_with(" LOCAL") {
-            if let Some(a) = current {
-                out.push(std::net::IpAddr::V4(a));
-            }
-        } else if !line.starts_with('/') {
-            current = None;
-        }
-    }
-    out
-}
-
-/// The addresses in `/proc/net/if_inet6` (32 hex digits first on each line).
-fn interface_ipv6(text: &str) -> Vec<std::net::IpAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let hex = line.split_whitespace().next()?;
-            if hex.len() != 32 {
-                return None;
-            }
-            u128::from_str_radix(hex, 16)
-                .ok()
-                .map(|v| std::net::IpAddr::V6(std::net::Ipv6Addr::from(v)))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod host_address_tests {
     use super::*;
@@ -493,7 +446,7 @@ mod host_address_tests {
         ] {
             assert!(!check(&f, refused), "{refused}");
         }
-        for host in host_addresses() {
+        for host in super::super::listen::host_addresses() {
             assert!(!check(&f, &host.to_string()), "the host's own {host}");
         }
         assert!(check(&f, "198.51.100.7"), "a public address");
@@ -513,28 +466,5 @@ mod host_address_tests {
         assert!(!check(&f, "::ffff:127.0.0.1"));
         assert!(!check(&f, "10.0.0.5"), "only what is named");
         assert!(!check(&f, "169.254.169.254"));
-    }
-
-    #[test]
-    fn the_hosts_addresses_are_read_from_the_kernels_tables() {
-        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        +-- 127.0.0.0/31 1 0 0\n           |-- 127.0.0.0\n              /8 host LOCAL\n           |-- 127.0.0.1\n              /32 host LOCAL\n        |-- 127.255.255.255\n           /32 link BROADCAST\n     +-- 192.0.2.0/24 2 0 2\n        |-- 192.0.2.7\n           /24 link UNICAST\n           /32 host LOCAL\n";
-        assert_eq!(
-            local_ipv4(trie),
-            vec![
-                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
-                "192.0.2.7".parse().unwrap()
-            ]
-        );
-        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\n20010db8000000000000000000000007 02 40 00 00     eth0\nnonsense\n";
-        assert_eq!(
-            interface_ipv6(inet6),
-            vec![
-                "::1".parse::<std::net::IpAddr>().unwrap(),
-                "2001:db8::7".parse().unwrap()
-            ]
-        );
-        // On this host: its loopback address at least, and every one of them is refused as
-        // the relay's own (tested where the policy is built).
-        assert!(host_addresses().contains(&"127.0.0.1".parse().unwrap()));
     }
 }

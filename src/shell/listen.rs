@@ -38,19 +38,45 @@ pub fn bind_on(addr: SocketAddr, device: Option<&str>) -> std::io::Result<TcpLis
     bind_with(addr, None, device)
 }
 
+/// Every address of this host's interfaces now, with its interface (getifaddrs). Empty
+/// where they cannot be read.
+fn interface_addresses() -> Vec<(std::net::IpAddr, String)> {
+    let Ok(all) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    all.filter_map(|a| {
+        let s = a.address.as_ref()?;
+        let ip = s
+            .as_sockaddr_in()
+            .map(|v4| std::net::IpAddr::V4(v4.ip()))
+            .or_else(|| s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))?;
+        Some((ip, a.interface_name))
+    })
+    .collect()
+}
+
+/// Every address of this host now (what the relay and open federation refuse as the
+/// edge's own, configured or not).
+pub fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut all: Vec<_> = interface_addresses()
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// The interface `ip` is an address of (none for the wildcard address, or one the host does
 /// not have: nothing to bind to, and a listener there could not be bound anyway).
 pub fn interface_of(ip: std::net::IpAddr) -> Option<String> {
     if ip.is_unspecified() {
         return None;
     }
-    let found = nix::ifaddrs::getifaddrs().ok()?.find(|a| {
-        a.address.as_ref().is_some_and(|s| {
-            s.as_sockaddr_in().map(|v4| std::net::IpAddr::V4(v4.ip())) == Some(ip)
-                || s.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())) == Some(ip)
-        })
-    });
-    found.map(|a| a.interface_name)
+    interface_addresses()
+        .into_iter()
+        .find(|(a, _)| *a == ip)
+        .map(|(_, name)| name)
 }
 
 /// Binds `socket` (for `addr`) to `device`. A kernel older than 5.7 asks CAP_NET_RAW for it:
@@ -359,5 +385,15 @@ mod tests {
             sizes[0].0, capped,
             "the default listener's sockets keep autotuning"
         );
+    }
+
+    #[test]
+    fn the_hosts_addresses_and_their_interfaces_are_read() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert!(host_addresses().contains(&loopback));
+        assert_eq!(interface_of(loopback).as_deref(), Some("lo"));
+        assert_eq!(interface_of(std::net::IpAddr::from([0, 0, 0, 0])), None);
+        // Inside 127/8 but no interface's address: nothing to bind to.
+        assert_eq!(interface_of(std::net::IpAddr::from([127, 0, 0, 2])), None);
     }
 }

@@ -27,7 +27,7 @@
 pub mod capture;
 pub mod clock;
 mod config;
-pub use config::host_addresses;
+pub use listen::host_addresses;
 pub mod conn;
 pub mod dns;
 pub mod edge;
