@@ -266,13 +266,10 @@ impl SourceGuard {
         now: Instant,
         f: impl FnOnce(&mut Source, &SourcePolicy, SourceKey) -> R,
     ) -> R {
-        let key = SourceKey::of(ip);
+        let mut key = SourceKey::of(ip);
         let policy = self.policy_now();
         let per_shard = (policy.max_sources / SHARDS).max(1);
-        // Keyed (random per process): a flooder cannot aim its addresses at one shard.
-        let shard_of = |k: &SourceKey| (self.hasher.hash_one(k) as usize) % SHARDS;
-        let mut key = key;
-        let mut shard = self.lock(shard_of(&key));
+        let mut shard = self.lock(self.shard_of(key));
         if !shard.map.contains_key(&key) && shard.map.len() >= per_shard {
             // Sweeping is O(entries): at most once a second per shard, so a flood of new
             // sources cannot turn it into a CPU sink.
@@ -286,12 +283,18 @@ impl SourceGuard {
             if shard.map.len() >= per_shard {
                 drop(shard);
                 key = SourceKey::Overflow;
-                shard = self.lock(shard_of(&key));
+                shard = self.lock(self.shard_of(key));
             }
         }
         let source = shard.map.entry(key).or_insert_with(|| Source::new(now));
         source.last_seen = now;
         f(source, &policy, key)
+    }
+
+    /// The shard a key lives in. Keyed (random per process): a flooder cannot aim its
+    /// addresses at one shard.
+    fn shard_of(&self, key: SourceKey) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
@@ -331,9 +334,8 @@ impl SourceGuard {
         let Counted(Some(key)) = counted else {
             return;
         };
-        let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
         // An entry with connections is never swept: it is there.
-        if let Some(s) = self.lock(shard).map.get_mut(&key) {
+        if let Some(s) = self.lock(self.shard_of(key)).map.get_mut(&key) {
             s.connections = s.connections.saturating_sub(1);
         }
     }
@@ -449,7 +451,7 @@ impl SourceGuard {
         }
         let policy = self.policy_now();
         let per_shard = (policy.max_sources / SHARDS).max(1);
-        let mut shard = self.lock((self.hasher.hash_one(notice.key) as usize) % SHARDS);
+        let mut shard = self.lock(self.shard_of(notice.key));
         if !shard.map.contains_key(&notice.key) && shard.map.len() >= per_shard {
             shard.map.retain(|_, s| !s.idle(now));
             shard.last_sweep = Some(now);
@@ -511,7 +513,7 @@ impl SourceGuard {
             return;
         }
         let policy = self.policy_now();
-        let mut shard = self.lock((self.hasher.hash_one(key) as usize) % SHARDS);
+        let mut shard = self.lock(self.shard_of(key));
         if let Some(source) = shard.map.get_mut(&key) {
             source.requests.charge(policy.request_rate, requests, now);
         }
@@ -835,8 +837,7 @@ mod tests {
         let g = SourceGuard::new(p);
         let t0 = Instant::now();
         let overflow_connections = || {
-            let shard = (g.hasher.hash_one(SourceKey::Overflow) as usize) % SHARDS;
-            g.lock(shard)
+            g.lock(g.shard_of(SourceKey::Overflow))
                 .map
                 .get(&SourceKey::Overflow)
                 .map_or(0, |s| s.connections)

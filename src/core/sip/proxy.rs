@@ -611,32 +611,33 @@ pub(crate) fn host_address(host: &[u8]) -> Option<IpAddr> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(ip);
     }
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
-    }
-    let mut values = Vec::with_capacity(4);
-    for part in &parts {
+    // At most four parts, read in place: this runs for hosts in Routes and Request-URIs,
+    // on every message.
+    let mut values = [0u32; 4];
+    let mut count = 0;
+    for part in text.split('.') {
+        let slot = values.get_mut(count)?;
         let (digits, radix) =
             if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
                 (hex, 16)
-            } else if part.len() > 1 && part.starts_with('0') {
-                (&part[1..], 8)
+            } else if let Some(octal) = part.strip_prefix('0').filter(|o| !o.is_empty()) {
+                (octal, 8)
             } else {
-                (*part, 10)
+                (part, 10)
             };
-        if digits.is_empty() && radix != 16 {
+        // Digits only (`from_str_radix` would also take a leading `+`, which resolvers do not).
+        if (digits.is_empty() && radix != 16) || !digits.chars().all(|c| c.is_digit(radix)) {
             return None;
         }
-        let value = if digits.is_empty() {
+        *slot = if digits.is_empty() {
             0
         } else {
             u32::from_str_radix(digits, radix).ok()?
         };
-        values.push(value);
+        count += 1;
     }
     // The last part fills the bytes the others leave.
-    let (last, leading) = values.split_last()?;
+    let (last, leading) = values.get(..count)?.split_last()?;
     let mut addr: u32 = 0;
     for (i, v) in leading.iter().enumerate() {
         if *v > 0xff {

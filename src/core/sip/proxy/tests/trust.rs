@@ -292,6 +292,10 @@ fn host_addresses_are_read_as_resolvers_read_them() {
         ("08", None),
         ("edge.example.com", None),
         ("1e100", None),
+        ("10.+0.0.10", None),
+        ("10.0.0.1.2", None),
+        ("", None),
+        ("0x", Some(IpAddr::from([0, 0, 0, 0]))),
         ("[::1]", Some("::1".parse().unwrap())),
         ("[fe80::1%eth0]", Some("fe80::1".parse().unwrap())),
         (
